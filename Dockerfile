@@ -1,0 +1,53 @@
+# peaknet-serve: TorchServe + PeakNet on a GPU host.
+#
+#   docker build -t peaknet-serve .
+#   docker run --gpus all -p 8080:8080 -p 8082:8082 peaknet-serve
+#
+# Two stages: `build` installs the pinned Python environment (CUDA PyTorch from the PyTorch wheel
+# index; the wheels bring their own CUDA runtime, the host only needs the NVIDIA driver and the
+# container toolkit) and builds model_store/peaknet.mar; `runtime` is a slim Python image with a
+# headless JRE 17 that receives the environment and the archive, nothing else.
+
+ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ARG TORCH_VERSION=2.13.0
+ARG TORCH_INDEX=https://download.pytorch.org/whl/cu128
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PATH=/opt/venv/bin:$PATH
+RUN python -m venv /opt/venv
+COPY docker/requirements.txt /tmp/requirements.txt
+RUN pip install --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}" \
+    && pip install -r /tmp/requirements.txt
+WORKDIR /src
+COPY handler/ handler/
+COPY model_store/peaknet/ model_store/peaknet/
+COPY model-config.yaml ./
+COPY scripts/build_mar.py scripts/
+RUN python scripts/build_mar.py --export-path /opt/peaknet/model_store \
+    && pip uninstall -y torch-model-archiver enum-compat
+
+FROM ${PYTHON_IMAGE} AS runtime
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends openjdk-17-jre-headless=17.* \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --create-home --uid 10001 --shell /usr/sbin/nologin peaknet \
+    && mkdir -p /models
+COPY --from=build /opt/venv /opt/venv
+COPY --from=build /opt/peaknet/model_store/peaknet.mar /opt/peaknet/model_store/peaknet.mar
+COPY docker/entrypoint.sh docker/configure_mar.py docker/healthcheck.py /opt/peaknet/docker/
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PEAKNET_HOME=/home/peaknet \
+    PEAKNET_MODELS_DIR=/models \
+    PEAKNET_MODEL_ARCHIVE=/opt/peaknet/model_store/peaknet.mar \
+    PEAKNET_PYTHON=/opt/venv/bin/python \
+    NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+USER 10001
+WORKDIR /home/peaknet
+EXPOSE 8080 8082
+HEALTHCHECK --interval=30s --timeout=10s --start-period=600s --retries=3 \
+    CMD ["/opt/venv/bin/python", "/opt/peaknet/docker/healthcheck.py"]
+ENTRYPOINT ["/opt/peaknet/docker/entrypoint.sh"]

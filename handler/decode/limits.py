@@ -1,0 +1,57 @@
+"""Request size limits, checked on declared sizes before anything large is allocated."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NoReturn
+
+from ..errors import PayloadTooLarge
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Upper bounds for one request. All are checked before the pixels are allocated or read.
+
+    Attributes:
+        max_body_bytes: request body length.
+        max_pixels: N * P * H * W after decoding (default: 16 frames of 16 ePix10k panels).
+        max_frames: N.
+        max_panels_per_frame: P.
+        max_side: H and W, each.
+    """
+
+    max_body_bytes: int = 1 << 30
+    max_pixels: int = 16 * 16 * 352 * 384
+    max_frames: int = 64
+    max_panels_per_frame: int = 64
+    max_side: int = 8192
+
+
+def check_body_size(num_bytes: int, limits: DecodeLimits) -> None:
+    """Raise 413 ``too_large`` when the request body is longer than ``limits.max_body_bytes``."""
+    if num_bytes > limits.max_body_bytes:
+        raise PayloadTooLarge(
+            "too_large",
+            f"request body is {num_bytes} bytes; the limit is {limits.max_body_bytes} bytes.",
+        )
+
+
+def check_frames_shape(shape: tuple[int, int, int, int], limits: DecodeLimits) -> None:
+    """Raise 413 ``too_large`` when frames of ``shape`` (N, P, H, W) exceed any limit.
+
+    Works on Python ints, so absurd declared shapes cannot overflow.
+    """
+    n, p, h, w = shape
+    if n > limits.max_frames:
+        _too_large(f"{n} frames exceed the limit of {limits.max_frames} frames per request")
+    if p > limits.max_panels_per_frame:
+        _too_large(f"{p} panels per frame exceed the limit of {limits.max_panels_per_frame}")
+    if h > limits.max_side or w > limits.max_side:
+        _too_large(f"panel size {h}x{w} exceeds the limit of {limits.max_side} pixels per side")
+    pixels = n * p * h * w
+    if pixels > limits.max_pixels:
+        _too_large(f"{pixels} pixels exceed the limit of {limits.max_pixels} pixels per request")
+
+
+def _too_large(reason: str) -> NoReturn:
+    raise PayloadTooLarge("too_large", f"{reason}; split the request into smaller ones.")

@@ -1,0 +1,184 @@
+"""Batched inference: raw panels on the device in, a table of peaks out.
+
+:class:`PanelPeakFinder` owns the network and everything between the uploaded wire-dtype panels
+and the peak table: sanitising and normalising on the device, micro-batching, autocast, the
+class-difference ("peak score") head, the peak mask and connected components. It never moves
+pixel data to the host; only the (small) peak table leaves the device, once per batch.
+
+Out-of-memory on the GPU splits the micro-batch in halves and retries; a single panel that
+still does not fit raises :class:`InsufficientMemory` (answered 507 by the handler).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from dataclasses import dataclass, fields
+from typing import Iterator
+
+import torch
+from torch import nn
+
+from handler.postprocess import PeakTable, find_peaks, peak_mask_from_score
+from handler.preprocess import NETWORK_STRIDE, normalize_images, pad_to_multiple, sanitize
+
+log = logging.getLogger(__name__)
+
+
+class InsufficientMemory(RuntimeError):
+    """A single panel does not fit on the device."""
+
+
+@dataclass
+class BatchPeaks:
+    """Result of :meth:`PanelPeakFinder.find`.
+
+    Attributes:
+        table: peaks of all panels; ``image_index`` indexes the input panels (B).
+        nonfinite: 0-d int64 device tensor, NaN/inf pixels that were set to 0.
+    """
+
+    table: PeakTable
+    nonfinite: torch.Tensor
+
+
+def concat_tables(tables: list[PeakTable], offsets: list[int]) -> PeakTable:
+    """Concatenate peak tables of consecutive micro-batches.
+
+    Args:
+        tables: one table per micro-batch, ``image_index`` local to it.
+        offsets: index of each micro-batch's first panel in the whole batch.
+    """
+    if len(tables) == 1 and offsets[0] == 0:
+        return tables[0]
+    columns = {}
+    for f in fields(PeakTable):
+        parts = [getattr(t, f.name) for t in tables]
+        if f.name == "image_index":
+            parts = [p + off for p, off in zip(parts, offsets)]
+        columns[f.name] = torch.cat(parts)
+    return PeakTable(**columns)
+
+
+class PanelPeakFinder:
+    """Runs PeakNet over panels and extracts peaks.
+
+    Args:
+        model: eval-mode PeakNet with ``forward_peak_score`` (B, 1, H, W) -> (B, 1, H, W),
+            weights already in ``dtype`` on ``device``.
+        dtype: compute dtype (float32, bfloat16, float16).
+        device: the model's device.
+        max_batch_panels: largest micro-batch.
+        threshold: ``None`` for argmax, else P(peak) >= threshold.
+        min_peak_pixels: smallest connected component reported.
+        max_peaks_per_image: cap per panel (largest components kept), ``None`` = no cap.
+        buckets: micro-batch sizes a compiled network was built for; a micro-batch is padded with
+            empty panels up to the next bucket so that shapes stay static. Empty = no padding.
+    """
+
+    def __init__(self, model: nn.Module, *, dtype: torch.dtype, device: torch.device,
+                 max_batch_panels: int = 64, threshold: float | None = None,
+                 min_peak_pixels: int = 1, max_peaks_per_image: int | None = None,
+                 buckets: tuple[int, ...] = (), channels_last: bool = False,
+                 forward=None) -> None:
+        self.model = model
+        self.dtype = dtype
+        self.device = device
+        self.max_batch_panels = max_batch_panels
+        self.threshold = threshold
+        self.min_peak_pixels = min_peak_pixels
+        self.max_peaks_per_image = max_peaks_per_image
+        self.buckets = tuple(sorted(buckets))
+        self.channels_last = channels_last
+        self._forward = forward if forward is not None else model.forward_peak_score
+
+    # -- public ---------------------------------------------------------------------------
+    @torch.inference_mode()
+    def find(self, panels: torch.Tensor) -> BatchPeaks:
+        """Find peaks in ``panels``.
+
+        Args:
+            panels: (B, H, W) in the wire dtype (uint16, float32, ...) on ``self.device``.
+
+        Returns:
+            :class:`BatchPeaks` with peaks of all B panels (device tensors).
+        """
+        if panels.dim() != 3:
+            raise ValueError(f"panels must be (B, H, W), got {tuple(panels.shape)}")
+        tables, offsets, nonfinite = [], [], []
+        for start, chunk in self._chunks(panels, self.max_batch_panels):
+            for sub_start, table, nf in self._run_with_oom_split(chunk):
+                tables.append(table)
+                offsets.append(start + sub_start)
+                nonfinite.append(nf)
+        return BatchPeaks(concat_tables(tables, offsets), torch.stack(nonfinite).sum())
+
+    @torch.inference_mode()
+    def peak_score(self, panels: torch.Tensor) -> torch.Tensor:
+        """Network output for panels (B, H, W): the class-difference map (B, H, W) float32."""
+        image, _ = sanitize(panels)
+        return self._score(image)
+
+    def warmup(self, panels: int, height: int, width: int, dtype: torch.dtype = torch.uint16) -> None:
+        """Run every micro-batch bucket once for (H, W) so that no request pays for compilation."""
+        sizes = self.buckets or (min(panels, self.max_batch_panels),)
+        for size in sizes:
+            dummy = torch.zeros((size, height, width), dtype=dtype, device=self.device)
+            self.find(dummy)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    # -- internals ------------------------------------------------------------------------
+    @staticmethod
+    def _chunks(panels: torch.Tensor, size: int) -> Iterator[tuple[int, torch.Tensor]]:
+        for start in range(0, panels.shape[0], size):
+            yield start, panels[start:start + size]
+
+    def _run_with_oom_split(self, chunk: torch.Tensor) -> Iterator[tuple[int, PeakTable, torch.Tensor]]:
+        try:
+            table, nonfinite = self._run(chunk)
+            yield 0, table, nonfinite
+            return
+        except torch.OutOfMemoryError:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            if chunk.shape[0] == 1:
+                raise InsufficientMemory(
+                    f"one {tuple(chunk.shape[1:])} panel does not fit in device memory") from None
+        half = (chunk.shape[0] + 1) // 2
+        log.warning("out of memory at %d panels; retrying as micro-batches of %d", chunk.shape[0], half)
+        for start, sub in self._chunks(chunk, half):
+            for sub_start, table, nonfinite in self._run_with_oom_split(sub):
+                yield start + sub_start, table, nonfinite
+
+    def _run(self, chunk: torch.Tensor) -> tuple[PeakTable, torch.Tensor]:
+        image, nonfinite = sanitize(chunk)                       # (b, H, W) float32
+        score = self._score(image)                               # (b, H, W) float
+        mask = peak_mask_from_score(score, self.threshold)       # (b, H, W) bool
+        table = find_peaks(mask, image, min_pixels=self.min_peak_pixels,
+                           max_peaks_per_image=self.max_peaks_per_image)
+        return table, nonfinite
+
+    def _score(self, image: torch.Tensor) -> torch.Tensor:
+        """(b, H, W) float32 sanitised ADU -> (b, H, W) class-difference logits."""
+        b, h, w = image.shape
+        x = pad_to_multiple(normalize_images(image), NETWORK_STRIDE).unsqueeze(1).to(self.dtype)
+        bucket = self._bucket(b)
+        if bucket > b:
+            x = torch.cat([x, x.new_zeros((bucket - b, *x.shape[1:]))])
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self._autocast():
+            score = self._forward(x)                              # (bucket, 1, Hp, Wp)
+        return score[:b, 0, :h, :w]
+
+    def _bucket(self, size: int) -> int:
+        for bucket in self.buckets:
+            if bucket >= size:
+                return bucket
+        return size
+
+    def _autocast(self):
+        if self.device.type == "cuda" and self.dtype != torch.float32:
+            return torch.autocast("cuda", dtype=self.dtype)
+        return contextlib.nullcontext()

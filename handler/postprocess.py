@@ -1,0 +1,412 @@
+"""Segmentation output -> Bragg-peak lists, on the model's device, in pure torch.
+
+Pipeline (all tensors stay on the input device until :meth:`PeakTable.to_host`):
+
+1. :func:`peak_mask` / :func:`peak_mask_from_score`: 2-class logits (or their difference) -> mask.
+2. :func:`label_components`: 8-connected component labelling, data-parallel (no SciPy/CuPy).
+3. :func:`find_peaks`: per component centre of mass, pixel count and integrated intensity, as a
+   :class:`PeakTable` sorted by ``(image_index, ss, fs)``.
+4. :func:`peaks_to_frames`: one device->host copy, then python lists per detector frame.
+
+Coordinates are pixel-index coordinates of the panel: the centre of pixel ``[ss, fs]`` is at
+``(ss, fs)`` (the convention of ``scipy.ndimage.center_of_mass`` and of Cheetah/psocake CXI peak
+lists). The results equal ``scipy.ndimage.label(mask, structure=np.ones((3, 3)))`` followed by
+``center_of_mass`` and ``sum`` (see ``tests/test_postprocess.py``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, fields
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "HostPeaks",
+    "PeakTable",
+    "find_peaks",
+    "label_components",
+    "peak_mask",
+    "peak_mask_from_score",
+    "peaks_to_frames",
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Logits -> mask
+# --------------------------------------------------------------------------------------------
+
+
+def _score_threshold(threshold: float) -> float:
+    """Smallest float32 ``t`` with ``sigmoid(s) >= threshold  <=>  s >= t`` for every float32 ``s``.
+
+    ``logit(threshold)`` is rounded *up* to float32 so that the float32 comparison is exact.
+    """
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"probability threshold must lie in (0, 1), got {threshold!r}")
+    exact = math.log(threshold) - math.log1p(-threshold)
+    t32 = torch.tensor(exact, dtype=torch.float32)
+    if t32.item() < exact:
+        t32 = torch.nextafter(t32, torch.tensor(math.inf, dtype=torch.float32))
+    return t32.item()
+
+
+def peak_mask_from_score(score: Tensor, threshold: float | None = None) -> Tensor:
+    """Peak mask from the class-1-minus-class-0 score ``logit1 - logit0``.
+
+    Args:
+        score: ``(B, 1, H, W)`` or ``(B, H, W)``, any float dtype.
+        threshold: ``None`` -> ``score > 0`` (argmax of the two classes, ties go to class 0).
+            ``p`` in (0, 1) -> ``sigmoid(score) >= p``, evaluated exactly as ``float32(score) >= t``
+            with ``t`` = ``logit(p)`` rounded up to float32. ``sigmoid(l1 - l0)`` is the softmax
+            probability of class 1.
+
+    Returns:
+        bool ``(B, H, W)``. NaN scores are background.
+    """
+    if score.dim() == 4:
+        if score.shape[1] != 1:
+            raise ValueError(f"score must have one channel, got shape {tuple(score.shape)}")
+        score = score[:, 0]
+    if score.dim() != 3:
+        raise ValueError(f"score must be (B, 1, H, W) or (B, H, W), got {tuple(score.shape)}")
+    if threshold is None:
+        return score > 0
+    return score.float() >= _score_threshold(threshold)
+
+
+def peak_mask(logits: Tensor, threshold: float | None = None) -> Tensor:
+    """Peak mask from 2-class segmentation logits.
+
+    Args:
+        logits: ``(B, 2, H, W)``, any float dtype (bf16/fp16/fp32); channel 1 is "peak".
+        threshold: ``None`` -> argmax (class 1 wins only when strictly larger, as ``torch.argmax``
+            resolves ties to class 0). ``p`` in (0, 1) -> softmax probability of class 1 ``>= p``,
+            computed in float32 as ``sigmoid(float32(l1) - float32(l0)) >= p``.
+
+    Returns:
+        bool ``(B, H, W)``; identical to :func:`peak_mask_from_score` on
+        ``logits[:, 1].float() - logits[:, 0].float()``. NaN logits are background.
+    """
+    if logits.dim() != 4 or logits.shape[1] != 2:
+        raise ValueError(f"logits must be (B, 2, H, W), got {tuple(logits.shape)}")
+    if threshold is None:
+        return logits[:, 1] > logits[:, 0]
+    return peak_mask_from_score(logits[:, 1].float() - logits[:, 0].float(), threshold)
+
+
+# --------------------------------------------------------------------------------------------
+# Connected components
+# --------------------------------------------------------------------------------------------
+
+
+_NEIGHBOUR_OFFSETS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
+
+
+def _neighbour_table(pixel: Tensor, mask: Tensor) -> Tensor:
+    """For each foreground pixel, the positions in ``pixel`` of its 8 neighbours.
+
+    Args:
+        pixel: int64 ``(K,)`` sorted global linear indices (into ``mask.reshape(-1)``) of the
+            foreground pixels.
+        mask: bool ``(B, H, W)``.
+
+    Returns:
+        int64 ``(K, 8)``; a missing neighbour (outside the image or background) is ``K``.
+    """
+    _, height, width = mask.shape
+    count = pixel.numel()
+    within = pixel % (height * width)
+    row, col = within // width, within % width
+    offsets = torch.tensor(_NEIGHBOUR_OFFSETS, dtype=torch.int64, device=pixel.device)
+    n_row = row[:, None] + offsets[:, 0]
+    n_col = col[:, None] + offsets[:, 1]
+    inside = (n_row >= 0) & (n_row < height) & (n_col >= 0) & (n_col < width)
+    target = pixel[:, None] + offsets[:, 0] * width + offsets[:, 1]
+    position = torch.searchsorted(pixel, target).clamp_(max=max(count - 1, 0))
+    found = inside & (pixel[position] == target)
+    return torch.where(found, position, count)
+
+
+def _propagate_step(parent: Tensor, neighbours: Tensor, jumps: int) -> None:
+    """One in-place iteration on ``parent`` ``(K + 1,)`` (see :func:`_component_roots`)."""
+    body = parent[:-1]
+    smallest = torch.minimum(body, parent[neighbours].amin(dim=1))
+    old = body.clone()
+    body.copy_(smallest)
+    # Hook: the pixel the old pointer named takes the smaller value too, so a whole tree moves
+    # at once instead of waiting for propagation to walk to its root.
+    parent.scatter_reduce_(0, old, smallest, reduce="amin")
+    for _ in range(jumps):
+        body.copy_(parent[body])
+
+
+def _component_roots(mask: Tensor, check_every: int = 4, jumps: int = 2) -> tuple[Tensor, Tensor]:
+    """8-connected components of a bool ``(B, H, W)`` mask as a forest over its foreground pixels.
+
+    The foreground pixels, in raster order over the whole batch, are nodes ``0 .. K-1``; edges join
+    8-neighbours of the same image. Every node starts as its own parent; each iteration
+    (a) takes the minimum parent over itself and its neighbours, (b) *hooks*: the node its old
+    parent named takes that minimum too (``scatter_reduce amin``), (c) pointer-jumps
+    ``parent = parent[parent]`` ``jumps`` times. A parent is always a node of the same component
+    and never larger than the node itself, so each component ends pointing at its smallest node:
+    its first pixel in raster order, the order ``scipy.ndimage.label`` numbers components in.
+
+    Bounded: parents never exceed what plain min-propagation gives after the same number of
+    iterations, and plain propagation is done after (geodesic diameter + 1) <= K iterations, so
+    ``K + check_every`` iterations always suffice; hooking and jumping converge in
+    O(log diameter) iterations in practice, snakes and spirals included. Convergence (nothing
+    changed) is checked with one host sync every ``check_every`` iterations.
+
+    Returns:
+        ``pixel``: int64 ``(K,)`` global linear indices of the foreground pixels (sorted);
+        ``root``: int64 ``(K,)`` node index of each pixel's component root (``root[root] == root``).
+    """
+    if check_every < 1 or jumps < 0:
+        raise ValueError("check_every must be >= 1 and jumps >= 0")
+    pixel = mask.reshape(-1).nonzero().squeeze(1)
+    count = pixel.numel()
+    neighbours = _neighbour_table(pixel, mask)
+    # Slot K is a sink for missing neighbours: it holds K, larger than every real node.
+    parent = torch.arange(count + 1, dtype=torch.int64, device=mask.device)
+    max_iterations = count + check_every
+    iteration = 0
+    while True:
+        for _ in range(check_every - 1):
+            _propagate_step(parent, neighbours, jumps)
+        before = parent.clone()
+        _propagate_step(parent, neighbours, jumps)
+        iteration += check_every
+        if torch.equal(before, parent):
+            return pixel, parent[:-1]
+        if iteration >= max_iterations:  # unreachable by the bound above; guards against bugs
+            raise RuntimeError(f"labelling did not converge in {iteration} iterations")
+
+
+def label_components(mask: Tensor, check_every: int = 4, jumps: int = 2) -> Tensor:
+    """8-connected component labelling of each image of a batch, data-parallel (see
+    :func:`_component_roots` for the algorithm and its iteration bound).
+
+    Args:
+        mask: bool ``(B, H, W)``.
+        check_every: iterations between convergence checks (each is one device sync).
+        jumps: pointer-jumping steps per iteration.
+
+    Returns:
+        int64 ``(B, H, W)``: 0 for background, else 1 + the linear index (into the flattened batch)
+        of the component's first pixel in raster order. Unique across the batch, not consecutive.
+    """
+    if mask.dim() != 3:
+        raise ValueError(f"mask must be (B, H, W), got {tuple(mask.shape)}")
+    mask = mask.bool()
+    pixel, root = _component_roots(mask, check_every, jumps)
+    labels = torch.zeros(mask.numel(), dtype=torch.int64, device=mask.device)
+    labels[pixel] = pixel[root] + 1
+    return labels.view(mask.shape)
+
+
+# --------------------------------------------------------------------------------------------
+# Peak table
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PeakTable:
+    """Peaks of a batch of ``B`` images; all fields are 1-D tensors of length K on one device.
+
+    Attributes:
+        image_index: int64, which of the B images (panels) the peak is on.
+        ss: float64, unweighted centre of mass along slow scan (row), pixel-index coordinates.
+        fs: float64, same along fast scan (column).
+        npix: int64, number of pixels of the peak.
+        intensity: float64, sum of the input image (ADU) over the peak's pixels.
+    """
+
+    image_index: Tensor
+    ss: Tensor
+    fs: Tensor
+    npix: Tensor
+    intensity: Tensor
+
+    def __len__(self) -> int:
+        return self.image_index.numel()
+
+    def to_host(self) -> HostPeaks:
+        """All columns to numpy with a single device->host copy."""
+        packed = torch.stack([getattr(self, f.name).to(torch.float64) for f in fields(self)])
+        host = packed.cpu().numpy()
+        return HostPeaks(
+            image_index=host[0].astype(np.int64),
+            ss=host[1],
+            fs=host[2],
+            npix=host[3].astype(np.int64),
+            intensity=host[4],
+        )
+
+
+@dataclass(frozen=True)
+class HostPeaks:
+    """:class:`PeakTable` as numpy arrays (same fields, same order)."""
+
+    image_index: np.ndarray
+    ss: np.ndarray
+    fs: np.ndarray
+    npix: np.ndarray
+    intensity: np.ndarray
+
+    def __len__(self) -> int:
+        return self.image_index.size
+
+
+def _stable_order(*keys: Tensor) -> Tensor:
+    """Permutation sorting by ``keys`` lexicographically (first key most significant), ties kept
+    in their current order."""
+    order = torch.arange(keys[0].numel(), device=keys[0].device)
+    for key in reversed(keys):
+        order = order[torch.sort(key[order], stable=True).indices]
+    return order
+
+
+def _rank_within_image(image_index: Tensor, intensity: Tensor) -> Tensor:
+    """Rank 0, 1, ... of each peak by descending intensity among the peaks of its image."""
+    order = _stable_order(image_index, -intensity)
+    sorted_images = image_index[order]
+    first_of_image = torch.searchsorted(sorted_images, sorted_images, right=False)
+    rank_sorted = torch.arange(order.numel(), device=order.device) - first_of_image
+    rank = torch.empty_like(rank_sorted)
+    rank[order] = rank_sorted
+    return rank
+
+
+# Unsigned types that torch indexes on some devices only: read them through a signed view.
+_UNSIGNED_AS_SIGNED = {torch.uint16: (torch.int16, 0xFFFF), torch.uint32: (torch.int32, 0xFFFFFFFF)}
+
+
+def _pixel_values(image: Tensor, pixel: Tensor) -> Tensor:
+    """``image.reshape(-1)[pixel]`` as float64, for every dtype on every device."""
+    flat = image.reshape(-1)
+    if flat.dtype in _UNSIGNED_AS_SIGNED:
+        signed, bits = _UNSIGNED_AS_SIGNED[flat.dtype]
+        return (flat.view(signed)[pixel].to(torch.int64) & bits).to(torch.float64)
+    return flat[pixel].to(torch.float64)
+
+
+def find_peaks(
+    mask: Tensor,
+    image: Tensor,
+    min_pixels: int = 1,
+    max_peaks_per_image: int | None = None,
+) -> PeakTable:
+    """Connected components of ``mask`` as peaks with centroid, size and integrated intensity.
+
+    Args:
+        mask: bool ``(B, H, W)`` peak mask (see :func:`peak_mask`).
+        image: ``(B, H, W)`` raw detector values (any int/float dtype, ADU), same device as mask.
+        min_pixels: drop components with fewer pixels.
+        max_peaks_per_image: keep at most this many peaks per image, the brightest (largest
+            ``intensity``; ties to the earlier component in raster order).
+
+    Returns:
+        :class:`PeakTable` sorted by ``(image_index, ss, fs)``, exact ties by raster order of the
+        component's first pixel. Pixel counts and coordinate sums are accumulated in int64 (exact),
+        intensities in float64, so centroids match SciPy to float64 rounding.
+    """
+    if mask.shape != image.shape or mask.dim() != 3:
+        raise ValueError(
+            "mask and image must both be (B, H, W), "
+            f"got {tuple(mask.shape)} and {tuple(image.shape)}"
+        )
+    if max_peaks_per_image is not None and max_peaks_per_image < 0:
+        raise ValueError("max_peaks_per_image must be >= 0")
+    _, height, width = mask.shape
+    num_pixels = height * width
+    pixel, root = _component_roots(mask.bool())
+    node = torch.arange(pixel.numel(), device=mask.device)
+    is_root = root == node
+    component = (torch.cumsum(is_root, 0) - 1)[root]  # consecutive ids in raster order of roots
+    first_pixel = pixel[is_root]
+    count = first_pixel.numel()
+
+    image_of_pixel = torch.div(pixel, num_pixels, rounding_mode="floor")
+    within = pixel - image_of_pixel * num_pixels
+    row = torch.div(within, width, rounding_mode="floor")
+    col = within - row * width
+    npix = torch.bincount(component, minlength=count)
+    sum_row = torch.zeros(count, dtype=torch.int64, device=mask.device).index_add_(
+        0, component, row
+    )
+    sum_col = torch.zeros(count, dtype=torch.int64, device=mask.device).index_add_(
+        0, component, col
+    )
+    values = _pixel_values(image, pixel)
+    intensity = torch.zeros(count, dtype=torch.float64, device=mask.device)
+    intensity.index_add_(0, component, values)
+    image_index = torch.div(first_pixel, num_pixels, rounding_mode="floor")
+
+    keep = npix >= min_pixels
+    if max_peaks_per_image is not None:
+        keep &= (
+            _rank_within_image(image_index, torch.where(keep, intensity, -math.inf))
+            < max_peaks_per_image
+        )
+    image_index, npix, sum_row, sum_col, intensity = (
+        t[keep] for t in (image_index, npix, sum_row, sum_col, intensity)
+    )
+    ss = sum_row.to(torch.float64) / npix
+    fs = sum_col.to(torch.float64) / npix
+
+    order = _stable_order(image_index, ss, fs)
+    return PeakTable(
+        image_index=image_index[order],
+        ss=ss[order],
+        fs=fs[order],
+        npix=npix[order],
+        intensity=intensity[order],
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Back to requests / frames
+# --------------------------------------------------------------------------------------------
+
+
+def peaks_to_frames(
+    table: PeakTable | HostPeaks,
+    num_frames: int,
+    panels_per_frame: int,
+    first_image: int = 0,
+) -> list[dict[str, int | list]]:
+    """Peaks of images ``first_image ... first_image + num_frames * panels_per_frame - 1`` as one
+    dict of python lists per frame.
+
+    Images are laid out frame-major: image ``first_image + f * P + p`` is panel ``p`` of frame
+    ``f``. A device :class:`PeakTable` is copied to the host once (call ``table.to_host()``
+    yourself and pass the :class:`HostPeaks` to split one batch into many requests with a single
+    copy).
+
+    Returns:
+        ``num_frames`` dicts with keys ``num_peaks`` (int) and ``panel``, ``ss``, ``fs``, ``npix``,
+        ``intensity`` (lists of length ``num_peaks``, ordered by panel, then ss, then fs).
+    """
+    if num_frames < 0 or panels_per_frame < 1 or first_image < 0:
+        raise ValueError("need num_frames >= 0, panels_per_frame >= 1, first_image >= 0")
+    host = table.to_host() if isinstance(table, PeakTable) else table
+    edges = first_image + panels_per_frame * np.arange(num_frames + 1, dtype=np.int64)
+    bounds = np.searchsorted(host.image_index, edges, side="left")
+    frames = []
+    for start, stop in itertools.pairwise(bounds.tolist()):
+        panel = (host.image_index[start:stop] - first_image) % panels_per_frame
+        frames.append(
+            {
+                "num_peaks": stop - start,
+                "panel": panel.tolist(),
+                "ss": host.ss[start:stop].tolist(),
+                "fs": host.fs[start:stop].tolist(),
+                "npix": host.npix[start:stop].tolist(),
+                "intensity": host.intensity[start:stop].tolist(),
+            }
+        )
+    return frames

@@ -1,0 +1,18 @@
+"""peaksim: a physically grounded simulator of serial-crystallography (SFX) detector frames.
+
+Modules, one concern each:
+
+* :mod:`peaksim.geometry`    detector geometries (panels, pixel size, layout in the lab frame)
+* :mod:`peaksim.lattice`     unit cells, orientations, reciprocal lattices
+* :mod:`peaksim.diffraction` reflections on the Ewald sphere, partiality, Wilson intensities
+* :mod:`peaksim.spots`       pixel-integrated Gaussian spot profiles
+* :mod:`peaksim.background`  water ring, air scatter, constant
+* :mod:`peaksim.detector`    Poisson noise, gain, read noise, bad pixels, uint16 conversion
+* :mod:`peaksim.truth`       strong/weak peak labels and the segmentation mask
+* :mod:`peaksim.frame`       one frame end to end (parameters sampled from wide ranges)
+* :mod:`peaksim.cxi`         CXI-layout HDF5 writer/reader
+* :mod:`peaksim.matching`    one-to-one peak matching, precision/recall/F1
+
+Pixel convention everywhere: pixel ``(ss, fs)`` covers ``[ss - 0.5, ss + 0.5) x [fs - 0.5, fs + 0.5)``,
+so a peak position is a continuous (ss, fs) with pixel centres at integers.
+"""

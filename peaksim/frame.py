@@ -1,0 +1,225 @@
+"""One simulated SFX frame end to end: crystal(s) -> reflections -> spots + background -> detector.
+
+Every parameter is drawn from a wide, physically plausible range by :func:`sample_frame_params`
+from a seeded ``np.random.Generator``; the same seed gives the same frame bit for bit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from peaksim.background import BackgroundParams, background_photons, sample_background, scattering_geometry
+from peaksim.detector import (BadPixels, DetectorResponse, apply_bad_pixels, photons_to_adu,
+                              poisson_photons, sample_bad_pixels, to_uint16)
+from peaksim.diffraction import (CrystalState, ewald_reflections, polarization_factor,
+                                 wavelength_angstrom, wilson_intensities)
+from peaksim.geometry import DetectorGeometry
+from peaksim.lattice import UnitCell, random_rotation, random_unit_cell, reciprocal_matrix
+from peaksim.spots import render_spots, spot_footprints
+from peaksim.truth import (PeakTruth, classify_peaks, integrated_snr, peak_pixel_snr,
+                           segmentation_maps)
+
+MIN_SPOT_PHOTONS = 0.5
+
+
+def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
+    return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
+
+
+@dataclass(frozen=True)
+class CrystalParams:
+    """One crystal: cell, orientation and quality."""
+
+    cell: UnitCell
+    rotation: np.ndarray
+    mosaicity_deg: float
+    domain_size: float
+    d_min: float
+    b_factor: float
+    photons_per_reflection: float
+
+
+@dataclass(frozen=True)
+class FrameParams:
+    """Everything that defines one frame (besides the noise draws)."""
+
+    photon_energy_kev: float
+    bandwidth: float
+    distance: float
+    beam_offset: tuple[float, float]
+    crystals: tuple[CrystalParams, ...]
+    spot_sigma: float
+    spot_sigma_jitter: float
+    spot_anisotropy: float
+    background: BackgroundParams
+    response: DetectorResponse
+    beamstop_radius: float
+
+    @property
+    def wavelength(self) -> float:
+        return wavelength_angstrom(self.photon_energy_kev)
+
+    @property
+    def read_noise_photons(self) -> float:
+        return self.response.read_noise_adu / self.response.adu_per_photon
+
+
+def sample_crystal(rng: np.random.Generator, cell_range: tuple[float, float] = (30.0, 250.0)) -> CrystalParams:
+    """A crystal with cell, orientation, mosaicity, resolution and brightness from wide ranges."""
+    return CrystalParams(
+        cell=random_unit_cell(rng, cell_range),
+        rotation=random_rotation(rng),
+        mosaicity_deg=_log_uniform(rng, 0.01, 0.3),
+        domain_size=_log_uniform(rng, 300.0, 5000.0),
+        d_min=float(rng.uniform(1.3, 5.0)),
+        b_factor=float(rng.uniform(5.0, 80.0)),
+        photons_per_reflection=_log_uniform(rng, 5.0, 5000.0),
+    )
+
+
+def sample_response(rng: np.random.Generator, geometry: DetectorGeometry, photon_energy_kev: float
+                    ) -> DetectorResponse:
+    """Gain and noise of this frame from the detector's typical ranges, widened for robustness."""
+    adu_per_kev = _log_uniform(rng, *geometry.adu_per_kev_range) if geometry.adu_per_kev_range[0] < \
+        geometry.adu_per_kev_range[1] else geometry.adu_per_kev_range[0]
+    adu_per_kev *= _log_uniform(rng, 0.7, 1.4)
+    gain = adu_per_kev * photon_energy_kev
+    read_noise_kev = _log_uniform(rng, *geometry.read_noise_kev_range) * _log_uniform(rng, 0.5, 2.0)
+    n_panels = geometry.n_panels
+    return DetectorResponse(
+        adu_per_photon=gain,
+        read_noise_adu=read_noise_kev * adu_per_kev,
+        panel_offset_adu=rng.normal(0.0, 0.1, size=n_panels) * gain,
+        panel_gain=1.0 + rng.normal(0.0, 0.02, size=n_panels),
+        saturation_adu=geometry.saturation_adu,
+        dead_fraction=_log_uniform(rng, 1e-5, 2e-3),
+        hot_fraction=_log_uniform(rng, 1e-6, 2e-4),
+    )
+
+
+def sample_frame_params(rng: np.random.Generator, geometry: DetectorGeometry,
+                        blank_probability: float = 0.06, multi_crystal_probability: float = 0.15
+                        ) -> FrameParams:
+    """Draw a full parameter set for one frame on ``geometry``."""
+    energy = float(rng.uniform(6.0, 12.0))
+    n_crystals = 0 if rng.random() < blank_probability else (2 if rng.random() < multi_crystal_probability else 1)
+    return FrameParams(
+        photon_energy_kev=energy,
+        bandwidth=float(rng.uniform(0.001, 0.006)),
+        distance=float(rng.uniform(*geometry.distance_range)),
+        beam_offset=(float(rng.normal(0.0, 1.5e-3)), float(rng.normal(0.0, 1.5e-3))),
+        crystals=tuple(sample_crystal(rng) for _ in range(n_crystals)),
+        spot_sigma=float(rng.uniform(0.5, 2.5)),
+        spot_sigma_jitter=float(rng.uniform(0.0, 0.2)),
+        spot_anisotropy=float(rng.uniform(0.0, 0.25)),
+        background=sample_background(rng),
+        response=sample_response(rng, geometry, energy),
+        beamstop_radius=float(rng.uniform(1.0e-3, 4.0e-3)),
+    )
+
+
+@dataclass(frozen=True)
+class Spots:
+    """Spots that landed on a panel, each (S,)."""
+
+    panel: np.ndarray
+    ss: np.ndarray
+    fs: np.ndarray
+    photons: np.ndarray
+    sigma_ss: np.ndarray
+    sigma_fs: np.ndarray
+
+
+def crystal_spots(rng: np.random.Generator, crystal: CrystalParams, params: FrameParams,
+                  geometry: DetectorGeometry) -> Spots:
+    """Reflections of one crystal projected onto the detector, with photons and widths."""
+    state = CrystalState(
+        reciprocal=reciprocal_matrix(crystal.cell.real_space_matrix()) @ crystal.rotation.T,
+        mosaicity_rad=np.deg2rad(crystal.mosaicity_deg),
+        domain_size=crystal.domain_size,
+        d_min=crystal.d_min,
+    )
+    refl = ewald_reflections(state, params.wavelength, params.bandwidth)
+    x = refl.s[:, 0] / refl.s[:, 2] * params.distance
+    y = refl.s[:, 1] / refl.s[:, 2] * params.distance
+    panel, ss, fs = geometry.lab_to_panel(x, y, params.beam_offset)
+    intensity = wilson_intensities(rng, refl.d, crystal.b_factor)
+    photons = crystal.photons_per_reflection * intensity * refl.partiality * polarization_factor(refl.s)
+    keep = (panel >= 0) & (photons >= MIN_SPOT_PHOTONS)
+    n = int(keep.sum())
+    base = params.spot_sigma * (1.0 + params.spot_sigma_jitter * rng.uniform(-1.0, 1.0, size=n))
+    stretch = np.exp(params.spot_anisotropy * rng.uniform(-1.0, 1.0, size=n))
+    return Spots(panel[keep], ss[keep], fs[keep], photons[keep],
+                 np.clip(base * stretch, 0.4, 3.0), np.clip(base / stretch, 0.4, 3.0))
+
+
+def _concat_spots(spots: list[Spots]) -> Spots:
+    if not spots:
+        empty_i, empty_f = np.zeros(0, dtype=np.int64), np.zeros(0)
+        return Spots(empty_i, empty_f, empty_f, empty_f, empty_f, empty_f)
+    return Spots(*(np.concatenate([getattr(s, f) for s in spots]) for f in Spots.__dataclass_fields__))
+
+
+@dataclass(frozen=True)
+class SimulatedFrame:
+    """One frame and its truth.
+
+    Attributes:
+        adu: (P, ss, fs) float32 calibrated ADU.
+        mask: (P, ss, fs) uint8, 1 = good pixel.
+        label: (P, ss, fs) uint8 segmentation mask of strong spots (1 = peak pixel).
+        ignore: (P, ss, fs) bool pixels of weak spots (neither peak nor background).
+        peaks: per-spot truth (strong and weak).
+        params: what produced the frame.
+    """
+
+    adu: np.ndarray
+    mask: np.ndarray
+    label: np.ndarray
+    ignore: np.ndarray
+    peaks: PeakTruth
+    params: FrameParams
+
+    @property
+    def uint16(self) -> np.ndarray:
+        """(P, ss, fs) uint16 version of :attr:`adu`."""
+        return to_uint16(self.adu)
+
+
+def simulate_frame(geometry: DetectorGeometry, rng: np.random.Generator,
+                   params: FrameParams | None = None) -> SimulatedFrame:
+    """Simulate one frame on ``geometry``; parameters are sampled from ``rng`` unless given."""
+    if params is None:
+        params = sample_frame_params(rng, geometry)
+    shape = geometry.frame_shape
+    spots = _concat_spots([crystal_spots(rng, c, params, geometry) for c in params.crystals])
+    flat, mass, spot_id = spot_footprints(spots.panel, spots.ss, spots.fs, spots.sigma_ss, spots.sigma_fs, shape)
+
+    x, y = geometry.pixel_lab_xy(params.beam_offset)
+    q, cos2t, pol = scattering_geometry(x, y, params.distance, params.wavelength)
+    background = background_photons(params.background, q, cos2t, pol)
+    beamstop = (x.astype(np.float64) ** 2 + y.astype(np.float64) ** 2) < params.beamstop_radius ** 2
+    expected = render_spots(spots.photons, flat, mass, spot_id, shape) + background
+    expected[beamstop] *= 0.01
+
+    response = params.response
+    adu = photons_to_adu(rng, poisson_photons(rng, expected), response)
+    bad, hot_masked = sample_bad_pixels(rng, geometry.border_mask(), beamstop, response)
+    adu = apply_bad_pixels(rng, adu, bad, response)
+    mask = bad.good_mask(hot_masked)
+
+    read_noise = params.read_noise_photons
+    centre = (spots.panel, np.rint(spots.ss).astype(np.int64), np.rint(spots.fs).astype(np.int64))
+    centre = (centre[0], centre[1].clip(0, shape[1] - 1), centre[2].clip(0, shape[2] - 1))
+    b_centre = background[centre].astype(np.float64)
+    snr = integrated_snr(spots.photons, spots.sigma_ss, spots.sigma_fs, b_centre, read_noise)
+    peak_snr = peak_pixel_snr(spots.photons, spots.ss, spots.fs, spots.sigma_ss, spots.sigma_fs,
+                              b_centre, read_noise)
+    strong, weak = classify_peaks(spots.photons, snr, peak_snr, mask[centre].astype(bool))
+    label, ignore = segmentation_maps(shape, flat, mass, spot_id, spots.photons, spots.panel, spots.ss,
+                                      spots.fs, spots.sigma_ss, spots.sigma_fs, strong, weak,
+                                      background, read_noise)
+    truth = PeakTruth(spots.panel, spots.ss, spots.fs, spots.photons, snr, peak_snr, strong, weak)
+    return SimulatedFrame(adu, mask, label, ignore, truth, params)

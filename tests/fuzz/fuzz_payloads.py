@@ -1,0 +1,125 @@
+"""Builders of valid request payloads, shared by the fuzz tests and ``make_corpus.py``."""
+
+from __future__ import annotations
+
+import io
+import os
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import h5py
+import hdf5plugin
+import numpy as np
+
+DEFAULT_DATASET = "/entry_1/data_1/data"
+FUZZ_SCALE = float(os.environ.get("PEAKNET_FUZZ_SCALE", "1"))
+
+
+def examples(count: int) -> int:
+    """``count`` Hypothesis examples, scaled by ``PEAKNET_FUZZ_SCALE``."""
+    return max(1, int(count * FUZZ_SCALE))
+
+
+@dataclass
+class FuzzStats:
+    """Per target: inputs tried, inputs rejected with a RequestError, other exceptions."""
+
+    inputs: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    rejected: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    failures: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    sandbox_restarts: int = 0
+
+    def as_dict(self) -> dict:
+        return {
+            "inputs_tried": sum(self.inputs.values()),
+            "rejected_with_4xx": sum(self.rejected.values()),
+            "failures": sum(self.failures.values()),
+            "hdf5_sandbox_restarts": self.sandbox_restarts,
+            "fuzz_scale": FUZZ_SCALE,
+            "by_target": {
+                name: {"inputs": self.inputs[name], "rejected_with_4xx": self.rejected[name],
+                       "failures": self.failures[name]}
+                for name in sorted(self.inputs)
+            },
+        }
+
+
+FUZZ_STATS = FuzzStats()
+
+
+def run_counted(target: str, call):
+    """Run one fuzz input: a RequestError is a fine answer, anything else is counted and re-raised.
+
+    Returns the call's result, or the RequestError it raised.
+    """
+    from handler.errors import RequestError
+
+    FUZZ_STATS.inputs[target] += 1
+    try:
+        return call()
+    except RequestError as error:
+        FUZZ_STATS.rejected[target] += 1
+        assert error.status in (400, 413, 415), error
+        assert error.type and error.message
+        return error
+    except Exception:  # not BaseException: Hypothesis steers examples with BaseException subclasses
+        FUZZ_STATS.failures[target] += 1
+        raise
+
+HDF5_COMPRESSIONS: dict[str, dict] = {
+    "plain": {},
+    "gzip": {"compression": "gzip", "shuffle": True},
+    "lz4": dict(hdf5plugin.LZ4()),
+    "bitshuffle": dict(hdf5plugin.Bitshuffle()),
+    "zstd": dict(hdf5plugin.Zstd()),
+}
+
+
+def npy_bytes(array: np.ndarray, **kwargs) -> bytes:
+    """``array`` as a ``.npy`` file."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, array, **kwargs)
+    return buffer.getvalue()
+
+
+def hdf5_bytes(array: np.ndarray, compression: str = "plain", path: str = DEFAULT_DATASET) -> bytes:
+    """``array`` as dataset ``path`` of an HDF5 file (chunked per 2-D image when compressed)."""
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as file:
+        options = HDF5_COMPRESSIONS[compression]
+        chunks = (*([1] * (array.ndim - 2)), *array.shape[-2:]) if options else None
+        file.create_dataset(path, data=array, chunks=chunks, **options)
+    return buffer.getvalue()
+
+
+class OpenSentinel:
+    """A named pipe standing in for a host file: records whether anyone ever opens it.
+
+    A thread blocks opening the FIFO for writing; that returns only once somebody opens it for
+    reading (HDF5 following a link, reading external storage, ...).
+    """
+
+    def __init__(self, path) -> None:
+        self.path = str(path)
+        os.mkfifo(self.path)
+        self.opened = threading.Event()
+        self._closing = False
+        self._thread = threading.Thread(target=self._wait_for_reader, daemon=True)
+        self._thread.start()
+
+    def _wait_for_reader(self) -> None:
+        fd = os.open(self.path, os.O_WRONLY)
+        if not self._closing:
+            self.opened.set()
+        os.close(fd)
+
+    def was_opened(self) -> bool:
+        """Stop watching; True when someone other than us opened the file."""
+        time.sleep(0.05)
+        self._closing = True
+        fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)  # releases the waiting thread
+        self._thread.join(timeout=5)
+        os.close(fd)
+        return self.opened.is_set()
