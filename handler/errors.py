@@ -7,7 +7,28 @@ requests of the same TorchServe batch are unaffected:
     {"error": {"type": "bad_shape", "message": "...", "status": 400}}
 
 ``type`` is short and machine-readable; ``message`` is a sentence for a person saying what was
-wrong and what is accepted instead.
+wrong and what is accepted instead. The types raised by :mod:`handler.decode`:
+
+=====  ===========================  ========================================================
+ 400   empty_body                   the body is empty
+ 400   bad_body                     the body is not binary (e.g. decoded as text or JSON)
+ 400   content_type_mismatch        declared ``.npy``/HDF5 but the magic bytes disagree
+ 400   missing_option               raw bytes without ``X-Dtype`` or ``X-Shape``
+ 400   bad_option                   an option that is not short UTF-8 text, or given twice
+ 400   unsupported_dtype            not one of the eight pixel dtypes; object (pickle),
+                                    structured or big-endian ``.npy``; non-numeric HDF5
+ 400   bad_shape                    not 2-, 3- or 4-D, an empty dimension, unparsable X-Shape
+ 400   size_mismatch                body/data length differs from dtype x shape
+ 400   bad_npy                      malformed ``.npy`` header
+ 400   bad_hdf5                     unreadable/corrupt HDF5 (also: it crashed the reader)
+ 400   hdf5_dataset_not_found       no dataset at ``X-Dataset`` (default /entry_1/data_1/data)
+ 400   hdf5_external_link           the path crosses a link to another file
+ 400   hdf5_external_storage        the dataset's data lives in external files
+ 400   hdf5_virtual_dataset         the dataset is a VDS
+ 400   hdf5_unsupported_filter      a filter that is not a known, installed compressor
+ 413   too_large                    body, pixels, frames, panels, side or chunk over a limit
+ 415   unsupported_media_type       unknown Content-Type
+=====  ===========================  ========================================================
 """
 
 from __future__ import annotations

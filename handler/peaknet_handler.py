@@ -28,7 +28,7 @@ import torch
 from ts.torch_handler.base_handler import BaseHandler
 
 from handler.checkpoint import load_peaknet
-from handler.decode import decode_request
+from handler.decode import decode_request, default_sandbox
 from handler.errors import RequestError
 from handler.http import (HTTP_PHRASES, Answer, Decoded, error_answer, request_headers,
                           request_payload, server_error, wants_cxi)
@@ -86,6 +86,7 @@ class PeakNetHandler(BaseHandler):
         if settings.warmup:
             for panels, height, width in settings.warmup_shapes:
                 self.finder.warmup(panels, height, width)
+        default_sandbox().start()  # the HDF5 reader process: the first HDF5 request should not pay for it
 
         params = sum(p.numel() for p in model.parameters())
         weight_bytes = sum(t.numel() * t.element_size()

@@ -44,10 +44,11 @@ def poisson_photons(rng: np.random.Generator, expected: np.ndarray) -> np.ndarra
 
 def photons_to_adu(rng: np.random.Generator, photons: np.ndarray, response: DetectorResponse) -> np.ndarray:
     """Photon counts (P, ss, fs) -> float32 ADU with gain, per-panel offsets, read noise, saturation."""
-    gain = response.adu_per_photon * response.panel_gain[:, None, None]
-    adu = photons * gain + response.panel_offset_adu[:, None, None]
-    adu = adu + rng.normal(0.0, response.read_noise_adu, size=photons.shape)
-    return np.minimum(adu, response.saturation_adu).astype(np.float32)
+    gain = (response.adu_per_photon * response.panel_gain[:, None, None]).astype(np.float32)
+    adu = photons.astype(np.float32) * gain + response.panel_offset_adu[:, None, None].astype(np.float32)
+    noise = rng.standard_normal(size=photons.shape, dtype=np.float32)
+    adu += np.float32(response.read_noise_adu) * noise
+    return np.minimum(adu, np.float32(response.saturation_adu))
 
 
 @dataclass(frozen=True)

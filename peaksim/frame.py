@@ -99,19 +99,56 @@ def sample_response(rng: np.random.Generator, geometry: DetectorGeometry, photon
     )
 
 
+MIN_SPOT_SPACING_PX = 6.0
+SPOT_SPACING_SIGMAS = 4.0
+MAX_DISTANCE_STRETCH = 1.5
+
+
+def resolvable_distance(max_cell_edge: float, wavelength: float, pixel_size: float, spot_sigma: float) -> float:
+    """Shortest detector distance (m) at which neighbouring spots of a cell edge ``max_cell_edge``
+    (Angstrom) are ``max(6 px, 4 sigma)`` apart: spacing on the detector is ~ ``D lambda / a``.
+
+    Experiments are set up so that spots are resolved; frames with hopelessly overlapping spots
+    would teach the network (and score it on) something no experiment records.
+    """
+    spacing = max(MIN_SPOT_SPACING_PX, SPOT_SPACING_SIGMAS * spot_sigma) * pixel_size
+    return max_cell_edge * spacing / wavelength
+
+
+def _scaled_cell(crystal: CrystalParams, factor: float) -> CrystalParams:
+    cell = crystal.cell
+    scaled = UnitCell(cell.a * factor, cell.b * factor, cell.c * factor, cell.alpha, cell.beta, cell.gamma)
+    return CrystalParams(scaled, crystal.rotation, crystal.mosaicity_deg, crystal.domain_size, crystal.d_min,
+                         crystal.b_factor, crystal.photons_per_reflection)
+
+
 def sample_frame_params(rng: np.random.Generator, geometry: DetectorGeometry,
                         blank_probability: float = 0.06, multi_crystal_probability: float = 0.15
                         ) -> FrameParams:
-    """Draw a full parameter set for one frame on ``geometry``."""
+    """Draw a full parameter set for one frame on ``geometry``.
+
+    The distance is drawn from the detector's range but no shorter than
+    :func:`resolvable_distance` allows (up to 1.5x the range's top; beyond that the cell shrinks).
+    """
     energy = float(rng.uniform(6.0, 12.0))
     n_crystals = 0 if rng.random() < blank_probability else (2 if rng.random() < multi_crystal_probability else 1)
+    crystals = tuple(sample_crystal(rng) for _ in range(n_crystals))
+    spot_sigma = float(rng.uniform(0.5, 2.5))
+    wavelength = wavelength_angstrom(energy)
+    lo, hi = geometry.distance_range
+    longest = max((max(c.cell.a, c.cell.b, c.cell.c) for c in crystals), default=0.0)
+    needed = resolvable_distance(longest, wavelength, geometry.pixel_size, spot_sigma)
+    if needed > MAX_DISTANCE_STRETCH * hi:
+        crystals = tuple(_scaled_cell(c, MAX_DISTANCE_STRETCH * hi / needed) for c in crystals)
+        needed = MAX_DISTANCE_STRETCH * hi
+    distance = float(rng.uniform(max(lo, needed), max(hi, needed)))
     return FrameParams(
         photon_energy_kev=energy,
         bandwidth=float(rng.uniform(0.001, 0.006)),
-        distance=float(rng.uniform(*geometry.distance_range)),
+        distance=distance,
         beam_offset=(float(rng.normal(0.0, 1.5e-3)), float(rng.normal(0.0, 1.5e-3))),
-        crystals=tuple(sample_crystal(rng) for _ in range(n_crystals)),
-        spot_sigma=float(rng.uniform(0.5, 2.5)),
+        crystals=crystals,
+        spot_sigma=spot_sigma,
         spot_sigma_jitter=float(rng.uniform(0.0, 0.2)),
         spot_anisotropy=float(rng.uniform(0.0, 0.25)),
         background=sample_background(rng),

@@ -85,13 +85,13 @@ def agreement_summary(counts: dict[str, int]) -> dict[str, float]:
 
 
 def evaluate(config: Path, geometries: list[str], frames: int, dtypes: list[str], device: torch.device,
-             seed: int, threshold: float | None, max_batch: int, as_uint16: bool) -> dict:
+             seed: int, threshold: float | None, max_batch: int, as_uint16: bool, first_frame: int = 0) -> dict:
     models = {name: load_peaknet(config, dtype=DTYPES[name], device=device) for name in dtypes}
     reference = dtypes[0]
     report: dict = {"config": str(config), "device": str(device), "torch": torch.__version__,
                     "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                     "threshold": threshold, "match_radius_px": MATCH_RADIUS, "agreement_radius_px": AGREEMENT_RADIUS,
-                    "frames_per_geometry": frames, "seed": seed, "input": "uint16" if as_uint16 else "float32 ADU",
+                    "frames_per_geometry": frames, "first_frame": first_frame, "seed": seed, "input": "uint16" if as_uint16 else "float32 ADU",
                     "reference_dtype": reference, "per_geometry": {}}
     totals = {name: MatchCounts() for name in dtypes}
     total_agree = {name: {"matched": 0, "only_reference": 0, "only_other": 0} for name in dtypes[1:]}
@@ -102,7 +102,7 @@ def evaluate(config: Path, geometries: list[str], frames: int, dtypes: list[str]
         frame_f1 = {name: [] for name in dtypes}
         strong_per_frame = []
         seconds = {name: 0.0 for name in dtypes}
-        for f_index in range(frames):
+        for f_index in range(first_frame, first_frame + frames):
             frame = simulate_frame(geometry, np.random.default_rng([seed, GEOMETRY_INDEX[geometry_name], f_index]))
             raw = frame.uint16 if as_uint16 else frame.adu
             strong, weak = truth_points(frame, frame.peaks.strong), truth_points(frame, frame.peaks.weak)
@@ -194,6 +194,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="PeakNet YAML (public pipeline layout)")
     p.add_argument("--geometries", nargs="+", default=sorted(GEOMETRIES), choices=sorted(GEOMETRIES))
     p.add_argument("--frames", type=int, default=20, help="frames per geometry")
+    p.add_argument("--first-frame", type=int, default=0, help="index of the first frame of each geometry")
     p.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES),
                    help="the first is the reference for agreement")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -210,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     report = evaluate(args.config, args.geometries, args.frames, args.dtypes, torch.device(args.device),
-                      args.seed, args.threshold, args.max_batch, args.uint16)
+                      args.seed, args.threshold, args.max_batch, args.uint16, args.first_frame)
     (args.out / "accuracy.json").write_text(json.dumps(report, indent=1))
     plot_report(report, args.out / "accuracy.png")
     overall = report["overall"]

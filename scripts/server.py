@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -35,6 +36,38 @@ def read_properties(path: Path) -> dict[str, str]:
             key, value = line.split("=", 1)
             props[key.strip()] = value.strip()
     return props
+
+
+def free_port() -> int:
+    """A TCP port on loopback that is free right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def write_loopback_config(path: Path, model_store: Path, models: list[str],
+                          extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Write a config.properties for a private TorchServe on free loopback ports.
+
+    Every port TorchServe opens (HTTP, gRPC, worker sockets) is chosen free, so several servers
+    (tests, benchmarks, ``make serve``) can run side by side. Returns the three HTTP base URLs as
+    ``{"inference", "management", "metrics"}``.
+    """
+    urls = {name: f"http://127.0.0.1:{free_port()}" for name in ("inference", "management", "metrics")}
+    props = {
+        "inference_address": urls["inference"], "management_address": urls["management"],
+        "metrics_address": urls["metrics"],
+        "grpc_inference_port": str(free_port()), "grpc_management_port": str(free_port()),
+        "initial_worker_port": str(free_port()), "initial_distribution_port": str(free_port()),
+        "disable_token_authorization": "true", "enable_model_api": "false",
+        "model_store": str(model_store), "load_models": ",".join(f"{m}.mar" for m in models),
+        "max_request_size": "268435456", "max_response_size": "268435456",
+        "decode_input_request": "false", "metrics_mode": "prometheus", "enable_metrics_api": "true",
+        "model_metrics_auto_detect": "true", "install_py_dep_per_model": "false",
+        **(extra or {}),
+    }
+    path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+    return urls
 
 
 def torchserve_env(log_dir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:

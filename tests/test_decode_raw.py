@@ -81,8 +81,11 @@ def test_limits_are_checked_before_the_size():
         decode_raw(memoryview(bytes(3)), {"dtype": "uint8", "shape": "4,4"}, limits)
 
 
-@pytest.mark.parametrize(("dtype", "shape", "kind"), [("int64", "2,2", "unsupported_dtype"), ("uint16", "2", "bad_shape"),
-                                                     ("uint16", "0,4", "bad_shape"), ("uint16", "two,2", "bad_shape")])
+@pytest.mark.parametrize(
+    ("dtype", "shape", "kind"),
+    [("int64", "2,2", "unsupported_dtype"), ("uint16", "2", "bad_shape"), ("uint16", "0,4", "bad_shape"),
+     ("uint16", "two,2", "bad_shape")],
+)
 def test_bad_dtype_or_shape(dtype, shape, kind):
     with pytest.raises(BadRequest) as info:
         decode_raw(memoryview(bytes(8)), {"dtype": dtype, "shape": shape}, DecodeLimits())

@@ -18,8 +18,13 @@ from __future__ import annotations
 from typing import NoReturn
 
 import h5py
-import hdf5plugin  # registers the LZ4, bitshuffle, zstd, blosc, ... filters with HDF5
 import numpy as np
+
+try:  # a declared dependency; registers the LZ4, bitshuffle, zstd, blosc, ... filters with HDF5
+    import hdf5plugin
+    _PLUGIN_FILTERS = {code: name for name, code in hdf5plugin.FILTERS.items()}
+except ImportError:  # pragma: no cover - e.g. a bare GPU image: only HDF5's own filters decode
+    _PLUGIN_FILTERS = {}
 
 from ..errors import BadRequest, PayloadTooLarge, RequestError
 from .buffer import ReadOnlyMemoryFile
@@ -42,7 +47,7 @@ _BUILTIN_FILTERS = {
 }
 KNOWN_FILTERS: dict[int, str] = {
     **_BUILTIN_FILTERS,
-    **{code: name for name, code in hdf5plugin.FILTERS.items()},
+    **_PLUGIN_FILTERS,
 }
 
 

@@ -17,6 +17,8 @@ from .npy import decode_npy
 from .options import normalise_options
 from .raw import decode_raw
 
+DEFAULT_LIMITS = DecodeLimits()
+
 # (body, dataset path or None, limits) -> (N, P, H, W) frames
 Hdf5Reader = Callable[[memoryview, "str | None", DecodeLimits], np.ndarray]
 
@@ -48,7 +50,7 @@ def decode_request(
     body: BytesLike,
     content_type: str | None,
     options: Mapping[str, str] | None,
-    limits: DecodeLimits = DecodeLimits(),
+    limits: DecodeLimits = DEFAULT_LIMITS,
     *,
     hdf5_reader: Hdf5Reader | None = None,
 ) -> DecodedFrames:

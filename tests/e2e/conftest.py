@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +20,7 @@ import yaml
 
 from scripts.build_mar import build
 from scripts.java_home import find_java_home
-from scripts.server import log_tail, torchserve_command, torchserve_env, wait_ready
+from scripts.server import log_tail, torchserve_command, torchserve_env, wait_ready, write_loopback_config
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_MODEL = ROOT / "tests" / "fixtures" / "upstream" / "peaknet_tiny.yaml"
@@ -54,12 +53,6 @@ class Server:
         return f"{self.inference_url}/predictions/peaknet"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def model_store(tmp_path_factory) -> Path:
     if find_java_home() is None:
@@ -72,27 +65,15 @@ def model_store(tmp_path_factory) -> Path:
 
 
 def _launch(workdir: Path, store: Path, env_extra: dict[str, str]) -> Server:
-    ports = [free_port() for _ in range(3)]
-    urls = [f"http://127.0.0.1:{p}" for p in ports]
     (workdir / "tmp").mkdir(parents=True, exist_ok=True)
     config = workdir / "config.properties"
-    config.write_text("\n".join([
-        f"inference_address={urls[0]}", f"management_address={urls[1]}", f"metrics_address={urls[2]}",
-        "disable_token_authorization=true", "enable_model_api=false",
-        f"model_store={store}", "load_models=peaknet.mar",
-        "max_request_size=134217728", "max_response_size=134217728", "decode_input_request=false",
-        "metrics_mode=prometheus", "enable_metrics_api=true", "model_metrics_auto_detect=true",
-        "default_workers_per_model=1", "install_py_dep_per_model=false",
-        # worker sockets are /tmp/.ts.sock.<port>: distinct ports keep parallel servers apart
-        f"initial_worker_port={free_port()}", f"initial_distribution_port={free_port()}",
-        f"grpc_inference_port={free_port()}", f"grpc_management_port={free_port()}", "",
-    ]))
+    urls = write_loopback_config(config, store, ["peaknet"], {"max_request_size": "134217728"})
     log_dir = workdir / "logs"
     env = torchserve_env(log_dir, {"TMPDIR": str(workdir / "tmp"), **env_extra})
     log = open(workdir / "torchserve.out", "wb")
     process = subprocess.Popen(torchserve_command(config, foreground=True), cwd=workdir, env=env,
                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    server = Server(urls[0], urls[1], urls[2], log_dir, process)
+    server = Server(urls["inference"], urls["management"], urls["metrics"], log_dir, process)
     try:
         wait_ready(server.inference_url, server.management_url, "peaknet", START_TIMEOUT,
                    alive=lambda: process.poll() is None)

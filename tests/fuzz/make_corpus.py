@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import pickle
 import random
 import subprocess
 import sys
@@ -24,6 +25,7 @@ import numpy as np
 from fuzz_payloads import DEFAULT_DATASET, hdf5_bytes, npy_bytes
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
+ROOT = Path(__file__).resolve().parents[2]
 SENTINEL = "sentinel.fifo"
 OCTET, NPY, HDF5 = "application/octet-stream", "application/x-npy", "application/x-hdf5"
 
@@ -41,43 +43,40 @@ def h5(fill) -> bytes:
     return buffer.getvalue()
 
 
+# Decodes each pickled body in-process; the exit status says whether the process survived.
+_DECODE_EACH = """
+import pickle, sys
+from handler.decode.hdf5 import decode_hdf5
+from handler.decode.limits import DecodeLimits
+from handler.errors import RequestError
+for body in pickle.loads(sys.stdin.buffer.read()):
+    try:
+        decode_hdf5(memoryview(body), None, DecodeLimits())
+    except RequestError:
+        pass
+"""
+
+
 def find_bitshuffle_crasher(seed: int = 0, tries: int = 20_000) -> bytes | None:
     """A mutated bitshuffle file that kills the process decoding it in-process (segfault)."""
     base = hdf5_bytes(np.arange(4 * 8 * 8, dtype=np.uint16).reshape(4, 8, 8), "bitshuffle")
     rng = random.Random(seed)
-    script = (
-        "import sys; from handler.decode.hdf5 import decode_hdf5; from handler.decode.limits import DecodeLimits\n"
-        "from handler.errors import RequestError\n"
-        "body = sys.stdin.buffer.read()\n"
-        "try: decode_hdf5(memoryview(body), None, DecodeLimits())\n"
-        "except RequestError: pass\n"
-    )
     candidates = []
     for _ in range(tries):
         body = bytearray(base)
         for _ in range(rng.randint(1, 8)):
             body[rng.randrange(len(body))] = rng.randrange(256)
         candidates.append(bytes(body))
-    # screen in batches inside one process; re-check single candidates of a crashing batch
-    root = Path(__file__).resolve().parents[2]
-    for start in range(0, len(candidates), 500):
+    for start in range(0, len(candidates), 500):  # screen in batches, then find the one
         batch = candidates[start : start + 500]
-        if _survives(root, script, batch):
-            continue
-        for body in batch:
-            if not _survives(root, script, [body]):
-                return body
+        if not _survives(batch):
+            return next(body for body in batch if not _survives([body]))
     return None
 
 
-def _survives(root: Path, script: str, bodies: list[bytes]) -> bool:
-    loop = "import pickle\nfor body in pickle.loads(sys.stdin.buffer.read()):\n" + "\n".join(
-        "    " + line for line in script.replace("body = sys.stdin.buffer.read()\n", "").splitlines()
-    )
-    import pickle
-
+def _survives(bodies: list[bytes]) -> bool:
     result = subprocess.run(
-        [sys.executable, "-c", "import sys\n" + loop], input=pickle.dumps(bodies), cwd=root,
+        [sys.executable, "-c", _DECODE_EACH], input=pickle.dumps(bodies), cwd=ROOT,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     return result.returncode == 0
@@ -114,6 +113,14 @@ def entries() -> list[tuple[str, bytes, str | None, dict, dict]]:
         file["/entry_1"] = h5py.SoftLink("/loop")
         file["/loop"] = h5py.SoftLink("/entry_1")
 
+    def external_link(target, link_at=DEFAULT_DATASET):
+        return h5(lambda file: file.__setitem__(link_at, h5py.ExternalLink(target, link_at)))
+
+    def external_storage(target, shape=(2, 4, 4)):
+        nbytes = int(np.prod(shape))
+        return h5(lambda file: file.create_dataset(
+            DEFAULT_DATASET, shape=shape, dtype="u1", external=[(target, 0, nbytes)]))
+
     def soft_to_external(file):
         file["/outside"] = h5py.ExternalLink("/etc/passwd", "/x")
         file[DEFAULT_DATASET] = h5py.SoftLink("/outside")
@@ -127,34 +134,44 @@ def entries() -> list[tuple[str, bytes, str | None, dict, dict]]:
         ("hdf5_bitshuffle.h5", hdf5_bytes(u16, "bitshuffle"), None, {}, ok),
         ("hdf5_zstd_named.h5", hdf5_bytes(u16, "zstd", "/data"), HDF5, {"dataset": "/data"}, ok),
         # raw
-        ("raw_absurd_shape.bin", bytes(16), OCTET, {"X-Dtype": "float64", "X-Shape": "1000000,1000000"}, err(413, "too_large")),
-        ("raw_size_mismatch.bin", bytes(23), OCTET, {"X-Dtype": "uint16", "X-Shape": "2,3,4"}, err(400, "size_mismatch")),
-        ("raw_wrong_dtype.bin", bytes(24), OCTET, {"X-Dtype": "complex128", "X-Shape": "3"}, err(400, "unsupported_dtype")),
+        ("raw_absurd_shape.bin", bytes(16), OCTET, {"X-Dtype": "float64", "X-Shape": "1000000,1000000"},
+         err(413, "too_large")),
+        ("raw_size_mismatch.bin", bytes(23), OCTET, {"X-Dtype": "uint16", "X-Shape": "2,3,4"},
+         err(400, "size_mismatch")),
+        ("raw_wrong_dtype.bin", bytes(24), OCTET, {"X-Dtype": "complex128", "X-Shape": "3"},
+         err(400, "unsupported_dtype")),
         ("raw_no_shape.bin", bytes(24), OCTET, {"X-Dtype": "uint8"}, err(400, "missing_option")),
         ("raw_empty.bin", b"", OCTET, {"X-Dtype": "uint8", "X-Shape": "1,1"}, err(400, "empty_body")),
         ("raw_text_type.bin", b"hello", "text/plain", {}, err(415, "unsupported_media_type")),
         # npy
-        ("npy_pickle.npy", npy_bytes(np.array([[{"a": 1}]], dtype=object), allow_pickle=True), NPY, {}, err(400, "unsupported_dtype")),
-        ("npy_structured.npy", npy_bytes(np.zeros((2, 2), [("a", "<u2"), ("b", "<f4")])), NPY, {}, err(400, "unsupported_dtype")),
+        ("npy_pickle.npy", npy_bytes(np.array([[{"a": 1}]], dtype=object), allow_pickle=True), NPY, {},
+         err(400, "unsupported_dtype")),
+        ("npy_structured.npy", npy_bytes(np.zeros((2, 2), [("a", "<u2"), ("b", "<f4")])), NPY, {},
+         err(400, "unsupported_dtype")),
         ("npy_big_endian.npy", npy_bytes(u16.astype(">u2")), NPY, {}, err(400, "unsupported_dtype")),
-        ("npy_bomb_header.npy", npy_header("{'descr': '<f8', 'fortran_order': False, 'shape': (100000, 100000), }\n"), NPY, {}, err(413, "too_large")),
+        ("npy_bomb_header.npy", npy_header("{'descr': '<f8', 'fortran_order': False, 'shape': (100000, 100000), }\n"),
+         NPY, {}, err(413, "too_large")),
         ("npy_truncated.npy", npy_bytes(u16)[:-5], NPY, {}, err(400, "size_mismatch")),
-        ("npy_code_header.npy", npy_header("__import__('os').system('touch /tmp/peaknet_pwned')", bytes(8)), NPY, {}, err(400, "bad_npy")),
+        ("npy_code_header.npy", npy_header("__import__('os').system('touch /tmp/peaknet_pwned')", bytes(8)), NPY, {},
+         err(400, "bad_npy")),
         ("npy_huge_header_len.npy", b"\x93NUMPY\x02\x00\xff\xff\xff\xff{", NPY, {}, err(400, "bad_npy")),
         ("npy_nested_header.npy", npy_header("{'descr': " + "(" * 300 + "}"), NPY, {}, err(400, "bad_npy")),
         ("npy_as_hdf5.npy", npy_bytes(u16), HDF5, {}, err(400, "content_type_mismatch")),
         # hdf5
-        ("hdf5_external_link.h5", h5(lambda f: f.__setitem__(DEFAULT_DATASET, h5py.ExternalLink("/etc/passwd", "/x"))), HDF5, {}, err(400, "hdf5_external_link")),
-        ("hdf5_external_link_relative.h5", h5(lambda f: f.__setitem__("/entry_1", h5py.ExternalLink(SENTINEL, "/entry_1"))), HDF5, {}, err(400, "hdf5_external_link")),
+        ("hdf5_external_link.h5", external_link("/etc/passwd"), HDF5, {}, err(400, "hdf5_external_link")),
+        ("hdf5_external_link_relative.h5", external_link(SENTINEL, "/entry_1"), HDF5, {},
+         err(400, "hdf5_external_link")),
         ("hdf5_soft_to_external.h5", h5(soft_to_external), HDF5, {}, err(400, "hdf5_external_link")),
-        ("hdf5_external_storage.h5", h5(lambda f: f.create_dataset(DEFAULT_DATASET, shape=(2, 4, 4), dtype="u2", external=[(SENTINEL, 0, 64)])), HDF5, {}, err(400, "hdf5_external_storage")),
-        ("hdf5_external_storage_passwd.h5", h5(lambda f: f.create_dataset(DEFAULT_DATASET, shape=(1, 4, 4), dtype="u1", external=[("/etc/passwd", 0, 16)])), HDF5, {}, err(400, "hdf5_external_storage")),
+        ("hdf5_external_storage.h5", external_storage(SENTINEL), HDF5, {}, err(400, "hdf5_external_storage")),
+        ("hdf5_external_storage_passwd.h5", external_storage("/etc/passwd", (1, 4, 4)), HDF5, {},
+         err(400, "hdf5_external_storage")),
         ("hdf5_vds.h5", h5(vds), HDF5, {}, err(400, "hdf5_virtual_dataset")),
         ("hdf5_unknown_filter.h5", h5(unknown_filter), HDF5, {}, err(400, "hdf5_unsupported_filter")),
         ("hdf5_bomb.h5", h5(bomb), HDF5, {}, err(413, "too_large")),
         ("hdf5_chunk_bomb.h5", h5(chunk_bomb), HDF5, {}, err(413, "too_large")),
         ("hdf5_soft_loop.h5", h5(soft_loop), HDF5, {}, err(400, "bad_hdf5")),
-        ("hdf5_strings.h5", h5(lambda f: f.create_dataset(DEFAULT_DATASET, data=np.array([[b"ab"]]))), HDF5, {}, err(400, "unsupported_dtype")),
+        ("hdf5_strings.h5", h5(lambda f: f.create_dataset(DEFAULT_DATASET, data=np.array([[b"ab"]]))), HDF5, {},
+         err(400, "unsupported_dtype")),
         ("hdf5_truncated.h5", hdf5_bytes(u16, "gzip")[:700], HDF5, {}, err(400, "bad_hdf5")),
     ]
     crasher = find_bitshuffle_crasher()

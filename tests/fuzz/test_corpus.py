@@ -45,7 +45,9 @@ def test_replay(entry, tmp_path, monkeypatch):
         for name, reader in readers.items():
             outcome = run_counted(
                 "corpus",
-                lambda: decode_request(body, entry["content_type"], entry["options"], hdf5_reader=reader),
+                lambda reader=reader: decode_request(
+                    body, entry["content_type"], entry["options"], hdf5_reader=reader
+                ),
             )
             if expect["status"] == 200:
                 assert isinstance(outcome, DecodedFrames), (name, outcome)

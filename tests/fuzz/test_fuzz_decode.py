@@ -9,7 +9,6 @@ a 400 and a sandbox restart rather than as a dead test process.
 from __future__ import annotations
 
 import json
-import string
 from pathlib import Path
 
 import numpy as np

@@ -1,0 +1,188 @@
+#!/usr/bin/env python3
+"""End-to-end benchmark: TorchServe + PeakNet under the load-test client, vs TorchServe's ceiling.
+
+    python -m benchmarks.bench_e2e --out benchmarks/results/e2e_h200.json            # GPU host
+    python -m benchmarks.bench_e2e --small --out /tmp/e2e_cpu.json                   # CPU smoke run
+
+Starts one TorchServe on loopback serving, side by side:
+  echo            a handler that only copies each body to the GPU (TorchServe's own ceiling)
+  peaknet-<name>  one archive per serving variant (see ``VARIANTS``): model YAML, precision,
+                  torch.compile, workers, batch size
+then runs ``scripts/loadtest.py`` in closed loop (one ePix10k2M uint16 frame per request, several
+concurrency levels) and open loop (120 Hz) against each, and writes JSON + markdown + a PNG.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from benchmarks.timing import environment, markdown_table, progress, write_results
+from scripts.build_mar import build
+from scripts.server import torchserve_command, torchserve_env, wait_ready, write_loopback_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+VARIANTS = {
+    "eager": {"compile": False},
+    "compiled": {"compile": True, "compile_mode": "default"},
+}
+
+
+def model_config(variant: dict, workers: int, batch_size: int, delay_ms: int, warmup_shape) -> dict:
+    handler = {
+        "config": "peaknet.yaml", "precision": "auto", "max_batch_panels": 64,
+        "warmup": True, "warmup_shapes": [list(warmup_shape)], "panel_buckets": [16, 32, 64],
+        "max_frames": 16, "max_pixels": 16 * 16 * 352 * 384, **variant,
+    }
+    return {"minWorkers": workers, "maxWorkers": workers, "batchSize": batch_size,
+            "maxBatchDelay": delay_ms, "responseTimeout": 120, "startupTimeout": 900, "handler": handler}
+
+
+def build_echo(store: Path) -> None:
+    archiver = Path(sys.executable).with_name("torch-model-archiver")
+    subprocess.run([str(archiver) if archiver.exists() else "torch-model-archiver",
+                    "--model-name", "echo", "--version", "1.0",
+                    "--handler", str(ROOT / "benchmarks" / "echo_handler.py"),
+                    "--export-path", str(store), "--force"], check=True)
+    (store / "echo-config.yaml").write_text("")
+
+
+def start(workdir: Path, store: Path, models: list[str]) -> tuple[subprocess.Popen, dict[str, str]]:
+    urls = write_loopback_config(workdir / "config.properties", store, models, {"job_queue_size": "1024"})
+    env = torchserve_env(workdir / "logs", {"TMPDIR": str(workdir)})
+    log = open(workdir / "torchserve.out", "wb")
+    process = subprocess.Popen(torchserve_command(workdir / "config.properties", foreground=True),
+                               cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    return process, urls
+
+
+def loadtest(url: str, model: str, report: Path, args, *, concurrency: int | None = None,
+             rate: float | None = None) -> dict:
+    cmd = [sys.executable, str(ROOT / "scripts" / "loadtest.py"), "--url", url, "--model", model,
+           "--geometry", args.geometry, "--dtype", "uint16", "--encoding", "raw",
+           "--duration", str(args.duration), "--warmup", str(args.warmup_s), "--quiet",
+           "--report", str(report)]
+    cmd += ["--rate", str(rate)] if rate else ["--concurrency", str(concurrency)]
+    subprocess.run(cmd, check=False, cwd=ROOT)
+    return json.loads(report.read_text())
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib  # noqa: PLC0415
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    closed = [r for r in rows if r["loop"] == "closed"]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for target in sorted({r["target"] for r in closed}):
+        pts = sorted((r["concurrency"], r["fps"], r["p99_ms"]) for r in closed if r["target"] == target)
+        ax1.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=target)
+        ax2.plot([p[0] for p in pts], [p[2] for p in pts], marker="o", label=target)
+    ax1.set(xlabel="concurrent clients", ylabel="frames/s (1 frame per request)", title="throughput")
+    ax2.set(xlabel="concurrent clients", ylabel="p99 latency (ms)", title="tail latency", yscale="log")
+    ax1.axhline(120, color="grey", linestyle=":", label="120 Hz")
+    ax1.legend()
+    ax2.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model-config", type=Path, nargs="+",
+                        default=[ROOT / "model_store/peaknet/peaknet.yaml"],
+                        help="PeakNet YAMLs to serve (with weights)")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--delay-ms", type=int, default=5)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[4, 16, 32])
+    parser.add_argument("--rate", type=float, default=120.0, help="open-loop rate (0 = skip)")
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--warmup-s", type=float, default=3.0)
+    parser.add_argument("--geometry", default="epix10k2m")
+    parser.add_argument("--small", action="store_true", help="tiny model, 2x64x96 frames (CPU smoke run)")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/e2e.json")
+    args = parser.parse_args()
+
+    warmup_shape = (16, 352, 384)
+    if args.small:
+        args.model_config = [ROOT / "tests/fixtures/upstream/peaknet_tiny.yaml"]
+        args.variants, args.workers, args.concurrency = "eager", 1, [2]
+        args.rate, args.duration, args.warmup_s, args.geometry = 0, 3.0, 1.0, "2,64,96"
+        warmup_shape = (2, 64, 96)
+
+    import torch  # noqa: PLC0415
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    workdir = Path(tempfile.mkdtemp(prefix="peaknet-e2e-"))
+    store = workdir / "store"
+    store.mkdir()
+    targets = ["echo"]
+    build_echo(store)
+    for config in args.model_config:
+        for name in args.variants.split(","):
+            target = f"{config.stem}-{name}"
+            cfg = workdir / f"{target}.yaml"
+            cfg.write_text(yaml.safe_dump(model_config(VARIANTS[name], args.workers, args.batch_size,
+                                                       args.delay_ms, warmup_shape)))
+            build(config, None, cfg, store, model_name=target)
+            targets.append(target)
+
+    server, urls = start(workdir, store, targets)
+    url = urls["inference"]
+    rows = []
+    try:
+        for target in targets:
+            progress(f"waiting for {target} ...")
+            wait_ready(url, urls["management"], target, 900,
+                       alive=lambda: server.poll() is None)
+        for target in targets:
+            loops = [("closed", c, None) for c in args.concurrency]
+            if args.rate:
+                loops.append(("open", None, args.rate))
+            for loop, concurrency, rate in loops:
+                progress(f"{target}: {loop} loop {concurrency or rate} ...")
+                report = loadtest(url, target, workdir / f"{target}-{loop}-{concurrency or rate}.json", args,
+                                  concurrency=concurrency, rate=rate)
+                latency = report["latency_ms"]
+                rows.append({"target": target, "loop": loop, "concurrency": concurrency, "rate_hz": rate,
+                             "fps": report["fps"], "rps": report["rps"], "mb_per_s": report["mb_per_s"],
+                             "p50_ms": latency.get("p50"), "p99_ms": latency.get("p99"),
+                             "error_rate": report["error_rate"],
+                             "fell_behind": report.get("open_loop", {}).get("fell_behind")})
+                progress(f"  {rows[-1]['fps']:.1f} frames/s, p99 {rows[-1]['p99_ms']} ms")
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=60)
+        logs = workdir / "logs" / "model_log.log"
+        if logs.exists() and os.environ.get("OUT"):
+            shutil.copy(logs, Path(os.environ["OUT"]) / "e2e_model_log.log")
+    echo = {r["concurrency"]: r["fps"] for r in rows if r["target"] == "echo" and r["loop"] == "closed"}
+    for row in rows:
+        row["fraction_of_echo"] = row["fps"] / echo[row["concurrency"]] if row["concurrency"] in echo else None
+    columns = [("target", "served"), ("loop", "loop"), ("concurrency", "clients"), ("rate_hz", "rate Hz"),
+               ("fps", "frames/s"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"),
+               ("fraction_of_echo", "÷ echo"), ("error_rate", "errors"), ("fell_behind", "fell behind")]
+    table = markdown_table(rows, columns)
+    print(table)
+    write_results(args.out, {"environment": environment(device), "settings": {
+        "workers": args.workers, "batch_size": args.batch_size, "delay_ms": args.delay_ms,
+        "geometry": args.geometry, "duration_s": args.duration}, "rows": rows}, table)
+    plot(rows, args.out.with_suffix(".png"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,167 @@
+#!/usr/bin/env python3
+"""Model-level benchmark: PeakNet under each precision mode, all in one run, ratios vs autocast.
+
+    # H200, the public 33M and 673M configs, ePix10k2M frames and 1920x1920 images:
+    python -m benchmarks.bench_model --device cuda --out benchmarks/results/model_h200.json
+    # CPU smoke run at small size:
+    python -m benchmarks.bench_model --device cpu --small --out /tmp/model_cpu.json
+
+Modes (weights / autocast / output):
+  fp32          float32 weights, no autocast, full (B, 2, H, W) logits
+  autocast      float32 weights + autocast bf16: the public pipeline's approach (baseline "b")
+  bf16, fp16    weights and inputs cast, under autocast
+  lean          bf16 + channels_last + class-difference head at stride 4 (B, 1, H, W), eager
+  fast          lean + torch.compile(dynamic=False), dynamo reset per shape
+  fast_graphs   fast with mode="reduce-overhead" (CUDA graphs)
+Per mode: median latency over repeats (CUDA events), items/s, peak and weight memory, and the
+peak-mask agreement with the fp32 mask (argmax of fp32 logits).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from benchmarks.timing import environment, markdown_table, progress, time_ms, write_results
+from handler.checkpoint import load_peaknet
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Mode:
+    name: str
+    weights: torch.dtype
+    autocast: torch.dtype | None
+    lean: bool = False
+    compile: str | None = None
+
+
+MODES = {
+    "fp32": Mode("fp32", torch.float32, None),
+    "autocast": Mode("autocast", torch.float32, torch.bfloat16),
+    "bf16": Mode("bf16", torch.bfloat16, torch.bfloat16),
+    "fp16": Mode("fp16", torch.float16, torch.float16),
+    "lean": Mode("lean", torch.bfloat16, torch.bfloat16, lean=True),
+    "fast": Mode("fast", torch.bfloat16, torch.bfloat16, lean=True, compile="default"),
+    "fast_graphs": Mode("fast_graphs", torch.bfloat16, torch.bfloat16, lean=True, compile="reduce-overhead"),
+}
+
+
+def forward_fn(model, mode: Mode, x: torch.Tensor, device: torch.device):
+    """A no-argument callable running one batch in ``mode``; returns the peak mask (B, H, W) bool."""
+    head = model.forward_peak_score if mode.lean else model.forward
+    if mode.compile:
+        torch._dynamo.reset()
+        head = torch.compile(head, mode=mode.compile, dynamic=False)
+    use_autocast = mode.autocast is not None and device.type == "cuda"
+
+    def run() -> torch.Tensor:
+        with torch.inference_mode(), torch.autocast(device.type, dtype=mode.autocast or torch.float32,
+                                                    enabled=use_autocast):
+            out = head(x)
+            return out[:, 0] > 0 if mode.lean else out.argmax(dim=1) == 1
+    return run
+
+
+def bench_case(config: Path, shape: tuple[int, ...], modes: list[str], device: torch.device,
+               warmup: int, repeats: int) -> list[dict]:
+    rows, reference_mask = [], None
+    generator = torch.Generator(device="cpu").manual_seed(0)
+    base = torch.randn(shape, generator=generator)
+    for name in modes:
+        mode = MODES[name]
+        if mode.compile and device.type != "cuda":
+            continue
+        progress(f"  {config.stem} {tuple(shape)} {name} ...")
+        torch.manual_seed(0)  # the same random weights in every mode, so masks are comparable
+        model = load_peaknet(config, random_init=True, dtype=mode.weights, device=device)
+        x = base.to(device=device, dtype=mode.weights)
+        if mode.lean:
+            model = model.to(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=torch.channels_last)
+        run = forward_fn(model, mode, x, device)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+        timing = time_ms(run, device, warmup=warmup + (2 if mode.compile else 0), repeats=repeats)
+        mask = run().cpu()
+        if reference_mask is None:
+            reference_mask = mask
+        weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        rows.append({
+            "model": config.stem, "shape": list(shape), "mode": name,
+            "ms": timing["median_ms"], "min_ms": timing["min_ms"], "max_ms": timing["max_ms"],
+            "items_per_s": shape[0] * 1e3 / timing["median_ms"],
+            "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+            "weights_gib": weight_bytes / 2**30,
+            "mask_agreement_vs_fp32": float((mask == reference_mask).float().mean()),
+        })
+        del model, x, run
+        gc.collect()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    baseline = next((r for r in rows if r["mode"] == "autocast"), None)
+    for row in rows:
+        row["speedup_vs_autocast"] = baseline["ms"] / row["ms"] if baseline else None
+    return rows
+
+
+def parse_case(text: str) -> tuple[int, ...]:
+    return tuple(int(v) for v in text.lower().split("x"))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--small", action="store_true", help="tiny model and inputs (CPU smoke run)")
+    parser.add_argument("--configs", nargs="+", type=Path,
+                        default=[ROOT / "configs/peaknet-33m.yaml", ROOT / "configs/peaknet-673m.yaml"])
+    parser.add_argument("--cases", nargs="+", default=["16x1x352x384", "8x1x1920x1920"],
+                        help="input shapes BxCxHxW (the batch is halved for configs over 100M parameters)")
+    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--large-modes", default="fp32,autocast,bf16,fp16,lean",
+                        help="modes for configs over 100M parameters (compiling them costs minutes)")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/model.json")
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    if args.small:
+        args.configs = [ROOT / "tests/fixtures/upstream/peaknet_tiny.yaml"]
+        args.cases = ["2x1x64x96"]
+        args.warmup, args.repeats = 1, 3
+    rows = []
+    for config in args.configs:
+        large = sum(p.numel() for p in load_peaknet(config, random_init=True).parameters()) > 100e6
+        modes = (args.large_modes if large else args.modes).split(",")
+        for case in args.cases:
+            shape = parse_case(case)
+            if large:
+                shape = (max(1, shape[0] // 2), *shape[1:]) if shape[-1] > 1000 else shape
+            rows += bench_case(config, shape, modes, device, args.warmup, args.repeats)
+            report(rows, device, args.out)  # after every case, so a cut-short run keeps its rows
+    report(rows, device, args.out, show=True)
+    return 0
+
+
+def report(rows: list[dict], device: torch.device, out: Path, show: bool = False) -> None:
+    columns = [("model", "model"), ("shape", "input"), ("mode", "mode"), ("ms", "ms/batch"),
+               ("items_per_s", "items/s"), ("speedup_vs_autocast", "× autocast"),
+               ("peak_gib", "peak GiB"), ("weights_gib", "weights GiB"),
+               ("mask_agreement_vs_fp32", "mask = fp32")]
+    table = markdown_table(rows, columns)
+    if show:
+        print(table)
+    write_results(out, {"environment": environment(device), "rows": rows}, table)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,88 @@
+"""Timing and reporting helpers shared by the benchmarks.
+
+GPU work is timed with CUDA events around each repeat (``torch.cuda.Event(enable_timing=True)``);
+CPU work with ``time.perf_counter``. Every figure is the median over repeats after warm-ups.
+Results are written as JSON (with the command line and environment) plus a markdown table.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+
+def time_ms(fn: Callable[[], Any], device: torch.device, warmup: int = 3, repeats: int = 10) -> dict[str, float]:
+    """Run ``fn`` ``warmup`` times, then time ``repeats`` runs.
+
+    Returns:
+        ``{"median_ms", "min_ms", "max_ms"}`` over the timed repeats.
+    """
+    for _ in range(warmup):
+        fn()
+    samples = []
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        for _ in range(repeats):
+            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            stop.record()
+            stop.synchronize()
+            samples.append(start.elapsed_time(stop))
+    else:
+        for _ in range(repeats):
+            started = time.perf_counter()
+            fn()
+            samples.append(1e3 * (time.perf_counter() - started))
+    return {"median_ms": statistics.median(samples), "min_ms": min(samples), "max_ms": max(samples)}
+
+
+def command_line() -> str:
+    """How this benchmark was started, as a ``python -m benchmarks.NAME ...`` command."""
+    module = Path(sys.argv[0]).stem
+    return " ".join(["python", "-m", f"benchmarks.{module}", *sys.argv[1:]])
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """What the numbers were measured on."""
+    info = {"python": platform.python_version(), "torch": torch.__version__, "device": str(device),
+            "host": platform.node(), "command": command_line()}
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+    else:
+        info["cpu"] = platform.processor() or platform.machine()
+        info["threads"] = torch.get_num_threads()
+    return info
+
+
+def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
+    """Rows as a markdown table; ``columns`` are (key, header) pairs; floats get 2-3 significant places."""
+    def fmt(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
+        return "—" if value is None else str(value)
+
+    lines = ["| " + " | ".join(h for _, h in columns) + " |",
+             "| " + " | ".join("---" for _ in columns) + " |"]
+    lines += ["| " + " | ".join(fmt(row.get(k)) for k, _ in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_results(path: Path, payload: dict[str, Any], table: str) -> None:
+    """``path`` (.json) and the same stem with .md holding the table and the command."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(payload, indent=1))
+    command = payload.get("environment", {}).get("command", "")
+    path.with_suffix(".md").write_text(f"{table}\n\nReproduce: `{command}`\n")
+
+
+def progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)

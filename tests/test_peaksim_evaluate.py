@@ -1,0 +1,37 @@
+"""scripts/evaluate.py with the bundled model, on CPU, on one small held-out frame."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import evaluate  # noqa: E402
+from peaksim.frame import simulate_frame  # noqa: E402
+from peaksim.geometry import get_geometry  # noqa: E402
+
+BUNDLED = ROOT / "model_store" / "peaknet" / "peaknet.yaml"
+
+
+@pytest.mark.skipif(not BUNDLED.is_file(), reason="bundled model not trained yet (model_store/peaknet)")
+def test_bundled_model_finds_peaks_of_a_held_out_epix_frame(tmp_path):
+    # Frame 1 of the ePix10k2M held-out sequence has 39 strong peaks.
+    seed, frame_index = 20240, 1
+    truth = simulate_frame(get_geometry("epix10k2m"),
+                           np.random.default_rng([seed, evaluate.GEOMETRY_INDEX["epix10k2m"], frame_index]))
+    n_strong = int(truth.peaks.strong.sum())
+    assert n_strong > 10
+    assert evaluate.main(["--config", str(BUNDLED), "--geometries", "epix10k2m", "--frames", "1",
+                          "--first-frame", str(frame_index), "--dtypes", "float32", "bfloat16",
+                          "--device", "cpu", "--seed", str(seed), "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "accuracy.json").read_text())
+    accuracy = report["per_geometry"]["epix10k2m"]["accuracy"]
+    for name in ("float32", "bfloat16"):
+        assert accuracy[name]["tp"] + accuracy[name]["fn"] == n_strong
+        assert accuracy[name]["f1"] >= 0.8
+    assert report["overall"]["agreement_with_float32"]["bfloat16"]["agreement"] >= 0.9
+    assert (tmp_path / "accuracy.png").stat().st_size > 0

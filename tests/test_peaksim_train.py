@@ -1,0 +1,56 @@
+"""Training script pieces: the focal loss and a real (tiny, CPU) training run that the server's
+loader accepts."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+
+import train  # noqa: E402
+from handler.checkpoint import load_peaknet  # noqa: E402
+from peaksim.dataset import IGNORE_INDEX  # noqa: E402
+
+
+def test_focal_loss_with_gamma_zero_is_cross_entropy():
+    logits = torch.randn(2, 2, 8, 8)
+    target = torch.randint(0, 2, (2, 8, 8))
+    expected = F.cross_entropy(logits, target)
+    assert torch.allclose(train.focal_loss(logits, target, alpha=1.0, gamma=0.0), expected, atol=1e-6)
+
+
+def test_focal_loss_ignores_weak_pixels_and_down_weights_easy_ones():
+    logits = torch.zeros(1, 2, 4, 4)
+    logits[:, 0] = 4.0                                  # confident background everywhere
+    target = torch.zeros(1, 4, 4, dtype=torch.uint8)
+    target[0, 0, 0] = IGNORE_INDEX
+    base = train.focal_loss(logits, target)
+    target_wrong = target.clone()
+    target_wrong[0, 0, 0] = 1                           # the same pixel, now a (missed) peak
+    assert train.focal_loss(logits, target_wrong) > 10 * base
+    focal = train.focal_loss(logits, torch.zeros_like(target))
+    ce = F.cross_entropy(logits, torch.zeros(1, 4, 4, dtype=torch.long))
+    assert focal < 0.01 * ce
+
+
+def test_tiny_training_run_writes_a_loadable_model(tmp_path):
+    assert train.main(["--out", str(tmp_path), "--steps", "2", "--batch-size", "2", "--crop", "64",
+                       "--workers", "0", "--preset", "tiny", "--warmup", "1", "--device", "cpu"]) == 0
+    history = json.loads((tmp_path / "train_loss.json").read_text())
+    assert history["steps_done"] == 2 and len(history["loss"]) == 2
+    assert (tmp_path / "train_loss.png").stat().st_size > 0
+    model = load_peaknet(tmp_path / "peaknet.yaml", dtype="float32", device="cpu")
+    out = model(torch.randn(1, 1, 64, 96))
+    assert out.shape == (1, 2, 64, 96)
+
+
+@pytest.mark.parametrize("steps,warmup", [(100, 10)])
+def test_learning_rate_schedule(steps, warmup):
+    assert train.lr_at(0, 0.0, 1.0, warmup) == pytest.approx(0.1)
+    assert train.lr_at(warmup, 0.0, 1.0, warmup) == pytest.approx(1.0)
+    assert train.lr_at(steps, 1.0, 1.0, warmup) == pytest.approx(0.02)
+    assert train.run_progress(55, steps, warmup, elapsed=90.0, time_limit=100.0) == pytest.approx(0.9)

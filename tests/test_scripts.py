@@ -1,0 +1,42 @@
+"""Archive building and Java discovery (real torch-model-archiver, real java)."""
+
+import zipfile
+from pathlib import Path
+
+import yaml
+
+from scripts.build_mar import build
+from scripts.java_home import find_java_home, java_major_version
+from scripts.server import read_properties
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = ROOT / "tests" / "fixtures" / "upstream" / "peaknet_tiny.yaml"
+
+
+def test_archive_holds_handler_package_model_and_config(tmp_path):
+    mar = build(TINY, None, ROOT / "model-config.yaml", tmp_path, model_name="peaknet")
+    with zipfile.ZipFile(mar) as archive:
+        names = set(archive.namelist())
+        assert {"peaknet_handler.py", "handler/__init__.py", "handler/decode/__init__.py",
+                "handler/model/peaknet.py", "peaknet.yaml", "peaknet_tiny.pt",
+                "MAR-INF/MANIFEST.json"} <= names
+        assert not any("__pycache__" in n for n in names)
+        packed = yaml.safe_load(archive.read("peaknet.yaml"))
+    assert packed["model"]["weights_path"] == "peaknet_tiny.pt"
+    assert packed["model"]["peaknet_config"] == yaml.safe_load(TINY.read_text())["model"]["peaknet_config"]
+
+
+def test_java_17_or_newer_is_found():
+    home = find_java_home()
+    assert home is not None
+    assert java_major_version(str(Path(home) / "bin" / "java")) >= 17
+
+
+def test_root_config_is_loopback_with_explicit_auth_choice():
+    props = read_properties(ROOT / "config.properties")
+    for key in ("inference_address", "management_address", "metrics_address"):
+        assert props[key].startswith("http://127.0.0.1:")
+    assert props["disable_token_authorization"] == "true"   # loopback only; Docker keeps it on
+    assert props["enable_model_api"] == "false"
+    assert int(props["max_request_size"]) >= 16 * 16 * 352 * 384 * 4
+    assert props["load_models"] == "peaknet.mar" and props["model_store"] == "model_store"

@@ -1,0 +1,43 @@
+"""HandlerSettings: YAML section + env overrides, strict about typos."""
+
+from pathlib import Path
+
+import pytest
+
+from handler.settings import HandlerSettings, parse_bool, parse_threshold
+
+
+def test_defaults_and_yaml_values():
+    s = HandlerSettings.from_mapping({"max_batch_panels": 32, "threshold": 0.7, "max_frames": 4,
+                                      "panel_buckets": [32, 16, 64]}, env={})
+    assert s.max_batch_panels == 32 and s.threshold == 0.7 and s.limits.max_frames == 4
+    assert s.buckets() == (16, 32)  # buckets above max_batch_panels are dropped
+    assert HandlerSettings.from_mapping(None, env={}).config == "peaknet.yaml"
+
+
+def test_env_overrides_yaml():
+    env = {"PEAKNET_CONFIG": "/models/cfg.yaml", "PEAKNET_WEIGHTS": "w.safetensors",
+           "PEAKNET_MAX_BATCH_PANELS": "8", "PEAKNET_THRESHOLD": "0.9", "PEAKNET_COMPILE": "true"}
+    s = HandlerSettings.from_mapping({"max_batch_panels": 64, "threshold": 0.5}, env=env)
+    assert (s.config, s.weights, s.max_batch_panels, s.threshold, s.compile) == \
+        ("/models/cfg.yaml", "w.safetensors", 8, 0.9, True)
+    assert HandlerSettings.from_mapping({"threshold": 0.5}, env={"PEAKNET_THRESHOLD": ""}).threshold is None
+
+
+def test_paths_resolve_against_model_dir():
+    s = HandlerSettings.from_mapping({"weights": "w.pt"}, env={"PEAKNET_CONFIG": "/abs/c.yaml"})
+    assert s.resolve_path(s.weights, Path("/m")) == Path("/m/w.pt")
+    assert s.resolve_path(s.config, Path("/m")) == Path("/abs/c.yaml")
+    assert s.resolve_path(None, Path("/m")) is None
+
+
+@pytest.mark.parametrize("section", [{"max_batch_panel": 4}, {"max_batch_panels": 0},
+                                     {"threshold": 1.5}, {"compile": "maybe"}])
+def test_bad_values_are_errors(section):
+    with pytest.raises(ValueError):
+        HandlerSettings.from_mapping(section, env={})
+
+
+def test_parsers():
+    assert parse_bool("Yes") and not parse_bool("off") and parse_bool(True)
+    assert parse_threshold(None) is None and parse_threshold("null") is None and parse_threshold("0.25") == 0.25

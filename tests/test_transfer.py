@@ -1,0 +1,37 @@
+"""Host-to-device transfer keeps the wire dtype and never copies a single request on the CPU."""
+
+import numpy as np
+import pytest
+import torch
+
+from handler.transfer import as_tensor, upload_panels
+
+
+def test_single_request_on_cpu_is_zero_copy():
+    body = np.arange(2 * 3 * 4 * 5, dtype=np.uint16).tobytes()
+    frames = np.frombuffer(body, dtype=np.uint16).reshape(2, 3, 4, 5)   # read-only view of bytes
+    panels = upload_panels([frames], torch.device("cpu"))
+    assert panels.shape == (6, 4, 5) and panels.dtype == torch.uint16
+    assert panels.data_ptr() == frames.__array_interface__["data"][0]
+
+
+def test_several_requests_are_stacked_in_order():
+    a = np.zeros((1, 2, 4, 5), dtype=np.float32)
+    b = np.ones((2, 1, 4, 5), dtype=np.float32)
+    panels = upload_panels([a, b], torch.device("cpu"))
+    assert panels.shape == (4, 4, 5)
+    assert panels[:2].eq(0).all() and panels[2:].eq(1).all()
+
+
+def test_as_tensor_keeps_dtype():
+    for dtype in (np.uint8, np.uint16, np.int16, np.int32, np.uint32, np.float16, np.float32, np.float64):
+        assert as_tensor(np.zeros(3, dtype=dtype)).numpy().dtype == dtype
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_upload_through_pinned_memory_keeps_wire_dtype():
+    frames = np.random.default_rng(0).integers(0, 65535, (2, 16, 32, 32), dtype=np.uint16)
+    panels = upload_panels([frames, frames], torch.device("cuda"))
+    assert panels.dtype == torch.uint16 and panels.device.type == "cuda"
+    assert np.array_equal(panels.cpu().numpy(), np.concatenate([frames, frames]).reshape(-1, 32, 32))
