@@ -132,7 +132,9 @@ def main() -> int:
     build_echo(store)
     for config in args.model_config:
         for name in args.variants.split(","):
-            target = f"{config.stem}-{name}"
+            target = f"{config.parent.name}-{name}"   # model_store/peaknet/peaknet.yaml -> peaknet-eager
+            if target in targets:
+                raise SystemExit(f"two models would be served as {target}: put their YAMLs in distinct folders")
             cfg = workdir / f"{target}.yaml"
             cfg.write_text(yaml.safe_dump(model_config(VARIANTS[name], args.workers, args.batch_size,
                                                        args.delay_ms, warmup_shape)))

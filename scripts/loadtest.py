@@ -60,7 +60,7 @@ from scripts.payloads import (  # noqa: E402
 DEFAULT_URL = "http://127.0.0.1:8080"
 MAX_POOL_BYTES = 512 * 2**20
 
-EXIT_OK, EXIT_THRESHOLDS, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+EXIT_OK, EXIT_THRESHOLDS, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_NOTHING_MEASURED = 0, 1, 2, 3, 4
 
 
 # --------------------------------------------------------------------------------------------
@@ -372,13 +372,15 @@ def summarize(samples: Sequence[Sample], rate_hz: float | None = None) -> dict[s
         "latency_ms": latency_stats([s.latency_ms for s in ok]),
     }
     if rate_hz is not None:
-        report["open_loop"] = open_loop_stats(measured, rate_hz, window)
+        report["open_loop"] = open_loop_stats(measured, rate_hz)
     return report
 
 
-def open_loop_stats(measured: Sequence[Sample], rate_hz: float, window_s: float) -> dict[str, Any]:
+def open_loop_stats(measured: Sequence[Sample], rate_hz: float) -> dict[str, Any]:
     """Lag of sends against their schedule, and whether the server fell behind.
 
+    ``answered_hz`` is the rate of answers from the first to the last one: in a steady state it
+    equals the send rate whatever the latency, and it drops below it when a backlog builds.
     The server *fell behind* when any send was dropped (in-flight bound reached), when more than
     1 % of sends started later than :func:`late_threshold_s`, or when fewer than 95 % of the
     target rate were answered.
@@ -387,7 +389,9 @@ def open_loop_stats(measured: Sequence[Sample], rate_hz: float, window_s: float)
     lags = np.array([s.lag_ms for s in sent]) if sent else np.zeros(0)
     late = int((lags > 1e3 * late_threshold_s(rate_hz)).sum())
     dropped = len(measured) - len(sent)
-    answered_hz = sum(1 for s in sent if s.ok) / window_s if window_s > 0 else 0.0
+    answers = sorted(s.end for s in sent if s.ok)
+    span = answers[-1] - answers[0] if len(answers) > 1 else 0.0
+    answered_hz = (len(answers) - 1) / span if span > 0 else 0.0
     late_fraction = late / len(sent) if sent else 0.0
     return {
         "target_hz": rate_hz,
@@ -532,7 +536,7 @@ def save_plot(samples: Sequence[Sample], report: dict[str, Any], path: str | Pat
     ok = [s for s in measured if s.ok]
     bad = [s for s in measured if not s.ok]
     fig, (ax_time, ax_hist) = plt.subplots(1, 2, figsize=(13, 4.5))
-    ax_time.plot([s.start for s in ok], [s.latency_ms for s in ok], ".", ms=2, label="ok")
+    ax_time.plot([s.start for s in ok], [s.latency_ms for s in ok], ".", ms=3, label="ok")
     if bad:
         ax_time.plot([s.start for s in bad], [s.latency_ms for s in bad], "x", color="red", label="error")
     ax_time.set(xlabel="time since start [s]", ylabel="latency [ms]", title="Latency over time")
@@ -545,7 +549,8 @@ def save_plot(samples: Sequence[Sample], report: dict[str, Any], path: str | Pat
         if not math.isnan(stats[name]):
             ax_hist.axvline(stats[name], color="black", ls=style, label=f"{name} {stats[name]:.1f} ms")
     ax_hist.set(xlabel="latency [ms]", ylabel="requests", title="Latency histogram")
-    ax_hist.legend(loc="upper right")
+    if latencies:
+        ax_hist.legend(loc="upper right")
     fig.suptitle(f"{report['rps']:.1f} req/s, {report['fps']:.1f} frames/s, {report['errors']} errors")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -708,6 +713,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         Path(args.report).write_text(json.dumps(report, indent=2, allow_nan=True) + "\n")
     if args.plot:
         save_plot(recorder.samples, report, args.plot)
+    if report["requests"] == 0:
+        print("FAIL no request was measured: every request outlasted the run; raise --duration "
+              "or --timeout, or lower --warmup", file=sys.stderr)
+        return EXIT_NOTHING_MEASURED
     broken = violated(args.thresholds, report)
     for line in broken:
         print(f"FAIL {line}", file=sys.stderr)

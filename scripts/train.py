@@ -193,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"time limit reached at step {step}", flush=True)
                 break
     elapsed = time.perf_counter() - start
+    del batches, loader            # stop the simulation workers before saving and exiting
     model.eval()
     config_path, weights = save_model(model, config, args.out)
     history.update({"preset": args.preset, "config": config, "batch_size": args.batch_size, "crop": args.crop,

@@ -135,21 +135,23 @@ def test_plan_needs_a_bound():
 
 def test_open_loop_stats_detect_falling_behind():
     period = 0.01
-    on_time = [sample(i * period + 0.0005, scheduled=i * period) for i in range(100)]
-    kept = open_loop_stats(on_time, 100.0, window_s=1.0)
+    on_time = [sample(i * period + 0.0005, latency_s=0.3, scheduled=i * period) for i in range(100)]
+    kept = open_loop_stats(on_time, 100.0)  # a long but constant latency is no backlog
     assert kept["late"] == 0 and kept["dropped"] == 0 and not kept["fell_behind"]
-    assert kept["lag_ms"]["max"] == pytest.approx(0.5)
+    assert kept["answered_hz"] == pytest.approx(100.0) and kept["lag_ms"]["max"] == pytest.approx(0.5)
 
-    late = [sample(i * period + 0.02, scheduled=i * period) for i in range(5)] + on_time[5:]
-    behind = open_loop_stats(late, 100.0, window_s=1.0)
+    late = [sample(i * period + 0.02, latency_s=0.3, scheduled=i * period) for i in range(5)] + on_time[5:]
+    behind = open_loop_stats(late, 100.0)
     assert behind["late"] == 5 and behind["late_fraction"] == pytest.approx(0.05) and behind["fell_behind"]
 
     dropped = on_time + [sample(1.0, 0.0, status=-1, error="dropped: in-flight bound", scheduled=1.0)]
-    assert open_loop_stats(dropped, 100.0, window_s=1.0)["dropped"] == 1
-    assert open_loop_stats(dropped, 100.0, window_s=1.0)["fell_behind"]
+    assert open_loop_stats(dropped, 100.0)["dropped"] == 1
+    assert open_loop_stats(dropped, 100.0)["fell_behind"]
 
-    slow_answers = open_loop_stats(on_time, 100.0, window_s=2.0)  # 50 Hz answered of 100 Hz
-    assert slow_answers["answered_hz"] == pytest.approx(50.0) and slow_answers["fell_behind"]
+    # a backlog: each answer comes 10 ms later than the one before, relative to its send
+    backlog = [sample(i * period, latency_s=0.01 * (i + 1), scheduled=i * period) for i in range(100)]
+    growing = open_loop_stats(backlog, 100.0)
+    assert growing["answered_hz"] == pytest.approx(50.0) and growing["fell_behind"]
 
 
 # ---------------------------------------------------------------------------- thresholds
@@ -354,3 +356,10 @@ def test_command_line_rejects_open_loop_metrics_in_a_closed_loop():
     with pytest.raises(SystemExit):
         loadtest.parse_args(["--concurrency", "0"])
     assert loadtest.parse_args([]).duration == 10.0
+
+
+def test_a_run_that_measured_nothing_fails(api, tmp_path):
+    api.handler.delay_s = 1.0  # every request outlasts warm-up + duration
+    code = loadtest.main(["--url", api.url, *COMMON, "--duration", "0.3", "--report", str(tmp_path / "r.json")])
+    assert code == loadtest.EXIT_NOTHING_MEASURED
+    assert json.loads((tmp_path / "r.json").read_text())["requests"] == 0

@@ -1,0 +1,57 @@
+#!/usr/bin/env python3
+"""Regenerate README.md's performance section from the committed results in benchmarks/results/.
+
+    python -m benchmarks.update_readme
+
+Each result has a ``.md`` table (with the command that produced it) next to its ``.json``; this
+script splices them, in a fixed order with a one-line heading each, between the
+``<!-- perf:begin -->`` and ``<!-- perf:end -->`` markers. ``benchmarks/results/summary.md``
+(hand-written conclusions that cite the tables) goes first when present.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+SECTIONS = [
+    ("summary.md", None),
+    ("model_h200.md", "Model level (H200): every precision mode in one run, ratios vs autocast"),
+    ("handler_h200.md", "Handler level (H200): bytes → decode → H2D → infer → peaks, per stage"),
+    ("e2e_h200.md", "End to end (H200): TorchServe under the load-test client, vs the echo ceiling"),
+    ("accuracy.md", "Accuracy of the bundled model per precision"),
+]
+
+
+def performance_section() -> str:
+    parts = []
+    for name, heading in SECTIONS:
+        path = RESULTS / name
+        if not path.exists():
+            continue
+        text = path.read_text().strip()
+        parts.append(text if heading is None else f"**{heading}** (`benchmarks/results/{name}`)\n\n{text}")
+        png = path.with_suffix(".png")
+        if png.exists():
+            parts.append(f"![{path.stem}](benchmarks/results/{png.name})")
+    return "\n\n".join(parts) if parts else "No results committed yet."
+
+
+def splice(readme: str, body: str, marker: str = "perf") -> str:
+    pattern = re.compile(rf"(<!-- {marker}:begin -->\n).*?(\n<!-- {marker}:end -->)", re.S)
+    if not pattern.search(readme):
+        raise SystemExit(f"README.md has no <!-- {marker}:begin/end --> markers")
+    return pattern.sub(lambda m: m.group(1) + body + m.group(2), readme)
+
+
+def main() -> int:
+    readme = ROOT / "README.md"
+    readme.write_text(splice(readme.read_text(), performance_section()))
+    print("README.md performance section updated")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
