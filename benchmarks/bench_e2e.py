@@ -3,12 +3,16 @@
 
     python -m benchmarks.bench_e2e --out benchmarks/results/e2e_h200.json            # GPU host
     python -m benchmarks.bench_e2e --small --out /tmp/e2e_cpu.json                   # CPU smoke run
+    python -m benchmarks.bench_e2e --gpus 1 2 --model-config model_store/peaknet/peaknet.yaml \
+        /tmp/peaknet673m/peaknet.yaml --variants compiled --out benchmarks/results/e2e_multigpu.json
 
 Starts one TorchServe on loopback serving, side by side:
-  echo            a handler that only copies each body to the GPU (TorchServe's own ceiling)
+  echo            a handler that only copies each body to the GPU (TorchServe's own ceiling),
+                  with the same workers and batching
   peaknet-<name>  one archive per serving variant (see ``VARIANTS``): model YAML, precision,
                   torch.compile, workers, batch size
-then runs ``scripts/loadtest.py`` in closed loop (one ePix10k2M uint16 frame per request, several
+(for each GPU count in ``--gpus``, one server with ``number_of_gpu=N`` and ``workers x N``
+workers, spread over the GPUs by TorchServe) then runs ``scripts/loadtest.py`` in closed loop (one ePix10k2M uint16 frame per request, several
 concurrency levels) and open loop (120 Hz) against each, and writes JSON + markdown + a PNG.
 """
 
@@ -48,17 +52,21 @@ def model_config(variant: dict, workers: int, batch_size: int, delay_ms: int, wa
             "maxBatchDelay": delay_ms, "responseTimeout": 120, "startupTimeout": 900, "handler": handler}
 
 
-def build_echo(store: Path) -> None:
+def build_echo(store: Path, workers: int = 1, batch_size: int = 4, delay_ms: int = 5) -> None:
+    """echo.mar: the echo handler with the same workers and batching as the PeakNet targets."""
+    config = store.parent / "echo-config.yaml"
+    config.write_text(yaml.safe_dump({"minWorkers": workers, "maxWorkers": workers,
+                                      "batchSize": batch_size, "maxBatchDelay": delay_ms}))
     archiver = Path(sys.executable).with_name("torch-model-archiver")
     subprocess.run([str(archiver) if archiver.exists() else "torch-model-archiver",
                     "--model-name", "echo", "--version", "1.0",
                     "--handler", str(ROOT / "benchmarks" / "echo_handler.py"),
-                    "--export-path", str(store), "--force"], check=True)
-    (store / "echo-config.yaml").write_text("")
+                    "--config-file", str(config), "--export-path", str(store), "--force"], check=True)
 
 
-def start(workdir: Path, store: Path, models: list[str]) -> tuple[subprocess.Popen, dict[str, str]]:
-    urls = write_loopback_config(workdir / "config.properties", store, models, {"job_queue_size": "1024"})
+def start(workdir: Path, store: Path, models: list[str], gpus: int) -> tuple[subprocess.Popen, dict[str, str]]:
+    urls = write_loopback_config(workdir / "config.properties", store, models,
+                                 {"job_queue_size": "1024", "number_of_gpu": str(gpus)})
     env = torchserve_env(workdir / "logs", {"TMPDIR": str(workdir)})
     log = open(workdir / "torchserve.out", "wb")
     process = subprocess.Popen(torchserve_command(workdir / "config.properties", foreground=True),
@@ -98,13 +106,81 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def serve_and_measure(args, gpus: int, warmup_shape) -> list[dict]:
+    """Build the archives, start one TorchServe on ``gpus`` GPUs and load-test every target."""
+    workdir = Path(tempfile.mkdtemp(prefix="peaknet-e2e-"))
+    store = workdir / "store"
+    store.mkdir()
+    targets = ["echo"]
+    build_echo(store, max(1, gpus) * args.workers, args.batch_size, args.delay_ms)
+    for config in args.model_config:
+        for name in args.variants.split(","):
+            target = f"{config.parent.name}-{name}"   # model_store/peaknet/peaknet.yaml -> peaknet-eager
+            if target in targets:
+                raise SystemExit(f"two models would be served as {target}: put their YAMLs in distinct folders")
+            cfg = workdir / f"{target}.yaml"
+            cfg.write_text(yaml.safe_dump(model_config(VARIANTS[name], max(1, gpus) * args.workers,
+                                                       args.batch_size, args.delay_ms, warmup_shape)))
+            build(config, None, cfg, store, model_name=target)
+            targets.append(target)
+
+    server, urls = start(workdir, store, targets, gpus)
+    url = urls["inference"]
+    rows = []
+    try:
+        for target in targets:
+            progress(f"waiting for {target} ...")
+            wait_ready(url, urls["management"], target, 900,
+                       alive=lambda: server.poll() is None)
+        for target in targets:
+            loops = [("closed", c, None) for c in args.concurrency]
+            if args.rate:
+                loops.append(("open", None, args.rate))
+            for loop, concurrency, rate in loops:
+                progress(f"{target}: {loop} loop {concurrency or rate} ...")
+                report = loadtest(url, target, workdir / f"{target}-{loop}-{concurrency or rate}.json", args,
+                                  concurrency=concurrency, rate=rate)
+                latency = report["latency_ms"]
+                rows.append({"gpus": gpus, "target": target, "loop": loop, "concurrency": concurrency,
+                             "rate_hz": rate, "fps": report["fps"], "rps": report["rps"],
+                             "mb_per_s": report["mb_per_s"],
+                             "p50_ms": latency.get("p50"), "p99_ms": latency.get("p99"),
+                             "error_rate": report["error_rate"],
+                             "fell_behind": report.get("open_loop", {}).get("fell_behind")})
+                progress(f"  {rows[-1]['fps']:.1f} frames/s, p99 {rows[-1]['p99_ms']} ms")
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(timeout=60)
+        logs = workdir / "logs" / "model_log.log"
+        if logs.exists() and os.environ.get("OUT"):
+            shutil.copy(logs, Path(os.environ["OUT"]) / f"e2e_model_log_{gpus}gpu.log")
+    return rows
+
+
+def scaling_efficiency(rows: list[dict]) -> None:
+    """Add ``fraction_of_echo`` (same GPU count and clients) and ``scaling_efficiency``
+    = frames/s at N GPUs / (N x frames/s at 1 GPU) for the same target and load, in place."""
+    key = lambda r: (r["target"], r["loop"], r["concurrency"], r["rate_hz"])  # noqa: E731
+    single = {key(r): r["fps"] for r in rows if r["gpus"] == 1}
+    echo = {(r["gpus"], r["concurrency"]): r["fps"] for r in rows
+            if r["target"] == "echo" and r["loop"] == "closed"}
+    for row in rows:
+        base = single.get(key(row))
+        row["scaling_efficiency"] = row["fps"] / (row["gpus"] * base) if base and row["gpus"] > 1 else None
+        ceiling = echo.get((row["gpus"], row["concurrency"]))
+        row["fraction_of_echo"] = row["fps"] / ceiling if ceiling else None
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-config", type=Path, nargs="+",
                         default=[ROOT / "model_store/peaknet/peaknet.yaml"],
                         help="PeakNet YAMLs to serve (with weights)")
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=2, help="workers per GPU (per server on CPU)")
+    parser.add_argument("--gpus", type=int, nargs="+", default=[1],
+                        help="GPU counts to measure in turn (e.g. 1 2 4); scaling efficiency vs 1")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--delay-ms", type=int, default=5)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[4, 16, 32])
@@ -125,62 +201,19 @@ def main() -> int:
 
     import torch  # noqa: PLC0415
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    workdir = Path(tempfile.mkdtemp(prefix="peaknet-e2e-"))
-    store = workdir / "store"
-    store.mkdir()
-    targets = ["echo"]
-    build_echo(store)
-    for config in args.model_config:
-        for name in args.variants.split(","):
-            target = f"{config.parent.name}-{name}"   # model_store/peaknet/peaknet.yaml -> peaknet-eager
-            if target in targets:
-                raise SystemExit(f"two models would be served as {target}: put their YAMLs in distinct folders")
-            cfg = workdir / f"{target}.yaml"
-            cfg.write_text(yaml.safe_dump(model_config(VARIANTS[name], args.workers, args.batch_size,
-                                                       args.delay_ms, warmup_shape)))
-            build(config, None, cfg, store, model_name=target)
-            targets.append(target)
-
-    server, urls = start(workdir, store, targets)
-    url = urls["inference"]
     rows = []
-    try:
-        for target in targets:
-            progress(f"waiting for {target} ...")
-            wait_ready(url, urls["management"], target, 900,
-                       alive=lambda: server.poll() is None)
-        for target in targets:
-            loops = [("closed", c, None) for c in args.concurrency]
-            if args.rate:
-                loops.append(("open", None, args.rate))
-            for loop, concurrency, rate in loops:
-                progress(f"{target}: {loop} loop {concurrency or rate} ...")
-                report = loadtest(url, target, workdir / f"{target}-{loop}-{concurrency or rate}.json", args,
-                                  concurrency=concurrency, rate=rate)
-                latency = report["latency_ms"]
-                rows.append({"target": target, "loop": loop, "concurrency": concurrency, "rate_hz": rate,
-                             "fps": report["fps"], "rps": report["rps"], "mb_per_s": report["mb_per_s"],
-                             "p50_ms": latency.get("p50"), "p99_ms": latency.get("p99"),
-                             "error_rate": report["error_rate"],
-                             "fell_behind": report.get("open_loop", {}).get("fell_behind")})
-                progress(f"  {rows[-1]['fps']:.1f} frames/s, p99 {rows[-1]['p99_ms']} ms")
-    finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=60)
-        logs = workdir / "logs" / "model_log.log"
-        if logs.exists() and os.environ.get("OUT"):
-            shutil.copy(logs, Path(os.environ["OUT"]) / "e2e_model_log.log")
-    echo = {r["concurrency"]: r["fps"] for r in rows if r["target"] == "echo" and r["loop"] == "closed"}
-    for row in rows:
-        row["fraction_of_echo"] = row["fps"] / echo[row["concurrency"]] if row["concurrency"] in echo else None
-    columns = [("target", "served"), ("loop", "loop"), ("concurrency", "clients"), ("rate_hz", "rate Hz"),
+    for gpus in args.gpus:
+        progress(f"=== {gpus} GPU(s): {args.workers} worker(s) per GPU ===")
+        rows += serve_and_measure(args, gpus, warmup_shape)
+    scaling_efficiency(rows)
+    columns = [("gpus", "GPUs"), ("target", "served"), ("loop", "loop"), ("concurrency", "clients"), ("rate_hz", "rate Hz"),
                ("fps", "frames/s"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"),
-               ("fraction_of_echo", "÷ echo"), ("error_rate", "errors"), ("fell_behind", "fell behind")]
+               ("fraction_of_echo", "÷ echo"), ("scaling_efficiency", "scaling eff."),
+               ("error_rate", "errors"), ("fell_behind", "fell behind")]
     table = markdown_table(rows, columns)
     print(table)
     write_results(args.out, {"environment": environment(device), "settings": {
-        "workers": args.workers, "batch_size": args.batch_size, "delay_ms": args.delay_ms,
+        "workers_per_gpu": args.workers, "gpus": args.gpus, "batch_size": args.batch_size, "delay_ms": args.delay_ms,
         "geometry": args.geometry, "duration_s": args.duration}, "rows": rows}, table)
     plot(rows, args.out.with_suffix(".png"))
     return 0

@@ -206,6 +206,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def accuracy_table(report: dict) -> str:
+    """The report as a markdown table: per geometry and overall, F1/precision/recall per dtype and
+    the peak-list agreement of each reduced precision with the reference dtype."""
+    dtypes = list(report["overall"]["accuracy"])
+    reduced = [d for d in dtypes if d != report["reference_dtype"]]
+    header = ["detector", "strong peaks/frame"] + [f"F1 {d} (P / R)" for d in dtypes] + \
+             [f"{d} = {report['reference_dtype']}" for d in reduced]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    rows = [(name, entry) for name, entry in report["per_geometry"].items()] + [("overall", report["overall"])]
+    for name, entry in rows:
+        cells = [f"**{name}**" if name == "overall" else name,
+                 f"{entry['strong_peaks_per_frame']:.1f}" if "strong_peaks_per_frame" in entry else "—"]
+        for d in dtypes:
+            a = entry["accuracy"][d]
+            cells.append(f"{a['f1']:.3f} ({a['precision']:.3f} / {a['recall']:.3f})")
+        for d in reduced:
+            cells.append(f"{100 * entry['agreement_with_float32'][d]['agreement']:.2f}%")
+        lines.append("| " + " | ".join(cells) + " |")
+    frames = report["frames_per_geometry"]
+    lines.append(f"\n{frames} held-out frames per detector (seed {report['seed']}), {report['input']}, "
+                 f"on {report['device_name']}; matches within {report['match_radius_px']} px.")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -214,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
                       args.seed, args.threshold, args.max_batch, args.uint16, args.first_frame)
     (args.out / "accuracy.json").write_text(json.dumps(report, indent=1))
     plot_report(report, args.out / "accuracy.png")
+    command = " ".join(["python scripts/evaluate.py", *(argv if argv is not None else sys.argv[1:])])
+    (args.out / "accuracy.md").write_text(f"{accuracy_table(report)}\n\nReproduce: `{command}`\n")
     overall = report["overall"]
     print(json.dumps(overall, indent=1))
     return 0
