@@ -75,6 +75,35 @@ def start(workdir: Path, store: Path, models: list[str], gpus: int) -> tuple[sub
     return process, urls
 
 
+TS_COUNTERS = ("ts_inference_requests_total", "ts_inference_latency_microseconds",
+               "ts_queue_latency_microseconds")
+
+
+def scrape_counters(metrics_url: str, model: str) -> dict[str, float]:
+    """TorchServe's per-model request, inference-latency and queue-latency counters from /metrics."""
+    import requests  # noqa: PLC0415
+    values = dict.fromkeys(TS_COUNTERS, 0.0)
+    try:
+        text = requests.get(f"{metrics_url}/metrics", timeout=10).text
+    except requests.RequestException:
+        return values
+    for line in text.splitlines():
+        name, _, rest = line.partition("{")
+        if name in values and f'model_name="{model}"' in rest:
+            values[name] += float(line.rsplit(" ", 1)[1])
+    return values
+
+
+def server_side_ms(before: dict[str, float], after: dict[str, float]) -> tuple[float | None, float | None]:
+    """Mean (inference, queue) milliseconds per request between two scrapes, as TorchServe saw them."""
+    requests_done = after["ts_inference_requests_total"] - before["ts_inference_requests_total"]
+    if requests_done <= 0:
+        return None, None
+    infer = (after["ts_inference_latency_microseconds"] - before["ts_inference_latency_microseconds"])
+    queue = (after["ts_queue_latency_microseconds"] - before["ts_queue_latency_microseconds"])
+    return infer / requests_done / 1e3, queue / requests_done / 1e3
+
+
 def loadtest(url: str, model: str, report: Path, args, *, concurrency: int | None = None,
              rate: float | None = None) -> dict:
     cmd = [sys.executable, str(ROOT / "scripts" / "loadtest.py"), "--url", url, "--model", model,
@@ -138,13 +167,16 @@ def serve_and_measure(args, gpus: int, warmup_shape) -> list[dict]:
                 loops.append(("open", None, args.rate))
             for loop, concurrency, rate in loops:
                 progress(f"{target}: {loop} loop {concurrency or rate} ...")
+                before = scrape_counters(urls["metrics"], target)
                 report = loadtest(url, target, workdir / f"{target}-{loop}-{concurrency or rate}.json", args,
                                   concurrency=concurrency, rate=rate)
+                server_infer_ms, server_queue_ms = server_side_ms(before, scrape_counters(urls["metrics"], target))
                 latency = report["latency_ms"]
                 rows.append({"gpus": gpus, "target": target, "loop": loop, "concurrency": concurrency,
                              "rate_hz": rate, "fps": report["fps"], "rps": report["rps"],
                              "mb_per_s": report["mb_per_s"],
                              "p50_ms": latency.get("p50"), "p99_ms": latency.get("p99"),
+                             "server_infer_ms": server_infer_ms, "server_queue_ms": server_queue_ms,
                              "error_rate": report["error_rate"],
                              "fell_behind": report.get("open_loop", {}).get("fell_behind")})
                 progress(f"  {rows[-1]['fps']:.1f} frames/s, p99 {rows[-1]['p99_ms']} ms")
@@ -208,6 +240,7 @@ def main() -> int:
     scaling_efficiency(rows)
     columns = [("gpus", "GPUs"), ("target", "served"), ("loop", "loop"), ("concurrency", "clients"), ("rate_hz", "rate Hz"),
                ("fps", "frames/s"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"),
+               ("server_infer_ms", "TS infer ms/req"), ("server_queue_ms", "TS queue ms/req"),
                ("fraction_of_echo", "÷ echo"), ("scaling_efficiency", "scaling eff."),
                ("error_rate", "errors"), ("fell_behind", "fell behind")]
     table = markdown_table(rows, columns)
