@@ -150,7 +150,9 @@ def start(config: Path, timeout: float) -> int:
     log_dir.mkdir(exist_ok=True)
     env = torchserve_env(log_dir)
     print(f"starting TorchServe ({config}, Java at {env['JAVA_HOME']}, logs in {log_dir})", flush=True)
-    subprocess.run(torchserve_command(config), cwd=ROOT, env=env, check=True)
+    with open(log_dir / "torchserve.out", "ab") as console:  # the frontend's console output, not the terminal's
+        subprocess.run(torchserve_command(config), cwd=ROOT, env=env, check=True,
+                       stdout=console, stderr=subprocess.STDOUT)
     inference = props.get("inference_address", "http://127.0.0.1:8080")
     management = props.get("management_address", "http://127.0.0.1:8081")
     try:

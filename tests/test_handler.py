@@ -15,21 +15,14 @@ import yaml
 from ts.context import Context, RequestProcessor
 
 from handler.checkpoint import load_peaknet
+from tests.frames import spot_frames
 from handler.inference import PanelPeakFinder
 from handler.peaknet_handler import PeakNetHandler
 
 FIXTURE = Path(__file__).parent / "fixtures" / "upstream"
 
 
-def make_frames(n=1, p=2, h=64, w=96, seed=0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    frames = rng.poisson(20, size=(n, p, h, w)).astype(np.float64)
-    yy, xx = np.mgrid[0:h, 0:w]
-    for idx in np.ndindex(n, p):
-        for _ in range(5):
-            cy, cx = rng.uniform(4, h - 4), rng.uniform(4, w - 4)
-            frames[idx] += 2500 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 3.0)
-    return frames.astype(np.uint16)
+make_frames = spot_frames
 
 
 @pytest.fixture(scope="module")

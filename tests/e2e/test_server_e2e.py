@@ -13,6 +13,7 @@ import requests
 import torch
 
 from handler.checkpoint import load_peaknet
+from tests.frames import spot_frames
 from handler.inference import PanelPeakFinder
 from tests.e2e.conftest import TINY_MODEL
 
@@ -20,16 +21,7 @@ pytestmark = pytest.mark.e2e
 TIMEOUT = 60
 
 
-def make_frames(n: int = 1, p: int = 2, h: int = 64, w: int = 96, seed: int = 0) -> np.ndarray:
-    """(n, p, h, w) uint16 frames: Poisson background plus bright Gaussian spots."""
-    rng = np.random.default_rng(seed)
-    frames = rng.poisson(20, size=(n, p, h, w)).astype(np.float64)
-    yy, xx = np.mgrid[0:h, 0:w]
-    for idx in np.ndindex(n, p):
-        for _ in range(6):
-            cy, cx = rng.uniform(4, h - 4), rng.uniform(4, w - 4)
-            frames[idx] += 3000 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 1.2 ** 2))
-    return frames.astype(np.uint16)
+make_frames = spot_frames
 
 
 def npy_bytes(array: np.ndarray) -> bytes:
