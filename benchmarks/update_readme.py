@@ -21,7 +21,6 @@ SECTIONS = [
     ("model_h200.md", "Model level (H200): every precision mode in one run, ratios vs autocast"),
     ("handler_h200.md", "Handler level (H200): bytes → decode → H2D → infer → peaks, per stage"),
     ("e2e_h200.md", "End to end (H200): TorchServe under the load-test client, vs the echo ceiling"),
-    ("accuracy.md", "Accuracy of the bundled model per precision"),
 ]
 
 
