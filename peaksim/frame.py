@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from peaksim.background import BackgroundParams, background_photons, sample_background, scattering_geometry
-from peaksim.detector import (BadPixels, DetectorResponse, apply_bad_pixels, photons_to_adu,
+from peaksim.detector import (DetectorResponse, apply_bad_pixels, photons_to_adu,
                               poisson_photons, sample_bad_pixels, to_uint16)
 from peaksim.diffraction import (CrystalState, ewald_reflections, polarization_factor,
                                  wavelength_angstrom, wilson_intensities)

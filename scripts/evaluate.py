@@ -95,7 +95,7 @@ def evaluate(config: Path, geometries: list[str], frames: int, dtypes: list[str]
                     "reference_dtype": reference, "per_geometry": {}}
     totals = {name: MatchCounts() for name in dtypes}
     total_agree = {name: {"matched": 0, "only_reference": 0, "only_other": 0} for name in dtypes[1:]}
-    for g_index, geometry_name in enumerate(geometries):
+    for geometry_name in geometries:
         geometry = get_geometry(geometry_name)
         counts = {name: MatchCounts() for name in dtypes}
         agree = {name: {"matched": 0, "only_reference": 0, "only_other": 0} for name in dtypes[1:]}

@@ -143,7 +143,7 @@ def test_bad_requests_batched_with_good_ones(served, frames):
     jobs = [good, *BAD_REQUESTS, good, good, *BAD_REQUESTS[:4], good]
     with ThreadPoolExecutor(max_workers=8) as pool:
         responses = list(pool.map(lambda job: post(served, job[0], job[1], job[2]), jobs))
-    for (body, content_type, headers, status), response in zip(jobs, responses):
+    for (_body, content_type, headers, status), response in zip(jobs, responses):
         assert response.status_code == status, (content_type, headers, response.text)
         answer = response.json()
         if status == 200:
