@@ -121,9 +121,11 @@ def plot(rows: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     closed = [r for r in rows if r["loop"] == "closed"]
+    several = len({r.get("gpus", 1) for r in closed}) > 1
+    label = lambda r: f"{r['target']} ({r.get('gpus', 1)} GPU)" if several else r["target"]  # noqa: E731
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for target in sorted({r["target"] for r in closed}):
-        pts = sorted((r["concurrency"], r["fps"], r["p99_ms"]) for r in closed if r["target"] == target)
+    for target in sorted({label(r) for r in closed}):
+        pts = sorted((r["concurrency"], r["fps"], r["p99_ms"]) for r in closed if label(r) == target)
         ax1.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=target)
         ax2.plot([p[0] for p in pts], [p[2] for p in pts], marker="o", label=target)
     ax1.set(xlabel="concurrent clients", ylabel="frames/s (1 frame per request)", title="throughput")

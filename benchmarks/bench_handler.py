@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.timing import environment, markdown_table, progress, time_ms, write_results
+from benchmarks.timing import bar_chart, environment, markdown_table, progress, time_ms, write_results
 from handler.checkpoint import load_peaknet
 from handler.decode import DecodeLimits, decode_request
 from handler.inference import PanelPeakFinder
@@ -134,7 +134,11 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/handler.json")
+    parser.add_argument("--plot-only", action="store_true", help="redraw the PNG from an existing --out JSON")
     args = parser.parse_args()
+    if args.plot_only:
+        plot(json.loads(args.out.read_text())["rows"], args.out.with_suffix(".png"))
+        return 0
 
     device = torch.device(args.device)
     panels, height, width = (2, 64, 96) if args.small else (16, 352, 384)
@@ -171,7 +175,17 @@ def main() -> int:
     print(table)
     write_results(args.out, {"environment": environment(device), "model_config": str(args.model_config),
                              "rows": rows}, table)
+    plot(rows, args.out.with_suffix(".png"))
     return 0
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Frames/s per variant, one group per (frames per call, wire dtype)."""
+    cases = list(dict.fromkeys(f"{r['frames']} frame(s)\n{r['wire']}" for r in rows))
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    lookup = {(f"{r['frames']} frame(s)\n{r['wire']}", r["variant"]): r["frames_per_s"] for r in rows}
+    bar_chart(cases, {v: [lookup.get((c, v)) for c in cases] for v in variants}, path,
+              ylabel="frames/s (decode + H2D + infer + peaks + JSON)", title="Handler path", reference=120.0)
 
 
 if __name__ == "__main__":

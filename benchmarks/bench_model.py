@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from benchmarks.timing import environment, markdown_table, progress, time_ms, write_results
+from benchmarks.timing import bar_chart, environment, markdown_table, progress, time_ms, write_results
 from handler.checkpoint import load_peaknet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -131,7 +132,11 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/model.json")
+    parser.add_argument("--plot-only", action="store_true", help="redraw the PNG from an existing --out JSON")
     args = parser.parse_args()
+    if args.plot_only:
+        plot(json.loads(args.out.read_text())["rows"], args.out.with_suffix(".png"))
+        return 0
 
     device = torch.device(args.device)
     if device.type == "cuda":
@@ -163,6 +168,17 @@ def report(rows: list[dict], device: torch.device, out: Path, show: bool = False
     if show:
         print(table)
     write_results(out, {"environment": environment(device), "rows": rows}, table)
+    if show:
+        plot(rows, out.with_suffix(".png"))
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Speed-up over autocast per mode, one group per (model, input)."""
+    cases = list(dict.fromkeys(f"{r['model']}\n{'x'.join(map(str, r['shape']))}" for r in rows))
+    modes = list(dict.fromkeys(r["mode"] for r in rows))
+    lookup = {(f"{r['model']}\n{'x'.join(map(str, r['shape']))}", r["mode"]): r["speedup_vs_autocast"] for r in rows}
+    bar_chart(cases, {m: [lookup.get((c, m)) for c in cases] for m in modes}, path,
+              ylabel="speed-up vs fp32 weights + autocast bf16", title="PeakNet model level", reference=1.0)
 
 
 if __name__ == "__main__":

@@ -86,3 +86,28 @@ def write_results(path: Path, payload: dict[str, Any], table: str) -> None:
 
 def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def bar_chart(groups: list[str], series: dict[str, list[float | None]], path: Path, *, ylabel: str,
+              title: str, log: bool = False, reference: float | None = None) -> None:
+    """Grouped bar chart (one group per case, one bar per series) saved as PNG."""
+    import matplotlib  # noqa: PLC0415 - only the report needs it
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    width = 0.8 / max(1, len(series))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(groups) + 2), 4))
+    for i, (name, values) in enumerate(series.items()):
+        xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
+        ax.bar([x for x, v in zip(xs, values) if v is not None], [v for v in values if v is not None],
+               width, label=name)
+    if reference is not None:
+        ax.axhline(reference, color="grey", linestyle=":")
+    ax.set_xticks(range(len(groups)), groups, fontsize=8)
+    ax.set(ylabel=ylabel, title=title)
+    if log:
+        ax.set_yscale("log")
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
