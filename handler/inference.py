@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from handler.postprocess import PeakTable, find_peaks, peak_mask_from_score
-from handler.preprocess import NETWORK_STRIDE, normalize_images, pad_to_multiple, sanitize
+from handler.preprocess import network_input, sanitize
 
 log = logging.getLogger(__name__)
 
@@ -113,12 +113,6 @@ class PanelPeakFinder:
                 nonfinite.append(nf)
         return BatchPeaks(concat_tables(tables, offsets), torch.stack(nonfinite).sum())
 
-    @torch.inference_mode()
-    def peak_score(self, panels: torch.Tensor) -> torch.Tensor:
-        """Network output for panels (B, H, W): the class-difference map (B, H, W) float32."""
-        image, _ = sanitize(panels)
-        return self._score(image)
-
     def warmup(self, panels: int, height: int, width: int, dtype: torch.dtype = torch.uint16) -> None:
         """Run every micro-batch bucket once for (H, W) so that no request pays for compilation."""
         sizes = self.buckets or (min(panels, self.max_batch_panels),)
@@ -162,7 +156,7 @@ class PanelPeakFinder:
     def _score(self, image: torch.Tensor) -> torch.Tensor:
         """(b, H, W) float32 sanitised ADU -> (b, H, W) class-difference logits."""
         b, h, w = image.shape
-        x = pad_to_multiple(normalize_images(image), NETWORK_STRIDE).unsqueeze(1).to(self.dtype)
+        x = network_input(image, self.dtype)
         bucket = self._bucket(b)
         if bucket > b:
             x = torch.cat([x, x.new_zeros((bucket - b, *x.shape[1:]))])

@@ -81,6 +81,20 @@ def pad_to_multiple(x: torch.Tensor, multiple: int = NETWORK_STRIDE) -> torch.Te
     return F.pad(x, (0, pad_w, 0, pad_h))
 
 
+def network_input(image: torch.Tensor, dtype: torch.dtype, multiple: int = NETWORK_STRIDE) -> torch.Tensor:
+    """Sanitised panels -> network input.
+
+    Args:
+        image: (B, H, W) float32, NaN/inf already zeroed (:func:`sanitize`).
+        dtype: the model's compute dtype.
+        multiple: spatial multiple the network needs.
+
+    Returns:
+        (B, 1, Hp, Wp) in ``dtype``: instance-normalised, then zero-padded.
+    """
+    return pad_to_multiple(normalize_images(image), multiple).unsqueeze(1).to(dtype)
+
+
 def prepare_panels(raw: torch.Tensor, dtype: torch.dtype,
                    multiple: int = NETWORK_STRIDE) -> tuple[torch.Tensor, torch.Tensor]:
     """Turn raw panels into network input.
@@ -94,7 +108,5 @@ def prepare_panels(raw: torch.Tensor, dtype: torch.dtype,
         ``(x, nonfinite)``: x (B, 1, Hp, Wp) in ``dtype``, normalised and zero-padded; nonfinite a
         0-d int64 device tensor with the number of NaN/inf pixels that were set to 0.
     """
-    x, nonfinite = sanitize(raw)
-    x = normalize_images(x)
-    x = pad_to_multiple(x, multiple)
-    return x.unsqueeze(1).to(dtype), nonfinite
+    image, nonfinite = sanitize(raw)
+    return network_input(image, dtype, multiple), nonfinite
