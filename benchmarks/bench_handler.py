@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.timing import bar_chart, environment, markdown_table, progress, time_ms, write_results
+from benchmarks.timing import environment, markdown_table, plot_rows, progress, time_ms, write_results
 from handler.checkpoint import load_peaknet
 from handler.decode import DecodeLimits, decode_request
 from handler.inference import PanelPeakFinder
@@ -181,12 +181,9 @@ def main() -> int:
 
 def plot(rows: list[dict], path: Path) -> None:
     """Frames/s per variant, one group per (frames per call, wire dtype)."""
-    cases = list(dict.fromkeys(f"{r['frames']} frame(s)\n{r['wire']}" for r in rows))
-    variants = list(dict.fromkeys(r["variant"] for r in rows))
-    lookup = {(f"{r['frames']} frame(s)\n{r['wire']}", r["variant"]): r["frames_per_s"] for r in rows}
-    bar_chart(cases, {v: [lookup.get((c, v)) for c in cases] for v in variants}, path,
+    plot_rows(rows, path, group=lambda r: f"{r['frames']} frame(s)\n{r['wire']}",
+              series=lambda r: r["variant"], value="frames_per_s",
               ylabel="frames/s (decode + H2D + infer + peaks + JSON)", title="Handler path", reference=120.0)
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.timing import bar_chart, environment, markdown_table, progress, time_ms, write_results
+from benchmarks.timing import environment, markdown_table, plot_rows, progress, time_ms, write_results
 from handler.checkpoint import load_peaknet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -174,12 +174,9 @@ def report(rows: list[dict], device: torch.device, out: Path, show: bool = False
 
 def plot(rows: list[dict], path: Path) -> None:
     """Speed-up over autocast per mode, one group per (model, input)."""
-    cases = list(dict.fromkeys(f"{r['model']}\n{'x'.join(map(str, r['shape']))}" for r in rows))
-    modes = list(dict.fromkeys(r["mode"] for r in rows))
-    lookup = {(f"{r['model']}\n{'x'.join(map(str, r['shape']))}", r["mode"]): r["speedup_vs_autocast"] for r in rows}
-    bar_chart(cases, {m: [lookup.get((c, m)) for c in cases] for m in modes}, path,
+    plot_rows(rows, path, group=lambda r: f"{r['model']}\n{'x'.join(map(str, r['shape']))}",
+              series=lambda r: r["mode"], value="speedup_vs_autocast",
               ylabel="speed-up vs fp32 weights + autocast bf16", title="PeakNet model level", reference=1.0)
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -111,3 +111,13 @@ def bar_chart(groups: list[str], series: dict[str, list[float | None]], path: Pa
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_rows(rows: Sequence[dict[str, Any]], path: Path, *, group: Callable[[dict], str],
+              series: Callable[[dict], str], value: str, **chart: Any) -> None:
+    """Pivot result rows into a grouped bar chart: one group per ``group(row)``, one bar per
+    ``series(row)``, bar height ``row[value]``; ``chart`` goes to :func:`bar_chart`."""
+    groups = list(dict.fromkeys(group(r) for r in rows))
+    names = list(dict.fromkeys(series(r) for r in rows))
+    lookup = {(group(r), series(r)): r[value] for r in rows}
+    bar_chart(groups, {n: [lookup.get((g, n)) for g in groups] for n in names}, path, **chart)
