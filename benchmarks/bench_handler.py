@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.timing import environment, markdown_table, plot_rows, progress, time_ms, write_results
+from benchmarks.timing import (add_run_arguments, environment, markdown_table, plot_rows, progress, replot,
+                               time_ms, write_results)
 from handler.checkpoint import load_peaknet
 from handler.decode import DecodeLimits, decode_request
 from handler.inference import PanelPeakFinder
@@ -131,13 +132,9 @@ def main() -> int:
     parser.add_argument("--frames", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--variants", default="baseline,bf16-eager,bf16-compile")
     parser.add_argument("--small", action="store_true", help="2 frames of 2x64x96 panels (CPU smoke run)")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/handler.json")
-    parser.add_argument("--plot-only", action="store_true", help="redraw the PNG from an existing --out JSON")
+    add_run_arguments(parser, ROOT / "benchmarks/results/handler.json")
     args = parser.parse_args()
-    if args.plot_only:
-        plot(json.loads(args.out.read_text())["rows"], args.out.with_suffix(".png"))
+    if replot(args, plot):
         return 0
 
     device = torch.device(args.device)

@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from benchmarks.timing import environment, markdown_table, plot_rows, progress, time_ms, write_results
+from benchmarks.timing import (add_run_arguments, environment, markdown_table, plot_rows, progress, replot,
+                               time_ms, write_results)
 from handler.checkpoint import load_peaknet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,13 +129,9 @@ def main() -> int:
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--large-modes", default="fp32,autocast,bf16,fp16,lean",
                         help="modes for configs over 100M parameters (compiling them costs minutes)")
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/model.json")
-    parser.add_argument("--plot-only", action="store_true", help="redraw the PNG from an existing --out JSON")
+    add_run_arguments(parser, ROOT / "benchmarks/results/model.json")
     args = parser.parse_args()
-    if args.plot_only:
-        plot(json.loads(args.out.read_text())["rows"], args.out.with_suffix(".png"))
+    if replot(args, plot):
         return 0
 
     device = torch.device(args.device)

@@ -7,6 +7,8 @@ Results are written as JSON (with the command line and environment) plus a markd
 
 from __future__ import annotations
 
+import argparse
+
 import json
 import platform
 import statistics
@@ -121,3 +123,19 @@ def plot_rows(rows: Sequence[dict[str, Any]], path: Path, *, group: Callable[[di
     names = list(dict.fromkeys(series(r) for r in rows))
     lookup = {(group(r), series(r)): r[value] for r in rows}
     bar_chart(groups, {n: [lookup.get((g, n)) for g in groups] for n in names}, path, **chart)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, default_out: Path) -> None:
+    """The options every timed benchmark takes: warm-ups, repeats, output path, re-plotting."""
+    parser.add_argument("--warmup", type=int, default=3, help="untimed runs before timing")
+    parser.add_argument("--repeats", type=int, default=10, help="timed runs; the median is reported")
+    parser.add_argument("--out", type=Path, default=default_out, help="results JSON (.md/.png beside it)")
+    parser.add_argument("--plot-only", action="store_true", help="redraw the PNG from an existing --out JSON")
+
+
+def replot(args: Any, plot: Callable[[list[dict], Path], None]) -> bool:
+    """With ``--plot-only``: redraw ``args.out``'s PNG from its JSON and return True."""
+    if not args.plot_only:
+        return False
+    plot(json.loads(args.out.read_text())["rows"], args.out.with_suffix(".png"))
+    return True
