@@ -42,6 +42,7 @@ from handler.transfer import upload_panels
 
 log = logging.getLogger(__name__)
 
+
 def select_device(gpu_id: Any) -> torch.device:
     """The worker's device: ``cuda:<gpu_id>`` when TorchServe assigned a GPU and CUDA works, else CPU."""
     if gpu_id is not None and str(gpu_id) != "" and torch.cuda.is_available():
@@ -130,6 +131,10 @@ class PeakNetHandler(BaseHandler):
             except RequestError as error:
                 answers[idx] = error_answer(error)
                 self.metrics.count("PeakNetBadRequests", 1, ErrorType=error.type)
+            except Exception as exc:  # noqa: BLE001 - a decoder bug fails this request, not its batch-mates
+                log.exception("decoding request %d failed", idx)
+                answers[idx] = server_error(500, "decode_failed", f"{type(exc).__name__}: {exc}")
+                self.metrics.count("PeakNetServerErrors", 1, ErrorType="decode")
         return decoded
 
     def _answer_group(self, members: list[Decoded]) -> dict[int, Answer]:

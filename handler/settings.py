@@ -91,9 +91,7 @@ class HandlerSettings:
 
         limit_names = {f.name for f in fields(DecodeLimits)}
         limits = DecodeLimits(**{k: int(section.pop(k)) for k in list(section) if k in limit_names})
-        values: dict[str, Any] = {"limits": limits}
-        for name, value in section.items():
-            values[name] = value
+        values: dict[str, Any] = {**section, "limits": limits}
 
         overrides = {
             "config": env.get("PEAKNET_CONFIG"),
