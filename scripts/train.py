@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 import yaml
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -138,6 +138,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--grad-clip", type=float, default=1.0)
     p.add_argument("--preset", choices=sorted(MODEL_PRESETS), default="compact")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--init", type=Path, default=None,
+                   help="start from these weights (safetensors of the same preset) instead of from scratch")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-amp", action="store_true", help="train in float32 instead of bf16 autocast")
     return p.parse_args(argv)
@@ -150,7 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     np.random.seed(args.seed)
     device = torch.device(args.device)
     config = model_config(args.preset, args.crop)
-    model = PeakNet(PeakNetConfig.from_mapping(config)).to(device)
+    model = PeakNet(PeakNetConfig.from_mapping(config))
+    if args.init is not None:
+        model.load_state_dict(load_file(str(args.init)), strict=True)
+        print(f"starting from {args.init}", flush=True)
+    model = model.to(device)
     model.train()
     print(f"PeakNet {args.preset}: {count_parameters(model):,} parameters on {device}", flush=True)
 
@@ -200,7 +206,9 @@ def main(argv: list[str] | None = None) -> int:
                     "seed": args.seed, "steps_done": history["step"][-1] + 1, "train_seconds": elapsed,
                     "focal_alpha": FOCAL_ALPHA, "focal_gamma": FOCAL_GAMMA, "device": str(device),
                     "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                    "amp": "bf16" if use_amp else "none", "torch": torch.__version__})
+                    "amp": "bf16" if use_amp else "none", "torch": torch.__version__,
+                    "init": str(args.init) if args.init else None,
+                    "crops_per_frame": args.crops_per_frame, "workers": args.workers})
     (args.out / "train_loss.json").write_text(json.dumps(history))
     plot_loss(history, args.out / "train_loss.png")
     print(f"saved {config_path} and {weights} ({weights.stat().st_size / 1e6:.1f} MB) after "
