@@ -5,6 +5,9 @@ and the peak table: sanitising and normalising on the device, micro-batching, au
 class-difference ("peak score") head, the peak mask and connected components. It never moves
 pixel data to the host; only the (small) peak table leaves the device, once per batch.
 
+:meth:`PanelPeakFinder.find_pipelined` takes host panels instead and uploads them one
+micro-batch at a time on a side stream, the next copy overlapping the current compute.
+
 Out-of-memory on the GPU splits the micro-batch in halves and retries; a single panel that
 still does not fit raises :class:`InsufficientMemory` (answered 507 by the handler).
 """
@@ -14,13 +17,14 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass, fields
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
 
 from handler.postprocess import PeakTable, find_peaks, peak_mask_from_score
 from handler.preprocess import network_input, sanitize
+from handler.transfer import PanelSource
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +95,7 @@ class PanelPeakFinder:
         self.buckets = tuple(sorted(buckets))
         self.channels_last = channels_last
         self._forward = forward if forward is not None else model.forward_peak_score
+        self._copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 
     # -- public ---------------------------------------------------------------------------
     @torch.inference_mode()
@@ -113,6 +118,39 @@ class PanelPeakFinder:
                 nonfinite.append(nf)
         return BatchPeaks(concat_tables(tables, offsets), torch.stack(nonfinite).sum())
 
+    @torch.inference_mode()
+    def find_pipelined(self, source: PanelSource) -> BatchPeaks:
+        """:meth:`find` on host panels, uploaded micro-batch by micro-batch.
+
+        Right after the network of micro-batch ``i`` is launched (asynchronously), micro-batch
+        ``i + 1`` is staged in pinned memory and copied on a side stream, so the host copy and
+        the DMA overlap the device's compute and the peak extraction's syncs. Same results as
+        ``find(upload_panels(...))``.
+
+        Args:
+            source: (B, H, W) host panels in the wire dtype.
+        """
+        total = len(source)
+        if total == 0:
+            raise ValueError("no panels to run")
+        bounds = [(s, min(s + self.max_batch_panels, total)) for s in range(0, total, self.max_batch_panels)]
+        arrived: list[tuple[torch.Tensor, torch.cuda.Event | None]] = [
+            source.upload(*bounds[0], self.device, self._copy_stream)]
+        tables, offsets, nonfinite = [], [], []
+        for index, (start, _) in enumerate(bounds):
+            chunk = self._on_compute_stream(*arrived.pop())
+            following = bounds[index + 1] if index + 1 < len(bounds) else None
+
+            def prefetch(following=following) -> None:
+                if following is not None:
+                    arrived.append(source.upload(*following, self.device, self._copy_stream))
+
+            for sub_start, table, nf in self._run_with_oom_split(chunk, _once(prefetch)):
+                tables.append(table)
+                offsets.append(start + sub_start)
+                nonfinite.append(nf)
+        return BatchPeaks(concat_tables(tables, offsets), torch.stack(nonfinite).sum())
+
     def warmup(self, panels: int, height: int, width: int, dtype: torch.dtype = torch.uint16) -> None:
         """Run every micro-batch bucket once for (H, W) so that no request pays for compilation."""
         sizes = self.buckets or (min(panels, self.max_batch_panels),)
@@ -128,9 +166,18 @@ class PanelPeakFinder:
         for start in range(0, panels.shape[0], size):
             yield start, panels[start:start + size]
 
-    def _run_with_oom_split(self, chunk: torch.Tensor) -> Iterator[tuple[int, PeakTable, torch.Tensor]]:
+    def _on_compute_stream(self, panels: torch.Tensor, copied: "torch.cuda.Event | None") -> torch.Tensor:
+        """Make the current stream wait for a side-stream copy and own its memory from now on."""
+        if copied is not None:
+            current = torch.cuda.current_stream(self.device)
+            current.wait_event(copied)
+            panels.record_stream(current)
+        return panels
+
+    def _run_with_oom_split(self, chunk: torch.Tensor, after_launch: Callable[[], None] | None = None
+                            ) -> Iterator[tuple[int, PeakTable, torch.Tensor]]:
         try:
-            table, nonfinite = self._run(chunk)
+            table, nonfinite = self._run(chunk, after_launch)
             yield 0, table, nonfinite
             return
         except torch.OutOfMemoryError:
@@ -142,12 +189,15 @@ class PanelPeakFinder:
         half = (chunk.shape[0] + 1) // 2
         log.warning("out of memory at %d panels; retrying as micro-batches of %d", chunk.shape[0], half)
         for start, sub in self._chunks(chunk, half):
-            for sub_start, table, nonfinite in self._run_with_oom_split(sub):
+            for sub_start, table, nonfinite in self._run_with_oom_split(sub, after_launch):
                 yield start + sub_start, table, nonfinite
 
-    def _run(self, chunk: torch.Tensor) -> tuple[PeakTable, torch.Tensor]:
+    def _run(self, chunk: torch.Tensor, after_launch: Callable[[], None] | None = None
+             ) -> tuple[PeakTable, torch.Tensor]:
         image, nonfinite = sanitize(chunk)                       # (b, H, W) float32
-        score = self._score(image)                               # (b, H, W) float
+        score = self._score(image)                               # (b, H, W) float, launched
+        if after_launch is not None:
+            after_launch()                                       # host work while the device computes
         mask = peak_mask_from_score(score, self.threshold)       # (b, H, W) bool
         table = find_peaks(mask, image, min_pixels=self.min_peak_pixels,
                            max_peaks_per_image=self.max_peaks_per_image)
@@ -176,3 +226,15 @@ class PanelPeakFinder:
         if self.device.type == "cuda" and self.dtype != torch.float32:
             return torch.autocast("cuda", dtype=self.dtype)
         return contextlib.nullcontext()
+
+
+def _once(action: Callable[[], None]) -> Callable[[], None]:
+    """``action`` that runs on the first call only (an out-of-memory retry calls it again)."""
+    done = False
+
+    def run() -> None:
+        nonlocal done
+        if not done:
+            done = True
+            action()
+    return run

@@ -12,10 +12,11 @@ Names (Prometheus adds no prefix; TorchServe adds the ``ModelName`` and ``Level`
 ``PeakNetBatchPanels``          gauge      panels in the last TorchServe batch
 ``PeakNetPeaksPerFrame``        gauge      mean peaks per frame in the last batch
 ``PeakNetDecodeMs``             gauge      decode time of the last batch (host)
-``PeakNetH2DMs``                gauge      staging + host-to-device copy time
-``PeakNetInferenceMs``          gauge      network + peak extraction time (device)
+``PeakNetH2DMs``                gauge      staging + host-to-device copy time (h2d_overlap off only)
+``PeakNetInferenceMs``          gauge      network + peak extraction (+ overlapped copies) time
 ``PeakNetPostprocessMs``        gauge      peak lists to responses (host)
 ``PeakNetGpuMemoryAllocatedMB`` gauge      torch.cuda.memory_allocated on the worker's GPU
+``PeakNetGpuMemoryReservedMB``  gauge      torch.cuda.memory_reserved (cache and graph pools too)
 ==============================  =========  =================================================
 """
 

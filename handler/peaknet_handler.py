@@ -6,7 +6,8 @@ TorchServe calls :meth:`PeakNetHandler.handle` with a batch of requests (``batch
 1. **decode** every request on the host into a zero-copy ``(N, P, H, W)`` view in its wire dtype
    (:mod:`handler.decode`); a bad request gets its own 4xx and leaves the others alone;
 2. **upload** the panels of all good requests that share (H, W, dtype) through pinned memory to the
-   device in that dtype (uint16 moves half the bytes of float32);
+   device in that dtype (uint16 moves half the bytes of float32); with ``h2d_overlap`` (default)
+   one micro-batch at a time on a side stream, the next copy overlapping the current compute;
 3. **infer**: normalise, pad and cast on the device, run PeakNet in micro-batches under autocast,
    threshold the class-difference map and extract 8-connected peaks (:mod:`handler.inference`);
 4. **answer**: one device-to-host copy of the peak table per group, split back to requests and
@@ -38,7 +39,7 @@ from handler.postprocess import peaks_to_frames
 from handler.precision import dtype_name, resolve_precision
 from handler.response import cxi_response, json_response
 from handler.settings import HandlerSettings
-from handler.transfer import upload_panels
+from handler.transfer import PanelSource, upload_panels
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +69,10 @@ class PeakNetHandler(BaseHandler):
         self.model_name = getattr(context, "model_name", None) or "peaknet"
         self.metrics = HandlerMetrics(getattr(context, "metrics", None), self.model_name)
 
+        if settings.gpu_memory_fraction is not None and self.device.type == "cuda":
+            # Workers sharing a GPU each get a slice: an oversized batch then fails (and is split,
+            # or answered 507) in its own worker instead of starving the others.
+            torch.cuda.set_per_process_memory_fraction(settings.gpu_memory_fraction, self.device)
         started = time.perf_counter()
         model = load_peaknet(settings.resolve_path(settings.config, model_dir),
                              settings.resolve_path(settings.weights, model_dir),
@@ -140,12 +145,16 @@ class PeakNetHandler(BaseHandler):
     def _answer_group(self, members: list[Decoded]) -> dict[int, Answer]:
         """Run all requests of one (H, W, dtype) group through the network together."""
         try:
-            started = time.perf_counter()
-            panels = upload_panels([m.frames.array for m in members], self.device)
-            self.metrics.gauge("PeakNetH2DMs", 1e3 * (time.perf_counter() - started))
-
-            started = time.perf_counter()
-            result = self.finder.find(panels)
+            arrays = [m.frames.array for m in members]
+            if self.settings.h2d_overlap:               # copies overlap compute: timed with it
+                started = time.perf_counter()
+                result = self.finder.find_pipelined(PanelSource(arrays))
+            else:
+                started = time.perf_counter()
+                panels = upload_panels(arrays, self.device)
+                self.metrics.gauge("PeakNetH2DMs", 1e3 * (time.perf_counter() - started))
+                started = time.perf_counter()
+                result = self.finder.find(panels)
             table = result.table.to_host()                      # the one device-to-host copy
             nonfinite = int(result.nonfinite)
             self.metrics.gauge("PeakNetInferenceMs", 1e3 * (time.perf_counter() - started))
@@ -177,6 +186,8 @@ class PeakNetHandler(BaseHandler):
         if self.device.type == "cuda":
             self.metrics.gauge("PeakNetGpuMemoryAllocatedMB",
                                torch.cuda.memory_allocated(self.device) / 2**20, unit="MB")
+            self.metrics.gauge("PeakNetGpuMemoryReservedMB",
+                               torch.cuda.memory_reserved(self.device) / 2**20, unit="MB")
         return answers
 
     def _success(self, member: Decoded, frames: list[dict]) -> Answer:

@@ -6,14 +6,15 @@ resolved against the device, env first, by :func:`handler.precision.resolve_prec
 
 Environment overrides (a ``docker run -e`` or a shell export wins over the archive's YAML):
 
-=============================  ======================================================
-``PEAKNET_PRECISION``          read by :func:`handler.precision.resolve_precision` (the one place)
-``PEAKNET_CONFIG``             PeakNet YAML (public pipeline layout), path
-``PEAKNET_WEIGHTS``            checkpoint (.pt/.bin/.safetensors), path
-``PEAKNET_MAX_BATCH_PANELS``   panels per GPU micro-batch
-``PEAKNET_THRESHOLD``          peak probability threshold in (0, 1); empty = argmax
-``PEAKNET_COMPILE``            true/false: torch.compile the network (CUDA only)
-=============================  ======================================================
+===============================  ======================================================
+``PEAKNET_PRECISION``            read by :func:`handler.precision.resolve_precision` (the one place)
+``PEAKNET_CONFIG``               PeakNet YAML (public pipeline layout), path
+``PEAKNET_WEIGHTS``              checkpoint (.pt/.bin/.safetensors), path
+``PEAKNET_MAX_BATCH_PANELS``     panels per GPU micro-batch
+``PEAKNET_THRESHOLD``            peak probability threshold in (0, 1); empty = argmax
+``PEAKNET_COMPILE``              true/false: torch.compile the network (CUDA only)
+``PEAKNET_GPU_MEMORY_FRACTION``  share of the GPU's memory this worker may use, (0, 1]
+===============================  ======================================================
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ class HandlerSettings:
     compile_mode: str = "default"           # "default" | "reduce-overhead" (CUDA graphs) | "max-autotune"
     panel_buckets: tuple[int, ...] = ()     # compiled micro-batch sizes; () = max_batch_panels only
     channels_last: bool = False
+    h2d_overlap: bool = True                # upload micro-batch i+1 on a side stream while i computes
+    gpu_memory_fraction: float | None = None  # cap per worker (several workers share a GPU); None = no cap
     limits: DecodeLimits = field(default_factory=DecodeLimits)
 
     @classmethod
@@ -99,6 +102,7 @@ class HandlerSettings:
             "max_batch_panels": env.get("PEAKNET_MAX_BATCH_PANELS"),
             "threshold": env.get("PEAKNET_THRESHOLD"),
             "compile": env.get("PEAKNET_COMPILE"),
+            "gpu_memory_fraction": env.get("PEAKNET_GPU_MEMORY_FRACTION"),
         }
         values.update({k: v for k, v in overrides.items() if v not in (None, "")})
         if "PEAKNET_THRESHOLD" in env and env["PEAKNET_THRESHOLD"] == "":
@@ -121,6 +125,8 @@ class HandlerSettings:
             "compile_mode": str,
             "panel_buckets": lambda v: tuple(sorted(_positive_int(b) for b in v)),
             "channels_last": parse_bool,
+            "h2d_overlap": parse_bool,
+            "gpu_memory_fraction": parse_fraction,
             "limits": lambda v: v,
         }
         return replace(self, **{k: converters[k](v) for k, v in values.items()})
@@ -136,6 +142,16 @@ class HandlerSettings:
         """Micro-batch sizes (panels) that compiled graphs are built for, ascending."""
         sizes = {b for b in self.panel_buckets if b <= self.max_batch_panels}
         return tuple(sorted(sizes | {self.max_batch_panels}))
+
+
+def parse_fraction(value: Any) -> float | None:
+    """``None``/"none"/"" -> no cap; else a float in (0, 1]."""
+    if value is None or str(value).strip().lower() in ("", "none"):
+        return None
+    fraction = float(value)
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"gpu_memory_fraction must be in (0, 1], got {value!r}")
+    return fraction
 
 
 def _positive_int(value: Any) -> int:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ from handler.checkpoint import load_peaknet
 from handler.inference import InsufficientMemory, PanelPeakFinder
 from handler.postprocess import find_peaks, peak_mask
 from handler.preprocess import normalize_images, pad_to_multiple
+from handler.transfer import PanelSource, upload_panels
 
 FIXTURE = Path(__file__).parent / "fixtures" / "upstream" / "peaknet_tiny.yaml"
 CPU = torch.device("cpu")
@@ -87,6 +90,127 @@ def test_single_panel_that_does_not_fit_raises_insufficient_memory(model, panels
         finder.find(panels[:2])
 
 
+def counting(source: PanelSource) -> list[tuple[int, int]]:
+    """Record every range ``source`` uploads."""
+    calls, upload = [], source.upload
+
+    def recorded(start, stop, *args, **kwargs):
+        calls.append((start, stop))
+        return upload(start, stop, *args, **kwargs)
+    source.upload = recorded
+    return calls
+
+
+def test_pipelined_upload_gives_the_same_peaks(model, panels):
+    """Two requests (3 + 2 panels) in micro-batches of 2: ranges cross the request boundary."""
+    requests_ = [panels[:3].numpy()[None], panels[3:].numpy()[None]]
+    finder = PanelPeakFinder(model, dtype=torch.float32, device=CPU, max_batch_panels=2)
+    source = PanelSource(requests_)
+    uploads = counting(source)
+    pipelined = finder.find_pipelined(source)
+    plain = finder.find(upload_panels(requests_, CPU))
+    assert as_rows(pipelined.table) == as_rows(plain.table) and len(plain.table) > 0
+    assert uploads == [(0, 2), (2, 4), (4, 5)]
+
+
+def test_pipelined_upload_survives_out_of_memory_splits(model, panels):
+    def forward_fitting_one(x):
+        if x.shape[0] > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return model.forward_peak_score(x)
+
+    source = PanelSource([panels.numpy()[None]])
+    uploads = counting(source)
+    limited = PanelPeakFinder(model, dtype=torch.float32, device=CPU, max_batch_panels=4,
+                              forward=forward_fitting_one).find_pipelined(source)
+    plain = PanelPeakFinder(model, dtype=torch.float32, device=CPU).find(panels)
+    assert as_rows(limited.table) == as_rows(plain.table)
+    assert uploads == [(0, 4), (4, 5)]                       # each range uploaded exactly once
+
+
 def test_rejects_wrong_rank(model):
     with pytest.raises(ValueError, match=r"\(B, H, W\)"):
         PanelPeakFinder(model, dtype=torch.float32, device=CPU).find(torch.zeros(1, 1, 64, 96))
+
+
+# -- a real CUDA out-of-memory (GPU hosts only) ------------------------------------------------
+BUNDLED = Path(__file__).resolve().parents[1] / "model_store" / "peaknet" / "peaknet.yaml"
+
+
+def peak_bytes(finder: PanelPeakFinder, panels: torch.Tensor) -> int:
+    """Device memory that ``finder.find(panels)`` needs beyond what is already allocated."""
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    finder.find(panels)
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() - base
+
+
+@contextlib.contextmanager
+def allocator_cap(extra_bytes: int):
+    """Cap this process's CUDA caching allocator at what it holds now plus ``extra_bytes``: beyond
+    that, allocations fail with a real ``torch.OutOfMemoryError``."""
+    device = torch.device("cuda", torch.cuda.current_device())
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    total = torch.cuda.get_device_properties(device).total_memory
+    torch.cuda.set_per_process_memory_fraction((torch.cuda.memory_reserved() + extra_bytes) / total, device)
+    try:
+        yield
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0, device)
+        torch.cuda.empty_cache()
+
+
+@pytest.fixture(scope="module")
+def gpu_model():
+    return load_peaknet(BUNDLED, dtype=torch.bfloat16, device="cuda")
+
+
+@pytest.fixture(scope="module")
+def epix_panels() -> torch.Tensor:
+    """(32, 352, 384) uint16 on the GPU: two ePix10k2M frames of spotty Poisson noise."""
+    rng = np.random.default_rng(5)
+    image = rng.poisson(20, size=(32, 352, 384))
+    ss, fs = rng.integers(5, 347, 600), rng.integers(5, 379, 600)
+    image[rng.integers(0, 32, 600), ss, fs] += 3000
+    return torch.from_numpy(image.astype(np.uint16)).cuda()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_real_gpu_out_of_memory_splits_and_keeps_the_peaks(gpu_model, epix_panels, caplog):
+    cuda = torch.device("cuda", torch.cuda.current_device())
+    finder = PanelPeakFinder(gpu_model, dtype=torch.bfloat16, device=cuda, max_batch_panels=32)
+    reference = set(as_rows(finder.find(epix_panels).table))
+    one_panel = peak_bytes(PanelPeakFinder(gpu_model, dtype=torch.bfloat16, device=cuda), epix_panels[:1])
+    whole = peak_bytes(finder, epix_panels)
+    assert whole > 8 * one_panel, (whole, one_panel)       # else the cap below would not bite
+    with caplog.at_level("WARNING", logger="handler.inference"), allocator_cap(4 * one_panel):
+        capped = set(as_rows(finder.find(epix_panels).table))
+    assert "out of memory at 32 panels" in caplog.text
+    assert len(reference) > 100
+    assert len(capped & reference) / len(capped | reference) >= 0.99
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_real_gpu_out_of_memory_for_one_panel_raises_insufficient_memory(gpu_model, epix_panels):
+    cuda = torch.device("cuda", torch.cuda.current_device())
+    finder = PanelPeakFinder(gpu_model, dtype=torch.bfloat16, device=cuda)
+    one_panel = peak_bytes(finder, epix_panels[:1])
+    with allocator_cap(one_panel // 4), pytest.raises(InsufficientMemory):
+        finder.find(epix_panels[:4])
+    assert len(finder.find(epix_panels[:1]).table) > 0     # the cap lifted, the same finder works again
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_pipelined_upload_on_cuda_gives_the_same_peaks(gpu_model, epix_panels):
+    cuda = torch.device("cuda", torch.cuda.current_device())
+    host = epix_panels.cpu().numpy()
+    finder = PanelPeakFinder(gpu_model, dtype=torch.bfloat16, device=cuda, max_batch_panels=12)
+    pipelined = finder.find_pipelined(PanelSource([host[:20][None], host[20:][None]]))
+    assert as_rows(pipelined.table) == as_rows(finder.find(epix_panels).table)

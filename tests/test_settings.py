@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from handler.settings import HandlerSettings, parse_bool, parse_threshold
+from handler.settings import HandlerSettings, parse_bool, parse_fraction, parse_threshold
 
 
 def test_defaults_and_yaml_values():
@@ -32,7 +32,8 @@ def test_paths_resolve_against_model_dir():
 
 
 @pytest.mark.parametrize("section", [{"max_batch_panel": 4}, {"max_batch_panels": 0},
-                                     {"threshold": 1.5}, {"compile": "maybe"}])
+                                     {"threshold": 1.5}, {"compile": "maybe"},
+                                     {"gpu_memory_fraction": 0}, {"gpu_memory_fraction": 1.5}])
 def test_bad_values_are_errors(section):
     with pytest.raises(ValueError):
         HandlerSettings.from_mapping(section, env={})
@@ -41,3 +42,11 @@ def test_bad_values_are_errors(section):
 def test_parsers():
     assert parse_bool("Yes") and not parse_bool("off") and parse_bool(True)
     assert parse_threshold(None) is None and parse_threshold("null") is None and parse_threshold("0.25") == 0.25
+
+
+def test_gpu_memory_fraction_from_yaml_and_env():
+    assert HandlerSettings.from_mapping(None, env={}).gpu_memory_fraction is None
+    assert HandlerSettings.from_mapping({"gpu_memory_fraction": 0.25}, env={}).gpu_memory_fraction == 0.25
+    env = {"PEAKNET_GPU_MEMORY_FRACTION": "0.5"}
+    assert HandlerSettings.from_mapping({"gpu_memory_fraction": 0.25}, env=env).gpu_memory_fraction == 0.5
+    assert parse_fraction("none") is None and parse_fraction("1") == 1.0

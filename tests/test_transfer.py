@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from handler.transfer import as_tensor, upload_panels
+from handler.transfer import PanelSource, as_tensor, upload_panels
 
 
 def test_single_request_on_cpu_is_zero_copy():
@@ -35,3 +35,28 @@ def test_cuda_upload_through_pinned_memory_keeps_wire_dtype():
     panels = upload_panels([frames, frames], torch.device("cuda"))
     assert panels.dtype == torch.uint16 and panels.device.type == "cuda"
     assert np.array_equal(panels.cpu().numpy(), np.concatenate([frames, frames]).reshape(-1, 32, 32))
+
+
+def test_panel_source_ranges_cross_request_boundaries():
+    a = np.arange(1 * 3 * 2 * 2, dtype=np.uint16).reshape(1, 3, 2, 2)
+    b = 100 + np.arange(2 * 2 * 2 * 2, dtype=np.uint16).reshape(2, 2, 2, 2)
+    source = PanelSource([a, b])
+    whole = np.concatenate([a.reshape(-1, 2, 2), b.reshape(-1, 2, 2)])
+    assert len(source) == 7
+    for start, stop in [(0, 7), (0, 3), (2, 5), (3, 7), (6, 7)]:
+        panels, copied = source.upload(start, stop, torch.device("cpu"))
+        assert copied is None and np.array_equal(panels.numpy(), whole[start:stop])
+    assert [p.shape[0] for p in source.pieces(2, 6)] == [1, 3]
+    inside, _ = source.upload(3, 5, torch.device("cpu"))           # within one request: no copy
+    assert inside.data_ptr() == b.__array_interface__["data"][0]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_panel_source_copies_on_a_side_stream_and_signals_the_end():
+    frames = np.random.default_rng(1).integers(0, 65535, (3, 16, 64, 64), dtype=np.uint16)
+    side = torch.cuda.Stream()
+    panels, copied = PanelSource([frames]).upload(8, 40, torch.device("cuda"), side)
+    torch.cuda.current_stream().wait_event(copied)
+    assert panels.dtype == torch.uint16
+    assert np.array_equal(panels.cpu().numpy(), frames.reshape(-1, 64, 64)[8:40])

@@ -4,7 +4,9 @@ Bounded in time (``PEAKNET_SOAK_S`` seconds, default 60, split in a steady phase
 phase), loopback only, every client request has a timeout. Asserts: every good request answered
 correctly or (only around the kill) with a 5xx / dropped connection that a retry fixes; every bad
 request gets its 4xx; the service recovers within ``RECOVERY_LIMIT_S``; worker RSS stays flat in
-the steady phase. Writes a JSON report to ``PEAKNET_SOAK_REPORT`` if set.
+the steady phase, and so does the worker's reserved GPU memory when it serves on a GPU (its own
+``PeakNetGpuMemoryReservedMB`` gauge: the caching allocator's segments, graph pools included).
+Writes a JSON report to ``PEAKNET_SOAK_REPORT`` if set.
 """
 
 from __future__ import annotations
@@ -42,6 +44,14 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError("no VmRSS")
 
 
+def gpu_reserved_mib(server) -> float | None:
+    """The worker's last ``PeakNetGpuMemoryReservedMB`` from Prometheus, None when not published."""
+    for line in requests.get(f"{server.metrics_url}/metrics", timeout=10).text.splitlines():
+        if line.startswith("PeakNetGpuMemoryReservedMB{"):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
 def test_soak_with_bad_requests_and_a_killed_worker(start_server):
     server = start_server()
     frames = make_frames(n=1, p=2, seed=11)
@@ -51,8 +61,9 @@ def test_soak_with_bad_requests_and_a_killed_worker(start_server):
         (npy_bytes(frames), {"Content-Type": "application/x-npy"}),
         (hdf5_bytes(frames, compression="gzip"), {"Content-Type": "application/x-hdf5"}),
     ]
-    reference = peak_signature(requests.post(server.predict_url, data=good[0][0], headers=good[0][1],
-                                             timeout=CLIENT_TIMEOUT_S).json())
+    first = requests.post(server.predict_url, data=good[0][0], headers=good[0][1], timeout=CLIENT_TIMEOUT_S).json()
+    reference = peak_signature(first)
+    on_gpu = first["device"].startswith("cuda")
     counts, lock = Counter(), threading.Lock()
     problems: list[str] = []
     killed_at: list[float] = []
@@ -109,9 +120,9 @@ def test_soak_with_bad_requests_and_a_killed_worker(start_server):
         t.start()
     time.sleep(min(5.0, SOAK_S / 10))
     pid = worker_pid(server)
-    rss_start = rss_mib(pid)
+    rss_start, gpu_start = rss_mib(pid), gpu_reserved_mib(server)
     time.sleep(SOAK_S / 2 - min(5.0, SOAK_S / 10))
-    rss_steady = rss_mib(pid)
+    rss_steady, gpu_steady = rss_mib(pid), gpu_reserved_mib(server)
     os.kill(pid, signal.SIGKILL)
     killed_at.append(time.monotonic())
     with lock:
@@ -125,6 +136,8 @@ def test_soak_with_bad_requests_and_a_killed_worker(start_server):
         "duration_s": SOAK_S, "clients": len(threads), **counts,
         "worker_killed": 1, "recovery_s": (recovered_at[0] - killed_at[0]) if recovered_at else None,
         "worker_rss_mib": {"start": rss_start, "steady_end": rss_steady},
+        "device": first["device"],
+        "worker_gpu_reserved_mib": {"start": gpu_start, "steady_end": gpu_steady} if on_gpu else None,
         "problems": problems,
     }
     if os.environ.get("PEAKNET_SOAK_REPORT"):
@@ -135,5 +148,8 @@ def test_soak_with_bad_requests_and_a_killed_worker(start_server):
     assert recovered_at and recovered_at[0] - killed_at[0] < RECOVERY_LIMIT_S
     assert ping["status"] == "Healthy" and new_pid != pid
     assert rss_steady < rss_start * 1.15 + 32, report["worker_rss_mib"]   # no growth under load
+    if on_gpu:
+        assert gpu_start is not None and gpu_steady is not None, "no PeakNetGpuMemoryReservedMB published"
+        assert gpu_steady <= gpu_start * 1.10 + 64, report["worker_gpu_reserved_mib"]
     assert not any(t.is_alive() for t in threads)
     assert np.isfinite(report["recovery_s"])
