@@ -15,9 +15,15 @@ JSON schema, frame count). The result is printed, written as JSON (``--report``)
 (``--plot``), and ``--fail-on "p99_ms>250,error_rate>0.01,fps<100"`` turns a bad run into a
 non-zero exit for CI.
 
+At hundreds of multi-megabyte requests per second one Python process can be what limits the
+measured rate. ``--processes N`` spreads the load (the clients, or the open-loop schedule) over N
+forked client processes that share the payloads and the time origin, and merges their samples
+into one report.
+
     python scripts/loadtest.py --geometry epix10k2m --dtype uint16 --concurrency 4 --duration 30
     python scripts/loadtest.py --rate 120 --frames-per-request 1 --duration 60 --plot run.png
     python scripts/loadtest.py --input run42.cxi --encoding hdf5-bslz4 --requests 500
+    python scripts/loadtest.py --concurrency 32 --processes 4 --duration 30
 """
 
 from __future__ import annotations
@@ -26,7 +32,10 @@ import argparse
 import itertools
 import json
 import math
+import multiprocessing
+import multiprocessing.connection
 import operator
+import signal
 import sys
 import threading
 import time
@@ -34,6 +43,8 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +54,7 @@ import requests
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from scripts.payloads import (  # noqa: E402
+from scripts.payloads import (
     DEFAULT_DATASET,
     ENCODINGS,
     GEOMETRIES,
@@ -60,7 +71,7 @@ from scripts.payloads import (  # noqa: E402
 DEFAULT_URL = "http://127.0.0.1:8080"
 MAX_POOL_BYTES = 512 * 2**20
 
-EXIT_OK, EXIT_THRESHOLDS, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_NOTHING_MEASURED = 0, 1, 2, 3, 4
+EXIT_OK, EXIT_THRESHOLDS, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_NOTHING_MEASURED, EXIT_CLIENT_DIED = 0, 1, 2, 3, 4, 5
 
 
 # --------------------------------------------------------------------------------------------
@@ -284,9 +295,20 @@ def run_closed_loop(target: Target, plan: RunPlan, concurrency: int, recorder: R
 
 
 def run_open_loop(
-    target: Target, plan: RunPlan, rate_hz: float, max_in_flight: int, recorder: Recorder, clock: Callable[[], float]
+    target: Target,
+    plan: RunPlan,
+    rate_hz: float,
+    max_in_flight: int,
+    recorder: Recorder,
+    clock: Callable[[], float],
+    first_slot: int = 0,
+    slot_step: int = 1,
 ) -> None:
-    """Send on a fixed schedule of ``rate_hz``; drop a send when ``max_in_flight`` are unanswered."""
+    """Send on a fixed schedule of ``rate_hz``; drop a send when ``max_in_flight`` are unanswered.
+
+    Only slots ``first_slot``, ``first_slot + slot_step``, ... of the schedule are sent (all of them
+    by default): the share of one of ``slot_step`` client processes.
+    """
     local = threading.local()
 
     def send(payload: EncodedRequest, scheduled: float, warmup: bool) -> None:
@@ -296,7 +318,7 @@ def run_open_loop(
         recorder.end(sample)
 
     with ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="sender") as pool:
-        for slot in itertools.count():
+        for slot in itertools.count(first_slot, slot_step):
             scheduled = send_schedule(rate_hz, slot)
             ticket = plan.claim(scheduled)
             if ticket is None:
@@ -312,6 +334,215 @@ def run_open_loop(
                 continue
             recorder.begin()
             pool.submit(send, payload, scheduled, warmup)
+
+
+# --------------------------------------------------------------------------------------------
+# the load over several client processes
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Share:
+    """One client process's part of the load (see :func:`split_load`).
+
+    ``clients`` is for a closed loop; ``first_slot``, ``slot_step`` and ``max_in_flight`` for an open
+    one. ``n_requests`` is its part of ``--requests`` (``None``: it runs for ``--duration``).
+    """
+
+    clients: int = 0
+    first_slot: int = 0
+    slot_step: int = 1
+    max_in_flight: int = 0
+    n_requests: int | None = None
+
+
+def split_count(total: int, parts: int) -> list[int]:
+    """``total`` in ``parts`` shares that differ by at most one, the larger ones first."""
+    return [total // parts + (k < total % parts) for k in range(parts)]
+
+
+def first_measured_slot(rate_hz: float, warmup_s: float) -> int:
+    """The first open-loop slot scheduled after the warm-up, the first that :class:`RunPlan` measures."""
+    start = max(0, math.floor(warmup_s * rate_hz) - 1)
+    return next(i for i in itertools.count(start) if send_schedule(rate_hz, i) >= warmup_s)
+
+
+def split_load(args: argparse.Namespace) -> list[Share]:
+    """The load of the command line as ``--processes`` shares that add up to it.
+
+    Closed loop: the clients as evenly as possible, and ``--requests`` in proportion to them.
+    Open loop: process k sends slots k, k+N, k+2N, ... of the schedule with its part of
+    ``--max-in-flight``; with ``--requests`` R, the processes together send exactly the first R
+    slots after the warm-up, each those of its own.
+    """
+    n = args.processes
+    if args.rate is None:
+        clients = split_count(args.concurrency, n)
+        if args.requests is None:
+            return [Share(clients=c) for c in clients]
+        per_client = split_count(args.requests, args.concurrency)
+        bounds = list(itertools.accumulate(clients, initial=0))
+        return [Share(clients=c, n_requests=sum(per_client[a:b])) for c, a, b in zip(clients, bounds, bounds[1:])]
+    in_flight = split_count(args.max_in_flight, n)
+    if args.requests is None:
+        requests: list[int | None] = [None] * n
+    else:  # the process of the first measured slot sends the first of them, and so on
+        counts, first = split_count(args.requests, n), first_measured_slot(args.rate, args.warmup)
+        requests = [counts[(k - first) % n] for k in range(n)]
+    return [Share(first_slot=k, slot_step=n, max_in_flight=m, n_requests=r)
+            for k, (m, r) in enumerate(zip(in_flight, requests))]
+
+
+def run_share(
+    target: Target, plan: RunPlan, share: Share, rate_hz: float | None, recorder: Recorder, clock: Callable[[], float]
+) -> None:
+    """Run one share of the load: the closed loop, or the open loop when ``rate_hz`` is set."""
+    if rate_hz is None:
+        run_closed_loop(target, plan, share.clients, recorder, clock)
+    else:
+        run_open_loop(target, plan, rate_hz, share.max_in_flight, recorder, clock, share.first_slot, share.slot_step)
+
+
+class TallyRecorder(Recorder):
+    """A :class:`Recorder` that also keeps ``tally`` = (requests, errors, in flight) up to date.
+
+    ``tally`` is a lock-free shared array of this process alone, read by the parent for its
+    progress line: a client process that dies cannot block the others.
+    """
+
+    def __init__(self, tally: Any) -> None:
+        super().__init__()
+        self.tally, self.errors = tally, 0
+
+    def begin(self) -> None:
+        super().begin()
+        self._publish(0)
+
+    def end(self, sample: Sample) -> None:
+        super().end(sample)
+        self._publish(int(not sample.ok))
+
+    def drop(self, sample: Sample) -> None:
+        super().drop(sample)
+        self._publish(1)
+
+    def _publish(self, new_errors: int) -> None:
+        with self._lock:
+            self.errors += new_errors
+            self.tally[:] = [len(self.samples), self.errors, self.in_flight]
+
+
+def client_process(
+    target: Target,
+    plan: RunPlan,
+    share: Share,
+    rate_hz: float | None,
+    clock: Callable[[], float],
+    tally: Any,
+    stop: Connection,
+    stop_writer: Connection,
+    samples_out: Connection,
+) -> None:
+    """Body of one forked client process: run ``share`` and send its samples to the parent.
+
+    It stops early when ``stop`` reaches end of file, that is when the parent has closed its
+    ``stop_writer`` (Ctrl-C) or died; requests still unanswered then are left out, as after Ctrl-C
+    in a single process. A failure of the load is raised here, so that the process exits non-zero
+    without sending anything.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    stop_writer.close()
+    recorder = TallyRecorder(tally)
+    finished = threading.Event()
+    failures: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            run_share(target, plan, share, rate_hz, recorder, clock)
+        except BaseException as err:  # noqa: BLE001 - raised again in the main thread
+            failures.append(err)
+        finally:
+            finished.set()
+
+    def wait_for_stop() -> None:
+        stop.poll(None)
+        finished.set()
+
+    for body in (load, wait_for_stop):
+        threading.Thread(target=body, name=body.__name__, daemon=True).start()
+    finished.wait()
+    plan.stop()
+    if failures:
+        raise failures[0]
+    samples_out.send(list(recorder.samples))
+
+
+def gather(receivers: dict[Connection, BaseProcess]) -> tuple[list[Sample], list[str]]:
+    """The samples of every client process, as each sends them, and the processes that did not.
+
+    A process that ends without sending (killed, crashed) is a failure, not a hang. Every process
+    has ended on return: one that sent is stopped, with any request it still waits for.
+    """
+    samples: list[Sample] = []
+    silent: list[BaseProcess] = []
+    pending = dict(receivers)
+    while pending:
+        for receiver in multiprocessing.connection.wait(list(pending)):
+            process = pending.pop(receiver)
+            try:
+                samples += receiver.recv()
+            except (EOFError, OSError):  # it ended before sending them
+                silent.append(process)
+            receiver.close()
+            process.terminate()  # a no-op once it has exited
+            process.join()
+    return samples, [f"{p.name} exited with code {p.exitcode} before sending its samples" for p in silent]
+
+
+def measure_in_processes(
+    target: Target, args: argparse.Namespace, clock: Callable[[], float]
+) -> tuple[list[Sample], list[str]]:
+    """Run the load in ``--processes`` forked client processes; their merged samples and failures.
+
+    The children inherit the payloads and ``clock``, whose origin is the parent's (``perf_counter``
+    is one system-wide clock on Linux), so their samples share one time axis. Ctrl-C asks them all
+    to stop and send what they measured.
+    """
+    context = multiprocessing.get_context("fork")
+    stop, stop_writer = context.Pipe(duplex=False)
+    previous = signal.signal(signal.SIGINT, lambda *_: stop_writer.close())
+    finished = threading.Event()
+    progress = None
+    try:
+        tallies, receivers = [], {}
+        for k, share in enumerate(split_load(args)):
+            tally = context.RawArray("q", 3)
+            receiver, sender = context.Pipe(duplex=False)
+            plan = RunPlan(args.warmup, args.duration, share.n_requests)
+            process = context.Process(
+                target=client_process,
+                name=f"client process {k}",
+                args=(target, plan, share, args.rate, clock, tally, stop, stop_writer, sender),
+                daemon=True,
+            )
+            process.start()
+            sender.close()
+            tallies.append(tally)
+            receivers[receiver] = process
+        if not args.quiet:
+            progress = watch_progress(tally_progress(tallies, args.warmup), finished, clock, sys.stderr)
+        samples, failures = gather(receivers)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        interrupted = stop_writer.closed
+        stop_writer.close()
+        stop.close()
+        finished.set()
+        if progress is not None:
+            progress.join()
+    if interrupted:
+        print("\ninterrupted: reporting what was measured", file=sys.stderr)
+    return samples, failures
 
 
 # --------------------------------------------------------------------------------------------
@@ -453,7 +684,8 @@ _OPERATORS: dict[str, Callable[[float, float], bool]] = {
 }
 OPEN_LOOP_METRICS = ("late_fraction", "dropped", "lag_p99_ms", "answered_hz")
 FAIL_ON_METRICS = (
-    *"rps fps mb_per_s error_rate errors requests p50_ms p90_ms p99_ms max_ms mean_ms min_ms".split(),
+    "rps", "fps", "mb_per_s", "error_rate", "errors", "requests",
+    "p50_ms", "p90_ms", "p99_ms", "max_ms", "mean_ms", "min_ms",
     *OPEN_LOOP_METRICS,
 )
 
@@ -508,14 +740,35 @@ def progress_line(samples: Sequence[Sample], now: float, recorder: Recorder, war
     return line
 
 
-def watch_progress(recorder: Recorder, plan: RunPlan, clock: Callable[[], float], stream: Any) -> threading.Thread:
-    """Rewrite one progress line on a terminal every 0.5 s (a new line every 5 s otherwise)."""
+def tally_progress(tallies: Sequence[Sequence[int]], warmup_s: float) -> Callable[[float], str]:
+    """Progress lines of several client processes from their tallies (see :class:`TallyRecorder`).
+
+    The parent has no samples before the end, so the line has no latency; its rate is of good
+    answers since the previous line.
+    """
+    previous = {"now": 0.0, "ok": 0}
+
+    def line(now: float) -> str:
+        requests_done, errors, in_flight = (sum(column) for column in zip(*tallies))
+        elapsed, ok = now - previous["now"], requests_done - errors
+        rate = (ok - previous["ok"]) / elapsed if elapsed > 0 else 0.0
+        previous.update(now=now, ok=ok)
+        phase = "warm-up" if now < warmup_s else "measure"
+        return f"[{phase} {now:6.1f}s] {requests_done} req, {errors} err, {rate:6.1f} req/s, in flight {in_flight}"
+
+    return line
+
+
+def watch_progress(
+    line: Callable[[float], str], stopped: threading.Event, clock: Callable[[], float], stream: Any
+) -> threading.Thread:
+    """Until ``stopped``, rewrite ``line(now)`` on a terminal every 0.5 s (a new line every 5 s otherwise)."""
     tty = stream.isatty()
 
     def loop() -> None:
-        while not plan.stopped.wait(0.5 if tty else 5.0):
-            line = progress_line(list(recorder.samples), clock(), recorder, plan.warmup_s)
-            stream.write(f"\r\x1b[2K{line}" if tty else f"{line}\n")
+        while not stopped.wait(0.5 if tty else 5.0):
+            text = line(clock())
+            stream.write(f"\r\x1b[2K{text}" if tty else f"{text}\n")
             stream.flush()
         if tty:
             stream.write("\n")
@@ -561,12 +814,12 @@ def format_report(report: dict[str, Any]) -> str:
     """Human-readable summary of :func:`summarize`'s report."""
     lat = report["latency_ms"]
     lines = [
-        f"requests   {report['requests']} ({report['ok']} ok, {report['errors']} errors,"
-        f" error rate {report['error_rate']:.2%}) in {report['window_s']:.1f} s",
-        f"throughput {report['rps']:.1f} req/s, {report['fps']:.1f} frames/s,"
-        f" {report['mb_per_s']:.1f} MB/s sent ({report['frame_mb_per_s']:.1f} MB/s of frames)",
-        f"latency    p50 {lat['p50']:.1f} ms, p90 {lat['p90']:.1f} ms, p99 {lat['p99']:.1f} ms,"
-        f" max {lat['max']:.1f} ms",
+        (f"requests   {report['requests']} ({report['ok']} ok, {report['errors']} errors,"
+         f" error rate {report['error_rate']:.2%}) in {report['window_s']:.1f} s"),
+        (f"throughput {report['rps']:.1f} req/s, {report['fps']:.1f} frames/s,"
+         f" {report['mb_per_s']:.1f} MB/s sent ({report['frame_mb_per_s']:.1f} MB/s of frames)"),
+        (f"latency    p50 {lat['p50']:.1f} ms, p90 {lat['p90']:.1f} ms, p99 {lat['p99']:.1f} ms,"
+         f" max {lat['max']:.1f} ms"),
     ]
     if report["errors_by_kind"]:
         kinds = ", ".join(f"{k}: {n}" for k, n in report["errors_by_kind"].items())
@@ -643,6 +896,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     load.add_argument("--requests", type=int, help="measured requests")
     load.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up, not measured (default 2)")
     load.add_argument("--timeout", type=float, default=60.0, help="per-request timeout in s (default 60)")
+    load.add_argument("--processes", type=int, default=1,
+                      help="client processes to spread the load over (default 1): one Python process can limit "
+                           "the rate of large requests; the progress line then has no latency")
     out = p.add_argument_group("output")
     out.add_argument("--report", help="write the JSON report here")
     out.add_argument("--plot", help="write a PNG of latency over time and its histogram here")
@@ -651,13 +907,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.duration is None and args.requests is None:
         args.duration = 10.0
-    for name in ("frames_per_request", "distinct", "concurrency", "max_in_flight"):
+    for name in ("frames_per_request", "distinct", "concurrency", "max_in_flight", "processes"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if (args.duration is not None and args.duration <= 0) or (args.requests is not None and args.requests < 1):
         p.error("--duration and --requests must be positive")
     if args.rate is not None and args.rate <= 0:
         p.error("--rate must be positive")
+    if args.processes > 1 and "fork" not in multiprocessing.get_all_start_methods():
+        p.error("--processes > 1 needs the fork start method (Linux)")
+    per_process = ("max_in_flight", args.max_in_flight) if args.rate is not None else ("concurrency", args.concurrency)
+    if per_process[1] < args.processes:
+        p.error(f"--{per_process[0].replace('_', '-')} {per_process[1]} is less than --processes {args.processes}")
     try:
         args.thresholds = parse_fail_on(args.fail_on)
     except ValueError as err:
@@ -666,6 +927,27 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if open_only and args.rate is None:
         p.error(f"--fail-on {', '.join(open_only)}: only an open-loop run (--rate) measures these")
     return args
+
+
+def measure(target: Target, args: argparse.Namespace, clock: Callable[[], float]) -> list[Sample]:
+    """Run the whole load in this process; Ctrl-C stops it and keeps what was measured."""
+    (share,) = split_load(args)
+    plan = RunPlan(args.warmup, args.duration, share.n_requests)
+    recorder = Recorder()
+
+    def line(now: float) -> str:
+        return progress_line(list(recorder.samples), now, recorder, plan.warmup_s)
+
+    progress = None if args.quiet else watch_progress(line, plan.stopped, clock, sys.stderr)
+    try:
+        run_share(target, plan, share, args.rate, recorder, clock)
+    except KeyboardInterrupt:
+        plan.stop()
+        print("\ninterrupted: reporting what was measured", file=sys.stderr)
+    plan.stop()
+    if progress is not None:
+        progress.join()
+    return recorder.samples
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -677,24 +959,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_UNREACHABLE
     payloads = build_payloads(args)
     target = Target(f"{base_url}/predictions/{args.model}", payloads, auth, args.timeout)
-    plan = RunPlan(args.warmup, args.duration, args.requests)
-    recorder = Recorder()
     t0 = time.perf_counter()
-    clock = lambda: time.perf_counter() - t0  # noqa: E731
-    progress = None if args.quiet else watch_progress(recorder, plan, clock, sys.stderr)
-    try:
-        if args.rate is not None:
-            run_open_loop(target, plan, args.rate, args.max_in_flight, recorder, clock)
-        else:
-            run_closed_loop(target, plan, args.concurrency, recorder, clock)
-    except KeyboardInterrupt:
-        plan.stop()
-        print("\ninterrupted: reporting what was measured", file=sys.stderr)
-    plan.stop()
-    if progress is not None:
-        progress.join()
 
-    report = summarize(recorder.samples, args.rate)
+    def clock() -> float:
+        return time.perf_counter() - t0
+
+    if args.processes == 1:
+        samples, failures = measure(target, args, clock), []
+    else:
+        samples, failures = measure_in_processes(target, args, clock)
+
+    report = summarize(samples, args.rate)
     report["config"] = {
         "url": target.url,
         "mode": "open" if args.rate is not None else "closed",
@@ -707,12 +982,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         "warmup_s": args.warmup,
         "duration_s": args.duration,
         "max_requests": args.requests,
+        "processes": args.processes,
     }
+    if failures:
+        report["client_failures"] = failures
     print(format_report(report))
     if args.report:
         Path(args.report).write_text(json.dumps(report, indent=2, allow_nan=True) + "\n")
     if args.plot:
-        save_plot(recorder.samples, report, args.plot)
+        save_plot(samples, report, args.plot)
+    if failures:
+        for failure in failures:
+            print(f"FAIL {failure}: its requests are missing from the report", file=sys.stderr)
+        return EXIT_CLIENT_DIED
     if report["requests"] == 0:
         print("FAIL no request was measured: every request outlasted the run; raise --duration "
               "or --timeout, or lower --warmup", file=sys.stderr)

@@ -1,5 +1,6 @@
 """scripts/loadtest.py: statistics, scheduling and thresholds as pure functions; the client's
-handling of answers and failures against a small HTTP server on loopback.
+handling of answers and failures against a small HTTP server on loopback, in one client process
+and in several (``--processes``).
 
 The loopback server speaks the PeakNet API's shape (``/ping``, ``POST /predictions/<model>``
 with raw frames, JSON answer or JSON error) so that the client's checks, error accounting,
@@ -9,12 +10,17 @@ is driven in tests/e2e/test_loadtest_e2e.py.
 
 from __future__ import annotations
 
+import io
+import itertools
 import json
 import math
+import multiprocessing
 import os
+import signal
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -24,16 +30,21 @@ from scripts.loadtest import (
     KeySource,
     RunPlan,
     Sample,
+    TallyRecorder,
     Threshold,
     answer_error,
     error_kind,
+    first_measured_slot,
     flat_metrics,
     late_threshold_s,
     latency_stats,
     open_loop_stats,
     parse_fail_on,
     send_schedule,
+    split_count,
+    split_load,
     summarize,
+    tally_progress,
     violated,
 )
 
@@ -216,6 +227,7 @@ class PeakApi(BaseHTTPRequestHandler):
 
     delay_s = 0.0
     token: str | None = None
+    posts: list[str]  # paths of the POSTs received, one list per server (see the fixture)
 
     def log_message(self, *args):
         pass
@@ -239,6 +251,7 @@ class PeakApi(BaseHTTPRequestHandler):
             self._send(200, {"status": "Healthy"})
 
     def do_POST(self):
+        self.posts.append(self.path)
         self.rfile.read(int(self.headers["Content-Length"]))
         if not self._authorised():
             return
@@ -255,7 +268,7 @@ class PeakApi(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def api():
-    handler = type("Api", (PeakApi,), {})
+    handler = type("Api", (PeakApi,), {"posts": []})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -278,6 +291,7 @@ def test_closed_loop_run_reports_and_plots(api, tmp_path, capsys):
     assert report["requests"] == 40 and report["ok"] == 40 and report["errors"] == 0
     assert report["fps"] == pytest.approx(2 * report["rps"])
     assert report["config"]["mode"] == "closed" and report["config"]["request_bytes"] == 2 * 2 * 48 * 64 * 2
+    assert report["config"]["processes"] == 1
     assert plot_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "40 ok" in capsys.readouterr().out
 
@@ -363,3 +377,201 @@ def test_a_run_that_measured_nothing_fails(api, tmp_path):
     code = loadtest.main(["--url", api.url, *COMMON, "--duration", "0.3", "--report", str(tmp_path / "r.json")])
     assert code == loadtest.EXIT_NOTHING_MEASURED
     assert json.loads((tmp_path / "r.json").read_text())["requests"] == 0
+
+
+# ---------------------------------------------------------------------------- several client processes
+
+
+def command_line(*argv):
+    return loadtest.parse_args(["--quiet", *argv])
+
+
+def test_split_count():
+    assert split_count(10, 3) == [4, 3, 3] and split_count(9, 3) == [3, 3, 3] and split_count(1, 3) == [1, 0, 0]
+
+
+def test_closed_loop_split_spreads_clients_and_requests_with_them():
+    shares = split_load(command_line("--concurrency", "5", "--processes", "2", "--requests", "41"))
+    assert [s.clients for s in shares] == [3, 2]
+    assert [s.n_requests for s in shares] == [9 + 8 + 8, 8 + 8]  # 41 over 5 clients: 9, 8, 8, 8, 8
+    assert [s.n_requests for s in split_load(command_line("--concurrency", "5", "--processes", "2"))] == [None, None]
+    (whole,) = split_load(command_line("--concurrency", "5", "--requests", "41"))
+    assert whole.clients == 5 and whole.n_requests == 41
+
+
+def test_first_measured_slot():
+    assert first_measured_slot(50.0, 0.1) == 5 and first_measured_slot(10.0, 0.0) == 0
+    assert first_measured_slot(10.0, 0.3) == 3  # 0.3 * 10 is 3.0000000000000004 in floating point
+    assert first_measured_slot(3.0, 1.01) == 4
+
+
+@pytest.mark.parametrize("rate, warmup, processes, requests",
+                         [(50, 0.1, 2, 7), (40, 0.2, 3, 10), (120, 2.0, 4, 501), (30, 0, 2, 1), (7, 0.3, 3, 5)])
+def test_open_loop_split_sends_the_first_measured_slots_once(rate, warmup, processes, requests):
+    args = command_line("--rate", str(rate), "--warmup", str(warmup), "--processes", str(processes),
+                        "--requests", str(requests), "--max-in-flight", "7")
+    shares = split_load(args)
+    assert sum(s.max_in_flight for s in shares) == 7
+    measured = []
+    for share in shares:  # what run_open_loop claims from each process's plan
+        plan = RunPlan(warmup, None, share.n_requests)
+        for slot in itertools.count(share.first_slot, share.slot_step):
+            if (ticket := plan.claim(send_schedule(rate, slot))) is None:
+                break
+            if not ticket[1]:
+                measured.append(slot)
+    first = first_measured_slot(rate, warmup)
+    assert sorted(measured) == list(range(first, first + requests))
+
+
+def test_tally_recorder_publishes_its_counts():
+    tally = multiprocessing.get_context("fork").RawArray("q", 3)
+    recorder = TallyRecorder(tally)
+    recorder.begin()
+    recorder.begin()
+    assert list(tally) == [0, 0, 2]
+    recorder.end(sample(1.0))
+    recorder.end(sample(1.0, status=0, error="timeout"))
+    recorder.drop(sample(1.0, status=-1, error="dropped: in-flight bound"))
+    assert list(tally) == [3, 2, 0] and len(recorder.samples) == 3
+
+
+def test_tally_progress_sums_the_processes():
+    tallies = [[10, 1, 2], [6, 1, 1]]
+    line = tally_progress(tallies, warmup_s=1.0)
+    assert line(0.5) == "[warm-up    0.5s] 16 req, 2 err,   28.0 req/s, in flight 3"
+    tallies[0][0] = 20
+    assert line(2.5) == "[measure    2.5s] 26 req, 2 err,    5.0 req/s, in flight 3"  # 10 more in 2 s
+
+
+def test_processes_may_not_outnumber_clients(capsys):
+    with pytest.raises(SystemExit):
+        loadtest.parse_args(["--concurrency", "2", "--processes", "3"])
+    assert "--concurrency 2 is less than --processes 3" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        loadtest.parse_args(["--rate", "10", "--max-in-flight", "1", "--processes", "2"])
+    with pytest.raises(SystemExit):
+        loadtest.parse_args(["--processes", "0"])
+    assert loadtest.parse_args(["--rate", "10", "--processes", "8"]).processes == 8  # --concurrency is unused
+
+
+@pytest.fixture
+def kept(monkeypatch):
+    """The samples that the client processes sent back to ``main``."""
+    kept = SimpleNamespace(samples=None)
+    measure = loadtest.measure_in_processes
+
+    def keep(*args):
+        kept.samples, failures = measure(*args)
+        return kept.samples, failures
+
+    monkeypatch.setattr(loadtest, "measure_in_processes", keep)
+    return kept
+
+
+def test_one_process_starts_no_other(api, tmp_path, monkeypatch):
+    monkeypatch.setattr(loadtest, "measure_in_processes", lambda *args: pytest.fail("started client processes"))
+    assert loadtest.main(["--url", api.url, *COMMON, "--requests", "5", "--processes", "1"]) == loadtest.EXIT_OK
+
+
+def test_closed_loop_in_two_processes(api, tmp_path, kept):
+    report_path = tmp_path / "report.json"
+    code = loadtest.main(["--url", api.url, *COMMON, "--concurrency", "3", "--processes", "2", "--requests", "40",
+                          "--report", str(report_path), "--fail-on", "error_rate>0"])
+    report = json.loads(report_path.read_text())
+    assert code == loadtest.EXIT_OK, report
+    assert report["requests"] == 40 and report["ok"] == 40 and report["errors"] == 0
+    assert report["fps"] == pytest.approx(2 * report["rps"]) and report["latency_ms"]["p99"] > 0
+    assert report["config"]["processes"] == 2 and report["config"]["concurrency"] == 3
+    assert "client_failures" not in report
+    # every request the server saw came back as a sample: the warm-up and the 40 measured ones
+    assert len(kept.samples) == len(api.handler.posts) and sum(not s.warmup for s in kept.samples) == 40
+    assert any(s.warmup for s in kept.samples)
+
+
+def test_open_loop_in_two_processes_keeps_the_schedule(api, tmp_path, kept):
+    report_path = tmp_path / "report.json"
+    code = loadtest.main(["--url", api.url, *COMMON, "--rate", "40", "--processes", "2", "--duration", "1.5",
+                          "--report", str(report_path), "--fail-on", "dropped>0,error_rate>0"])
+    report = json.loads(report_path.read_text())
+    assert code == loadtest.EXIT_OK, report
+    slots = [send_schedule(40.0, i) for i in range(200) if 0.2 <= send_schedule(40.0, i) < 0.2 + 1.5]
+    assert sorted(s.scheduled for s in kept.samples if not s.warmup) == slots  # each slot once
+    assert report["open_loop"]["sent"] == len(slots) == 60 and report["open_loop"]["dropped"] == 0
+    assert report["open_loop"]["answered_hz"] == pytest.approx(40.0, rel=0.1)
+    assert report["config"]["processes"] == 2 and report["config"]["mode"] == "open"
+
+
+def test_open_loop_request_count_in_two_processes(api, tmp_path, kept):
+    report_path = tmp_path / "report.json"
+    code = loadtest.main(["--url", api.url, *COMMON, "--warmup", "0.1", "--rate", "50", "--processes", "2",
+                          "--requests", "7", "--report", str(report_path)])
+    assert code == loadtest.EXIT_OK
+    # slot 5 is the first after the warm-up: process 1 sends 5, 7, 9, 11 and process 0 sends 6, 8, 10
+    assert sorted(s.scheduled for s in kept.samples if not s.warmup) == [send_schedule(50.0, i) for i in range(5, 12)]
+    assert json.loads(report_path.read_text())["requests"] == 7
+
+
+def test_thresholds_apply_to_the_merged_report(api, tmp_path):
+    report_path = tmp_path / "report.json"
+    code = loadtest.main(["--url", api.url, *COMMON, "--model", "broken", "--concurrency", "2", "--processes", "2",
+                          "--requests", "10", "--report", str(report_path), "--fail-on", "error_rate>0.5"])
+    assert code == loadtest.EXIT_THRESHOLDS
+    assert json.loads(report_path.read_text())["errors_by_kind"] == {"415": 10}
+
+
+def test_a_client_process_that_dies_fails_the_run(api, tmp_path, monkeypatch, capsys):
+    run_share = loadtest.run_share
+
+    def run_or_die(target, plan, share, *rest):
+        if share.clients == 1:  # the second of two processes for 3 clients
+            os._exit(3)
+        run_share(target, plan, share, *rest)
+
+    monkeypatch.setattr(loadtest, "run_share", run_or_die)
+    report_path = tmp_path / "report.json"
+    code = loadtest.main(["--url", api.url, *COMMON, "--concurrency", "3", "--processes", "2", "--requests", "40",
+                          "--report", str(report_path)])
+    assert code == loadtest.EXIT_CLIENT_DIED
+    report = json.loads(report_path.read_text())
+    assert report["client_failures"] == ["client process 1 exited with code 3 before sending its samples"]
+    assert report["requests"] == 14 + 13  # the share of the process that lived: 2 of the 3 clients
+    assert "FAIL client process 1 exited with code 3" in capsys.readouterr().err
+
+
+def test_ctrl_c_reports_what_the_processes_measured(api, tmp_path, capsys):
+    before = signal.getsignal(signal.SIGINT)
+
+    def press_ctrl_c():  # once the client processes run, well after the warm-up
+        deadline = time.monotonic() + 10
+        while signal.getsignal(signal.SIGINT) is before and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.6)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=press_ctrl_c, daemon=True).start()
+    report_path = tmp_path / "report.json"
+    started = time.monotonic()
+    code = loadtest.main(["--url", api.url, *COMMON, "--concurrency", "2", "--processes", "2", "--duration", "30",
+                          "--report", str(report_path)])
+    assert time.monotonic() - started < 10 and code == loadtest.EXIT_OK
+    report = json.loads(report_path.read_text())
+    assert report["requests"] > 0 and report["errors"] == 0 and report["window_s"] < 5
+    assert "interrupted: reporting what was measured" in capsys.readouterr().err
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+class Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_line_counts_the_requests_of_all_processes(api, monkeypatch, kept):
+    terminal = Terminal()
+    monkeypatch.setattr(loadtest.sys, "stderr", terminal)
+    argv = ["--url", api.url, *(a for a in COMMON if a != "--quiet"), "--concurrency", "2", "--processes", "2"]
+    assert loadtest.main([*argv, "--duration", "1.0"]) == loadtest.EXIT_OK
+    lines = [line for line in terminal.getvalue().split("\r\x1b[2K") if " req, " in line]
+    assert len(lines) >= 2 and lines[-1].startswith("[measure")
+    shown = int(lines[-1].split("] ")[1].split(" req")[0])
+    assert 0 < shown <= len(kept.samples)
