@@ -18,7 +18,7 @@ from peaksim.diffraction import (CrystalState, ewald_reflections, polarization_f
 from peaksim.geometry import DetectorGeometry
 from peaksim.lattice import UnitCell, random_rotation, random_unit_cell, reciprocal_matrix
 from peaksim.spots import render_spots, spot_footprints
-from peaksim.truth import (PeakTruth, classify_peaks, integrated_snr, peak_pixel_snr,
+from peaksim.truth import (PeakTruth, classify_peaks, inside_panel, integrated_snr, merged_spots, peak_pixel_snr,
                            segmentation_maps)
 
 MIN_SPOT_PHOTONS = 0.5
@@ -210,6 +210,8 @@ class SimulatedFrame:
         ignore: (P, ss, fs) bool pixels of weak spots (neither peak nor background).
         peaks: per-spot truth (strong and weak).
         params: what produced the frame.
+        blobs: (K, 3) float64 (panel, ss, fs) centroids of mask blobs holding several bright spots
+            (``peaks.merged``): a detection there counts neither way.
     """
 
     adu: np.ndarray
@@ -218,6 +220,17 @@ class SimulatedFrame:
     ignore: np.ndarray
     peaks: PeakTruth
     params: FrameParams
+    blobs: np.ndarray
+
+    def scoring_points(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(strong, excused)`` (K, 3) / (M, 3) float64 rows (panel, ss, fs) for
+        :func:`peaksim.matching.match_peaks`: the spots that must be found, and where a detection
+        counts neither way (weak and merged spots, and the centroids of merged blobs)."""
+        p = self.peaks
+
+        def points(which: np.ndarray) -> np.ndarray:
+            return np.stack([p.panel[which], p.ss[which], p.fs[which]], axis=1).astype(np.float64)
+        return points(p.strong), np.concatenate([points(p.weak), self.blobs.reshape(-1, 3)])
 
     @property
     def uint16(self) -> np.ndarray:
@@ -254,9 +267,13 @@ def simulate_frame(geometry: DetectorGeometry, rng: np.random.Generator,
     snr = integrated_snr(spots.photons, spots.sigma_ss, spots.sigma_fs, b_centre, read_noise)
     peak_snr = peak_pixel_snr(spots.photons, spots.ss, spots.fs, spots.sigma_ss, spots.sigma_fs,
                               b_centre, read_noise)
-    strong, weak = classify_peaks(spots.photons, snr, peak_snr, mask[centre].astype(bool))
+    findable = mask[centre].astype(bool) & inside_panel(spots.ss, spots.fs, spots.sigma_ss, spots.sigma_fs,
+                                                         shape[1], shape[2])
+    strong, weak = classify_peaks(spots.photons, snr, peak_snr, findable)
     label, ignore = segmentation_maps(shape, flat, mass, spot_id, spots.photons, spots.panel, spots.ss,
                                       spots.fs, spots.sigma_ss, spots.sigma_fs, strong, weak,
                                       background, read_noise)
-    truth = PeakTruth(spots.panel, spots.ss, spots.fs, spots.photons, snr, peak_snr, strong, weak)
-    return SimulatedFrame(adu, mask, label, ignore, truth, params)
+    merged, blobs = merged_spots(label, spots.panel, spots.ss, spots.fs, strong)
+    truth = PeakTruth(spots.panel, spots.ss, spots.fs, spots.photons, snr, peak_snr, strong & ~merged,
+                      weak | merged, merged)
+    return SimulatedFrame(adu, mask, label, ignore, truth, params, blobs)

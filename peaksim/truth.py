@@ -9,8 +9,14 @@ Definitions (photon units; ``b`` = expected background photons in the spot's cen
       snr_int = 0.865 N / sqrt(0.865 N + area (b + r^2))
 
 * peak-pixel SNR: ``N m_max / sqrt(N m_max + b + r^2)`` for the brightest pixel.
-* strong: ``snr_int >= 6`` and peak-pixel SNR ``>= 2``, centre pixel good (mask 1).
-* weak: every other spot with ``snr_int >= 1.5`` (detections near them count neither way).
+* strong: ``snr_int >= 6`` and peak-pixel SNR ``>= 2``, centre pixel good (mask 1), the 2-sigma
+  ellipse inside the panel (a spot cut by the panel edge has a biased centroid in any peak finder),
+  and *resolved*: no other such spot in its connected component of the segmentation mask.
+* merged: spots that pass the strong test but share a component of the mask with another one. A
+  peak finder reports one peak per blob, so they cannot be found one by one (even the mask itself
+  would miss them): they count as weak, and a detection at their blob's centroid counts neither way.
+* weak: every other spot with ``snr_int >= 1.5``, and the merged ones (detections near them count
+  neither way).
 * segmentation mask: pixels of strong spots whose own SNR ``N m / sqrt(N m + b_pix + r^2) >= 1``,
   within 3 sigma (Mahalanobis) of the centre; the centre pixel is always included.
 * ignore map: pixels within 2 sigma of a weak spot's centre that are not in the segmentation mask.
@@ -22,7 +28,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from scipy import ndimage
+
 from peaksim.spots import pixel_masses
+
+# 8-connected within a panel, never across panels: what handler.postprocess.find_peaks uses.
+_IN_PANEL_8_CONNECTED = np.zeros((3, 3, 3), dtype=bool)
+_IN_PANEL_8_CONNECTED[1] = True
 
 ELLIPSE_2SIGMA_FRACTION = 1.0 - np.exp(-2.0)
 STRONG_SNR = 6.0
@@ -43,7 +55,8 @@ class PeakTruth:
         snr: integrated SNR.
         peak_snr: brightest-pixel SNR.
         strong: must be found.
-        weak: not penalised either way (``strong`` and ``weak`` are disjoint).
+        weak: not penalised either way (``strong`` and ``weak`` are disjoint); includes ``merged``.
+        merged: bright enough to be strong but sharing a blob of the mask with another such spot.
     """
 
     panel: np.ndarray
@@ -54,6 +67,7 @@ class PeakTruth:
     peak_snr: np.ndarray
     strong: np.ndarray
     weak: np.ndarray
+    merged: np.ndarray
 
 
 def integrated_snr(photons: np.ndarray, sigma_ss: np.ndarray, sigma_fs: np.ndarray,
@@ -73,9 +87,17 @@ def peak_pixel_snr(photons: np.ndarray, ss: np.ndarray, fs: np.ndarray, sigma_ss
     return signal / np.sqrt(signal + background + read_noise ** 2 + 1e-12)
 
 
+def inside_panel(ss: np.ndarray, fs: np.ndarray, sigma_ss: np.ndarray, sigma_fs: np.ndarray,
+                 n_ss: int, n_fs: int, sigmas: float = 2.0) -> np.ndarray:
+    """(S,) bool: the spot's ``sigmas``-sigma box lies on the panel (pixel centres 0 .. n-1)."""
+    return ((ss - sigmas * sigma_ss >= -0.5) & (ss + sigmas * sigma_ss <= n_ss - 0.5)
+            & (fs - sigmas * sigma_fs >= -0.5) & (fs + sigmas * sigma_fs <= n_fs - 0.5))
+
+
 def classify_peaks(photons: np.ndarray, snr: np.ndarray, peak_snr: np.ndarray,
                    centre_good: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``(strong, weak)`` bool (S,) from the SNRs and whether the centre pixel is good."""
+    """``(strong, weak)`` bool (S,) from the SNRs and ``centre_good``: the centre pixel is good and the
+    spot lies on its panel (see :func:`inside_panel`)."""
     strong = (snr >= STRONG_SNR) & (peak_snr >= STRONG_PEAK_PIXEL_SNR) & centre_good
     weak = ~strong & (snr >= WEAK_SNR)
     return strong, weak
@@ -120,3 +142,37 @@ def segmentation_maps(frame_shape: tuple[int, int, int], flat: np.ndarray, mass:
     ignore[centres[weak]] = True
     ignore &= label == 0
     return label.reshape(frame_shape), ignore.reshape(frame_shape)
+
+
+def merged_spots(label: np.ndarray, panel: np.ndarray, ss: np.ndarray, fs: np.ndarray,
+                 strong: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Strong spots that share a connected component of the segmentation mask with another one.
+
+    Args:
+        label: (P, ss, fs) uint8 segmentation mask; components are 8-connected within a panel, as
+            :func:`handler.postprocess.find_peaks` forms them.
+        panel, ss, fs, strong: per spot (S,); every strong spot's centre pixel is labelled.
+
+    Returns:
+        ``(merged, blobs)``: (S,) bool, and (K, 3) float64 rows (panel, ss, fs), the unweighted
+        centroid of each component holding two or more strong spots.
+    """
+    merged = np.zeros(strong.shape, dtype=bool)
+    index = np.flatnonzero(strong)
+    if index.size < 2:
+        return merged, np.zeros((0, 3))
+    components, _ = ndimage.label(label, structure=_IN_PANEL_8_CONNECTED)
+    _, n_ss, n_fs = label.shape
+    centre = components[panel[index], np.clip(np.rint(ss[index]).astype(np.int64), 0, n_ss - 1),
+                        np.clip(np.rint(fs[index]).astype(np.int64), 0, n_fs - 1)]
+    ids, counts = np.unique(centre, return_counts=True)
+    shared = ids[(counts > 1) & (ids > 0)]
+    if shared.size == 0:
+        return merged, np.zeros((0, 3))
+    merged[index[np.isin(centre, shared)]] = True
+    pixels = np.flatnonzero(np.isin(components, shared))
+    _, which = np.unique(components.ravel()[pixels], return_inverse=True)
+    size = np.bincount(which)
+    coords = np.unravel_index(pixels, label.shape)
+    blobs = np.stack([np.bincount(which, weights=c) / size for c in coords], axis=1)
+    return merged, blobs

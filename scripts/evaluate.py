@@ -7,7 +7,8 @@ For every detector geometry, frames are simulated with seeds disjoint from train
 (:func:`handler.preprocess.prepare_panels`), the model in each precision (parameters converted,
 not autocast, as the server runs it), :func:`handler.postprocess.peak_mask` and
 :func:`handler.postprocess.find_peaks`. Found peaks are matched one-to-one to strong truth peaks
-within 2 px (:mod:`peaksim.matching`); detections near weak spots count neither way.
+within 2 px (:mod:`peaksim.matching`); detections near weak spots, and at blobs where several
+bright spots merge, count neither way (:meth:`peaksim.frame.SimulatedFrame.scoring_points`).
 
 Reports precision/recall/F1 per geometry and overall for each precision, and the agreement of each
 reduced precision's peak lists with float32's (matched within 1 px / union). Writes a JSON report
@@ -68,11 +69,6 @@ def find_frame_peaks(model: torch.nn.Module, raw: np.ndarray, device: torch.devi
     return np.concatenate(rows) if rows else np.zeros((0, 3))
 
 
-def truth_points(frame, which: np.ndarray) -> np.ndarray:
-    p = frame.peaks
-    return np.stack([p.panel[which], p.ss[which], p.fs[which]], axis=1).astype(np.float64)
-
-
 def agreement_counts(reference: np.ndarray, other: np.ndarray, radius: float = AGREEMENT_RADIUS) -> dict[str, int]:
     """Matched / only-in-reference / only-in-other peak counts of two peak lists."""
     matched = len(assign_within_radius(reference, other, radius)[0])
@@ -105,7 +101,7 @@ def evaluate(config: Path, geometries: list[str], frames: int, dtypes: list[str]
         for f_index in range(first_frame, first_frame + frames):
             frame = simulate_frame(geometry, np.random.default_rng([seed, GEOMETRY_INDEX[geometry_name], f_index]))
             raw = frame.uint16 if as_uint16 else frame.adu
-            strong, weak = truth_points(frame, frame.peaks.strong), truth_points(frame, frame.peaks.weak)
+            strong, weak = frame.scoring_points()
             strong_per_frame.append(len(strong))
             found = {}
             for name in dtypes:

@@ -61,12 +61,10 @@ def main() -> int:
         print(f"  {found['panel'][i]:3d} {found['ss'][i]:8.2f} {found['fs'][i]:8.2f} "
               f"{found['npix'][i]:4d} {found['intensity'][i]:12.0f}")
 
-    truth = frame.peaks
     points = np.stack([found["panel"], found["ss"], found["fs"]], axis=1) if found["num_peaks"] \
         else np.zeros((0, 3))
-    strong = np.stack([truth.panel[truth.strong], truth.ss[truth.strong], truth.fs[truth.strong]], axis=1)
-    weak = np.stack([truth.panel[truth.weak], truth.ss[truth.weak], truth.fs[truth.weak]], axis=1)
-    counts = match_peaks(points, strong, weak)
+    strong, excused = frame.scoring_points()
+    counts = match_peaks(points, strong, excused)
     print(f"against the simulator's truth ({len(strong)} strong spots): "
           f"precision {counts.precision:.3f}, recall {counts.recall:.3f}, F1 {counts.f1:.3f}")
     return 0

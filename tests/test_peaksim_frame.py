@@ -3,11 +3,14 @@
 import h5py
 import numpy as np
 import pytest
+import torch
 
+from handler.postprocess import find_peaks
 from peaksim.cxi import read_frame, read_truth, write_cxi
 from peaksim.frame import sample_frame_params, simulate_frame
 from peaksim.geometry import get_geometry
-from peaksim.truth import STRONG_SNR, WEAK_SNR
+from peaksim.matching import match_peaks
+from peaksim.truth import STRONG_SNR, WEAK_SNR, merged_spots
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +52,7 @@ def test_truth_and_segmentation_mask_agree(epix_frames):
         assert not np.any(frame.label.astype(bool) & frame.ignore)
         # every labelled pixel lies within 3 sigma (<= 3 * 3 px) of some strong spot
         lp, ls, lf = np.nonzero(frame.label)
-        strong = np.flatnonzero(p.strong)
+        strong = np.flatnonzero(p.strong | p.merged)
         for i in np.random.default_rng(0).choice(len(lp), size=min(200, len(lp)), replace=False):
             on_panel = strong[p.panel[strong] == lp[i]]
             d = np.hypot(p.ss[on_panel] - ls[i], p.fs[on_panel] - lf[i])
@@ -114,3 +117,29 @@ def test_cxi_single_panel_drops_panel_axis(tmp_path):
     with h5py.File(path, "r") as h5:
         assert h5["entry_1/data_1/data"].shape == (1, 1920, 1920)
     assert read_frame(path, 0).shape == (1, 1920, 1920)
+
+
+@pytest.mark.parametrize("name", ["epix10k2m", "rayonix", "cspad"])
+def test_the_segmentation_mask_itself_scores_f1_one(name):
+    """A perfect segmentation (the training label) finds every strong spot and nothing else: strong
+    spots are resolvable one per blob, and blobs of merged spots count neither way."""
+    geometry = get_geometry(name)
+    for seed in range(6):
+        frame = simulate_frame(geometry, np.random.default_rng([99, seed]))
+        table = find_peaks(torch.from_numpy(frame.label.astype(bool)), torch.from_numpy(frame.adu)).to_host()
+        strong, excused = frame.scoring_points()
+        counts = match_peaks(np.stack([table.image_index, table.ss, table.fs], axis=1), strong, excused)
+        assert counts.fp == 0 and counts.fn == 0, (seed, counts)
+        assert not np.any(frame.peaks.strong & frame.peaks.merged)
+        assert np.all(frame.peaks.weak[frame.peaks.merged])
+
+
+def test_two_touching_bright_spots_merge_into_one_excused_blob():
+    label = np.zeros((2, 20, 20), dtype=np.uint8)
+    label[0, 5:8, 5:12] = 1                       # one blob holding spots at fs 6 and 10
+    label[1, 3, 3] = 1                            # a lone spot on the other panel
+    panel, ss, fs = np.array([0, 0, 1, 0]), np.array([6.0, 6.0, 3.0, 15.0]), np.array([6.0, 10.0, 3.0, 15.0])
+    strong = np.array([True, True, True, False])
+    merged, blobs = merged_spots(label, panel, ss, fs, strong)
+    assert merged.tolist() == [True, True, False, False]
+    assert np.allclose(blobs, [[0, 6.0, 8.0]])
