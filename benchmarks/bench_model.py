@@ -101,6 +101,7 @@ def bench_case(config: Path, shape: tuple[int, ...], modes: list[str], device: t
             "ms": timing["median_ms"], "min_ms": timing["min_ms"], "max_ms": timing["max_ms"],
             "items_per_s": shape[0] * 1e3 / timing["median_ms"],
             "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+            "peak_reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30 if device.type == "cuda" else None,
             "weights_gib": weight_bytes / 2**30,
             "mask_agreement_vs_fp32": float((mask == reference_mask).float().mean()),
         })
@@ -111,6 +112,8 @@ def bench_case(config: Path, shape: tuple[int, ...], modes: list[str], device: t
     baseline = next((r for r in rows if r["mode"] == "autocast"), None)
     for row in rows:
         row["speedup_vs_autocast"] = baseline["ms"] / row["ms"] if baseline else None
+        row["reserved_vs_autocast"] = (row["peak_reserved_gib"] / baseline["peak_reserved_gib"]
+                                       if baseline and baseline.get("peak_reserved_gib") else None)
     return rows
 
 
@@ -158,7 +161,8 @@ def main() -> int:
 def report(rows: list[dict], device: torch.device, out: Path, show: bool = False) -> None:
     columns = [("model", "model"), ("shape", "input"), ("mode", "mode"), ("ms", "ms/batch"),
                ("items_per_s", "items/s"), ("speedup_vs_autocast", "× autocast"),
-               ("peak_gib", "peak GiB"), ("weights_gib", "weights GiB"),
+               ("peak_gib", "peak GiB"), ("peak_reserved_gib", "peak reserved GiB"),
+               ("reserved_vs_autocast", "reserved ÷ autocast"), ("weights_gib", "weights GiB"),
                ("mask_agreement_vs_fp32", "mask = fp32")]
     table = markdown_table(rows, columns)
     if show:

@@ -190,9 +190,13 @@ class PeakNet(nn.Module):
         memory: bilinear upsampling and the learned ConvTranspose are both linear.
         Only defined for two-class models.
         """
+        return self.forward_peak_score_head(self.forward_features(x))
+
+    def forward_peak_score_head(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The head of :meth:`forward_peak_score`: BiFPN outputs -> (B, 1, H, W) peak score."""
         if self.config.num_classes != 2:
             raise ValueError(f"peak score needs a 2-class model, this one has {self.config.num_classes} classes")
-        fused = fuse_pyramid(self.seg_lateral_layers, self.forward_features(x))
+        fused = fuse_pyramid(self.seg_lateral_layers, features)
         weight, bias = self.head_segmask.weight, self.head_segmask.bias
         score = F.conv2d(fused, weight[1:2] - weight[0:1], bias[1:2] - bias[0:1])
         score = upsample_bilinear(score, LEVEL_STRIDES[0])
