@@ -46,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {
     "eager": {"compile": False},
     "compiled": {"compile": True, "compile_mode": "default"},
+    "compiled-recv": {"compile": True, "compile_mode": "default", "socket_recv_into": True},
 }
 
 
@@ -84,31 +85,40 @@ def start(workdir: Path, store: Path, models: list[str], gpus: int) -> tuple[sub
 
 TS_COUNTERS = ("ts_inference_requests_total", "ts_inference_latency_microseconds",
                "ts_queue_latency_microseconds")
+HANDLER_COUNTERS = ("PeakNetBatches", "PeakNetHandleMsTotal", "PeakNetDecodeMsTotal", "PeakNetInferenceMsTotal",
+                    "PeakNetPostprocessMsTotal")
 
 
 def scrape_counters(metrics_url: str, model: str) -> dict[str, float]:
-    """TorchServe's per-model request, inference-latency and queue-latency counters from /metrics."""
+    """TorchServe's per-model request/latency counters and the handler's stage-time counters
+    (see handler/metrics.py) from /metrics, summed over the model's workers."""
     import requests
-    values = dict.fromkeys(TS_COUNTERS, 0.0)
+    values = dict.fromkeys(TS_COUNTERS + HANDLER_COUNTERS, 0.0)
     try:
         text = requests.get(f"{metrics_url}/metrics", timeout=10).text
     except requests.RequestException:
         return values
     for line in text.splitlines():
         name, _, rest = line.partition("{")
-        if name in values and f'model_name="{model}"' in rest:
+        if name in values and (f'model_name="{model}"' in rest or f'ModelName="{model}"' in rest):
             values[name] += float(line.rsplit(" ", 1)[1])
     return values
 
 
-def server_side_ms(before: dict[str, float], after: dict[str, float]) -> tuple[float | None, float | None]:
-    """Mean (inference, queue) milliseconds per request between two scrapes, as TorchServe saw them."""
-    requests_done = after["ts_inference_requests_total"] - before["ts_inference_requests_total"]
-    if requests_done <= 0:
-        return None, None
-    infer = (after["ts_inference_latency_microseconds"] - before["ts_inference_latency_microseconds"])
-    queue = (after["ts_queue_latency_microseconds"] - before["ts_queue_latency_microseconds"])
-    return infer / requests_done / 1e3, queue / requests_done / 1e3
+def server_side(before: dict[str, float], after: dict[str, float]) -> dict[str, float | None]:
+    """Between two scrapes: TorchServe's mean inference and queue ms per request (the frontend's
+    view: the worker's whole round trip), the mean requests per batch, and the handler's own ms
+    per batch (whole ``handle``, and its inference stage). TorchServe's inference ms minus the
+    handler's is what the backend spends outside the handler: moving the bytes in and out."""
+    delta = {k: after[k] - before[k] for k in after}
+    requests_done, batches = delta["ts_inference_requests_total"], delta["PeakNetBatches"]
+    per_request = lambda key: delta[key] / requests_done / 1e3 if requests_done > 0 else None  # noqa: E731
+    per_batch = lambda key: delta[key] / batches if batches > 0 else None  # noqa: E731
+    return {"server_infer_ms": per_request("ts_inference_latency_microseconds"),
+            "server_queue_ms": per_request("ts_queue_latency_microseconds"),
+            "requests_per_batch": requests_done / batches if batches > 0 else None,
+            "handler_ms_per_batch": per_batch("PeakNetHandleMsTotal"),
+            "handler_infer_ms_per_batch": per_batch("PeakNetInferenceMsTotal")}
 
 
 def loadtest(url: str, model: str, report: Path, args, *, concurrency: int | None = None,
@@ -145,27 +155,31 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def serve_and_measure(args, gpus: int, warmup_shape) -> list[dict]:
-    """Build the archives, start one TorchServe on ``gpus`` GPUs and load-test every target."""
+def serve_and_measure(args, gpus: int, warmup_shape, rows: list[dict], save) -> None:
+    """Build the archives, start one TorchServe on ``gpus`` GPUs and load-test every target;
+    append a row per load test to ``rows`` and call ``save(rows)`` after each."""
     workdir = Path(tempfile.mkdtemp(prefix="peaknet-e2e-"))
     store = workdir / "store"
     store.mkdir()
     targets = ["echo"]
-    build_echo(store, max(1, gpus) * args.workers, args.batch_size, args.delay_ms)
+    workers = {"echo": max(1, gpus) * max(args.workers)}
+    build_echo(store, workers["echo"], args.batch_size, args.delay_ms)
     for config in args.model_config:
         for name in args.variants.split(","):
-            target = f"{config.parent.name}-{name}"   # model_store/peaknet/peaknet.yaml -> peaknet-eager
-            if target in targets:
-                raise SystemExit(f"two models would be served as {target}: put their YAMLs in distinct folders")
-            cfg = workdir / f"{target}.yaml"
-            cfg.write_text(yaml.safe_dump(model_config(VARIANTS[name], max(1, gpus) * args.workers,
-                                                       args.batch_size, args.delay_ms, warmup_shape)))
-            build(config, None, cfg, store, model_name=target)
-            targets.append(target)
+            for per_gpu in args.workers:
+                # model_store/peaknet/peaknet.yaml -> peaknet-eager (-w4 when several worker counts)
+                target = f"{config.parent.name}-{name}" + (f"-w{per_gpu}" if len(args.workers) > 1 else "")
+                if target in targets:
+                    raise SystemExit(f"two models would be served as {target}: put their YAMLs in distinct folders")
+                workers[target] = max(1, gpus) * per_gpu
+                cfg = workdir / f"{target}.yaml"
+                cfg.write_text(yaml.safe_dump(model_config(VARIANTS[name], workers[target],
+                                                           args.batch_size, args.delay_ms, warmup_shape)))
+                build(config, None, cfg, store, model_name=target)
+                targets.append(target)
 
     server, urls = start(workdir, store, targets, gpus)
     url = urls["inference"]
-    rows = []
     try:
         for target in targets:
             progress(f"waiting for {target} ...")
@@ -180,16 +194,17 @@ def serve_and_measure(args, gpus: int, warmup_shape) -> list[dict]:
                 before = scrape_counters(urls["metrics"], target)
                 report = loadtest(url, target, workdir / f"{target}-{loop}-{concurrency or rate}.json", args,
                                   concurrency=concurrency, rate=rate)
-                server_infer_ms, server_queue_ms = server_side_ms(before, scrape_counters(urls["metrics"], target))
+                measured = server_side(before, scrape_counters(urls["metrics"], target))
                 latency = report["latency_ms"]
-                rows.append({"gpus": gpus, "target": target, "loop": loop, "concurrency": concurrency,
+                rows.append({"gpus": gpus, "target": target, "workers": workers[target], "loop": loop,
+                             "concurrency": concurrency,
                              "rate_hz": rate, "fps": report["fps"], "rps": report["rps"],
                              "mb_per_s": report["mb_per_s"],
-                             "p50_ms": latency.get("p50"), "p99_ms": latency.get("p99"),
-                             "server_infer_ms": server_infer_ms, "server_queue_ms": server_queue_ms,
+                             "p50_ms": latency.get("p50"), "p99_ms": latency.get("p99"), **measured,
                              "error_rate": report["error_rate"],
                              "fell_behind": report.get("open_loop", {}).get("fell_behind")})
                 progress(f"  {rows[-1]['fps']:.1f} frames/s, p99 {rows[-1]['p99_ms']} ms")
+                save(rows)              # after every row: a run cut short keeps what it measured
     finally:
         if server.poll() is None:
             os.killpg(server.pid, signal.SIGTERM)
@@ -197,7 +212,6 @@ def serve_and_measure(args, gpus: int, warmup_shape) -> list[dict]:
         logs = workdir / "logs" / "model_log.log"
         if logs.exists() and os.environ.get("OUT"):
             shutil.copy(logs, Path(os.environ["OUT"]) / f"e2e_model_log_{gpus}gpu.log")
-    return rows
 
 
 def scaling_efficiency(rows: list[dict]) -> None:
@@ -214,13 +228,22 @@ def scaling_efficiency(rows: list[dict]) -> None:
         row["fraction_of_echo"] = row["fps"] / ceiling if ceiling else None
 
 
+COLUMNS = [("gpus", "GPUs"), ("target", "served"), ("workers", "workers"), ("loop", "loop"),
+           ("concurrency", "clients"), ("rate_hz", "rate Hz"), ("fps", "frames/s"), ("p50_ms", "p50 ms"),
+           ("p99_ms", "p99 ms"), ("server_infer_ms", "TS infer ms/req"), ("server_queue_ms", "TS queue ms/req"),
+           ("requests_per_batch", "req/batch"), ("handler_ms_per_batch", "handler ms/batch"),
+           ("handler_infer_ms_per_batch", "of which infer"), ("fraction_of_echo", "÷ echo"),
+           ("scaling_efficiency", "scaling eff."), ("error_rate", "errors"), ("fell_behind", "fell behind")]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-config", type=Path, nargs="+",
                         default=[ROOT / "model_store/peaknet/peaknet.yaml"],
                         help="PeakNet YAMLs to serve (with weights)")
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--workers", type=int, default=2, help="workers per GPU (per server on CPU)")
+    parser.add_argument("--workers", type=int, nargs="+", default=[2],
+                        help="workers per GPU (per server on CPU); several values serve one target each")
     parser.add_argument("--gpus", type=int, nargs="+", default=[1],
                         help="GPU counts to measure in turn (e.g. 1 2 4); scaling efficiency vs 1")
     parser.add_argument("--batch-size", type=int, default=4)
@@ -239,28 +262,27 @@ def main() -> int:
     warmup_shape = (16, 352, 384)
     if args.small:
         args.model_config = [ROOT / "tests/fixtures/upstream/peaknet_tiny.yaml"]
-        args.variants, args.workers, args.concurrency = "eager", 1, [2]
+        args.variants, args.workers, args.concurrency = "eager", [1], [2]
         args.rate, args.duration, args.warmup_s, args.geometry = 0, 3.0, 1.0, "2,64,96"
         warmup_shape = (2, 64, 96)
 
     import torch
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    rows = []
+    rows: list[dict] = []
+
+    def save(rows: list[dict]) -> None:
+        scaling_efficiency(rows)
+        table = markdown_table(rows, COLUMNS)
+        write_results(args.out, {"environment": environment(device), "settings": {
+            "workers_per_gpu": args.workers, "gpus": args.gpus, "batch_size": args.batch_size,
+            "delay_ms": args.delay_ms, "geometry": args.geometry, "duration_s": args.duration,
+            "client_processes": args.client_processes}, "rows": rows}, table)
+
     for gpus in args.gpus:
         progress(f"=== {gpus} GPU(s): {args.workers} worker(s) per GPU ===")
-        rows += serve_and_measure(args, gpus, warmup_shape)
-    scaling_efficiency(rows)
-    columns = [("gpus", "GPUs"), ("target", "served"), ("loop", "loop"), ("concurrency", "clients"), ("rate_hz", "rate Hz"),
-               ("fps", "frames/s"), ("p50_ms", "p50 ms"), ("p99_ms", "p99 ms"),
-               ("server_infer_ms", "TS infer ms/req"), ("server_queue_ms", "TS queue ms/req"),
-               ("fraction_of_echo", "÷ echo"), ("scaling_efficiency", "scaling eff."),
-               ("error_rate", "errors"), ("fell_behind", "fell behind")]
-    table = markdown_table(rows, columns)
-    print(table)
-    write_results(args.out, {"environment": environment(device), "settings": {
-        "workers_per_gpu": args.workers, "gpus": args.gpus, "batch_size": args.batch_size, "delay_ms": args.delay_ms,
-        "geometry": args.geometry, "duration_s": args.duration, "client_processes": args.client_processes},
-        "rows": rows}, table)
+        serve_and_measure(args, gpus, warmup_shape, rows, save)
+    save(rows)
+    print(markdown_table(rows, COLUMNS))
     plot(rows, args.out.with_suffix(".png"))
     return 0
 

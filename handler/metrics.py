@@ -17,6 +17,11 @@ Names (Prometheus adds no prefix; TorchServe adds the ``ModelName`` and ``Level`
 ``PeakNetPostprocessMs``        gauge      peak lists to responses (host)
 ``PeakNetGpuMemoryAllocatedMB`` gauge      torch.cuda.memory_allocated on the worker's GPU
 ``PeakNetGpuMemoryReservedMB``  gauge      torch.cuda.memory_reserved (cache and graph pools too)
+``PeakNetHandleMs``             gauge      the whole batch inside the handler
+``PeakNetBatches``              counter    batches handled
+``PeakNet<Stage>MsTotal``       counter    sum of each ``...Ms`` timing gauge above: with
+                                           ``PeakNetBatches`` gives the mean per batch, and
+                                           ``rate()`` the busy fraction
 ==============================  =========  =================================================
 """
 
@@ -47,6 +52,11 @@ class HandlerMetrics:
 
     def gauge(self, name: str, value: float, unit: str = "ms", **labels: str) -> None:
         self._emit(name, value, unit, MetricTypes.GAUGE if MetricTypes else None, labels)
+
+    def timing(self, name: str, ms: float) -> None:
+        """A stage time: the gauge ``name`` (last batch) and the counter ``name + "Total"``."""
+        self.gauge(name, ms)
+        self.count(f"{name}Total", ms)
 
     def _emit(self, name: str, value: float, unit: str, kind: Any, labels: dict[str, str]) -> None:
         if self._metrics is None:

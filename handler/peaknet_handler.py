@@ -38,6 +38,7 @@ from handler.metrics import HandlerMetrics
 from handler.postprocess import peaks_to_frames
 from handler.precision import dtype_name, resolve_precision
 from handler.response import cxi_response, json_response
+from handler import ts_backend
 from handler.settings import HandlerSettings
 from handler.transfer import PanelSource, upload_panels
 
@@ -92,6 +93,8 @@ class PeakNetHandler(BaseHandler):
         if settings.warmup:
             for panels, height, width in settings.warmup_shapes:
                 self.finder.warmup(panels, height, width)
+        if settings.socket_recv_into and ts_backend.install():
+            log.info("request bodies are read with recv_into (handler.ts_backend)")
         default_sandbox().start()  # the HDF5 reader process: the first HDF5 request should not pay for it
 
         params = sum(p.numel() for p in model.parameters())
@@ -108,10 +111,11 @@ class PeakNetHandler(BaseHandler):
     def handle(self, data: list[Mapping[str, Any]], context: Any) -> list[Any]:
         """Answer every request of the batch; never raises (a failure answers its requests only)."""
         answers: dict[int, Answer] = {}
+        handle_started = time.perf_counter()
         try:
             started = time.perf_counter()
             decoded = self._decode_all(data, context, answers)
-            self.metrics.gauge("PeakNetDecodeMs", 1e3 * (time.perf_counter() - started))
+            self.metrics.timing("PeakNetDecodeMs", 1e3 * (time.perf_counter() - started))
             self.metrics.gauge("PeakNetBatchRequests", len(data), unit="count")
             groups: dict[tuple[int, int, str], list[Decoded]] = defaultdict(list)
             for item in decoded:
@@ -122,7 +126,10 @@ class PeakNetHandler(BaseHandler):
             log.exception("batch failed")
             for idx in range(len(data)):
                 answers.setdefault(idx, server_error(500, "internal_error", f"{type(exc).__name__}: {exc}"))
-        return [self._respond(context, idx, answers[idx]) for idx in range(len(data))]
+        responses = [self._respond(context, idx, answers[idx]) for idx in range(len(data))]
+        self.metrics.timing("PeakNetHandleMs", 1e3 * (time.perf_counter() - handle_started))
+        self.metrics.count("PeakNetBatches", 1)
+        return responses
 
     def _decode_all(self, data: list[Mapping[str, Any]], context: Any,
                     answers: dict[int, Answer]) -> list[Decoded]:
@@ -152,12 +159,12 @@ class PeakNetHandler(BaseHandler):
             else:
                 started = time.perf_counter()
                 panels = upload_panels(arrays, self.device)
-                self.metrics.gauge("PeakNetH2DMs", 1e3 * (time.perf_counter() - started))
+                self.metrics.timing("PeakNetH2DMs", 1e3 * (time.perf_counter() - started))
                 started = time.perf_counter()
                 result = self.finder.find(panels)
             table = result.table.to_host()                      # the one device-to-host copy
             nonfinite = int(result.nonfinite)
-            self.metrics.gauge("PeakNetInferenceMs", 1e3 * (time.perf_counter() - started))
+            self.metrics.timing("PeakNetInferenceMs", 1e3 * (time.perf_counter() - started))
         except InsufficientMemory as exc:
             log.warning("%s", exc)
             return {m.idx: server_error(507, "insufficient_memory", str(exc)) for m in members}
@@ -176,7 +183,7 @@ class PeakNetHandler(BaseHandler):
             frames_total += n
             peaks_total += sum(f["num_peaks"] for f in frames)
             answers[member.idx] = self._success(member, frames)
-        self.metrics.gauge("PeakNetPostprocessMs", 1e3 * (time.perf_counter() - started))
+        self.metrics.timing("PeakNetPostprocessMs", 1e3 * (time.perf_counter() - started))
         self.metrics.count("PeakNetFramesServed", frames_total)
         self.metrics.count("PeakNetPanelsServed", first_image)
         self.metrics.gauge("PeakNetBatchPanels", first_image, unit="count")

@@ -14,6 +14,7 @@ Environment overrides (a ``docker run -e`` or a shell export wins over the archi
 ``PEAKNET_THRESHOLD``            peak probability threshold in (0, 1); empty = argmax
 ``PEAKNET_COMPILE``              true/false: torch.compile the network (CUDA only)
 ``PEAKNET_GPU_MEMORY_FRACTION``  share of the GPU's memory this worker may use, (0, 1]
+``PEAKNET_SOCKET_RECV_INTO``     true/false: one-copy request reads in the worker (:mod:`handler.ts_backend`)
 ===============================  ======================================================
 """
 
@@ -75,6 +76,7 @@ class HandlerSettings:
     panel_buckets: tuple[int, ...] = ()     # compiled micro-batch sizes; () = max_batch_panels only
     channels_last: bool = False
     h2d_overlap: bool = True                # upload micro-batch i+1 on a side stream while i computes
+    socket_recv_into: bool = False          # one-copy body reads in TorchServe's worker (handler.ts_backend)
     gpu_memory_fraction: float | None = None  # cap per worker (several workers share a GPU); None = no cap
     limits: DecodeLimits = field(default_factory=DecodeLimits)
 
@@ -103,6 +105,7 @@ class HandlerSettings:
             "threshold": env.get("PEAKNET_THRESHOLD"),
             "compile": env.get("PEAKNET_COMPILE"),
             "gpu_memory_fraction": env.get("PEAKNET_GPU_MEMORY_FRACTION"),
+            "socket_recv_into": env.get("PEAKNET_SOCKET_RECV_INTO"),
         }
         values.update({k: v for k, v in overrides.items() if v not in (None, "")})
         if "PEAKNET_THRESHOLD" in env and env["PEAKNET_THRESHOLD"] == "":
@@ -126,6 +129,7 @@ class HandlerSettings:
             "panel_buckets": lambda v: tuple(sorted(_positive_int(b) for b in v)),
             "channels_last": parse_bool,
             "h2d_overlap": parse_bool,
+            "socket_recv_into": parse_bool,
             "gpu_memory_fraction": parse_fraction,
             "limits": lambda v: v,
         }

@@ -160,10 +160,15 @@ def test_handler_metrics_are_published(served, frames):
     post(served, b"", "application/octet-stream", {"X-Dtype": "uint16", "X-Shape": "1,64,96"})
     text = requests.get(f"{served.metrics_url}/metrics", timeout=10).text
     for name in ("PeakNetFramesServed", "PeakNetPanelsServed", "PeakNetBadRequests", "PeakNetDecodeMs",
-                 "PeakNetInferenceMs", "PeakNetPeaksPerFrame", "PeakNetBatchRequests"):
+                 "PeakNetInferenceMs", "PeakNetPeaksPerFrame", "PeakNetBatchRequests",
+                 "PeakNetInferenceMsTotal", "PeakNetHandleMsTotal", "PeakNetBatches"):
         assert name in text, f"{name} missing from /metrics"
     served_lines = [line for line in text.splitlines() if line.startswith("PeakNetFramesServed")]
     assert float(served_lines[0].rsplit(" ", 1)[1]) >= frames.shape[0]
+    totals = {line.split("{")[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith(("PeakNetHandleMsTotal{", "PeakNetInferenceMsTotal{", "PeakNetBatches{"))}
+    assert totals["PeakNetBatches"] >= 1
+    assert totals["PeakNetHandleMsTotal"] >= totals["PeakNetInferenceMsTotal"] > 0
 
 
 def test_precision_env_var_changes_served_dtype(start_server, frames):
@@ -171,3 +176,23 @@ def test_precision_env_var_changes_served_dtype(start_server, frames):
     response = post(server, npy_bytes(frames), "application/x-npy")
     assert response.status_code == 200, response.text
     assert response.json()["precision"] == "bfloat16"
+
+
+def test_one_copy_socket_reads_serve_the_same_answers(start_server, served, frames):
+    """``PEAKNET_SOCKET_RECV_INTO``: the worker reads bodies with handler.ts_backend; every
+    encoding (raw, npy, multipart, HDF5) still decodes to the same peaks, batch after batch."""
+    server = start_server(PEAKNET_SOCKET_RECV_INTO="true")
+    shape = ",".join(map(str, frames.shape))
+    bodies = [
+        (frames.tobytes(), "application/octet-stream", {"X-Dtype": "uint16", "X-Shape": shape}, {}),
+        (npy_bytes(frames), "application/x-npy", {}, {}),
+        (hdf5_bytes(frames, compression="gzip"), "application/x-hdf5", {}, {}),
+        (None, None, {}, {"files": {"data": ("frame.npy", npy_bytes(frames))}}),
+    ]
+    reference = peak_signature(post(served, *bodies[0][:3]).json())
+    for body, content_type, headers, extra in bodies * 2:
+        response = post(server, body, content_type, headers, **extra)
+        assert response.status_code == 200, response.text
+        assert peak_signature(response.json()) == reference
+    log = (server.log_dir / "model_log.log").read_text(errors="replace")
+    assert "request bodies are read with recv_into" in log
