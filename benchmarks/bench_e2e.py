@@ -47,6 +47,7 @@ VARIANTS = {
     "eager": {"compile": False},
     "compiled": {"compile": True, "compile_mode": "default"},
     "compiled-recv": {"compile": True, "compile_mode": "default", "socket_recv_into": True},
+    "compiled-16threads": {"compile": True, "compile_mode": "default", "torch_threads": 16},
 }
 
 

@@ -70,6 +70,11 @@ class PeakNetHandler(BaseHandler):
         self.model_name = getattr(context, "model_name", None) or "peaknet"
         self.metrics = HandlerMetrics(getattr(context, "metrics", None), self.model_name)
 
+        threads = settings.torch_threads or (1 if self.device.type == "cuda" else None)
+        if threads:
+            # Every worker is its own process: at torch's default (all cores each) several workers,
+            # the frontend and the clients fight over the CPU that launches the GPU's kernels.
+            torch.set_num_threads(threads)
         if settings.gpu_memory_fraction is not None and self.device.type == "cuda":
             # Workers sharing a GPU each get a slice: an oversized batch then fails (and is split,
             # or answered 507) in its own worker instead of starving the others.

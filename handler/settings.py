@@ -14,6 +14,7 @@ Environment overrides (a ``docker run -e`` or a shell export wins over the archi
 ``PEAKNET_THRESHOLD``            peak probability threshold in (0, 1); empty = argmax
 ``PEAKNET_COMPILE``              true/false: torch.compile the network (CUDA only)
 ``PEAKNET_GPU_MEMORY_FRACTION``  share of the GPU's memory this worker may use, (0, 1]
+``PEAKNET_TORCH_THREADS``        CPU threads of each worker's torch (default: 1 when it serves on a GPU)
 ``PEAKNET_SOCKET_RECV_INTO``     true/false: one-copy request reads in the worker (:mod:`handler.ts_backend`)
 ===============================  ======================================================
 """
@@ -76,6 +77,7 @@ class HandlerSettings:
     panel_buckets: tuple[int, ...] = ()     # compiled micro-batch sizes; () = max_batch_panels only
     channels_last: bool = False
     h2d_overlap: bool = True                # upload micro-batch i+1 on a side stream while i computes
+    torch_threads: int | None = None        # CPU threads per worker; None: 1 on a GPU (workers share the host)
     socket_recv_into: bool = False          # one-copy body reads in TorchServe's worker (handler.ts_backend)
     gpu_memory_fraction: float | None = None  # cap per worker (several workers share a GPU); None = no cap
     limits: DecodeLimits = field(default_factory=DecodeLimits)
@@ -106,6 +108,7 @@ class HandlerSettings:
             "compile": env.get("PEAKNET_COMPILE"),
             "gpu_memory_fraction": env.get("PEAKNET_GPU_MEMORY_FRACTION"),
             "socket_recv_into": env.get("PEAKNET_SOCKET_RECV_INTO"),
+            "torch_threads": env.get("PEAKNET_TORCH_THREADS"),
         }
         values.update({k: v for k, v in overrides.items() if v not in (None, "")})
         if "PEAKNET_THRESHOLD" in env and env["PEAKNET_THRESHOLD"] == "":
@@ -130,6 +133,7 @@ class HandlerSettings:
             "channels_last": parse_bool,
             "h2d_overlap": parse_bool,
             "socket_recv_into": parse_bool,
+            "torch_threads": lambda v: None if v is None or str(v).lower() in ("", "auto", "none") else _positive_int(v),
             "gpu_memory_fraction": parse_fraction,
             "limits": lambda v: v,
         }

@@ -50,3 +50,11 @@ def test_gpu_memory_fraction_from_yaml_and_env():
     env = {"PEAKNET_GPU_MEMORY_FRACTION": "0.5"}
     assert HandlerSettings.from_mapping({"gpu_memory_fraction": 0.25}, env=env).gpu_memory_fraction == 0.5
     assert parse_fraction("none") is None and parse_fraction("1") == 1.0
+
+
+def test_torch_threads_auto_or_positive():
+    assert HandlerSettings.from_mapping(None, env={}).torch_threads is None
+    assert HandlerSettings.from_mapping({"torch_threads": "auto"}, env={}).torch_threads is None
+    assert HandlerSettings.from_mapping({"torch_threads": 4}, env={"PEAKNET_TORCH_THREADS": "2"}).torch_threads == 2
+    with pytest.raises(ValueError):
+        HandlerSettings.from_mapping({"torch_threads": 0}, env={})
