@@ -6,7 +6,7 @@ TorchServe calls :meth:`PeakNetHandler.handle` with a batch of requests (``batch
 1. **decode** every request on the host into a zero-copy ``(N, P, H, W)`` view in its wire dtype
    (:mod:`handler.decode`); a bad request gets its own 4xx and leaves the others alone;
 2. **upload** the panels of all good requests that share (H, W, dtype) through pinned memory to the
-   device in that dtype (uint16 moves half the bytes of float32); with ``h2d_overlap`` (default)
+   device in that dtype (uint16 moves half the bytes of float32); with ``h2d_overlap``
    one micro-batch at a time on a side stream, the next copy overlapping the current compute;
 3. **infer**: normalise, pad and cast on the device, run PeakNet in micro-batches under autocast,
    threshold the class-difference map and extract 8-connected peaks (:mod:`handler.inference`);

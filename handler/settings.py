@@ -76,7 +76,7 @@ class HandlerSettings:
     compile_mode: str = "default"           # "default" | "reduce-overhead" (CUDA graphs) | "max-autotune"
     panel_buckets: tuple[int, ...] = ()     # compiled micro-batch sizes; () = max_batch_panels only
     channels_last: bool = False
-    h2d_overlap: bool = True                # upload micro-batch i+1 on a side stream while i computes
+    h2d_overlap: bool = False               # upload micro-batch i+1 on a side stream while i computes
     torch_threads: int | None = None        # CPU threads per worker; None: 1 on a GPU (workers share the host)
     socket_recv_into: bool = False          # one-copy body reads in TorchServe's worker (handler.ts_backend)
     gpu_memory_fraction: float | None = None  # cap per worker (several workers share a GPU); None = no cap

@@ -106,6 +106,19 @@ def test_requests_of_different_shapes_and_dtypes_share_a_batch(handler, model_di
     assert a["frames"] == c["frames"] and c["dtype"] == "float32"
 
 
+def test_side_stream_upload_answers_the_same(handler, model_dir):
+    """``h2d_overlap`` with micro-batches of 3 panels over requests of 4 and 2: same answers."""
+    overlapped = PeakNetHandler()
+    overlapped.initialize(make_context(model_dir, {"h2d_overlap": True, "max_batch_panels": 3}))
+    batch = [raw_request(make_frames(n=2, seed=7)), raw_request(make_frames(n=1, seed=8))]
+    statuses, bodies, _ = run_batch(overlapped, make_context(model_dir), batch)
+    plain_statuses, plain_bodies, _ = run_batch(handler, make_context(model_dir), batch)
+    assert statuses == plain_statuses == [200, 200]
+    answers = [json.loads(b)["frames"] for b in bodies]
+    assert answers == [json.loads(b)["frames"] for b in plain_bodies]
+    assert sum(f["num_peaks"] for frames in answers for f in frames) > 0
+
+
 def test_multipart_form_fields(handler, model_dir):
     frames = make_frames()
     buffer = io.BytesIO()
