@@ -19,8 +19,12 @@ RESULTS = ROOT / "benchmarks" / "results"
 SECTIONS = [
     ("summary.md", None),
     ("model_h200.md", "Model level (H200): every precision mode in one run, ratios vs autocast"),
+    ("model_673m_1920_h200.md", "Model level (H200): the 673M config at 4 x 1920x1920, with peak reserved memory"),
+    ("profile_h200.md", "Where the time goes (H200): per stage and per GPU kernel kind, autocast vs fast path"),
     ("handler_h200.md", "Handler level (H200): bytes → decode → H2D → infer → peaks, per stage"),
     ("e2e_h200.md", "End to end (H200): TorchServe under the load-test client, vs the echo ceiling"),
+    ("e2e_h200_16threads.md", "End to end (H200) before the one-thread default: 2 and 4 workers, with and "
+                              "without one-copy socket reads"),
 ]
 
 
