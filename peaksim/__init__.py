@@ -8,6 +8,7 @@ Modules, one concern each:
 * :mod:`peaksim.spots`       pixel-integrated Gaussian spot profiles
 * :mod:`peaksim.background`  water ring, air scatter, constant
 * :mod:`peaksim.detector`    Poisson noise, gain, read noise, bad pixels, uint16 conversion
+* :mod:`peaksim.artefacts`   optional jet streak, beamstop support arm, common-mode offsets (off by default)
 * :mod:`peaksim.truth`       strong/weak peak labels and the segmentation mask
 * :mod:`peaksim.frame`       one frame end to end (parameters sampled from wide ranges)
 * :mod:`peaksim.cxi`         CXI-layout HDF5 writer/reader

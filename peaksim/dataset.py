@@ -100,12 +100,17 @@ class SimulatedCrops(IterableDataset):
 
     Deterministic: worker ``w`` draws from ``np.random.default_rng([seed, w])`` and a DataLoader
     interleaves workers in a fixed order, so the stream depends only on (seed, num_workers).
+
+    ``artefact_probability`` (0..1) is passed to :func:`peaksim.frame.simulate_frame`: the chance
+    per frame of each artefact kind of :mod:`peaksim.artefacts` (0, the default, gives the same
+    stream as before artefacts existed).
     """
 
     seed: int
     crop: int = 256
     crops_per_frame: int = 8
     geometry_weights: dict[str, float] | None = None
+    artefact_probability: float = 0.0
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         info = get_worker_info()
@@ -118,6 +123,6 @@ class SimulatedCrops(IterableDataset):
         geometries: dict[str, DetectorGeometry] = {n: get_geometry(n) for n in names}
         while True:
             name = names[rng.choice(len(names), p=probs / probs.sum())]
-            frame = simulate_frame(geometries[name], rng)
+            frame = simulate_frame(geometries[name], rng, artefact_probability=self.artefact_probability)
             for image, target in frame_crops(rng, frame, self.crop, self.crops_per_frame):
                 yield torch.from_numpy(image)[None], torch.from_numpy(target)

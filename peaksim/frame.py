@@ -2,14 +2,20 @@
 
 Every parameter is drawn from a wide, physically plausible range by :func:`sample_frame_params`
 from a seeded ``np.random.Generator``; the same seed gives the same frame bit for bit.
+
+Artefacts of real frames (liquid-jet streak, beamstop support arm, common-mode offsets; see
+:mod:`peaksim.artefacts`) are added only when ``artefact_probability > 0``; with the default 0 no
+extra random numbers are drawn and frames are exactly those of earlier versions.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from peaksim.artefacts import (SHADOW_TRANSMISSION, Artefacts, arm_shadow, common_mode_map, jet_streak_photons,
+                               sample_artefacts)
 from peaksim.background import BackgroundParams, background_photons, sample_background, scattering_geometry
 from peaksim.detector import (DetectorResponse, apply_bad_pixels, photons_to_adu,
                               poisson_photons, sample_bad_pixels, to_uint16)
@@ -19,7 +25,7 @@ from peaksim.geometry import DetectorGeometry
 from peaksim.lattice import UnitCell, random_rotation, random_unit_cell, reciprocal_matrix
 from peaksim.spots import render_spots, spot_footprints
 from peaksim.truth import (PeakTruth, classify_peaks, inside_panel, integrated_snr, merged_spots, peak_pixel_snr,
-                           segmentation_maps)
+                           segmentation_maps, straddles, transmitted_fraction)
 
 MIN_SPOT_PHOTONS = 0.5
 
@@ -56,6 +62,7 @@ class FrameParams:
     background: BackgroundParams
     response: DetectorResponse
     beamstop_radius: float
+    artefacts: Artefacts = field(default_factory=Artefacts)
 
     @property
     def wavelength(self) -> float:
@@ -123,13 +130,19 @@ def _scaled_cell(crystal: CrystalParams, factor: float) -> CrystalParams:
 
 
 def sample_frame_params(rng: np.random.Generator, geometry: DetectorGeometry,
-                        blank_probability: float = 0.06, multi_crystal_probability: float = 0.15
-                        ) -> FrameParams:
+                        blank_probability: float = 0.06, multi_crystal_probability: float = 0.15,
+                        artefact_probability: float = 0.0) -> FrameParams:
     """Draw a full parameter set for one frame on ``geometry``.
 
     The distance is drawn from the detector's range but no shorter than
     :func:`resolvable_distance` allows (up to 1.5x the range's top; beyond that the cell shrinks).
+
+    ``artefact_probability`` (0..1): chance per frame of each artefact kind of
+    :mod:`peaksim.artefacts`, drawn after everything else and only when it is above 0 (so the
+    default draws exactly the random numbers it always did).
     """
+    if not 0.0 <= artefact_probability <= 1.0:
+        raise ValueError(f"artefact_probability must be in [0, 1], got {artefact_probability}")
     energy = float(rng.uniform(6.0, 12.0))
     n_crystals = 0 if rng.random() < blank_probability else (2 if rng.random() < multi_crystal_probability else 1)
     crystals = tuple(sample_crystal(rng) for _ in range(n_crystals))
@@ -142,7 +155,7 @@ def sample_frame_params(rng: np.random.Generator, geometry: DetectorGeometry,
         crystals = tuple(_scaled_cell(c, MAX_DISTANCE_STRETCH * hi / needed) for c in crystals)
         needed = MAX_DISTANCE_STRETCH * hi
     distance = float(rng.uniform(max(lo, needed), max(hi, needed)))
-    return FrameParams(
+    params = FrameParams(
         photon_energy_kev=energy,
         bandwidth=float(rng.uniform(0.001, 0.006)),
         distance=distance,
@@ -155,6 +168,11 @@ def sample_frame_params(rng: np.random.Generator, geometry: DetectorGeometry,
         response=sample_response(rng, geometry, energy),
         beamstop_radius=float(rng.uniform(1.0e-3, 4.0e-3)),
     )
+    if artefact_probability > 0.0:
+        params = replace(params, artefacts=sample_artefacts(rng, geometry, artefact_probability,
+                                                            params.background.water,
+                                                            params.response.read_noise_adu))
+    return params
 
 
 @dataclass(frozen=True)
@@ -239,10 +257,27 @@ class SimulatedFrame:
 
 
 def simulate_frame(geometry: DetectorGeometry, rng: np.random.Generator,
-                   params: FrameParams | None = None) -> SimulatedFrame:
-    """Simulate one frame on ``geometry``; parameters are sampled from ``rng`` unless given."""
+                   params: FrameParams | None = None, artefact_probability: float = 0.0) -> SimulatedFrame:
+    """Simulate one frame on ``geometry``; parameters are sampled from ``rng`` unless given.
+
+    ``artefact_probability`` is passed to :func:`sample_frame_params` (ignored when ``params`` are
+    given: their ``artefacts`` apply). Artefacts are applied without drawing random numbers:
+
+    * a jet streak is added to the expected background photons (before the shadows);
+    * in a beamstop arm's shadow (outside the beamstop disc, which keeps its own handling) spots
+      and background are scaled by :data:`SHADOW_TRANSMISSION`; the mask covers it when
+      ``arm.masked``;
+    * common-mode offsets are added to the ADU after the read noise (then clipped at saturation
+      again), before dead and hot pixels.
+
+    Truth with an arm uses what the detector saw: spot photons and background times the arm's
+    transmission (the integrated SNR with the footprint's transmitted share, the peak-pixel SNR and
+    the segmentation mask pixel by pixel), and a spot whose 2-sigma ellipse crosses the arm's edge
+    cannot be strong (its centroid is biased, as at a panel edge).
+    """
     if params is None:
-        params = sample_frame_params(rng, geometry)
+        params = sample_frame_params(rng, geometry, artefact_probability=artefact_probability)
+    artefacts = params.artefacts
     shape = geometry.frame_shape
     spots = _concat_spots([crystal_spots(rng, c, params, geometry) for c in params.crystals])
     flat, mass, spot_id = spot_footprints(spots.panel, spots.ss, spots.fs, spots.sigma_ss, spots.sigma_fs, shape)
@@ -250,30 +285,51 @@ def simulate_frame(geometry: DetectorGeometry, rng: np.random.Generator,
     x, y = geometry.pixel_lab_xy(params.beam_offset)
     q, cos2t, pol = scattering_geometry(x, y, params.distance, params.wavelength)
     background = background_photons(params.background, q, cos2t, pol)
+    if artefacts.jet is not None:
+        background += jet_streak_photons(x, y, cos2t, artefacts.jet)
     beamstop = (x.astype(np.float64) ** 2 + y.astype(np.float64) ** 2) < params.beamstop_radius ** 2
     expected = render_spots(spots.photons, flat, mass, spot_id, shape) + background
-    expected[beamstop] *= 0.01
+    expected[beamstop] *= SHADOW_TRANSMISSION
+    shadow = None
+    masked_shadow = beamstop
+    if artefacts.arm is not None:
+        shadow = arm_shadow(x, y, artefacts.arm) & ~beamstop
+        expected[shadow] *= SHADOW_TRANSMISSION
+        if artefacts.arm.masked:
+            masked_shadow = beamstop | shadow
 
     response = params.response
     adu = photons_to_adu(rng, poisson_photons(rng, expected), response)
-    bad, hot_masked = sample_bad_pixels(rng, geometry.border_mask(), beamstop, response)
+    if artefacts.common_mode is not None:
+        adu += common_mode_map(artefacts.common_mode, shape)
+        np.minimum(adu, np.float32(response.saturation_adu), out=adu)
+    bad, hot_masked = sample_bad_pixels(rng, geometry.border_mask(), masked_shadow, response)
     adu = apply_bad_pixels(rng, adu, bad, response)
     mask = bad.good_mask(hot_masked)
 
     read_noise = params.read_noise_photons
     centre = (spots.panel, np.rint(spots.ss).astype(np.int64), np.rint(spots.fs).astype(np.int64))
     centre = (centre[0], centre[1].clip(0, shape[1] - 1), centre[2].clip(0, shape[2] - 1))
-    b_centre = background[centre].astype(np.float64)
-    snr = integrated_snr(spots.photons, spots.sigma_ss, spots.sigma_fs, b_centre, read_noise)
-    peak_snr = peak_pixel_snr(spots.photons, spots.ss, spots.fs, spots.sigma_ss, spots.sigma_fs,
-                              b_centre, read_noise)
     findable = mask[centre].astype(bool) & inside_panel(spots.ss, spots.fs, spots.sigma_ss, spots.sigma_fs,
                                                          shape[1], shape[2])
-    strong, weak = classify_peaks(spots.photons, snr, peak_snr, findable)
-    label, ignore = segmentation_maps(shape, flat, mass, spot_id, spots.photons, spots.panel, spots.ss,
+    photons, peak_photons, seen_mass, seen_background = spots.photons, spots.photons, mass, background
+    if shadow is not None:
+        transmission = np.where(shadow, np.float32(SHADOW_TRANSMISSION), np.float32(1.0))
+        seen_mass = mass * transmission.ravel()[flat]
+        photons = spots.photons * transmitted_fraction(mass, seen_mass, spot_id, len(spots.photons))
+        peak_photons = spots.photons * transmission[centre]
+        seen_background = background * transmission
+        findable &= ~straddles(shadow, flat, spot_id, spots.ss, spots.fs, spots.sigma_ss, spots.sigma_fs,
+                               len(spots.photons))
+    b_centre = seen_background[centre].astype(np.float64)
+    snr = integrated_snr(photons, spots.sigma_ss, spots.sigma_fs, b_centre, read_noise)
+    peak_snr = peak_pixel_snr(peak_photons, spots.ss, spots.fs, spots.sigma_ss, spots.sigma_fs,
+                              b_centre, read_noise)
+    strong, weak = classify_peaks(photons, snr, peak_snr, findable)
+    label, ignore = segmentation_maps(shape, flat, seen_mass, spot_id, spots.photons, spots.panel, spots.ss,
                                       spots.fs, spots.sigma_ss, spots.sigma_fs, strong, weak,
-                                      background, read_noise)
+                                      seen_background, read_noise)
     merged, blobs = merged_spots(label, spots.panel, spots.ss, spots.fs, strong)
-    truth = PeakTruth(spots.panel, spots.ss, spots.fs, spots.photons, snr, peak_snr, strong & ~merged,
+    truth = PeakTruth(spots.panel, spots.ss, spots.fs, photons, snr, peak_snr, strong & ~merged,
                       weak | merged, merged)
     return SimulatedFrame(adu, mask, label, ignore, truth, params, blobs)

@@ -29,6 +29,9 @@ class DetectorGeometry:
         adu_per_kev_range: calibrated ADU per keV deposited (gain), min/max.
         read_noise_kev_range: read noise in keV equivalent, min/max.
         saturation_adu: values above are clipped (the ADC/gain-stage ceiling).
+        common_mode_rows: heights (rows) of the blocks of an ASIC that share one common-mode
+            offset, the options an artefact frame draws from (1 = per-row line noise); see
+            :mod:`peaksim.artefacts` and :attr:`common_mode_asic`.
     """
 
     name: str
@@ -42,7 +45,14 @@ class DetectorGeometry:
     adu_per_kev_range: tuple[float, float] = (1.0, 20.0)
     read_noise_kev_range: tuple[float, float] = (0.1, 1.0)
     saturation_adu: float = 65535.0
+    common_mode_rows: tuple[int, ...] = (1,)
     extra: dict = field(default_factory=dict)
+
+    @property
+    def common_mode_asic(self) -> tuple[int, int]:
+        """``(ss, fs)`` of the readout unit whose row blocks share common-mode offsets: the ASIC,
+        or the whole panel where there are none (a CCD: per-row offsets across the image)."""
+        return self.asic_shape if self.asic_shape is not None else self.panel_shape
 
     @property
     def n_panels(self) -> int:
@@ -133,40 +143,44 @@ def epix10k2m() -> DetectorGeometry:
     corners, fsv, ssv = _grid_layout(4, 4, (352, 384), 100e-6, gap=2.0e-3)
     return DetectorGeometry("epix10k2m", (352, 384), 100e-6, corners, fsv, ssv, asic_shape=(176, 192),
                             distance_range=(0.08, 0.30), adu_per_kev_range=(0.5, 17.0),
-                            read_noise_kev_range=(0.1, 0.4))
+                            read_noise_kev_range=(0.1, 0.4), common_mode_rows=(1, 8, 16, 176))
 
 
 def jungfrau4m() -> DetectorGeometry:
     """Jungfrau 4M: 8 modules of 512 x 1024 pixels (2 x 4 ASICs of 256 x 256), 75 um.
 
-    psana/SLS calibration usually gives keV (1 ADU = 1 keV); noise ~ 0.1-0.3 keV rms.
+    psana/SLS calibration usually gives keV (1 ADU = 1 keV); noise ~ 0.1-0.3 keV rms. Common mode
+    (artefact frames) per 1, 16, 32 or 256 rows of each chip.
     """
     corners, fsv, ssv = _grid_layout(4, 2, (512, 1024), 75e-6, gap=1.5e-3)
     return DetectorGeometry("jungfrau4m", (512, 1024), 75e-6, corners, fsv, ssv, asic_shape=(256, 256),
                             distance_range=(0.06, 0.20), adu_per_kev_range=(1.0, 1.0),
-                            read_noise_kev_range=(0.08, 0.3))
+                            read_noise_kev_range=(0.08, 0.3), common_mode_rows=(1, 16, 32, 256))
 
 
 def cspad() -> DetectorGeometry:
     """CSPAD: 32 two-by-one sensors of 185 x 388 pixels (2 ASICs of 185 x 194), 110 um.
 
-    High gain ~ 3-4 ADU/keV (a 9.5 keV photon ~ 35 ADU), noise ~ 0.5-1 keV rms.
+    High gain ~ 3-4 ADU/keV (a 9.5 keV photon ~ 35 ADU), noise ~ 0.5-1 keV rms. Common mode
+    (artefact frames) per 1, 37 or 185 rows of each ASIC.
     """
     corners, fsv, ssv = _grid_layout(8, 4, (185, 388), 110e-6, gap=1.0e-3)
     return DetectorGeometry("cspad", (185, 388), 110e-6, corners, fsv, ssv, asic_shape=(185, 194),
                             distance_range=(0.08, 0.20), adu_per_kev_range=(2.5, 4.5),
-                            read_noise_kev_range=(0.4, 1.0), saturation_adu=16383.0)
+                            read_noise_kev_range=(0.4, 1.0), saturation_adu=16383.0,
+                            common_mode_rows=(1, 37, 185))
 
 
 def rayonix() -> DetectorGeometry:
     """Rayonix MX340-HS binned 2x2: one 1920 x 1920 CCD image of 177 um pixels.
 
-    About 1-2 ADU per keV after binning; read noise a few ADU.
+    About 1-2 ADU per keV after binning; read noise a few ADU. Common mode (artefact frames): per
+    row across the image (CCD line noise).
     """
     corners, fsv, ssv = _grid_layout(1, 1, (1920, 1920), 177.08e-6, gap=0.0)
     return DetectorGeometry("rayonix", (1920, 1920), 177.08e-6, corners, fsv, ssv, asic_shape=None,
                             distance_range=(0.10, 0.30), adu_per_kev_range=(0.8, 2.5),
-                            read_noise_kev_range=(0.5, 3.0))
+                            read_noise_kev_range=(0.5, 3.0), common_mode_rows=(1,))
 
 
 GEOMETRIES = {"epix10k2m": epix10k2m, "jungfrau4m": jungfrau4m, "cspad": cspad, "rayonix": rayonix}

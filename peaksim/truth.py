@@ -20,6 +20,13 @@ Definitions (photon units; ``b`` = expected background photons in the spot's cen
 * segmentation mask: pixels of strong spots whose own SNR ``N m / sqrt(N m + b_pix + r^2) >= 1``,
   within 3 sigma (Mahalanobis) of the centre; the centre pixel is always included.
 * ignore map: pixels within 2 sigma of a weak spot's centre that are not in the segmentation mask.
+
+A liquid-jet streak (:mod:`peaksim.artefacts`) is part of ``b``. With a beamstop support arm,
+``N``, ``m`` and ``b`` are what the detector saw through the arm's shadow
+(:func:`transmitted_fraction`), and a spot whose 2-sigma ellipse crosses the shadow's edge cannot
+be strong (:func:`straddles`; like a spot cut by a panel edge). The beamstop disc keeps its
+original handling (``N`` and ``b`` before its attenuation; its pixels are always masked, so spots
+centred there are never strong), so that default frames stay what they were.
 """
 
 from __future__ import annotations
@@ -51,7 +58,8 @@ class PeakTruth:
 
     Attributes:
         panel, ss, fs: position (pixel centres at integers).
-        photons: expected total photons.
+        photons: expected total photons (reaching the detector through a beamstop arm's shadow, when
+            there is one; the beamstop disc's own attenuation is not applied).
         snr: integrated SNR.
         peak_snr: brightest-pixel SNR.
         strong: must be found.
@@ -92,6 +100,37 @@ def inside_panel(ss: np.ndarray, fs: np.ndarray, sigma_ss: np.ndarray, sigma_fs:
     """(S,) bool: the spot's ``sigmas``-sigma box lies on the panel (pixel centres 0 .. n-1)."""
     return ((ss - sigmas * sigma_ss >= -0.5) & (ss + sigmas * sigma_ss <= n_ss - 0.5)
             & (fs - sigmas * sigma_fs >= -0.5) & (fs + sigmas * sigma_fs <= n_fs - 0.5))
+
+
+def transmitted_fraction(mass: np.ndarray, seen_mass: np.ndarray, spot_id: np.ndarray, n_spots: int
+                         ) -> np.ndarray:
+    """(S,) float64 share of each spot's on-panel photons that reaches the detector.
+
+    Args:
+        mass: (K,) float64 footprint masses (see :func:`peaksim.spots.spot_footprints`).
+        seen_mass: (K,) the same times each pixel's transmission (0..1).
+        spot_id: (K,) int64 spot of each footprint pixel.
+    """
+    total = np.bincount(spot_id, weights=mass, minlength=n_spots)
+    seen = np.bincount(spot_id, weights=seen_mass, minlength=n_spots)
+    return np.where(total > 0, seen / np.where(total > 0, total, 1.0), 1.0)
+
+
+def straddles(shadow: np.ndarray, flat: np.ndarray, spot_id: np.ndarray, ss: np.ndarray, fs: np.ndarray,
+              sigma_ss: np.ndarray, sigma_fs: np.ndarray, n_spots: int, sigmas: float = 2.0) -> np.ndarray:
+    """(S,) bool: the spot's ``sigmas``-sigma ellipse holds pixels both inside and outside ``shadow``.
+
+    Args:
+        shadow: (P, ss, fs) bool.
+        flat, spot_id: (K,) spot footprints (see :func:`peaksim.spots.spot_footprints`).
+        ss, fs, sigma_ss, sigma_fs: (S,) float64.
+    """
+    _, n_ss, n_fs = shadow.shape
+    inside = _mahalanobis(flat, spot_id, ss, fs, sigma_ss, sigma_fs, n_ss, n_fs) <= sigmas
+    dark = shadow.ravel()[flat] & inside
+    n_inside = np.bincount(spot_id[inside], minlength=n_spots)
+    n_dark = np.bincount(spot_id[dark], minlength=n_spots)
+    return (n_dark > 0) & (n_dark < n_inside)
 
 
 def classify_peaks(photons: np.ndarray, snr: np.ndarray, peak_snr: np.ndarray,

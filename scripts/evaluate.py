@@ -81,13 +81,15 @@ def agreement_summary(counts: dict[str, int]) -> dict[str, float]:
 
 
 def evaluate(config: Path, geometries: list[str], frames: int, dtypes: list[str], device: torch.device,
-             seed: int, threshold: float | None, max_batch: int, as_uint16: bool, first_frame: int = 0) -> dict:
+             seed: int, threshold: float | None, max_batch: int, as_uint16: bool, first_frame: int = 0,
+             artefact_probability: float = 0.0) -> dict:
     models = {name: load_peaknet(config, dtype=DTYPES[name], device=device) for name in dtypes}
     reference = dtypes[0]
     report: dict = {"config": str(config), "device": str(device), "torch": torch.__version__,
                     "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                     "threshold": threshold, "match_radius_px": MATCH_RADIUS, "agreement_radius_px": AGREEMENT_RADIUS,
                     "frames_per_geometry": frames, "first_frame": first_frame, "seed": seed, "input": "uint16" if as_uint16 else "float32 ADU",
+                    "artefact_probability": artefact_probability,
                     "reference_dtype": reference, "per_geometry": {}}
     totals = {name: MatchCounts() for name in dtypes}
     total_agree = {name: {"matched": 0, "only_reference": 0, "only_other": 0} for name in dtypes[1:]}
@@ -99,7 +101,8 @@ def evaluate(config: Path, geometries: list[str], frames: int, dtypes: list[str]
         strong_per_frame = []
         seconds = {name: 0.0 for name in dtypes}
         for f_index in range(first_frame, first_frame + frames):
-            frame = simulate_frame(geometry, np.random.default_rng([seed, GEOMETRY_INDEX[geometry_name], f_index]))
+            frame = simulate_frame(geometry, np.random.default_rng([seed, GEOMETRY_INDEX[geometry_name], f_index]),
+                                   artefact_probability=artefact_probability)
             raw = frame.uint16 if as_uint16 else frame.adu
             strong, weak = frame.scoring_points()
             strong_per_frame.append(len(strong))
@@ -198,8 +201,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threshold", type=float, default=None, help="P(peak) threshold; default argmax")
     p.add_argument("--max-batch", type=int, default=16, help="panels per forward pass")
     p.add_argument("--uint16", action="store_true", help="feed uint16 frames instead of float32 ADU")
+    p.add_argument("--artefact-probability", type=float, default=0.0,
+                   help="chance per frame of each simulated artefact (jet streak, beamstop arm, common mode; "
+                        "peaksim.artefacts); 0 gives the frames of the committed results")
     p.add_argument("--out", type=Path, required=True, help="folder for accuracy.json and accuracy.png")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if not 0.0 <= args.artefact_probability <= 1.0:
+        p.error(f"--artefact-probability must be in [0, 1], got {args.artefact_probability}")
+    return args
 
 
 def accuracy_table(report: dict) -> str:
@@ -221,8 +230,10 @@ def accuracy_table(report: dict) -> str:
             cells.append(f"{100 * entry['agreement_with_float32'][d]['agreement']:.2f}%")
         lines.append("| " + " | ".join(cells) + " |")
     frames = report["frames_per_geometry"]
+    artefacts = report.get("artefact_probability", 0.0)
     lines.append(f"\n{frames} held-out frames per detector (seed {report['seed']}), {report['input']}, "
-                 f"on {report['device_name']}; matches within {report['match_radius_px']} px.")
+                 + (f"artefact probability {artefacts:g}, " if artefacts else "")
+                 + f"on {report['device_name']}; matches within {report['match_radius_px']} px.")
     return "\n".join(lines)
 
 
@@ -231,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     report = evaluate(args.config, args.geometries, args.frames, args.dtypes, torch.device(args.device),
-                      args.seed, args.threshold, args.max_batch, args.uint16, args.first_frame)
+                      args.seed, args.threshold, args.max_batch, args.uint16, args.first_frame,
+                      args.artefact_probability)
     (args.out / "accuracy.json").write_text(json.dumps(report, indent=1))
     plot_report(report, args.out / "accuracy.png")
     command = " ".join(["python scripts/evaluate.py", *(argv if argv is not None else sys.argv[1:])])

@@ -12,6 +12,10 @@ ranges) and normalised with the server's own preprocessing. Writes, into ``--out
 Example (GPU)::
 
     python scripts/train.py --out /tmp/run --steps 3000 --batch-size 48 --workers 15
+
+``--artefact-probability p`` adds, to each frame with probability p per kind, a liquid-jet streak,
+a beamstop support arm and common-mode offsets (:mod:`peaksim.artefacts`); the default 0 simulates
+exactly the frames earlier runs were trained on.
 """
 
 from __future__ import annotations
@@ -142,7 +146,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="start from these weights (safetensors of the same preset) instead of from scratch")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-amp", action="store_true", help="train in float32 instead of bf16 autocast")
-    return p.parse_args(argv)
+    p.add_argument("--artefact-probability", type=float, default=0.0,
+                   help="chance per frame of each simulated artefact (jet streak, beamstop arm, common mode; "
+                        "peaksim.artefacts); 0 gives the frames of earlier runs")
+    args = p.parse_args(argv)
+    if not 0.0 <= args.artefact_probability <= 1.0:
+        p.error(f"--artefact-probability must be in [0, 1], got {args.artefact_probability}")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -164,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.99))
-    loader = DataLoader(SimulatedCrops(args.seed, args.crop, args.crops_per_frame), batch_size=args.batch_size,
+    crops = SimulatedCrops(args.seed, args.crop, args.crops_per_frame, artefact_probability=args.artefact_probability)
+    loader = DataLoader(crops, batch_size=args.batch_size,
                         num_workers=args.workers, pin_memory=device.type == "cuda",
                         persistent_workers=args.workers > 0, prefetch_factor=4 if args.workers else None)
     use_amp = not args.no_amp
@@ -208,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
                     "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                     "amp": "bf16" if use_amp else "none", "torch": torch.__version__,
                     "init": str(args.init) if args.init else None,
-                    "crops_per_frame": args.crops_per_frame, "workers": args.workers})
+                    "crops_per_frame": args.crops_per_frame, "workers": args.workers,
+                    "artefact_probability": args.artefact_probability})
     (args.out / "train_loss.json").write_text(json.dumps(history))
     plot_loss(history, args.out / "train_loss.png")
     print(f"saved {config_path} and {weights} ({weights.stat().st_size / 1e6:.1f} MB) after "

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -35,3 +36,35 @@ def test_bundled_model_finds_peaks_of_a_held_out_epix_frame(tmp_path):
         assert accuracy[name]["f1"] >= 0.8
     assert report["overall"]["agreement_with_float32"]["bfloat16"]["agreement"] >= 0.9
     assert (tmp_path / "accuracy.png").stat().st_size > 0
+
+
+class _NoPeaks(torch.nn.Module):
+    """Stands in for PeakNet: background everywhere (so no detections)."""
+
+    def forward(self, x):
+        return torch.zeros(x.shape[0], 2, *x.shape[-2:], dtype=x.dtype)
+
+
+def test_artefact_probability_reaches_the_frames_and_the_report(tmp_path, monkeypatch):
+    seen = []
+    simulate = evaluate.simulate_frame
+
+    def recording(geometry, rng, *args, **kwargs):
+        frame = simulate(geometry, rng, *args, **kwargs)
+        seen.append((kwargs.get("artefact_probability"), frame))
+        return frame
+
+    monkeypatch.setattr(evaluate, "simulate_frame", recording)
+    monkeypatch.setattr(evaluate, "load_peaknet", lambda *args, **kwargs: _NoPeaks())
+    assert evaluate.main(["--geometries", "cspad", "--frames", "1", "--first-frame", "1",
+                          "--dtypes", "float32", "bfloat16", "--device", "cpu", "--artefact-probability", "1",
+                          "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "accuracy.json").read_text())
+    assert report["artefact_probability"] == 1.0
+    assert [p for p, _ in seen] == [1.0] and seen[0][1].params.artefacts.any
+    accuracy = report["per_geometry"]["cspad"]["accuracy"]["float32"]
+    assert accuracy["fn"] == int(seen[0][1].peaks.strong.sum()) and accuracy["tp"] == 0
+    assert "artefact probability 1," in (tmp_path / "accuracy.md").read_text()
+    assert evaluate.parse_args(["--out", str(tmp_path)]).artefact_probability == 0.0
+    with pytest.raises(SystemExit):
+        evaluate.parse_args(["--out", str(tmp_path), "--artefact-probability", "-0.1"])

@@ -19,6 +19,15 @@ def epix_frames():
     return [simulate_frame(geometry, np.random.default_rng(seed)) for seed in (0, 1)]
 
 
+@pytest.fixture(scope="module", params=[0.0, 1.0], ids=["plain", "artefacts"])
+def epix_frames_any(request, epix_frames):
+    """The plain frames, and frames with every artefact of peaksim.artefacts."""
+    if request.param == 0.0:
+        return epix_frames
+    geometry = get_geometry("epix10k2m")
+    return [simulate_frame(geometry, np.random.default_rng(seed), artefact_probability=1.0) for seed in (0, 1)]
+
+
 def test_same_seed_same_frame_other_seed_other_frame():
     geometry = get_geometry("cspad")
     a = simulate_frame(geometry, np.random.default_rng(11))
@@ -40,8 +49,8 @@ def test_frame_dtypes_and_shapes(name):
     assert not frame.mask[:, 0, :].any()                       # panel borders are masked
 
 
-def test_truth_and_segmentation_mask_agree(epix_frames):
-    for frame in epix_frames:
+def test_truth_and_segmentation_mask_agree(epix_frames_any):
+    for frame in epix_frames_any:
         p = frame.peaks
         assert p.strong.sum() > 0
         assert not np.any(p.strong & p.weak)
@@ -59,8 +68,8 @@ def test_truth_and_segmentation_mask_agree(epix_frames):
             assert d.min() <= 9.5
 
 
-def test_strong_spots_are_brighter_than_their_surroundings(epix_frames):
-    frame = epix_frames[0]
+def test_strong_spots_are_brighter_than_their_surroundings(epix_frames_any):
+    frame = epix_frames_any[0]
     p = frame.peaks
     gain = frame.params.response.adu_per_photon
     bright = p.strong & (p.photons > 200)
@@ -119,13 +128,16 @@ def test_cxi_single_panel_drops_panel_axis(tmp_path):
     assert read_frame(path, 0).shape == (1, 1920, 1920)
 
 
+@pytest.mark.parametrize("artefact_probability", [0.0, 1.0], ids=["plain", "artefacts"])
 @pytest.mark.parametrize("name", ["epix10k2m", "rayonix", "cspad"])
-def test_the_segmentation_mask_itself_scores_f1_one(name):
+def test_the_segmentation_mask_itself_scores_f1_one(name, artefact_probability):
     """A perfect segmentation (the training label) finds every strong spot and nothing else: strong
-    spots are resolvable one per blob, and blobs of merged spots count neither way."""
+    spots are resolvable one per blob, and blobs of merged spots count neither way (also with
+    every artefact of peaksim.artefacts: jet streak, beamstop arm, common mode)."""
     geometry = get_geometry(name)
-    for seed in range(6):
-        frame = simulate_frame(geometry, np.random.default_rng([99, seed]))
+    for seed in range(6 if artefact_probability == 0 else 3):
+        frame = simulate_frame(geometry, np.random.default_rng([99, seed]), artefact_probability=artefact_probability)
+        assert frame.params.artefacts.any == (artefact_probability > 0)
         table = find_peaks(torch.from_numpy(frame.label.astype(bool)), torch.from_numpy(frame.adu)).to_host()
         strong, excused = frame.scoring_points()
         counts = match_peaks(np.stack([table.image_index, table.ss, table.fs], axis=1), strong, excused)

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
 
 import train  # noqa: E402
+import peaksim.dataset  # noqa: E402
 from handler.checkpoint import load_peaknet  # noqa: E402
 from peaksim.dataset import IGNORE_INDEX  # noqa: E402
 
@@ -46,6 +47,32 @@ def test_tiny_training_run_writes_a_loadable_model(tmp_path):
     model = load_peaknet(tmp_path / "peaknet.yaml", dtype="float32", device="cpu")
     out = model(torch.randn(1, 1, 64, 96))
     assert out.shape == (1, 2, 64, 96)
+
+
+def test_tiny_training_run_with_artefacts(tmp_path, monkeypatch):
+    """--artefact-probability reaches simulate_frame through SimulatedCrops and is recorded."""
+    simulate = peaksim.dataset.simulate_frame
+    frames = []
+
+    def recording(geometry, rng, *args, **kwargs):
+        frame = simulate(geometry, rng, *args, **kwargs)
+        frames.append((kwargs.get("artefact_probability"), frame.params.artefacts))
+        return frame
+
+    monkeypatch.setattr(peaksim.dataset, "simulate_frame", recording)
+    assert train.main(["--out", str(tmp_path), "--steps", "2", "--batch-size", "4", "--crop", "64",
+                       "--crops-per-frame", "1", "--workers", "0", "--preset", "tiny", "--warmup", "1",
+                       "--device", "cpu", "--artefact-probability", "0.5"]) == 0
+    history = json.loads((tmp_path / "train_loss.json").read_text())
+    assert history["artefact_probability"] == 0.5 and history["steps_done"] == 2
+    assert len(frames) >= 8 and all(p == 0.5 for p, _ in frames)
+    assert any(a.any for _, a in frames)
+    with pytest.raises(SystemExit):
+        train.parse_args(["--out", str(tmp_path), "--artefact-probability", "1.5"])
+
+
+def test_training_records_the_default_artefact_probability():
+    assert train.parse_args(["--out", "x"]).artefact_probability == 0.0
 
 
 @pytest.mark.parametrize("steps,warmup", [(100, 10)])
