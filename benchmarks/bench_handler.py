@@ -96,24 +96,19 @@ def run_case(finder: PanelPeakFinder, body: bytes, options: dict[str, str], devi
         finder.find(panels).table.ss.sum()
         sync()
 
+    def answer(table) -> str:
+        frames = peaks_to_frames(table.to_host(), n, p)
+        return json.dumps(json_response(model="m", precision="p", device="d", shape=(n, p, h, w),
+                                        dtype="uint16", frames=frames))
+
     def postprocess():
-        frames = peaks_to_frames(result.table.to_host(), n, p)
-        json.dumps(json_response(model="m", precision="p", device="d", shape=(n, p, h, w),
-                                 dtype="uint16", frames=frames))
+        answer(result.table)
 
     def whole():
-        d = decode_request(body, "application/octet-stream", options, limits)
-        out = finder.find(upload_panels([d.array], device))
-        frames = peaks_to_frames(out.table.to_host(), n, p)
-        json.dumps(json_response(model="m", precision="p", device="d", shape=(n, p, h, w),
-                                 dtype="uint16", frames=frames))
+        answer(finder.find(upload_panels([decode().array], device)).table)
 
     def whole_overlap():
-        d = decode_request(body, "application/octet-stream", options, limits)
-        out = finder.find_pipelined(PanelSource([d.array]))
-        frames = peaks_to_frames(out.table.to_host(), n, p)
-        json.dumps(json_response(model="m", precision="p", device="d", shape=(n, p, h, w),
-                                 dtype="uint16", frames=frames))
+        answer(finder.find_pipelined(PanelSource([decode().array])).table)
 
     stages = {name: time_ms(fn, device, warmup, repeats)["median_ms"]
               for name, fn in [("decode", decode), ("h2d", h2d), ("infer", infer),

@@ -110,13 +110,7 @@ class PanelPeakFinder:
         """
         if panels.dim() != 3:
             raise ValueError(f"panels must be (B, H, W), got {tuple(panels.shape)}")
-        tables, offsets, nonfinite = [], [], []
-        for start, chunk in self._chunks(panels, self.max_batch_panels):
-            for sub_start, table, nf in self._run_with_oom_split(chunk):
-                tables.append(table)
-                offsets.append(start + sub_start)
-                nonfinite.append(nf)
-        return BatchPeaks(concat_tables(tables, offsets), torch.stack(nonfinite).sum())
+        return self._collect((start, chunk, None) for start, chunk in self._chunks(panels, self.max_batch_panels))
 
     @torch.inference_mode()
     def find_pipelined(self, source: PanelSource) -> BatchPeaks:
@@ -134,9 +128,13 @@ class PanelPeakFinder:
         if total == 0:
             raise ValueError("no panels to run")
         bounds = [(s, min(s + self.max_batch_panels, total)) for s in range(0, total, self.max_batch_panels)]
-        arrived: list[tuple[torch.Tensor, torch.cuda.Event | None]] = [
-            source.upload(*bounds[0], self.device, self._copy_stream)]
-        tables, offsets, nonfinite = [], [], []
+        return self._collect(self._uploaded_chunks(source, bounds))
+
+    def _uploaded_chunks(self, source: PanelSource, bounds: list[tuple[int, int]]
+                         ) -> Iterator[tuple[int, torch.Tensor, Callable[[], None]]]:
+        """``(start, chunk on the device, prefetch)`` per range; ``prefetch`` uploads the next range
+        (called once the chunk's network is launched), which the next step then waits for."""
+        arrived = [source.upload(*bounds[0], self.device, self._copy_stream)]
         for index, (start, _) in enumerate(bounds):
             chunk = self._on_compute_stream(*arrived.pop())
             following = bounds[index + 1] if index + 1 < len(bounds) else None
@@ -145,7 +143,13 @@ class PanelPeakFinder:
                 if following is not None:
                     arrived.append(source.upload(*following, self.device, self._copy_stream))
 
-            for sub_start, table, nf in self._run_with_oom_split(chunk, _once(prefetch)):
+            yield start, chunk, _once(prefetch)
+
+    def _collect(self, chunks) -> BatchPeaks:
+        """Run ``(start, chunk, after_launch)`` micro-batches (split on out-of-memory) into one result."""
+        tables, offsets, nonfinite = [], [], []
+        for start, chunk, after_launch in chunks:
+            for sub_start, table, nf in self._run_with_oom_split(chunk, after_launch):
                 tables.append(table)
                 offsets.append(start + sub_start)
                 nonfinite.append(nf)

@@ -41,19 +41,9 @@ def upload_panels(arrays: list[np.ndarray], device: torch.device) -> torch.Tenso
         (sum_i N_i * P_i, H, W) tensor in the wire dtype on ``device``. On CUDA the copy is
         non-blocking: later kernels on the current stream are ordered after it.
     """
-    h, w = arrays[0].shape[-2:]
-    flat = [a.reshape(-1, h, w) for a in arrays]
-    total = sum(f.shape[0] for f in flat)
-    if device.type != "cuda":
-        if len(flat) == 1:
-            return as_tensor(flat[0])
-        return as_tensor(np.concatenate(flat))
-    staging = torch.empty((total, h, w), dtype=as_tensor(flat[0][:0]).dtype, pin_memory=True)
-    start = 0
-    for panels in flat:
-        staging[start:start + panels.shape[0]].copy_(as_tensor(panels))
-        start += panels.shape[0]
-    return staging.to(device, non_blocking=True)
+    source = PanelSource(arrays)
+    panels, _ = source.upload(0, len(source), device)
+    return panels
 
 
 @dataclass

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +14,7 @@ from handler.postprocess import find_peaks, peak_mask
 from handler.preprocess import normalize_images, pad_to_multiple
 from handler.transfer import PanelSource, upload_panels
 from tests.frames import spot_frames
+from tests.gpu_memory import allocator_cap, peak_bytes
 
 FIXTURE = Path(__file__).parent / "fixtures" / "upstream" / "peaknet_tiny.yaml"
 CPU = torch.device("cpu")
@@ -136,33 +135,6 @@ def test_rejects_wrong_rank(model):
 
 # -- a real CUDA out-of-memory (GPU hosts only) ------------------------------------------------
 BUNDLED = Path(__file__).resolve().parents[1] / "model_store" / "peaknet" / "peaknet.yaml"
-
-
-def peak_bytes(finder: PanelPeakFinder, panels: torch.Tensor) -> int:
-    """Device memory that ``finder.find(panels)`` needs beyond what is already allocated."""
-    torch.cuda.synchronize()
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    finder.find(panels)
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() - base
-
-
-@contextlib.contextmanager
-def allocator_cap(extra_bytes: int):
-    """Cap this process's CUDA caching allocator at what it holds now plus ``extra_bytes``: beyond
-    that, allocations fail with a real ``torch.OutOfMemoryError``."""
-    device = torch.device("cuda", torch.cuda.current_device())
-    torch.cuda.synchronize()
-    torch.cuda.empty_cache()
-    total = torch.cuda.get_device_properties(device).total_memory
-    torch.cuda.set_per_process_memory_fraction((torch.cuda.memory_reserved() + extra_bytes) / total, device)
-    try:
-        yield
-    finally:
-        torch.cuda.set_per_process_memory_fraction(1.0, device)
-        torch.cuda.empty_cache()
 
 
 @pytest.fixture(scope="module")

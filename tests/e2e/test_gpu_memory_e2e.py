@@ -18,6 +18,7 @@ from handler.checkpoint import load_peaknet
 from handler.inference import PanelPeakFinder
 from tests.e2e.conftest import ROOT
 from tests.frames import spot_frames
+from tests.gpu_memory import peak_bytes
 
 pytestmark = [pytest.mark.e2e, pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -33,12 +34,7 @@ def one_panel_bytes() -> int:
     finder = PanelPeakFinder(model, dtype=torch.bfloat16, device=cuda)
     panel = torch.from_numpy(spot_frames(1, 1, 352, 384)[0]).to(cuda)
     finder.find(panel)                                  # cuDNN/cuBLAS set-up outside the measurement
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    finder.find(panel)
-    torch.cuda.synchronize()
-    peak = torch.cuda.max_memory_allocated() - base
+    peak = peak_bytes(finder, panel)
     del model, finder, panel
     torch.cuda.empty_cache()
     return peak
