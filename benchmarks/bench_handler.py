@@ -10,6 +10,7 @@ bytes, for several serving variants measured in the same run:
   baseline      float32 weights + autocast bf16, full 2-class logits (the public pipeline's way)
   bf16-eager    bf16 weights, class-difference head, eager
   bf16-compile  bf16 weights, class-difference head, torch.compile on static micro-batch buckets
+  bf16-compile-pure  bf16-compile without autocast: every op in bf16 (``autocast: false``)
 Each stage is timed separately (synchronising the device between stages), and the whole path
 again without intermediate syncs, as frames/s: once uploading everything first (``total``), once
 uploading micro-batch by micro-batch on a side stream overlapping compute (``total_overlap``,
@@ -60,12 +61,13 @@ def make_finder(model_config: Path, variant: str, device: torch.device, buckets:
         dtype = torch.float32
     model = load_peaknet(model_config, dtype=dtype, device=device)
     forward = model.forward_peak_score
-    if variant == "bf16-compile":
+    compiled = variant.startswith("bf16-compile")
+    if compiled:
         model = model.to(memory_format=torch.channels_last)
         forward = torch.compile(model.forward_peak_score, dynamic=False)
     return PanelPeakFinder(model, dtype=dtype, device=device, forward=forward,
-                           buckets=buckets if variant == "bf16-compile" else (),
-                           channels_last=variant == "bf16-compile")
+                           buckets=buckets if compiled else (), channels_last=compiled,
+                           autocast=not variant.endswith("-pure"))
 
 
 def _logit_difference(model, x: torch.Tensor) -> torch.Tensor:
@@ -148,7 +150,7 @@ def main() -> int:
     panels, height, width = (2, 64, 96) if args.small else (16, 352, 384)
     if args.small:
         args.frames, args.warmup, args.repeats = [1, 2], 1, 3
-    variants = [v for v in args.variants.split(",") if device.type == "cuda" or v != "bf16-compile"]
+    variants = [v for v in args.variants.split(",") if device.type == "cuda" or not v.startswith("bf16-compile")]
     buckets = tuple(sorted({f * panels for f in args.frames}))
     rows = []
     reference = {}

@@ -13,8 +13,18 @@ Modes (weights / autocast / output):
   lean          bf16 + channels_last + class-difference head at stride 4 (B, 1, H, W), eager
   fast          lean + torch.compile(dynamic=False), dynamo reset per shape
   fast_graphs   fast with mode="reduce-overhead" (CUDA graphs)
+  fast_pure     fast without autocast: every op in bf16 (autocast returns float32 from
+                layer_norm/group_norm, so the BiFPN and head activations stay float32 under it)
+  lean_pure     lean without autocast, eager
+  fast_autotune fast with mode="max-autotune-no-cudagraphs" (Inductor benchmarks Triton GEMM and
+                convolution templates against cuDNN/cuBLAS per shape; compiling costs minutes)
 Per mode: median latency over repeats (CUDA events), items/s, peak and weight memory, and the
 peak-mask agreement with the fp32 mask (argmax of fp32 logits).
+
+Peak memory is the steady state of inference: after the warm-up runs (which compile), the cache
+is emptied and the peak counters reset, then the timed runs set the peak. Compile-time buffers
+(autotuning clones) are reported apart (``warmup_peak_reserved_gib``); memory that outlives the
+warm-up, such as a CUDA-graph pool, stays reserved and so counts in the steady-state figures.
 """
 
 from __future__ import annotations
@@ -50,7 +60,13 @@ MODES = {
     "lean": Mode("lean", torch.bfloat16, torch.bfloat16, lean=True),
     "fast": Mode("fast", torch.bfloat16, torch.bfloat16, lean=True, compile="default"),
     "fast_graphs": Mode("fast_graphs", torch.bfloat16, torch.bfloat16, lean=True, compile="reduce-overhead"),
+    "fast_pure": Mode("fast_pure", torch.bfloat16, None, lean=True, compile="default"),
+    "lean_pure": Mode("lean_pure", torch.bfloat16, None, lean=True),
+    "fast_autotune": Mode("fast_autotune", torch.bfloat16, torch.bfloat16, lean=True,
+                          compile="max-autotune-no-cudagraphs"),
 }
+
+DEFAULT_MODES = "fp32,autocast,bf16,fp16,lean,lean_pure,fast,fast_pure,fast_graphs"
 
 
 def forward_fn(model, mode: Mode, x: torch.Tensor, device: torch.device):
@@ -91,7 +107,15 @@ def bench_case(config: Path, shape: tuple[int, ...], modes: list[str], device: t
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
-        timing = time_ms(run, device, warmup=warmup + (2 if mode.compile else 0), repeats=repeats)
+        for _ in range(warmup + (2 if mode.compile else 0)):
+            run()
+        warmup_reserved = None
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            warmup_reserved = torch.cuda.max_memory_reserved(device) / 2**30
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        timing = time_ms(run, device, warmup=0, repeats=repeats)
         mask = run().cpu()
         if reference_mask is None:
             reference_mask = mask
@@ -102,6 +126,7 @@ def bench_case(config: Path, shape: tuple[int, ...], modes: list[str], device: t
             "items_per_s": shape[0] * 1e3 / timing["median_ms"],
             "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
             "peak_reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30 if device.type == "cuda" else None,
+            "warmup_peak_reserved_gib": warmup_reserved,
             "weights_gib": weight_bytes / 2**30,
             "mask_agreement_vs_fp32": float((mask == reference_mask).float().mean()),
         })
@@ -129,7 +154,7 @@ def main() -> int:
                         default=[ROOT / "configs/peaknet-33m.yaml", ROOT / "configs/peaknet-673m.yaml"])
     parser.add_argument("--cases", nargs="+", default=["16x1x352x384", "8x1x1920x1920"],
                         help="input shapes BxCxHxW (the batch is halved for configs over 100M parameters)")
-    parser.add_argument("--modes", default=",".join(MODES))
+    parser.add_argument("--modes", default=DEFAULT_MODES, help=f"comma-separated, of {','.join(MODES)}")
     parser.add_argument("--large-modes", default="fp32,autocast,bf16,fp16,lean",
                         help="modes for configs over 100M parameters (compiling them costs minutes)")
     add_run_arguments(parser, ROOT / "benchmarks/results/model.json")
@@ -173,10 +198,17 @@ def report(rows: list[dict], device: torch.device, out: Path, show: bool = False
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    """Speed-up over autocast per mode, one group per (model, input)."""
-    plot_rows(rows, path, group=lambda r: f"{r['model']}\n{'x'.join(map(str, r['shape']))}",
-              series=lambda r: r["mode"], value="speedup_vs_autocast",
+    """Speed-up over autocast per mode, one group per (model, input); beside it (``*_memory.png``)
+    peak reserved memory over autocast's, where the run recorded it (CUDA)."""
+    def group(r: dict) -> str:
+        return f"{r['model']}\n{'x'.join(map(str, r['shape']))}"
+
+    plot_rows(rows, path, group=group, series=lambda r: r["mode"], value="speedup_vs_autocast",
               ylabel="speed-up vs fp32 weights + autocast bf16", title="PeakNet model level", reference=1.0)
+    if any(r.get("reserved_vs_autocast") is not None for r in rows):
+        plot_rows(rows, path.with_name(path.stem + "_memory.png"), group=group, series=lambda r: r["mode"],
+                  value="reserved_vs_autocast", ylabel="peak reserved memory ÷ autocast's",
+                  title="PeakNet model level: steady-state peak memory (target ≤ 0.5)", reference=0.5)
 
 if __name__ == "__main__":
     raise SystemExit(main())

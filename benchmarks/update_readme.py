@@ -18,7 +18,14 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 SECTIONS = [
     ("summary.md", None),
-    ("model_h200.md", "Model level (H200): every precision mode in one run, ratios vs autocast"),
+    ("model_33m_h200.md", "Model level (H200), 33M config: every precision mode in one run, ratios vs autocast, "
+                          "steady-state peak memory"),
+    ("model_pure_h200.md", "Model level (H200), 33M config: the bf16 paths with and without autocast"),
+    ("memory_peak_1920_h200.md", "What is alive at peak memory (H200), 33M at 8 x 1920x1920: autocast vs fast path"),
+    ("memory_peak_pure_1920_h200.md", "What is alive at peak memory (H200), 33M at 8 x 1920x1920: fast path "
+                                      "without autocast"),
+    ("model_h200.md", "Model level (H200), first run: also the 673M config on ePix10k2M frames (its peak "
+                      "memory includes the warm-up's allocations)"),
     ("model_673m_1920_h200.md", "Model level (H200): the 673M config at 4 x 1920x1920, with peak reserved memory"),
     ("profile_h200.md", "Where the time goes (H200): per stage and per GPU kernel kind, autocast vs fast path"),
     ("handler_h200.md", "Handler level (H200): bytes → decode → H2D → infer → peaks, per stage"),
@@ -36,9 +43,9 @@ def performance_section() -> str:
             continue
         text = path.read_text().strip()
         parts.append(text if heading is None else f"**{heading}** (`benchmarks/results/{name}`)\n\n{text}")
-        png = path.with_suffix(".png")
-        if png.exists():
-            parts.append(f"![{path.stem}](benchmarks/results/{png.name})")
+        for png in (path.with_suffix(".png"), path.with_name(path.stem + "_memory.png")):
+            if png.exists():
+                parts.append(f"![{png.stem}](benchmarks/results/{png.name})")
     return "\n\n".join(parts) if parts else "No results committed yet."
 
 

@@ -78,13 +78,17 @@ class PanelPeakFinder:
         max_peaks_per_image: cap per panel (largest components kept), ``None`` = no cap.
         buckets: micro-batch sizes a compiled network was built for; a micro-batch is padded with
             empty panels up to the next bucket so that shapes stay static. Empty = no padding.
+        autocast: on CUDA with a reduced-precision ``dtype``, run the network under
+            ``torch.autocast``. Off, every op runs in the weights' dtype: CUDA autocast computes
+            layer_norm and group_norm in float32 and returns float32, so the BiFPN's residual stream
+            and the head's pyramid stay float32 (twice the memory) although the weights are bf16.
     """
 
     def __init__(self, model: nn.Module, *, dtype: torch.dtype, device: torch.device,
                  max_batch_panels: int = 64, threshold: float | None = None,
                  min_peak_pixels: int = 1, max_peaks_per_image: int | None = None,
                  buckets: tuple[int, ...] = (), channels_last: bool = False,
-                 forward=None) -> None:
+                 autocast: bool = True, forward=None) -> None:
         self.model = model
         self.dtype = dtype
         self.device = device
@@ -94,6 +98,7 @@ class PanelPeakFinder:
         self.max_peaks_per_image = max_peaks_per_image
         self.buckets = tuple(sorted(buckets))
         self.channels_last = channels_last
+        self.autocast = autocast
         self._forward = forward if forward is not None else model.forward_peak_score
         self._copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 
@@ -227,7 +232,7 @@ class PanelPeakFinder:
         return size
 
     def _autocast(self):
-        if self.device.type == "cuda" and self.dtype != torch.float32:
+        if self.autocast and self.device.type == "cuda" and self.dtype != torch.float32:
             return torch.autocast("cuda", dtype=self.dtype)
         return contextlib.nullcontext()
 

@@ -94,7 +94,7 @@ class PeakNetHandler(BaseHandler):
             max_batch_panels=settings.max_batch_panels, threshold=settings.threshold,
             min_peak_pixels=settings.min_peak_pixels,
             buckets=settings.buckets() if settings.compile else (),
-            channels_last=settings.channels_last, forward=forward)
+            channels_last=settings.channels_last, autocast=settings.autocast, forward=forward)
         if settings.warmup:
             for panels, height, width in settings.warmup_shapes:
                 self.finder.warmup(panels, height, width)

@@ -76,6 +76,7 @@ class HandlerSettings:
     compile_mode: str = "default"           # "default" | "reduce-overhead" (CUDA graphs) | "max-autotune"
     panel_buckets: tuple[int, ...] = ()     # compiled micro-batch sizes; () = max_batch_panels only
     channels_last: bool = False
+    autocast: bool = True                   # bf16/fp16 on CUDA under torch.autocast; False: pure weights dtype
     h2d_overlap: bool = False               # upload micro-batch i+1 on a side stream while i computes
     torch_threads: int | None = None        # CPU threads per worker; None: 1 on a GPU (workers share the host)
     socket_recv_into: bool = False          # one-copy body reads in TorchServe's worker (handler.ts_backend)
@@ -106,6 +107,7 @@ class HandlerSettings:
             "max_batch_panels": env.get("PEAKNET_MAX_BATCH_PANELS"),
             "threshold": env.get("PEAKNET_THRESHOLD"),
             "compile": env.get("PEAKNET_COMPILE"),
+            "autocast": env.get("PEAKNET_AUTOCAST"),
             "gpu_memory_fraction": env.get("PEAKNET_GPU_MEMORY_FRACTION"),
             "socket_recv_into": env.get("PEAKNET_SOCKET_RECV_INTO"),
             "torch_threads": env.get("PEAKNET_TORCH_THREADS"),
@@ -131,6 +133,7 @@ class HandlerSettings:
             "compile_mode": str,
             "panel_buckets": lambda v: tuple(sorted(_positive_int(b) for b in v)),
             "channels_last": parse_bool,
+            "autocast": parse_bool,
             "h2d_overlap": parse_bool,
             "socket_recv_into": parse_bool,
             "torch_threads": lambda v: None if v is None or str(v).lower() in ("", "auto", "none") else _positive_int(v),

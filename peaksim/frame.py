@@ -23,6 +23,7 @@ from peaksim.diffraction import (CrystalState, ewald_reflections, polarization_f
                                  wavelength_angstrom, wilson_intensities)
 from peaksim.geometry import DetectorGeometry
 from peaksim.lattice import UnitCell, random_rotation, random_unit_cell, reciprocal_matrix
+from peaksim.matching import MATCH_RADIUS, MatchCounts, match_peaks
 from peaksim.spots import render_spots, spot_footprints
 from peaksim.truth import (PeakTruth, classify_peaks, inside_panel, integrated_snr, merged_spots, peak_pixel_snr,
                            segmentation_maps, straddles, transmitted_fraction)
@@ -228,8 +229,11 @@ class SimulatedFrame:
         ignore: (P, ss, fs) bool pixels of weak spots (neither peak nor background).
         peaks: per-spot truth (strong and weak).
         params: what produced the frame.
-        blobs: (K, 3) float64 (panel, ss, fs) centroids of mask blobs holding several bright spots
-            (``peaks.merged``): a detection there counts neither way.
+        blobs: (K, 3) float64 (panel, ss, fs) centroids of blobs holding a bright spot together
+            with another spot (``peaks.merged``): a detection there counts neither way.
+        excused_region: (P, ss, fs) bool pixels of the blobs (segmentation mask together with the
+            weak spots' ignore ellipses) that are not one resolved strong spot's: weak spots and
+            merged groups. A detection on them counts neither way.
     """
 
     adu: np.ndarray
@@ -239,6 +243,7 @@ class SimulatedFrame:
     peaks: PeakTruth
     params: FrameParams
     blobs: np.ndarray
+    excused_region: np.ndarray
 
     def scoring_points(self) -> tuple[np.ndarray, np.ndarray]:
         """``(strong, excused)`` (K, 3) / (M, 3) float64 rows (panel, ss, fs) for
@@ -249,6 +254,13 @@ class SimulatedFrame:
         def points(which: np.ndarray) -> np.ndarray:
             return np.stack([p.panel[which], p.ss[which], p.fs[which]], axis=1).astype(np.float64)
         return points(p.strong), np.concatenate([points(p.weak), self.blobs.reshape(-1, 3)])
+
+    def score(self, found: np.ndarray, radius: float = MATCH_RADIUS) -> MatchCounts:
+        """Score a peak list (N, 3) (panel, ss, fs) against this frame's truth: strong spots must
+        be found within ``radius``; detections near weak spots, at merged blobs' centroids or on
+        :attr:`excused_region` count neither way (:func:`peaksim.matching.match_peaks`)."""
+        strong, excused = self.scoring_points()
+        return match_peaks(found, strong, excused, radius, excused_region=self.excused_region)
 
     @property
     def uint16(self) -> np.ndarray:
@@ -329,7 +341,7 @@ def simulate_frame(geometry: DetectorGeometry, rng: np.random.Generator,
     label, ignore = segmentation_maps(shape, flat, seen_mass, spot_id, spots.photons, spots.panel, spots.ss,
                                       spots.fs, spots.sigma_ss, spots.sigma_fs, strong, weak,
                                       seen_background, read_noise)
-    merged, blobs = merged_spots(label, spots.panel, spots.ss, spots.fs, strong)
+    merged, blobs, excused_region = merged_spots(label, ignore, spots.panel, spots.ss, spots.fs, strong, weak)
     truth = PeakTruth(spots.panel, spots.ss, spots.fs, photons, snr, peak_snr, strong & ~merged,
                       weak | merged, merged)
-    return SimulatedFrame(adu, mask, label, ignore, truth, params, blobs)
+    return SimulatedFrame(adu, mask, label, ignore, truth, params, blobs, excused_region)

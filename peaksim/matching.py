@@ -4,7 +4,9 @@ Found peaks are assigned one-to-one to strong truth peaks on the same panel with
 pixels (a maximum-cardinality, minimum-distance assignment: Hungarian algorithm on a cost matrix
 where pairs beyond the radius cost more than any full set of allowed pairs). Unassigned found
 peaks within ``radius`` of a weak truth peak are excused: they count neither as true nor as false
-positives. Everything else unassigned is a false positive; unassigned strong peaks are misses.
+positives, and so are those on an optional excused region (the pixels of weak spots and of
+blobs of merged spots). Everything else unassigned is a false positive; unassigned strong peaks
+are misses.
 """
 
 from __future__ import annotations
@@ -92,8 +94,17 @@ def assign_within_radius(found: np.ndarray, truth: np.ndarray, radius: float = M
     return np.concatenate(rows), np.concatenate(cols)
 
 
+def _inside(points: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """(N,) bool: the pixel nearest each (panel, ss, fs) point lies in ``region`` (P, ss, fs)."""
+    index = np.rint(points).astype(np.int64)
+    valid = np.all((index >= 0) & (index < np.array(region.shape)), axis=1)
+    inside = np.zeros(len(points), dtype=bool)
+    inside[valid] = region[tuple(index[valid].T)]
+    return inside
+
+
 def match_peaks(found: np.ndarray, strong: np.ndarray, weak: np.ndarray | None = None,
-                radius: float = MATCH_RADIUS) -> MatchCounts:
+                radius: float = MATCH_RADIUS, excused_region: np.ndarray | None = None) -> MatchCounts:
     """Score one frame.
 
     Args:
@@ -101,27 +112,29 @@ def match_peaks(found: np.ndarray, strong: np.ndarray, weak: np.ndarray | None =
         strong: (M, 3) strong truth peaks (must be found).
         weak: (K, 3) weak truth peaks (detections near them are excused), or None.
         radius: match radius in pixels.
+        excused_region: (P, ss, fs) bool pixels where an unassigned detection (its nearest pixel)
+            is excused too, e.g. the pixels of weak spots and of blobs of merged spots; or None.
 
     Returns:
         :class:`MatchCounts` of the frame.
     """
     found, strong = _as_points(found), _as_points(strong)
-    f_idx, s_idx = assign_within_radius(found, strong, radius)
+    f_idx, _ = assign_within_radius(found, strong, radius)
     unmatched = np.setdiff1d(np.arange(len(found)), f_idx)
-    excused = 0
+    excused = np.zeros(len(unmatched), dtype=bool)
     if weak is not None and len(unmatched):
         weak = _as_points(weak)
-        near_weak = np.zeros(len(unmatched), dtype=bool)
         for panel in np.unique(found[unmatched, 0]):
             sel = found[unmatched, 0] == panel
             w = weak[weak[:, 0] == panel]
             if len(w):
                 pts = found[unmatched[sel]]
                 d = np.hypot(pts[:, None, 1] - w[None, :, 1], pts[:, None, 2] - w[None, :, 2])
-                near_weak[sel] = (d <= radius).any(axis=1)
-        excused = int(near_weak.sum())
-    tp = len(f_idx)
-    return MatchCounts(tp=tp, fp=len(unmatched) - excused, fn=len(strong) - tp, excused=excused)
+                excused[sel] = (d <= radius).any(axis=1)
+    if excused_region is not None and len(unmatched):
+        excused |= _inside(found[unmatched], excused_region)
+    tp, n_excused = len(f_idx), int(excused.sum())
+    return MatchCounts(tp=tp, fp=len(unmatched) - n_excused, fn=len(strong) - tp, excused=n_excused)
 
 
 def peak_list_agreement(a: np.ndarray, b: np.ndarray, radius: float = 1.0) -> float:

@@ -11,10 +11,12 @@ Definitions (photon units; ``b`` = expected background photons in the spot's cen
 * peak-pixel SNR: ``N m_max / sqrt(N m_max + b + r^2)`` for the brightest pixel.
 * strong: ``snr_int >= 6`` and peak-pixel SNR ``>= 2``, centre pixel good (mask 1), the 2-sigma
   ellipse inside the panel (a spot cut by the panel edge has a biased centroid in any peak finder),
-  and *resolved*: no other such spot in its connected component of the segmentation mask.
-* merged: spots that pass the strong test but share a component of the mask with another one. A
-  peak finder reports one peak per blob, so they cannot be found one by one (even the mask itself
-  would miss them): they count as weak, and a detection at their blob's centroid counts neither way.
+  and *resolved*: no other spot, strong or weak, in its blob (connected component of the
+  segmentation mask together with the weak spots' ignore ellipses).
+* merged: spots that pass the strong test but share a blob with another spot. A peak finder
+  reports one peak per blob, so they cannot be found one by one (a segmentation marking every
+  spot would miss them): they count as weak, and a detection at their blob's centroid counts
+  neither way.
 * weak: every other spot with ``snr_int >= 1.5``, and the merged ones (detections near them count
   neither way).
 * segmentation mask: pixels of strong spots whose own SNR ``N m / sqrt(N m + b_pix + r^2) >= 1``,
@@ -64,7 +66,7 @@ class PeakTruth:
         peak_snr: brightest-pixel SNR.
         strong: must be found.
         weak: not penalised either way (``strong`` and ``weak`` are disjoint); includes ``merged``.
-        merged: bright enough to be strong but sharing a blob of the mask with another such spot.
+        merged: bright enough to be strong but sharing a blob with another spot (see :func:`merged_spots`).
     """
 
     panel: np.ndarray
@@ -183,35 +185,62 @@ def segmentation_maps(frame_shape: tuple[int, int, int], flat: np.ndarray, mass:
     return label.reshape(frame_shape), ignore.reshape(frame_shape)
 
 
-def merged_spots(label: np.ndarray, panel: np.ndarray, ss: np.ndarray, fs: np.ndarray,
-                 strong: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Strong spots that share a connected component of the segmentation mask with another one.
-
-    Args:
-        label: (P, ss, fs) uint8 segmentation mask; components are 8-connected within a panel, as
-            :func:`handler.postprocess.find_peaks` forms them.
-        panel, ss, fs, strong: per spot (S,); every strong spot's centre pixel is labelled.
-
-    Returns:
-        ``(merged, blobs)``: (S,) bool, and (K, 3) float64 rows (panel, ss, fs), the unweighted
-        centroid of each component holding two or more strong spots.
-    """
-    merged = np.zeros(strong.shape, dtype=bool)
-    index = np.flatnonzero(strong)
-    if index.size < 2:
-        return merged, np.zeros((0, 3))
-    components, _ = ndimage.label(label, structure=_IN_PANEL_8_CONNECTED)
-    _, n_ss, n_fs = label.shape
-    centre = components[panel[index], np.clip(np.rint(ss[index]).astype(np.int64), 0, n_ss - 1),
-                        np.clip(np.rint(fs[index]).astype(np.int64), 0, n_fs - 1)]
-    ids, counts = np.unique(centre, return_counts=True)
-    shared = ids[(counts > 1) & (ids > 0)]
-    if shared.size == 0:
-        return merged, np.zeros((0, 3))
-    merged[index[np.isin(centre, shared)]] = True
-    pixels = np.flatnonzero(np.isin(components, shared))
+def _blob_centroids(components: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """(K, 3) float64 unweighted centroids (panel, ss, fs) of the components numbered ``ids``."""
+    pixels = np.flatnonzero(np.isin(components, ids))
+    if pixels.size == 0:
+        return np.zeros((0, 3))
     _, which = np.unique(components.ravel()[pixels], return_inverse=True)
     size = np.bincount(which)
-    coords = np.unravel_index(pixels, label.shape)
-    blobs = np.stack([np.bincount(which, weights=c) / size for c in coords], axis=1)
-    return merged, blobs
+    coords = np.unravel_index(pixels, components.shape)
+    return np.stack([np.bincount(which, weights=c) / size for c in coords], axis=1)
+
+
+def _shared_components(mask: np.ndarray, panel: np.ndarray, ss: np.ndarray, fs: np.ndarray,
+                       counted: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Components of ``mask`` holding the centres of two or more ``counted`` spots.
+
+    Returns:
+        ``(components, centre_component, shared_ids)``: the labelled (P, ss, fs) int array, the
+        component of every spot's centre pixel (S,) (0 = background), and the shared ids.
+    """
+    components, _ = ndimage.label(mask, structure=_IN_PANEL_8_CONNECTED)
+    _, n_ss, n_fs = mask.shape
+    centre = components[panel, np.clip(np.rint(ss).astype(np.int64), 0, n_ss - 1),
+                        np.clip(np.rint(fs).astype(np.int64), 0, n_fs - 1)]
+    ids, counts = np.unique(centre[counted], return_counts=True)
+    return components, centre, ids[(counts > 1) & (ids > 0)]
+
+
+def merged_spots(label: np.ndarray, ignore: np.ndarray, panel: np.ndarray, ss: np.ndarray, fs: np.ndarray,
+                 strong: np.ndarray, weak: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Strong spots that share a blob with another spot, so no peak finder can report them alone.
+
+    A blob is a connected component of the spot mask ``label | ignore``: the strong spots'
+    segmentation pixels together with the weak spots' 2-sigma ellipses, where training leaves the
+    model free to answer either way. A strong spot whose blob also holds the centre of another
+    spot, strong or weak, is merged: a network that marks both spots (a correct answer) reports
+    one peak at the blob's centroid, which may lie more than the match radius from either centre.
+
+    Args:
+        label: (P, ss, fs) uint8 segmentation mask of strong spots; components are 8-connected
+            within a panel, as :func:`handler.postprocess.find_peaks` forms them.
+        ignore: (P, ss, fs) bool pixels of weak spots (the centre pixel of every weak spot is in
+            ``label | ignore``).
+        panel, ss, fs, strong, weak: per spot (S,); every strong spot's centre pixel is labelled.
+
+    Returns:
+        ``(merged, blobs, excused_region)``: (S,) bool; (K, 3) float64 rows (panel, ss, fs): the unweighted
+        centroids of every blob that is not one resolved strong spot's (blobs of several spots,
+        and blobs of weak spots only, whose centroid moves away from the centre when touching weak
+        ellipses join or a panel edge cuts one), and of the components of ``label`` alone that
+        hold two or more strong spots (what a network marking only the strong spots reports);
+        and the (P, ss, fs) bool pixels of those blobs: a detection on them is a detection on weak
+        or merged spots.
+    """
+    blobs, centre, shared = _shared_components(label.astype(bool) | ignore, panel, ss, fs, strong | weak)
+    merged = strong & np.isin(centre, shared)
+    excused = np.setdiff1d(np.arange(1, blobs.max() + 1), centre[strong & ~merged])
+    strong_only, _, strong_shared = _shared_components(label.astype(bool), panel, ss, fs, strong)
+    centroids = np.concatenate([_blob_centroids(blobs, excused), _blob_centroids(strong_only, strong_shared)])
+    return merged, centroids, np.isin(blobs, excused)

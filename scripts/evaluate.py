@@ -7,12 +7,13 @@ For every detector geometry, frames are simulated with seeds disjoint from train
 (:func:`handler.preprocess.prepare_panels`), the model in each precision (parameters converted,
 not autocast, as the server runs it), :func:`handler.postprocess.peak_mask` and
 :func:`handler.postprocess.find_peaks`. Found peaks are matched one-to-one to strong truth peaks
-within 2 px (:mod:`peaksim.matching`); detections near weak spots, and at blobs where several
-bright spots merge, count neither way (:meth:`peaksim.frame.SimulatedFrame.scoring_points`).
+within 2 px (:mod:`peaksim.matching`); detections near weak spots, and at blobs where a bright
+spot merges with another spot, count neither way (:meth:`peaksim.frame.SimulatedFrame.scoring_points`).
 
 Reports precision/recall/F1 per geometry and overall for each precision, and the agreement of each
-reduced precision's peak lists with float32's (matched within 1 px / union). Writes a JSON report
-and a PNG plot.
+reduced precision's peak lists with float32's (matched within 1 px / union). F1 is pooled over
+all frames; ``mean_frame_f1`` averages it over the frames that hold strong peaks. Writes a JSON
+report and a PNG plot.
 
 Examples::
 
@@ -39,7 +40,7 @@ from handler.postprocess import find_peaks, peak_mask  # noqa: E402
 from handler.preprocess import prepare_panels  # noqa: E402
 from peaksim.frame import simulate_frame  # noqa: E402
 from peaksim.geometry import GEOMETRIES, get_geometry  # noqa: E402
-from peaksim.matching import MATCH_RADIUS, MatchCounts, assign_within_radius, match_peaks  # noqa: E402
+from peaksim.matching import MATCH_RADIUS, MatchCounts, assign_within_radius  # noqa: E402
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "model_store" / "peaknet" / "peaknet.yaml"
 AGREEMENT_RADIUS = 1.0
@@ -104,23 +105,26 @@ def evaluate(config: Path, geometries: list[str], frames: int, dtypes: list[str]
             frame = simulate_frame(geometry, np.random.default_rng([seed, GEOMETRY_INDEX[geometry_name], f_index]),
                                    artefact_probability=artefact_probability)
             raw = frame.uint16 if as_uint16 else frame.adu
-            strong, weak = frame.scoring_points()
-            strong_per_frame.append(len(strong))
+            strong = frame.peaks.strong
+            strong_per_frame.append(int(strong.sum()))
             found = {}
             for name in dtypes:
                 t0 = time.perf_counter()
                 found[name] = find_frame_peaks(models[name], raw, device, DTYPES[name], threshold, max_batch)
                 seconds[name] += time.perf_counter() - t0
-                result = match_peaks(found[name], strong, weak)
+                result = frame.score(found[name])
                 counts[name] = counts[name] + result
-                frame_f1[name].append(result.f1)
+                if strong.any():  # a frame without strong peaks has F1 0 at its first false positive
+                    frame_f1[name].append(result.f1)
             for name in dtypes[1:]:
                 for key, value in agreement_counts(found[reference], found[name]).items():
                     agree[name][key] += value
         report["per_geometry"][geometry_name] = {
             "frame_shape": list(geometry.frame_shape),
             "strong_peaks_per_frame": float(np.mean(strong_per_frame)),
-            "accuracy": {name: {**counts[name].as_dict(), "mean_frame_f1": float(np.mean(frame_f1[name])),
+            "frames_with_strong_peaks": int(np.count_nonzero(strong_per_frame)),
+            "accuracy": {name: {**counts[name].as_dict(),
+                                "mean_frame_f1": float(np.mean(frame_f1[name])) if frame_f1[name] else None,
                                 "seconds": seconds[name]} for name in dtypes},
             "agreement_with_" + reference: {name: agreement_summary(agree[name]) for name in dtypes[1:]},
         }

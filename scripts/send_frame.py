@@ -23,7 +23,6 @@ sys.path.insert(0, str(ROOT))
 
 from peaksim.frame import simulate_frame  # noqa: E402
 from peaksim.geometry import GEOMETRIES, get_geometry  # noqa: E402
-from peaksim.matching import match_peaks  # noqa: E402
 from scripts.payloads import auth_headers, encode_request  # noqa: E402
 
 
@@ -63,9 +62,8 @@ def main() -> int:
 
     points = np.stack([found["panel"], found["ss"], found["fs"]], axis=1) if found["num_peaks"] \
         else np.zeros((0, 3))
-    strong, excused = frame.scoring_points()
-    counts = match_peaks(points, strong, excused)
-    print(f"against the simulator's truth ({len(strong)} strong spots): "
+    counts = frame.score(points)
+    print(f"against the simulator's truth ({int(frame.peaks.strong.sum())} strong spots): "
           f"precision {counts.precision:.3f}, recall {counts.recall:.3f}, F1 {counts.f1:.3f}")
     return 0
 

@@ -192,3 +192,19 @@ def test_pipelined_upload_on_cuda_gives_the_same_peaks(gpu_model, epix_panels):
     finder = PanelPeakFinder(gpu_model, dtype=torch.bfloat16, device=cuda, max_batch_panels=12)
     pipelined = finder.find_pipelined(PanelSource([host[:20][None], host[20:][None]]))
     assert as_rows(pipelined.table) == as_rows(finder.find(epix_panels).table)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_pure_bf16_without_autocast_finds_the_same_peaks_in_less_memory(gpu_model, epix_panels):
+    """``autocast=False`` keeps every activation in bf16 (CUDA autocast returns float32 from the
+    norms); the peaks stay those of the autocast path."""
+    cuda = torch.device("cuda", torch.cuda.current_device())
+    results = {}
+    for autocast in (True, False):
+        finder = PanelPeakFinder(gpu_model, dtype=torch.bfloat16, device=cuda, autocast=autocast)
+        results[autocast] = (set(as_rows(finder.find(epix_panels).table)), peak_bytes(finder, epix_panels))
+    (with_autocast, memory_autocast), (pure, memory_pure) = results[True], results[False]
+    assert len(with_autocast) > 100
+    assert len(with_autocast & pure) / len(with_autocast | pure) >= 0.98
+    assert memory_pure < memory_autocast

@@ -4,12 +4,12 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from handler.postprocess import find_peaks
 from peaksim.cxi import read_frame, read_truth, write_cxi
 from peaksim.frame import sample_frame_params, simulate_frame
 from peaksim.geometry import get_geometry
-from peaksim.matching import match_peaks
 from peaksim.truth import STRONG_SNR, WEAK_SNR, merged_spots
 
 
@@ -128,30 +128,85 @@ def test_cxi_single_panel_drops_panel_axis(tmp_path):
     assert read_frame(path, 0).shape == (1, 1920, 1920)
 
 
+def _score(frame, mask: np.ndarray):
+    table = find_peaks(torch.from_numpy(mask), torch.from_numpy(frame.adu)).to_host()
+    return frame.score(np.stack([table.image_index, table.ss, table.fs], axis=1))
+
+
 @pytest.mark.parametrize("artefact_probability", [0.0, 1.0], ids=["plain", "artefacts"])
 @pytest.mark.parametrize("name", ["epix10k2m", "rayonix", "cspad"])
-def test_the_segmentation_mask_itself_scores_f1_one(name, artefact_probability):
-    """A perfect segmentation (the training label) finds every strong spot and nothing else: strong
-    spots are resolvable one per blob, and blobs of merged spots count neither way (also with
-    every artefact of peaksim.artefacts: jet streak, beamstop arm, common mode)."""
+def test_perfect_segmentations_score_f1_one(name, artefact_probability):
+    """Both perfect answers score F1 = 1: the training label (strong spots only) and the label
+    together with the weak spots' ignore ellipses (every spot marked, as a network free on weak
+    pixels may do). Strong spots are resolvable one per blob; blobs where a strong spot meets
+    another spot count neither way (also with every artefact of peaksim.artefacts)."""
     geometry = get_geometry(name)
     for seed in range(6 if artefact_probability == 0 else 3):
         frame = simulate_frame(geometry, np.random.default_rng([99, seed]), artefact_probability=artefact_probability)
         assert frame.params.artefacts.any == (artefact_probability > 0)
-        table = find_peaks(torch.from_numpy(frame.label.astype(bool)), torch.from_numpy(frame.adu)).to_host()
-        strong, excused = frame.scoring_points()
-        counts = match_peaks(np.stack([table.image_index, table.ss, table.fs], axis=1), strong, excused)
-        assert counts.fp == 0 and counts.fn == 0, (seed, counts)
+        for answer, mask in (("label", frame.label.astype(bool)), ("label|ignore", frame.label.astype(bool) | frame.ignore)):
+            counts = _score(frame, mask)
+            assert counts.fp == 0 and counts.fn == 0, (seed, answer, counts)
         assert not np.any(frame.peaks.strong & frame.peaks.merged)
         assert np.all(frame.peaks.weak[frame.peaks.merged])
+
+
+def test_merged_spots_need_another_spot_in_the_blob():
+    """On a dense frame some strong spots touch weak ones; spots alone in their blob stay strong."""
+    frame = simulate_frame(get_geometry("epix10k2m"), np.random.default_rng([99, 1]))
+    peaks = frame.peaks
+    assert peaks.merged.sum() > 0 and peaks.strong.sum() > 0
+    in_panel = np.zeros((3, 3, 3), dtype=bool)
+    in_panel[1] = True                            # 8-connected within a panel
+    blobs = ndimage.label(frame.label.astype(bool) | frame.ignore, structure=in_panel)[0]
+    centre = blobs[peaks.panel, np.rint(peaks.ss).astype(int), np.rint(peaks.fs).astype(int)]
+    visible = peaks.strong | peaks.weak
+    for index in np.flatnonzero(peaks.strong):
+        assert np.count_nonzero(visible & (centre == centre[index])) == 1
 
 
 def test_two_touching_bright_spots_merge_into_one_excused_blob():
     label = np.zeros((2, 20, 20), dtype=np.uint8)
     label[0, 5:8, 5:12] = 1                       # one blob holding spots at fs 6 and 10
     label[1, 3, 3] = 1                            # a lone spot on the other panel
+    ignore = np.zeros(label.shape, dtype=bool)
     panel, ss, fs = np.array([0, 0, 1, 0]), np.array([6.0, 6.0, 3.0, 15.0]), np.array([6.0, 10.0, 3.0, 15.0])
     strong = np.array([True, True, True, False])
-    merged, blobs = merged_spots(label, panel, ss, fs, strong)
+    merged, blobs, region = merged_spots(label, ignore, panel, ss, fs, strong, np.zeros(4, dtype=bool))
     assert merged.tolist() == [True, True, False, False]
-    assert np.allclose(blobs, [[0, 6.0, 8.0]])
+    assert region.sum() == 21 and region[0, 5:8, 5:12].all()     # the blob; not the lone spot
+    assert np.allclose(blobs, [[0, 6.0, 8.0], [0, 6.0, 8.0]])   # the blob, and the same label component
+
+
+def test_a_bright_spot_touching_a_weak_one_is_excused_with_its_blob():
+    label = np.zeros((1, 20, 20), dtype=np.uint8)
+    label[0, 5:8, 5:8] = 1                        # strong spot at (6, 6)
+    label[0, 14, 14] = 1                          # strong spot at (14, 14), alone
+    ignore = np.zeros(label.shape, dtype=bool)
+    ignore[0, 5:8, 8:11] = True                   # weak spot at (6, 9), its ellipse touching the first
+    ignore[0, 1:3, 16:19] = True                  # weak spot at (2, 17), alone
+    panel = np.zeros(4, dtype=int)
+    ss, fs = np.array([6.0, 14.0, 6.0, 2.0]), np.array([6.0, 14.0, 9.0, 17.0])
+    strong, weak = np.array([True, True, False, False]), np.array([False, False, True, True])
+    merged, blobs, region = merged_spots(label, ignore, panel, ss, fs, strong, weak)
+    assert merged.tolist() == [True, False, False, False]
+    assert region[0, 5:8, 5:11].all() and region[0, 1:3, 16:19].all() and not region[0, 14, 14]
+    assert region.sum() == 18 + 6
+    # the 3x6 blob and the lone weak ellipse count neither way; label alone holds one spot per blob
+    assert np.allclose(blobs, [[0, 1.5, 17.0], [0, 6.0, 7.5]])
+
+
+def test_detections_on_merged_blobs_count_neither_way_and_on_background_count_as_false():
+    """In a dense frame a network's blob of touching spots differs from the truth's, so its
+    centroid lands anywhere on the merged region: there it is excused, on background it is not."""
+    frame = simulate_frame(get_geometry("epix10k2m"), np.random.default_rng([99, 1]))
+    strong, excused = frame.scoring_points()
+    region = frame.excused_region
+    far = np.ones(region.shape, dtype=bool)                       # pixels > 2 px from every point
+    for panel, ss, fs in np.concatenate([strong, excused]):
+        far[int(panel), max(0, int(ss) - 3):int(ss) + 4, max(0, int(fs) - 3):int(fs) + 4] = False
+    on_region = np.argwhere(region & far)[:5].astype(float)
+    on_background = np.argwhere(~region & far & ~frame.label.astype(bool) & ~frame.ignore)[:5].astype(float)
+    assert len(on_region) == 5 and len(on_background) == 5
+    assert frame.score(on_region).excused == 5 and frame.score(on_region).fp == 0
+    assert frame.score(on_background).fp == 5

@@ -60,3 +60,19 @@ def test_peak_list_agreement():
     assert peak_list_agreement(a, a) == 1.0
     assert peak_list_agreement(pts(), pts()) == 1.0
     assert np.isclose(peak_list_agreement(a, pts((0, 1.2, 1), (0, 5, 5))), 2 / 3)
+
+
+def test_detections_on_the_excused_region_count_neither_way():
+    region = np.zeros((2, 10, 10), dtype=bool)
+    region[1, 2:5, 2:5] = True
+    strong = np.array([[0, 5.0, 5.0]])
+    found = np.array([[0, 5.2, 5.1],          # matched
+                      [1, 3.4, 2.4],          # on the region (nearest pixel (3, 2))
+                      [1, 4.6, 4.0],          # nearest pixel (5, 4): off the region
+                      [0, 3.0, 3.0],          # same pixel on the other panel: off the region
+                      [1, 12.0, 3.0]])        # outside the frame
+    counts = match_peaks(found, strong, None, excused_region=region)
+    assert (counts.tp, counts.fp, counts.fn, counts.excused) == (1, 3, 0, 1)
+    weak = np.array([[1, 4.5, 4.5]])          # excused by the weak point first, counted once
+    counts = match_peaks(found, strong, weak, excused_region=region)
+    assert (counts.tp, counts.fp, counts.excused) == (1, 2, 2)

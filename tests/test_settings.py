@@ -58,3 +58,11 @@ def test_torch_threads_auto_or_positive():
     assert HandlerSettings.from_mapping({"torch_threads": 4}, env={"PEAKNET_TORCH_THREADS": "2"}).torch_threads == 2
     with pytest.raises(ValueError):
         HandlerSettings.from_mapping({"torch_threads": 0}, env={})
+
+
+def test_autocast_on_by_default_and_switchable_by_env():
+    assert HandlerSettings.from_mapping(None, env={}).autocast is True
+    assert HandlerSettings.from_mapping({"autocast": False}, env={}).autocast is False
+    assert HandlerSettings.from_mapping({"autocast": True}, env={"PEAKNET_AUTOCAST": "false"}).autocast is False
+    with pytest.raises(ValueError):
+        HandlerSettings.from_mapping({"autocast": "sometimes"}, env={})
