@@ -85,6 +85,19 @@ def forward_fn(model, mode: Mode, x: torch.Tensor, device: torch.device):
     return run
 
 
+def prepare_mode(config: Path, mode: Mode, base: torch.Tensor, device: torch.device):
+    """``(model, x, run)`` for ``mode``: the config's random weights (seed 0, the same in every
+    mode, so masks are comparable) in the mode's dtype and memory format, ``base`` cast alike,
+    and :func:`forward_fn`'s callable."""
+    torch.manual_seed(0)
+    model = load_peaknet(config, random_init=True, dtype=mode.weights, device=device)
+    x = base.to(device=device, dtype=mode.weights)
+    if mode.lean:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    return model, x, forward_fn(model, mode, x, device)
+
+
 def bench_case(config: Path, shape: tuple[int, ...], modes: list[str], device: torch.device,
                warmup: int, repeats: int) -> list[dict]:
     rows, reference_mask = [], None
@@ -97,13 +110,7 @@ def bench_case(config: Path, shape: tuple[int, ...], modes: list[str], device: t
         if mode.compile == "reduce-overhead" and shape[-1] * shape[-2] > 1024 * 1024:
             continue  # CUDA graphs pay where launch overhead matters: detector panels, not 1920^2 images
         progress(f"  {config.stem} {tuple(shape)} {name} ...")
-        torch.manual_seed(0)  # the same random weights in every mode, so masks are comparable
-        model = load_peaknet(config, random_init=True, dtype=mode.weights, device=device)
-        x = base.to(device=device, dtype=mode.weights)
-        if mode.lean:
-            model = model.to(memory_format=torch.channels_last)
-            x = x.contiguous(memory_format=torch.channels_last)
-        run = forward_fn(model, mode, x, device)
+        model, x, run = prepare_mode(config, mode, base, device)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)

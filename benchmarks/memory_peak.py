@@ -21,9 +21,8 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.bench_model import MODES, forward_fn, parse_case
+from benchmarks.bench_model import MODES, parse_case, prepare_mode
 from benchmarks.timing import environment, markdown_table, progress, write_results
-from handler.checkpoint import load_peaknet
 
 ROOT = Path(__file__).resolve().parents[1]
 _OUR_CODE = ("torchinductor", "/handler/", "torch/nn/modules/", "torch/nn/functional.py")
@@ -66,13 +65,8 @@ def live_at_peak(trace: list[dict]) -> tuple[int, list[dict]]:
 
 def profile_mode(config: Path, shape: tuple[int, ...], name: str, device: torch.device, top: int) -> dict:
     mode = MODES[name]
-    torch.manual_seed(0)
-    model = load_peaknet(config, random_init=True, dtype=mode.weights, device=device)
-    x = torch.randn(shape, generator=torch.Generator().manual_seed(0)).to(device=device, dtype=mode.weights)
-    if mode.lean:
-        model = model.to(memory_format=torch.channels_last)
-        x = x.contiguous(memory_format=torch.channels_last)
-    run = forward_fn(model, mode, x, device)
+    base = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    model, x, run = prepare_mode(config, mode, base, device)
     for _ in range(3 if mode.compile else 2):
         run()
     torch.cuda.synchronize(device)
