@@ -13,8 +13,9 @@ For each input shape, the network is cut into its three stages and each is timed
 
 Stages: ``backbone`` (ConvNeXt V2 stem + 4 stages), ``neck`` (1x1 adapters + BiFPN) and ``head``
 (lateral fusion, segmentation conv, upsample). The speed-up of each stage shows which one limits
-the whole. On CUDA, the whole fast path is also run under ``torch.profiler`` and its GPU kernel
-time is split into kinds (convolution, matrix multiply, Inductor-fused Triton kernels, ...).
+the whole. On CUDA, the whole pass is also run under ``torch.profiler``: its GPU kernel time split
+into kinds (convolution, matrix multiply, Inductor-fused Triton kernels, ...), and its longest
+kernels by name (``--top-kernels``).
 """
 
 from __future__ import annotations
@@ -37,11 +38,14 @@ ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("backbone", "neck", "head")
 
 # Substrings of CUDA kernel names -> kind, first match wins (names from cuDNN, cuBLAS, CUTLASS, Inductor).
+# Inductor's Triton kernels come first: their names list the fused ATen ops ("..._convolution_gelu_...",
+# "..._to_copy_..." for dtype conversions) and would otherwise be counted as convolutions.
 KERNEL_KINDS = (
-    ("depthwise", "depthwise conv"),
+    ("triton", "fused (Inductor/Triton)"),
+    ("tensortransform", "cuDNN layout transform"),
+    ("depthwise", "depthwise conv"), ("conv2d_c1_k1", "depthwise conv"),
     ("dgrad", "convolution"), ("conv", "convolution"), ("implicit", "convolution"), ("xmma", "convolution"),
     ("gemm", "matrix multiply"), ("cutlass", "matrix multiply"), ("nvjet", "matrix multiply"),
-    ("triton", "fused (Inductor/Triton)"),
     ("upsample", "upsample"), ("interpolat", "upsample"),
     ("reduce", "reduction"), ("norm", "normalisation"),
     ("copy", "copy / layout"), ("transpose", "copy / layout"), ("nchw", "copy / layout"), ("nhwc", "copy / layout"),
@@ -84,8 +88,10 @@ def prepare(config: Path, mode: str, device: torch.device) -> tuple[PeakNet, dic
 
 
 def profile_stages(config: Path, shape: tuple[int, ...], mode: str, device: torch.device,
-                   warmup: int, repeats: int) -> list[dict]:
-    """Time each stage on its own (inputs computed once), then the three chained."""
+                   warmup: int, repeats: int, top_kernels: int = 0) -> tuple[list[dict], list[dict], list[dict]]:
+    """Time each stage on its own (inputs computed once), then the three chained; on CUDA, the
+    whole pass's kernel time by kind and its ``top_kernels`` longest kernels.
+    Returns ``(stage rows, kernel-kind rows, top-kernel rows)``."""
     model, stages = prepare(config, mode, device)
     x = torch.randn(shape, device=device, dtype=model.dtype)
     if mode == "fast":
@@ -103,19 +109,23 @@ def profile_stages(config: Path, shape: tuple[int, ...], mode: str, device: torc
         whole = time_ms(lambda: stages["head"](stages["neck"](stages["backbone"](x))), device, warmup, repeats)
         rows.append({"model": config.stem, "shape": list(shape), "mode": mode, "stage": "whole",
                      "ms": whole["median_ms"]})
-        kinds = kernel_time_by_kind(lambda: stages["head"](stages["neck"](stages["backbone"](x))), device)
+        times = kernel_times(lambda: stages["head"](stages["neck"](stages["backbone"](x))), device)
     for row in rows:
         row["share"] = row["ms"] / whole["median_ms"]
     del model, stages, inputs, x
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return rows, [{"model": config.stem, "shape": list(shape), "mode": mode, "kind": k, "ms": v}
-                  for k, v in kinds.items()]
+    labels = {"model": config.stem, "shape": list(shape), "mode": mode}
+    kinds = [{**labels, "kind": kind, "ms": ms} for kind, ms in by_kind(times).items()]
+    top = [{**labels, "kernel": name[:120], "kind": kernel_kind(name), "ms": ms, "calls": calls}
+           for name, (ms, calls) in list(times.items())[:top_kernels]]
+    return rows, kinds, top
 
 
-def kernel_time_by_kind(fn: Callable, device: torch.device, runs: int = 3) -> dict[str, float]:
-    """GPU kernel time of one run of ``fn`` (mean over ``runs``), summed per :func:`kernel_kind`."""
+def kernel_times(fn: Callable, device: torch.device, runs: int = 3) -> dict[str, tuple[float, float]]:
+    """GPU kernel time of one run of ``fn`` per kernel name: ``{name: (ms, calls)}``, means over
+    ``runs`` profiled runs, largest first. Empty off CUDA."""
     if device.type != "cuda":
         return {}
     from torch.profiler import ProfilerActivity, profile  # noqa: PLC0415
@@ -126,10 +136,20 @@ def kernel_time_by_kind(fn: Callable, device: torch.device, runs: int = 3) -> di
         for _ in range(runs):
             fn()
         torch.cuda.synchronize(device)
-    totals: dict[str, float] = defaultdict(float)
+    ms: dict[str, float] = defaultdict(float)
+    calls: dict[str, int] = defaultdict(int)
     for event in prof.events():
         if event.device_type == torch.autograd.DeviceType.CUDA:
-            totals[kernel_kind(event.name)] += event.device_time / 1e3 / runs   # us -> ms
+            ms[event.name] += event.device_time / 1e3 / runs   # us -> ms
+            calls[event.name] += 1
+    return {name: (ms[name], calls[name] / runs) for name in sorted(ms, key=lambda n: -ms[n])}
+
+
+def by_kind(times: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """Milliseconds per :func:`kernel_kind`, largest first."""
+    totals: dict[str, float] = defaultdict(float)
+    for name, (ms, _) in times.items():
+        totals[kernel_kind(name)] += ms
     return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
 
 
@@ -139,6 +159,7 @@ def main() -> int:
     parser.add_argument("--config", type=Path, default=ROOT / "configs/peaknet-33m.yaml")
     parser.add_argument("--cases", nargs="+", default=["16x1x352x384", "8x1x1920x1920"])
     parser.add_argument("--small", action="store_true", help="tiny model and input (CPU smoke run)")
+    parser.add_argument("--top-kernels", type=int, default=15, help="longest kernels listed per (input, mode)")
     add_run_arguments(parser, ROOT / "benchmarks/results/profile.json")
     args = parser.parse_args()
     if replot(args, plot):
@@ -149,14 +170,15 @@ def main() -> int:
     if args.small:
         args.config, args.cases = ROOT / "tests/fixtures/upstream/peaknet_tiny.yaml", ["2x1x64x96"]
         args.warmup, args.repeats = 1, 3
-    rows, kinds = [], []
+    rows, kinds, top = [], [], []
     for case in args.cases:
         for mode in ("autocast", "fast"):
             progress(f"{args.config.stem} {case} {mode} ...")
-            stage_rows, kind_rows = profile_stages(args.config, parse_case(case), mode, device,
-                                                   args.warmup, args.repeats)
+            stage_rows, kind_rows, top_rows = profile_stages(args.config, parse_case(case), mode, device,
+                                                             args.warmup, args.repeats, args.top_kernels)
             rows += stage_rows
             kinds += kind_rows
+            top += top_rows
     base = {(tuple(r["shape"]), r["stage"]): r["ms"] for r in rows if r["mode"] == "autocast"}
     for row in rows:
         row["speedup_vs_autocast"] = base[(tuple(row["shape"]), row["stage"])] / row["ms"]
@@ -166,9 +188,13 @@ def main() -> int:
     if kinds:
         table += "\n\nGPU kernel time of one pass, by kind:\n\n" + markdown_table(
             kinds, [("model", "model"), ("shape", "input"), ("mode", "mode"), ("kind", "kernel kind"), ("ms", "ms")])
+    if top:
+        table += "\n\nLongest GPU kernels of one pass (calls per pass):\n\n" + markdown_table(
+            top, [("shape", "input"), ("mode", "mode"), ("kernel", "kernel"), ("kind", "kind"), ("calls", "calls"),
+                  ("ms", "ms")])
     print(table)
     write_results(args.out, {"environment": environment(device), "config": str(args.config),
-                             "rows": rows, "kernel_kinds": kinds}, table)
+                             "rows": rows, "kernel_kinds": kinds, "top_kernels": top}, table)
     plot(rows, args.out.with_suffix(".png"))
     return 0
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 
 import json
+import os
 import platform
 import statistics
 import sys
@@ -46,10 +47,15 @@ def time_ms(fn: Callable[[], Any], device: torch.device, warmup: int = 3, repeat
     return {"median_ms": statistics.median(samples), "min_ms": min(samples), "max_ms": max(samples)}
 
 
+#: Environment variables that change what a benchmark measures; set ones are part of its command.
+RUN_ENVIRONMENT = ("PYTORCH_CUDA_ALLOC_CONF",)
+
+
 def command_line() -> str:
-    """How this benchmark was started, as a ``python -m benchmarks.NAME ...`` command."""
+    """How this benchmark was started, as ``[VAR=value ...] python -m benchmarks.NAME ...``."""
     module = Path(sys.argv[0]).stem
-    return " ".join(["python", "-m", f"benchmarks.{module}", *sys.argv[1:]])
+    settings = [f"{name}={os.environ[name]}" for name in RUN_ENVIRONMENT if os.environ.get(name)]
+    return " ".join([*settings, "python", "-m", f"benchmarks.{module}", *sys.argv[1:]])
 
 
 def environment(device: torch.device) -> dict[str, Any]:

@@ -21,13 +21,16 @@ SECTIONS = [
     ("model_33m_h200.md", "Model level (H200), 33M config: every precision mode in one run, ratios vs autocast, "
                           "steady-state peak memory"),
     ("model_pure_h200.md", "Model level (H200), 33M config: the bf16 paths with and without autocast"),
+    ("model_expandable_h200.md", "Model level (H200), 33M config, with the CUDA allocator's expandable segments "
+                                 "for every mode: reserved memory close to allocated"),
     ("memory_peak_1920_h200.md", "What is alive at peak memory (H200), 33M at 8 x 1920x1920: autocast vs fast path"),
     ("memory_peak_pure_1920_h200.md", "What is alive at peak memory (H200), 33M at 8 x 1920x1920: fast path "
                                       "without autocast"),
     ("model_h200.md", "Model level (H200), first run: also the 673M config on ePix10k2M frames (its peak "
                       "memory includes the warm-up's allocations)"),
     ("model_673m_1920_h200.md", "Model level (H200): the 673M config at 4 x 1920x1920, with peak reserved memory"),
-    ("profile_h200.md", "Where the time goes (H200): per stage and per GPU kernel kind, autocast vs fast path"),
+    ("profile_h200.md", "Where the time goes (H200): per stage and per GPU kernel kind, autocast vs fast path "
+                        "(the kind split is wrong, see the note; `explore_fast_path_h200.md` lists kernels by name)"),
     ("handler_h200.md", "Handler level (H200): bytes → decode → H2D → infer → peaks, per stage"),
     ("e2e_h200.md", "End to end (H200): TorchServe under the load-test client, vs the echo ceiling"),
     ("e2e_h200_16threads.md", "End to end (H200) before the one-thread default: 2 and 4 workers, with and "

@@ -36,3 +36,54 @@ def test_end_to_end_benchmark_small_cpu_run(tmp_path):
     assert {r["target"] for r in rows} == {"echo", "upstream-eager"}
     assert all(r["error_rate"] == 0 and r["fps"] > 0 for r in rows)
     assert out.with_suffix(".png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("name,kind", [
+    # Inductor names list the fused ATen ops, convolutions and dtype conversions included.
+    ("triton_poi_fused__to_copy__unsafe_index_add_clone_convolution_gelu_mul_native_group_norm_sub_view_71",
+     "fused (Inductor/Triton)"),
+    ("triton_red_fused_convolution_native_layer_norm_permute_0", "fused (Inductor/Triton)"),
+    ("sm80_xmma_fprop_implicit_gemm_indexed_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize64x64x64_stage4", "convolution"),
+    ("void tensorTransformGeneric<__nv_bfloat16, __nv_bfloat16, float, true, false, false>", "cuDNN layout transform"),
+    ("conv2d_c1_k1_nhwc_specialized", "depthwise conv"),
+    ("nvjet_sm90_tst_192x192_64x4_2x1_v_bz_coopB_bias_TNN", "matrix multiply"),
+    ("void at::native::(anonymous namespace)::upsample_bilinear2d_nhwc_out_frame<c10::BFloat16, float>", "upsample"),
+    ("void at::native::(anonymous namespace)::vectorized_layer_norm_kernel<c10::BFloat16, float, false>",
+     "normalisation"),
+])
+def test_kernel_kinds_of_real_kernel_names(name, kind):
+    from benchmarks.profile_model import kernel_kind
+    assert kernel_kind(name) == kind
+
+
+def test_command_line_names_the_allocator_setting(monkeypatch):
+    from benchmarks import timing
+    monkeypatch.setattr(sys, "argv", ["benchmarks/bench_model.py", "--device", "cuda"])
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    assert timing.command_line() == "python -m benchmarks.bench_model --device cuda"
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    assert timing.command_line() == ("PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True "
+                                     "python -m benchmarks.bench_model --device cuda")
+
+
+def test_explored_rewrites_compute_the_same_function():
+    """The fast-path variants explored on the GPU are exact rewrites (float32, CPU)."""
+    import torch
+
+    from benchmarks.explore_fast_path import depthwise_taps, fold_depthwise_1x1
+    from handler.checkpoint import load_peaknet
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(8, 8, 7, padding=3, groups=8)
+    x = torch.randn(2, 8, 20, 24)
+    with torch.no_grad():
+        torch.testing.assert_close(depthwise_taps(x, conv.weight, conv.bias), conv(x), rtol=1e-5, atol=1e-5)
+
+    model = load_peaknet(ROOT / "tests/fixtures/upstream/peaknet_tiny.yaml", random_init=True)
+    image = torch.randn(1, 1, 64, 96)
+    with torch.no_grad():
+        expected = model.forward_peak_score(image)
+        separable = sum(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+        folded = fold_depthwise_1x1(model)
+        assert sum(isinstance(m, torch.nn.Conv2d) for m in folded.modules()) < separable
+        torch.testing.assert_close(folded.forward_peak_score(image), expected, rtol=1e-4, atol=1e-4)

@@ -1,0 +1,217 @@
+#!/usr/bin/env python3
+"""Exploring the compiled fast path on a GPU: variants of it, and where single kernels lose time.
+
+Not a benchmark with baselines: quick, one-process probes whose printed output is kept in
+``benchmarks/results/explore_fast_path_h200.md`` with the command that printed it.
+
+    # the compiled pure-bf16 fast path at 8 x 1920^2, and variants of it; the 6 longest kernels each
+    python -m benchmarks.explore_fast_path variants --shape 8x1x1920x1920 \\
+        --variants autocast,pure,rr1,fold,mm,nopad,taps --top 6
+    # ConvNeXt's 7x7 depthwise conv: cuDNN vs 49 shifted multiply-adds fused by Inductor
+    python -m benchmarks.explore_fast_path depthwise
+    # which convs of the eager channels_last model get an NCHW input; one head conv alone
+    python -m benchmarks.explore_fast_path layouts
+
+Variants (all but ``autocast`` are bf16 weights without autocast, channels_last, class-difference
+head, ``torch.compile(dynamic=False)``; names combine, e.g. ``rr1_fold``):
+  autocast  float32 weights + autocast bf16, eager, full logits (the baseline)
+  pure      the fast path as served with ``autocast: false``
+  rr1       Inductor option ``realize_reads_threshold=1`` (store a value read more than once
+            instead of recomputing it in each reader)
+  mm        Inductor option ``conv_1x1_as_mm=True``
+  nopad     Inductor option ``comprehensive_padding=False``
+  fold      the BiFPN's depthwise 1x1 conv folded into the pointwise conv that follows it
+  taps      ConvNeXt's depthwise 7x7 conv written as 49 shifted multiply-adds for Inductor to fuse
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import time
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from benchmarks.bench_model import parse_case
+from benchmarks.profile_model import kernel_times
+from benchmarks.timing import time_ms
+from handler.checkpoint import load_peaknet
+from handler.model import convnextv2
+from handler.model.bifpn import DepthwiseSeparableConv2d
+
+CONFIG = "configs/peaknet-33m.yaml"
+ORIGINAL_LAYER_FORWARD = convnextv2.ConvNextV2Layer.forward
+
+
+def fold_depthwise_1x1(model: nn.Module) -> nn.Module:
+    """Replace every 1x1 :class:`DepthwiseSeparableConv2d` (no bias) by one 1x1 conv with weight
+    ``W_pointwise * w_depthwise``: the same map, one conv instead of two."""
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if isinstance(child, DepthwiseSeparableConv2d) and child.depthwise_conv.kernel_size == (1, 1):
+                pointwise, depthwise = child.pointwise_conv, child.depthwise_conv
+                conv = nn.Conv2d(pointwise.in_channels, pointwise.out_channels, 1, bias=False)
+                conv = conv.to(pointwise.weight.device, pointwise.weight.dtype)
+                with torch.no_grad():
+                    weight = pointwise.weight.float() * depthwise.weight.float().view(1, -1, 1, 1)
+                    conv.weight.copy_(weight.to(pointwise.weight.dtype))
+                setattr(module, name, conv.to(memory_format=torch.channels_last))
+    return model
+
+
+def depthwise_taps(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """Depthwise k x k conv ('same' padding) of (B, C, H, W) ``x`` as k*k shifted multiply-adds in
+    float32, cast back to ``x.dtype``; ``weight`` (C, 1, k, k)."""
+    k = weight.shape[-1]
+    pad = k // 2
+    height, width = x.shape[-2:]
+    padded = F.pad(x, (pad, pad, pad, pad)).float()
+    w = weight.float()
+    acc = bias.float().view(1, -1, 1, 1) if bias is not None else 0
+    for i in range(k):
+        for j in range(k):
+            acc = acc + padded[:, :, i:i + height, j:j + width] * w[:, 0, i, j].view(1, -1, 1, 1)
+    return acc.to(x.dtype)
+
+
+def _convnext_layer_with_taps(self: convnextv2.ConvNextV2Layer, x: torch.Tensor) -> torch.Tensor:
+    y = depthwise_taps(x, self.dwconv.weight, self.dwconv.bias).permute(0, 2, 3, 1)
+    y = self.pwconv2(self.grn(self.act(self.pwconv1(self.layernorm(y)))))
+    return x + y.permute(0, 3, 1, 2)
+
+
+def print_top_kernels(fn: Callable, device: torch.device, top: int) -> None:
+    times = kernel_times(fn, device)
+    print(f"    total kernel ms {sum(ms for ms, _ in times.values()):.1f}")
+    for name, (ms, calls) in list(times.items())[:top]:
+        print(f"    {ms:7.2f} ms x{int(calls):3d} {name[:150]}")
+
+
+def build_variant(name: str, base: torch.Tensor, device: torch.device) -> Callable[[], torch.Tensor]:
+    """A no-argument callable running variant ``name`` on ``base``; returns the peak mask (B, H, W)."""
+    pure = name != "autocast"
+    convnextv2.ConvNextV2Layer.forward = _convnext_layer_with_taps if "taps" in name else ORIGINAL_LAYER_FORWARD
+    torch.manual_seed(0)
+    model = load_peaknet(CONFIG, random_init=True, dtype=torch.bfloat16 if pure else torch.float32, device=device)
+    x = base.to(device, model.dtype)
+    if not pure:
+        def run_autocast() -> torch.Tensor:
+            with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
+                return model(x).argmax(1) == 1
+        return run_autocast
+
+    model = model.to(memory_format=torch.channels_last)
+    x = x.contiguous(memory_format=torch.channels_last)
+    if "fold" in name:
+        model = fold_depthwise_1x1(model)
+    options = {}
+    if "rr1" in name:
+        options["realize_reads_threshold"] = 1
+    if "mm" in name:
+        options["conv_1x1_as_mm"] = True
+    if "nopad" in name:
+        options["comprehensive_padding"] = False
+    torch._dynamo.reset()
+    compiled = torch.compile(model.forward_peak_score, dynamic=False, options=options)
+
+    def run_compiled() -> torch.Tensor:
+        with torch.inference_mode():
+            return compiled(x)[:, 0] > 0
+    return run_compiled
+
+
+def variants(shape: tuple[int, ...], names: list[str], top: int, device: torch.device) -> None:
+    base = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    reference = None
+    for name in names:
+        started = time.time()
+        run = build_variant(name, base, device)
+        for _ in range(3):
+            run()
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        timing = time_ms(run, device, warmup=0, repeats=8)
+        mask = run()
+        reference = mask if reference is None else reference
+        print(f"{name:14s} {timing['median_ms']:8.2f} ms  alloc {torch.cuda.max_memory_allocated() / 2**30:6.2f} "
+              f"reserved {torch.cuda.max_memory_reserved() / 2**30:6.2f} GiB  "
+              f"agree {(mask == reference).float().mean().item():.4f}  ({time.time() - started:.0f}s)", flush=True)
+        if top and name != "autocast":
+            print_top_kernels(run, device, top)
+        del run
+        gc.collect()
+        torch.cuda.empty_cache()
+    convnextv2.ConvNextV2Layer.forward = ORIGINAL_LAYER_FORWARD
+
+
+def depthwise(device: torch.device) -> None:
+    for shape in [(8, 96, 480, 480), (16, 96, 88, 96), (8, 384, 120, 120)]:
+        channels = shape[1]
+        conv = nn.Conv2d(channels, channels, 7, padding=3, groups=channels)
+        conv = conv.to(device, torch.bfloat16).to(memory_format=torch.channels_last)
+        x = torch.randn(shape, device=device, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            cudnn = time_ms(lambda conv=conv, x=x: conv(x), device, 3, 10)["median_ms"]
+            torch._dynamo.reset()
+            taps = torch.compile(lambda t, conv=conv: depthwise_taps(t, conv.weight, conv.bias), dynamic=False)
+            fused = time_ms(lambda taps=taps, x=x: taps(x), device, 3, 10)["median_ms"]
+            error = (taps(x).float() - conv(x).float()).abs().max().item()
+        print(f"dw {shape}: cudnn {cudnn:.3f} ms, taps compiled {fused:.3f} ms, max|diff| {error:.3g}", flush=True)
+
+
+def layouts(device: torch.device, top: int) -> None:
+    model = load_peaknet(CONFIG, random_init=True, dtype=torch.bfloat16, device=device)
+    model = model.to(memory_format=torch.channels_last)
+    x = torch.randn(8, 1, 1920, 1920, device=device, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    seen = []
+
+    def record(module, inputs, output):
+        if module.kernel_size != (1, 1) and module.groups == 1:
+            t = inputs[0]
+            seen.append((tuple(module.weight.shape), tuple(t.shape), t.stride(),
+                         t.is_contiguous(memory_format=torch.channels_last)))
+
+    hooks = [m.register_forward_hook(record) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    with torch.inference_mode():
+        model.forward_peak_score(x)
+    for hook in hooks:
+        hook.remove()
+    print("eager convs other than 1x1 and depthwise: (weight, input shape, input stride, channels_last)")
+    for entry in seen:
+        print("   ", entry)
+    with torch.inference_mode():
+        print("eager fast path (no compile), 8x1920^2")
+        print_top_kernels(lambda: model.forward_peak_score(x), device, top)
+        conv = model.seg_lateral_layers[1].layers[0][0]
+        h = torch.randn(8, 256, 240, 240, device=device, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+        print(f"one head 3x3 conv alone, channels_last (8, 256, 240, 240): "
+              f"{time_ms(lambda: conv(h), device, 3, 10)['median_ms']:.3f} ms")
+        print_top_kernels(lambda: conv(h), device, 3)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("probe", choices=["variants", "depthwise", "layouts"])
+    parser.add_argument("--shape", default="8x1x1920x1920")
+    parser.add_argument("--variants", default="autocast,pure,rr1,fold,mm")
+    parser.add_argument("--top", type=int, default=0, help="longest kernels to list per variant")
+    args = parser.parse_args()
+    if not torch.cuda.is_available():
+        parser.error("needs a CUDA GPU")
+    torch.backends.cudnn.benchmark = True
+    device = torch.device("cuda")
+    if args.probe == "variants":
+        variants(parse_case(args.shape), args.variants.split(","), args.top, device)
+    elif args.probe == "depthwise":
+        depthwise(device)
+    else:
+        layouts(device, args.top or 8)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
