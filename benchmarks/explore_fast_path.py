@@ -22,6 +22,12 @@ head, ``torch.compile(dynamic=False)``; names combine, e.g. ``rr1_fold``):
   nopad     Inductor option ``comprehensive_padding=False``
   fold      the BiFPN's depthwise 1x1 conv folded into the pointwise conv that follows it
   taps      ConvNeXt's depthwise 7x7 conv written as 49 shifted multiply-adds for Inductor to fuse
+  eager     not compiled (the ``lean_pure`` mode of bench_model)
+
+The ``convs`` probe runs one variant under ``torch.profiler`` with shapes and strides recorded and
+lists every convolution with its input's layout and the GPU time of its kernels, longest first:
+
+    python -m benchmarks.explore_fast_path convs --variants pure
 """
 
 from __future__ import annotations
@@ -115,7 +121,8 @@ def build_variant(name: str, base: torch.Tensor, device: torch.device) -> Callab
     if "nopad" in name:
         options["comprehensive_padding"] = False
     torch._dynamo.reset()
-    compiled = torch.compile(model.forward_peak_score, dynamic=False, options=options)
+    forward = model.forward_peak_score
+    compiled = forward if "eager" in name else torch.compile(forward, dynamic=False, options=options)
 
     def run_compiled() -> torch.Tensor:
         with torch.inference_mode():
@@ -193,9 +200,46 @@ def layouts(device: torch.device, top: int) -> None:
         print_top_kernels(lambda: conv(h), device, 3)
 
 
+def conv_times(run: Callable[[], torch.Tensor]) -> list[dict]:
+    """Every ``aten::convolution`` of one ``run()``: input and weight shapes, whether the input is
+    channels_last, and the GPU time of the kernels it launched (ms; 0 without CUDA), longest first."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = torch.cuda.is_available()
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    run()
+    if cuda:
+        torch.cuda.synchronize()
+    with profile(activities=activities, record_shapes=True) as prof:
+        run()
+        if cuda:
+            torch.cuda.synchronize()
+    convs = []
+    for event in prof.events():
+        if event.name != "aten::convolution":
+            continue
+        shape, weight = event.input_shapes[0], event.input_shapes[1]
+        stride = event.structured_input_strides[0]
+        layout = torch.empty_strided(shape, stride, device="meta")
+        convs.append({"input": tuple(shape), "weight": tuple(weight), "input_stride": tuple(stride),
+                      "channels_last": layout.is_contiguous(memory_format=torch.channels_last),
+                      "gpu_ms": event.device_time_total / 1e3})
+    return sorted(convs, key=lambda c: -c["gpu_ms"])
+
+
+def convs(shape: tuple[int, ...], name: str, device: torch.device, top: int) -> None:
+    run = build_variant(name, torch.randn(shape, generator=torch.Generator().manual_seed(0)), device)
+    for _ in range(3):
+        run()
+    print(f"{name}: convolutions by GPU time (input, weight, input stride, channels_last, ms)")
+    for conv in conv_times(run)[:top]:
+        print(f"    {conv['input']} {conv['weight']} {conv['input_stride']} {conv['channels_last']} "
+              f"{conv['gpu_ms']:.2f}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("probe", choices=["variants", "depthwise", "layouts"])
+    parser.add_argument("probe", choices=["variants", "depthwise", "layouts", "convs"])
     parser.add_argument("--shape", default="8x1x1920x1920")
     parser.add_argument("--variants", default="autocast,pure,rr1,fold,mm")
     parser.add_argument("--top", type=int, default=0, help="longest kernels to list per variant")
@@ -206,6 +250,8 @@ def main() -> int:
     device = torch.device("cuda")
     if args.probe == "variants":
         variants(parse_case(args.shape), args.variants.split(","), args.top, device)
+    elif args.probe == "convs":
+        convs(parse_case(args.shape), args.variants.split(",")[0], device, args.top or 40)
     elif args.probe == "depthwise":
         depthwise(device)
     else:

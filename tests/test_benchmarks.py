@@ -87,3 +87,21 @@ def test_explored_rewrites_compute_the_same_function():
         folded = fold_depthwise_1x1(model)
         assert sum(isinstance(m, torch.nn.Conv2d) for m in folded.modules()) < separable
         torch.testing.assert_close(folded.forward_peak_score(image), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_conv_times_lists_every_convolution_with_its_input_layout():
+    import torch
+
+    from benchmarks.explore_fast_path import conv_times
+
+    convs = torch.nn.Sequential(torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.Conv2d(16, 4, 1))
+    x = torch.randn(2, 8, 20, 24)
+    with torch.inference_mode():
+        nchw = conv_times(lambda: convs(x))
+        convs = convs.to(memory_format=torch.channels_last)
+        nhwc = conv_times(lambda: convs(x.contiguous(memory_format=torch.channels_last)))
+    assert sorted(c["weight"] for c in nchw) == sorted(c["weight"] for c in nhwc) == [(4, 16, 1, 1), (16, 8, 3, 3)]
+    assert [c["channels_last"] for c in nchw] == [False, False]
+    assert [c["channels_last"] for c in nhwc] == [True, True]
+    assert {c["input"] for c in nchw} == {(2, 8, 20, 24), (2, 16, 20, 24)}
+    assert all(c["gpu_ms"] >= 0 for c in nchw + nhwc)
