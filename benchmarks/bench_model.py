@@ -31,10 +31,12 @@ from __future__ import annotations
 
 import argparse
 import gc
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from benchmarks.timing import (add_run_arguments, environment, markdown_table, plot_rows, progress, replot,
                                time_ms, write_results)
@@ -69,12 +71,18 @@ MODES = {
 DEFAULT_MODES = "fp32,autocast,bf16,fp16,lean,lean_pure,fast,fast_pure,fast_graphs"
 
 
-def forward_fn(model, mode: Mode, x: torch.Tensor, device: torch.device):
-    """A no-argument callable running one batch in ``mode``; returns the peak mask (B, H, W) bool."""
+def forward_fn(model, mode: Mode, x: torch.Tensor, device: torch.device, compile_options: dict | None = None):
+    """A no-argument callable running one batch in ``mode``; returns the peak mask (B, H, W) bool.
+
+    ``compile_options``: Inductor options for a ``compile="default"`` mode (torch.compile takes
+    options or a mode, not both)."""
+    if compile_options and mode.compile != "default":
+        raise ValueError(f"compile options need a mode compiled with 'default', not {mode.compile!r}")
     head = model.forward_peak_score if mode.lean else model.forward
     if mode.compile:
         torch._dynamo.reset()
-        head = torch.compile(head, mode=mode.compile, dynamic=False)
+        how = {"options": compile_options} if compile_options else {"mode": mode.compile}
+        head = torch.compile(head, dynamic=False, **how)
     use_autocast = mode.autocast is not None and device.type == "cuda"
 
     def run() -> torch.Tensor:
@@ -85,17 +93,21 @@ def forward_fn(model, mode: Mode, x: torch.Tensor, device: torch.device):
     return run
 
 
-def prepare_mode(config: Path, mode: Mode, base: torch.Tensor, device: torch.device):
+def prepare_mode(config: Path, mode: Mode, base: torch.Tensor, device: torch.device, *,
+                 rewrite: Callable[[nn.Module], nn.Module] | None = None, compile_options: dict | None = None):
     """``(model, x, run)`` for ``mode``: the config's random weights (seed 0, the same in every
     mode, so masks are comparable) in the mode's dtype and memory format, ``base`` cast alike,
-    and :func:`forward_fn`'s callable."""
+    and :func:`forward_fn`'s callable. ``rewrite`` (if given) transforms the model before it is
+    compiled; ``compile_options`` go to :func:`forward_fn`."""
     torch.manual_seed(0)
     model = load_peaknet(config, random_init=True, dtype=mode.weights, device=device)
     x = base.to(device=device, dtype=mode.weights)
     if mode.lean:
         model = model.to(memory_format=torch.channels_last)
         x = x.contiguous(memory_format=torch.channels_last)
-    return model, x, forward_fn(model, mode, x, device)
+    if rewrite is not None:
+        model = rewrite(model)
+    return model, x, forward_fn(model, mode, x, device, compile_options)
 
 
 def bench_case(config: Path, shape: tuple[int, ...], modes: list[str], device: torch.device,

@@ -36,19 +36,20 @@ import argparse
 import gc
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.bench_model import parse_case
+from benchmarks.bench_model import MODES, parse_case, prepare_mode
 from benchmarks.profile_model import kernel_times
 from benchmarks.timing import time_ms
 from handler.checkpoint import load_peaknet
 from handler.model import convnextv2
 from handler.model.bifpn import DepthwiseSeparableConv2d
 
-CONFIG = "configs/peaknet-33m.yaml"
+CONFIG = Path(__file__).resolve().parents[1] / "configs/peaknet-33m.yaml"
 ORIGINAL_LAYER_FORWARD = convnextv2.ConvNextV2Layer.forward
 
 
@@ -97,22 +98,11 @@ def print_top_kernels(fn: Callable, device: torch.device, top: int) -> None:
 
 
 def build_variant(name: str, base: torch.Tensor, device: torch.device) -> Callable[[], torch.Tensor]:
-    """A no-argument callable running variant ``name`` on ``base``; returns the peak mask (B, H, W)."""
-    pure = name != "autocast"
+    """A no-argument callable running variant ``name`` on ``base``; returns the peak mask (B, H, W).
+    The variant is a :data:`~benchmarks.bench_model.MODES` mode (``autocast``, ``lean_pure`` for
+    ``eager``, else ``fast_pure``) with the name's rewrites and Inductor options."""
     convnextv2.ConvNextV2Layer.forward = _convnext_layer_with_taps if "taps" in name else ORIGINAL_LAYER_FORWARD
-    torch.manual_seed(0)
-    model = load_peaknet(CONFIG, random_init=True, dtype=torch.bfloat16 if pure else torch.float32, device=device)
-    x = base.to(device, model.dtype)
-    if not pure:
-        def run_autocast() -> torch.Tensor:
-            with torch.inference_mode(), torch.autocast("cuda", dtype=torch.bfloat16):
-                return model(x).argmax(1) == 1
-        return run_autocast
-
-    model = model.to(memory_format=torch.channels_last)
-    x = x.contiguous(memory_format=torch.channels_last)
-    if "fold" in name:
-        model = fold_depthwise_1x1(model)
+    mode = MODES["autocast" if name == "autocast" else "lean_pure" if "eager" in name else "fast_pure"]
     options = {}
     if "rr1" in name:
         options["realize_reads_threshold"] = 1
@@ -120,14 +110,9 @@ def build_variant(name: str, base: torch.Tensor, device: torch.device) -> Callab
         options["conv_1x1_as_mm"] = True
     if "nopad" in name:
         options["comprehensive_padding"] = False
-    torch._dynamo.reset()
-    forward = model.forward_peak_score
-    compiled = forward if "eager" in name else torch.compile(forward, dynamic=False, options=options)
-
-    def run_compiled() -> torch.Tensor:
-        with torch.inference_mode():
-            return compiled(x)[:, 0] > 0
-    return run_compiled
+    rewrite = fold_depthwise_1x1 if "fold" in name else None
+    _, _, run = prepare_mode(CONFIG, mode, base, device, rewrite=rewrite, compile_options=options)
+    return run
 
 
 def variants(shape: tuple[int, ...], names: list[str], top: int, device: torch.device) -> None:

@@ -105,3 +105,13 @@ def test_conv_times_lists_every_convolution_with_its_input_layout():
     assert [c["channels_last"] for c in nhwc] == [True, True]
     assert {c["input"] for c in nchw} == {(2, 8, 20, 24), (2, 16, 20, 24)}
     assert all(c["gpu_ms"] >= 0 for c in nchw + nhwc)
+
+
+def test_compile_options_only_with_the_default_compile_mode():
+    import torch
+
+    from benchmarks.bench_model import MODES, forward_fn
+
+    with pytest.raises(ValueError, match="reduce-overhead"):
+        forward_fn(torch.nn.Identity(), MODES["fast_graphs"], torch.zeros(1), torch.device("cpu"),
+                   compile_options={"conv_1x1_as_mm": True})
