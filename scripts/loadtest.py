@@ -70,6 +70,10 @@ from scripts.payloads import (
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 MAX_POOL_BYTES = 512 * 2**20
+#: Longest a waiting main thread blocks: the kernel may hand a SIGINT (Ctrl-C) to any thread, and
+#: Python runs the handler only in the main thread, once it runs again; a blocking wait would
+#: delay Ctrl-C to the end of the run.
+SIGNAL_CHECK_S = 0.1
 
 EXIT_OK, EXIT_THRESHOLDS, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_NOTHING_MEASURED, EXIT_CLIENT_DIED = 0, 1, 2, 3, 4, 5
 
@@ -291,7 +295,8 @@ def run_closed_loop(target: Target, plan: RunPlan, concurrency: int, recorder: R
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join()
+        while thread.is_alive():  # see SIGNAL_CHECK_S
+            thread.join(SIGNAL_CHECK_S)
 
 
 def run_open_loop(
@@ -487,7 +492,7 @@ def gather(receivers: dict[Connection, BaseProcess]) -> tuple[list[Sample], list
     silent: list[BaseProcess] = []
     pending = dict(receivers)
     while pending:
-        for receiver in multiprocessing.connection.wait(list(pending)):
+        for receiver in multiprocessing.connection.wait(list(pending), timeout=SIGNAL_CHECK_S):
             process = pending.pop(receiver)
             try:
                 samples += receiver.recv()
