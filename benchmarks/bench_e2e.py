@@ -46,6 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = {
     "eager": {"compile": False},
     "compiled": {"compile": True, "compile_mode": "default"},
+    "compiled-pure": {"compile": True, "compile_mode": "default", "autocast": False},
     "compiled-recv": {"compile": True, "compile_mode": "default", "socket_recv_into": True},
     "compiled-16threads": {"compile": True, "compile_mode": "default", "torch_threads": 16},
 }

@@ -18,6 +18,9 @@ Modes (weights / autocast / output):
   lean_pure     lean without autocast, eager
   fast_autotune fast with mode="max-autotune-no-cudagraphs" (Inductor benchmarks Triton GEMM and
                 convolution templates against cuDNN/cuBLAS per shape; compiling costs minutes)
+  fast_pure_unpadded  fast_pure without the depthwise-padding tuning that every lean mode runs
+                on CUDA before compiling (:mod:`handler.model.depthwise`; the handler's
+                ``depthwise_padding``): the tuning's ablation
 Per mode: median latency over repeats (CUDA events), items/s, peak and weight memory, and the
 peak-mask agreement with the fp32 mask (argmax of fp32 logits).
 
@@ -41,6 +44,7 @@ from torch import nn
 from benchmarks.timing import (add_run_arguments, environment, markdown_table, plot_rows, progress, replot,
                                time_ms, write_results)
 from handler.checkpoint import load_peaknet
+from handler.model.depthwise import PaddableDepthwiseConv2d, tune_depthwise_padding
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -52,6 +56,7 @@ class Mode:
     autocast: torch.dtype | None
     lean: bool = False
     compile: str | None = None
+    pad_depthwise: bool = False  # tune_depthwise_padding before compiling (CUDA), as the handler does
 
 
 MODES = {
@@ -59,13 +64,15 @@ MODES = {
     "autocast": Mode("autocast", torch.float32, torch.bfloat16),
     "bf16": Mode("bf16", torch.bfloat16, torch.bfloat16),
     "fp16": Mode("fp16", torch.float16, torch.float16),
-    "lean": Mode("lean", torch.bfloat16, torch.bfloat16, lean=True),
-    "fast": Mode("fast", torch.bfloat16, torch.bfloat16, lean=True, compile="default"),
-    "fast_graphs": Mode("fast_graphs", torch.bfloat16, torch.bfloat16, lean=True, compile="reduce-overhead"),
-    "fast_pure": Mode("fast_pure", torch.bfloat16, None, lean=True, compile="default"),
-    "lean_pure": Mode("lean_pure", torch.bfloat16, None, lean=True),
+    "lean": Mode("lean", torch.bfloat16, torch.bfloat16, lean=True, pad_depthwise=True),
+    "fast": Mode("fast", torch.bfloat16, torch.bfloat16, lean=True, compile="default", pad_depthwise=True),
+    "fast_graphs": Mode("fast_graphs", torch.bfloat16, torch.bfloat16, lean=True, compile="reduce-overhead",
+                        pad_depthwise=True),
+    "fast_pure": Mode("fast_pure", torch.bfloat16, None, lean=True, compile="default", pad_depthwise=True),
+    "fast_pure_unpadded": Mode("fast_pure_unpadded", torch.bfloat16, None, lean=True, compile="default"),
+    "lean_pure": Mode("lean_pure", torch.bfloat16, None, lean=True, pad_depthwise=True),
     "fast_autotune": Mode("fast_autotune", torch.bfloat16, torch.bfloat16, lean=True,
-                          compile="max-autotune-no-cudagraphs"),
+                          compile="max-autotune-no-cudagraphs", pad_depthwise=True),
 }
 
 DEFAULT_MODES = "fp32,autocast,bf16,fp16,lean,lean_pure,fast,fast_pure,fast_graphs"
@@ -107,7 +114,19 @@ def prepare_mode(config: Path, mode: Mode, base: torch.Tensor, device: torch.dev
         x = x.contiguous(memory_format=torch.channels_last)
     if rewrite is not None:
         model = rewrite(model)
+    if mode.pad_depthwise and device.type == "cuda":
+        def features() -> None:
+            with torch.autocast("cuda", dtype=mode.autocast or torch.float32, enabled=mode.autocast is not None):
+                model.forward_features(x)
+        tune_depthwise_padding(model, features)
     return model, x, forward_fn(model, mode, x, device, compile_options)
+
+
+def depthwise_padded_sizes(model: nn.Module) -> list[list[int]]:
+    """``[H, W, H', W']`` for every input size the model's depthwise convs compute padded."""
+    sizes = {(*size, *target) for m in model.modules() if isinstance(m, PaddableDepthwiseConv2d)
+             for size, target in m.compute_sizes.items()}
+    return [list(entry) for entry in sorted(sizes)]
 
 
 def bench_case(config: Path, shape: tuple[int, ...], modes: list[str], device: torch.device,
@@ -148,6 +167,7 @@ def bench_case(config: Path, shape: tuple[int, ...], modes: list[str], device: t
             "warmup_peak_reserved_gib": warmup_reserved,
             "weights_gib": weight_bytes / 2**30,
             "mask_agreement_vs_fp32": float((mask == reference_mask).float().mean()),
+            "depthwise_padded": depthwise_padded_sizes(model),
         })
         del model, x, run
         gc.collect()

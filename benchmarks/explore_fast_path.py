@@ -15,7 +15,7 @@ Not a benchmark with baselines: quick, one-process probes whose printed output i
 Variants (all but ``autocast`` are bf16 weights without autocast, channels_last, class-difference
 head, ``torch.compile(dynamic=False)``; names combine, e.g. ``rr1_fold``):
   autocast  float32 weights + autocast bf16, eager, full logits (the baseline)
-  pure      the fast path as served with ``autocast: false``
+  pure      the fast path as served with ``autocast: false`` (depthwise padding tuned first)
   rr1       Inductor option ``realize_reads_threshold=1`` (store a value read more than once
             instead of recomputing it in each reader)
   mm        Inductor option ``conv_1x1_as_mm=True``
@@ -23,6 +23,15 @@ head, ``torch.compile(dynamic=False)``; names combine, e.g. ``rr1_fold``):
   fold      the BiFPN's depthwise 1x1 conv folded into the pointwise conv that follows it
   taps      ConvNeXt's depthwise 7x7 conv written as 49 shifted multiply-adds for Inductor to fuse
   eager     not compiled (the ``lean_pure`` mode of bench_model)
+  dwsplit   the 192-channel depthwise convs run as two 96-channel convs
+  dwnchw    the 192-channel depthwise convs run on an NCHW copy of their input
+
+Depthwise 7x7 convs alone (cuDNN picks a slow kernel at some sizes, see handler.model.depthwise):
+
+    # by channel count, layout, and channel-split rewrites
+    python -m benchmarks.explore_fast_path sweep --top 4
+    # by spatial size, and the 240^2 case computed on zero-padded inputs
+    python -m benchmarks.explore_fast_path spatial
 
 The ``convs`` probe runs one variant under ``torch.profiler`` with shapes and strides recorded and
 lists every convolution with its input's layout and the GPU time of its kernels, longest first:
@@ -47,6 +56,7 @@ from benchmarks.profile_model import kernel_times
 from benchmarks.timing import time_ms
 from handler.checkpoint import load_peaknet
 from handler.model import convnextv2
+from handler.model.depthwise import padded_depthwise_conv
 from handler.model.bifpn import DepthwiseSeparableConv2d
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs/peaknet-33m.yaml"
@@ -90,6 +100,27 @@ def _convnext_layer_with_taps(self: convnextv2.ConvNextV2Layer, x: torch.Tensor)
     return x + y.permute(0, 3, 1, 2)
 
 
+def _convnext_layer_dw_split(self: convnextv2.ConvNextV2Layer, x: torch.Tensor) -> torch.Tensor:
+    """ConvNextV2Layer.forward with a 192-channel depthwise conv run as two 96-channel convs."""
+    conv = self.dwconv
+    if conv.in_channels != 192:
+        return ORIGINAL_LAYER_FORWARD(self, x)
+    y = depthwise_split(x, conv.weight, conv.bias, 96).permute(0, 2, 3, 1)
+    y = self.pwconv2(self.grn(self.act(self.pwconv1(self.layernorm(y)))))
+    return x + y.permute(0, 3, 1, 2)
+
+
+def _convnext_layer_dw_nchw(self: convnextv2.ConvNextV2Layer, x: torch.Tensor) -> torch.Tensor:
+    """ConvNextV2Layer.forward with a 192-channel depthwise conv run on an NCHW copy of its input."""
+    conv = self.dwconv
+    if conv.in_channels != 192:
+        return ORIGINAL_LAYER_FORWARD(self, x)
+    y = F.conv2d(x.contiguous(), conv.weight.contiguous(), conv.bias, padding=3, groups=192)
+    y = y.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
+    y = self.pwconv2(self.grn(self.act(self.pwconv1(self.layernorm(y)))))
+    return x + y.permute(0, 3, 1, 2)
+
+
 def print_top_kernels(fn: Callable, device: torch.device, top: int) -> None:
     times = kernel_times(fn, device)
     print(f"    total kernel ms {sum(ms for ms, _ in times.values()):.1f}")
@@ -101,7 +132,12 @@ def build_variant(name: str, base: torch.Tensor, device: torch.device) -> Callab
     """A no-argument callable running variant ``name`` on ``base``; returns the peak mask (B, H, W).
     The variant is a :data:`~benchmarks.bench_model.MODES` mode (``autocast``, ``lean_pure`` for
     ``eager``, else ``fast_pure``) with the name's rewrites and Inductor options."""
-    convnextv2.ConvNextV2Layer.forward = _convnext_layer_with_taps if "taps" in name else ORIGINAL_LAYER_FORWARD
+    convnextv2.ConvNextV2Layer.forward = (
+        _convnext_layer_with_taps if "taps" in name
+        else _convnext_layer_dw_split if "dwsplit" in name
+        else _convnext_layer_dw_nchw if "dwnchw" in name
+        else ORIGINAL_LAYER_FORWARD
+    )
     mode = MODES["autocast" if name == "autocast" else "lean_pure" if "eager" in name else "fast_pure"]
     options = {}
     if "rr1" in name:
@@ -155,6 +191,77 @@ def depthwise(device: torch.device) -> None:
         print(f"dw {shape}: cudnn {cudnn:.3f} ms, taps compiled {fused:.3f} ms, max|diff| {error:.3g}", flush=True)
 
 
+def depthwise_split(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, chunk: int) -> torch.Tensor:
+    """A 7x7 depthwise conv (padding 3) run as convs over ``chunk`` channels each, concatenated."""
+    outputs = []
+    for start in range(0, x.shape[1], chunk):
+        part = slice(start, start + chunk)
+        outputs.append(F.conv2d(x[:, part], weight[part], None if bias is None else bias[part],
+                                padding=3, groups=min(chunk, x.shape[1] - start)))
+    return torch.cat(outputs, dim=1)
+
+
+def depthwise_sweep(device: torch.device, top: int) -> None:
+    """cuDNN's 7x7 depthwise conv (bf16) by channel count, spatial size and layout, and rewrites of
+    the slow ones: ms per call, median of 10."""
+    cases = [(8, c, 240, 240) for c in (64, 96, 128, 160, 192, 224, 256, 384)]
+    cases += [(8, 96, 480, 480), (8, 192, 120, 120), (8, 384, 120, 120), (16, 192, 88, 96), (16, 192, 44, 48),
+              (1, 192, 240, 240), (4, 192, 240, 240)]
+    with torch.inference_mode():
+        for shape in cases:
+            channels = shape[1]
+            weight = torch.randn(channels, 1, 7, 7, device=device, dtype=torch.bfloat16)
+            bias = torch.randn(channels, device=device, dtype=torch.bfloat16)
+            x = torch.randn(shape, device=device, dtype=torch.bfloat16)
+            x_cl = x.contiguous(memory_format=torch.channels_last)
+            w_cl = weight.contiguous(memory_format=torch.channels_last)
+            reference = F.conv2d(x.float(), weight.float(), bias.float(), padding=3, groups=channels)
+            row = {}
+            candidates = {
+                "cl": lambda: F.conv2d(x_cl, w_cl, bias, padding=3, groups=channels),
+                "nchw": lambda: F.conv2d(x, weight, bias, padding=3, groups=channels),
+                "split96": lambda: depthwise_split(x_cl, w_cl, bias, 96),
+                "split64": lambda: depthwise_split(x_cl, w_cl, bias, 64),
+            }
+            for name, fn in candidates.items():
+                error = (fn().float() - reference).abs().max().item()
+                row[name] = f"{time_ms(fn, device, 3, 10)['median_ms']:.3f}" + ("" if error < 0.1 else f"(err {error:.2g})")
+            with torch.backends.cudnn.flags(enabled=False):
+                fn = candidates["nchw"]
+                row["native"] = f"{time_ms(fn, device, 3, 10)['median_ms']:.3f}"
+            print(f"dw7x7 {shape}: " + "  ".join(f"{k} {v}" for k, v in row.items()), flush=True)
+            if top and shape == (8, 192, 240, 240):
+                for name in ("cl", "nchw", "split96"):
+                    print(f"  kernels of {name}:")
+                    print_top_kernels(candidates[name], device, top)
+
+
+def depthwise_spatial(device: torch.device) -> None:
+    """cuDNN's channels_last 7x7 depthwise conv (bf16, 8 x 192 channels) by spatial size, with and
+    without cuDNN benchmarking, and the 240^2 case computed on padded inputs: ms per call."""
+    with torch.inference_mode():
+        for size in (224, 232, 236, 238, 240, 242, 244, 248, 256, 272, 288, 320, 360, 480):
+            shape = (8, 192, size, size)
+            weight = torch.randn(192, 1, 7, 7, device=device, dtype=torch.bfloat16)
+            weight = weight.contiguous(memory_format=torch.channels_last)
+            bias = torch.randn(192, device=device, dtype=torch.bfloat16)
+            x = torch.randn(shape, device=device, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+            row = {"cl": time_ms(lambda: F.conv2d(x, weight, bias, padding=3, groups=192), device, 3, 10)["median_ms"],
+                   "pad0": time_ms(lambda: F.conv2d(F.pad(x, (3, 3, 3, 3)), weight, bias, groups=192),
+                                   device, 3, 10)["median_ms"]}
+            with torch.backends.cudnn.flags(enabled=True, benchmark=False):
+                row["heuristic"] = time_ms(lambda: F.conv2d(x, weight, bias, padding=3, groups=192),
+                                           device, 3, 10)["median_ms"]
+            if size == 240:
+                reference = F.conv2d(x, weight, bias, padding=3, groups=192)
+                for target in (242, 248, 256):
+                    fn = lambda target=target: padded_depthwise_conv(x, weight, bias, (target, target))
+                    error = (fn().float() - reference.float()).abs().max().item()
+                    row[f"to{target}"] = time_ms(fn, device, 3, 10)["median_ms"]
+                    row[f"to{target}_err"] = error
+            print(f"dw7x7 {shape}: " + "  ".join(f"{k} {v:.3f}" for k, v in row.items()), flush=True)
+
+
 def layouts(device: torch.device, top: int) -> None:
     model = load_peaknet(CONFIG, random_init=True, dtype=torch.bfloat16, device=device)
     model = model.to(memory_format=torch.channels_last)
@@ -187,7 +294,14 @@ def layouts(device: torch.device, top: int) -> None:
 
 def conv_times(run: Callable[[], torch.Tensor]) -> list[dict]:
     """Every ``aten::convolution`` of one ``run()``: input and weight shapes, whether the input is
-    channels_last, and the GPU time of the kernels it launched (ms; 0 without CUDA), longest first."""
+    channels_last, and the GPU time of the kernels it launched (ms; 0 without CUDA), longest first.
+
+    Strides come from the profiler's Chrome trace ("Input Strides"), which every PyTorch 2.x
+    writes (``FunctionEvent`` has no strides before 2.12); its convolutions are matched to the
+    profiler's events, which carry the GPU time, in start order, with their shapes checked."""
+    import json
+    import tempfile
+
     from torch.profiler import ProfilerActivity, profile
 
     cuda = torch.cuda.is_available()
@@ -199,12 +313,21 @@ def conv_times(run: Callable[[], torch.Tensor]) -> list[dict]:
         run()
         if cuda:
             torch.cuda.synchronize()
+    with tempfile.TemporaryDirectory() as scratch:
+        trace_path = Path(scratch) / "trace.json"
+        prof.export_chrome_trace(str(trace_path))
+        trace = json.loads(trace_path.read_text())["traceEvents"]
+    traced = sorted((e for e in trace if e.get("cat") == "cpu_op" and e.get("name") == "aten::convolution"),
+                    key=lambda e: e["ts"])
+    events = sorted((e for e in prof.events() if e.name == "aten::convolution"), key=lambda e: e.time_range.start)
+    if len(traced) != len(events):
+        raise RuntimeError(f"{len(traced)} convolutions in the trace, {len(events)} profiler events")
     convs = []
-    for event in prof.events():
-        if event.name != "aten::convolution":
-            continue
-        shape, weight = event.input_shapes[0], event.input_shapes[1]
-        stride = event.structured_input_strides[0]
+    for event, entry in zip(events, traced):
+        shape, weight = entry["args"]["Input Dims"][:2]
+        stride = entry["args"]["Input Strides"][0]
+        if list(event.input_shapes[0]) != list(shape):
+            raise RuntimeError(f"trace and events out of step: {shape} vs {event.input_shapes[0]}")
         layout = torch.empty_strided(shape, stride, device="meta")
         convs.append({"input": tuple(shape), "weight": tuple(weight), "input_stride": tuple(stride),
                       "channels_last": layout.is_contiguous(memory_format=torch.channels_last),
@@ -224,7 +347,7 @@ def convs(shape: tuple[int, ...], name: str, device: torch.device, top: int) -> 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("probe", choices=["variants", "depthwise", "layouts", "convs"])
+    parser.add_argument("probe", choices=["variants", "depthwise", "sweep", "spatial", "layouts", "convs"])
     parser.add_argument("--shape", default="8x1x1920x1920")
     parser.add_argument("--variants", default="autocast,pure,rr1,fold,mm")
     parser.add_argument("--top", type=int, default=0, help="longest kernels to list per variant")
@@ -239,6 +362,10 @@ def main() -> int:
         convs(parse_case(args.shape), args.variants.split(",")[0], device, args.top or 40)
     elif args.probe == "depthwise":
         depthwise(device)
+    elif args.probe == "spatial":
+        depthwise_spatial(device)
+    elif args.probe == "sweep":
+        depthwise_sweep(device, args.top)
     else:
         layouts(device, args.top or 8)
     return 0

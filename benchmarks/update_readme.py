@@ -18,6 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 SECTIONS = [
     ("summary.md", None),
+    ("model_padded_h200.md", "Model level (H200), 33M config: the fast path with the depthwise-padding tuning, "
+                             "its ablation, and the autocast baseline in one run (expandable segments)"),
     ("model_33m_h200.md", "Model level (H200), 33M config: every precision mode in one run, ratios vs autocast, "
                           "steady-state peak memory"),
     ("model_pure_h200.md", "Model level (H200), 33M config: the bf16 paths with and without autocast"),
@@ -32,6 +34,8 @@ SECTIONS = [
     ("profile_h200.md", "Where the time goes (H200): per stage and per GPU kernel kind, autocast vs fast path "
                         "(the kind split is wrong, see the note; `explore_fast_path_h200.md` lists kernels by name)"),
     ("handler_h200.md", "Handler level (H200): bytes → decode → H2D → infer → peaks, per stage"),
+    ("e2e_padded_h200.md", "End to end (H200), session 5: the worker with the depthwise-padding tuning, "
+                           "with and without autocast"),
     ("e2e_h200.md", "End to end (H200): TorchServe under the load-test client, vs the echo ceiling"),
     ("e2e_h200_16threads.md", "End to end (H200) before the one-thread default: 2 and 4 workers, with and "
                               "without one-copy socket reads"),

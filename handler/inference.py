@@ -22,6 +22,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from handler.model.depthwise import PaddingChoice, tune_depthwise_padding
 from handler.postprocess import PeakTable, find_peaks, peak_mask_from_score
 from handler.preprocess import network_input, sanitize
 from handler.transfer import PanelSource
@@ -168,6 +169,22 @@ class PanelPeakFinder:
             self.find(dummy)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
+
+    def tune_depthwise(self, panels: int, height: int, width: int) -> list[PaddingChoice]:
+        """:func:`~handler.model.depthwise.tune_depthwise_padding` for (H, W) panels, eagerly, at the
+        largest micro-batch (bucket) that ``panels`` panels fill, in the served dtype, memory
+        format and autocast. Call before the compiled network's first run."""
+        size = self._bucket(min(panels, self.max_batch_panels))
+        image = torch.zeros((size, height, width), dtype=torch.float32, device=self.device)
+        x = network_input(image, self.dtype)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+
+        def run() -> None:
+            with self._autocast():
+                self.model.forward_features(x)
+
+        return tune_depthwise_padding(self.model, run)
 
     # -- internals ------------------------------------------------------------------------
     @staticmethod

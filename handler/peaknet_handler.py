@@ -95,6 +95,13 @@ class PeakNetHandler(BaseHandler):
             min_peak_pixels=settings.min_peak_pixels,
             buckets=settings.buckets() if settings.compile else (),
             channels_last=settings.channels_last, autocast=settings.autocast, forward=forward)
+        if settings.depthwise_padding and self.device.type == "cuda":
+            # Before the first compiled run: a compiled graph keeps the padding it was traced with.
+            for panels, height, width in settings.warmup_shapes:
+                for choice in self.finder.tune_depthwise(panels, height, width):
+                    log.info("depthwise conv %s x%d: %.3f ms as is; %s", choice.input_shape, choice.modules,
+                             choice.plain_ms, "kept" if choice.compute_size is None else
+                             f"computed at {choice.compute_size}: {choice.chosen_ms:.3f} ms")
         if settings.warmup:
             for panels, height, width in settings.warmup_shapes:
                 self.finder.warmup(panels, height, width)

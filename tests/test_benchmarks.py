@@ -70,7 +70,7 @@ def test_explored_rewrites_compute_the_same_function():
     """The fast-path variants explored on the GPU are exact rewrites (float32, CPU)."""
     import torch
 
-    from benchmarks.explore_fast_path import depthwise_taps, fold_depthwise_1x1
+    from benchmarks.explore_fast_path import depthwise_split, depthwise_taps, fold_depthwise_1x1
     from handler.checkpoint import load_peaknet
 
     torch.manual_seed(0)
@@ -78,6 +78,8 @@ def test_explored_rewrites_compute_the_same_function():
     x = torch.randn(2, 8, 20, 24)
     with torch.no_grad():
         torch.testing.assert_close(depthwise_taps(x, conv.weight, conv.bias), conv(x), rtol=1e-5, atol=1e-5)
+        for chunk in (3, 4):
+            torch.testing.assert_close(depthwise_split(x, conv.weight, conv.bias, chunk), conv(x))
 
     model = load_peaknet(ROOT / "tests/fixtures/upstream/peaknet_tiny.yaml", random_init=True)
     image = torch.randn(1, 1, 64, 96)

@@ -62,6 +62,20 @@ def test_micro_batch_size_and_buckets_do_not_change_results(model, panels):
     assert as_rows(whole.table) == as_rows(bucketed.table)
 
 
+def test_depthwise_tuning_runs_the_served_batch_and_keeps_the_peaks(panels):
+    """The tuner sees the bucketed micro-batch at the padded network size; the peaks stay the same."""
+    from handler.model.depthwise import PaddableDepthwiseConv2d
+
+    model = load_peaknet(FIXTURE)
+    finder = PanelPeakFinder(model, dtype=torch.float32, device=CPU, max_batch_panels=4, buckets=(2, 4))
+    before = as_rows(finder.find(panels).table)
+    choices = finder.tune_depthwise(3, 60, 90)                  # 3 panels -> bucket 4; 60x90 -> 64x96
+    convs = [m for m in model.modules() if isinstance(m, PaddableDepthwiseConv2d)]
+    assert sum(choice.modules for choice in choices) == len(convs)
+    assert choices[0].input_shape[0] == 4 and choices[0].input_shape[-2:] == (16, 24)
+    assert as_rows(finder.find(panels).table) == before
+
+
 def test_nonfinite_pixels_are_zeroed_and_counted(model):
     panels = torch.full((2, 64, 96), 10.0)
     panels[0, 3, 4] = float("nan")

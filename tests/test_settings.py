@@ -66,3 +66,10 @@ def test_autocast_on_by_default_and_switchable_by_env():
     assert HandlerSettings.from_mapping({"autocast": True}, env={"PEAKNET_AUTOCAST": "false"}).autocast is False
     with pytest.raises(ValueError):
         HandlerSettings.from_mapping({"autocast": "sometimes"}, env={})
+
+
+def test_depthwise_padding_on_by_default_and_switchable_by_env():
+    assert HandlerSettings.from_mapping(None, env={}).depthwise_padding is True
+    assert HandlerSettings.from_mapping({"depthwise_padding": False}, env={}).depthwise_padding is False
+    env = {"PEAKNET_DEPTHWISE_PADDING": "false"}
+    assert HandlerSettings.from_mapping({"depthwise_padding": True}, env=env).depthwise_padding is False

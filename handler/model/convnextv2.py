@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from handler.model.depthwise import PaddableDepthwiseConv2d
+
 __all__ = [
     "ChannelsFirstLayerNorm",
     "ConvNextV2Backbone",
@@ -87,7 +89,7 @@ class ConvNextV2Layer(nn.Module):
 
     def __init__(self, dim: int) -> None:
         super().__init__()
-        self.dwconv = nn.Conv2d(dim, dim, kernel_size=7, padding=3, groups=dim)
+        self.dwconv = PaddableDepthwiseConv2d(dim, kernel_size=7)  # nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
         self.layernorm = nn.LayerNorm(dim, eps=LAYER_NORM_EPS)
         self.pwconv1 = nn.Linear(dim, 4 * dim)
         self.act = nn.GELU()
