@@ -37,6 +37,8 @@ RUN apt-get update \
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /opt/peaknet/model_store/peaknet.mar /opt/peaknet/model_store/peaknet.mar
 COPY docker/entrypoint.sh docker/configure_mar.py docker/healthcheck.py /opt/peaknet/docker/
+# expandable_segments: the CUDA caching allocator grows segments in place, so reserved memory stays
+# close to allocated (README, Configuration; benchmarks/results/model_padded_h200, e2e_alloc_*_h200).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PEAKNET_HOME=/home/peaknet \
@@ -44,7 +46,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     PEAKNET_MODEL_ARCHIVE=/opt/peaknet/model_store/peaknet.mar \
     PEAKNET_PYTHON=/opt/venv/bin/python \
     NVIDIA_VISIBLE_DEVICES=all \
-    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility \
+    PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 USER 10001
 WORKDIR /home/peaknet
 EXPOSE 8080 8082

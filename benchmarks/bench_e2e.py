@@ -107,6 +107,19 @@ def scrape_counters(metrics_url: str, model: str) -> dict[str, float]:
     return values
 
 
+def scrape_gauge_max(metrics_url: str, model: str, name: str = "PeakNetGpuMemoryReservedMB") -> float | None:
+    """The largest value of the handler's gauge ``name`` over the model's workers (their last
+    published values) from /metrics; None when no worker published it (CPU, or no batch yet)."""
+    import requests
+    try:
+        text = requests.get(f"{metrics_url}/metrics", timeout=10).text
+    except requests.RequestException:
+        return None
+    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith(name + "{") and (f'model_name="{model}"' in line or f'ModelName="{model}"' in line)]
+    return max(values, default=None)
+
+
 def server_side(before: dict[str, float], after: dict[str, float]) -> dict[str, float | None]:
     """Between two scrapes: TorchServe's mean inference and queue ms per request (the frontend's
     view: the worker's whole round trip), the mean requests per batch, and the handler's own ms
@@ -203,6 +216,7 @@ def serve_and_measure(args, gpus: int, warmup_shape, rows: list[dict], save) -> 
                              "rate_hz": rate, "fps": report["fps"], "rps": report["rps"],
                              "mb_per_s": report["mb_per_s"],
                              "p50_ms": latency.get("p50"), "p99_ms": latency.get("p99"), **measured,
+                             "gpu_reserved_mb": scrape_gauge_max(urls["metrics"], target),
                              "error_rate": report["error_rate"],
                              "fell_behind": report.get("open_loop", {}).get("fell_behind")})
                 progress(f"  {rows[-1]['fps']:.1f} frames/s, p99 {rows[-1]['p99_ms']} ms")
@@ -234,7 +248,8 @@ COLUMNS = [("gpus", "GPUs"), ("target", "served"), ("workers", "workers"), ("loo
            ("concurrency", "clients"), ("rate_hz", "rate Hz"), ("fps", "frames/s"), ("p50_ms", "p50 ms"),
            ("p99_ms", "p99 ms"), ("server_infer_ms", "TS infer ms/req"), ("server_queue_ms", "TS queue ms/req"),
            ("requests_per_batch", "req/batch"), ("handler_ms_per_batch", "handler ms/batch"),
-           ("handler_infer_ms_per_batch", "of which infer"), ("fraction_of_echo", "÷ echo"),
+           ("handler_infer_ms_per_batch", "of which infer"), ("gpu_reserved_mb", "GPU reserved MB/worker"),
+           ("fraction_of_echo", "÷ echo"),
            ("scaling_efficiency", "scaling eff."), ("error_rate", "errors"), ("fell_behind", "fell behind")]
 
 

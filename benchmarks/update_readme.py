@@ -36,6 +36,9 @@ SECTIONS = [
     ("handler_h200.md", "Handler level (H200): bytes → decode → H2D → infer → peaks, per stage"),
     ("e2e_padded_h200.md", "End to end (H200), session 5: the worker with the depthwise-padding tuning, "
                            "with and without autocast"),
+    ("e2e_alloc_default_h200.md", "End to end (H200), session 5: worker GPU memory with the default CUDA "
+                                  "allocator ..."),
+    ("e2e_alloc_expandable_h200.md", "... and with expandable segments (the next command, a fresh server)"),
     ("e2e_h200.md", "End to end (H200): TorchServe under the load-test client, vs the echo ceiling"),
     ("e2e_h200_16threads.md", "End to end (H200) before the one-thread default: 2 and 4 workers, with and "
                               "without one-copy socket reads"),

@@ -243,6 +243,7 @@ def test_dockerfile_facts():
     assert "USER 10001" in text and "openjdk-17-jre-headless" in text
     assert "scripts/build_mar.py --export-path /opt/peaknet/model_store" in text
     assert 'ENTRYPOINT ["/opt/peaknet/docker/entrypoint.sh"]' in text
+    assert "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True" in text  # workers inherit the allocator setting
     pins = [line for line in (ROOT / "docker" / "requirements.txt").read_text().splitlines() if line and not line.startswith("#")]
     assert pins and all("==" in line for line in pins)
     for path in ("handler", "model_store/peaknet", "model-config.yaml", "scripts/build_mar.py", "docker"):
