@@ -53,7 +53,7 @@ class PaddableDepthwiseConv2d(nn.Conv2d):
 
 def padded_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                           size: tuple[int, int]) -> torch.Tensor:
-    """A "same" depthwise conv of (B, C, H, W) ``x`` computed over an ``size`` = (H', W') image.
+    """A "same" depthwise conv of (B, C, H, W) ``x`` computed over a ``size`` = (H', W') image.
 
     ``x`` is zero-padded by ``k // 2`` on top/left and by ``k // 2 + H' - H`` (``W' - W``) on the
     bottom/right, convolved without padding, and the (B, C, H, W) top-left of the result returned.
