@@ -14,36 +14,21 @@ import os
 import platform
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import torch
 
+from handler.timing import time_samples_ms
+
 
 def time_ms(fn: Callable[[], Any], device: torch.device, warmup: int = 3, repeats: int = 10) -> dict[str, float]:
-    """Run ``fn`` ``warmup`` times, then time ``repeats`` runs.
+    """Run ``fn`` ``warmup`` times, then time ``repeats`` runs (:func:`handler.timing.time_samples_ms`).
 
     Returns:
         ``{"median_ms", "min_ms", "max_ms"}`` over the timed repeats.
     """
-    for _ in range(warmup):
-        fn()
-    samples = []
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        for _ in range(repeats):
-            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            stop.record()
-            stop.synchronize()
-            samples.append(start.elapsed_time(stop))
-    else:
-        for _ in range(repeats):
-            started = time.perf_counter()
-            fn()
-            samples.append(1e3 * (time.perf_counter() - started))
+    samples = time_samples_ms(fn, device, warmup, repeats)
     return {"median_ms": statistics.median(samples), "min_ms": min(samples), "max_ms": max(samples)}
 
 

@@ -18,13 +18,14 @@ and the cuDNN version.
 from __future__ import annotations
 
 import statistics
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from handler.timing import time_samples_ms
 
 __all__ = ["PaddableDepthwiseConv2d", "PaddingChoice", "tune_depthwise_padding"]
 
@@ -114,19 +115,20 @@ def tune_depthwise_padding(model: nn.Module, run: Callable[[], object], *,
         for hook in hooks:
             hook.remove()
 
+    def median_ms(fn: Callable[[], object], device: torch.device) -> float:
+        return statistics.median(time_samples_ms(fn, device, warmup=2, repeats=repeats))
+
     choices = []
     with torch.inference_mode():
         for x, modules in seen.values():
             conv = modules[0]
             weight, bias = conv.weight.to(x.dtype), None if conv.bias is None else conv.bias.to(x.dtype)
             height, width = x.shape[-2:]
-            timer = _median_cuda_ms if x.is_cuda else _median_wall_ms
-            plain_ms = timer(lambda: conv._conv_forward(x, weight, bias), repeats)
+            plain_ms = median_ms(lambda: conv._conv_forward(x, weight, bias), x.device)
             padded = {}
             for pixels in extra:
                 size = (height + pixels, width + pixels)
-                padded[size] = timer(lambda size=size: padded_depthwise_conv(x, weight, bias, size),
-                                     repeats)
+                padded[size] = median_ms(lambda size=size: padded_depthwise_conv(x, weight, bias, size), x.device)
             best_size, best_ms = min(padded.items(), key=lambda item: item[1], default=(None, plain_ms))
             if best_size is None or best_ms >= min_gain * plain_ms:
                 best_size, best_ms = None, plain_ms
@@ -137,30 +139,3 @@ def tune_depthwise_padding(model: nn.Module, run: Callable[[], object], *,
                     module.compute_sizes[(height, width)] = best_size
             choices.append(PaddingChoice(tuple(x.shape), x.dtype, len(modules), plain_ms, best_size, best_ms))
     return choices
-
-
-def _median_wall_ms(fn: Callable[[], object], repeats: int) -> float:
-    """Median wall time of ``fn()`` in ms over ``repeats`` calls, after two warm-up calls."""
-    for _ in range(2):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        fn()
-        samples.append(1e3 * (time.perf_counter() - started))
-    return statistics.median(samples)
-
-
-def _median_cuda_ms(fn: Callable[[], object], repeats: int) -> float:
-    """Median GPU time of ``fn()`` in ms over ``repeats`` calls, after two warm-up calls."""
-    for _ in range(2):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        stop.record()
-        stop.synchronize()
-        samples.append(start.elapsed_time(stop))
-    return statistics.median(samples)
