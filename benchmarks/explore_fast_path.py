@@ -55,12 +55,11 @@ from benchmarks.bench_model import MODES, parse_case, prepare_mode
 from benchmarks.profile_model import kernel_times
 from benchmarks.timing import time_ms
 from handler.checkpoint import load_peaknet
-from handler.model import convnextv2
-from handler.model.depthwise import padded_depthwise_conv
+from handler.model.depthwise import PaddableDepthwiseConv2d, padded_depthwise_conv
 from handler.model.bifpn import DepthwiseSeparableConv2d
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs/peaknet-33m.yaml"
-ORIGINAL_LAYER_FORWARD = convnextv2.ConvNextV2Layer.forward
+ORIGINAL_DEPTHWISE_FORWARD = PaddableDepthwiseConv2d.forward
 
 
 def fold_depthwise_1x1(model: nn.Module) -> nn.Module:
@@ -94,31 +93,28 @@ def depthwise_taps(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     return acc.to(x.dtype)
 
 
-def _convnext_layer_with_taps(self: convnextv2.ConvNextV2Layer, x: torch.Tensor) -> torch.Tensor:
-    y = depthwise_taps(x, self.dwconv.weight, self.dwconv.bias).permute(0, 2, 3, 1)
-    y = self.pwconv2(self.grn(self.act(self.pwconv1(self.layernorm(y)))))
-    return x + y.permute(0, 3, 1, 2)
+def _depthwise_forward(compute: Callable[[PaddableDepthwiseConv2d, torch.Tensor], torch.Tensor],
+                       channels: int | None = None) -> Callable[[PaddableDepthwiseConv2d, torch.Tensor], torch.Tensor]:
+    """A ``PaddableDepthwiseConv2d.forward`` that runs ``compute(conv, x)`` instead, for every conv or
+    (given ``channels``) for the convs with that many channels only."""
+    def forward(self: PaddableDepthwiseConv2d, x: torch.Tensor) -> torch.Tensor:
+        if channels is not None and self.in_channels != channels:
+            return ORIGINAL_DEPTHWISE_FORWARD(self, x)
+        return compute(self, x)
+    return forward
 
 
-def _convnext_layer_dw_split(self: convnextv2.ConvNextV2Layer, x: torch.Tensor) -> torch.Tensor:
-    """ConvNextV2Layer.forward with a 192-channel depthwise conv run as two 96-channel convs."""
-    conv = self.dwconv
-    if conv.in_channels != 192:
-        return ORIGINAL_LAYER_FORWARD(self, x)
-    y = depthwise_split(x, conv.weight, conv.bias, 96).permute(0, 2, 3, 1)
-    y = self.pwconv2(self.grn(self.act(self.pwconv1(self.layernorm(y)))))
-    return x + y.permute(0, 3, 1, 2)
-
-
-def _convnext_layer_dw_nchw(self: convnextv2.ConvNextV2Layer, x: torch.Tensor) -> torch.Tensor:
-    """ConvNextV2Layer.forward with a 192-channel depthwise conv run on an NCHW copy of its input."""
-    conv = self.dwconv
-    if conv.in_channels != 192:
-        return ORIGINAL_LAYER_FORWARD(self, x)
-    y = F.conv2d(x.contiguous(), conv.weight.contiguous(), conv.bias, padding=3, groups=192)
-    y = y.contiguous(memory_format=torch.channels_last).permute(0, 2, 3, 1)
-    y = self.pwconv2(self.grn(self.act(self.pwconv1(self.layernorm(y)))))
-    return x + y.permute(0, 3, 1, 2)
+#: Variant name part -> the ConvNeXt depthwise conv's replacement forward (first match wins).
+DEPTHWISE_VARIANTS = {
+    # 49 shifted multiply-adds for Inductor to fuse
+    "taps": _depthwise_forward(lambda conv, x: depthwise_taps(x, conv.weight, conv.bias)),
+    # the 192-channel convs as two 96-channel convs
+    "dwsplit": _depthwise_forward(lambda conv, x: depthwise_split(x, conv.weight, conv.bias, 96), channels=192),
+    # the 192-channel convs on an NCHW copy of their input, the result back to channels_last
+    "dwnchw": _depthwise_forward(
+        lambda conv, x: F.conv2d(x.contiguous(), conv.weight.contiguous(), conv.bias, padding=3, groups=192)
+        .contiguous(memory_format=torch.channels_last), channels=192),
+}
 
 
 def print_top_kernels(fn: Callable, device: torch.device, top: int) -> None:
@@ -132,12 +128,8 @@ def build_variant(name: str, base: torch.Tensor, device: torch.device) -> Callab
     """A no-argument callable running variant ``name`` on ``base``; returns the peak mask (B, H, W).
     The variant is a :data:`~benchmarks.bench_model.MODES` mode (``autocast``, ``lean_pure`` for
     ``eager``, else ``fast_pure``) with the name's rewrites and Inductor options."""
-    convnextv2.ConvNextV2Layer.forward = (
-        _convnext_layer_with_taps if "taps" in name
-        else _convnext_layer_dw_split if "dwsplit" in name
-        else _convnext_layer_dw_nchw if "dwnchw" in name
-        else ORIGINAL_LAYER_FORWARD
-    )
+    PaddableDepthwiseConv2d.forward = next(
+        (forward for part, forward in DEPTHWISE_VARIANTS.items() if part in name), ORIGINAL_DEPTHWISE_FORWARD)
     mode = MODES["autocast" if name == "autocast" else "lean_pure" if "eager" in name else "fast_pure"]
     options = {}
     if "rr1" in name:
@@ -173,7 +165,7 @@ def variants(shape: tuple[int, ...], names: list[str], top: int, device: torch.d
         del run
         gc.collect()
         torch.cuda.empty_cache()
-    convnextv2.ConvNextV2Layer.forward = ORIGINAL_LAYER_FORWARD
+    PaddableDepthwiseConv2d.forward = ORIGINAL_DEPTHWISE_FORWARD
 
 
 def depthwise(device: torch.device) -> None:

@@ -92,6 +92,25 @@ def test_explored_rewrites_compute_the_same_function():
         torch.testing.assert_close(folded.forward_peak_score(image), expected, rtol=1e-4, atol=1e-4)
 
 
+def test_depthwise_variants_replace_the_conv_and_keep_the_mask():
+    """The explored depthwise-conv variants (eager, CPU, the 33M config at 64x64) swap the conv's
+    forward, in the convs they name only, and leave the peak mask as it was."""
+    import torch
+
+    from benchmarks.explore_fast_path import ORIGINAL_DEPTHWISE_FORWARD, build_variant
+    from handler.model.depthwise import PaddableDepthwiseConv2d
+
+    base = torch.randn(1, 1, 64, 64, generator=torch.Generator().manual_seed(0))
+    try:
+        expected = build_variant("eager", base, torch.device("cpu"))()
+        for name in ("eager_taps", "eager_dwsplit", "eager_dwnchw"):
+            mask = build_variant(name, base, torch.device("cpu"))()
+            assert PaddableDepthwiseConv2d.forward is not ORIGINAL_DEPTHWISE_FORWARD
+            assert torch.equal(mask, expected), name
+    finally:
+        PaddableDepthwiseConv2d.forward = ORIGINAL_DEPTHWISE_FORWARD
+
+
 def test_conv_times_lists_every_convolution_with_its_input_layout():
     import torch
 
