@@ -91,16 +91,20 @@ HANDLER_COUNTERS = ("PeakNetBatches", "PeakNetHandleMsTotal", "PeakNetDecodeMsTo
                     "PeakNetPostprocessMsTotal")
 
 
+def metrics_lines(metrics_url: str) -> list[str]:
+    """The lines of TorchServe's Prometheus ``/metrics`` page; none when it does not answer."""
+    import requests
+    try:
+        return requests.get(f"{metrics_url}/metrics", timeout=10).text.splitlines()
+    except requests.RequestException:
+        return []
+
+
 def scrape_counters(metrics_url: str, model: str) -> dict[str, float]:
     """TorchServe's per-model request/latency counters and the handler's stage-time counters
     (see handler/metrics.py) from /metrics, summed over the model's workers."""
-    import requests
     values = dict.fromkeys(TS_COUNTERS + HANDLER_COUNTERS, 0.0)
-    try:
-        text = requests.get(f"{metrics_url}/metrics", timeout=10).text
-    except requests.RequestException:
-        return values
-    for line in text.splitlines():
+    for line in metrics_lines(metrics_url):
         name, _, rest = line.partition("{")
         if name in values and (f'model_name="{model}"' in rest or f'ModelName="{model}"' in rest):
             values[name] += float(line.rsplit(" ", 1)[1])
@@ -110,12 +114,7 @@ def scrape_counters(metrics_url: str, model: str) -> dict[str, float]:
 def scrape_gauge_max(metrics_url: str, model: str, name: str = "PeakNetGpuMemoryReservedMB") -> float | None:
     """The largest value of the handler's gauge ``name`` over the model's workers (their last
     published values) from /metrics; None when no worker published it (CPU, or no batch yet)."""
-    import requests
-    try:
-        text = requests.get(f"{metrics_url}/metrics", timeout=10).text
-    except requests.RequestException:
-        return None
-    values = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+    values = [float(line.rsplit(" ", 1)[1]) for line in metrics_lines(metrics_url)
               if line.startswith(name + "{") and (f'model_name="{model}"' in line or f'ModelName="{model}"' in line)]
     return max(values, default=None)
 
