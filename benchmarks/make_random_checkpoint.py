@@ -14,7 +14,7 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from handler.checkpoint import load_peaknet
+from peaknet_serve.checkpoint import load_peaknet
 
 
 def main() -> int:

@@ -23,16 +23,24 @@ from __future__ import annotations
 import argparse
 import gc
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from benchmarks.bench_model import parse_case
-from benchmarks.timing import (add_run_arguments, environment, markdown_table, plot_rows, progress, replot,
-                               time_ms, write_results)
-from handler.checkpoint import load_peaknet
-from handler.model.peaknet import PeakNet
+from benchmarks.timing import (
+    add_run_arguments,
+    environment,
+    markdown_table,
+    plot_rows,
+    progress,
+    replot,
+    time_ms,
+    write_results,
+)
+from peaknet_serve.checkpoint import load_peaknet
+from peaknet_serve.model.peaknet import PeakNet
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("backbone", "neck", "head")
@@ -103,16 +111,22 @@ def profile_stages(config: Path, shape: tuple[int, ...], mode: str, device: torc
         inputs["neck"] = stages["backbone"](x)
         inputs["head"] = stages["neck"](inputs["neck"])
         for name in STAGES:
-            timing = time_ms(lambda: stages[name](inputs[name]), device, warmup, repeats)
+            stage, stage_input = stages[name], inputs[name]
+            timing = time_ms(lambda stage=stage, stage_input=stage_input: stage(stage_input), device, warmup, repeats)
             rows.append({"model": config.stem, "shape": list(shape), "mode": mode, "stage": name,
                          "ms": timing["median_ms"]})
-        whole = time_ms(lambda: stages["head"](stages["neck"](stages["backbone"](x))), device, warmup, repeats)
+        backbone, neck, head = stages["backbone"], stages["neck"], stages["head"]
+
+        def whole_pass(backbone=backbone, neck=neck, head=head, x=x) -> torch.Tensor:
+            return head(neck(backbone(x)))
+
+        whole = time_ms(whole_pass, device, warmup, repeats)
         rows.append({"model": config.stem, "shape": list(shape), "mode": mode, "stage": "whole",
                      "ms": whole["median_ms"]})
-        times = kernel_times(lambda: stages["head"](stages["neck"](stages["backbone"](x))), device)
+        times = kernel_times(whole_pass, device)
     for row in rows:
         row["share"] = row["ms"] / whole["median_ms"]
-    del model, stages, inputs, x
+    del model, stages, inputs, x, backbone, neck, head, stage, stage_input, whole_pass
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -8,22 +8,22 @@ Results are written as JSON (with the command line and environment) plus a markd
 from __future__ import annotations
 
 import argparse
-
 import json
 import os
 import platform
 import statistics
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
-from handler.timing import time_samples_ms
+from peaknet_serve.timing import time_samples_ms
 
 
 def time_ms(fn: Callable[[], Any], device: torch.device, warmup: int = 3, repeats: int = 10) -> dict[str, float]:
-    """Run ``fn`` ``warmup`` times, then time ``repeats`` runs (:func:`handler.timing.time_samples_ms`).
+    """Run ``fn`` ``warmup`` times, then time ``repeats`` runs (:func:`peaknet_serve.timing.time_samples_ms`).
 
     Returns:
         ``{"median_ms", "min_ms", "max_ms"}`` over the timed repeats.

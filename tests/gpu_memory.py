@@ -4,7 +4,7 @@ import contextlib
 
 import torch
 
-from handler.inference import PanelPeakFinder
+from peaknet_serve.device.finder import PanelPeakFinder
 
 
 def peak_bytes(finder: PanelPeakFinder, panels: torch.Tensor) -> int:

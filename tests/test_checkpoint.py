@@ -14,13 +14,13 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from handler.checkpoint import (
+from peaknet_serve.checkpoint import (
     CheckpointError,
     load_config,
     load_peaknet,
     read_state_dict,
 )
-from handler.model import PeakNet, PeakNetConfig
+from peaknet_serve.model import PeakNet, PeakNetConfig
 
 UPSTREAM = Path(__file__).resolve().parent / "fixtures" / "upstream"
 CONFIG_YAML = UPSTREAM / "peaknet_tiny.yaml"

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from handler.errors import BadRequest, PayloadTooLarge, RequestError, UnsupportedMediaType
+from peaknet_serve.errors import BadRequest, PayloadTooLarge, RequestError, UnsupportedMediaType
 
 
 @pytest.mark.parametrize(

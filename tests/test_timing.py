@@ -1,4 +1,4 @@
-"""handler.timing: one sample per timed run, after the warm-ups, in milliseconds."""
+"""peaknet_serve.timing: one sample per timed run, after the warm-ups, in milliseconds."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from handler.timing import time_samples_ms
+from peaknet_serve.timing import time_samples_ms
 
 
 def test_cpu_samples_are_wall_clock_ms_after_the_warmups():

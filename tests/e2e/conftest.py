@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scripts.build_mar import build
-from scripts.java_home import find_java_home
-from scripts.server import log_tail, torchserve_command, torchserve_env, wait_ready, write_loopback_config
+from peaknet_serve.launch.archive import build
+from peaknet_serve.launch.java import find_java_home
+from peaknet_serve.launch.server import log_tail, torchserve_command, torchserve_env, wait_ready, write_loopback_config
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_MODEL = ROOT / "tests" / "fixtures" / "upstream" / "peaknet_tiny.yaml"

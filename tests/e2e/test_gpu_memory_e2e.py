@@ -14,8 +14,8 @@ import pytest
 import requests
 import torch
 
-from handler.checkpoint import load_peaknet
-from handler.inference import PanelPeakFinder
+from peaknet_serve.checkpoint import load_peaknet
+from peaknet_serve.device.finder import PanelPeakFinder
 from tests.e2e.conftest import ROOT
 from tests.frames import spot_frames
 from tests.gpu_memory import peak_bytes

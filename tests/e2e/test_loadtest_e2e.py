@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from scripts import loadtest
+from peaknet_serve.clients import loadtest
 
 pytestmark = pytest.mark.e2e
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import requests
 
-from scripts import peakfind
-from scripts.payloads import Geometry, encode_request, simulate_frames
+from peaknet_serve.clients import peakfind
+from peaknet_serve.clients.payloads import Geometry, encode_request, simulate_frames
 
 pytestmark = pytest.mark.e2e
 

@@ -11,10 +11,10 @@ import pytest
 import requests
 import torch
 
-from handler.checkpoint import load_peaknet
-from tests.frames import spot_frames
-from handler.inference import PanelPeakFinder
+from peaknet_serve.checkpoint import load_peaknet
+from peaknet_serve.device.finder import PanelPeakFinder
 from tests.e2e.conftest import TINY_MODEL
+from tests.frames import spot_frames
 
 pytestmark = pytest.mark.e2e
 TIMEOUT = 60
@@ -176,23 +176,3 @@ def test_precision_env_var_changes_served_dtype(start_server, frames):
     response = post(server, npy_bytes(frames), "application/x-npy")
     assert response.status_code == 200, response.text
     assert response.json()["precision"] == "bfloat16"
-
-
-def test_one_copy_socket_reads_serve_the_same_answers(start_server, served, frames):
-    """``PEAKNET_SOCKET_RECV_INTO``: the worker reads bodies with handler.ts_backend; every
-    encoding (raw, npy, multipart, HDF5) still decodes to the same peaks, batch after batch."""
-    server = start_server(PEAKNET_SOCKET_RECV_INTO="true")
-    shape = ",".join(map(str, frames.shape))
-    bodies = [
-        (frames.tobytes(), "application/octet-stream", {"X-Dtype": "uint16", "X-Shape": shape}, {}),
-        (npy_bytes(frames), "application/x-npy", {}, {}),
-        (hdf5_bytes(frames, compression="gzip"), "application/x-hdf5", {}, {}),
-        (None, None, {}, {"files": {"data": ("frame.npy", npy_bytes(frames))}}),
-    ]
-    reference = peak_signature(post(served, *bodies[0][:3]).json())
-    for body, content_type, headers, extra in bodies * 2:
-        response = post(server, body, content_type, headers, **extra)
-        assert response.status_code == 200, response.text
-        assert peak_signature(response.json()) == reference
-    log = (server.log_dir / "model_log.log").read_text(errors="replace")
-    assert "request bodies are read with recv_into" in log

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from fuzz_payloads import FUZZ_STATS
-from handler.decode.hdf5_sandbox import Hdf5Sandbox
+
+from peaknet_serve.decode.hdf5_sandbox import Hdf5Sandbox
 
 
 @pytest.fixture(scope="session")

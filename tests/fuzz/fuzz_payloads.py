@@ -54,7 +54,7 @@ def run_counted(target: str, call):
 
     Returns the call's result, or the RequestError it raised.
     """
-    from handler.errors import RequestError
+    from peaknet_serve.errors import RequestError
 
     FUZZ_STATS.inputs[target] += 1
     try:

@@ -21,7 +21,6 @@ from pathlib import Path
 
 import h5py
 import numpy as np
-
 from fuzz_payloads import DEFAULT_DATASET, hdf5_bytes, npy_bytes
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
@@ -46,9 +45,9 @@ def h5(fill) -> bytes:
 # Decodes each pickled body in-process; the exit status says whether the process survived.
 _DECODE_EACH = """
 import pickle, sys
-from handler.decode.hdf5 import decode_hdf5
-from handler.decode.limits import DecodeLimits
-from handler.errors import RequestError
+from peaknet_serve.decode.hdf5 import decode_hdf5
+from peaknet_serve.decode.limits import DecodeLimits
+from peaknet_serve.errors import RequestError
 for body in pickle.loads(sys.stdin.buffer.read()):
     try:
         decode_hdf5(memoryview(body), None, DecodeLimits())

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from fuzz_payloads import OpenSentinel, run_counted
-from handler.decode import DecodedFrames, decode_hdf5, decode_request
-from handler.decode.hdf5_sandbox import Hdf5Sandbox
-from handler.errors import RequestError
+
+from peaknet_serve.decode import DecodedFrames, decode_hdf5, decode_request
+from peaknet_serve.decode.hdf5_sandbox import Hdf5Sandbox
+from peaknet_serve.errors import RequestError
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 MANIFEST = json.loads((CORPUS / "manifest.json").read_text())
@@ -64,7 +64,7 @@ def test_replay(entry, tmp_path, monkeypatch):
 def test_crashers_really_kill_an_in_process_reader(entry):
     """Why HDF5 is decoded in a child process: this file segfaults the process decoding it."""
     script = (
-        "import sys; from handler.decode import decode_hdf5, DecodeLimits\n"
+        "import sys; from peaknet_serve.decode import decode_hdf5, DecodeLimits\n"
         "decode_hdf5(memoryview(sys.stdin.buffer.read()), None, DecodeLimits())"
     )
     result = subprocess.run([sys.executable, "-c", script], input=(CORPUS / entry["file"]).read_bytes(),

@@ -1,7 +1,7 @@
 """Property-based fuzzing of every decoder: only RequestError may escape, valid input round-trips.
 
 Hypothesis drives random bodies, mutated valid payloads (the seed corpus included), random
-headers and random ``.npy`` headers through :func:`handler.decode.decode_request`. HDF5 goes
+headers and random ``.npy`` headers through :func:`peaknet_serve.decode.decode_request`. HDF5 goes
 through the sandbox, exactly as in the server, so a file that crashes the HDF5 stack shows up as
 a 400 and a sandbox restart rather than as a dead test process.
 """
@@ -12,15 +12,15 @@ import json
 from pathlib import Path
 
 import numpy as np
+from fuzz_payloads import HDF5_COMPRESSIONS, examples, hdf5_bytes, npy_bytes, run_counted
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from fuzz_payloads import HDF5_COMPRESSIONS, examples, hdf5_bytes, npy_bytes, run_counted
-from handler.decode import DecodedFrames, DecodeLimits, decode_request
-from handler.decode.npy import read_npy_header
-from handler.decode.options import normalise_options
-from handler.errors import RequestError
+from peaknet_serve.decode import DecodedFrames, DecodeLimits, decode_request
+from peaknet_serve.decode.npy import read_npy_header
+from peaknet_serve.decode.options import normalise_options
+from peaknet_serve.errors import RequestError
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 SEEDS = [(CORPUS / entry["file"]).read_bytes() for entry in json.loads((CORPUS / "manifest.json").read_text())]

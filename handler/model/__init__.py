@@ -1,5 +1,0 @@
-"""PeakNet architecture: ConvNeXt V2 backbone, BiFPN and segmentation head."""
-
-from handler.model.peaknet import PeakNet, PeakNetConfig, count_parameters
-
-__all__ = ["PeakNet", "PeakNetConfig", "count_parameters"]

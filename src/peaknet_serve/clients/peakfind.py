@@ -1,0 +1,525 @@
+#!/usr/bin/env python3
+"""Find the Bragg peaks of a whole run: stream CXI/HDF5 files through the PeakNet server.
+
+For every input file (or every ``*.cxi``/``*.h5``/``*.hdf5`` in a given folder) the frames are
+read in chunks of ``--frames-per-request``, sent to the server ``--concurrency`` requests at a
+time, and the peaks are written to ``<output-dir>/<name>_peaks.cxi`` in the layout CrystFEL's
+``indexamajig --peaks=cxi`` reads:
+
+    /entry_1/result_1/nPeaks              (N,)        int32
+    /entry_1/result_1/peakXPosRaw         (N, 2048)   float32  fast-scan position (fs)
+    /entry_1/result_1/peakYPosRaw         (N, 2048)   float32  panel * H + ss (panels stacked)
+    /entry_1/result_1/peakTotalIntensity  (N, 2048)   float32  integrated ADU
+    /entry_1/result_1/peakNPixels         (N, 2048)   float32  pixels in the peak
+    /entry_1/data_1/data                  external link to the input frames
+
+Positions are pixel-index coordinates (the centre of the first pixel is 0.0), the Cheetah
+convention that CrystFEL's default half-pixel shift expects. Each output is written under a
+temporary name and renamed when complete, so a run can be stopped and started again: finished
+inputs are skipped (``--overwrite`` redoes them).
+
+    peaknet-peakfind /data/run0042/ --output-dir peaks/ --key-file key_file.json
+    indexamajig -i peaks/peaks.lst -g epix10k2m.geom --peaks=cxi -o run0042.stream ...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import requests
+
+from peaknet_serve.clients.payloads import (
+    DEFAULT_DATASET,
+    ENCODINGS,
+    check_prediction,
+    encode_request,
+    file_frames_shape,
+    iter_frames,
+    read_inference_key,
+)
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+CXI_MAX_PEAKS = 2048
+RESULT_GROUP = "/entry_1/result_1"
+INPUT_SUFFIXES = (".cxi", ".h5", ".hdf5")
+OUTPUT_SUFFIX = "_peaks.cxi"
+
+Predict = Callable[[np.ndarray], dict[str, Any]]
+
+
+class PeakfindError(RuntimeError):
+    """A file could not be processed (server refused a chunk, bad input)."""
+
+
+# --------------------------------------------------------------------------------------------
+# inputs and outputs
+# --------------------------------------------------------------------------------------------
+
+
+def discover_inputs(paths: Iterable[str | Path], recursive: bool = False, exclude: Path | None = None) -> list[Path]:
+    """Input files: files as given, folders expanded to their CXI/HDF5 files, sorted, no repeats.
+
+    Files inside ``exclude`` (the output folder) and earlier outputs (``*_peaks.cxi``) are left out.
+    """
+    found: dict[Path, None] = {}
+    for path in map(Path, paths):
+        if path.is_dir():
+            candidates = sorted(path.rglob("*") if recursive else path.iterdir())
+            files = [p for p in candidates if p.is_file() and p.suffix.lower() in INPUT_SUFFIXES]
+        elif path.is_file():
+            files = [path]
+        else:
+            raise FileNotFoundError(f"{path}: no such file or folder")
+        for file in files:
+            resolved = file.resolve()
+            inside_output = exclude is not None and resolved.is_relative_to(exclude.resolve())
+            if not inside_output and not file.name.endswith(OUTPUT_SUFFIX):
+                found.setdefault(resolved)
+    return list(found)
+
+
+def output_paths(inputs: Sequence[Path], output_dir: Path) -> list[Path]:
+    """``<output_dir>/<stem>_peaks.cxi`` per input; two inputs may not share a name."""
+    outputs = [output_dir / f"{p.stem}{OUTPUT_SUFFIX}" for p in inputs]
+    seen: dict[Path, Path] = {}
+    for source, out in zip(inputs, outputs):
+        if out in seen:
+            raise ValueError(f"{seen[out]} and {source} would both write {out}")
+        seen[out] = source
+    return outputs
+
+
+@dataclass(frozen=True)
+class PeakTable:
+    """Peaks of ``N`` frames in CrystFEL's CXI layout (rows padded with zeros to ``max_peaks``).
+
+    Attributes:
+        n_peaks: ``(N,)`` int32, peaks stored per frame (at most ``max_peaks``).
+        x: ``(N, max_peaks)`` float32, fast-scan coordinate.
+        y: ``(N, max_peaks)`` float32, ``panel * panel_height + ss``.
+        intensity: ``(N, max_peaks)`` float32, integrated intensity.
+        npix: ``(N, max_peaks)`` float32, pixel count.
+        found: ``(N,)`` int64, peaks the server found (``> n_peaks`` where a row was truncated).
+    """
+
+    n_peaks: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    intensity: np.ndarray
+    npix: np.ndarray
+    found: np.ndarray
+
+
+def peak_table(frames: Sequence[dict[str, Any]], panel_height: int, max_peaks: int = CXI_MAX_PEAKS) -> PeakTable:
+    """Stack the server's per-frame peak lists into CXI arrays.
+
+    Panels are stacked along the slow-scan axis: ``Y = panel * panel_height + ss``, ``X = fs``.
+    A frame with more than ``max_peaks`` peaks keeps its ``max_peaks`` most intense ones.
+    """
+    n = len(frames)
+    table = PeakTable(
+        n_peaks=np.zeros(n, np.int32),
+        x=np.zeros((n, max_peaks), np.float32),
+        y=np.zeros((n, max_peaks), np.float32),
+        intensity=np.zeros((n, max_peaks), np.float32),
+        npix=np.zeros((n, max_peaks), np.float32),
+        found=np.zeros(n, np.int64),
+    )
+    for i, frame in enumerate(frames):
+        intensity = np.asarray(frame["intensity"], np.float64)
+        keep = np.argsort(-intensity, kind="stable")[:max_peaks]
+        keep.sort()  # the server's order, among the kept
+        k = len(keep)
+        table.found[i] = frame["num_peaks"]
+        table.n_peaks[i] = k
+        table.x[i, :k] = np.asarray(frame["fs"], np.float64)[keep]
+        table.y[i, :k] = np.asarray(frame["panel"], np.float64)[keep] * panel_height + np.asarray(frame["ss"])[keep]
+        table.intensity[i, :k] = intensity[keep]
+        table.npix[i, :k] = np.asarray(frame["npix"], np.float64)[keep]
+    return table
+
+
+def write_peak_file(
+    path: Path, table: PeakTable, source: Path, dataset: str, attrs: dict[str, Any] | None = None
+) -> None:
+    """Write ``table`` as a CXI peak file at ``path``, atomically (temporary name, then rename).
+
+    ``/entry_1/data_1/data`` links to the frames in ``source`` so that CrystFEL reads image and
+    peaks from the one file. The root attribute ``complete`` marks a finished file.
+    """
+    import h5py
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        with h5py.File(partial, "w") as f:
+            result = f.create_group(RESULT_GROUP)
+            result.create_dataset("nPeaks", data=table.n_peaks)
+            for name, values in (
+                ("peakXPosRaw", table.x),
+                ("peakYPosRaw", table.y),
+                ("peakTotalIntensity", table.intensity),
+                ("peakNPixels", table.npix),
+            ):
+                result.create_dataset(name, data=values, compression="gzip", compression_opts=4, shuffle=True)
+            f.require_group("/entry_1/data_1")["data"] = h5py.ExternalLink(str(source.resolve()), dataset)
+            for key, value in {**(attrs or {}), "source_file": str(source.resolve()), "source_dataset": dataset}.items():
+                f.attrs[key] = value
+            f.attrs["n_frames"] = len(table.n_peaks)
+            f.attrs["complete"] = True
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def is_complete(path: Path, n_frames: int) -> bool:
+    """Whether ``path`` is a finished peak file for ``n_frames`` frames."""
+    import h5py
+
+    if not path.is_file():
+        return False
+    try:
+        with h5py.File(path, "r") as f:
+            return bool(f.attrs.get("complete", False)) and f[f"{RESULT_GROUP}/nPeaks"].shape == (n_frames,)
+    except (OSError, KeyError):
+        return False
+
+
+# --------------------------------------------------------------------------------------------
+# the server
+# --------------------------------------------------------------------------------------------
+
+
+class ServerClient:
+    """``predict(frames)`` against ``POST /predictions/<model>``, one connection per thread.
+
+    Connection errors and 503 (queue full) are retried with exponential back-off; any other
+    error status raises :class:`PeakfindError` with the server's message. A key file is re-read
+    when it changes (TorchServe rotates keys through its management API).
+    """
+
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        model: str = "peaknet",
+        encoding: str = "raw",
+        token: str | None = None,
+        key_file: str | Path | None = None,
+        timeout_s: float = 120.0,
+        retries: int = 4,
+    ):
+        self.base_url = url.rstrip("/")
+        self.url = f"{self.base_url}/predictions/{model}"
+        self.encoding, self.timeout_s, self.retries = encoding, timeout_s, retries
+        self._token, self._key_file = token, Path(key_file) if key_file else None
+        self._key_mtime: float | None = None
+        self._local = threading.local()
+        self._lock = threading.Lock()
+
+    def auth_headers(self) -> dict[str, str]:
+        if self._key_file is not None:
+            with self._lock:
+                mtime = self._key_file.stat().st_mtime
+                if mtime != self._key_mtime:
+                    self._token, self._key_mtime = read_inference_key(self._key_file), mtime
+        return {"Authorization": f"Bearer {self._token}"} if self._token else {}
+
+    def _session(self) -> requests.Session:
+        if not hasattr(self._local, "session"):
+            self._local.session = requests.Session()
+        return self._local.session
+
+    def ping(self) -> None:
+        """Raise :class:`PeakfindError` unless ``GET /ping`` answers 200."""
+        try:
+            answer = self._session().get(f"{self.base_url}/ping", headers=self.auth_headers(), timeout=10)
+        except requests.RequestException as err:
+            raise PeakfindError(f"server at {self.base_url} does not answer: {err}") from err
+        if answer.status_code != 200:
+            raise PeakfindError(f"{self.base_url}/ping answered {answer.status_code}: {answer.text[:200]}")
+
+    def predict(self, frames: np.ndarray) -> dict[str, Any]:
+        """Peaks of ``(N, P, H, W)`` frames: the server's JSON answer, schema-checked."""
+        request = encode_request(frames, self.encoding)
+        for attempt in range(self.retries + 1):
+            last = attempt == self.retries
+            try:
+                answer = self._session().post(
+                    self.url,
+                    data=request.body,
+                    headers={**request.headers, **self.auth_headers(), "Accept": "application/json"},
+                    timeout=self.timeout_s,
+                )
+            except requests.RequestException as err:
+                if last:
+                    raise PeakfindError(f"no answer from {self.url}: {err}") from err
+            else:
+                if answer.status_code == 200:
+                    document = answer.json()
+                    problems = check_prediction(document, request.n_frames)
+                    if problems:
+                        raise PeakfindError(f"malformed answer: {'; '.join(problems[:3])}")
+                    return document
+                if answer.status_code != 503 or last:
+                    raise PeakfindError(f"server answered {answer.status_code}: {answer.text[:300]}")
+            time.sleep(min(0.5 * 2**attempt, 10.0))
+        raise AssertionError("unreachable")
+
+
+# --------------------------------------------------------------------------------------------
+# one file, a run
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FileResult:
+    """What happened to one input."""
+
+    source: str
+    output: str
+    status: str  # "done", "skipped", "failed"
+    frames: int = 0
+    hits: int = 0
+    peaks: int = 0
+    truncated_frames: int = 0
+    seconds: float = 0.0
+    error: str | None = None
+
+
+def process_file(
+    source: Path,
+    output: Path,
+    predict: Predict,
+    dataset: str = DEFAULT_DATASET,
+    panels: int | None = None,
+    frames_per_request: int = 4,
+    concurrency: int = 4,
+    min_peaks: int = 10,
+    on_frames: Callable[[int], None] = lambda n: None,
+) -> FileResult:
+    """Send every frame of ``source`` through ``predict`` and write ``output``.
+
+    At most ``2 * concurrency`` chunks are read ahead of the answers, so memory stays bounded
+    whatever the file size. Answers are put back in frame order before writing.
+    """
+    start = time.perf_counter()
+    answers: dict[int, list[dict[str, Any]]] = {}
+    server: dict[str, Any] = {}
+    pending: deque[tuple[int, Future[dict[str, Any]]]] = deque()
+    panel_height = 0
+
+    def collect(first: int, future: Future[dict[str, Any]]) -> None:
+        document = future.result()
+        answers[first] = document["frames"]
+        server.setdefault("model", document.get("model"))
+        server.setdefault("precision", document.get("precision"))
+        server.setdefault("device", document.get("device"))
+        on_frames(len(document["frames"]))
+
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="peakfind") as pool:
+        try:
+            for first, frames in iter_frames(source, dataset, frames_per_request, panels):
+                panel_height = frames.shape[2]
+                pending.append((first, pool.submit(predict, frames)))
+                while len(pending) >= 2 * concurrency:
+                    collect(*pending.popleft())
+            while pending:
+                collect(*pending.popleft())
+        except BaseException:
+            for _, future in pending:
+                future.cancel()
+            raise
+
+    frames_json = [frame for first in sorted(answers) for frame in answers[first]]
+    table = peak_table(frames_json, panel_height)
+    attrs = {f"server_{k}": str(v) for k, v in server.items()}
+    attrs.update(panel_height=panel_height, frames_per_request=frames_per_request)
+    write_peak_file(output, table, source, dataset, attrs)
+    return FileResult(
+        source=str(source),
+        output=str(output),
+        status="done",
+        frames=len(frames_json),
+        hits=int((table.found >= min_peaks).sum()),
+        peaks=int(table.found.sum()),
+        truncated_frames=int((table.found > table.n_peaks).sum()),
+        seconds=time.perf_counter() - start,
+    )
+
+
+@dataclass
+class RunSummary:
+    """Totals of a run over the inputs processed now (skipped ones are listed, not counted)."""
+
+    files: list[FileResult] = field(default_factory=list)
+    seconds: float = 0.0
+    min_peaks: int = 10
+
+    def totals(self) -> dict[str, Any]:
+        done = [f for f in self.files if f.status == "done"]
+        frames = sum(f.frames for f in done)
+        hits = sum(f.hits for f in done)
+        return {
+            "files_done": len(done),
+            "files_skipped": sum(f.status == "skipped" for f in self.files),
+            "files_failed": sum(f.status == "failed" for f in self.files),
+            "frames": frames,
+            "hits": hits,
+            "hit_rate": hits / frames if frames else 0.0,
+            "min_peaks": self.min_peaks,
+            "peaks_per_frame": sum(f.peaks for f in done) / frames if frames else 0.0,
+            "truncated_frames": sum(f.truncated_frames for f in done),
+            "seconds": self.seconds,
+            "frames_per_s": frames / self.seconds if self.seconds > 0 else 0.0,
+        }
+
+    def format(self) -> str:
+        t = self.totals()
+        lines = [
+            f"files   {t['files_done']} done, {t['files_skipped']} skipped (already complete), {t['files_failed']} failed",
+            f"frames  {t['frames']} in {t['seconds']:.1f} s ({t['frames_per_s']:.1f} frames/s)",
+            f"hits    {t['hits']} with >= {t['min_peaks']} peaks ({t['hit_rate']:.1%}),"
+            f" {t['peaks_per_frame']:.1f} peaks/frame",
+        ]
+        if t["truncated_frames"]:
+            lines.append(f"note    {t['truncated_frames']} frames had more than {CXI_MAX_PEAKS} peaks (kept the brightest)")
+        lines.extend(f"FAILED  {f.source}: {f.error}" for f in self.files if f.status == "failed")
+        return "\n".join(lines)
+
+
+def run(
+    inputs: Sequence[Path],
+    output_dir: Path,
+    predict: Predict,
+    dataset: str = DEFAULT_DATASET,
+    panels: int | None = None,
+    frames_per_request: int = 4,
+    concurrency: int = 4,
+    min_peaks: int = 10,
+    overwrite: bool = False,
+    show_progress: bool = True,
+) -> RunSummary:
+    """Process ``inputs`` one after another; a failed file is reported and the run goes on."""
+    from tqdm import tqdm
+
+    start = time.perf_counter()
+    summary = RunSummary(min_peaks=min_peaks)
+    outputs = output_paths(inputs, output_dir)
+    todo: list[tuple[Path, Path, int]] = []
+    for source, output in zip(inputs, outputs):
+        try:
+            n_frames = file_frames_shape(source, dataset, panels)[0]
+        except (OSError, KeyError, ValueError) as err:
+            summary.files.append(FileResult(str(source), str(output), "failed", error=str(err)))
+            continue
+        if not overwrite and is_complete(output, n_frames):
+            summary.files.append(FileResult(str(source), str(output), "skipped", frames=n_frames))
+        else:
+            todo.append((source, output, n_frames))
+
+    with tqdm(total=sum(n for *_, n in todo), unit="frame", disable=not show_progress, dynamic_ncols=True) as bar:
+        for source, output, _ in todo:
+            bar.set_postfix_str(source.name)
+            try:
+                result = process_file(
+                    source, output, predict, dataset, panels, frames_per_request, concurrency, min_peaks, bar.update
+                )
+            except (PeakfindError, OSError, KeyError, ValueError) as err:
+                result = FileResult(str(source), str(output), "failed", error=str(err))
+            summary.files.append(result)
+    summary.seconds = time.perf_counter() - start
+    if summary.files and any(f.status != "failed" for f in summary.files):
+        write_list_file(output_dir, [Path(f.output) for f in summary.files if f.status != "failed"])
+    return summary
+
+
+def write_list_file(output_dir: Path, outputs: Sequence[Path]) -> Path:
+    """``peaks.lst``: the finished peak files, one per line, for ``indexamajig -i``."""
+    path = output_dir / "peaks.lst"
+    path.write_text("".join(f"{p.resolve()}\n" for p in sorted(outputs)))
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# command line
+# --------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="+", help="CXI/HDF5 files or folders of them")
+    p.add_argument("-o", "--output-dir", default="peaks", help="where peak files go (default ./peaks)")
+    p.add_argument("--url", default=DEFAULT_URL, help=f"inference address (default {DEFAULT_URL})")
+    p.add_argument("--model", default="peaknet")
+    p.add_argument("--token", help="inference key (TorchServe token authorisation)")
+    p.add_argument("--key-file", help="TorchServe key_file.json to read the inference key from")
+    p.add_argument("--dataset", default=DEFAULT_DATASET, help=f"frames in each input (default {DEFAULT_DATASET})")
+    p.add_argument("--panels", type=int, help="split each slab (N, P*H, W) into P panels before sending")
+    p.add_argument("--encoding", default="raw", choices=ENCODINGS, help="request encoding (default raw)")
+    p.add_argument("--frames-per-request", type=int, default=4, help="frames per request (default 4)")
+    p.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
+    p.add_argument("--min-peaks", type=int, default=10, help="a hit has at least this many peaks (default 10)")
+    p.add_argument("--recursive", action="store_true", help="search folders recursively")
+    p.add_argument("--overwrite", action="store_true", help="redo inputs whose peak file is complete")
+    p.add_argument("--timeout", type=float, default=120.0, help="per-request timeout in s (default 120)")
+    p.add_argument("--summary-json", help="write the run summary as JSON here")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    for name in ("frames_per_request", "concurrency"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.panels is not None and args.panels < 1:
+        p.error("--panels must be >= 1")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    output_dir = Path(args.output_dir)
+    try:
+        inputs = discover_inputs(args.inputs, args.recursive, exclude=output_dir)
+    except FileNotFoundError as err:
+        print(err, file=sys.stderr)
+        return 2
+    if not inputs:
+        print(f"no {'/'.join(INPUT_SUFFIXES)} files in {' '.join(args.inputs)}", file=sys.stderr)
+        return 2
+    client = ServerClient(args.url, args.model, args.encoding, args.token, args.key_file, args.timeout)
+    try:
+        client.ping()
+    except PeakfindError as err:
+        print(err, file=sys.stderr)
+        return 3
+    summary = run(
+        inputs,
+        output_dir,
+        client.predict,
+        dataset=args.dataset,
+        panels=args.panels,
+        frames_per_request=args.frames_per_request,
+        concurrency=args.concurrency,
+        min_peaks=args.min_peaks,
+        overwrite=args.overwrite,
+        show_progress=not args.quiet,
+    )
+    print(summary.format())
+    if args.summary_json:
+        document = {**summary.totals(), "files": [asdict(f) for f in summary.files]}
+        Path(args.summary_json).write_text(json.dumps(document, indent=2) + "\n")
+    return 1 if summary.totals()["files_failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,270 @@
+"""The HDF5 reader in a child process: a file that crashes HDF5 costs one 400, never the worker.
+
+HDF5 and its compression plugins are C code parsing hostile input. Mutation fuzzing shows that
+corrupt bitshuffle chunks segfault the process that decodes them, so request files are decoded
+by :func:`~peaknet_serve.decode.hdf5.decode_hdf5` in a long-lived child process instead:
+
+    parent                                   child (``python -I``, numpy + h5py only)
+    ------                                   -----
+    frame {"dataset", "limits", "size"}  ->
+    body bytes                           ->  decode_hdf5(body)
+                                         <-  frame {"ok": true, "dtype", "shape"} + pixel bytes
+                                         <-  or frame {"ok": false, "status", "type", "message"}
+
+A frame is an 8-byte little-endian length and a JSON document. The child's own stdout is
+redirected to stderr, so nothing a C library prints can corrupt the protocol. When the child
+dies, times out or answers nonsense, it is killed, the request gets ``400 bad_hdf5`` and the
+next request starts a fresh child. The parent re-checks the reply's dtype and shape against the
+limits before allocating.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import resource
+import select
+import struct
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BadRequest, PayloadTooLarge, RequestError, UnsupportedMediaType
+from .dtypes import WIRE_DTYPES
+from .layout import frames_shape
+from .limits import DecodeLimits, check_frames_shape
+
+_LENGTH = struct.Struct("<Q")
+_MAX_FRAME_BYTES = 1 << 20
+_ERRORS_BY_STATUS = {400: BadRequest, 413: PayloadTooLarge, 415: UnsupportedMediaType}
+
+
+class SandboxFailure(Exception):
+    """The child crashed, hung or broke the protocol."""
+
+
+class Hdf5Sandbox:
+    """Decodes HDF5 request bodies in a child process. Thread-safe; one request at a time.
+
+    Args:
+        timeout_s: longest time one file may take to decode before the child is killed.
+        memory_limit_bytes: address-space limit (``RLIMIT_AS``) of the child; ``None``: none.
+    """
+
+    def __init__(self, timeout_s: float = 60.0, memory_limit_bytes: int | None = 16 << 30) -> None:
+        self.timeout_s = timeout_s
+        self.memory_limit_bytes = memory_limit_bytes
+        self.restarts = 0
+        self._process: subprocess.Popen | None = None
+        self._lock = threading.Lock()
+
+    def decode(self, view: memoryview, dataset: str | None, limits: DecodeLimits) -> np.ndarray:
+        """Same contract as :func:`~peaknet_serve.decode.hdf5.decode_hdf5`, run in the child.
+
+        Returns:
+            (N, P, H, W) in the dataset's wire dtype, native byte order, C-contiguous.
+
+        Raises:
+            RequestError: what the reader raised, or ``400 bad_hdf5`` when the file crashed it
+                or took longer than ``timeout_s``.
+        """
+        with self._lock:
+            deadline = time.monotonic() + self.timeout_s
+            try:
+                process = self._ensure_started()
+                request = {"dataset": dataset, "limits": asdict(limits), "size": len(view)}
+                _write_frame(process.stdin, request)
+                _write_all(process.stdin, view)
+                reply = _read_frame(process.stdout, deadline)
+                if not reply.get("ok"):
+                    raise _error_from_reply(reply)
+                pixels = _allocate_reply(reply, limits)
+                _read_into(process.stdout, memoryview(pixels).cast("B"), deadline)
+            except RequestError:
+                raise
+            except (SandboxFailure, OSError, ValueError, TypeError, KeyError) as failure:
+                self._stop()
+                self.restarts += 1
+                raise BadRequest(
+                    "bad_hdf5",
+                    f"the HDF5 file could not be decoded ({_describe(failure)}); it is probably "
+                    "corrupt (e.g. damaged compressed chunks).",
+                ) from None
+        return pixels
+
+    def start(self) -> None:
+        """Start the child now (it is otherwise started by the first request)."""
+        with self._lock:
+            self._ensure_started()
+
+    def close(self) -> None:
+        """Stop the child."""
+        with self._lock:
+            self._stop()
+
+    @property
+    def pid(self) -> int | None:
+        """The child's process id while it runs."""
+        return self._process.pid if self._process is not None else None
+
+    def __enter__(self) -> Hdf5Sandbox:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _ensure_started(self) -> subprocess.Popen:
+        if self._process is not None and self._process.poll() is None:
+            return self._process
+        self._stop()
+        parts = __name__.split(".")
+        root = Path(__file__).resolve().parents[len(parts) - 1]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+        self._process = subprocess.Popen(
+            [sys.executable, "-I", "-c", _BOOTSTRAP, str(root), __name__, str(self.memory_limit_bytes or 0)],  # noqa: E501
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            bufsize=0,
+        )
+        return self._process
+
+    def _stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        for stream in (process.stdin, process.stdout):
+            try:
+                stream.close()
+            except OSError:
+                pass
+        process.kill()
+        process.wait()
+
+
+# The child imports this module without running the enclosing packages' ``__init__`` (which may
+# import torch): each enclosing package becomes a bare namespace with the right ``__path__``.
+_BOOTSTRAP = """
+import importlib, os, sys, types
+root, name, memory_limit = sys.argv[1], sys.argv[2], int(sys.argv[3])
+parts = name.split(".")
+for depth in range(1, len(parts) - 1):
+    package = types.ModuleType(".".join(parts[:depth]))
+    package.__path__ = [os.path.join(root, *parts[:depth])]
+    sys.modules[package.__name__] = package
+importlib.import_module(name).serve(memory_limit)
+"""
+
+
+def serve(memory_limit_bytes: int = 0) -> None:
+    """The child's loop: read requests from stdin, answer on (the original) stdout, until EOF."""
+    from .hdf5 import decode_hdf5
+
+    if memory_limit_bytes > 0:
+        resource.setrlimit(resource.RLIMIT_AS, (memory_limit_bytes, memory_limit_bytes))
+    replies = os.fdopen(os.dup(1), "wb", buffering=0)
+    os.dup2(2, 1)  # whatever C code prints goes to stderr, never into the protocol
+    requests = os.fdopen(0, "rb", buffering=0)
+    while True:
+        try:
+            request = _read_frame(requests, deadline=None)
+        except SandboxFailure:
+            return  # the parent closed the pipe
+        body = bytearray(request["size"])
+        _read_into(requests, memoryview(body), deadline=None)
+        try:
+            pixels = decode_hdf5(memoryview(body), request["dataset"], DecodeLimits(**request["limits"]))
+        except RequestError as error:
+            _write_frame(replies, {"ok": False, **error.to_json()["error"]})
+            continue
+        except Exception as error:  # noqa: BLE001 - anything else is still this file's fault
+            message = f"the HDF5 file could not be decoded ({_describe(error)})."
+            _write_frame(replies, {"ok": False, "status": 400, "type": "bad_hdf5", "message": message})
+            continue
+        del body
+        _write_frame(replies, {"ok": True, "dtype": pixels.dtype.name, "shape": list(pixels.shape)})
+        _write_all(replies, memoryview(pixels).cast("B"))
+
+
+def _allocate_reply(reply: dict, limits: DecodeLimits) -> np.ndarray:
+    """An empty array for the pixels the child announced, after checking them against limits."""
+    dtype = WIRE_DTYPES.get(reply["dtype"])
+    shape = reply["shape"]
+    if dtype is None or not isinstance(shape, list) or len(shape) != 4:
+        raise SandboxFailure(f"malformed reply {reply!r:.100}")
+    if not all(type(d) is int for d in shape):
+        raise SandboxFailure(f"malformed reply {reply!r:.100}")
+    check_frames_shape(frames_shape(shape), limits)
+    return np.empty(shape, dtype=dtype)
+
+
+def _error_from_reply(reply: dict) -> RequestError:
+    status, kind, message = reply.get("status"), reply.get("type"), reply.get("message")
+    if status not in _ERRORS_BY_STATUS or not isinstance(kind, str) or not isinstance(message, str):
+        raise SandboxFailure(f"malformed reply {reply!r:.100}")
+    return _ERRORS_BY_STATUS[status](kind, message)
+
+
+def _write_frame(stream, document: dict) -> None:
+    payload = json.dumps(document).encode("utf-8")
+    _write_all(stream, _LENGTH.pack(len(payload)) + payload)
+
+
+def _write_all(stream, data: bytes | memoryview) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        written = stream.write(view)
+        view = view[written:]
+
+
+def _read_frame(stream, deadline: float | None) -> dict:
+    header = bytearray(_LENGTH.size)
+    _read_into(stream, memoryview(header), deadline)
+    (length,) = _LENGTH.unpack(header)
+    if length > _MAX_FRAME_BYTES:
+        raise SandboxFailure(f"frame of {length} bytes")
+    payload = bytearray(length)
+    _read_into(stream, memoryview(payload), deadline)
+    document = json.loads(payload)
+    if not isinstance(document, dict):
+        raise SandboxFailure("frame is not a JSON object")
+    return document
+
+
+def _read_into(stream, target: memoryview, deadline: float | None) -> None:
+    """Fill ``target`` from ``stream`` (an unbuffered pipe), waiting at most until ``deadline``."""
+    filled = 0
+    while filled < len(target):
+        if deadline is not None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([stream], [], [], remaining)[0]:
+                raise SandboxFailure("timed out")
+        count = stream.readinto(target[filled:])
+        if not count:
+            raise SandboxFailure("the HDF5 reader process died")
+        filled += count
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error).strip()
+    return (text.splitlines()[0] if text else type(error).__name__)[:200]
+
+
+_default_sandbox: Hdf5Sandbox | None = None
+_default_lock = threading.Lock()
+
+
+def default_sandbox() -> Hdf5Sandbox:
+    """The process-wide sandbox used by :func:`~peaknet_serve.decode.decode_request` by default."""
+    global _default_sandbox
+    with _default_lock:
+        if _default_sandbox is None:
+            _default_sandbox = Hdf5Sandbox()
+            atexit.register(_default_sandbox.close)
+        return _default_sandbox

@@ -1,0 +1,92 @@
+"""One request body (+ Content-Type + options) -> frames of panels in the wire dtype."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..errors import BadRequest
+from .buffer import BytesLike, byte_view
+from .dtypes import wire_dtype_name
+from .hdf5_sandbox import default_sandbox
+from .limits import DecodeLimits, check_body_size
+from .media import ACCEPTED_TYPES_TEXT, confirm_encoding, declared_encoding
+from .npy import decode_npy
+from .options import normalise_options
+from .raw import decode_raw
+
+DEFAULT_LIMITS = DecodeLimits()
+
+# (body, dataset path or None, limits) -> (N, P, H, W) frames
+Hdf5Reader = Callable[[memoryview, "str | None", DecodeLimits], np.ndarray]
+
+
+@dataclass(frozen=True)
+class DecodedFrames:
+    """The frames of one request, ready to be staged to the device in their own dtype.
+
+    Attributes:
+        array: (N, P, H, W) in the wire dtype (uint8, uint16, int16, int32, uint32, float16,
+            float32 or float64), native byte order, C-contiguous. For raw and npy bodies it is a
+            zero-copy view of the body when alignment allows (then read-only if the body is
+            ``bytes``). NaN/inf pixels are passed through untouched.
+        encoding: ``"raw"``, ``"npy"`` or ``"hdf5"``.
+    """
+
+    array: np.ndarray
+    encoding: str
+
+    @property
+    def dtype_name(self) -> str:
+        """The wire dtype's name, e.g. ``"uint16"``."""
+        name = wire_dtype_name(self.array.dtype)
+        assert name is not None, self.array.dtype
+        return name
+
+
+def decode_request(
+    body: BytesLike,
+    content_type: str | None,
+    options: Mapping[str, str] | None,
+    limits: DecodeLimits = DEFAULT_LIMITS,
+    *,
+    hdf5_reader: Hdf5Reader | None = None,
+) -> DecodedFrames:
+    """Decode one request into frames.
+
+    Args:
+        body: the request body, or the ``data`` field of a multipart form.
+        content_type: the Content-Type (parameters ignored); ``None`` for a multipart field or
+            an absent header, in which case the body is recognised by its magic bytes
+            (``.npy``, HDF5), else read as raw bytes.
+        options: the ``X-Dtype`` / ``X-Shape`` / ``X-Dataset`` headers and/or the ``dtype`` /
+            ``shape`` / ``dataset`` form fields (keys case-insensitive); other keys are ignored.
+        limits: size limits, all checked before the pixels are allocated.
+        hdf5_reader: decodes HDF5 bodies; default: the process-wide
+            :class:`~peaknet_serve.decode.hdf5_sandbox.Hdf5Sandbox` (a child process, so a file that
+            crashes HDF5 cannot take this process down). ``decode_hdf5`` reads in-process.
+
+    Returns:
+        The frames and the encoding they came in.
+
+    Raises:
+        RequestError: every problem with the request (400, 413 or 415); nothing else escapes
+            for any body, Content-Type or options.
+    """
+    view = byte_view(body)
+    check_body_size(len(view), limits)
+    declared = declared_encoding(content_type)
+    if len(view) == 0:
+        raise BadRequest("empty_body", f"the request body is empty; send frames as {ACCEPTED_TYPES_TEXT}.")
+    encoding = confirm_encoding(declared, view)
+    opts = normalise_options(options)
+    if encoding == "npy":
+        array = decode_npy(view, limits)
+    elif encoding == "hdf5":
+        read = hdf5_reader if hdf5_reader is not None else default_sandbox().decode
+        array = read(view, opts.get("dataset"), limits)
+    else:
+        array = decode_raw(view, opts, limits)
+    return DecodedFrames(array=array, encoding=encoding)

@@ -1,0 +1,77 @@
+"""Client errors raised while reading a request, each mapped to an HTTP status and a JSON body.
+
+Every problem caused by the request itself (its bytes, its headers, its size) is raised as a
+:class:`RequestError`. The handler turns it into that request's own response, so the other
+requests of the same TorchServe batch are unaffected:
+
+    {"error": {"type": "bad_shape", "message": "...", "status": 400}}
+
+``type`` is short and machine-readable; ``message`` is a sentence for a person saying what was
+wrong and what is accepted instead. The types raised by :mod:`peaknet_serve.decode`:
+
+=====  ===========================  ========================================================
+ 400   empty_body                   the body is empty
+ 400   bad_body                     the body is not binary (e.g. decoded as text or JSON)
+ 400   content_type_mismatch        declared ``.npy``/HDF5 but the magic bytes disagree
+ 400   missing_option               raw bytes without ``X-Dtype`` or ``X-Shape``
+ 400   bad_option                   an option that is not short UTF-8 text, or given twice
+ 400   unsupported_dtype            not one of the eight pixel dtypes; object (pickle),
+                                    structured or big-endian ``.npy``; non-numeric HDF5
+ 400   bad_shape                    not 2-, 3- or 4-D, an empty dimension, unparsable X-Shape
+ 400   size_mismatch                body/data length differs from dtype x shape
+ 400   bad_npy                      malformed ``.npy`` header
+ 400   bad_hdf5                     unreadable/corrupt HDF5 (also: it crashed the reader)
+ 400   hdf5_dataset_not_found       no dataset at ``X-Dataset`` (default /entry_1/data_1/data)
+ 400   hdf5_external_link           the path crosses a link to another file
+ 400   hdf5_external_storage        the dataset's data lives in external files
+ 400   hdf5_virtual_dataset         the dataset is a VDS
+ 400   hdf5_unsupported_filter      a filter that is not a known, installed compressor
+ 413   too_large                    body, pixels, frames, panels, side or chunk over a limit
+ 415   unsupported_media_type       unknown Content-Type
+=====  ===========================  ========================================================
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class RequestError(Exception):
+    """A request the server cannot serve because of the request itself (a 4xx).
+
+    Args:
+        type: short machine-readable kind, e.g. ``"bad_shape"``, ``"unsupported_dtype"``.
+        message: human sentence: what was wrong and what is accepted.
+    """
+
+    status: int = 400
+
+    def __init__(self, type: str, message: str) -> None:
+        super().__init__(message)
+        self.type = type
+        self.message = message
+
+    def to_json(self) -> dict[str, Any]:
+        """The response body: ``{"error": {"type", "message", "status"}}``."""
+        return {"error": {"type": self.type, "message": self.message, "status": self.status}}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(status={self.status}, type={self.type!r}, message={self.message!r})"
+
+
+class BadRequest(RequestError):
+    """400: the request is malformed or asks for something unsupported."""
+
+    status = 400
+
+
+class PayloadTooLarge(RequestError):
+    """413: the request (its body, or what it would decode to) exceeds a configured limit."""
+
+    status = 413
+
+
+class UnsupportedMediaType(RequestError):
+    """415: the Content-Type names an encoding the server does not read."""
+
+    status = 415

@@ -1,0 +1,260 @@
+#!/usr/bin/env python
+"""Accuracy of a PeakNet on held-out simulated frames, in float32, bf16 and fp16.
+
+For every detector geometry, frames are simulated with seeds disjoint from training
+(``np.random.default_rng([--seed, geometry_index, frame_index])``; training uses
+``[train_seed, worker]``), run through the server's own preprocessing
+(:func:`peaknet_serve.device.preprocess.prepare_panels`), the model in each precision (parameters converted,
+not autocast, as the server runs it), :func:`peaknet_serve.device.peaks.peak_mask` and
+:func:`peaknet_serve.device.peaks.find_peaks`. Found peaks are matched one-to-one to strong truth peaks
+within 2 px (:mod:`peaknet_serve.sim.peaksim.matching`); detections near weak spots, and at blobs where a bright
+spot merges with another spot, count neither way (:meth:`peaknet_serve.sim.peaksim.frame.SimulatedFrame.scoring_points`).
+
+Reports precision/recall/F1 per geometry and overall for each precision, and the agreement of each
+reduced precision's peak lists with float32's (matched within 1 px / union). F1 is pooled over
+all frames; ``mean_frame_f1`` averages it over the frames that hold strong peaks. Writes a JSON
+report and a PNG plot.
+
+Examples::
+
+    peaknet-evaluate --frames 20 --out benchmarks/results           # GPU
+    peaknet-evaluate --frames 1 --geometries epix10k2m --dtypes float32 bfloat16 \\
+        --device cpu --out /tmp/eval                                             # CPU, small
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from peaknet_serve.checkpoint import load_peaknet
+from peaknet_serve.device.peaks import find_peaks, peak_mask
+from peaknet_serve.device.preprocess import prepare_panels
+from peaknet_serve.resources import BUNDLED_MODEL_CONFIG
+from peaknet_serve.sim.peaksim.frame import simulate_frame
+from peaknet_serve.sim.peaksim.geometry import GEOMETRIES, get_geometry
+from peaknet_serve.sim.peaksim.matching import MATCH_RADIUS, MatchCounts, assign_within_radius
+
+DEFAULT_CONFIG = BUNDLED_MODEL_CONFIG
+AGREEMENT_RADIUS = 1.0
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def find_frame_peaks(model: torch.nn.Module, raw: np.ndarray, device: torch.device, dtype: torch.dtype,
+                     threshold: float | None, max_batch: int) -> np.ndarray:
+    """Peaks of one frame as the server finds them.
+
+    Args:
+        raw: (P, H, W) frame in its stored dtype (float32 ADU or uint16).
+
+    Returns:
+        (K, 3) float64 rows (panel, ss, fs).
+    """
+    panels = torch.from_numpy(np.ascontiguousarray(raw)).to(device)
+    height, width = raw.shape[-2:]
+    rows = []
+    with torch.inference_mode():
+        for start in range(0, panels.shape[0], max_batch):
+            chunk = panels[start:start + max_batch]
+            x, _ = prepare_panels(chunk, dtype)
+            logits = model(x)[..., :height, :width]
+            table = find_peaks(peak_mask(logits, threshold), chunk).to_host()
+            rows.append(np.stack([table.image_index + start, table.ss, table.fs], axis=1))
+    return np.concatenate(rows) if rows else np.zeros((0, 3))
+
+
+def agreement_counts(reference: np.ndarray, other: np.ndarray, radius: float = AGREEMENT_RADIUS) -> dict[str, int]:
+    """Matched / only-in-reference / only-in-other peak counts of two peak lists."""
+    matched = len(assign_within_radius(reference, other, radius)[0])
+    return {"matched": matched, "only_reference": len(reference) - matched, "only_other": len(other) - matched}
+
+
+def agreement_summary(counts: dict[str, int]) -> dict[str, float]:
+    union = counts["matched"] + counts["only_reference"] + counts["only_other"]
+    return {**counts, "agreement": counts["matched"] / union if union else 1.0}
+
+
+def evaluate(config: Path, geometries: list[str], frames: int, dtypes: list[str], device: torch.device,
+             seed: int, threshold: float | None, max_batch: int, as_uint16: bool, first_frame: int = 0,
+             artefact_probability: float = 0.0) -> dict:
+    models = {name: load_peaknet(config, dtype=DTYPES[name], device=device) for name in dtypes}
+    reference = dtypes[0]
+    report: dict = {"config": str(config), "device": str(device), "torch": torch.__version__,
+                    "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+                    "threshold": threshold, "match_radius_px": MATCH_RADIUS, "agreement_radius_px": AGREEMENT_RADIUS,
+                    "frames_per_geometry": frames, "first_frame": first_frame, "seed": seed, "input": "uint16" if as_uint16 else "float32 ADU",
+                    "artefact_probability": artefact_probability,
+                    "reference_dtype": reference, "per_geometry": {}}
+    totals = {name: MatchCounts() for name in dtypes}
+    total_agree = {name: {"matched": 0, "only_reference": 0, "only_other": 0} for name in dtypes[1:]}
+    for geometry_name in geometries:
+        geometry = get_geometry(geometry_name)
+        counts = {name: MatchCounts() for name in dtypes}
+        agree = {name: {"matched": 0, "only_reference": 0, "only_other": 0} for name in dtypes[1:]}
+        frame_f1 = {name: [] for name in dtypes}
+        strong_per_frame = []
+        seconds = {name: 0.0 for name in dtypes}
+        for f_index in range(first_frame, first_frame + frames):
+            frame = simulate_frame(geometry, np.random.default_rng([seed, GEOMETRY_INDEX[geometry_name], f_index]),
+                                   artefact_probability=artefact_probability)
+            raw = frame.uint16 if as_uint16 else frame.adu
+            strong = frame.peaks.strong
+            strong_per_frame.append(int(strong.sum()))
+            found = {}
+            for name in dtypes:
+                t0 = time.perf_counter()
+                found[name] = find_frame_peaks(models[name], raw, device, DTYPES[name], threshold, max_batch)
+                seconds[name] += time.perf_counter() - t0
+                result = frame.score(found[name])
+                counts[name] = counts[name] + result
+                if strong.any():  # a frame without strong peaks has F1 0 at its first false positive
+                    frame_f1[name].append(result.f1)
+            for name in dtypes[1:]:
+                for key, value in agreement_counts(found[reference], found[name]).items():
+                    agree[name][key] += value
+        report["per_geometry"][geometry_name] = {
+            "frame_shape": list(geometry.frame_shape),
+            "strong_peaks_per_frame": float(np.mean(strong_per_frame)),
+            "frames_with_strong_peaks": int(np.count_nonzero(strong_per_frame)),
+            "accuracy": {name: {**counts[name].as_dict(),
+                                "mean_frame_f1": float(np.mean(frame_f1[name])) if frame_f1[name] else None,
+                                "seconds": seconds[name]} for name in dtypes},
+            "agreement_with_" + reference: {name: agreement_summary(agree[name]) for name in dtypes[1:]},
+        }
+        for name in dtypes:
+            totals[name] = totals[name] + counts[name]
+        for name in dtypes[1:]:
+            for key in agree[name]:
+                total_agree[name][key] += agree[name][key]
+        print(f"{geometry_name}: " + ", ".join(f"{n} F1={counts[n].f1:.4f} (P={counts[n].precision:.4f} "
+                                               f"R={counts[n].recall:.4f})" for n in dtypes)
+              + "".join(f"; {n} agreement={agreement_summary(agree[n])['agreement']:.4f}" for n in dtypes[1:]),
+              flush=True)
+    report["overall"] = {
+        "accuracy": {name: totals[name].as_dict() for name in dtypes},
+        "agreement_with_" + reference: {name: agreement_summary(total_agree[name]) for name in dtypes[1:]},
+    }
+    return report
+
+
+GEOMETRY_INDEX = {name: i for i, name in enumerate(sorted(GEOMETRIES))}
+
+
+def plot_report(report: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    geometries = list(report["per_geometry"])
+    dtypes = list(report["overall"]["accuracy"])
+    groups = geometries + ["overall"]
+    metrics = ("precision", "recall", "f1")
+    fig, axes = plt.subplots(1, len(metrics) + 1, figsize=(4.2 * (len(metrics) + 1), 4.2))
+    width = 0.8 / len(dtypes)
+    x = np.arange(len(groups))
+
+    def accuracy(group: str) -> dict:
+        return report["overall"]["accuracy"] if group == "overall" else report["per_geometry"][group]["accuracy"]
+
+    for ax, metric in zip(axes, metrics):
+        for i, name in enumerate(dtypes):
+            values = [accuracy(g)[name][metric] for g in groups]
+            ax.bar(x + (i - (len(dtypes) - 1) / 2) * width, values, width, label=name)
+        ax.set_xticks(x, groups, rotation=30)
+        ax.set_ylim(min(0.8, min(accuracy(g)[n][metric] for g in groups for n in dtypes) - 0.02), 1.0)
+        ax.set_title(metric)
+        ax.axhline(0.95, color="k", lw=0.6, ls="--")
+    axes[0].legend(fontsize=8)
+    reference = report["reference_dtype"]
+    ax = axes[-1]
+    others = dtypes[1:]
+    for i, name in enumerate(others):
+        values = [(report["overall"] if g == "overall" else report["per_geometry"][g])
+                  ["agreement_with_" + reference][name]["agreement"] for g in groups]
+        ax.bar(x + (i - (len(others) - 1) / 2) * (0.8 / max(1, len(others))), values, 0.8 / max(1, len(others)),
+               label=f"{name} vs {reference}")
+    ax.set_xticks(x, groups, rotation=30)
+    ax.set_ylim(0.95, 1.0005)
+    ax.axhline(0.99, color="k", lw=0.6, ls="--")
+    ax.set_title("peak-list agreement")
+    ax.legend(fontsize=8)
+    fig.suptitle(f"PeakNet on held-out peaknet_serve.sim.peaksim frames ({report['frames_per_geometry']} per detector, "
+                 f"{report['device_name']})", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="PeakNet YAML (public pipeline layout)")
+    p.add_argument("--geometries", nargs="+", default=sorted(GEOMETRIES), choices=sorted(GEOMETRIES))
+    p.add_argument("--frames", type=int, default=20, help="frames per geometry")
+    p.add_argument("--first-frame", type=int, default=0, help="index of the first frame of each geometry")
+    p.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES),
+                   help="the first is the reference for agreement")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--seed", type=int, default=20240)
+    p.add_argument("--threshold", type=float, default=None, help="P(peak) threshold; default argmax")
+    p.add_argument("--max-batch", type=int, default=16, help="panels per forward pass")
+    p.add_argument("--uint16", action="store_true", help="feed uint16 frames instead of float32 ADU")
+    p.add_argument("--artefact-probability", type=float, default=0.0,
+                   help="chance per frame of each simulated artefact (jet streak, beamstop arm, common mode; "
+                        "peaknet_serve.sim.peaksim.artefacts); 0 gives the frames of the committed results")
+    p.add_argument("--out", type=Path, required=True, help="folder for accuracy.json and accuracy.png")
+    args = p.parse_args(argv)
+    if not 0.0 <= args.artefact_probability <= 1.0:
+        p.error(f"--artefact-probability must be in [0, 1], got {args.artefact_probability}")
+    return args
+
+
+def accuracy_table(report: dict) -> str:
+    """The report as a markdown table: per geometry and overall, F1/precision/recall per dtype and
+    the peak-list agreement of each reduced precision with the reference dtype."""
+    dtypes = list(report["overall"]["accuracy"])
+    reduced = [d for d in dtypes if d != report["reference_dtype"]]
+    header = ["detector", "strong peaks/frame"] + [f"F1 {d} (P / R)" for d in dtypes] + \
+             [f"{d} = {report['reference_dtype']}" for d in reduced]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    rows = [(name, entry) for name, entry in report["per_geometry"].items()] + [("overall", report["overall"])]
+    for name, entry in rows:
+        cells = [f"**{name}**" if name == "overall" else name,
+                 f"{entry['strong_peaks_per_frame']:.1f}" if "strong_peaks_per_frame" in entry else "—"]
+        for d in dtypes:
+            a = entry["accuracy"][d]
+            cells.append(f"{a['f1']:.3f} ({a['precision']:.3f} / {a['recall']:.3f})")
+        for d in reduced:
+            cells.append(f"{100 * entry['agreement_with_float32'][d]['agreement']:.2f}%")
+        lines.append("| " + " | ".join(cells) + " |")
+    frames = report["frames_per_geometry"]
+    artefacts = report.get("artefact_probability", 0.0)
+    lines.append(f"\n{frames} held-out frames per detector (seed {report['seed']}), {report['input']}, "
+                 + (f"artefact probability {artefacts:g}, " if artefacts else "")
+                 + f"on {report['device_name']}; matches within {report['match_radius_px']} px.")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    report = evaluate(args.config, args.geometries, args.frames, args.dtypes, torch.device(args.device),
+                      args.seed, args.threshold, args.max_batch, args.uint16, args.first_frame,
+                      args.artefact_probability)
+    (args.out / "accuracy.json").write_text(json.dumps(report, indent=1))
+    plot_report(report, args.out / "accuracy.png")
+    command = " ".join(["peaknet-evaluate", *(argv if argv is not None else sys.argv[1:])])
+    (args.out / "accuracy.md").write_text(f"{accuracy_table(report)}\n\nReproduce: `{command}`\n")
+    overall = report["overall"]
+    print(json.dumps(overall, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

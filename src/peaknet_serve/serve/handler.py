@@ -1,0 +1,234 @@
+"""TorchServe handler: detector frames in, Bragg-peak lists out.
+
+TorchServe calls :meth:`PeakNetHandler.handle` with a batch of requests (``batchSize`` and
+``maxBatchDelay`` in model-config.yaml). For each batch:
+
+1. **decode** every request on the host into a zero-copy ``(N, P, H, W)`` view in its wire dtype
+   (:mod:`peaknet_serve.decode`); a bad request gets its own 4xx and leaves the others alone;
+2. **upload** the panels of all good requests that share (H, W, dtype) through pinned memory to the
+   device in that dtype (uint16 moves half the bytes of float32); with ``h2d_overlap``
+   one micro-batch at a time on a side stream, the next copy overlapping the current compute;
+3. **infer**: normalise, pad and cast on the device, run PeakNet in micro-batches under autocast,
+   threshold the class-difference map and extract 8-connected peaks (:mod:`peaknet_serve.device.finder`);
+4. **answer**: one device-to-host copy of the peak table per group, split back to requests and
+   frames, JSON by default or a CrystFEL CXI file with ``Accept: application/x-hdf5``.
+
+All imports are absolute (``handler.*``): the archive holds the ``handler`` package next to this file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from ts.torch_handler.base_handler import BaseHandler
+
+from peaknet_serve.checkpoint import load_peaknet
+from peaknet_serve.config.precision import dtype_name, resolve_precision
+from peaknet_serve.config.settings import HandlerSettings
+from peaknet_serve.decode import decode_request, default_sandbox
+from peaknet_serve.device.finder import InsufficientMemory, PanelPeakFinder
+from peaknet_serve.device.peaks import peaks_to_frames
+from peaknet_serve.device.transfer import PanelSource, upload_panels
+from peaknet_serve.encode.response import cxi_response, json_response
+from peaknet_serve.errors import RequestError
+from peaknet_serve.serve.http import (
+    HTTP_PHRASES,
+    Answer,
+    Decoded,
+    error_answer,
+    request_headers,
+    request_payload,
+    server_error,
+    wants_cxi,
+)
+from peaknet_serve.serve.metrics import HandlerMetrics
+
+log = logging.getLogger(__name__)
+
+
+def select_device(gpu_id: Any) -> torch.device:
+    """The worker's device: ``cuda:<gpu_id>`` when TorchServe assigned a GPU and CUDA works, else CPU."""
+    if gpu_id is not None and str(gpu_id) != "" and torch.cuda.is_available():
+        return torch.device("cuda", int(gpu_id))
+    return torch.device("cpu")
+
+
+class PeakNetHandler(BaseHandler):
+    """PeakNet peak finder for TorchServe (see the module docstring for the request flow)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.initialized = False
+
+    # -- start-up -------------------------------------------------------------------------
+    def initialize(self, context: Any) -> None:
+        properties = context.system_properties
+        model_dir = Path(properties.get("model_dir", "."))
+        yaml_config = getattr(context, "model_yaml_config", None) or {}
+        self.settings = settings = HandlerSettings.from_mapping(yaml_config.get("handler"))
+        self.device = select_device(properties.get("gpu_id"))
+        self.dtype = resolve_precision(settings.precision, self.device)
+        self.model_name = getattr(context, "model_name", None) or "peaknet"
+        self.metrics = HandlerMetrics(getattr(context, "metrics", None), self.model_name)
+
+        threads = settings.torch_threads or (1 if self.device.type == "cuda" else None)
+        if threads:
+            # Every worker is its own process: at torch's default (all cores each) several workers,
+            # the frontend and the clients fight over the CPU that launches the GPU's kernels.
+            torch.set_num_threads(threads)
+        if settings.gpu_memory_fraction is not None and self.device.type == "cuda":
+            # Workers sharing a GPU each get a slice: an oversized batch then fails (and is split,
+            # or answered 507) in its own worker instead of starving the others.
+            torch.cuda.set_per_process_memory_fraction(settings.gpu_memory_fraction, self.device)
+        started = time.perf_counter()
+        model = load_peaknet(settings.resolve_path(settings.config, model_dir),
+                             settings.resolve_path(settings.weights, model_dir),
+                             dtype=self.dtype, device=self.device)
+        if settings.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        forward = model.forward_peak_score
+        if settings.compile and self.device.type == "cuda":
+            forward = torch.compile(forward, mode=settings.compile_mode, dynamic=False)
+        self.model = model
+        self.finder = PanelPeakFinder(
+            model, dtype=self.dtype, device=self.device,
+            max_batch_panels=settings.max_batch_panels, threshold=settings.threshold,
+            min_peak_pixels=settings.min_peak_pixels,
+            buckets=settings.buckets() if settings.compile else (),
+            channels_last=settings.channels_last, autocast=settings.autocast, forward=forward)
+        if settings.depthwise_padding and self.device.type == "cuda":
+            # Before the first compiled run: a compiled graph keeps the padding it was traced with.
+            for panels, height, width in settings.warmup_shapes:
+                for choice in self.finder.tune_depthwise(panels, height, width):
+                    log.info("depthwise conv %s x%d: %.3f ms as is; %s", choice.input_shape, choice.modules,
+                             choice.plain_ms, "kept" if choice.compute_size is None else
+                             f"computed at {choice.compute_size}: {choice.chosen_ms:.3f} ms")
+        if settings.warmup:
+            for panels, height, width in settings.warmup_shapes:
+                self.finder.warmup(panels, height, width)
+        default_sandbox().start()  # the HDF5 reader process: the first HDF5 request should not pay for it
+
+        params = sum(p.numel() for p in model.parameters())
+        weight_bytes = sum(t.numel() * t.element_size()
+                           for t in [*model.parameters(), *model.buffers()])
+        log.info("PeakNet ready: %s, %.2fM parameters, %s on %s, weights %.1f MiB, "
+                 "compile=%s, max_batch_panels=%d, start-up %.1f s",
+                 settings.model_label, params / 1e6, dtype_name(self.dtype), self.device,
+                 weight_bytes / 2**20, settings.compile, settings.max_batch_panels,
+                 time.perf_counter() - started)
+        self.initialized = True
+
+    # -- serving ---------------------------------------------------------------------------
+    def handle(self, data: list[Mapping[str, Any]], context: Any) -> list[Any]:
+        """Answer every request of the batch; never raises (a failure answers its requests only)."""
+        answers: dict[int, Answer] = {}
+        handle_started = time.perf_counter()
+        try:
+            started = time.perf_counter()
+            decoded = self._decode_all(data, context, answers)
+            self.metrics.timing("PeakNetDecodeMs", 1e3 * (time.perf_counter() - started))
+            self.metrics.gauge("PeakNetBatchRequests", len(data), unit="count")
+            groups: dict[tuple[int, int, str], list[Decoded]] = defaultdict(list)
+            for item in decoded:
+                groups[item.group_key].append(item)
+            for members in groups.values():
+                answers.update(self._answer_group(members))
+        except Exception as exc:  # noqa: BLE001 - last resort: the worker must survive
+            log.exception("batch failed")
+            for idx in range(len(data)):
+                answers.setdefault(idx, server_error(500, "internal_error", f"{type(exc).__name__}: {exc}"))
+        responses = [self._respond(context, idx, answers[idx]) for idx in range(len(data))]
+        self.metrics.timing("PeakNetHandleMs", 1e3 * (time.perf_counter() - handle_started))
+        self.metrics.count("PeakNetBatches", 1)
+        return responses
+
+    def _decode_all(self, data: list[Mapping[str, Any]], context: Any,
+                    answers: dict[int, Answer]) -> list[Decoded]:
+        decoded = []
+        for idx, row in enumerate(data):
+            try:
+                headers, field_types = request_headers(context, idx)
+                body, content_type, options = request_payload(row, headers, field_types)
+                frames = decode_request(body, content_type, options, self.settings.limits)
+                decoded.append(Decoded(idx, frames, wants_cxi(headers)))
+            except RequestError as error:
+                answers[idx] = error_answer(error)
+                self.metrics.count("PeakNetBadRequests", 1, ErrorType=error.type)
+            except Exception as exc:  # noqa: BLE001 - a decoder bug fails this request, not its batch-mates
+                log.exception("decoding request %d failed", idx)
+                answers[idx] = server_error(500, "decode_failed", f"{type(exc).__name__}: {exc}")
+                self.metrics.count("PeakNetServerErrors", 1, ErrorType="decode")
+        return decoded
+
+    def _answer_group(self, members: list[Decoded]) -> dict[int, Answer]:
+        """Run all requests of one (H, W, dtype) group through the network together."""
+        try:
+            arrays = [m.frames.array for m in members]
+            if self.settings.h2d_overlap:               # copies overlap compute: timed with it
+                started = time.perf_counter()
+                result = self.finder.find_pipelined(PanelSource(arrays))
+            else:
+                started = time.perf_counter()
+                panels = upload_panels(arrays, self.device)
+                self.metrics.timing("PeakNetH2DMs", 1e3 * (time.perf_counter() - started))
+                started = time.perf_counter()
+                result = self.finder.find(panels)
+            table = result.table.to_host()                      # the one device-to-host copy
+            nonfinite = int(result.nonfinite)
+            self.metrics.timing("PeakNetInferenceMs", 1e3 * (time.perf_counter() - started))
+        except InsufficientMemory as exc:
+            log.warning("%s", exc)
+            return {m.idx: server_error(507, "insufficient_memory", str(exc)) for m in members}
+        except Exception as exc:  # noqa: BLE001 - this group's requests fail, the rest go on
+            log.exception("inference failed for %d request(s)", len(members))
+            self.metrics.count("PeakNetServerErrors", len(members), ErrorType="inference")
+            return {m.idx: server_error(500, "inference_failed", f"{type(exc).__name__}: {exc}")
+                    for m in members}
+
+        started = time.perf_counter()
+        answers, first_image, frames_total, peaks_total = {}, 0, 0, 0
+        for member in members:
+            n, p, h, w = member.frames.array.shape
+            frames = peaks_to_frames(table, n, p, first_image)
+            first_image += n * p
+            frames_total += n
+            peaks_total += sum(f["num_peaks"] for f in frames)
+            answers[member.idx] = self._success(member, frames)
+        self.metrics.timing("PeakNetPostprocessMs", 1e3 * (time.perf_counter() - started))
+        self.metrics.count("PeakNetFramesServed", frames_total)
+        self.metrics.count("PeakNetPanelsServed", first_image)
+        self.metrics.gauge("PeakNetBatchPanels", first_image, unit="count")
+        self.metrics.gauge("PeakNetPeaksPerFrame", peaks_total / max(frames_total, 1), unit="count")
+        if nonfinite:
+            self.metrics.count("PeakNetNonFinitePixels", nonfinite)
+        if self.device.type == "cuda":
+            self.metrics.gauge("PeakNetGpuMemoryAllocatedMB",
+                               torch.cuda.memory_allocated(self.device) / 2**20, unit="MB")
+            self.metrics.gauge("PeakNetGpuMemoryReservedMB",
+                               torch.cuda.memory_reserved(self.device) / 2**20, unit="MB")
+        return answers
+
+    def _success(self, member: Decoded, frames: list[dict]) -> Answer:
+        shape = tuple(int(s) for s in member.frames.array.shape)
+        if member.cxi:
+            body = cxi_response(frames, shape, max_peaks=self.settings.max_peaks_per_frame)
+            return Answer(200, body, "application/x-hdf5")
+        return Answer(200, json_response(
+            model=self.settings.model_label, precision=dtype_name(self.dtype),
+            device=str(self.device), shape=shape, dtype=member.frames.dtype_name, frames=frames))
+
+    @staticmethod
+    def _respond(context: Any, idx: int, answer: Answer) -> Any:
+        context.set_response_status(answer.status, HTTP_PHRASES.get(answer.status, ""), idx)
+        context.set_response_content_type(idx, answer.content_type)
+        if isinstance(answer.body, (bytes, bytearray)):
+            return bytes(answer.body)
+        return json.dumps(answer.body)
+

@@ -1,0 +1,128 @@
+"""Training crops of simulated frames, normalised exactly as the server normalises panels.
+
+Each worker simulates whole frames (so instance-norm statistics are those of the full panel, as at
+serving time: :func:`peaknet_serve.device.preprocess.sanitize` -> :func:`peaknet_serve.device.preprocess.normalize_images`
+-> :func:`peaknet_serve.device.preprocess.pad_to_multiple`), then cuts ``crops_per_frame`` square crops, most of
+them around a strong peak, the rest anywhere. Crops get a random dihedral flip.
+
+Targets are uint8: 0 background, 1 peak pixel, :data:`IGNORE_INDEX` for weak-spot pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from peaknet_serve.device.preprocess import normalize_images, pad_to_multiple, sanitize
+from peaknet_serve.sim.peaksim.frame import SimulatedFrame, simulate_frame
+from peaknet_serve.sim.peaksim.geometry import DetectorGeometry, get_geometry
+
+IGNORE_INDEX = 255
+DEFAULT_GEOMETRY_WEIGHTS = {"epix10k2m": 0.35, "jungfrau4m": 0.2, "cspad": 0.25, "rayonix": 0.2}
+
+
+def normalized_panel(panel: np.ndarray) -> np.ndarray:
+    """One (H, W) panel -> (Hp, Wp) float32, the server's sanitise + instance norm + zero pad."""
+    x, _ = sanitize(torch.from_numpy(np.ascontiguousarray(panel))[None])
+    return pad_to_multiple(normalize_images(x))[0].numpy()
+
+
+def frame_target(frame: SimulatedFrame) -> np.ndarray:
+    """(P, H, W) uint8 training target of a frame: label, with ignored pixels set to IGNORE_INDEX."""
+    target = frame.label.copy()
+    target[frame.ignore] = IGNORE_INDEX
+    return target
+
+
+def _crop_origin(rng: np.random.Generator, size: int, crop: int, around: float | None) -> int:
+    """Top/left of a crop along one axis of ``size`` pixels (0 when the axis is shorter)."""
+    if size <= crop:
+        return 0
+    if around is None:
+        return int(rng.integers(0, size - crop + 1))
+    lo = max(0, int(around) - crop + 8)
+    hi = min(size - crop, int(around) - 8)
+    return int(rng.integers(lo, hi + 1)) if hi >= lo else int(np.clip(around - crop // 2, 0, size - crop))
+
+
+def _cut(array: np.ndarray, top: int, left: int, crop: int, fill: float) -> np.ndarray:
+    """``crop x crop`` window of a 2-D array, padded with ``fill`` where the array ends."""
+    out = np.full((crop, crop), fill, dtype=array.dtype)
+    piece = array[top:top + crop, left:left + crop]
+    out[:piece.shape[0], :piece.shape[1]] = piece
+    return out
+
+
+def _dihedral(image: np.ndarray, target: np.ndarray, code: int) -> tuple[np.ndarray, np.ndarray]:
+    if code & 1:
+        image, target = image[::-1], target[::-1]
+    if code & 2:
+        image, target = image[:, ::-1], target[:, ::-1]
+    if code & 4:
+        image, target = image.T, target.T
+    return np.ascontiguousarray(image), np.ascontiguousarray(target)
+
+
+def frame_crops(rng: np.random.Generator, frame: SimulatedFrame, crop: int, n_crops: int,
+                peak_fraction: float = 0.7, uint16_probability: float = 0.3
+                ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yield ``(image (crop, crop) float32, target (crop, crop) uint8)`` crops of one frame."""
+    raw = frame.uint16.astype(np.float32) if rng.random() < uint16_probability else frame.adu
+    target = frame_target(frame)
+    strong = np.flatnonzero(frame.peaks.strong)
+    cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    for _ in range(n_crops):
+        if len(strong) and rng.random() < peak_fraction:
+            pick = strong[rng.integers(len(strong))]
+            panel = int(frame.peaks.panel[pick])
+            around = (float(frame.peaks.ss[pick]), float(frame.peaks.fs[pick]))
+        else:
+            panel, around = int(rng.integers(raw.shape[0])), (None, None)
+        if panel not in cache:
+            image = normalized_panel(raw[panel])
+            padded_target = np.zeros(image.shape, dtype=np.uint8)
+            padded_target[:target.shape[1], :target.shape[2]] = target[panel]
+            cache[panel] = (image, padded_target)
+        image, padded_target = cache[panel]
+        top = _crop_origin(rng, image.shape[0], crop, around[0])
+        left = _crop_origin(rng, image.shape[1], crop, around[1])
+        yield _dihedral(_cut(image, top, left, crop, 0.0), _cut(padded_target, top, left, crop, 0),
+                        int(rng.integers(8)))
+
+
+@dataclass
+class SimulatedCrops(IterableDataset):
+    """Endless stream of ``(image (1, crop, crop) float32, target (crop, crop) uint8)`` tensors.
+
+    Deterministic: worker ``w`` draws from ``np.random.default_rng([seed, w])`` and a DataLoader
+    interleaves workers in a fixed order, so the stream depends only on (seed, num_workers).
+
+    ``artefact_probability`` (0..1) is passed to :func:`peaknet_serve.sim.peaksim.frame.simulate_frame`: the chance
+    per frame of each artefact kind of :mod:`peaknet_serve.sim.peaksim.artefacts` (0, the default, gives the same
+    stream as before artefacts existed).
+    """
+
+    seed: int
+    crop: int = 256
+    crops_per_frame: int = 8
+    geometry_weights: dict[str, float] | None = None
+    artefact_probability: float = 0.0
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        torch.set_num_threads(1)
+        rng = np.random.default_rng([self.seed, worker])
+        weights = self.geometry_weights or DEFAULT_GEOMETRY_WEIGHTS
+        names: Sequence[str] = sorted(weights)
+        probs = np.array([weights[n] for n in names], dtype=np.float64)
+        geometries: dict[str, DetectorGeometry] = {n: get_geometry(n) for n in names}
+        while True:
+            name = names[rng.choice(len(names), p=probs / probs.sum())]
+            frame = simulate_frame(geometries[name], rng, artefact_probability=self.artefact_probability)
+            for image, target in frame_crops(rng, frame, self.crop, self.crops_per_frame):
+                yield torch.from_numpy(image)[None], torch.from_numpy(target)

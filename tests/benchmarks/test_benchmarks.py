@@ -1,0 +1,77 @@
+"""The benchmarks run end to end at small size on the CPU and write their JSON + table."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("module,extra", [
+    ("benchmarks.bench_model", ["--modes", "fp32,autocast,bf16,lean"]),
+    ("benchmarks.bench_handler", ["--model-config", "tests/fixtures/upstream/peaknet_tiny.yaml",
+                                  "--variants", "baseline,bf16-eager"]),
+])
+def test_benchmark_small_cpu_run(tmp_path, module, extra):
+    out = tmp_path / "result.json"
+    subprocess.run([sys.executable, "-m", module, "--device", "cpu", "--small", "--out", str(out), *extra],
+                   cwd=ROOT, check=True, capture_output=True, timeout=600)
+    rows = json.loads(out.read_text())["rows"]
+    assert rows and all(r.get("ms", r.get("total", 0)) > 0 for r in rows)
+    assert out.with_suffix(".md").read_text().startswith("|")
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_end_to_end_benchmark_small_cpu_run(tmp_path):
+    """A real TorchServe with the echo ceiling and the tiny model, load-tested for a few seconds."""
+    out = tmp_path / "e2e.json"
+    subprocess.run([sys.executable, "-m", "benchmarks.bench_e2e", "--small", "--gpus", "1", "--out", str(out)],
+                   cwd=ROOT, check=True, capture_output=True, timeout=600)
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["target"] for r in rows} == {"echo", "upstream-eager"}
+    assert all(r["error_rate"] == 0 and r["fps"] > 0 for r in rows)
+    assert all(r["gpu_reserved_mb"] is None for r in rows)  # the gauge is published by CUDA workers only
+    assert out.with_suffix(".png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("name,kind", [
+    # Inductor names list the fused ATen ops, convolutions and dtype conversions included.
+    ("triton_poi_fused__to_copy__unsafe_index_add_clone_convolution_gelu_mul_native_group_norm_sub_view_71",
+     "fused (Inductor/Triton)"),
+    ("triton_red_fused_convolution_native_layer_norm_permute_0", "fused (Inductor/Triton)"),
+    ("sm80_xmma_fprop_implicit_gemm_indexed_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize64x64x64_stage4", "convolution"),
+    ("void tensorTransformGeneric<__nv_bfloat16, __nv_bfloat16, float, true, false, false>", "cuDNN layout transform"),
+    ("conv2d_c1_k1_nhwc_specialized", "depthwise conv"),
+    ("nvjet_sm90_tst_192x192_64x4_2x1_v_bz_coopB_bias_TNN", "matrix multiply"),
+    ("void at::native::(anonymous namespace)::upsample_bilinear2d_nhwc_out_frame<c10::BFloat16, float>", "upsample"),
+    ("void at::native::(anonymous namespace)::vectorized_layer_norm_kernel<c10::BFloat16, float, false>",
+     "normalisation"),
+])
+def test_kernel_kinds_of_real_kernel_names(name, kind):
+    from benchmarks.profile_model import kernel_kind
+    assert kernel_kind(name) == kind
+
+
+def test_command_line_names_the_allocator_setting(monkeypatch):
+    from benchmarks import timing
+    monkeypatch.setattr(sys, "argv", ["benchmarks/bench_model.py", "--device", "cuda"])
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    assert timing.command_line() == "python -m benchmarks.bench_model --device cuda"
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    assert timing.command_line() == ("PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True "
+                                     "python -m benchmarks.bench_model --device cuda")
+
+
+def test_compile_options_only_with_the_default_compile_mode():
+    import torch
+
+    from benchmarks.bench_model import MODES, forward_fn
+
+    with pytest.raises(ValueError, match="reduce-overhead"):
+        forward_fn(torch.nn.Identity(), MODES["fast_graphs"], torch.zeros(1), torch.device("cpu"),
+                   compile_options={"conv_1x1_as_mm": True})

@@ -1,0 +1,75 @@
+"""HandlerSettings: YAML section + env overrides, strict about typos."""
+
+from pathlib import Path
+
+import pytest
+
+from peaknet_serve.config.settings import HandlerSettings, parse_bool, parse_fraction, parse_threshold
+
+
+def test_defaults_and_yaml_values():
+    s = HandlerSettings.from_mapping({"max_batch_panels": 32, "threshold": 0.7, "max_frames": 4,
+                                      "panel_buckets": [32, 16, 64]}, env={})
+    assert s.max_batch_panels == 32 and s.threshold == 0.7 and s.limits.max_frames == 4
+    assert s.buckets() == (16, 32)  # buckets above max_batch_panels are dropped
+    assert HandlerSettings.from_mapping(None, env={}).config == "peaknet.yaml"
+
+
+def test_env_overrides_yaml():
+    env = {"PEAKNET_CONFIG": "/models/cfg.yaml", "PEAKNET_WEIGHTS": "w.safetensors",
+           "PEAKNET_MAX_BATCH_PANELS": "8", "PEAKNET_THRESHOLD": "0.9", "PEAKNET_COMPILE": "true"}
+    s = HandlerSettings.from_mapping({"max_batch_panels": 64, "threshold": 0.5}, env=env)
+    assert (s.config, s.weights, s.max_batch_panels, s.threshold, s.compile) == \
+        ("/models/cfg.yaml", "w.safetensors", 8, 0.9, True)
+    assert HandlerSettings.from_mapping({"threshold": 0.5}, env={"PEAKNET_THRESHOLD": ""}).threshold is None
+
+
+def test_paths_resolve_against_model_dir():
+    s = HandlerSettings.from_mapping({"weights": "w.pt"}, env={"PEAKNET_CONFIG": "/abs/c.yaml"})
+    assert s.resolve_path(s.weights, Path("/m")) == Path("/m/w.pt")
+    assert s.resolve_path(s.config, Path("/m")) == Path("/abs/c.yaml")
+    assert s.resolve_path(None, Path("/m")) is None
+
+
+@pytest.mark.parametrize("section", [{"max_batch_panel": 4}, {"max_batch_panels": 0},
+                                     {"threshold": 1.5}, {"compile": "maybe"},
+                                     {"gpu_memory_fraction": 0}, {"gpu_memory_fraction": 1.5}])
+def test_bad_values_are_errors(section):
+    with pytest.raises(ValueError):
+        HandlerSettings.from_mapping(section, env={})
+
+
+def test_parsers():
+    assert parse_bool("Yes") and not parse_bool("off") and parse_bool(True)
+    assert parse_threshold(None) is None and parse_threshold("null") is None and parse_threshold("0.25") == 0.25
+
+
+def test_gpu_memory_fraction_from_yaml_and_env():
+    assert HandlerSettings.from_mapping(None, env={}).gpu_memory_fraction is None
+    assert HandlerSettings.from_mapping({"gpu_memory_fraction": 0.25}, env={}).gpu_memory_fraction == 0.25
+    env = {"PEAKNET_GPU_MEMORY_FRACTION": "0.5"}
+    assert HandlerSettings.from_mapping({"gpu_memory_fraction": 0.25}, env=env).gpu_memory_fraction == 0.5
+    assert parse_fraction("none") is None and parse_fraction("1") == 1.0
+
+
+def test_torch_threads_auto_or_positive():
+    assert HandlerSettings.from_mapping(None, env={}).torch_threads is None
+    assert HandlerSettings.from_mapping({"torch_threads": "auto"}, env={}).torch_threads is None
+    assert HandlerSettings.from_mapping({"torch_threads": 4}, env={"PEAKNET_TORCH_THREADS": "2"}).torch_threads == 2
+    with pytest.raises(ValueError):
+        HandlerSettings.from_mapping({"torch_threads": 0}, env={})
+
+
+def test_autocast_on_by_default_and_switchable_by_env():
+    assert HandlerSettings.from_mapping(None, env={}).autocast is True
+    assert HandlerSettings.from_mapping({"autocast": False}, env={}).autocast is False
+    assert HandlerSettings.from_mapping({"autocast": True}, env={"PEAKNET_AUTOCAST": "false"}).autocast is False
+    with pytest.raises(ValueError):
+        HandlerSettings.from_mapping({"autocast": "sometimes"}, env={})
+
+
+def test_depthwise_padding_on_by_default_and_switchable_by_env():
+    assert HandlerSettings.from_mapping(None, env={}).depthwise_padding is True
+    assert HandlerSettings.from_mapping({"depthwise_padding": False}, env={}).depthwise_padding is False
+    env = {"PEAKNET_DEPTHWISE_PADDING": "false"}
+    assert HandlerSettings.from_mapping({"depthwise_padding": True}, env=env).depthwise_padding is False

@@ -1,0 +1,102 @@
+"""The HDF5 reader's child process: same answers as in-process, and it absorbs crashes and hangs."""
+
+import io
+import os
+import signal
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from peaknet_serve.decode.hdf5_sandbox import Hdf5Sandbox, default_sandbox
+from peaknet_serve.decode.limits import DecodeLimits
+from peaknet_serve.errors import BadRequest, PayloadTooLarge
+
+CRASHER = Path(__file__).resolve().parents[1] / "fuzz" / "corpus" / "hdf5_bitshuffle_segfault.h5"
+
+
+def hdf5_with(array, **kwargs) -> memoryview:
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as file:
+        file.create_dataset("/entry_1/data_1/data", data=array, **kwargs)
+    return memoryview(buffer.getvalue())
+
+
+@pytest.fixture
+def sandbox():
+    with Hdf5Sandbox(timeout_s=30) as box:
+        yield box
+
+
+GOOD = np.arange(3 * 5 * 6, dtype=np.uint16).reshape(3, 5, 6)
+
+
+def test_decodes_and_reuses_one_child(sandbox):
+    first = sandbox.decode(hdf5_with(GOOD, compression="gzip", chunks=(1, 5, 6)), None, DecodeLimits())
+    pid = sandbox.pid
+    second = sandbox.decode(hdf5_with(GOOD), None, DecodeLimits())
+    assert sandbox.pid == pid and sandbox.restarts == 0
+    for decoded in (first, second):
+        assert decoded.shape == (3, 1, 5, 6) and decoded.dtype == np.uint16 and decoded.flags.c_contiguous
+        np.testing.assert_array_equal(decoded[:, 0], GOOD)
+
+
+def test_request_errors_cross_the_process_boundary_intact(sandbox):
+    with pytest.raises(PayloadTooLarge) as too_large:
+        sandbox.decode(hdf5_with(GOOD), None, DecodeLimits(max_pixels=10))
+    assert too_large.value.type == "too_large" and "10 pixels" in too_large.value.message
+    with pytest.raises(BadRequest) as missing:
+        sandbox.decode(hdf5_with(GOOD), "/nope", DecodeLimits())
+    assert missing.value.type == "hdf5_dataset_not_found"
+    assert sandbox.restarts == 0  # a refused file is a normal answer, not a failure
+
+
+@pytest.mark.skipif(not CRASHER.exists(), reason="no crashing payload in the corpus")
+def test_a_file_that_crashes_the_reader_is_a_400_and_the_next_request_works(sandbox):
+    sandbox.start()
+    pid = sandbox.pid
+    with pytest.raises(BadRequest) as info:
+        sandbox.decode(memoryview(CRASHER.read_bytes()), None, DecodeLimits())
+    assert info.value.type == "bad_hdf5" and "corrupt" in info.value.message
+    assert sandbox.restarts == 1
+    np.testing.assert_array_equal(sandbox.decode(hdf5_with(GOOD), None, DecodeLimits())[:, 0], GOOD)
+    assert sandbox.pid != pid
+
+
+def test_a_killed_child_is_replaced(sandbox):
+    sandbox.start()
+    os.kill(sandbox.pid, signal.SIGKILL)
+    outcomes = []
+    for _ in range(2):  # the request that meets the dead child may fail; the next one must work
+        try:
+            outcomes.append(sandbox.decode(hdf5_with(GOOD), None, DecodeLimits()))
+        except BadRequest as error:
+            outcomes.append(error)
+    assert isinstance(outcomes[-1], np.ndarray)
+    np.testing.assert_array_equal(outcomes[-1][:, 0], GOOD)
+
+
+def test_a_reader_that_takes_too_long_is_killed_and_replaced():
+    big = np.random.default_rng(0).integers(0, 5, (16, 1, 512, 512), dtype=np.uint16)
+    body = hdf5_with(big, compression="gzip", chunks=(1, 1, 512, 512))
+    with Hdf5Sandbox(timeout_s=1e-4) as impatient:
+        with pytest.raises(BadRequest, match="timed out"):
+            impatient.decode(body, None, DecodeLimits())
+        assert impatient.restarts == 1 and impatient.pid is None
+        impatient.timeout_s = 30
+        np.testing.assert_array_equal(impatient.decode(body, None, DecodeLimits()), big)
+
+
+def test_close_stops_the_child():
+    box = Hdf5Sandbox()
+    box.start()
+    pid = box.pid
+    box.close()
+    assert box.pid is None
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_the_default_sandbox_is_shared():
+    assert default_sandbox() is default_sandbox()

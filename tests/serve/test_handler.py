@@ -1,0 +1,177 @@
+"""PeakNetHandler through TorchServe's own Context/RequestProcessor, without the Java frontend."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+import yaml
+from ts.context import Context, RequestProcessor
+
+from peaknet_serve.checkpoint import load_peaknet
+from peaknet_serve.device.finder import PanelPeakFinder
+from peaknet_serve.serve.handler import PeakNetHandler
+from tests.frames import spot_frames
+
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "upstream"
+
+
+make_frames = spot_frames
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """An unpacked archive's model directory: peaknet.yaml + the fixture checkpoint."""
+    directory = tmp_path_factory.mktemp("model_dir")
+    shutil.copy(FIXTURE / "peaknet_tiny.pt", directory / "peaknet_tiny.pt")
+    shutil.copy(FIXTURE / "peaknet_tiny.yaml", directory / "peaknet.yaml")
+    return directory
+
+
+def make_context(model_dir: Path, handler_section: dict | None = None) -> Context:
+    section = {"warmup_shapes": [[1, 64, 96]], "model_label": "tiny", **(handler_section or {})}
+    return Context("peaknet", str(model_dir), {}, 4, None, "0.12.0",
+                   model_yaml_config={"handler": section})
+
+
+@pytest.fixture(scope="module")
+def handler(model_dir) -> PeakNetHandler:
+    h = PeakNetHandler()
+    h.initialize(make_context(model_dir))
+    return h
+
+
+def run_batch(handler, context, requests: list[tuple[dict, dict]]):
+    """requests: (row, headers) pairs as TorchServe's service passes them."""
+    context.request_processor = [RequestProcessor(headers) for _, headers in requests]
+    bodies = handler.handle([row for row, _ in requests], context)
+    statuses = [context.get_response_status(i)[0] for i in range(len(requests))]
+    types = [context.get_response_content_type(i) for i in range(len(requests))]
+    return statuses, bodies, types
+
+
+def raw_request(frames: np.ndarray, **headers) -> tuple[dict, dict]:
+    return ({"body": bytearray(frames.tobytes())},
+            {"Content-Type": "application/octet-stream", "X-Dtype": str(frames.dtype),
+             "X-Shape": ",".join(map(str, frames.shape)), "body": {"content-type": "application/octet-stream"},
+             **headers})
+
+
+def expected_peaks(frames: np.ndarray):
+    model = load_peaknet(FIXTURE / "peaknet_tiny.yaml")
+    finder = PanelPeakFinder(model, dtype=torch.float32, device=torch.device("cpu"))
+    return finder.find(torch.from_numpy(frames.reshape(-1, *frames.shape[-2:]))).table.to_host()
+
+
+def test_good_and_bad_requests_in_one_batch(handler, model_dir):
+    frames = make_frames(n=2)
+    context = make_context(model_dir)
+    statuses, bodies, types = run_batch(handler, context, [
+        raw_request(frames),
+        ({"body": bytearray(b"\x00" * 10)}, {"Content-Type": "application/octet-stream",
+                                            "X-Dtype": "uint16", "X-Shape": "2,2,64,96"}),
+        ({"body": bytearray(b"x")}, {"Content-Type": "text/csv"}),
+        raw_request(frames),
+    ])
+    assert statuses == [200, 400, 415, 200]
+    assert all(t == "application/json" for t in types)
+    good, bad, unsupported, good_again = (json.loads(b) for b in bodies)
+    assert good == good_again
+    assert good["shape"] == [2, 2, 64, 96] and good["dtype"] == "uint16"
+    assert good["model"] == "tiny" and good["precision"] == "float32" and good["device"] == "cpu"
+    assert bad["error"]["type"] and "bytes" in bad["error"]["message"]
+    assert unsupported["error"]["status"] == 415
+    host = expected_peaks(frames)
+    assert sum(f["num_peaks"] for f in good["frames"]) == len(host) > 0
+    np.testing.assert_allclose(np.concatenate([f["ss"] for f in good["frames"]]), host.ss)
+    panels = np.concatenate([np.asarray(f["panel"]) + 2 * i for i, f in enumerate(good["frames"])])
+    np.testing.assert_array_equal(panels, host.image_index)
+
+
+def test_requests_of_different_shapes_and_dtypes_share_a_batch(handler, model_dir):
+    small, large = make_frames(n=1, h=64, w=96, seed=1), make_frames(n=1, p=1, h=70, w=100, seed=2)
+    context = make_context(model_dir)
+    statuses, bodies, _ = run_batch(handler, context, [
+        raw_request(small), raw_request(large), raw_request(small.astype(np.float32))])
+    assert statuses == [200, 200, 200]
+    a, b, c = (json.loads(x) for x in bodies)
+    assert b["shape"] == [1, 1, 70, 100]  # padded to 96x128 internally, cropped back
+    assert all(0 <= s < 70 for f in b["frames"] for s in f["ss"])
+    assert a["frames"] == c["frames"] and c["dtype"] == "float32"
+
+
+def test_side_stream_upload_answers_the_same(handler, model_dir):
+    """``h2d_overlap`` with micro-batches of 3 panels over requests of 4 and 2: same answers."""
+    overlapped = PeakNetHandler()
+    overlapped.initialize(make_context(model_dir, {"h2d_overlap": True, "max_batch_panels": 3}))
+    batch = [raw_request(make_frames(n=2, seed=7)), raw_request(make_frames(n=1, seed=8))]
+    statuses, bodies, _ = run_batch(overlapped, make_context(model_dir), batch)
+    plain_statuses, plain_bodies, _ = run_batch(handler, make_context(model_dir), batch)
+    assert statuses == plain_statuses == [200, 200]
+    answers = [json.loads(b)["frames"] for b in bodies]
+    assert answers == [json.loads(b)["frames"] for b in plain_bodies]
+    assert sum(f["num_peaks"] for frames in answers for f in frames) > 0
+
+
+def test_multipart_form_fields(handler, model_dir):
+    frames = make_frames()
+    buffer = io.BytesIO()
+    np.save(buffer, frames)
+    context = make_context(model_dir)
+    multipart = {"Content-Type": "multipart/form-data; boundary=xyz",
+                 "data": {"content-type": "application/octet-stream"}}
+    statuses, bodies, _ = run_batch(handler, context, [
+        ({"data": bytearray(buffer.getvalue())}, multipart),
+        ({"data": bytearray(frames.tobytes()), "dtype": bytearray(b"uint16"), "shape": "1,2,64,96"}, multipart),
+        raw_request(frames),
+    ])
+    assert statuses == [200, 200, 200]
+    answers = [json.loads(b) for b in bodies]
+    assert answers[0]["frames"] == answers[1]["frames"] == answers[2]["frames"]
+
+
+def test_cxi_answer(handler, model_dir):
+    frames = make_frames(n=2)
+    context = make_context(model_dir)
+    statuses, bodies, types = run_batch(handler, context, [raw_request(frames, Accept="application/x-hdf5")])
+    assert statuses == [200] and types == ["application/x-hdf5"]
+    with h5py.File(io.BytesIO(bodies[0]), "r") as f:
+        assert f["/entry_1/result_1/nPeaks"].shape == (2,)
+        assert f["/entry_1/result_1/peakXPosRaw"].shape == (2, 2048)
+
+
+def test_env_overrides_precision_and_weights(model_dir, monkeypatch, tmp_path):
+    shutil.copy(FIXTURE / "peaknet_tiny.pt", tmp_path / "other.pt")
+    monkeypatch.setenv("PEAKNET_PRECISION", "bf16")
+    monkeypatch.setenv("PEAKNET_WEIGHTS", str(tmp_path / "other.pt"))
+    h = PeakNetHandler()
+    h.initialize(make_context(model_dir, {"warmup": False}))
+    assert h.dtype == torch.bfloat16
+    assert next(h.model.parameters()).dtype == torch.bfloat16
+    statuses, bodies, _ = run_batch(h, make_context(model_dir), [raw_request(make_frames())])
+    assert statuses == [200] and json.loads(bodies[0])["precision"] == "bfloat16"
+
+
+def test_missing_weights_fail_initialize(model_dir, monkeypatch):
+    monkeypatch.setenv("PEAKNET_WEIGHTS", "/nonexistent/weights.pt")
+    with pytest.raises(Exception, match="weights"):
+        PeakNetHandler().initialize(make_context(model_dir, {"warmup": False}))
+
+
+def test_unknown_handler_setting_fails_initialize(model_dir):
+    with pytest.raises(ValueError, match="unknown handler setting"):
+        PeakNetHandler().initialize(make_context(model_dir, {"max_batch_panel": 4}))
+
+
+def test_model_config_yaml_is_valid_for_the_handler():
+    root = Path(__file__).resolve().parents[2]
+    section = yaml.safe_load((root / "model-config.yaml").read_text())["handler"]
+    from peaknet_serve.config.settings import HandlerSettings
+    settings = HandlerSettings.from_mapping(section, env={})
+    assert settings.limits.max_frames == 16 and settings.max_batch_panels == 64

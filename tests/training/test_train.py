@@ -1,0 +1,79 @@
+"""Training script pieces: the focal loss and a real (tiny, CPU) training run that the server's
+loader accepts."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import peaknet_serve.training.dataset  # noqa: E402
+from peaknet_serve.checkpoint import load_peaknet  # noqa: E402
+from peaknet_serve.training import train
+from peaknet_serve.training.dataset import IGNORE_INDEX  # noqa: E402
+
+
+def test_focal_loss_with_gamma_zero_is_cross_entropy():
+    logits = torch.randn(2, 2, 8, 8)
+    target = torch.randint(0, 2, (2, 8, 8))
+    expected = F.cross_entropy(logits, target)
+    assert torch.allclose(train.focal_loss(logits, target, alpha=1.0, gamma=0.0), expected, atol=1e-6)
+
+
+def test_focal_loss_ignores_weak_pixels_and_down_weights_easy_ones():
+    logits = torch.zeros(1, 2, 4, 4)
+    logits[:, 0] = 4.0                                  # confident background everywhere
+    target = torch.zeros(1, 4, 4, dtype=torch.uint8)
+    target[0, 0, 0] = IGNORE_INDEX
+    base = train.focal_loss(logits, target)
+    target_wrong = target.clone()
+    target_wrong[0, 0, 0] = 1                           # the same pixel, now a (missed) peak
+    assert train.focal_loss(logits, target_wrong) > 10 * base
+    focal = train.focal_loss(logits, torch.zeros_like(target))
+    ce = F.cross_entropy(logits, torch.zeros(1, 4, 4, dtype=torch.long))
+    assert focal < 0.01 * ce
+
+
+def test_tiny_training_run_writes_a_loadable_model(tmp_path):
+    assert train.main(["--out", str(tmp_path), "--steps", "2", "--batch-size", "2", "--crop", "64",
+                       "--workers", "0", "--preset", "tiny", "--warmup", "1", "--device", "cpu"]) == 0
+    history = json.loads((tmp_path / "train_loss.json").read_text())
+    assert history["steps_done"] == 2 and len(history["loss"]) == 2
+    assert (tmp_path / "train_loss.png").stat().st_size > 0
+    model = load_peaknet(tmp_path / "peaknet.yaml", dtype="float32", device="cpu")
+    out = model(torch.randn(1, 1, 64, 96))
+    assert out.shape == (1, 2, 64, 96)
+
+
+def test_tiny_training_run_with_artefacts(tmp_path, monkeypatch):
+    """--artefact-probability reaches simulate_frame through SimulatedCrops and is recorded."""
+    simulate = peaknet_serve.training.dataset.simulate_frame
+    frames = []
+
+    def recording(geometry, rng, *args, **kwargs):
+        frame = simulate(geometry, rng, *args, **kwargs)
+        frames.append((kwargs.get("artefact_probability"), frame.params.artefacts))
+        return frame
+
+    monkeypatch.setattr(peaknet_serve.training.dataset, "simulate_frame", recording)
+    assert train.main(["--out", str(tmp_path), "--steps", "2", "--batch-size", "4", "--crop", "64",
+                       "--crops-per-frame", "1", "--workers", "0", "--preset", "tiny", "--warmup", "1",
+                       "--device", "cpu", "--artefact-probability", "0.5"]) == 0
+    history = json.loads((tmp_path / "train_loss.json").read_text())
+    assert history["artefact_probability"] == 0.5 and history["steps_done"] == 2
+    assert len(frames) >= 8 and all(p == 0.5 for p, _ in frames)
+    assert any(a.any for _, a in frames)
+    with pytest.raises(SystemExit):
+        train.parse_args(["--out", str(tmp_path), "--artefact-probability", "1.5"])
+
+
+def test_training_records_the_default_artefact_probability():
+    assert train.parse_args(["--out", "x"]).artefact_probability == 0.0
+
+
+@pytest.mark.parametrize("steps,warmup", [(100, 10)])
+def test_learning_rate_schedule(steps, warmup):
+    assert train.lr_at(0, 0.0, 1.0, warmup) == pytest.approx(0.1)
+    assert train.lr_at(warmup, 0.0, 1.0, warmup) == pytest.approx(1.0)
+    assert train.lr_at(steps, 1.0, 1.0, warmup) == pytest.approx(0.02)
+    assert train.run_progress(55, steps, warmup, elapsed=90.0, time_limit=100.0) == pytest.approx(0.9)
