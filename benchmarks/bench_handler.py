@@ -38,12 +38,14 @@ from benchmarks.timing import (
     time_ms,
     write_results,
 )
-from peaknet_serve.checkpoint import load_peaknet
+from peaknet_serve.config.mode import ServingMode
+from peaknet_serve.config.settings import HandlerSettings
 from peaknet_serve.decode import DecodeLimits, decode_request
 from peaknet_serve.device.finder import PanelPeakFinder
 from peaknet_serve.device.peaks import peaks_to_frames
 from peaknet_serve.device.transfer import PanelSource, upload_panels
 from peaknet_serve.encode.response import json_response
+from peaknet_serve.pipeline import build_finder, load_network
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,23 +61,26 @@ def simulated_frames(frames: int, panels: int, height: int, width: int, seed: in
     return np.ascontiguousarray(np.stack(stack))
 
 
-def make_finder(model_config: Path, variant: str, device: torch.device, buckets: tuple[int, ...]):
+#: Serving modes of the variants on a GPU (on the CPU each runs in float32, eager, as the server would).
+VARIANT_MODES = {
+    "fp32-eager": ServingMode(torch.float32),
+    "bf16-eager": ServingMode(torch.bfloat16, autocast=torch.bfloat16),
+    "bf16-compile": ServingMode(torch.bfloat16, autocast=torch.bfloat16, compile="default", channels_last=True,
+                                depthwise_padding=True),
+    "bf16-compile-pure": ServingMode(torch.bfloat16, compile="default", channels_last=True, depthwise_padding=True),
+}
+
+
+def make_finder(model_config: Path, variant: str, device: torch.device, buckets: tuple[int, ...]) -> PanelPeakFinder:
+    """The variant's finder, built by the server's own :func:`~peaknet_serve.pipeline.build_finder`
+    (``baseline``: the public pipeline's full-logits forward instead of the peak-score head)."""
+    settings = HandlerSettings(config=str(model_config), panel_buckets=buckets, warmup=False)
     if variant == "baseline":
-        model = load_peaknet(model_config, dtype="float32", device=device)
+        model = load_network(model_config, None, ServingMode(torch.float32), device)
         return PanelPeakFinder(model, dtype=torch.float32, device=device,
                                forward=lambda x: _logit_difference(model, x))
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    if variant == "fp32-eager":
-        dtype = torch.float32
-    model = load_peaknet(model_config, dtype=dtype, device=device)
-    forward = model.forward_peak_score
-    compiled = variant.startswith("bf16-compile")
-    if compiled:
-        model = model.to(memory_format=torch.channels_last)
-        forward = torch.compile(model.forward_peak_score, dynamic=False)
-    return PanelPeakFinder(model, dtype=dtype, device=device, forward=forward,
-                           buckets=buckets if compiled else (), channels_last=compiled,
-                           autocast=not variant.endswith("-pure"))
+    mode = VARIANT_MODES[variant] if device.type == "cuda" else ServingMode(torch.float32)
+    return build_finder(settings, device, mode=mode).finder
 
 
 def _logit_difference(model, x: torch.Tensor) -> torch.Tensor:

@@ -52,82 +52,85 @@ from benchmarks.timing import (
     write_results,
 )
 from peaknet_serve.checkpoint import load_peaknet
+from peaknet_serve.config.mode import ServingMode
 from peaknet_serve.model.depthwise import PaddableDepthwiseConv2d, tune_depthwise_padding
+from peaknet_serve.model.peaknet import PeakNet
+from peaknet_serve.pipeline import load_network, network_forward
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass(frozen=True)
 class Mode:
+    """A benchmark mode: a :class:`ServingMode` and the head it runs (``lean``: the (B, 1, H, W) peak
+    score the server runs, else the full (B, 2, H, W) logits of the public pipeline)."""
+
     name: str
-    weights: torch.dtype
-    autocast: torch.dtype | None
+    serving: ServingMode
     lean: bool = False
-    compile: str | None = None
-    pad_depthwise: bool = False  # tune_depthwise_padding before compiling (CUDA), as the handler does
+
+    @property
+    def compile(self) -> str | None:
+        return self.serving.compile
+
+
+def _mode(name: str, weights: torch.dtype, autocast: torch.dtype | None, lean: bool = False,
+          compile: str | None = None, pad_depthwise: bool = False) -> Mode:
+    return Mode(name, ServingMode(weights, autocast, compile, channels_last=lean, depthwise_padding=pad_depthwise),
+                lean)
 
 
 MODES = {
-    "fp32": Mode("fp32", torch.float32, None),
-    "autocast": Mode("autocast", torch.float32, torch.bfloat16),
-    "bf16": Mode("bf16", torch.bfloat16, torch.bfloat16),
-    "fp16": Mode("fp16", torch.float16, torch.float16),
-    "lean": Mode("lean", torch.bfloat16, torch.bfloat16, lean=True, pad_depthwise=True),
-    "fast": Mode("fast", torch.bfloat16, torch.bfloat16, lean=True, compile="default", pad_depthwise=True),
-    "fast_graphs": Mode("fast_graphs", torch.bfloat16, torch.bfloat16, lean=True, compile="reduce-overhead",
-                        pad_depthwise=True),
-    "fast_pure": Mode("fast_pure", torch.bfloat16, None, lean=True, compile="default", pad_depthwise=True),
-    "fast_pure_unpadded": Mode("fast_pure_unpadded", torch.bfloat16, None, lean=True, compile="default"),
-    "lean_pure": Mode("lean_pure", torch.bfloat16, None, lean=True, pad_depthwise=True),
-    "fast_autotune": Mode("fast_autotune", torch.bfloat16, torch.bfloat16, lean=True,
-                          compile="max-autotune-no-cudagraphs", pad_depthwise=True),
+    "fp32": _mode("fp32", torch.float32, None),
+    "autocast": _mode("autocast", torch.float32, torch.bfloat16),
+    "bf16": _mode("bf16", torch.bfloat16, torch.bfloat16),
+    "fp16": _mode("fp16", torch.float16, torch.float16),
+    "lean": _mode("lean", torch.bfloat16, torch.bfloat16, lean=True, pad_depthwise=True),
+    "fast": _mode("fast", torch.bfloat16, torch.bfloat16, lean=True, compile="default", pad_depthwise=True),
+    "fast_graphs": _mode("fast_graphs", torch.bfloat16, torch.bfloat16, lean=True, compile="reduce-overhead",
+                         pad_depthwise=True),
+    "fast_pure": _mode("fast_pure", torch.bfloat16, None, lean=True, compile="default", pad_depthwise=True),
+    "fast_pure_unpadded": _mode("fast_pure_unpadded", torch.bfloat16, None, lean=True, compile="default"),
+    "lean_pure": _mode("lean_pure", torch.bfloat16, None, lean=True, pad_depthwise=True),
+    "fast_autotune": _mode("fast_autotune", torch.bfloat16, torch.bfloat16, lean=True,
+                           compile="max-autotune-no-cudagraphs", pad_depthwise=True),
 }
 
 DEFAULT_MODES = "fp32,autocast,bf16,fp16,lean,lean_pure,fast,fast_pure,fast_graphs"
 
 
-def forward_fn(model, mode: Mode, x: torch.Tensor, device: torch.device, compile_options: dict | None = None):
-    """A no-argument callable running one batch in ``mode``; returns the peak mask (B, H, W) bool.
-
-    ``compile_options``: Inductor options for a ``compile="default"`` mode (torch.compile takes
-    options or a mode, not both)."""
-    if compile_options and mode.compile != "default":
-        raise ValueError(f"compile options need a mode compiled with 'default', not {mode.compile!r}")
-    head = model.forward_peak_score if mode.lean else model.forward
+def forward_fn(model: PeakNet, mode: Mode, x: torch.Tensor, device: torch.device) -> Callable[[], torch.Tensor]:
+    """A no-argument callable running one batch in ``mode``; returns the peak mask (B, H, W) bool."""
     if mode.compile:
         torch._dynamo.reset()
-        how = {"options": compile_options} if compile_options else {"mode": mode.compile}
-        head = torch.compile(head, dynamic=False, **how)
-    use_autocast = mode.autocast is not None and device.type == "cuda"
+    head = network_forward(model, mode.serving, "score" if mode.lean else "logits")
+    autocast = mode.serving.autocast
 
     def run() -> torch.Tensor:
-        with torch.inference_mode(), torch.autocast(device.type, dtype=mode.autocast or torch.float32,
-                                                    enabled=use_autocast):
+        with torch.inference_mode(), torch.autocast(device.type, dtype=autocast or torch.float32,
+                                                    enabled=autocast is not None and device.type == "cuda"):
             out = head(x)
             return out[:, 0] > 0 if mode.lean else out.argmax(dim=1) == 1
     return run
 
 
-def prepare_mode(config: Path, mode: Mode, base: torch.Tensor, device: torch.device, *,
-                 rewrite: Callable[[nn.Module], nn.Module] | None = None, compile_options: dict | None = None):
+def prepare_mode(config: Path, mode: Mode, base: torch.Tensor, device: torch.device):
     """``(model, x, run)`` for ``mode``: the config's random weights (seed 0, the same in every
-    mode, so masks are comparable) in the mode's dtype and memory format, ``base`` cast alike,
-    and :func:`forward_fn`'s callable. ``rewrite`` (if given) transforms the model before it is
-    compiled; ``compile_options`` go to :func:`forward_fn`."""
+    mode, so masks are comparable) loaded by the server's :func:`~peaknet_serve.pipeline.load_network`
+    in the mode's dtype and memory format, ``base`` cast alike, the depthwise padding tuned as the
+    server tunes it (CUDA), and :func:`forward_fn`'s callable."""
     torch.manual_seed(0)
-    model = load_peaknet(config, random_init=True, dtype=mode.weights, device=device)
-    x = base.to(device=device, dtype=mode.weights)
-    if mode.lean:
-        model = model.to(memory_format=torch.channels_last)
+    serving = mode.serving
+    model = load_network(config, None, serving, device, random_init=True)
+    x = base.to(device=device, dtype=serving.dtype)
+    if serving.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    if rewrite is not None:
-        model = rewrite(model)
-    if mode.pad_depthwise and device.type == "cuda":
+    if serving.depthwise_padding and device.type == "cuda":
         def features() -> None:
-            with torch.autocast("cuda", dtype=mode.autocast or torch.float32, enabled=mode.autocast is not None):
+            with torch.autocast("cuda", dtype=serving.autocast or torch.float32, enabled=serving.autocast is not None):
                 model.forward_features(x)
         tune_depthwise_padding(model, features)
-    return model, x, forward_fn(model, mode, x, device, compile_options)
+    return model, x, forward_fn(model, mode, x, device)
 
 
 def depthwise_padded_sizes(model: nn.Module) -> list[list[int]]:

@@ -65,13 +65,3 @@ def test_command_line_names_the_allocator_setting(monkeypatch):
     monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     assert timing.command_line() == ("PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True "
                                      "python -m benchmarks.bench_model --device cuda")
-
-
-def test_compile_options_only_with_the_default_compile_mode():
-    import torch
-
-    from benchmarks.bench_model import MODES, forward_fn
-
-    with pytest.raises(ValueError, match="reduce-overhead"):
-        forward_fn(torch.nn.Identity(), MODES["fast_graphs"], torch.zeros(1), torch.device("cpu"),
-                   compile_options={"conv_1x1_as_mm": True})

@@ -3,10 +3,9 @@
 
 For every detector geometry, frames are simulated with seeds disjoint from training
 (``np.random.default_rng([--seed, geometry_index, frame_index])``; training uses
-``[train_seed, worker]``), run through the server's own preprocessing
-(:func:`peaknet_serve.device.preprocess.prepare_panels`), the model in each precision (parameters converted,
-not autocast, as the server runs it), :func:`peaknet_serve.device.peaks.peak_mask` and
-:func:`peaknet_serve.device.peaks.find_peaks`. Found peaks are matched one-to-one to strong truth peaks
+``[train_seed, worker]``), and run through the server's own finder in each precision
+(:func:`peaknet_serve.pipeline.build_finder`: the same preprocessing, peak-score head, autocast on CUDA,
+threshold and connected components as the handler). Found peaks are matched one-to-one to strong truth peaks
 within 2 px (:mod:`peaknet_serve.sim.peaksim.matching`); detections near weak spots, and at blobs where a bright
 spot merges with another spot, count neither way (:meth:`peaknet_serve.sim.peaksim.frame.SimulatedFrame.scoring_points`).
 
@@ -33,9 +32,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from peaknet_serve.checkpoint import load_peaknet
-from peaknet_serve.device.peaks import find_peaks, peak_mask
-from peaknet_serve.device.preprocess import prepare_panels
+from peaknet_serve.config.mode import ServingMode
+from peaknet_serve.config.settings import HandlerSettings
+from peaknet_serve.device.finder import PanelPeakFinder
+from peaknet_serve.pipeline import build_finder
 from peaknet_serve.resources import BUNDLED_MODEL_CONFIG
 from peaknet_serve.sim.peaksim.frame import simulate_frame
 from peaknet_serve.sim.peaksim.geometry import GEOMETRIES, get_geometry
@@ -46,8 +46,16 @@ AGREEMENT_RADIUS = 1.0
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def find_frame_peaks(model: torch.nn.Module, raw: np.ndarray, device: torch.device, dtype: torch.dtype,
-                     threshold: float | None, max_batch: int) -> np.ndarray:
+def evaluation_finder(config: Path, dtype: str, device: torch.device, threshold: float | None,
+                      max_batch: int) -> PanelPeakFinder:
+    """The server's finder (:func:`~peaknet_serve.pipeline.build_finder`) in precision ``dtype``:
+    what is scored is what is served (autocast on CUDA, eager; ``PEAKNET_PRECISION`` is not read)."""
+    settings = HandlerSettings(config=str(config), precision=dtype, threshold=threshold, max_batch_panels=max_batch,
+                               warmup=False)
+    return build_finder(settings, device, mode=ServingMode.from_settings(settings, device, env={})).finder
+
+
+def find_frame_peaks(finder: PanelPeakFinder, raw: np.ndarray) -> np.ndarray:
     """Peaks of one frame as the server finds them.
 
     Args:
@@ -56,17 +64,9 @@ def find_frame_peaks(model: torch.nn.Module, raw: np.ndarray, device: torch.devi
     Returns:
         (K, 3) float64 rows (panel, ss, fs).
     """
-    panels = torch.from_numpy(np.ascontiguousarray(raw)).to(device)
-    height, width = raw.shape[-2:]
-    rows = []
-    with torch.inference_mode():
-        for start in range(0, panels.shape[0], max_batch):
-            chunk = panels[start:start + max_batch]
-            x, _ = prepare_panels(chunk, dtype)
-            logits = model(x)[..., :height, :width]
-            table = find_peaks(peak_mask(logits, threshold), chunk).to_host()
-            rows.append(np.stack([table.image_index + start, table.ss, table.fs], axis=1))
-    return np.concatenate(rows) if rows else np.zeros((0, 3))
+    panels = torch.from_numpy(np.ascontiguousarray(raw)).to(finder.device)
+    table = finder.find(panels).table.to_host()
+    return np.stack([table.image_index, table.ss, table.fs], axis=1).astype(np.float64)
 
 
 def agreement_counts(reference: np.ndarray, other: np.ndarray, radius: float = AGREEMENT_RADIUS) -> dict[str, int]:
@@ -83,7 +83,7 @@ def agreement_summary(counts: dict[str, int]) -> dict[str, float]:
 def evaluate(config: Path, geometries: list[str], frames: int, dtypes: list[str], device: torch.device,
              seed: int, threshold: float | None, max_batch: int, as_uint16: bool, first_frame: int = 0,
              artefact_probability: float = 0.0) -> dict:
-    models = {name: load_peaknet(config, dtype=DTYPES[name], device=device) for name in dtypes}
+    finders = {name: evaluation_finder(config, name, device, threshold, max_batch) for name in dtypes}
     reference = dtypes[0]
     report: dict = {"config": str(config), "device": str(device), "torch": torch.__version__,
                     "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
@@ -109,7 +109,7 @@ def evaluate(config: Path, geometries: list[str], frames: int, dtypes: list[str]
             found = {}
             for name in dtypes:
                 t0 = time.perf_counter()
-                found[name] = find_frame_peaks(models[name], raw, device, DTYPES[name], threshold, max_batch)
+                found[name] = find_frame_peaks(finders[name], raw)
                 seconds[name] += time.perf_counter() - t0
                 result = frame.score(found[name])
                 counts[name] = counts[name] + result

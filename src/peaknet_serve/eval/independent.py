@@ -7,9 +7,8 @@ lattice construction, background, panel layouts and detector response, and its o
 truth rule (integrated I/sigma >= 6 in a box, brightest pixel >= 3 sigma; see the simulator's
 docstring).
 
-Frames are run exactly as :mod:`peaknet_serve.eval.evaluate` runs them (its :func:`find_frame_peaks`: the
-server's :func:`peaknet_serve.device.preprocess.prepare_panels`, the model with its parameters in each dtype,
-:func:`peaknet_serve.device.peaks.peak_mask` and :func:`peaknet_serve.device.peaks.find_peaks`). Found peaks are
+Frames are run exactly as :mod:`peaknet_serve.eval.evaluate` runs them (the server's own finder from
+:func:`peaknet_serve.pipeline.build_finder`, in each dtype). Found peaks are
 matched one-to-one to strong truth peaks within 2 px (:mod:`peaknet_serve.sim.peaksim.matching`); detections within
 2 px of weak spots count neither way.
 
@@ -40,8 +39,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from peaknet_serve.checkpoint import load_config, load_peaknet
-from peaknet_serve.eval.evaluate import DEFAULT_CONFIG, DTYPES, find_frame_peaks
+from peaknet_serve.checkpoint import load_config
+from peaknet_serve.eval.evaluate import DEFAULT_CONFIG, DTYPES, evaluation_finder, find_frame_peaks
 from peaknet_serve.sim.independent import (
     DETECTOR_NAMES,
     PEAK_PIXEL_MIN_PHOTONS,
@@ -179,7 +178,7 @@ def weights_digest(config: Path) -> tuple[str | None, str | None]:
 
 def evaluate(config: Path, geometries: list[str], frames: int, dtypes: list[str], device: torch.device,
              seed: int, threshold: float | None, max_batch: int, as_uint16: bool, first_frame: int = 0) -> dict:
-    models = {name: load_peaknet(config, dtype=DTYPES[name], device=device) for name in dtypes}
+    finders = {name: evaluation_finder(config, name, device, threshold, max_batch) for name in dtypes}
     reference = dtypes[0]
     weights, digest = weights_digest(config)
     report: dict = {
@@ -219,7 +218,7 @@ def evaluate(config: Path, geometries: list[str], frames: int, dtypes: list[str]
             record = {"frame": f_index, **frame_summary(frame)}
             for name in dtypes:
                 t0 = time.perf_counter()
-                found = find_frame_peaks(models[name], raw, device, DTYPES[name], threshold, max_batch)
+                found = find_frame_peaks(finders[name], raw)
                 seconds[name] += time.perf_counter() - t0
                 result = match_peaks(found, strong, weak)
                 counts[name] = counts[name] + result

@@ -29,15 +29,15 @@ from typing import Any
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
-from peaknet_serve.checkpoint import load_peaknet
-from peaknet_serve.config.precision import dtype_name, resolve_precision
+from peaknet_serve.config.precision import dtype_name
 from peaknet_serve.config.settings import HandlerSettings
 from peaknet_serve.decode import decode_request, default_sandbox
-from peaknet_serve.device.finder import InsufficientMemory, PanelPeakFinder
+from peaknet_serve.device.finder import InsufficientMemory
 from peaknet_serve.device.peaks import peaks_to_frames
 from peaknet_serve.device.transfer import PanelSource, upload_panels
 from peaknet_serve.encode.response import cxi_response, json_response
 from peaknet_serve.errors import RequestError
+from peaknet_serve.pipeline import build_finder
 from peaknet_serve.serve.http import (
     HTTP_PHRASES,
     Answer,
@@ -74,7 +74,6 @@ class PeakNetHandler(BaseHandler):
         yaml_config = getattr(context, "model_yaml_config", None) or {}
         self.settings = settings = HandlerSettings.from_mapping(yaml_config.get("handler"))
         self.device = select_device(properties.get("gpu_id"))
-        self.dtype = resolve_precision(settings.precision, self.device)
         self.model_name = getattr(context, "model_name", None) or "peaknet"
         self.metrics = HandlerMetrics(getattr(context, "metrics", None), self.model_name)
 
@@ -87,42 +86,15 @@ class PeakNetHandler(BaseHandler):
             # Workers sharing a GPU each get a slice: an oversized batch then fails (and is split,
             # or answered 507) in its own worker instead of starving the others.
             torch.cuda.set_per_process_memory_fraction(settings.gpu_memory_fraction, self.device)
-        started = time.perf_counter()
-        model = load_peaknet(settings.resolve_path(settings.config, model_dir),
-                             settings.resolve_path(settings.weights, model_dir),
-                             dtype=self.dtype, device=self.device)
-        if settings.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        forward = model.forward_peak_score
-        if settings.compile and self.device.type == "cuda":
-            forward = torch.compile(forward, mode=settings.compile_mode, dynamic=False)
-        self.model = model
-        self.finder = PanelPeakFinder(
-            model, dtype=self.dtype, device=self.device,
-            max_batch_panels=settings.max_batch_panels, threshold=settings.threshold,
-            min_peak_pixels=settings.min_peak_pixels,
-            buckets=settings.buckets() if settings.compile else (),
-            channels_last=settings.channels_last, autocast=settings.autocast, forward=forward)
-        if settings.depthwise_padding and self.device.type == "cuda":
-            # Before the first compiled run: a compiled graph keeps the padding it was traced with.
-            for panels, height, width in settings.warmup_shapes:
-                for choice in self.finder.tune_depthwise(panels, height, width):
-                    log.info("depthwise conv %s x%d: %.3f ms as is; %s", choice.input_shape, choice.modules,
-                             choice.plain_ms, "kept" if choice.compute_size is None else
-                             f"computed at {choice.compute_size}: {choice.chosen_ms:.3f} ms")
-        if settings.warmup:
-            for panels, height, width in settings.warmup_shapes:
-                self.finder.warmup(panels, height, width)
+        pipeline = build_finder(settings, self.device, model_dir)
+        self.mode, self.model, self.finder = pipeline.mode, pipeline.model, pipeline.finder
+        self.dtype = pipeline.mode.dtype
         default_sandbox().start()  # the HDF5 reader process: the first HDF5 request should not pay for it
 
-        params = sum(p.numel() for p in model.parameters())
-        weight_bytes = sum(t.numel() * t.element_size()
-                           for t in [*model.parameters(), *model.buffers()])
-        log.info("PeakNet ready: %s, %.2fM parameters, %s on %s, weights %.1f MiB, "
-                 "compile=%s, max_batch_panels=%d, start-up %.1f s",
-                 settings.model_label, params / 1e6, dtype_name(self.dtype), self.device,
-                 weight_bytes / 2**20, settings.compile, settings.max_batch_panels,
-                 time.perf_counter() - started)
+        params = sum(p.numel() for p in self.model.parameters())
+        log.info("PeakNet ready: %s, %.2fM parameters, %s on %s, weights %.1f MiB, max_batch_panels=%d, "
+                 "start-up %.1f s", settings.model_label, params / 1e6, pipeline.mode.describe(), self.device,
+                 pipeline.weight_bytes / 2**20, settings.max_batch_panels, pipeline.startup_s)
         self.initialized = True
 
     # -- serving ---------------------------------------------------------------------------

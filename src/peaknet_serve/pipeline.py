@@ -1,0 +1,110 @@
+"""One pipeline builder: checkpoint -> network in its serving mode -> a warmed-up peak finder.
+
+The TorchServe handler, the benchmarks and the evaluation all build what they run here, so what is
+measured and scored is what is served::
+
+    settings = HandlerSettings.from_mapping(yaml_config["handler"])
+    pipeline = build_finder(settings, torch.device("cuda", 0), model_dir)
+    result = pipeline.finder.find(panels)        # (B, H, W) wire-dtype panels on the device
+
+Steps, in order: load and cast the weights (:func:`load_network`), lay them out, wrap the forward in
+``torch.compile`` (:func:`network_forward`), build the :class:`~peaknet_serve.device.finder.PanelPeakFinder`,
+tune the depthwise-conv padding at every warm-up shape (before the first compiled run: a compiled graph
+keeps the padding it was traced with), then warm up every micro-batch bucket.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from peaknet_serve.checkpoint import ConfigSource, load_peaknet
+from peaknet_serve.config.mode import ServingMode
+from peaknet_serve.config.settings import HandlerSettings
+from peaknet_serve.device.finder import PanelPeakFinder
+from peaknet_serve.model.depthwise import PaddingChoice
+from peaknet_serve.model.peaknet import PeakNet
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Pipeline:
+    """What :func:`build_finder` built.
+
+    Attributes:
+        model: the eval-mode network, weights in ``mode.dtype`` on the finder's device.
+        finder: runs the network over (B, H, W) panels and extracts peaks.
+        mode: how the network runs.
+        depthwise_choices: the padding tuner's measurement for each depthwise-conv input size.
+        startup_s: seconds from the start of loading to the end of warm-up.
+    """
+
+    model: PeakNet
+    finder: PanelPeakFinder
+    mode: ServingMode
+    depthwise_choices: list[PaddingChoice] = field(default_factory=list)
+    startup_s: float = 0.0
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in [*self.model.parameters(), *self.model.buffers()])
+
+
+def load_network(config: ConfigSource, weights: str | Path | None, mode: ServingMode, device: torch.device,
+                 *, random_init: bool = False) -> PeakNet:
+    """The checkpoint's network in eval mode, weights in ``mode.dtype`` and memory format on ``device``."""
+    model = load_peaknet(config, weights, dtype=mode.dtype, device=device, random_init=random_init)
+    if mode.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def network_forward(model: PeakNet, mode: ServingMode, head: str = "score") -> Callable[[torch.Tensor], torch.Tensor]:
+    """The forward the finder calls: ``head="score"`` is the (B, 1, H, W) peak score
+    (:meth:`PeakNet.forward_peak_score`), ``"logits"`` the full (B, 2, H, W) logits; compiled in
+    ``mode.compile`` with static shapes when that is set."""
+    forward = {"score": model.forward_peak_score, "logits": model.forward}[head]
+    if mode.compile:
+        forward = torch.compile(forward, mode=mode.compile, dynamic=False)
+    return forward
+
+
+def build_finder(settings: HandlerSettings, device: torch.device, model_dir: Path = Path("."), *,
+                 mode: ServingMode | None = None, random_init: bool = False) -> Pipeline:
+    """Load, cast, compile, tune and warm up the network as ``settings`` say, on ``device``.
+
+    Args:
+        settings: the handler settings (paths relative to ``model_dir``, batching, peak extraction,
+            warm-up shapes).
+        device: where the network runs.
+        model_dir: the folder relative paths of ``settings.config``/``settings.weights`` start from.
+        mode: overrides :meth:`ServingMode.from_settings` (benchmarks compare modes this way).
+        random_init: random weights instead of the checkpoint's (benchmarks of public configs).
+    """
+    started = time.perf_counter()
+    mode = mode or ServingMode.from_settings(settings, device)
+    model = load_network(settings.resolve_path(settings.config, model_dir),
+                         settings.resolve_path(settings.weights, model_dir), mode, device, random_init=random_init)
+    finder = PanelPeakFinder(
+        model, dtype=mode.dtype, device=device, max_batch_panels=settings.max_batch_panels,
+        threshold=settings.threshold, min_peak_pixels=settings.min_peak_pixels,
+        buckets=settings.buckets() if mode.compile else (), channels_last=mode.channels_last,
+        autocast=mode.autocast is not None, forward=network_forward(model, mode))
+    choices: list[PaddingChoice] = []
+    if mode.depthwise_padding:
+        for panels, height, width in settings.warmup_shapes:
+            for choice in finder.tune_depthwise(panels, height, width):
+                choices.append(choice)
+                log.info("depthwise conv %s x%d: %.3f ms as is; %s", choice.input_shape, choice.modules,
+                         choice.plain_ms, "kept" if choice.compute_size is None else
+                         f"computed at {choice.compute_size}: {choice.chosen_ms:.3f} ms")
+    if settings.warmup:
+        for panels, height, width in settings.warmup_shapes:
+            finder.warmup(panels, height, width)
+    return Pipeline(model, finder, mode, choices, time.perf_counter() - started)
