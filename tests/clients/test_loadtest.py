@@ -27,7 +27,6 @@ import pytest
 
 from peaknet_serve.clients import loadtest
 from peaknet_serve.clients.loadtest import (
-    KeySource,
     RunPlan,
     Sample,
     TallyRecorder,
@@ -205,18 +204,6 @@ def test_answer_error():
     body = json.dumps({"error": {"type": "bad_shape", "message": "X-Shape is 3 numbers"}}).encode()
     assert answer_error(400, "application/json", body, 1) == "http 400: bad_shape: X-Shape is 3 numbers"
     assert answer_error(502, "text/plain", b"Bad Gateway", 1) == "http 502: Bad Gateway"
-
-
-def test_key_source_rereads_a_rotated_key(tmp_path):
-    key_file = tmp_path / "key_file.json"
-    key_file.write_text(json.dumps({"inference": {"key": "first"}}))
-    keys = KeySource(key_file=key_file)
-    assert keys.headers() == {"Authorization": "Bearer first"}
-    time.sleep(0.01)
-    key_file.write_text(json.dumps({"inference": {"key": "second"}}))
-    os.utime(key_file, (time.time() + 5, time.time() + 5))
-    assert keys.headers() == {"Authorization": "Bearer second"}
-    assert KeySource().headers() == {}
 
 
 # ---------------------------------------------------------------------------- against a loopback server

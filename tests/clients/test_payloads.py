@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import email.parser
 import email.policy
-import json
 
 import h5py
 import hdf5plugin
@@ -16,11 +15,9 @@ import numpy as np
 import pytest
 
 from peaknet_serve.clients.payloads import (
-    DEFAULT_DATASET,
     ENCODINGS,
     GEOMETRIES,
     Geometry,
-    auth_headers,
     check_prediction,
     detector_frames,
     encode_request,
@@ -29,10 +26,10 @@ from peaknet_serve.clients.payloads import (
     geometry_from_name,
     iter_frames,
     read_frames,
-    read_inference_key,
     simulate_frames,
 )
 from peaknet_serve.decode.request import decode_request
+from peaknet_serve.wire import DEFAULT_DATASET
 
 SMALL = Geometry("small", 2, 48, 64)
 
@@ -209,18 +206,6 @@ def test_encode_rejects_bad_input():
 
 
 # ---------------------------------------------------------------------------- auth, answers
-
-
-def test_auth_headers_from_token_or_key_file(tmp_path):
-    key_file = tmp_path / "key_file.json"
-    key_file.write_text(json.dumps({"management": {"key": "M"}, "inference": {"key": "I-123"}, "API": {"key": "A"}}))
-    assert read_inference_key(key_file) == "I-123"
-    assert auth_headers(key_file=key_file) == {"Authorization": "Bearer I-123"}
-    assert auth_headers(token="T", key_file=key_file) == {"Authorization": "Bearer T"}
-    assert auth_headers() == {}
-    key_file.write_text("{}")
-    with pytest.raises(ValueError, match="inference key"):
-        read_inference_key(key_file)
 
 
 def _answer(n_frames, peaks=(2, 0)):

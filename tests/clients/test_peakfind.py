@@ -9,22 +9,13 @@ The real server is driven in tests/e2e/test_peakfind_e2e.py.
 
 from __future__ import annotations
 
-import json
-import random
-import threading
-import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
 import h5py
 import numpy as np
 import pytest
-from scipy import ndimage
 
 from peaknet_serve.clients.payloads import Geometry, simulate_frames
 from peaknet_serve.clients.peakfind import (
-    CXI_MAX_PEAKS,
     PeakfindError,
-    ServerClient,
     discover_inputs,
     is_complete,
     output_paths,
@@ -33,30 +24,10 @@ from peaknet_serve.clients.peakfind import (
     run,
     write_peak_file,
 )
+from peaknet_serve.wire import CXI_MAX_PEAKS
+from tests.clients.reference_peaks import threshold_peaks
 
 GEOMETRY = Geometry("test", 2, 64, 80)
-
-
-def threshold_peaks(frames: np.ndarray, threshold: float = 40.0) -> dict:
-    """Peaks of ``(N, P, H, W)`` frames in the server's answer schema (SciPy, 8-connected)."""
-    time.sleep(random.uniform(0, 0.01))
-    answer_frames = []
-    for frame in frames.astype(np.float64):
-        peaks = {"panel": [], "ss": [], "fs": [], "npix": [], "intensity": []}
-        for p, panel in enumerate(frame):
-            labels, n = ndimage.label(panel > threshold, structure=np.ones((3, 3)))
-            index = np.arange(1, n + 1)
-            for (ss, fs), npix, total in zip(
-                ndimage.center_of_mass(panel, labels, index),
-                ndimage.sum_labels(np.ones_like(panel), labels, index),
-                ndimage.sum_labels(panel, labels, index),
-            ):
-                for key, value in zip(peaks, (p, ss, fs, int(npix), total)):
-                    peaks[key].append(value)
-        answer_frames.append({"num_peaks": len(peaks["ss"]), **peaks})
-    n, p, h, w = frames.shape
-    return {"model": "threshold", "precision": "float64", "device": "cpu", "shape": [n, p, h, w],
-            "dtype": str(frames.dtype), "frames": answer_frames}
 
 
 def write_run(path, n_frames, seed=0, slab=False, spots=6):
@@ -220,61 +191,3 @@ def test_run_reports_an_unreadable_input_and_goes_on(tmp_path):
     summary = run([bad, good], tmp_path / "out", threshold_peaks, show_progress=False)
     assert [f.status for f in summary.files] == ["failed", "done"]
     assert "--dataset" in summary.files[0].error
-
-
-# ---------------------------------------------------------------------------- the HTTP client
-
-
-class FlakyApi(BaseHTTPRequestHandler):
-    """503 for the first ``busy`` requests, then answers through :func:`threshold_peaks`."""
-
-    busy = 2
-    calls = 0
-
-    def log_message(self, *args):
-        pass
-
-    def do_POST(self):
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        type(self).calls += 1
-        if type(self).calls <= self.busy:
-            status, document = 503, {"code": 503, "type": "ServiceUnavailableException", "message": "queue full"}
-        elif self.headers.get("Authorization") != "Bearer k1":
-            status, document = 401, {"message": "Token Authentication failed"}
-        else:
-            shape = tuple(int(d) for d in self.headers["X-Shape"].split(","))
-            frames = np.frombuffer(body, dtype=self.headers["X-Dtype"]).reshape(shape)
-            status, document = 200, threshold_peaks(frames)
-        payload = json.dumps(document).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-
-@pytest.fixture
-def flaky():
-    handler = type("Flaky", (FlakyApi,), {"calls": 0})
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-
-
-def test_client_retries_busy_server_and_sends_the_key(flaky, tmp_path):
-    key_file = tmp_path / "key_file.json"
-    key_file.write_text(json.dumps({"inference": {"key": "k1"}}))
-    frames = simulate_frames(GEOMETRY, 2, seed=3).frames
-    client = ServerClient(flaky, key_file=key_file, retries=2)
-    answer = client.predict(frames)
-    assert answer["frames"] == threshold_peaks(frames)["frames"]
-
-
-def test_client_gives_up_with_the_server_message(flaky):
-    frames = simulate_frames(GEOMETRY, 1, seed=4).frames
-    with pytest.raises(PeakfindError, match="503"):
-        ServerClient(flaky, token="k1", retries=1).predict(frames)
-    with pytest.raises(PeakfindError, match="401"):
-        ServerClient(flaky, token="wrong", retries=0).predict(frames)

@@ -51,8 +51,8 @@ from typing import Any
 import numpy as np
 import requests
 
+from peaknet_serve.clients.client import KeySource, error_message
 from peaknet_serve.clients.payloads import (
-    DEFAULT_DATASET,
     ENCODINGS,
     GEOMETRIES,
     SIMULATORS,
@@ -62,10 +62,9 @@ from peaknet_serve.clients.payloads import (
     encode_request,
     geometry_from_name,
     iter_frames,
-    read_inference_key,
 )
+from peaknet_serve.wire import DEFAULT_DATASET, DEFAULT_URL
 
-DEFAULT_URL = "http://127.0.0.1:8080"
 MAX_POOL_BYTES = 512 * 2**20
 #: Longest a waiting main thread blocks: the kernel may hand a SIGINT (Ctrl-C) to any thread, and
 #: Python runs the handler only in the main thread, once it runs again; a blocking wait would
@@ -112,23 +111,6 @@ class Sample:
         return 1e3 * (self.start - self.scheduled)
 
 
-class KeySource:
-    """The ``Authorization`` header, re-read whenever TorchServe's key file changes."""
-
-    def __init__(self, token: str | None = None, key_file: str | Path | None = None):
-        self._token, self._key_file = token, Path(key_file) if key_file else None
-        self._mtime: float | None = None
-        self._lock = threading.Lock()
-
-    def headers(self) -> dict[str, str]:
-        if self._key_file is not None:
-            with self._lock:
-                mtime = self._key_file.stat().st_mtime
-                if mtime != self._mtime:
-                    self._token, self._mtime = read_inference_key(self._key_file), mtime
-        return {"Authorization": f"Bearer {self._token}"} if self._token else {}
-
-
 def post_request(
     session: requests.Session,
     url: str,
@@ -167,7 +149,7 @@ def post_request(
 def answer_error(status: int, content_type: str, body: bytes, n_frames: int) -> str | None:
     """``None`` for a good answer, else a short reason (``http 503: ...``, ``schema: ...``)."""
     if status != 200:
-        return f"http {status}: {_error_message(body)}"
+        return f"http {status}: {error_message(body)}"
     if "json" not in content_type:
         return f"schema: content type {content_type!r}, not JSON"
     try:
@@ -175,14 +157,6 @@ def answer_error(status: int, content_type: str, body: bytes, n_frames: int) -> 
     except ValueError:
         return "schema: body is not JSON"
     return f"schema: {problems[0]}" if problems else None
-
-
-def _error_message(body: bytes) -> str:
-    try:
-        error = json.loads(body)["error"]
-        return f"{error['type']}: {error['message']}"[:200]
-    except (ValueError, KeyError, TypeError):
-        return body[:200].decode("utf-8", "replace")
 
 
 # --------------------------------------------------------------------------------------------

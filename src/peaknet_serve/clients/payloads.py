@@ -16,7 +16,6 @@ Three concerns, one place each:
 from __future__ import annotations
 
 import io
-import json
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -25,8 +24,7 @@ from typing import Any
 
 import numpy as np
 
-DEFAULT_DATASET = "/entry_1/data_1/data"
-
+from peaknet_serve.wire import DEFAULT_DATASET
 
 # --------------------------------------------------------------------------------------------
 # geometries and frames
@@ -373,24 +371,8 @@ def _multipart_bytes(frames: np.ndarray) -> tuple[bytes, dict[str, str]]:
 
 
 # --------------------------------------------------------------------------------------------
-# authorisation and answers
+# answers
 # --------------------------------------------------------------------------------------------
-
-
-def read_inference_key(key_file: str | Path) -> str:
-    """The inference key from TorchServe's ``key_file.json``."""
-    try:
-        keys = json.loads(Path(key_file).read_text())
-        return str(keys["inference"]["key"])
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ValueError(f"{key_file}: not a TorchServe key file with an inference key") from err
-
-
-def auth_headers(token: str | None = None, key_file: str | Path | None = None) -> dict[str, str]:
-    """``Authorization: Bearer`` header from ``token``, else from ``key_file``; empty if neither."""
-    if token is None and key_file is not None:
-        token = read_inference_key(key_file)
-    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 PEAK_FIELDS = ("panel", "ss", "fs", "npix", "intensity")

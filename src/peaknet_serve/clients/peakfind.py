@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import sys
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
@@ -38,21 +37,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import requests
 
+from peaknet_serve.clients.client import PeakNetClient, ServerError
 from peaknet_serve.clients.payloads import (
-    DEFAULT_DATASET,
     ENCODINGS,
-    check_prediction,
-    encode_request,
     file_frames_shape,
     iter_frames,
-    read_inference_key,
 )
+from peaknet_serve.wire import CXI_MAX_PEAKS, CXI_PEAK_GROUP, DEFAULT_DATASET, DEFAULT_URL
 
-DEFAULT_URL = "http://127.0.0.1:8080"
-CXI_MAX_PEAKS = 2048
-RESULT_GROUP = "/entry_1/result_1"
+RESULT_GROUP = CXI_PEAK_GROUP
 INPUT_SUFFIXES = (".cxi", ".h5", ".hdf5")
 OUTPUT_SUFFIX = "_peaks.cxi"
 
@@ -200,82 +194,6 @@ def is_complete(path: Path, n_frames: int) -> bool:
 # --------------------------------------------------------------------------------------------
 # the server
 # --------------------------------------------------------------------------------------------
-
-
-class ServerClient:
-    """``predict(frames)`` against ``POST /predictions/<model>``, one connection per thread.
-
-    Connection errors and 503 (queue full) are retried with exponential back-off; any other
-    error status raises :class:`PeakfindError` with the server's message. A key file is re-read
-    when it changes (TorchServe rotates keys through its management API).
-    """
-
-    def __init__(
-        self,
-        url: str = DEFAULT_URL,
-        model: str = "peaknet",
-        encoding: str = "raw",
-        token: str | None = None,
-        key_file: str | Path | None = None,
-        timeout_s: float = 120.0,
-        retries: int = 4,
-    ):
-        self.base_url = url.rstrip("/")
-        self.url = f"{self.base_url}/predictions/{model}"
-        self.encoding, self.timeout_s, self.retries = encoding, timeout_s, retries
-        self._token, self._key_file = token, Path(key_file) if key_file else None
-        self._key_mtime: float | None = None
-        self._local = threading.local()
-        self._lock = threading.Lock()
-
-    def auth_headers(self) -> dict[str, str]:
-        if self._key_file is not None:
-            with self._lock:
-                mtime = self._key_file.stat().st_mtime
-                if mtime != self._key_mtime:
-                    self._token, self._key_mtime = read_inference_key(self._key_file), mtime
-        return {"Authorization": f"Bearer {self._token}"} if self._token else {}
-
-    def _session(self) -> requests.Session:
-        if not hasattr(self._local, "session"):
-            self._local.session = requests.Session()
-        return self._local.session
-
-    def ping(self) -> None:
-        """Raise :class:`PeakfindError` unless ``GET /ping`` answers 200."""
-        try:
-            answer = self._session().get(f"{self.base_url}/ping", headers=self.auth_headers(), timeout=10)
-        except requests.RequestException as err:
-            raise PeakfindError(f"server at {self.base_url} does not answer: {err}") from err
-        if answer.status_code != 200:
-            raise PeakfindError(f"{self.base_url}/ping answered {answer.status_code}: {answer.text[:200]}")
-
-    def predict(self, frames: np.ndarray) -> dict[str, Any]:
-        """Peaks of ``(N, P, H, W)`` frames: the server's JSON answer, schema-checked."""
-        request = encode_request(frames, self.encoding)
-        for attempt in range(self.retries + 1):
-            last = attempt == self.retries
-            try:
-                answer = self._session().post(
-                    self.url,
-                    data=request.body,
-                    headers={**request.headers, **self.auth_headers(), "Accept": "application/json"},
-                    timeout=self.timeout_s,
-                )
-            except requests.RequestException as err:
-                if last:
-                    raise PeakfindError(f"no answer from {self.url}: {err}") from err
-            else:
-                if answer.status_code == 200:
-                    document = answer.json()
-                    problems = check_prediction(document, request.n_frames)
-                    if problems:
-                        raise PeakfindError(f"malformed answer: {'; '.join(problems[:3])}")
-                    return document
-                if answer.status_code != 503 or last:
-                    raise PeakfindError(f"server answered {answer.status_code}: {answer.text[:300]}")
-            time.sleep(min(0.5 * 2**attempt, 10.0))
-        raise AssertionError("unreachable")
 
 
 # --------------------------------------------------------------------------------------------
@@ -436,7 +354,7 @@ def run(
                 result = process_file(
                     source, output, predict, dataset, panels, frames_per_request, concurrency, min_peaks, bar.update
                 )
-            except (PeakfindError, OSError, KeyError, ValueError) as err:
+            except (PeakfindError, ServerError, OSError, KeyError, ValueError) as err:
                 result = FileResult(str(source), str(output), "failed", error=str(err))
             summary.files.append(result)
     summary.seconds = time.perf_counter() - start
@@ -496,10 +414,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not inputs:
         print(f"no {'/'.join(INPUT_SUFFIXES)} files in {' '.join(args.inputs)}", file=sys.stderr)
         return 2
-    client = ServerClient(args.url, args.model, args.encoding, args.token, args.key_file, args.timeout)
+    client = PeakNetClient(args.url, args.model, args.encoding, args.token, args.key_file, args.timeout)
     try:
         client.ping()
-    except PeakfindError as err:
+    except ServerError as err:
         print(err, file=sys.stderr)
         return 3
     summary = run(

@@ -17,14 +17,16 @@ import time
 import numpy as np
 import requests
 
-from peaknet_serve.clients.payloads import auth_headers, encode_request
+from peaknet_serve.clients.client import KeySource
+from peaknet_serve.clients.payloads import encode_request
 from peaknet_serve.sim.peaksim.frame import simulate_frame
 from peaknet_serve.sim.peaksim.geometry import GEOMETRIES, get_geometry
+from peaknet_serve.wire import DEFAULT_URL
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", default="http://127.0.0.1:8080")
+    parser.add_argument("--url", default=DEFAULT_URL)
     parser.add_argument("--model", default="peaknet")
     parser.add_argument("--geometry", default="epix10k2m", choices=sorted(GEOMETRIES))
     parser.add_argument("--dtype", default="uint16", choices=["uint16", "float32"])
@@ -37,7 +39,7 @@ def main() -> int:
     frame = simulate_frame(get_geometry(args.geometry), np.random.default_rng(args.seed))
     pixels = frame.uint16 if args.dtype == "uint16" else frame.adu.astype(np.float32)
     request = encode_request(pixels[None], args.encoding)
-    headers = {**request.headers, **auth_headers(args.token, args.key_file)}
+    headers = {**request.headers, **KeySource(args.token, args.key_file).headers()}
     print(f"sending one {args.geometry} frame {pixels.shape} {args.dtype} as {args.encoding} "
           f"({len(request.body) / 1e6:.1f} MB) to {args.url}/predictions/{args.model}")
     started = time.perf_counter()

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from peaknet_serve.decode import DecodeLimits
+from peaknet_serve.wire import CXI_MAX_PEAKS
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -70,7 +71,7 @@ class HandlerSettings:
     max_batch_panels: int = 64              # panels per GPU micro-batch
     threshold: float | None = None          # None: argmax; else P(peak) >= threshold
     min_peak_pixels: int = 1                # smaller connected components are dropped
-    max_peaks_per_frame: int = 2048         # CXI width; JSON lists are capped the same way
+    max_peaks_per_frame: int = CXI_MAX_PEAKS  # width of CXI answers (brightest kept); JSON lists are not capped
     warmup: bool = True
     warmup_shapes: tuple[tuple[int, int, int], ...] = ((16, 352, 384),)  # (panels, H, W)
     compile: bool = False                   # torch.compile (CUDA only; shape buckets are warmed up)

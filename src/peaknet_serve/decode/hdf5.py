@@ -27,12 +27,12 @@ except ImportError:  # pragma: no cover - e.g. a bare GPU image: only HDF5's own
     _PLUGIN_FILTERS = {}
 
 from ..errors import BadRequest, PayloadTooLarge, RequestError
+from ..wire import DEFAULT_DATASET
 from .buffer import ReadOnlyMemoryFile
 from .dtypes import ACCEPTED_DTYPES_TEXT, wire_dtype_name
 from .layout import FramesShape, frames_shape
 from .limits import DecodeLimits, check_frames_shape
 
-DEFAULT_DATASET = "/entry_1/data_1/data"
 MAX_SOFT_LINK_HOPS = 16
 
 # HDF5's built-in filters, h5py's LZF and the compressors hdf5plugin registers.

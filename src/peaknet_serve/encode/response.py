@@ -33,9 +33,10 @@ from typing import Any
 import h5py
 import numpy as np
 
+from peaknet_serve.wire import CXI_MAX_PEAKS, CXI_PEAK_GROUP
+
 __all__ = ["CXI_PEAK_GROUP", "cxi_peak_arrays", "cxi_response", "json_response"]
 
-CXI_PEAK_GROUP = "/entry_1/result_1"
 
 
 def json_response(
@@ -96,7 +97,7 @@ def _strongest_first(intensity: np.ndarray, limit: int) -> np.ndarray:
 
 
 def cxi_peak_arrays(
-    frames: list[dict[str, Any]], shape: Sequence[int], max_peaks: int = 2048
+    frames: list[dict[str, Any]], shape: Sequence[int], max_peaks: int = CXI_MAX_PEAKS
 ) -> dict[str, np.ndarray]:
     """The CXI peak datasets as numpy arrays (see the module docstring for the layout).
 
@@ -136,7 +137,7 @@ def cxi_peak_arrays(
 
 
 def cxi_response(
-    frames: list[dict[str, Any]], shape: Sequence[int], max_peaks: int = 2048
+    frames: list[dict[str, Any]], shape: Sequence[int], max_peaks: int = CXI_MAX_PEAKS
 ) -> bytes:
     """The ``application/x-hdf5`` body: an in-memory CXI file with the peaks of ``N`` frames.
 
