@@ -16,6 +16,7 @@ import json
 import math
 import multiprocessing
 import os
+import sys
 import signal
 import threading
 import time
@@ -452,12 +453,12 @@ def kept(monkeypatch):
         kept.samples, failures = measure(*args)
         return kept.samples, failures
 
-    monkeypatch.setattr(loadtest, "measure_in_processes", keep)
+    monkeypatch.setattr(loadtest.cli, "measure_in_processes", keep)
     return kept
 
 
 def test_one_process_starts_no_other(api, tmp_path, monkeypatch):
-    monkeypatch.setattr(loadtest, "measure_in_processes", lambda *args: pytest.fail("started client processes"))
+    monkeypatch.setattr(loadtest.cli, "measure_in_processes", lambda *args: pytest.fail("started client processes"))
     assert loadtest.main(["--url", api.url, *COMMON, "--requests", "5", "--processes", "1"]) == loadtest.EXIT_OK
 
 
@@ -515,7 +516,7 @@ def test_a_client_process_that_dies_fails_the_run(api, tmp_path, monkeypatch, ca
             os._exit(3)
         run_share(target, plan, share, *rest)
 
-    monkeypatch.setattr(loadtest, "run_share", run_or_die)
+    monkeypatch.setattr(loadtest.processes, "run_share", run_or_die)
     report_path = tmp_path / "report.json"
     code = loadtest.main(["--url", api.url, *COMMON, "--concurrency", "3", "--processes", "2", "--requests", "40",
                           "--report", str(report_path)])
@@ -577,7 +578,7 @@ class Terminal(io.StringIO):
 
 def test_progress_line_counts_the_requests_of_all_processes(api, monkeypatch, kept):
     terminal = Terminal()
-    monkeypatch.setattr(loadtest.sys, "stderr", terminal)
+    monkeypatch.setattr(sys, "stderr", terminal)
     argv = ["--url", api.url, *(a for a in COMMON if a != "--quiet"), "--concurrency", "2", "--processes", "2"]
     assert loadtest.main([*argv, "--duration", "1.0"]) == loadtest.EXIT_OK
     lines = [line for line in terminal.getvalue().split("\r\x1b[2K") if " req, " in line]
