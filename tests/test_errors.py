@@ -21,10 +21,3 @@ def test_to_json_is_the_documented_body_and_serialisable():
     body = PayloadTooLarge("too_large", "too many pixels.").to_json()
     assert body == {"error": {"type": "too_large", "message": "too many pixels.", "status": 413}}
     assert json.loads(json.dumps(body)) == body
-
-
-def test_request_errors_are_caught_as_one_family():
-    with pytest.raises(RequestError) as info:
-        raise UnsupportedMediaType("unsupported_media_type", "nope.")
-    assert info.value.status == 415
-    assert "UnsupportedMediaType" in repr(info.value) and "415" in repr(info.value)

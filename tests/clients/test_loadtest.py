@@ -16,8 +16,8 @@ import json
 import math
 import multiprocessing
 import os
-import sys
 import signal
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer

@@ -1,7 +1,6 @@
-import numpy as np
 import pytest
 
-from peaknet_serve.decode.layout import as_frames, frames_shape
+from peaknet_serve.decode.layout import frames_shape
 from peaknet_serve.errors import BadRequest
 
 
@@ -34,10 +33,3 @@ def test_empty_dimensions_are_a_bad_shape(shape):
     with pytest.raises(BadRequest) as info:
         frames_shape(shape)
     assert info.value.type == "bad_shape"
-
-
-def test_as_frames_is_a_view():
-    array = np.arange(24, dtype=np.uint16).reshape(2, 3, 4)
-    frames = as_frames(array, frames_shape(array.shape))
-    assert frames.shape == (1, 2, 3, 4)
-    assert np.shares_memory(frames, array)

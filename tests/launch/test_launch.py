@@ -3,6 +3,7 @@
 import zipfile
 from pathlib import Path
 
+import pytest
 import yaml
 
 from peaknet_serve.launch.archive import build
@@ -29,10 +30,30 @@ def test_archive_holds_the_server_package_model_and_config(tmp_path):
     assert packed["model"]["peaknet_config"] == yaml.safe_load(TINY.read_text())["model"]["peaknet_config"]
 
 
-def test_java_17_or_newer_is_found():
-    home = find_java_home()
-    assert home is not None
-    assert java_major_version(str(Path(home) / "bin" / "java")) >= 17
+def _fake_java_home(root: Path, version_line: str) -> Path:
+    """A JAVA_HOME whose ``bin/java -version`` prints ``version_line`` on stderr, as java does."""
+    (root / "bin").mkdir(parents=True)
+    java = root / "bin" / "java"
+    java.write_text(f"#!/bin/sh\necho '{version_line}' >&2\n")
+    java.chmod(0o755)
+    return root
+
+
+@pytest.mark.parametrize("line, major", [('openjdk version "17.0.9" 2023-10-17', 17), ('java version "1.8.0_392"', 8),
+                                         ('openjdk version "21" 2023-09-19', 21), ("no version here", None)])
+def test_java_major_version_reads_old_and_new_version_strings(tmp_path, line, major):
+    home = _fake_java_home(tmp_path / "jdk", line)
+    assert java_major_version(str(home / "bin" / "java")) == major
+
+
+def test_java_home_skips_a_java_older_than_17(tmp_path, monkeypatch):
+    old = _fake_java_home(tmp_path / "jdk8", 'java version "1.8.0_392"')
+    new = _fake_java_home(tmp_path / "jdk17", 'openjdk version "17.0.9" 2023-10-17')
+    monkeypatch.setenv("PATH", f"{new / 'bin'}:/usr/bin:/bin")
+    monkeypatch.setenv("JAVA_HOME", str(old))
+    assert find_java_home() == str(new)          # JAVA_HOME too old: the java on PATH is used
+    monkeypatch.setenv("JAVA_HOME", str(new))
+    assert find_java_home() == str(new)
 
 
 def test_root_config_is_loopback_with_explicit_auth_choice():

@@ -13,6 +13,7 @@ Environment overrides (a ``docker run -e`` or a shell export wins over the archi
 ``PEAKNET_MAX_BATCH_PANELS``     panels per GPU micro-batch
 ``PEAKNET_THRESHOLD``            peak probability threshold in (0, 1); empty = argmax
 ``PEAKNET_COMPILE``              true/false: torch.compile the network (CUDA only)
+``PEAKNET_AUTOCAST``             true/false: bf16/fp16 under torch.autocast (CUDA); false: every op in the weights' dtype
 ``PEAKNET_GPU_MEMORY_FRACTION``  share of the GPU's memory this worker may use, (0, 1]
 ``PEAKNET_TORCH_THREADS``        CPU threads of each worker's torch (default: 1 when it serves on a GPU)
 ``PEAKNET_DEPTHWISE_PADDING``    true/false: time the depthwise convs padded at start-up, keep the faster (CUDA)

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
-
 from ..errors import BadRequest
 
 FramesShape = tuple[int, int, int, int]
@@ -47,8 +45,3 @@ def frames_shape(shape: Sequence[int], *, stack_is_frames: bool = False) -> Fram
     if len(dims) == 3:
         return (dims[0], 1, dims[1], dims[2]) if stack_is_frames else (1, *dims)
     return dims  # type: ignore[return-value]
-
-
-def as_frames(array: np.ndarray, shape: FramesShape) -> np.ndarray:
-    """``array`` viewed as (N, P, H, W) = ``shape`` (no copy: it must be C-contiguous)."""
-    return array.reshape(shape)

@@ -12,6 +12,8 @@ from ..errors import PayloadTooLarge
 class DecodeLimits:
     """Upper bounds for one request. All are checked before the pixels are allocated or read.
 
+    The defaults are the shipped model-config.yaml's.
+
     Attributes:
         max_body_bytes: request body length.
         max_pixels: N * P * H * W after decoding (default: 16 frames of 16 ePix10k panels).
@@ -20,9 +22,9 @@ class DecodeLimits:
         max_side: H and W, each.
     """
 
-    max_body_bytes: int = 1 << 30
+    max_body_bytes: int = 256 << 20
     max_pixels: int = 16 * 16 * 352 * 384
-    max_frames: int = 64
+    max_frames: int = 16
     max_panels_per_frame: int = 64
     max_side: int = 8192
 
