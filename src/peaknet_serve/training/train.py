@@ -15,7 +15,7 @@ Example (GPU)::
 
 ``--artefact-probability p`` adds, to each frame with probability p per kind, a liquid-jet streak,
 a beamstop support arm and common-mode offsets (:mod:`peaknet_serve.sim.peaksim.artefacts`); the default 0 simulates
-exactly the frames earlier runs were trained on.
+clean frames (no artefact random numbers drawn).
 """
 
 from __future__ import annotations
@@ -146,7 +146,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-amp", action="store_true", help="train in float32 instead of bf16 autocast")
     p.add_argument("--artefact-probability", type=float, default=0.0,
                    help="chance per frame of each simulated artefact (jet streak, beamstop arm, common mode; "
-                        "peaknet_serve.sim.peaksim.artefacts); 0 gives the frames of earlier runs")
+                        "peaknet_serve.sim.peaksim.artefacts); 0: clean frames")
     args = p.parse_args(argv)
     if not 0.0 <= args.artefact_probability <= 1.0:
         p.error(f"--artefact-probability must be in [0, 1], got {args.artefact_probability}")
