@@ -65,3 +65,13 @@ def test_command_line_names_the_allocator_setting(monkeypatch):
     monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     assert timing.command_line() == ("PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True "
                                      "python -m benchmarks.bench_model --device cuda")
+
+
+def test_performance_doc_is_generated_from_the_committed_results():
+    """docs/performance.md is what the generator makes of benchmarks/results/ (regenerate after a run)."""
+    from benchmarks import make_performance_doc
+
+    assert make_performance_doc.main(["--check"]) == 0
+    text = make_performance_doc.performance_doc()
+    for name, _ in make_performance_doc.SECTIONS:
+        assert f"`benchmarks/results/{name}`" in text
