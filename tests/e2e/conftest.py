@@ -77,11 +77,15 @@ def model_store(tmp_path_factory) -> Path:
     return store
 
 
-def _launch(workdir: Path, store: Path, env_extra: dict[str, str], token_auth: bool = False) -> Server:
+def _launch(workdir: Path, store: Path, env_extra: dict[str, str], token_auth: bool = False,
+            props: dict[str, str] | None = None, config_writer=None) -> Server:
     (workdir / "tmp").mkdir(parents=True, exist_ok=True)
     config = workdir / "config.properties"
-    urls = write_loopback_config(config, store, ["peaknet"], {"max_request_size": "134217728"},
-                                 token_auth=token_auth)
+    if config_writer is not None:
+        urls = config_writer(config, store)
+    else:
+        urls = write_loopback_config(config, store, ["peaknet"], {"max_request_size": "134217728", **(props or {})},
+                                     token_auth=token_auth)
     log_dir = workdir / "logs"
     env = torchserve_env(log_dir, {"TMPDIR": str(workdir / "tmp"), **env_extra})
     log = open(workdir / "torchserve.out", "wb")
@@ -114,11 +118,18 @@ def _stop(server: Server) -> None:
 
 @pytest.fixture(scope="session")
 def start_server(tmp_path_factory, model_store):
-    """Factory: ``start_server(store=None, token_auth=False, **env) -> Server``; all are stopped at session end."""
+    """Factory: ``start_server(store=None, token_auth=False, props=None, config_writer=None, **env) -> Server``.
+
+    ``props`` are extra config.properties entries; ``config_writer(path, store) -> urls`` writes the
+    whole config.properties instead (then ``token_auth`` must say whether it turns tokens on).
+    Every server is stopped at session end.
+    """
     started: list[Server] = []
 
-    def _start(store: Path | None = None, token_auth: bool = False, **env: str) -> Server:
-        server = _launch(tmp_path_factory.mktemp("torchserve"), store or model_store, env, token_auth)
+    def _start(store: Path | None = None, token_auth: bool = False, props: dict[str, str] | None = None,
+               config_writer=None, **env: str) -> Server:
+        server = _launch(tmp_path_factory.mktemp("torchserve"), store or model_store, env, token_auth, props,
+                         config_writer)
         started.append(server)
         return server
 
