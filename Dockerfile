@@ -1,7 +1,9 @@
 # peaknet-serve: TorchServe + PeakNet on a GPU host.
 #
 #   docker build -t peaknet-serve .
-#   docker run --gpus all -p 8080:8080 -p 8082:8082 peaknet-serve
+#   docker run --gpus all -p 8080:8080 peaknet-serve
+#   (metrics carry no token and stay on the container's loopback unless
+#    -e PEAKNET_METRICS_BIND_ADDRESS=0.0.0.0 -p 8082:8082; see docs/security.md)
 #
 # Two stages: `build` installs the pinned Python environment (CUDA PyTorch from the PyTorch wheel
 # index; the wheels bring their own CUDA runtime, the host only needs the NVIDIA driver and the

@@ -34,7 +34,7 @@ stop:
 
 demo: archive
 	$(BIN)/peaknet-serve start --config config.properties
-	$(BIN)/peaknet-send --geometry epix10k2m --dtype uint16 || { $(BIN)/peaknet-serve stop; exit 1; }
+	$(BIN)/peaknet-send --key-file key_file.json --geometry epix10k2m --dtype uint16 || { $(BIN)/peaknet-serve stop; exit 1; }
 	$(BIN)/peaknet-serve stop
 
 lint: install

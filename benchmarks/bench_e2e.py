@@ -74,8 +74,9 @@ def build_echo(store: Path, workers: int = 1, batch_size: int = 4, delay_ms: int
 
 
 def start(workdir: Path, store: Path, models: list[str], gpus: int) -> tuple[subprocess.Popen, dict[str, str]]:
+    # tokens off: the load generator sends no key (a private server on loopback for the length of the run)
     urls = write_loopback_config(workdir / "config.properties", store, models,
-                                 {"job_queue_size": "1024", "number_of_gpu": str(gpus)})
+                                 {"job_queue_size": "1024", "number_of_gpu": str(gpus)}, token_auth=False)
     env = torchserve_env(workdir / "logs", {"TMPDIR": str(workdir)})
     with open(workdir / "torchserve.out", "wb") as log:  # the server keeps its own copy
         process = subprocess.Popen(torchserve_command(workdir / "config.properties", foreground=True),

@@ -16,8 +16,15 @@
 #   PEAKNET_MAX_REQUEST_MB      largest request/response in MiB           default 256
 #   PEAKNET_JOB_QUEUE_SIZE      requests queued before 503                default 256
 #   PEAKNET_RESPONSE_TIMEOUT_S  seconds per batch before a worker is restarted   default 120
-#   PEAKNET_BIND_ADDRESS        address the inference and metrics APIs bind   default 0.0.0.0
+#                               (written into the archive too, where TorchServe reads it; the
+#                               handler refuses work that would not finish in half of it)
+#   PEAKNET_BIND_ADDRESS        address the inference API binds              default 0.0.0.0
+#   PEAKNET_METRICS_BIND_ADDRESS  address the metrics API binds (no token: set 0.0.0.0 to let a
+#                               Prometheus outside the container scrape it)  default 127.0.0.1
+#   PEAKNET_MANAGEMENT_BIND_ADDRESS  address the management API binds; another than 127.0.0.1
+#                               needs token authorisation on                 default 127.0.0.1
 #   PEAKNET_INFERENCE_PORT / PEAKNET_MANAGEMENT_PORT / PEAKNET_METRICS_PORT   8080 / 8081 / 8082
+#   PEAKNET_GRPC_INFERENCE_PORT / PEAKNET_GRPC_MANAGEMENT_PORT   (loopback only)  7070 / 7071
 #   PEAKNET_HOME                run directory: config.properties, logs/, key_file.json
 #                               default: the working directory
 #   PEAKNET_MODEL_ARCHIVE       archive built into the image  default /opt/peaknet/model_store/peaknet.mar
@@ -25,10 +32,14 @@
 #                               do not start TorchServe.
 # Other arguments are passed on to torchserve.
 #
-# The inference API binds 0.0.0.0:8080 and metrics 0.0.0.0:8082; the management API stays on
-# loopback (8081) with model registration off. Token authorisation is on unless
-# PEAKNET_DISABLE_TOKEN_AUTH=true: TorchServe then writes key_file.json into PEAKNET_HOME.
+# The inference API binds 0.0.0.0:8080; metrics (127.0.0.1:8082), management (127.0.0.1:8081)
+# and both gRPC APIs stay on loopback unless opted in; model registration is off and allowed_urls
+# admits only archives directly in $PEAKNET_HOME/model_store. Token authorisation is on unless
+# PEAKNET_DISABLE_TOKEN_AUTH=true: TorchServe writes key_file.json (owner-only) into PEAKNET_HOME,
+# and every inference and management request needs a key from it. Without tokens, any process
+# that shares the container's network namespace can scale the workers (docs/security.md).
 set -euo pipefail
+umask 077
 
 die() {
     echo "entrypoint: $*" >&2
@@ -60,6 +71,25 @@ model_file() {
     echo "$value"
 }
 
+# ipv4 NAME DEFAULT -> prints the address; errors unless it looks like an IPv4 address
+ipv4() {
+    local value="${!1:-$2}"
+    [[ "$value" =~ ^[0-9]{1,3}(\.[0-9]{1,3}){3}$ ]] || die "$1=$value: use an IPv4 address such as 127.0.0.1"
+    echo "$value"
+}
+
+# regex_literal TEXT -> TEXT as a Java regex matching it literally: every character but letters,
+# digits, / _ and - as \x{hh}, the backslash doubled for config.properties (so a ',' cannot split
+# TorchServe's comma-separated allowed_urls either)
+regex_literal() {
+    local text="$1" out="" c i
+    for ((i = 0; i < ${#text}; i++)); do
+        c="${text:i:1}"
+        if [[ "$c" =~ ^[A-Za-z0-9/_-]$ ]]; then out+="$c"; else out+="$(printf '\\\\x{%x}' "'$c")"; fi
+    done
+    printf '%s' "$out"
+}
+
 # gpu_selection VALUE -> "COUNT VISIBLE" (VISIBLE is '-' when CUDA_VISIBLE_DEVICES is left alone)
 gpu_selection() {
     local value="$1"
@@ -86,7 +116,7 @@ for arg in "$@"; do
     if [[ "$arg" == --print-config ]]; then DRY_RUN=true; else PASSTHROUGH+=("$arg"); fi
 done
 
-HOME_DIR="${PEAKNET_HOME:-$PWD}"
+HOME_DIR="$(realpath -m -- "${PEAKNET_HOME:-$PWD}")"
 MODELS_DIR="${PEAKNET_MODELS_DIR:-/models}"
 ARCHIVE="${PEAKNET_MODEL_ARCHIVE:-/opt/peaknet/model_store/peaknet.mar}"
 PYTHON="${PEAKNET_PYTHON:-python3}"
@@ -120,13 +150,19 @@ RESPONSE_TIMEOUT_S="$(positive_int PEAKNET_RESPONSE_TIMEOUT_S 120)"
 INFERENCE_PORT="$(positive_int PEAKNET_INFERENCE_PORT 8080)"
 MANAGEMENT_PORT="$(positive_int PEAKNET_MANAGEMENT_PORT 8081)"
 METRICS_PORT="$(positive_int PEAKNET_METRICS_PORT 8082)"
-BIND="${PEAKNET_BIND_ADDRESS:-0.0.0.0}"
-[[ "$BIND" =~ ^[0-9.]+$ ]] || die "PEAKNET_BIND_ADDRESS=$BIND: use an IPv4 address such as 0.0.0.0"
+GRPC_INFERENCE_PORT="$(positive_int PEAKNET_GRPC_INFERENCE_PORT 7070)"
+GRPC_MANAGEMENT_PORT="$(positive_int PEAKNET_GRPC_MANAGEMENT_PORT 7071)"
+BIND="$(ipv4 PEAKNET_BIND_ADDRESS 0.0.0.0)"
+METRICS_BIND="$(ipv4 PEAKNET_METRICS_BIND_ADDRESS 127.0.0.1)"
+MANAGEMENT_BIND="$(ipv4 PEAKNET_MANAGEMENT_BIND_ADDRESS 127.0.0.1)"
+if [[ "$MANAGEMENT_BIND" != 127.0.0.1 && "$DISABLE_TOKEN_AUTH" == true ]]; then
+    die "PEAKNET_MANAGEMENT_BIND_ADDRESS=$MANAGEMENT_BIND with PEAKNET_DISABLE_TOKEN_AUTH=true would let anyone who reaches it scale or load models: keep token authorisation on"
+fi
 [[ -f "$ARCHIVE" ]] || die "no model archive at $ARCHIVE (PEAKNET_MODEL_ARCHIVE)"
 
 # one worker per GPU times PEAKNET_WORKERS; TorchServe hands GPUs to workers round-robin
 WORKERS=$((WORKERS_PER_GPU * (GPU_COUNT > 0 ? GPU_COUNT : 1)))
-ARCHIVE_SETTINGS=(--set "minWorkers=$WORKERS" --set "maxWorkers=$WORKERS")
+ARCHIVE_SETTINGS=(--set "minWorkers=$WORKERS" --set "maxWorkers=$WORKERS" --set "responseTimeout=$RESPONSE_TIMEOUT_S")
 if [[ -n "${PEAKNET_BATCH_SIZE:-}" ]]; then
     BATCH_SIZE="$(positive_int PEAKNET_BATCH_SIZE 1)"
     ARCHIVE_SETTINGS+=(--set "batchSize=$BATCH_SIZE")
@@ -145,12 +181,17 @@ CONFIG="$HOME_DIR/config.properties"
 cat >"$CONFIG" <<EOF
 # written by docker/entrypoint.sh at $(date -u +%Y-%m-%dT%H:%M:%SZ); edits are overwritten
 inference_address=http://$BIND:$INFERENCE_PORT
-management_address=http://127.0.0.1:$MANAGEMENT_PORT
-metrics_address=http://$BIND:$METRICS_PORT
+management_address=http://$MANAGEMENT_BIND:$MANAGEMENT_PORT
+metrics_address=http://$METRICS_BIND:$METRICS_PORT
+grpc_inference_address=127.0.0.1
+grpc_management_address=127.0.0.1
+grpc_inference_port=$GRPC_INFERENCE_PORT
+grpc_management_port=$GRPC_MANAGEMENT_PORT
 disable_token_authorization=$DISABLE_TOKEN_AUTH
 token_expiration_min=$TOKEN_EXPIRATION_MIN
 enable_model_api=false
 model_store=$HOME_DIR/model_store
+allowed_urls=(?-i)^file://$(regex_literal "$HOME_DIR/model_store")/[A-Za-z0-9_][A-Za-z0-9_.-]*\\\\.mar\$
 load_models=peaknet.mar
 number_of_gpu=$GPU_COUNT
 default_workers_per_model=$WORKERS
@@ -168,6 +209,12 @@ EOF
 COMMAND=(torchserve --foreground --ncs --ts-config "$CONFIG" "${PASSTHROUGH[@]}")
 export LOG_LOCATION="$HOME_DIR/logs" METRICS_LOCATION="$HOME_DIR/logs"
 echo "entrypoint: $WORKERS worker(s) on $GPU_COUNT GPU(s), token authorisation $([[ $DISABLE_TOKEN_AUTH == true ]] && echo off || echo "on (key file: $HOME_DIR/key_file.json)")" >&2
+if [[ "$DISABLE_TOKEN_AUTH" == true ]]; then
+    echo "entrypoint: warning: without tokens the management APIs (127.0.0.1:$MANAGEMENT_PORT, gRPC 127.0.0.1:$GRPC_MANAGEMENT_PORT) answer every process in this container's network namespace; never run it with --network host" >&2
+fi
+if [[ "$METRICS_BIND" != 127.0.0.1 ]]; then
+    echo "entrypoint: metrics (no token) on $METRICS_BIND:$METRICS_PORT" >&2
+fi
 if [[ "$DRY_RUN" == true ]]; then
     # the command as it would run: `env` with the variables this script set or resolved
     SHOWN=()

@@ -1,13 +1,22 @@
 #!/usr/bin/env python3
-"""Container health check: exit 0 when ``GET /ping`` on the local inference port answers 200.
+"""Container health checks: readiness (default) and liveness (``--live``); exit 0 when they pass.
 
-With token authorisation on, TorchServe checks the inference key on ``/ping`` too; the key is
-read from ``key_file.json`` in ``PEAKNET_HOME`` (TorchServe writes it there at start).
+* **readiness**: the model has at least one worker in state READY, read from the management API
+  (``GET /models/<model>`` on the local management port). TorchServe's ``/ping`` cannot say this:
+  it stays Healthy while a worker restarts and when the workers are scaled to zero.
+* **liveness** (``--live``): ``GET /ping`` answers 200, i.e. TorchServe runs and has not given up
+  restarting a failed worker (it turns Unhealthy, 500, after its retry window).
+
+With token authorisation on, the keys are read from ``key_file.json`` in ``PEAKNET_HOME``
+(TorchServe writes it there at start): the management key for readiness, the inference key for
+liveness. Environment: ``PEAKNET_HOME``, ``PEAKNET_INFERENCE_PORT`` (8080),
+``PEAKNET_MANAGEMENT_PORT`` (8081), ``PEAKNET_MODEL_NAME`` (peaknet).
 Standard library only, so it runs in any image with Python.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -16,26 +25,67 @@ import urllib.request
 from pathlib import Path
 
 
-def ping_request(home: Path, port: int) -> urllib.request.Request:
-    """The ``/ping`` request, with the inference key when a key file exists."""
-    request = urllib.request.Request(f"http://127.0.0.1:{port}/ping")
+def keyed_request(url: str, home: Path, kind: str) -> urllib.request.Request:
+    """A GET of ``url`` with the ``kind`` key ("inference" or "management") when a key file exists."""
+    request = urllib.request.Request(url)
     key_file = home / "key_file.json"
     if key_file.is_file():
-        key = json.loads(key_file.read_text())["inference"]["key"]
+        key = json.loads(key_file.read_text())[kind]["key"]
         request.add_header("Authorization", f"Bearer {key}")
     return request
 
 
-def main() -> int:
+def ping_request(home: Path, port: int) -> urllib.request.Request:
+    """The liveness request: ``/ping`` with the inference key."""
+    return keyed_request(f"http://127.0.0.1:{port}/ping", home, "inference")
+
+
+def describe_request(home: Path, port: int, model: str) -> urllib.request.Request:
+    """The readiness request: the model's description with the management key."""
+    return keyed_request(f"http://127.0.0.1:{port}/models/{model}", home, "management")
+
+
+def ready_workers(description: object) -> int:
+    """Number of READY workers in a ``GET /models/<model>`` answer (a list with one entry per version)."""
+    if not isinstance(description, list):
+        return 0
+    return sum(
+        1
+        for version in description
+        if isinstance(version, dict)
+        for worker in version.get("workers") or ()
+        if isinstance(worker, dict) and worker.get("status") == "READY"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--live", action="store_true", help="liveness (/ping) instead of readiness")
+    args = parser.parse_args(argv)
     home = Path(os.environ.get("PEAKNET_HOME", os.getcwd()))
-    port = int(os.environ.get("PEAKNET_INFERENCE_PORT", "8080"))
     try:
-        with urllib.request.urlopen(ping_request(home, port), timeout=5) as answer:
-            healthy = answer.status == 200
+        if args.live:
+            request = ping_request(home, int(os.environ.get("PEAKNET_INFERENCE_PORT", "8080")))
+        else:
+            request = describe_request(
+                home,
+                int(os.environ.get("PEAKNET_MANAGEMENT_PORT", "8081")),
+                os.environ.get("PEAKNET_MODEL_NAME", "peaknet"),
+            )
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            if answer.status != 200:
+                print(f"unhealthy: {request.full_url} answered {answer.status}", file=sys.stderr)
+                return 1
+            if args.live:
+                return 0
+            ready = ready_workers(json.loads(answer.read()))
     except (OSError, ValueError, KeyError, urllib.error.URLError) as err:
         print(f"unhealthy: {err}", file=sys.stderr)
         return 1
-    return 0 if healthy else 1
+    if ready == 0:
+        print("not ready: no worker of the model is READY", file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -74,10 +74,12 @@ def test_defaults_bind_all_interfaces_with_token_auth_on(tmp_path, archive):
     assert result.returncode == 0, result.stderr
     config = properties(tmp_path / "config.properties")
     assert config["inference_address"] == "http://0.0.0.0:8080"
-    assert config["metrics_address"] == "http://0.0.0.0:8082"
+    assert config["metrics_address"] == "http://127.0.0.1:8082"          # token-less metrics: opt-in
     assert config["management_address"] == "http://127.0.0.1:8081"
+    assert config["grpc_inference_address"] == config["grpc_management_address"] == "127.0.0.1"
     assert config["disable_token_authorization"] == "false"
     assert config["enable_model_api"] == "false"
+    assert config["allowed_urls"].startswith(f"(?-i)^file://{tmp_path}/model_store/")
     assert config["metrics_mode"] == "prometheus"
     assert config["model_store"] == str(tmp_path / "model_store") and config["load_models"] == "peaknet.mar"
     assert int(config["max_request_size"]) >= 16 * 4 * 16 * 352 * 384  # 16 float32 ePix10k2M frames
@@ -94,6 +96,7 @@ def test_archive_settings_keep_the_handler_section(tmp_path, archive):
     configured = archive_config(tmp_path / "model_store" / "peaknet.mar")
     original = archive_config(archive)
     assert configured["minWorkers"] == configured["maxWorkers"] == 3
+    assert configured["responseTimeout"] == 120       # what TorchServe applies, and the handler budgets with
     assert configured["batchSize"] == 16 and configured["maxBatchDelay"] == 0
     assert configured["handler"] == original["handler"]
     with zipfile.ZipFile(archive) as a, zipfile.ZipFile(tmp_path / "model_store" / "peaknet.mar") as b:
@@ -164,6 +167,9 @@ def test_model_files_resolve_under_the_models_dir(tmp_path, archive):
         ({"PEAKNET_GPUS": "gpu0"}, "PEAKNET_GPUS=gpu0"),
         ({"PEAKNET_DISABLE_TOKEN_AUTH": "maybe"}, "PEAKNET_DISABLE_TOKEN_AUTH=maybe"),
         ({"PEAKNET_MODEL_ARCHIVE": "/nowhere.mar"}, "no model archive at /nowhere.mar"),
+        ({"PEAKNET_METRICS_BIND_ADDRESS": "all"}, "PEAKNET_METRICS_BIND_ADDRESS=all"),
+        ({"PEAKNET_MANAGEMENT_BIND_ADDRESS": "0.0.0.0", "PEAKNET_DISABLE_TOKEN_AUTH": "true"},
+         "keep token authorisation on"),
     ],
 )
 def test_bad_environment_stops_before_writing(tmp_path, archive, env, message):
@@ -171,6 +177,28 @@ def test_bad_environment_stops_before_writing(tmp_path, archive, env, message):
     assert result.returncode == 64
     assert message in result.stderr
     assert not (tmp_path / "config.properties").exists()
+
+
+def test_opt_ins_open_metrics_and_management(tmp_path, archive):
+    result = run_entrypoint(tmp_path, archive, "--print-config", PEAKNET_METRICS_BIND_ADDRESS="0.0.0.0",
+                            PEAKNET_MANAGEMENT_BIND_ADDRESS="0.0.0.0", PEAKNET_RESPONSE_TIMEOUT_S="30")
+    assert result.returncode == 0, result.stderr
+    config = properties(tmp_path / "config.properties")
+    assert config["metrics_address"] == "http://0.0.0.0:8082" and config["management_address"] == "http://0.0.0.0:8081"
+    assert config["disable_token_authorization"] == "false" and "metrics (no token) on 0.0.0.0" in result.stderr
+    assert archive_config(tmp_path / "model_store" / "peaknet.mar")["responseTimeout"] == 30
+
+
+def test_tokens_off_warns_about_the_management_api(tmp_path, archive):
+    result = run_entrypoint(tmp_path, archive, "--print-config", PEAKNET_DISABLE_TOKEN_AUTH="true")
+    assert result.returncode == 0 and "never run it with --network host" in result.stderr
+
+
+def test_run_directory_is_private(tmp_path, archive):
+    home = tmp_path / "home"
+    assert run_entrypoint(home, archive, "--print-config").returncode == 0
+    assert (home / "config.properties").stat().st_mode & 0o077 == 0
+    assert (home / "logs").stat().st_mode & 0o077 == 0
 
 
 # ---------------------------------------------------------------------------- configure_mar
@@ -191,32 +219,51 @@ def test_configure_mar_rejects_unknown_keys(tmp_path, archive):
 # ---------------------------------------------------------------------------- health check
 
 
-class Ping(BaseHTTPRequestHandler):
-    key = "inference-key"
+class Keyed(BaseHTTPRequestHandler):
+    """/ping with the inference key, /models/peaknet with the management key (workers: ``self.server.workers``)."""
 
     def log_message(self, *args):
         pass
 
     def do_GET(self):
-        ok = self.path == "/ping" and self.headers.get("Authorization") == f"Bearer {self.key}"
-        self.send_response(200 if ok else 401)
-        self.send_header("Content-Length", "0")
+        auth = self.headers.get("Authorization")
+        if self.path == "/ping" and auth == "Bearer inference-key":
+            status, body = 200, b'{"status": "Healthy"}'
+        elif self.path == "/models/peaknet" and auth == "Bearer management-key":
+            status, body = 200, json.dumps([{"modelName": "peaknet", "workers": self.server.workers}]).encode()
+        else:
+            status, body = 400, b'{"code": 400, "type": "InvalidKeyException"}'
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
         self.end_headers()
+        self.wfile.write(body)
 
 
 def test_healthcheck_uses_the_key_file(tmp_path):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Ping)
+    """The HTTP side of TorchServe stood in by a stdlib server; the real one: tests/e2e/test_faults_e2e.py."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Keyed)
+    server.workers = [{"id": "9000", "status": "READY"}]
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    env = {**os.environ, "PEAKNET_HOME": str(tmp_path), "PEAKNET_INFERENCE_PORT": str(server.server_address[1])}
+    port = str(server.server_address[1])
+    env = {**os.environ, "PEAKNET_HOME": str(tmp_path), "PEAKNET_INFERENCE_PORT": port, "PEAKNET_MANAGEMENT_PORT": port}
+
+    def check(*args: str) -> int:
+        return subprocess.run([sys.executable, str(HEALTHCHECK), *args], env=env, capture_output=True,
+                              timeout=30).returncode
+
     try:
-        check = lambda: subprocess.run([sys.executable, str(HEALTHCHECK)], env=env, capture_output=True, timeout=30)  # noqa: E731
-        assert check().returncode == 1  # no key file yet: 401
-        (tmp_path / "key_file.json").write_text(json.dumps({"inference": {"key": "inference-key"}}))
-        assert check().returncode == 0
+        assert check() == 1 and check("--live") == 1  # no key file yet: refused
+        keys = {"inference": {"key": "inference-key"}, "management": {"key": "management-key"}}
+        (tmp_path / "key_file.json").write_text(json.dumps(keys))
+        assert check() == 0 and check("--live") == 0
+        server.workers = [{"id": "9000", "status": "UNLOADING"}]
+        assert check() == 1 and check("--live") == 0  # alive, not ready
+        server.workers = []
+        assert check() == 1
     finally:
         server.shutdown()
         server.server_close()
-    assert subprocess.run([sys.executable, str(HEALTHCHECK)], env=env, capture_output=True, timeout=30).returncode == 1
+    assert check() == 1 and check("--live") == 1
 
 
 # ---------------------------------------------------------------------------- Dockerfile

@@ -47,7 +47,7 @@ def test_kubernetes_manifest_is_schema_valid(path):
 
 def test_validation_can_fail():
     deployment = copy.deepcopy(objects()["Deployment"])
-    deployment["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]["httpGet"]["pth"] = "/ping"  # typo of path
+    deployment["spec"]["template"]["spec"]["containers"][0]["livenessProbe"]["httpGet"]["pth"] = "/ping"  # typo of path
     with pytest.raises(ValidationError):
         validate(deployment, K8S_VERSION, strict=True)
     deployment = copy.deepcopy(objects()["Deployment"])
@@ -75,8 +75,10 @@ def test_deployment_requests_gpus_and_probes_ping():
     assert env["PEAKNET_GPUS"] == resources["limits"]["nvidia.com/gpu"], "one worker set per requested GPU"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"inference": 8080, "metrics": 8082}
-    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
-        assert container[probe]["httpGet"] == {"path": "/ping", "port": "inference"}
+    # ready = a worker is READY (the health check asks the management API); alive = TorchServe's /ping
+    for probe in ("startupProbe", "readinessProbe"):
+        assert container[probe]["exec"]["command"] == ["/opt/venv/bin/python", "/opt/peaknet/docker/healthcheck.py"]
+    assert container["livenessProbe"]["httpGet"] == {"path": "/ping", "port": "inference"}
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
     assert int(annotations["prometheus.io/port"]) == ports["metrics"]
@@ -86,8 +88,10 @@ def test_deployment_requests_gpus_and_probes_ping():
 def test_deployment_env_is_what_the_entrypoint_reads():
     names = {e["name"] for e in container_of(objects()["Deployment"])["env"]}
     assert names <= entrypoint_variables()
-    # probes carry no key: token authorisation must be off where probes are plain httpGet
-    assert {"name": "PEAKNET_DISABLE_TOKEN_AUTH", "value": "true"} in container_of(objects()["Deployment"])["env"]
+    # the /ping probe carries no key: token authorisation must be off where it is a plain httpGet
+    env = container_of(objects()["Deployment"])["env"]
+    assert {"name": "PEAKNET_DISABLE_TOKEN_AUTH", "value": "true"} in env
+    assert {"name": "PEAKNET_METRICS_BIND_ADDRESS", "value": "0.0.0.0"} in env   # scraped on the pod IP
 
 
 def test_service_and_policy_select_the_pods():

@@ -2,9 +2,12 @@
 
 ``served`` (session) starts one server with the small upstream-fixture PeakNet in float32, batch
 size 4 and a 100 ms batch delay, so concurrent requests really share TorchServe batches.
-``start_server`` starts further servers with other environments (e.g. ``PEAKNET_PRECISION``).
+``start_server`` starts further servers with other environments (e.g. ``PEAKNET_PRECISION``),
+other archives (``store=``) or token authorisation on (``token_auth=True``: ``Server.headers``
+then carries the inference key, ``Server.management_headers`` the management key).
 Each server gets free ports, its own temp dir (TorchServe's pid file lives there) and logs; it is
-stopped by killing its process group.
+stopped by killing its process group. The shared servers run with tokens off so that tests can
+call them plainly; the security tests start their own with tokens on.
 """
 
 from __future__ import annotations
@@ -20,7 +23,15 @@ import yaml
 
 from peaknet_serve.launch.archive import build
 from peaknet_serve.launch.java import find_java_home
-from peaknet_serve.launch.server import log_tail, torchserve_command, torchserve_env, wait_ready, write_loopback_config
+from peaknet_serve.launch.server import (
+    bearer,
+    log_tail,
+    read_keys,
+    torchserve_command,
+    torchserve_env,
+    wait_ready,
+    write_loopback_config,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_MODEL = ROOT / "tests" / "fixtures" / "upstream" / "peaknet_tiny.yaml"
@@ -47,6 +58,8 @@ class Server:
     log_dir: Path
     process: subprocess.Popen
     headers: dict[str, str] = field(default_factory=dict)
+    management_headers: dict[str, str] = field(default_factory=dict)
+    workdir: Path | None = None
 
     @property
     def predict_url(self) -> str:
@@ -64,23 +77,32 @@ def model_store(tmp_path_factory) -> Path:
     return store
 
 
-def _launch(workdir: Path, store: Path, env_extra: dict[str, str]) -> Server:
+def _launch(workdir: Path, store: Path, env_extra: dict[str, str], token_auth: bool = False,
+            props: dict[str, str] | None = None, config_writer=None) -> Server:
     (workdir / "tmp").mkdir(parents=True, exist_ok=True)
     config = workdir / "config.properties"
-    urls = write_loopback_config(config, store, ["peaknet"], {"max_request_size": "134217728"})
+    if config_writer is not None:
+        urls = config_writer(config, store)
+    else:
+        urls = write_loopback_config(config, store, ["peaknet"], {"max_request_size": "134217728", **(props or {})},
+                                     token_auth=token_auth)
     log_dir = workdir / "logs"
     env = torchserve_env(log_dir, {"TMPDIR": str(workdir / "tmp"), **env_extra})
     log = open(workdir / "torchserve.out", "wb")
     process = subprocess.Popen(torchserve_command(config, foreground=True), cwd=workdir, env=env,
                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    server = Server(urls["inference"], urls["management"], urls["metrics"], log_dir, process)
+    server = Server(urls["inference"], urls["management"], urls["metrics"], log_dir, process, workdir=workdir)
+    key_file = workdir / "key_file.json" if token_auth else None
     try:
         wait_ready(server.inference_url, server.management_url, "peaknet", START_TIMEOUT,
-                   alive=lambda: process.poll() is None)
+                   alive=lambda: process.poll() is None, key_file=key_file)
     except (TimeoutError, RuntimeError) as exc:
         _stop(server)
         pytest.fail(f"{exc}\n{(workdir / 'torchserve.out').read_text(errors='replace')[-3000:]}\n"
                     f"{log_tail(log_dir)}")
+    if key_file is not None:
+        keys = read_keys(key_file)
+        server.headers, server.management_headers = bearer(keys["inference"]), bearer(keys["management"])
     return server
 
 
@@ -96,11 +118,18 @@ def _stop(server: Server) -> None:
 
 @pytest.fixture(scope="session")
 def start_server(tmp_path_factory, model_store):
-    """Factory: ``start_server(**env) -> Server``; every server is stopped at session end."""
+    """Factory: ``start_server(store=None, token_auth=False, props=None, config_writer=None, **env) -> Server``.
+
+    ``props`` are extra config.properties entries; ``config_writer(path, store) -> urls`` writes the
+    whole config.properties instead (then ``token_auth`` must say whether it turns tokens on).
+    Every server is stopped at session end.
+    """
     started: list[Server] = []
 
-    def _start(**env: str) -> Server:
-        server = _launch(tmp_path_factory.mktemp("torchserve"), model_store, env)
+    def _start(store: Path | None = None, token_auth: bool = False, props: dict[str, str] | None = None,
+               config_writer=None, **env: str) -> Server:
+        server = _launch(tmp_path_factory.mktemp("torchserve"), store or model_store, env, token_auth, props,
+                         config_writer)
         started.append(server)
         return server
 

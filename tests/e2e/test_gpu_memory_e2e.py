@@ -4,7 +4,7 @@ The worker's CUDA allocator is capped with ``PEAKNET_GPU_MEMORY_FRACTION`` (the 
 several workers share one GPU) at a few panels' worth of activations of the bundled model, measured
 in this process on the same GPU. An ePix10k2M frame (16 panels) then runs out of memory for real:
 the worker splits the micro-batch and answers 200 with the peaks an uncapped worker finds. One
-panel too large for the cap is answered 507 with a JSON error, and the same worker goes on serving.
+panel too large for the cap is answered 503 with a JSON error, and the same worker goes on serving.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def worker_pid(server) -> int:
     return int(described[0]["workers"][0]["pid"])
 
 
-def test_out_of_memory_in_a_capped_worker_splits_or_answers_507(start_server):
+def test_out_of_memory_in_a_capped_worker_splits_or_answers_503(start_server):
     one = one_panel_bytes()
     total = torch.cuda.get_device_properties(0).total_memory
     # weights (~7 MiB in bf16), the request's panels and allocator rounding, plus ~3 panels of work
@@ -78,7 +78,7 @@ def test_out_of_memory_in_a_capped_worker_splits_or_answers_507(start_server):
     pid = worker_pid(capped)
     huge = spot_frames(1, 1, 2816, 2816, seed=5, spots=10)     # 64x the pixels of one ePix panel
     refused = post_raw(capped, huge)
-    assert refused.status_code == 507, refused.text[:300]
+    assert refused.status_code == 503, refused.text[:300]
     assert refused.headers["Content-Type"].startswith("application/json")
     assert refused.json()["error"]["type"] == "insufficient_memory"
     again = post_raw(capped, frame)

@@ -60,7 +60,7 @@ def test_root_config_is_loopback_with_explicit_auth_choice():
     props = read_properties(ROOT / "config.properties")
     for key in ("inference_address", "management_address", "metrics_address"):
         assert props[key].startswith("http://127.0.0.1:")
-    assert props["disable_token_authorization"] == "true"   # loopback only; Docker keeps it on
-    assert props["enable_model_api"] == "false"
+    assert props["disable_token_authorization"] == "false"   # no local user may scale or load without a key
+    assert props["enable_model_api"] == "false" and props["allowed_urls"] == "^$"
     assert int(props["max_request_size"]) >= 16 * 16 * 352 * 384 * 4
     assert props["load_models"] == "peaknet.mar" and props["model_store"] == "model_store"

@@ -16,6 +16,7 @@ Environment overrides (a ``docker run -e`` or a shell export wins over the archi
 ``PEAKNET_AUTOCAST``             true/false: bf16/fp16 under torch.autocast (CUDA); false: every op in the weights' dtype
 ``PEAKNET_GPU_MEMORY_FRACTION``  share of the GPU's memory this worker may use, (0, 1]
 ``PEAKNET_TORCH_THREADS``        CPU threads of each worker's torch (default: 1 when it serves on a GPU)
+``PEAKNET_BATCH_TIME_FRACTION``  share of responseTimeout one batch's estimated compute may take, [0, 1]; 0: off
 ``PEAKNET_DEPTHWISE_PADDING``    true/false: time the depthwise convs padded at start-up, keep the faster (CUDA)
 ===============================  ======================================================
 """
@@ -84,6 +85,7 @@ class HandlerSettings:
     torch_threads: int | None = None        # CPU threads per worker; None: 1 on a GPU (workers share the host)
     gpu_memory_fraction: float | None = None  # cap per worker (several workers share a GPU); None = no cap
     depthwise_padding: bool = True          # CUDA: per warm-up shape, run depthwise convs padded where measured faster
+    batch_time_fraction: float = 0.5        # per-batch work budget (serve.budget); 0 = admit everything
     limits: DecodeLimits = field(default_factory=DecodeLimits)
 
     @classmethod
@@ -114,6 +116,7 @@ class HandlerSettings:
             "gpu_memory_fraction": env.get("PEAKNET_GPU_MEMORY_FRACTION"),
             "torch_threads": env.get("PEAKNET_TORCH_THREADS"),
             "depthwise_padding": env.get("PEAKNET_DEPTHWISE_PADDING"),
+            "batch_time_fraction": env.get("PEAKNET_BATCH_TIME_FRACTION"),
         }
         values.update({k: v for k, v in overrides.items() if v not in (None, "")})
         if "PEAKNET_THRESHOLD" in env and env["PEAKNET_THRESHOLD"] == "":
@@ -141,6 +144,7 @@ class HandlerSettings:
             "torch_threads": lambda v: None if v is None or str(v).lower() in ("", "auto", "none") else _positive_int(v),
             "gpu_memory_fraction": parse_fraction,
             "depthwise_padding": parse_bool,
+            "batch_time_fraction": parse_unit_interval,
             "limits": lambda v: v,
         }
         return replace(self, **{k: converters[k](v) for k, v in values.items()})
@@ -156,6 +160,14 @@ class HandlerSettings:
         """Micro-batch sizes (panels) that compiled graphs are built for, ascending."""
         sizes = {b for b in self.panel_buckets if b <= self.max_batch_panels}
         return tuple(sorted(sizes | {self.max_batch_panels}))
+
+
+def parse_unit_interval(value: Any) -> float:
+    """A float in [0, 1]."""
+    number = float(value)
+    if not 0.0 <= number <= 1.0:
+        raise ValueError(f"expected a number in [0, 1], got {value!r}")
+    return number
 
 
 def parse_fraction(value: Any) -> float | None:

