@@ -4,8 +4,11 @@ chunks, link chains, virtual and external data; memory measured in the reader pr
 from __future__ import annotations
 
 import io
+import json
+import os
 import time
 import zlib
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -23,11 +26,17 @@ from .hdf5_hostile import DATASET, FILTERS, MiB, bomb, chunk_index_bomb, encoded
 MEMORY_MARGIN = 16 * MiB
 """The fixed margin of the bound: reader growth <= body + 2 x decoded frames + this."""
 
+MEASURED: list[dict] = []
+"""Every memory measurement of this module; written to $PEAKNET_HDF5_MEMORY_REPORT when set."""
+
 
 @pytest.fixture(scope="module")
 def sandbox():
     with Hdf5Sandbox(timeout_s=60) as box:
         yield box
+    path = os.environ.get("PEAKNET_HDF5_MEMORY_REPORT")
+    if path:
+        Path(path).write_text(json.dumps({"margin_bytes": MEMORY_MARGIN, "cases": MEASURED}, indent=1) + "\n")
 
 
 @pytest.fixture(params=["in_process", "sandbox"])
@@ -41,9 +50,12 @@ def growth(sandbox: Hdf5Sandbox) -> int:
     return memory["peak_rss_bytes"] - memory["baseline_rss_bytes"]
 
 
-def assert_within_bound(sandbox: Hdf5Sandbox, body: bytes, decoded_bytes: int) -> None:
+def assert_within_bound(sandbox: Hdf5Sandbox, body: bytes, decoded_bytes: int, case: str) -> None:
     assert sandbox.last_memory["peak_rss_bytes"] > 0, "VmHWM not readable here"
-    assert growth(sandbox) <= len(body) + 2 * decoded_bytes + MEMORY_MARGIN, sandbox.last_memory
+    bound = len(body) + 2 * decoded_bytes + MEMORY_MARGIN
+    MEASURED.append({"case": case, "body_bytes": len(body), "decoded_bytes": decoded_bytes,
+                     "growth_bytes": growth(sandbox), "bound_bytes": bound})
+    assert growth(sandbox) <= bound, sandbox.last_memory
 
 
 def refused(reader, body: bytes, limits: DecodeLimits = DecodeLimits()) -> RequestError:
@@ -74,7 +86,7 @@ def test_a_bomb_of_every_filter_is_400_with_bounded_memory(sandbox, bombs, name)
     error = refused(sandbox.decode, body)
     assert time.monotonic() - started < 5
     assert error.type == "bad_hdf5" and "(0, 0, 0)" in error.message
-    assert_within_bound(sandbox, body, 256 * 256 * 2)
+    assert_within_bound(sandbox, body, 256 * 256 * 2, f"{name} bomb, {BOMBS[name] >> 20} MiB")
     assert growth(sandbox) < 8 * MiB  # nowhere near the bomb's size
     assert sandbox.restarts == 0
 
@@ -121,6 +133,7 @@ def test_chunk_index_bombs_are_413_at_once(sandbox, read, shape):
     assert time.monotonic() - started < 1
     assert error.status == 413 and "chunks per frame" in error.message
     if read == sandbox.decode:
+        assert_within_bound(sandbox, body, 0, f"chunk-index bomb {shape}")
         assert growth(sandbox) < 8 * MiB
 
 
@@ -318,7 +331,7 @@ def test_valid_files_of_every_filter_decode_exactly_within_the_memory_bound(sand
     body = hdf5_file(lambda f: f.create_dataset(DATASET, data=array, chunks=(1, 4, 352, 384), **FILTERS[name]))
     decoded = sandbox.decode(memoryview(body), None, DecodeLimits())
     np.testing.assert_array_equal(decoded, array)
-    assert_within_bound(sandbox, body, array.nbytes)
+    assert_within_bound(sandbox, body, array.nbytes, f"valid {name}, {array.shape} uint16")
 
 
 def test_one_chunk_holding_all_frames_stays_within_the_memory_bound(sandbox):
@@ -326,7 +339,7 @@ def test_one_chunk_holding_all_frames_stays_within_the_memory_bound(sandbox):
     body = hdf5_file(lambda f: f.create_dataset(DATASET, data=array, chunks=array.shape, compression="gzip",
                                                 shuffle=True))
     np.testing.assert_array_equal(sandbox.decode(memoryview(body), None, DecodeLimits()), array)
-    assert_within_bound(sandbox, body, array.nbytes)
+    assert_within_bound(sandbox, body, array.nbytes, "valid shuffle+gzip, one chunk of (1, 16, 352, 384)")
     assert sandbox.last_memory["budget_bytes"] <= 2 * array.nbytes + 2 * MiB
 
 

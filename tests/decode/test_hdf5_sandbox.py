@@ -3,6 +3,8 @@
 import io
 import os
 import signal
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -115,3 +117,37 @@ def test_close_stops_the_child():
 
 def test_the_default_sandbox_is_shared():
     assert default_sandbox() is default_sandbox()
+
+
+def _rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
+
+
+def test_memory_is_reported_and_a_large_request_does_not_stay_resident(sandbox):
+    big = np.random.default_rng(1).integers(0, 9, (4, 16, 352, 384), dtype=np.uint16)
+    body = hdf5_with(big, compression="gzip", chunks=(1, 1, 352, 384))
+    sandbox.decode(hdf5_with(GOOD), None, DecodeLimits())
+    np.testing.assert_array_equal(sandbox.decode(body, None, DecodeLimits()), big)
+    memory = sandbox.last_memory
+    assert memory["body_bytes"] == len(body) and memory["decoded_bytes"] == big.nbytes
+    assert memory["budget_bytes"] == big.nbytes + 352 * 384 * 2 + (1 << 20)
+    assert memory["peak_rss_bytes"] - memory["baseline_rss_bytes"] >= big.nbytes  # the frames were resident
+    assert _rss_bytes(sandbox.pid) < memory["baseline_rss_bytes"] + 8 * (1 << 20)  # and were given back
+    with pytest.raises(BadRequest):
+        sandbox.decode(hdf5_with(GOOD), "/nope", DecodeLimits())
+    assert sandbox.last_memory["budget_bytes"] == 0  # refused before planning
+
+
+def test_the_address_space_cap_stops_an_allocation_past_the_budget():
+    script = (
+        "import numpy as np\n"
+        "from peaknet_serve.decode import hdf5_sandbox as s\n"
+        "s._cap_address_space(64 << 20)\n"
+        "try:\n    np.empty(s.ADDRESS_SLACK_BYTES + (256 << 20), np.uint8); print('allocated')\n"
+        "except MemoryError:\n    print('refused')\n"
+        "s._uncap_address_space()\n"
+        "np.empty(s.ADDRESS_SLACK_BYTES + (256 << 20), np.uint8); print('allocated')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.stdout.split() == ["refused", "allocated"], result.stderr[-500:]

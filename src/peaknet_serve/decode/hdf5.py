@@ -22,6 +22,7 @@ identical bytes give bit-identical frames.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -31,7 +32,7 @@ import numpy as np
 from ..errors import BadRequest, RequestError
 from .buffer import ReadOnlyMemoryFile
 from .hdf5_budget import Hdf5Budget, StoredChunk, plan_dataset
-from .hdf5_filters import ChunkError, unfilter_chunk
+from .hdf5_filters import ChunkError, is_shuffled, unfilter_chunk
 from .limits import DecodeLimits
 
 DEFAULT_DATASET = "/entry_1/data_1/data"
@@ -110,18 +111,36 @@ def _filled(budget: Hdf5Budget) -> np.ndarray:
 def _place_chunk(pixels: np.ndarray, chunk: StoredChunk, budget: Hdf5Budget, view: memoryview) -> None:
     raw = view[chunk.address : chunk.address + chunk.size]
     itemsize = budget.dtype.itemsize
-    decoded, shuffled = unfilter_chunk(raw, budget.chunk_bytes, budget.pipeline, chunk.filter_mask, itemsize)
     shape = budget.chunk_shape
+    shuffled = is_shuffled(budget.pipeline, chunk.filter_mask, itemsize)
+    target = None if shuffled else _contiguous_place(pixels, chunk.offset, shape)
+    decoded = unfilter_chunk(raw, budget.chunk_bytes, budget.pipeline, chunk.filter_mask, itemsize, target)
     region = tuple(slice(o, min(o + c, s)) for o, c, s in zip(chunk.offset, shape, budget.shape, strict=True))
-    crop = tuple(slice(0, r.stop - r.start) for r in region)
-    if not shuffled:
-        pixels[region] = np.frombuffer(decoded, budget.file_dtype).reshape(shape)[crop]
-        return
-    # byte-shuffled: byte b of element i is at b * n + i; unshuffle while copying into the frames
-    planes = np.moveaxis(np.frombuffer(decoded, np.uint8).reshape(itemsize, *shape), 0, -1)
-    pixels.view(np.uint8).reshape(*budget.shape, itemsize)[region] = planes[crop]
+    if decoded is not target:
+        crop = tuple(slice(0, r.stop - r.start) for r in region)
+        if not shuffled:
+            pixels[region] = np.frombuffer(decoded, budget.file_dtype).reshape(shape)[crop]
+            return
+        # byte-shuffled: byte b of element i is at b * n + i; unshuffled while copied into the frames
+        planes = np.frombuffer(decoded, np.uint8).reshape(itemsize, *shape)
+        places = pixels.view(np.uint8).reshape(*budget.shape, itemsize)[region]
+        for byte in range(itemsize):
+            places[..., byte] = planes[byte][crop]
     if not budget.file_dtype.isnative:
         pixels[region].byteswap(inplace=True)
+
+
+def _contiguous_place(pixels: np.ndarray, offset: tuple[int, ...], chunk: tuple[int, ...]) -> np.ndarray | None:
+    """The chunk's bytes in ``pixels`` as one flat uint8 view, when the chunk lies inside the frames
+    and covers one contiguous run of them (leading chunk dims 1, trailing ones whole); else ``None``."""
+    shape = pixels.shape
+    if any(o + c > s for o, c, s in zip(offset, chunk, shape, strict=True)):
+        return None
+    axis = next((i for i, c in enumerate(chunk) if c != 1), len(chunk) - 1)
+    if any(c != s for c, s in zip(chunk[axis + 1 :], shape[axis + 1 :], strict=True)):
+        return None
+    start = int(np.ravel_multi_index(offset, shape)) * pixels.itemsize
+    return pixels.reshape(-1).view(np.uint8)[start : start + math.prod(chunk) * pixels.itemsize]
 
 
 def _path_parts(path: str) -> list[str]:

@@ -30,6 +30,7 @@ chunk's decoded size plus one fixed piece (1 MiB) at a time.
 from __future__ import annotations
 
 import bz2
+import ctypes
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -40,6 +41,12 @@ try:
     import lz4.block as _lz4_block
 except ImportError:  # pragma: no cover - lz4 and bitshuffle chunks are then refused
     _lz4_block = None
+try:  # liblz4's bounds-checked decoder, as linked into the lz4 package: decodes straight into our buffer
+    _LZ4_DECOMPRESS_SAFE = ctypes.CDLL(_lz4_block._block.__file__).LZ4_decompress_safe
+    _LZ4_DECOMPRESS_SAFE.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+    _LZ4_DECOMPRESS_SAFE.restype = ctypes.c_int
+except (AttributeError, OSError):  # pragma: no cover - then lz4.block.decompress, one copy more
+    _LZ4_DECOMPRESS_SAFE = None
 try:
     from compression import zstd as _zstd  # Python >= 3.14
 except ImportError:
@@ -90,48 +97,61 @@ FILTER_NAMES = {
     FILTER_LZF: "lzf", FILTER_BLOSC: "blosc", FILTER_LZ4: "lz4", FILTER_BITSHUFFLE: "bitshuffle", FILTER_ZSTD: "zstd",
 }
 
-# (stored bytes, decoded size, the stage, itemsize) -> exactly ``size`` bytes, or ChunkError
-Decoder = Callable[[memoryview, int, Filter, int], np.ndarray]
+# (stored bytes, decoded size, the stage, itemsize, where to write or None) -> exactly ``size``
+# bytes (``out`` itself when given), or ChunkError
+Decoder = Callable[[memoryview, int, Filter, int, "np.ndarray | None"], np.ndarray]
 
 
 class ChunkError(Exception):
     """The stored bytes of one chunk do not decode to its declared size."""
 
 
-def _zeros(size: int) -> np.ndarray:
-    """A fresh zero-filled byte buffer (calloc: pages never hold another request's bytes)."""
-    return np.zeros(size, np.uint8)
+IN_PIECE_BYTES = 1 << 16
+"""Compressed input is handed to streaming decoders this much at a time (bounds their copies)."""
+
+
+def _output(out: np.ndarray | None, size: int) -> np.ndarray:
+    """``out`` (a flat uint8 array of ``size`` bytes), or a fresh zero-filled one (calloc: its pages
+    never hold another request's bytes)."""
+    return np.zeros(size, np.uint8) if out is None else out
 
 
 # --- streaming compressors: output taken at most PIECE_BYTES at a time ------------------------
 
-def decode_gzip(raw: memoryview, size: int, stage: Filter, itemsize: int) -> np.ndarray:
+def decode_gzip(raw: memoryview, size: int, stage: Filter, itemsize: int, out: np.ndarray | None = None
+                ) -> np.ndarray:
     """A zlib stream (HDF5's deflate filter) -> exactly ``size`` bytes."""
-    out = _zeros(size)
+    out = _output(out, size)
     target = memoryview(out)
     inflater = zlib.decompressobj()
-    pending: bytes | memoryview = raw
-    filled = 0
+    filled = position = 0
     try:
         while not inflater.eof:
-            piece = inflater.decompress(pending, min(PIECE_BYTES, size - filled + 1))
-            pending = inflater.unconsumed_tail
-            filled = _append(target, filled, piece, size)
-            if not piece and not pending:
+            pending = raw[position : position + IN_PIECE_BYTES]
+            position += len(pending)
+            while not inflater.eof:
+                piece = inflater.decompress(pending, min(PIECE_BYTES, size - filled + 1))
+                pending = inflater.unconsumed_tail
+                filled = _append(target, filled, piece, size)
+                if not piece and not pending:
+                    break
+            if not inflater.eof and position >= len(raw):
                 raise ChunkError(f"the gzip stream ends after {filled} of {size} bytes")
     except zlib.error as error:
         raise ChunkError(f"corrupt gzip stream ({error})") from None
-    return _finish(out, filled, size, inflater.unused_data, "gzip")
+    return _finish(out, filled, size, len(inflater.unused_data) + len(raw) - position, "gzip")
 
 
-def decode_bzip2(raw: memoryview, size: int, stage: Filter, itemsize: int) -> np.ndarray:
+def decode_bzip2(raw: memoryview, size: int, stage: Filter, itemsize: int, out: np.ndarray | None = None
+                ) -> np.ndarray:
     """A bzip2 stream -> exactly ``size`` bytes."""
-    return _decode_stream(bz2.BZ2Decompressor(), raw, size, "bzip2", OSError)
+    return _decode_stream(bz2.BZ2Decompressor(), raw, size, "bzip2", OSError, out)
 
 
-def decode_zstd(raw: memoryview, size: int, stage: Filter, itemsize: int) -> np.ndarray:
+def decode_zstd(raw: memoryview, size: int, stage: Filter, itemsize: int, out: np.ndarray | None = None
+                ) -> np.ndarray:
     """One zstd frame -> exactly ``size`` bytes (the decoder's window is capped at ~``size``)."""
-    return _decode_stream(_zstd_decompressor(size), raw, size, "zstd", _zstd.ZstdError)
+    return _decode_stream(_zstd_decompressor(size), raw, size, "zstd", _zstd.ZstdError, out)
 
 
 def _zstd_decompressor(size: int):
@@ -139,21 +159,25 @@ def _zstd_decompressor(size: int):
     return _zstd.ZstdDecompressor(options={_zstd.DecompressionParameter.window_log_max: window_log})
 
 
-def _decode_stream(decompressor, raw: memoryview, size: int, name: str, error_type) -> np.ndarray:
-    out = _zeros(size)
+def _decode_stream(decompressor, raw: memoryview, size: int, name: str, error_type,
+                   out: np.ndarray | None = None) -> np.ndarray:
+    out = _output(out, size)
     target = memoryview(out)
-    pending: bytes | memoryview = raw
-    filled = 0
+    filled = position = 0
+    pending: memoryview | bytes = b""
     try:
         while not decompressor.eof:
+            if decompressor.needs_input:
+                if position >= len(raw):
+                    raise ChunkError(f"the {name} stream ends after {filled} of {size} bytes")
+                pending = raw[position : position + IN_PIECE_BYTES]
+                position += len(pending)
             piece = decompressor.decompress(pending, max_length=min(PIECE_BYTES, size - filled + 1))
             pending = b""
             filled = _append(target, filled, piece, size)
-            if not piece and decompressor.needs_input:
-                raise ChunkError(f"the {name} stream ends after {filled} of {size} bytes")
     except (error_type, ValueError, EOFError) as error:
         raise ChunkError(f"corrupt {name} stream ({error})") from None
-    return _finish(out, filled, size, decompressor.unused_data, name)
+    return _finish(out, filled, size, len(decompressor.unused_data) + len(raw) - position, name)
 
 
 def _append(target: memoryview, filled: int, piece: bytes, size: int) -> int:
@@ -163,17 +187,18 @@ def _append(target: memoryview, filled: int, piece: bytes, size: int) -> int:
     return filled + len(piece)
 
 
-def _finish(out: np.ndarray, filled: int, size: int, unused: bytes, name: str) -> np.ndarray:
+def _finish(out: np.ndarray, filled: int, size: int, unused: int, name: str) -> np.ndarray:
     if filled != size:
         raise ChunkError(f"the {name} stream decodes to {filled} bytes; the chunk holds {size}")
     if unused:
-        raise ChunkError(f"{len(unused)} bytes follow the end of the {name} stream")
+        raise ChunkError(f"{unused} bytes follow the end of the {name} stream")
     return out
 
 
 # --- block formats with sizes in their headers ------------------------------------------------
 
-def decode_lz4(raw: memoryview, size: int, stage: Filter, itemsize: int) -> np.ndarray:
+def decode_lz4(raw: memoryview, size: int, stage: Filter, itemsize: int, out: np.ndarray | None = None
+                ) -> np.ndarray:
     """HDF5's LZ4 framing -> exactly ``size`` bytes.
 
     Layout: total size (u64 BE), block size (u32 BE), then per block its stored size (u32 BE)
@@ -186,7 +211,7 @@ def decode_lz4(raw: memoryview, size: int, stage: Filter, itemsize: int) -> np.n
         raise ChunkError(f"the LZ4 header declares {total} bytes; the chunk holds {size}")
     block = min(block, total)
     _check_blocks(block, total, "LZ4")
-    out = _zeros(size)
+    out = _output(out, size)
     position, filled = 12, 0
     while filled < size:
         length = min(block, size - filled)
@@ -194,14 +219,15 @@ def decode_lz4(raw: memoryview, size: int, stage: Filter, itemsize: int) -> np.n
         if len(stored) == length:
             out[filled : filled + length] = np.frombuffer(stored, np.uint8)
         else:
-            out[filled : filled + length] = np.frombuffer(_lz4(stored, length), np.uint8)
+            _lz4_into(stored, out[filled : filled + length])
         filled += length
     if position != len(raw):
         raise ChunkError(f"{len(raw) - position} bytes follow the last LZ4 block")
     return out
 
 
-def decode_bitshuffle(raw: memoryview, size: int, stage: Filter, itemsize: int) -> np.ndarray:
+def decode_bitshuffle(raw: memoryview, size: int, stage: Filter, itemsize: int, out: np.ndarray | None = None
+                ) -> np.ndarray:
     """Bitshuffle (optionally LZ4- or zstd-compressed per block) -> exactly ``size`` bytes.
 
     Compressed layout: total size (u64 BE), block size in bytes (u32 BE), then per block of
@@ -237,17 +263,32 @@ def decode_bitshuffle(raw: memoryview, size: int, stage: Filter, itemsize: int) 
         blocks.append(count % block - count % block % _BSHUF_MULT)
     if len(blocks) > 1 and block * itemsize < MIN_BLOCK_BYTES:
         raise ChunkError(f"bitshuffle blocks of {block * itemsize} bytes are smaller than {MIN_BLOCK_BYTES}")
-    out = _zeros(size)
+    out = _output(out, size)
     filled = 0
-    for elements in blocks:
-        length = elements * itemsize
-        if compression == 0:
-            shuffled, position = _take(raw, position, length, "bitshuffle"), position + length
-        else:
-            stored, position = _sized_block(raw, position, "bitshuffle")
-            shuffled = _lz4(stored, length) if compression == _BSHUF_LZ4 else _zstd_block(stored, length)
-        out[filled : filled + length] = bit_unshuffle(shuffled, elements, itemsize)
-        filled += length
+    group = np.empty(min(len(blocks), max(1, PIECE_BYTES // (block * itemsize))) * block * itemsize, np.uint8)
+    for first in range(0, len(blocks), len(group) // (block * itemsize)):
+        members = blocks[first : first + len(group) // (block * itemsize)]
+        used = 0
+        for elements in members:  # decode a group of blocks, then undo their bit transposes at once
+            length = elements * itemsize
+            place = group[used : used + length]
+            if compression == 0:
+                place[:] = np.frombuffer(_take(raw, position, length, "bitshuffle"), np.uint8)
+                position += length
+            else:
+                stored, position = _sized_block(raw, position, "bitshuffle")
+                if compression == _BSHUF_LZ4:
+                    _lz4_into(stored, place)
+                else:
+                    _decode_stream(_zstd_decompressor(length), stored, length, "zstd", _zstd.ZstdError, place)
+            used += length
+        full = sum(1 for elements in members if elements == block)
+        out[filled : filled + full * block * itemsize] = bit_unshuffle(group[: full * block * itemsize], block,
+                                                                      itemsize)
+        if full < len(members):  # the shorter last block
+            out[filled + full * block * itemsize : filled + used] = bit_unshuffle(
+                group[full * block * itemsize : used], members[-1], itemsize)
+        filled += used
     leftover = size - filled
     out[filled:] = np.frombuffer(_take(raw, position, leftover, "bitshuffle"), np.uint8)
     position += leftover
@@ -256,23 +297,33 @@ def decode_bitshuffle(raw: memoryview, size: int, stage: Filter, itemsize: int) 
     return out
 
 
-def bit_unshuffle(shuffled, count: int, itemsize: int) -> np.ndarray:
-    """Undo bitshuffle's bit transpose of one block.
+def bit_unshuffle(shuffled: np.ndarray, count: int, itemsize: int) -> np.ndarray:
+    """Undo bitshuffle's bit transpose of consecutive blocks of ``count`` elements each.
 
     Args:
-        shuffled: ``count * itemsize`` bytes: ``8 * itemsize`` rows of ``count / 8`` bytes, row
-            ``8 * b + k`` holding bit ``k`` of byte ``b`` of every element (LSB first).
-        count: elements in the block, a multiple of 8.
+        shuffled: uint8, a whole number of blocks of ``count * itemsize`` bytes. A block is
+            ``8 * itemsize`` rows of ``count / 8`` bytes: row ``8 * b + k`` holds bit ``k`` of
+            byte ``b`` of each element, element ``8 * j + i`` at bit ``i`` of the row's byte ``j``.
+        count: elements per block, a multiple of 8.
 
     Returns:
-        (count * itemsize,) uint8: the elements' bytes in order.
+        (len(shuffled),) uint8: the elements' bytes in order.
+
+    For each byte ``b`` and column ``j`` the 8 row bytes form an 8 x 8 bit matrix; transposing it
+    (three mask-and-shift steps on 64-bit words) yields byte ``b`` of elements ``8j .. 8j + 7``.
     """
-    rows = np.frombuffer(shuffled, np.uint8).reshape(8 * itemsize, count // 8)
-    bits = np.unpackbits(rows, axis=1, bitorder="little")  # (8 * itemsize, count)
-    return np.packbits(bits.T.reshape(count, itemsize, 8), axis=2, bitorder="little").reshape(-1)
+    blocks = len(shuffled) // (count * itemsize)
+    rows = shuffled.reshape(blocks, itemsize, 8, count // 8)
+    words = np.ascontiguousarray(rows.transpose(0, 1, 3, 2)).view("<u8")[..., 0]  # (block, b, j), byte k = row k
+    for shift, mask in ((7, 0x00AA00AA00AA00AA), (14, 0x0000CCCC0000CCCC), (28, 0x00000000F0F0F0F0)):
+        swap = (words ^ (words >> np.uint64(shift))) & np.uint64(mask)
+        words ^= swap ^ (swap << np.uint64(shift))
+    columns = words[..., None].view(np.uint8).reshape(blocks, itemsize, count // 8, 8)  # (block, b, j, i)
+    return columns.transpose(0, 2, 3, 1).reshape(-1)
 
 
-def decode_blosc(raw: memoryview, size: int, stage: Filter, itemsize: int) -> np.ndarray:
+def decode_blosc(raw: memoryview, size: int, stage: Filter, itemsize: int, out: np.ndarray | None = None
+                ) -> np.ndarray:
     """A Blosc buffer -> exactly ``size`` bytes, after its header's sizes are checked."""
     if len(raw) < 16:
         raise ChunkError(f"a blosc chunk of {len(raw)} bytes has no complete header")
@@ -281,7 +332,7 @@ def decode_blosc(raw: memoryview, size: int, stage: Filter, itemsize: int) -> np
         raise ChunkError(f"the blosc header declares {declared} bytes; the chunk holds {size}")
     if stored != len(raw):
         raise ChunkError(f"the blosc header declares {stored} stored bytes; the chunk has {len(raw)}")
-    out = _zeros(size)
+    out = _output(out, size)
     try:
         written = _blosc.decompress_ptr(bytes(raw), out.ctypes.data)
     except (RuntimeError, ValueError, TypeError) as error:  # what blosc raises for corrupt buffers
@@ -291,10 +342,11 @@ def decode_blosc(raw: memoryview, size: int, stage: Filter, itemsize: int) -> np
     return out
 
 
-def decode_lzf(raw: memoryview, size: int, stage: Filter, itemsize: int) -> np.ndarray:
+def decode_lzf(raw: memoryview, size: int, stage: Filter, itemsize: int, out: np.ndarray | None = None
+                ) -> np.ndarray:
     """An LZF stream (h5py's filter) -> exactly ``size`` bytes."""
     data = bytes(raw)
-    out = bytearray(size)
+    decoded = bytearray(size)  # bytearray slicing is what makes this loop fast enough
     ip = op = 0
     end = len(data)
     while ip < end:
@@ -304,7 +356,7 @@ def decode_lzf(raw: memoryview, size: int, stage: Filter, itemsize: int) -> np.n
             length = control + 1
             if ip + length > end or op + length > size:
                 raise ChunkError("an LZF literal runs past the end of its stream or chunk")
-            out[op : op + length] = data[ip : ip + length]
+            decoded[op : op + length] = data[ip : ip + length]
             ip += length
             op += length
             continue
@@ -323,14 +375,17 @@ def decode_lzf(raw: memoryview, size: int, stage: Filter, itemsize: int) -> np.n
             raise ChunkError("an LZF back reference points outside the chunk")
         distance = op - source
         if distance >= length:
-            out[op : op + length] = out[source : source + length]
+            decoded[op : op + length] = decoded[source : source + length]
         else:  # the reference overlaps what it writes: a repeating pattern
-            pattern = bytes(out[source:op])
-            out[op : op + length] = (pattern * (length // distance + 1))[:length]
+            pattern = bytes(decoded[source:op])
+            decoded[op : op + length] = (pattern * (length // distance + 1))[:length]
         op += length
     if op != size:
         raise ChunkError(f"the LZF stream decodes to {op} bytes; the chunk holds {size}")
-    return np.frombuffer(out, np.uint8)
+    if out is None:
+        return np.frombuffer(decoded, np.uint8)
+    out[:] = np.frombuffer(decoded, np.uint8)
+    return out
 
 
 # --- checksum -----------------------------------------------------------------------------
@@ -348,20 +403,26 @@ def strip_fletcher32(raw: memoryview) -> memoryview:
 
 
 def fletcher32(data: memoryview) -> int:
-    """HDF5's ``H5_checksum_fletcher32`` of ``data``: big-endian 16-bit words, folded every 360."""
-    words = np.frombuffer(data, ">u2", count=len(data) // 2).astype(np.uint64)
-    full = len(words) // 360 * 360
-    blocks = words[:full].reshape(-1, 360)
-    weights = np.arange(360, 0, -1, dtype=np.uint64)
-    sums = [(int(s), int(w), 360) for s, w in zip(blocks.sum(axis=1), blocks @ weights, strict=True)]
-    if full < len(words):
-        tail = words[full:]
-        sums.append((int(tail.sum()), int(tail @ np.arange(len(tail), 0, -1, dtype=np.uint64)), len(tail)))
+    """HDF5's ``H5_checksum_fletcher32`` of ``data``: big-endian 16-bit words, folded every 360.
+
+    Works through the data 360 x 256 words at a time, so its temporaries stay below 1 MiB.
+    """
     sum1 = sum2 = 0
-    for total, weighted, count in sums:
-        sum2 = (sum2 + count * sum1 + weighted) & 0xFFFFFFFF
-        sum1 = (sum1 + total) & 0xFFFFFFFF
-        sum1, sum2 = (sum1 & 0xFFFF) + (sum1 >> 16), (sum2 & 0xFFFF) + (sum2 >> 16)
+    weights = np.arange(360, 0, -1, dtype=np.uint64)
+    count_words = len(data) // 2
+    step = 360 * 256
+    for start in range(0, count_words, step):
+        words = np.frombuffer(data, ">u2", count=min(step, count_words - start), offset=2 * start).astype(np.uint64)
+        full = len(words) // 360 * 360
+        blocks = words[:full].reshape(-1, 360)
+        sums = [(int(s), int(w), 360) for s, w in zip(blocks.sum(axis=1), blocks @ weights, strict=True)]
+        if full < len(words):
+            tail = words[full:]
+            sums.append((int(tail.sum()), int(tail @ weights[360 - len(tail):]), len(tail)))
+        for total, weighted, count in sums:
+            sum2 = (sum2 + count * sum1 + weighted) & 0xFFFFFFFF
+            sum1 = (sum1 + total) & 0xFFFFFFFF
+            sum1, sum2 = (sum1 & 0xFFFF) + (sum1 >> 16), (sum2 & 0xFFFF) + (sum2 >> 16)
     if len(data) % 2:
         sum1 = (sum1 + (data[-1] << 8)) & 0xFFFFFFFF
         sum2 = (sum2 + sum1) & 0xFFFFFFFF
@@ -372,14 +433,28 @@ def fletcher32(data: memoryview) -> int:
 
 # --- helpers ------------------------------------------------------------------------------
 
-def _lz4(stored: memoryview, length: int) -> bytes:
+def _lz4(stored: memoryview, length: int) -> np.ndarray:
+    decoded = np.empty(length, np.uint8)  # every byte written by _lz4_into, or an error
+    _lz4_into(stored, decoded)
+    return decoded
+
+
+def _lz4_into(stored: memoryview, target: np.ndarray) -> None:
+    """Decode one LZ4 block into all of ``target`` (a contiguous uint8 array), bounds-checked."""
+    length = len(target)
+    if _LZ4_DECOMPRESS_SAFE is not None:
+        source = np.frombuffer(stored, np.uint8)
+        written = _LZ4_DECOMPRESS_SAFE(source.ctypes.data, target.ctypes.data, len(source), length)
+        if written != length:
+            raise ChunkError(f"corrupt LZ4 block (it decodes to {written} of {length} bytes)")
+        return
     try:
         decoded = _lz4_block.decompress(stored, uncompressed_size=length)
     except _lz4_block.LZ4BlockError as error:
         raise ChunkError(f"corrupt LZ4 block ({error})") from None
     if len(decoded) != length:
         raise ChunkError(f"an LZ4 block decodes to {len(decoded)} bytes; it holds {length}")
-    return decoded
+    target[:] = np.frombuffer(decoded, np.uint8)
 
 
 def _zstd_block(stored: memoryview, length: int) -> np.ndarray:
@@ -429,7 +504,14 @@ COMPRESSORS = available_compressors()
 SUPPORTED_TEXT = ", ".join(FILTER_NAMES[code] for code in (FILTER_SHUFFLE, FILTER_FLETCHER32, *sorted(COMPRESSORS)))
 
 
-def unfilter_chunk(raw: memoryview, size: int, pipeline: tuple[Filter, ...], mask: int, itemsize: int):
+def is_shuffled(pipeline: tuple[Filter, ...], mask: int, itemsize: int) -> bool:
+    """Whether a chunk with ``mask`` still needs byte-unshuffling after :func:`unfilter_chunk`."""
+    return itemsize > 1 and any(
+        stage.code == FILTER_SHUFFLE and not mask >> index & 1 for index, stage in enumerate(pipeline))
+
+
+def unfilter_chunk(raw: memoryview, size: int, pipeline: tuple[Filter, ...], mask: int, itemsize: int,
+                   out: np.ndarray | None = None):
     """The stored bytes of one chunk with every filter but shuffle undone.
 
     Args:
@@ -439,26 +521,27 @@ def unfilter_chunk(raw: memoryview, size: int, pipeline: tuple[Filter, ...], mas
             present, at most one compressor, fletcher32 last if present).
         mask: the chunk's filter mask (bit i set: filter i was skipped for this chunk).
         itemsize: bytes per element.
+        out: a flat uint8 array of ``size`` bytes the compressor may decode into (the chunk's
+            place in the frames); ``None``: it allocates its own.
 
     Returns:
-        (bytes-like of exactly ``size`` bytes, whether they are still byte-shuffled).
+        A bytes-like object of exactly ``size`` bytes: ``out`` when the compressor wrote there,
+        a view of ``raw`` when no compressor applies, else a fresh buffer. Still byte-shuffled
+        when :func:`is_shuffled`.
 
     Raises:
         ChunkError: the chunk does not decode to exactly ``size`` bytes.
     """
     data: memoryview | np.ndarray = raw
-    shuffled = False
     for index in range(len(pipeline) - 1, -1, -1):
         stage = pipeline[index]
-        if mask >> index & 1:
+        if mask >> index & 1 or stage.code == FILTER_SHUFFLE:
             continue
         if stage.code == FILTER_FLETCHER32:
             data = strip_fletcher32(memoryview(data))
-        elif stage.code == FILTER_SHUFFLE:
-            shuffled = itemsize > 1
         else:
-            data = COMPRESSORS[stage.code](memoryview(data), size, stage, itemsize)
-    if len(memoryview(data).cast("B")) != size:
-        raise ChunkError(f"the chunk holds {len(memoryview(data).cast('B'))} bytes, not the declared {size}")
-    return data, shuffled
-
+            data = COMPRESSORS[stage.code](memoryview(data), size, stage, itemsize, out)
+    length = len(memoryview(data).cast("B"))
+    if length != size:
+        raise ChunkError(f"the chunk holds {length} bytes, not the declared {size}")
+    return data
