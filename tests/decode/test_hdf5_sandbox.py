@@ -3,6 +3,9 @@
 import io
 import os
 import signal
+import subprocess
+import sys
+import threading
 from pathlib import Path
 
 import h5py
@@ -52,13 +55,27 @@ def test_request_errors_cross_the_process_boundary_intact(sandbox):
     assert sandbox.restarts == 0  # a refused file is a normal answer, not a failure
 
 
-@pytest.mark.skipif(not CRASHER.exists(), reason="no crashing payload in the corpus")
-def test_a_file_that_crashes_the_reader_is_a_400_and_the_next_request_works(sandbox):
+def test_the_file_that_segfaulted_hdf5s_bitshuffle_filter_is_a_plain_400(sandbox):
+    """Its chunk header claims 4 GB for a 128-byte chunk: refused by the reader, no crash, no restart."""
     sandbox.start()
     pid = sandbox.pid
     with pytest.raises(BadRequest) as info:
         sandbox.decode(memoryview(CRASHER.read_bytes()), None, DecodeLimits())
-    assert info.value.type == "bad_hdf5" and "corrupt" in info.value.message
+    assert info.value.type == "bad_hdf5" and "bitshuffle header declares" in info.value.message
+    assert sandbox.restarts == 0 and sandbox.pid == pid
+
+
+def test_a_child_killed_mid_request_is_a_400_and_the_next_request_works(sandbox):
+    big = np.random.default_rng(0).integers(0, 5, (32, 1, 512, 512), dtype=np.uint16)
+    body = hdf5_with(big, compression="gzip", chunks=(1, 1, 512, 512))
+    sandbox.start()
+    pid = sandbox.pid
+    killer = threading.Timer(0.05, os.kill, (pid, signal.SIGKILL))
+    killer.start()
+    with pytest.raises(BadRequest) as info:
+        sandbox.decode(body, None, DecodeLimits())
+    killer.join()
+    assert info.value.type == "bad_hdf5"  # whether it died while reading the body or decoding it
     assert sandbox.restarts == 1
     np.testing.assert_array_equal(sandbox.decode(hdf5_with(GOOD), None, DecodeLimits())[:, 0], GOOD)
     assert sandbox.pid != pid
@@ -100,3 +117,37 @@ def test_close_stops_the_child():
 
 def test_the_default_sandbox_is_shared():
     assert default_sandbox() is default_sandbox()
+
+
+def _rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) * 1024 for line in status if line.startswith("VmRSS:"))
+
+
+def test_memory_is_reported_and_a_large_request_does_not_stay_resident(sandbox):
+    big = np.random.default_rng(1).integers(0, 9, (4, 16, 352, 384), dtype=np.uint16)
+    body = hdf5_with(big, compression="gzip", chunks=(1, 1, 352, 384))
+    sandbox.decode(hdf5_with(GOOD), None, DecodeLimits())
+    np.testing.assert_array_equal(sandbox.decode(body, None, DecodeLimits()), big)
+    memory = sandbox.last_memory
+    assert memory["body_bytes"] == len(body) and memory["decoded_bytes"] == big.nbytes
+    assert memory["budget_bytes"] == big.nbytes + 352 * 384 * 2 + (1 << 20)
+    assert memory["peak_rss_bytes"] - memory["baseline_rss_bytes"] >= big.nbytes  # the frames were resident
+    assert _rss_bytes(sandbox.pid) < memory["baseline_rss_bytes"] + 8 * (1 << 20)  # and were given back
+    with pytest.raises(BadRequest):
+        sandbox.decode(hdf5_with(GOOD), "/nope", DecodeLimits())
+    assert sandbox.last_memory["budget_bytes"] == 0  # refused before planning
+
+
+def test_the_address_space_cap_stops_an_allocation_past_the_budget():
+    script = (
+        "import numpy as np\n"
+        "from peaknet_serve.decode import hdf5_sandbox as s\n"
+        "s._cap_address_space(64 << 20)\n"
+        "try:\n    np.empty(s.ADDRESS_SLACK_BYTES + (256 << 20), np.uint8); print('allocated')\n"
+        "except MemoryError:\n    print('refused')\n"
+        "s._uncap_address_space()\n"
+        "np.empty(s.ADDRESS_SLACK_BYTES + (256 << 20), np.uint8); print('allocated')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.stdout.split() == ["refused", "allocated"], result.stderr[-500:]

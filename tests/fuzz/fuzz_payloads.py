@@ -73,7 +73,12 @@ HDF5_COMPRESSIONS: dict[str, dict] = {
     "gzip": {"compression": "gzip", "shuffle": True},
     "lz4": dict(hdf5plugin.LZ4()),
     "bitshuffle": dict(hdf5plugin.Bitshuffle()),
+    "bitshuffle+zstd": dict(hdf5plugin.Bitshuffle(cname="zstd")),
     "zstd": dict(hdf5plugin.Zstd()),
+    "bzip2": dict(hdf5plugin.BZip2()),
+    "blosc": dict(hdf5plugin.Blosc()),
+    "lzf": {"compression": "lzf"},
+    "fletcher32": {"fletcher32": True, "compression": "gzip"},
 }
 
 

@@ -37,9 +37,7 @@ def test_replay(entry, tmp_path, monkeypatch):
     sentinel = OpenSentinel(tmp_path / "sentinel.fifo")
     body = (CORPUS / entry["file"]).read_bytes()
     expect = entry["expect"]
-    readers = {"sandbox": None}
-    if not expect.get("crashes_in_process"):
-        readers["in_process"] = decode_hdf5
+    readers = {"sandbox": None, "in_process": decode_hdf5}
     with Hdf5Sandbox(timeout_s=30) as sandbox:  # started here, so its working directory is tmp_path
         readers["sandbox"] = sandbox.decode
         for name, reader in readers.items():
@@ -59,16 +57,26 @@ def test_replay(entry, tmp_path, monkeypatch):
     assert not sentinel.was_opened()
 
 
-@pytest.mark.parametrize("entry", [e for e in MANIFEST if e["expect"].get("crashes_in_process")],
-                         ids=lambda e: e["file"])
-def test_crashers_really_kill_an_in_process_reader(entry):
-    """Why HDF5 is decoded in a child process: this file segfaults the process decoding it."""
-    script = (
-        "import sys; from peaknet_serve.decode import decode_hdf5, DecodeLimits\n"
-        "decode_hdf5(memoryview(sys.stdin.buffer.read()), None, DecodeLimits())"
-    )
-    result = subprocess.run([sys.executable, "-c", script], input=(CORPUS / entry["file"]).read_bytes(),
-                            cwd=ROOT, capture_output=True, timeout=60)
-    if result.returncode >= 0:
-        pytest.skip(f"the HDF5 stack no longer crashes on {entry['file']} (rc={result.returncode})")
-    assert result.returncode < 0  # killed by a signal
+CRASHERS = [e for e in MANIFEST if e["expect"].get("crashes_hdf5_filter")]
+
+
+def _run_python(script: str, body: bytes) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", script], input=body, cwd=ROOT, capture_output=True, timeout=60)
+
+
+@pytest.mark.parametrize("entry", CRASHERS, ids=lambda e: e["file"])
+def test_crashers_kill_hdf5s_own_filters_but_not_our_reader(entry):
+    """HDF5's pipeline (h5py reading the dataset) segfaults on this file; our reader answers 400 in-process."""
+    body = (CORPUS / entry["file"]).read_bytes()
+    plain = _run_python("import io, sys, h5py, hdf5plugin\n"
+                        "h5py.File(io.BytesIO(sys.stdin.buffer.read()), 'r')['/entry_1/data_1/data'][...]", body)
+    assert plain.returncode < 0, plain.stderr[-300:]  # killed by a signal
+    ours = _run_python("import sys; from peaknet_serve.decode import decode_hdf5, DecodeLimits\n"
+                       "from peaknet_serve.errors import RequestError\n"
+                       "try:\n    decode_hdf5(memoryview(sys.stdin.buffer.read()), None, DecodeLimits())\n"
+                       "except RequestError as error:\n    print(error.status, error.type)", body)
+    assert ours.returncode == 0 and ours.stdout.split() == [b"400", b"bad_hdf5"], ours.stderr[-300:]
+
+
+def test_the_corpus_holds_a_crasher():
+    assert CRASHERS, "make_corpus.py found no file that crashes HDF5's bitshuffle filter"

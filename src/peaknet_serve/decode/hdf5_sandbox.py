@@ -8,19 +8,28 @@ by :func:`~peaknet_serve.decode.hdf5.decode_hdf5` in a long-lived child process 
     ------                                   -----
     frame {"dataset", "limits", "size"}  ->
     body bytes                           ->  decode_hdf5(body)
-                                         <-  frame {"ok": true, "dtype", "shape"} + pixel bytes
-                                         <-  or frame {"ok": false, "status", "type", "message"}
+                                         <-  frame {"ok": true, "dtype", "shape", "memory"} + pixel bytes
+                                         <-  or frame {"ok": false, "status", "type", "message", "memory"}
 
 A frame is an 8-byte little-endian length and a JSON document. The child's own stdout is
 redirected to stderr, so nothing a C library prints can corrupt the protocol. When the child
 dies, times out or answers nonsense, it is killed, the request gets ``400 bad_hdf5`` and the
 next request starts a fresh child. The parent re-checks the reply's dtype and shape against the
-limits before allocating.
+limits before allocating, and fills every byte of the array it returns from the reply.
+
+Memory, per request: once :func:`~peaknet_serve.decode.hdf5_budget.plan_dataset` has fixed the
+dataset's budget, the child lowers its address-space limit to what it already maps + the
+budget's :attr:`~peaknet_serve.decode.hdf5_budget.Hdf5Budget.peak_bytes` + a fixed slack, so a
+decoder that tried to allocate past the budget would fail instead of growing. It resets its
+peak-RSS counter (``/proc/self/clear_refs``) when a request arrives and reports the peak with
+the answer (:attr:`Hdf5Sandbox.last_memory`); after each request it returns freed memory to
+the system (``malloc_trim``), so one large request does not stay resident.
 """
 
 from __future__ import annotations
 
 import atexit
+import ctypes
 import json
 import os
 import resource
@@ -43,6 +52,8 @@ from .limits import DecodeLimits, check_frames_shape
 _LENGTH = struct.Struct("<Q")
 _MAX_FRAME_BYTES = 1 << 20
 _ERRORS_BY_STATUS = {400: BadRequest, 413: PayloadTooLarge, 415: UnsupportedMediaType}
+ADDRESS_SLACK_BYTES = 512 << 20
+"""Address space the child may map beyond its budget during one request (libraries, metadata)."""
 
 
 class SandboxFailure(Exception):
@@ -55,12 +66,20 @@ class Hdf5Sandbox:
     Args:
         timeout_s: longest time one file may take to decode before the child is killed.
         memory_limit_bytes: address-space limit (``RLIMIT_AS``) of the child; ``None``: none.
+
+    Attributes:
+        restarts: how often the child was killed and replaced.
+        last_memory: the child's account of the last request it answered: ``baseline_rss_bytes``
+            (its RSS when the request arrived), ``peak_rss_bytes`` (its VmHWM since then),
+            ``body_bytes``, ``budget_bytes`` (the planned peak allocation; 0 when refused before
+            planning) and ``decoded_bytes`` once planned; ``None`` before any answer.
     """
 
     def __init__(self, timeout_s: float = 60.0, memory_limit_bytes: int | None = 16 << 30) -> None:
         self.timeout_s = timeout_s
         self.memory_limit_bytes = memory_limit_bytes
         self.restarts = 0
+        self.last_memory: dict[str, int] | None = None
         self._process: subprocess.Popen | None = None
         self._lock = threading.Lock()
 
@@ -82,6 +101,7 @@ class Hdf5Sandbox:
                 _write_frame(process.stdin, request)
                 _write_all(process.stdin, view)
                 reply = _read_frame(process.stdout, deadline)
+                self.last_memory = _memory_report(reply)
                 if not reply.get("ok"):
                     raise _error_from_reply(reply)
                 pixels = _allocate_reply(reply, limits)
@@ -176,20 +196,90 @@ def serve(memory_limit_bytes: int = 0) -> None:
             request = _read_frame(requests, deadline=None)
         except SandboxFailure:
             return  # the parent closed the pipe
+        _reset_peak_rss()
+        memory = {"baseline_rss_bytes": _status_bytes("VmRSS"), "body_bytes": request["size"], "budget_bytes": 0}
         body = bytearray(request["size"])
         _read_into(requests, memoryview(body), deadline=None)
+
+        def cap(budget, memory=memory) -> None:
+            memory["budget_bytes"] = budget.peak_bytes
+            memory["decoded_bytes"] = budget.decoded_bytes
+            _cap_address_space(budget.peak_bytes)
+
         try:
-            pixels = decode_hdf5(memoryview(body), request["dataset"], DecodeLimits(**request["limits"]))
+            pixels = decode_hdf5(memoryview(body), request["dataset"], DecodeLimits(**request["limits"]), on_budget=cap)
         except RequestError as error:
-            _write_frame(replies, {"ok": False, **error.to_json()["error"]})
-            continue
+            reply = {"ok": False, **error.to_json()["error"]}
+            pixels = None
         except Exception as error:  # noqa: BLE001 - anything else is still this file's fault
             message = f"the HDF5 file could not be decoded ({_describe(error)})."
-            _write_frame(replies, {"ok": False, "status": 400, "type": "bad_hdf5", "message": message})
-            continue
+            reply = {"ok": False, "status": 400, "type": "bad_hdf5", "message": message}
+            pixels = None
+        finally:
+            _uncap_address_space()
+        memory["peak_rss_bytes"] = _status_bytes("VmHWM")
         del body
-        _write_frame(replies, {"ok": True, "dtype": pixels.dtype.name, "shape": list(pixels.shape)})
-        _write_all(replies, memoryview(pixels).cast("B"))
+        if pixels is None:
+            _write_frame(replies, {**reply, "memory": memory})
+        else:
+            _write_frame(replies, {"ok": True, "dtype": pixels.dtype.name, "shape": list(pixels.shape),
+                                   "memory": memory})
+            _write_all(replies, memoryview(pixels).cast("B"))
+        del pixels
+        _trim_heap()
+
+
+def _status_bytes(field: str) -> int:
+    """A ``kB`` field of ``/proc/self/status`` (VmRSS, VmHWM, VmSize) in bytes; 0 where absent."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _reset_peak_rss() -> None:
+    """Start VmHWM afresh at the current RSS (Linux >= 4.0); harmless where unsupported."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as clear_refs:
+            clear_refs.write("5")
+    except OSError:
+        pass
+
+
+def _cap_address_space(budget_bytes: int) -> None:
+    """Lower the soft RLIMIT_AS to what is mapped now + ``budget_bytes`` + the slack."""
+    mapped = _status_bytes("VmSize")
+    if not mapped:
+        return
+    _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    cap = mapped + budget_bytes + ADDRESS_SLACK_BYTES
+    if hard != resource.RLIM_INFINITY:
+        cap = min(cap, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+
+
+def _uncap_address_space() -> None:
+    _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    resource.setrlimit(resource.RLIMIT_AS, (hard, hard))
+
+
+def _trim_heap() -> None:
+    """Give freed heap pages back to the system (glibc keeps them otherwise)."""
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def _memory_report(reply: dict) -> dict[str, int] | None:
+    memory = reply.get("memory")
+    if not isinstance(memory, dict) or not all(isinstance(v, int) for v in memory.values()):
+        return None
+    return {str(k): v for k, v in memory.items()}
 
 
 def _allocate_reply(reply: dict, limits: DecodeLimits) -> np.ndarray:

@@ -20,6 +20,11 @@ class DecodeLimits:
         max_frames: N.
         max_panels_per_frame: P.
         max_side: H and W, each.
+        max_decoded_bytes: N * P * H * W * itemsize of an HDF5 dataset (default: ``max_pixels``
+            of float64, so only ``max_pixels`` binds unless this is set lower).
+        max_chunks_per_frame: chunk positions of a chunked HDF5 dataset per frame: a small file
+            cannot make the reader visit millions of tiny chunks (one chunk per frame is 1, one
+            per ePix10k panel 16, one per 11 rows of each panel 512).
     """
 
     max_body_bytes: int = 256 << 20
@@ -27,6 +32,8 @@ class DecodeLimits:
     max_frames: int = 16
     max_panels_per_frame: int = 64
     max_side: int = 8192
+    max_decoded_bytes: int = 16 * 16 * 352 * 384 * 8
+    max_chunks_per_frame: int = 1024
 
 
 def check_body_size(num_bytes: int, limits: DecodeLimits) -> None:
@@ -53,6 +60,12 @@ def check_frames_shape(shape: tuple[int, int, int, int], limits: DecodeLimits) -
     pixels = n * p * h * w
     if pixels > limits.max_pixels:
         _too_large(f"{pixels} pixels exceed the limit of {limits.max_pixels} pixels per request")
+
+
+def check_decoded_bytes(num_bytes: int, limits: DecodeLimits) -> None:
+    """Raise 413 ``too_large`` when frames of ``num_bytes`` bytes exceed ``limits.max_decoded_bytes``."""
+    if num_bytes > limits.max_decoded_bytes:
+        _too_large(f"{num_bytes} bytes of frames exceed the limit of {limits.max_decoded_bytes} bytes per request")
 
 
 def _too_large(reason: str) -> NoReturn:
