@@ -16,6 +16,7 @@ Environment overrides (a ``docker run -e`` or a shell export wins over the archi
 ``PEAKNET_GPU_MEMORY_FRACTION``  share of the GPU's memory this worker may use, (0, 1]
 ``PEAKNET_TORCH_THREADS``        CPU threads of each worker's torch (default: 1 when it serves on a GPU)
 ``PEAKNET_DEPTHWISE_PADDING``    true/false: time the depthwise convs padded at start-up, keep the faster (CUDA)
+``PEAKNET_HIT_MIN_PEAKS``        peaks that make a frame a hit (the PeakNetHitFrames metric)
 ===============================  ======================================================
 """
 
@@ -82,6 +83,7 @@ class HandlerSettings:
     torch_threads: int | None = None        # CPU threads per worker; None: 1 on a GPU (workers share the host)
     gpu_memory_fraction: float | None = None  # cap per worker (several workers share a GPU); None = no cap
     depthwise_padding: bool = True          # CUDA: per warm-up shape, run depthwise convs padded where measured faster
+    hit_min_peaks: int = 10                 # a frame with at least this many peaks counts as a hit (metrics)
     limits: DecodeLimits = field(default_factory=DecodeLimits)
 
     @classmethod
@@ -112,6 +114,7 @@ class HandlerSettings:
             "gpu_memory_fraction": env.get("PEAKNET_GPU_MEMORY_FRACTION"),
             "torch_threads": env.get("PEAKNET_TORCH_THREADS"),
             "depthwise_padding": env.get("PEAKNET_DEPTHWISE_PADDING"),
+            "hit_min_peaks": env.get("PEAKNET_HIT_MIN_PEAKS"),
         }
         values.update({k: v for k, v in overrides.items() if v not in (None, "")})
         if "PEAKNET_THRESHOLD" in env and env["PEAKNET_THRESHOLD"] == "":
@@ -139,6 +142,7 @@ class HandlerSettings:
             "torch_threads": lambda v: None if v is None or str(v).lower() in ("", "auto", "none") else _positive_int(v),
             "gpu_memory_fraction": parse_fraction,
             "depthwise_padding": parse_bool,
+            "hit_min_peaks": _positive_int,
             "limits": lambda v: v,
         }
         return replace(self, **{k: converters[k](v) for k, v in values.items()})

@@ -18,6 +18,8 @@ class DecodeLimits:
         max_frames: N.
         max_panels_per_frame: P.
         max_side: H and W, each.
+        max_json_bytes: the JSON part of an Open Inference Protocol request (its whole body
+            when the tensor is sent as JSON ``data``; default fits one uint16 ePix10k2M frame).
     """
 
     max_body_bytes: int = 1 << 30
@@ -25,6 +27,7 @@ class DecodeLimits:
     max_frames: int = 64
     max_panels_per_frame: int = 64
     max_side: int = 8192
+    max_json_bytes: int = 32 << 20
 
 
 def check_body_size(num_bytes: int, limits: DecodeLimits) -> None:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from peaknet_serve.decode import DecodedFrames
+from peaknet_serve.decode import DecodedFrames, OipRequest
+from peaknet_serve.encode.oip import oip_error
 from peaknet_serve.errors import RequestError
 
 CXI_MEDIA_TYPES = ("application/x-hdf5", "application/x-cxi")
@@ -24,11 +25,12 @@ _OPTION_FIELDS = ("dtype", "shape", "dataset")
 
 @dataclass
 class Answer:
-    """One request's response: status, body (dict -> JSON, bytes as is) and content type."""
+    """One request's response: status, body (dict -> JSON, bytes as is), content type and extra headers."""
 
     status: int
     body: Any
     content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 def error_answer(error: RequestError) -> Answer:
@@ -37,6 +39,14 @@ def error_answer(error: RequestError) -> Answer:
 
 def server_error(status: int, kind: str, message: str) -> Answer:
     return Answer(status, {"error": {"type": kind, "message": message, "status": status}})
+
+
+def as_oip_error(answer: Answer) -> Answer:
+    """An error answer in the Open Inference Protocol's form, ``{"error": "<type>: <message>"}``."""
+    error = answer.body.get("error") if isinstance(answer.body, dict) else None
+    if not isinstance(error, dict):
+        return answer
+    return Answer(answer.status, oip_error(f"{error.get('type')}: {error.get('message')}"))
 
 
 def request_headers(context: Any, idx: int) -> tuple[dict[str, str], dict[str, str]]:
@@ -103,11 +113,13 @@ def _as_bytes(value: Any) -> bytes | bytearray:
 
 @dataclass
 class Decoded:
-    """A request that decoded: its index in the TorchServe batch, frames and response format."""
+    """A request that decoded: its index in the TorchServe batch, frames and response format
+    (``oip``: an Open Inference Protocol request, answered in that protocol)."""
 
     idx: int
     frames: DecodedFrames
     cxi: bool
+    oip: OipRequest | None = None
 
     @property
     def group_key(self) -> tuple[int, int, str]:
