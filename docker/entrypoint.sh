@@ -201,6 +201,7 @@ decode_input_request=false
 metrics_mode=prometheus
 enable_metrics_api=true
 model_metrics_auto_detect=true
+ts_open_inference_protocol=true
 job_queue_size=$JOB_QUEUE_SIZE
 default_response_timeout=$RESPONSE_TIMEOUT_S
 install_py_dep_per_model=false

@@ -18,6 +18,7 @@ Environment overrides (a ``docker run -e`` or a shell export wins over the archi
 ``PEAKNET_TORCH_THREADS``        CPU threads of each worker's torch (default: 1 when it serves on a GPU)
 ``PEAKNET_BATCH_TIME_FRACTION``  share of responseTimeout one batch's estimated compute may take, [0, 1]; 0: off
 ``PEAKNET_DEPTHWISE_PADDING``    true/false: time the depthwise convs padded at start-up, keep the faster (CUDA)
+``PEAKNET_HIT_MIN_PEAKS``        peaks that make a frame a hit (the PeakNetHitFrames metric)
 ===============================  ======================================================
 """
 
@@ -86,6 +87,7 @@ class HandlerSettings:
     gpu_memory_fraction: float | None = None  # cap per worker (several workers share a GPU); None = no cap
     depthwise_padding: bool = True          # CUDA: per warm-up shape, run depthwise convs padded where measured faster
     batch_time_fraction: float = 0.5        # per-batch work budget (serve.budget); 0 = admit everything
+    hit_min_peaks: int = 10                 # a frame with at least this many peaks counts as a hit (metrics)
     limits: DecodeLimits = field(default_factory=DecodeLimits)
 
     @classmethod
@@ -117,6 +119,7 @@ class HandlerSettings:
             "torch_threads": env.get("PEAKNET_TORCH_THREADS"),
             "depthwise_padding": env.get("PEAKNET_DEPTHWISE_PADDING"),
             "batch_time_fraction": env.get("PEAKNET_BATCH_TIME_FRACTION"),
+            "hit_min_peaks": env.get("PEAKNET_HIT_MIN_PEAKS"),
         }
         values.update({k: v for k, v in overrides.items() if v not in (None, "")})
         if "PEAKNET_THRESHOLD" in env and env["PEAKNET_THRESHOLD"] == "":
@@ -145,6 +148,7 @@ class HandlerSettings:
             "gpu_memory_fraction": parse_fraction,
             "depthwise_padding": parse_bool,
             "batch_time_fraction": parse_unit_interval,
+            "hit_min_peaks": _positive_int,
             "limits": lambda v: v,
         }
         return replace(self, **{k: converters[k](v) for k, v in values.items()})

@@ -10,6 +10,7 @@ from .hdf5_sandbox import Hdf5Sandbox, default_sandbox
 from .layout import frames_shape
 from .limits import DecodeLimits
 from .media import MEDIA_TYPES
+from .oip import OipRequest, RequestedOutput, decode_oip_request, is_oip_request
 from .request import DecodedFrames, decode_request
 
 __all__ = [
@@ -18,9 +19,13 @@ __all__ = [
     "WIRE_DTYPES",
     "DecodeLimits",
     "DecodedFrames",
+    "OipRequest",
+    "RequestedOutput",
     "Hdf5Sandbox",
     "decode_hdf5",
+    "decode_oip_request",
     "decode_request",
     "default_sandbox",
     "frames_shape",
+    "is_oip_request",
 ]

@@ -25,6 +25,8 @@ class DecodeLimits:
         max_chunks_per_frame: chunk positions of a chunked HDF5 dataset per frame: a small file
             cannot make the reader visit millions of tiny chunks (one chunk per frame is 1, one
             per ePix10k panel 16, one per 11 rows of each panel 512).
+        max_json_bytes: the JSON part of an Open Inference Protocol request (its whole body
+            when the tensor is sent as JSON ``data``; default fits one uint16 ePix10k2M frame).
     """
 
     max_body_bytes: int = 256 << 20
@@ -34,6 +36,7 @@ class DecodeLimits:
     max_side: int = 8192
     max_decoded_bytes: int = 16 * 16 * 352 * 384 * 8
     max_chunks_per_frame: int = 1024
+    max_json_bytes: int = 32 << 20
 
 
 def check_body_size(num_bytes: int, limits: DecodeLimits) -> None:

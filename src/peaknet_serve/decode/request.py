@@ -32,7 +32,7 @@ class DecodedFrames:
             float32 or float64), native byte order, C-contiguous. For raw and npy bodies it is a
             zero-copy view of the body when alignment allows (then read-only if the body is
             ``bytes``). NaN/inf pixels are passed through untouched.
-        encoding: ``"raw"``, ``"npy"`` or ``"hdf5"``.
+        encoding: ``"raw"``, ``"npy"``, ``"hdf5"``, or ``"oip"`` (an Open Inference Protocol tensor).
     """
 
     array: np.ndarray

@@ -102,6 +102,7 @@ def write_loopback_config(path: Path, model_store: Path, models: list[str],
         "max_request_size": "268435456", "max_response_size": "268435456",
         "decode_input_request": "false", "metrics_mode": "prometheus", "enable_metrics_api": "true",
         "model_metrics_auto_detect": "true", "install_py_dep_per_model": "false",
+        "ts_open_inference_protocol": "true",
         **(extra or {}),
     }
     path.write_text(properties_text(props))

@@ -13,6 +13,13 @@ TorchServe calls :meth:`PeakNetHandler.handle` with a batch of requests (``batch
 4. **answer**: one device-to-host copy of the peak table per group, split back to requests and
    frames, JSON by default or a CrystFEL CXI file with ``Accept: application/x-hdf5``.
 
+Requests in the Open Inference Protocol (KServe v2 / Triton HTTP: ``POST /v2/models/peaknet/infer``
+with a JSON inference header, optionally binary tensors after it) are recognised per request
+(:func:`peaknet_serve.decode.oip.is_oip_request`), decoded by :mod:`peaknet_serve.decode.oip`
+and answered by :mod:`peaknet_serve.encode.oip`, errors included; they share batches with native
+requests. The management API's ``GET /models/peaknet?customized=true`` returns the protocol's
+model metadata (:meth:`PeakNetHandler.model_metadata`).
+
 All imports are absolute (``peaknet_serve.*``): the archive holds the ``peaknet_serve`` package next to this file.
 """
 
@@ -31,10 +38,11 @@ from ts.torch_handler.base_handler import BaseHandler
 
 from peaknet_serve.config.precision import dtype_name
 from peaknet_serve.config.settings import HandlerSettings
-from peaknet_serve.decode import decode_request, default_sandbox
+from peaknet_serve.decode import decode_oip_request, decode_request, default_sandbox, is_oip_request
 from peaknet_serve.device.finder import InsufficientMemory
 from peaknet_serve.device.peaks import peaks_to_frames
 from peaknet_serve.device.transfer import PanelSource, upload_panels
+from peaknet_serve.encode.oip import model_metadata, oip_response, peak_outputs
 from peaknet_serve.encode.response import cxi_response, json_response
 from peaknet_serve.errors import RequestError, ServerFault
 from peaknet_serve.pipeline import build_finder
@@ -43,6 +51,7 @@ from peaknet_serve.serve.http import (
     HTTP_PHRASES,
     Answer,
     Decoded,
+    as_oip_error,
     error_answer,
     mark_repeated_fields,
     request_headers,
@@ -77,6 +86,8 @@ class PeakNetHandler(BaseHandler):
         self.settings = settings = HandlerSettings.from_mapping(yaml_config.get("handler"))
         self.device = select_device(properties.get("gpu_id"))
         self.model_name = getattr(context, "model_name", None) or "peaknet"
+        manifest = getattr(context, "manifest", None) or {}
+        self.model_version = str(manifest.get("model", {}).get("modelVersion", "")) or None
         self.metrics = HandlerMetrics(getattr(context, "metrics", None), self.model_name)
 
         threads = settings.torch_threads or (1 if self.device.type == "cuda" else None)
@@ -118,12 +129,15 @@ class PeakNetHandler(BaseHandler):
     # -- serving ---------------------------------------------------------------------------
     def handle(self, data: list[Mapping[str, Any]], context: Any) -> list[Any]:
         """Answer every request of the batch; never raises (a failure answers its requests only)."""
+        if context.get_request_header(0, "describe") == "True":  # GET /models/peaknet?customized=true
+            return [json.dumps(self.model_metadata())]
         answers: dict[int, Answer] = {}
+        protocols: dict[int, str] = {}
         handle_started = time.perf_counter()
         try:
             started = time.perf_counter()
-            decoded = self._admit(self._decode_all(data, context, answers), answers)
-            self.metrics.timing("PeakNetDecodeMs", 1e3 * (time.perf_counter() - started))
+            decoded = self._admit(self._decode_all(data, context, answers, protocols), answers)
+            self.metrics.timing("PeakNetDecodeMs", 1e3 * (time.perf_counter() - started), "decode")
             self.metrics.gauge("PeakNetBatchRequests", len(data), unit="count")
             groups: dict[tuple[int, int, str], list[Decoded]] = defaultdict(list)
             for item in decoded:
@@ -134,19 +148,37 @@ class PeakNetHandler(BaseHandler):
             log.exception("batch failed")
             for idx in range(len(data)):
                 answers.setdefault(idx, server_error(500, "internal_error", f"{type(exc).__name__}: {exc}"))
-        responses = [self._respond(context, idx, answers[idx]) for idx in range(len(data))]
-        self.metrics.timing("PeakNetHandleMs", 1e3 * (time.perf_counter() - handle_started))
+        responses = []
+        for idx in range(len(data)):
+            protocol = protocols.get(idx, "native")
+            answer = answers[idx]
+            responses.append(self._respond(context, idx, as_oip_error(answer) if protocol == "oip" else answer))
+        elapsed = time.perf_counter() - handle_started
+        for idx in range(len(data)):
+            self.metrics.histogram("PeakNetRequestSeconds", elapsed, Protocol=protocols.get(idx, "native"))
+        self.metrics.timing("PeakNetHandleMs", 1e3 * elapsed, "handle")
         self.metrics.count("PeakNetBatches", 1)
         return responses
 
+    def model_metadata(self) -> dict[str, Any]:
+        """The Open Inference Protocol's model metadata of the served model."""
+        return model_metadata(self.model_name, self.model_version, parameters={
+            "model": self.settings.model_label, "precision": dtype_name(self.dtype), "device": str(self.device),
+            "hit_min_peaks": self.settings.hit_min_peaks})
+
     def _decode_all(self, data: list[Mapping[str, Any]], context: Any,
-                    answers: dict[int, Answer]) -> list[Decoded]:
+                    answers: dict[int, Answer], protocols: dict[int, str]) -> list[Decoded]:
         decoded = []
         for idx, row in enumerate(data):
             try:
                 headers, field_types = request_headers(context, idx)
                 cxi = wants_cxi(headers)
                 body, content_type, options = request_payload(row, headers, field_types)
+                if is_oip_request(headers, memoryview(body)):
+                    protocols[idx] = "oip"
+                    request = decode_oip_request(body, headers, self.settings.limits)
+                    decoded.append(Decoded(idx, request.frames, cxi=False, oip=request))
+                    continue
                 frames = decode_request(body, content_type, options, self.settings.limits)
                 decoded.append(Decoded(idx, frames, cxi))
             except RequestError as error:
@@ -192,12 +224,12 @@ class PeakNetHandler(BaseHandler):
             else:
                 started = time.perf_counter()
                 panels = upload_panels(arrays, self.device)
-                self.metrics.timing("PeakNetH2DMs", 1e3 * (time.perf_counter() - started))
+                self.metrics.timing("PeakNetH2DMs", 1e3 * (time.perf_counter() - started), "h2d")
                 started = time.perf_counter()
                 result = self.finder.find(panels)
             table = result.table.to_host()                      # the one device-to-host copy
             nonfinite = int(result.nonfinite)
-            self.metrics.timing("PeakNetInferenceMs", 1e3 * (time.perf_counter() - started))
+            self.metrics.timing("PeakNetInferenceMs", 1e3 * (time.perf_counter() - started), "inference")
             self.budget.observe(sum(a.size for a in arrays), time.perf_counter() - group_started)
         except InsufficientMemory as exc:
             log.warning("%s", exc)
@@ -210,16 +242,17 @@ class PeakNetHandler(BaseHandler):
                     for m in members}
 
         started = time.perf_counter()
-        answers, first_image, frames_total, peaks_total = {}, 0, 0, 0
+        answers, first_image, peaks_per_frame = {}, 0, []
         for member in members:
             n, p, h, w = member.frames.array.shape
             frames = peaks_to_frames(table, n, p, first_image)
             first_image += n * p
-            frames_total += n
-            peaks_total += sum(f["num_peaks"] for f in frames)
+            peaks_per_frame += [f["num_peaks"] for f in frames]
             answers[member.idx] = self._success(member, frames)
-        self.metrics.timing("PeakNetPostprocessMs", 1e3 * (time.perf_counter() - started))
+        self.metrics.timing("PeakNetPostprocessMs", 1e3 * (time.perf_counter() - started), "postprocess")
+        frames_total, peaks_total = len(peaks_per_frame), sum(peaks_per_frame)
         self.metrics.count("PeakNetFramesServed", frames_total)
+        self.metrics.frame_peaks(peaks_per_frame, self.settings.hit_min_peaks)
         self.metrics.count("PeakNetPanelsServed", first_image)
         self.metrics.gauge("PeakNetBatchPanels", first_image, unit="count")
         self.metrics.gauge("PeakNetPeaksPerFrame", peaks_total / max(frames_total, 1), unit="count")
@@ -234,6 +267,15 @@ class PeakNetHandler(BaseHandler):
 
     def _success(self, member: Decoded, frames: list[dict]) -> Answer:
         shape = tuple(int(s) for s in member.frames.array.shape)
+        if member.oip is not None:
+            encoded = oip_response(
+                peak_outputs(frames), member.oip.outputs, model_name=self.model_name,
+                model_version=self.model_version, request_id=member.oip.id,
+                parameters={"model": self.settings.model_label, "precision": dtype_name(self.dtype),
+                            "device": str(self.device), "shape": list(shape)})
+            headers = {} if encoded.header_length is None else {
+                "Inference-Header-Content-Length": str(encoded.header_length)}
+            return Answer(200, encoded.body, encoded.content_type, headers)
         if member.cxi:
             body = cxi_response(frames, shape, max_peaks=self.settings.max_peaks_per_frame)
             return Answer(200, body, "application/x-hdf5")

@@ -20,7 +20,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from peaknet_serve.decode import DecodedFrames
+from peaknet_serve.decode import DecodedFrames, OipRequest
+from peaknet_serve.encode.oip import oip_error
 from peaknet_serve.errors import BadRequest, NotAcceptable, RequestError, ServerFault
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ _OPTION_FIELDS = ("dtype", "shape", "dataset")
 
 @dataclass
 class Answer:
-    """One request's response: status, body (dict -> JSON, bytes as is) and content type."""
+    """One request's response: status, body (dict -> JSON, bytes as is), content type and extra headers."""
 
     status: int
     body: Any
@@ -55,6 +56,14 @@ def server_error(status: int, kind: str, message: str, retry_after_s: float | No
     """A 5xx answer with the JSON error body; ``retry_after_s`` adds a ``Retry-After`` header."""
     headers = {} if retry_after_s is None else {"Retry-After": str(max(1, round(retry_after_s)))}
     return Answer(status, {"error": {"type": kind, "message": message, "status": status}}, headers=headers)
+
+
+def as_oip_error(answer: Answer) -> Answer:
+    """An error answer in the Open Inference Protocol's form, ``{"error": "<type>: <message>"}``."""
+    error = answer.body.get("error") if isinstance(answer.body, dict) else None
+    if not isinstance(error, dict):
+        return answer
+    return Answer(answer.status, oip_error(f"{error.get('type')}: {error.get('message')}"))
 
 
 def request_headers(context: Any, idx: int) -> tuple[dict[str, str], dict[str, str]]:
@@ -216,11 +225,13 @@ def _as_bytes(value: Any) -> bytes | bytearray:
 
 @dataclass
 class Decoded:
-    """A request that decoded: its index in the TorchServe batch, frames and response format."""
+    """A request that decoded: its index in the TorchServe batch, frames and response format
+    (``oip``: an Open Inference Protocol request, answered in that protocol)."""
 
     idx: int
     frames: DecodedFrames
     cxi: bool
+    oip: OipRequest | None = None
 
     @property
     def group_key(self) -> tuple[int, int, str]:
