@@ -36,7 +36,8 @@ from peaknet_serve.decode import decode_request, default_sandbox
 from peaknet_serve.device.finder import InsufficientMemory, PanelPeakFinder
 from peaknet_serve.device.peaks import peaks_to_frames
 from peaknet_serve.device.transfer import PanelSource, upload_panels
-from peaknet_serve.encode.response import cxi_response, json_response
+from peaknet_serve.encode.cxi import cxi_response
+from peaknet_serve.encode.response import json_response
 from peaknet_serve.errors import RequestError
 from peaknet_serve.serve.http import (
     HTTP_PHRASES,
