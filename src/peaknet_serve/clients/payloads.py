@@ -393,7 +393,7 @@ def auth_headers(token: str | None = None, key_file: str | Path | None = None) -
     return {"Authorization": f"Bearer {token}"} if token else {}
 
 
-PEAK_FIELDS = ("panel", "ss", "fs", "npix", "intensity", "intensity_raw")
+PEAK_FIELDS = ("panel", "ss", "fs", "npix", "intensity")
 ANSWER_FIELDS = ("model", "precision", "device", "shape", "dtype", "frames")
 
 
