@@ -300,7 +300,8 @@ def report(payload: dict[str, Any], out: Path, name: str) -> None:
     rows = payload["rows"]
     columns = [("simulator", "frames from"), ("detector", "detector"), ("indexer", "indexer"), ("source", "peaks"),
                ("indexed", "indexed"), ("frames", "of"), ("true_orientation", "true orientation"),
-               ("coordinate_warnings", "coordinate warnings"), ("median_misorientation_deg", "median misorientation °"),
+               ("coordinate_warnings", "coordinate warnings"),
+               ("median_misorientation_deg", "median misorientation °"),
                ("seconds", "indexamajig s")]
     table = markdown_table(rows, columns)
     tuning = markdown_table(payload["peakfinder8_tuning"], [

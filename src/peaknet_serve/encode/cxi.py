@@ -27,11 +27,13 @@ The frames of a data-bearing file are an HDF5 *virtual dataset* over the input f
 layout: ``(N, P, H, W)`` stacks are mapped panel by panel onto the slab, ``(N, P*H, W)`` slabs and
 single panels as they are. The source file is named by its path *relative to the peak file's
 folder*, which HDF5 resolves from the peak file's own folder: moving the run folder with both
-files in it keeps the link; moving only one of them breaks it (then set ``HDF5_VDS_PREFIX`` to the
-frames' folder). The mask is the input's (``mask`` next to the frames, or
-``/entry_1/data_1/mask``; static or per frame) where it has one, else every pixel good (attribute
-``from_input = 0``): CrystFEL refuses an event whose geometry names a mask it cannot read. An HTTP answer cannot carry the frames (the client has them): its root attribute
-``frames_included`` is 0 and ``frames_note`` says how to add them (:func:`attach_frames`).
+files in it keeps the link; moving only one of them breaks it (the frames then read as the fill
+value; ``HDF5_VDS_PREFIX`` set to a folder from which the relative path reaches the frames mends it).
+The mask is the input's (``mask`` next to the frames, or ``/entry_1/data_1/mask``; static or per
+frame) where it has one, else every pixel good (attribute ``from_input = 0``): CrystFEL refuses an
+event whose geometry names a mask it cannot read. An HTTP answer cannot carry the frames (the
+client has them): its root attribute ``frames_included`` is 0 and ``frames_note`` says how to add
+them (:func:`attach_frames`).
 """
 
 from __future__ import annotations

@@ -32,8 +32,9 @@ def _pair(text: str, kind: type = int) -> tuple:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog=__doc__.split("\n\n", 1)[1])
+    summary, details = __doc__.split("\n\n", 1)
+    p = argparse.ArgumentParser(prog="peaknet-geometry", description=summary, epilog=details,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     layout = p.add_mutually_exclusive_group(required=True)
     layout.add_argument("--detector", choices=SHIPPED, help="a known panel layout")
     layout.add_argument("--grid", type=_pair, metavar="ROWSxCOLS", help="a grid of panels centred on the beam")
