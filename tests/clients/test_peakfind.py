@@ -1,5 +1,5 @@
-"""peaknet_serve.clients.peakfind: CXI peak tables, atomic/resumable output, input discovery and the file
-pipeline.
+"""peaknet_serve.clients.peakfind: resumable output, input discovery and the file pipeline (the CXI layout
+itself is tested in tests/encode/test_cxi.py).
 
 The pipeline is driven by a real (if simple) peak finder in place of the server: threshold +
 8-connected labelling + centre of mass with SciPy, answering in the server's JSON schema. It
@@ -19,11 +19,10 @@ from peaknet_serve.clients.peakfind import (
     discover_inputs,
     is_complete,
     output_paths,
-    peak_table,
     process_file,
     run,
-    write_peak_file,
 )
+from peaknet_serve.encode.cxi import FrameSource, cxi_peaks, write_peak_file
 from peaknet_serve.wire import CXI_MAX_PEAKS
 from tests.clients.reference_peaks import threshold_peaks
 
@@ -39,50 +38,21 @@ def write_run(path, n_frames, seed=0, slab=False, spots=6):
     return sim
 
 
-# ---------------------------------------------------------------------------- peak tables
-
-
-def frame_json(panel, ss, fs, intensity):
-    k = len(ss)
-    return {"num_peaks": k, "panel": panel, "ss": ss, "fs": fs, "npix": [4] * k, "intensity": intensity}
-
-
-def test_peak_table_stacks_panels_along_slow_scan():
-    frames = [frame_json([0, 1, 3], [1.5, 2.0, 10.25], [5.0, 6.5, 7.0], [10.0, 20.0, 30.0]), frame_json([], [], [], [])]
-    table = peak_table(frames, panel_height=64, max_peaks=8)
-    assert table.n_peaks.tolist() == [3, 0] and table.n_peaks.dtype == np.int32
-    assert table.x.shape == (2, 8) and table.x.dtype == np.float32
-    assert table.y[0, :3].tolist() == [1.5, 66.0, 202.25]
-    assert table.x[0, :3].tolist() == [5.0, 6.5, 7.0]
-    assert table.intensity[0, :3].tolist() == [10.0, 20.0, 30.0]
-    assert not table.x[0, 3:].any() and not table.y[1].any()
-
-
-def test_peak_table_keeps_the_brightest_when_a_frame_overflows():
-    intensity = [5.0, 50.0, 1.0, 40.0, 30.0]
-    table = peak_table([frame_json([0] * 5, [0.0, 1, 2, 3, 4], [0.0] * 5, intensity)], 10, max_peaks=3)
-    assert table.n_peaks[0] == 3 and table.found[0] == 5
-    assert table.y[0].tolist() == [1.0, 3.0, 4.0]  # brightest three, in the server's order
-    assert table.intensity[0].tolist() == [50.0, 40.0, 30.0]
-
-
 # ---------------------------------------------------------------------------- output files
 
 
-def test_peak_file_is_complete_and_links_the_frames(tmp_path):
+def test_peak_file_is_complete(tmp_path):
     source = tmp_path / "run.cxi"
     sim = write_run(source, 3)
-    table = peak_table(threshold_peaks(sim.frames)["frames"], GEOMETRY.height)
+    table = cxi_peaks(threshold_peaks(sim.frames)["frames"], GEOMETRY.height)
     out = tmp_path / "out" / "run_peaks.cxi"
-    write_peak_file(out, table, source, "/entry_1/data_1/data", {"server_model": "threshold"})
+    write_peak_file(out, table, FrameSource(source, "/entry_1/data_1/data", sim.frames.shape),
+                    {"server_model": "threshold"})
     assert is_complete(out, 3) and not is_complete(out, 4)
     assert [p.name for p in out.parent.iterdir()] == ["run_peaks.cxi"]  # no temporary left behind
     with h5py.File(out, "r") as f:
-        result = f["/entry_1/result_1"]
-        assert result["nPeaks"].shape == (3,) and result["peakXPosRaw"].shape == (3, CXI_MAX_PEAKS)
-        assert np.array_equal(result["nPeaks"][()], table.n_peaks)
-        assert np.array_equal(result["peakYPosRaw"][()], table.y)
-        assert np.array_equal(f["/entry_1/data_1/data"][()], sim.frames)  # through the external link
+        assert f["/entry_1/result_1/peakXPosRaw"].shape == (3, CXI_MAX_PEAKS)
+        assert np.array_equal(f["/entry_1/data_1/data"][()], sim.frames.reshape(3, -1, GEOMETRY.width))
         assert f.attrs["server_model"] == "threshold" and f.attrs["n_frames"] == 3
 
 
@@ -152,8 +122,9 @@ def test_slab_files_split_into_panels_give_the_same_positions(tmp_path):
     process_file(tmp_path / "panels.cxi", tmp_path / "p.cxi", threshold_peaks)
     process_file(tmp_path / "slab.cxi", tmp_path / "s.cxi", threshold_peaks, panels=2)
     with h5py.File(tmp_path / "p.cxi", "r") as p, h5py.File(tmp_path / "s.cxi", "r") as s:
-        for name in ("nPeaks", "peakXPosRaw", "peakYPosRaw", "peakTotalIntensity"):
+        for name in ("nPeaks", "peakXPosRaw", "peakYPosRaw", "peakTotalIntensity", "peakTotalIntensityRaw"):
             assert np.array_equal(p[f"/entry_1/result_1/{name}"][()], s[f"/entry_1/result_1/{name}"][()])
+        assert np.array_equal(p["/entry_1/data_1/data"][()], s["/entry_1/data_1/data"][()])  # one slab layout
 
 
 def test_run_resumes_and_reports_failures(tmp_path):

@@ -65,7 +65,7 @@ def assert_table_equals_scipy(table: PeakTable, mask: np.ndarray, image: np.ndar
     np.testing.assert_array_equal(host.npix, expected["npix"])
     np.testing.assert_allclose(host.ss, expected["ss"], rtol=0, atol=1e-9)
     np.testing.assert_allclose(host.fs, expected["fs"], rtol=0, atol=1e-9)
-    np.testing.assert_allclose(host.intensity, expected["intensity"], rtol=1e-12, atol=0)
+    np.testing.assert_allclose(host.intensity_raw, expected["intensity"], rtol=1e-12, atol=0)
 
 
 def assert_labels_equal_scipy(labels: torch.Tensor, mask: np.ndarray) -> None:
@@ -299,7 +299,7 @@ def test_intensity_of_unsigned_image_is_exact(dtype):
         image[1][:, :32].sum(dtype=np.int64),
         image[1][:, 33:].sum(dtype=np.int64),
     ]
-    assert table.intensity.tolist() == [float(v) for v in expected]
+    assert table.intensity_raw.tolist() == [float(v) for v in expected]
     assert expected[0] > 2**24  # beyond float32's exact integers
     assert_table_equals_scipy(table, mask, image)
 
@@ -312,7 +312,7 @@ def test_output_dtypes_and_device():
     columns = [table.image_index, table.ss, table.fs, table.npix, table.intensity]
     assert all(t.device == mask.device and t.shape == (len(table),) for t in columns)
     assert len(table) > 0
-    assert torch.equal(table.intensity, table.npix.to(torch.float64))
+    assert torch.equal(table.intensity_raw, table.npix.to(torch.float64))
 
 
 def test_empty_mask_gives_empty_table():
@@ -320,7 +320,7 @@ def test_empty_mask_gives_empty_table():
     assert len(table) == 0 and table.ss.dtype == torch.float64
     assert (
         peaks_to_frames(table, num_frames=3, panels_per_frame=1)
-        == [{"num_peaks": 0, "panel": [], "ss": [], "fs": [], "npix": [], "intensity": []}] * 3
+        == [{"num_peaks": 0, "panel": [], "ss": [], "fs": [], "npix": [], "intensity": [], "intensity_raw": []}] * 3
     )
 
 
@@ -466,7 +466,7 @@ def test_peaks_to_frames_splits_by_request_and_frame():
         assert frame["npix"] == expected["npix"][mine].tolist()
         np.testing.assert_allclose(frame["ss"], expected["ss"][mine], atol=1e-9)
         np.testing.assert_allclose(frame["fs"], expected["fs"][mine], atol=1e-9)
-        np.testing.assert_allclose(frame["intensity"], expected["intensity"][mine])
+        np.testing.assert_allclose(frame["intensity_raw"], expected["intensity"][mine])
         assert all(type(v) is int for v in frame["panel"] + frame["npix"])
         assert all(type(v) is float for v in frame["ss"] + frame["fs"] + frame["intensity"])
 
@@ -483,7 +483,8 @@ def test_peaks_to_frames_panel_is_relative_to_first_image():
             "ss": [1.0, 0.0],
             "fs": [2.0, 0.0],
             "npix": [1, 1],
-            "intensity": [1.0, 1.0],
+            "intensity": [1.0, 0.0],  # (3, 3) is 4.2 px from the second peak: its annulus, at 1.0
+            "intensity_raw": [1.0, 1.0],
         }
     ]
 

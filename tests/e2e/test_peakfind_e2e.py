@@ -46,7 +46,9 @@ def test_peakfind_run_matches_the_server_and_resumes(server, tmp_path):
         assert k == min(answer["num_peaks"], peakfind.CXI_MAX_PEAKS)
         expected_y = np.asarray(answer["panel"]) * GEOMETRY.height + np.asarray(answer["ss"])
         assert np.allclose(np.sort(result["peakYPosRaw"][3, :k]), np.sort(expected_y), atol=1e-3)
-        assert np.array_equal(f["/entry_1/data_1/data"][3], frames[3])
+        assert np.array_equal(f["/entry_1/data_1/data"][3], frames[3].reshape(-1, GEOMETRY.width))  # slab
+        np.testing.assert_allclose(np.sort(result["peakTotalIntensityRaw"][3, :k]), np.sort(answer["intensity_raw"]),
+                                   rtol=1e-5)
 
     before = (out / "r0001_peaks.cxi").stat().st_mtime_ns
     assert peakfind.main(args) == 0  # everything complete: skipped

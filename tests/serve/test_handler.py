@@ -144,6 +144,7 @@ def test_cxi_answer(handler, model_dir):
     with h5py.File(io.BytesIO(bodies[0]), "r") as f:
         assert f["/entry_1/result_1/nPeaks"].shape == (2,)
         assert f["/entry_1/result_1/peakXPosRaw"].shape == (2, 2048)
+        assert f.attrs["frames_included"] == 0  # peaks only: the client holds the frames
 
 
 def test_env_overrides_precision_and_weights(model_dir, monkeypatch, tmp_path):

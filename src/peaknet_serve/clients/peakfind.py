@@ -3,30 +3,35 @@
 
 For every input file (or every ``*.cxi``/``*.h5``/``*.hdf5`` in a given folder) the frames are
 read in chunks of ``--frames-per-request``, sent to the server ``--concurrency`` requests at a
-time, and the peaks are written to ``<output-dir>/<name>_peaks.cxi`` in the layout CrystFEL's
-``indexamajig --peaks=cxi`` reads:
+time, and the peaks are written to ``<output-dir>/<name>_peaks.cxi``, a file CrystFEL's
+``indexamajig --peaks=cxi`` indexes on its own (:mod:`peaknet_serve.encode.cxi`):
 
-    /entry_1/result_1/nPeaks              (N,)        int32
-    /entry_1/result_1/peakXPosRaw         (N, 2048)   float32  fast-scan position (fs)
-    /entry_1/result_1/peakYPosRaw         (N, 2048)   float32  panel * H + ss (panels stacked)
-    /entry_1/result_1/peakTotalIntensity  (N, 2048)   float32  integrated ADU
-    /entry_1/result_1/peakNPixels         (N, 2048)   float32  pixels in the peak
-    /entry_1/data_1/data                  external link to the input frames
+    /entry_1/result_1/nPeaks                  (N,)        int32
+    /entry_1/result_1/peakXPosRaw             (N, 2048)   float32  fast-scan position (fs)
+    /entry_1/result_1/peakYPosRaw             (N, 2048)   float32  panel * H + ss (panels stacked)
+    /entry_1/result_1/peakTotalIntensity      (N, 2048)   float32  background-subtracted ADU
+    /entry_1/result_1/peakTotalIntensityRaw   (N, 2048)   float32  raw ADU sum
+    /entry_1/result_1/peakNPixels             (N, 2048)   float32  pixels in the peak
+    /entry_1/data_1/data                      (N, P*H, W) virtual slab over the input frames
+    /entry_1/data_1/mask                      (P*H, W)    uint8, 1 = good (the input's, if it has one)
 
+Frames, mask and peaks share one slab layout, that of the shipped geometry files
+(``peaknet-geometry``). The frames stay in the input file: the virtual dataset names it by its path
+relative to the output folder, so moving the run (inputs and peaks together) keeps the link.
 Positions are pixel-index coordinates (the centre of the first pixel is 0.0), the Cheetah
 convention that CrystFEL's default half-pixel shift expects. Each output is written under a
 temporary name and renamed when complete, so a run can be stopped and started again: finished
 inputs are skipped (``--overwrite`` redoes them).
 
     peaknet-peakfind /data/run0042/ --output-dir peaks/ --key-file key_file.json
-    indexamajig -i peaks/peaks.lst -g epix10k2m.geom --peaks=cxi -o run0042.stream ...
+    peaknet-geometry --detector epix10k2m --clen 0.12 --energy 9.5 -o epix10k2m.geom
+    indexamajig -i peaks/peaks.lst -g epix10k2m.geom --peaks=cxi -p cell.cell -o run0042.stream ...
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections import deque
@@ -44,9 +49,9 @@ from peaknet_serve.clients.payloads import (
     file_frames_shape,
     iter_frames,
 )
-from peaknet_serve.wire import CXI_MAX_PEAKS, CXI_PEAK_GROUP, DEFAULT_DATASET, DEFAULT_URL
+from peaknet_serve.encode.cxi import CXI_MAX_PEAKS, RESULT_GROUP, FrameSource, cxi_peaks, write_peak_file
+from peaknet_serve.wire import DEFAULT_DATASET, DEFAULT_URL
 
-RESULT_GROUP = CXI_PEAK_GROUP
 INPUT_SUFFIXES = (".cxi", ".h5", ".hdf5")
 OUTPUT_SUFFIX = "_peaks.cxi"
 
@@ -93,89 +98,6 @@ def output_paths(inputs: Sequence[Path], output_dir: Path) -> list[Path]:
             raise ValueError(f"{seen[out]} and {source} would both write {out}")
         seen[out] = source
     return outputs
-
-
-@dataclass(frozen=True)
-class PeakTable:
-    """Peaks of ``N`` frames in CrystFEL's CXI layout (rows padded with zeros to ``max_peaks``).
-
-    Attributes:
-        n_peaks: ``(N,)`` int32, peaks stored per frame (at most ``max_peaks``).
-        x: ``(N, max_peaks)`` float32, fast-scan coordinate.
-        y: ``(N, max_peaks)`` float32, ``panel * panel_height + ss``.
-        intensity: ``(N, max_peaks)`` float32, integrated intensity.
-        npix: ``(N, max_peaks)`` float32, pixel count.
-        found: ``(N,)`` int64, peaks the server found (``> n_peaks`` where a row was truncated).
-    """
-
-    n_peaks: np.ndarray
-    x: np.ndarray
-    y: np.ndarray
-    intensity: np.ndarray
-    npix: np.ndarray
-    found: np.ndarray
-
-
-def peak_table(frames: Sequence[dict[str, Any]], panel_height: int, max_peaks: int = CXI_MAX_PEAKS) -> PeakTable:
-    """Stack the server's per-frame peak lists into CXI arrays.
-
-    Panels are stacked along the slow-scan axis: ``Y = panel * panel_height + ss``, ``X = fs``.
-    A frame with more than ``max_peaks`` peaks keeps its ``max_peaks`` most intense ones.
-    """
-    n = len(frames)
-    table = PeakTable(
-        n_peaks=np.zeros(n, np.int32),
-        x=np.zeros((n, max_peaks), np.float32),
-        y=np.zeros((n, max_peaks), np.float32),
-        intensity=np.zeros((n, max_peaks), np.float32),
-        npix=np.zeros((n, max_peaks), np.float32),
-        found=np.zeros(n, np.int64),
-    )
-    for i, frame in enumerate(frames):
-        intensity = np.asarray(frame["intensity"], np.float64)
-        keep = np.argsort(-intensity, kind="stable")[:max_peaks]
-        keep.sort()  # the server's order, among the kept
-        k = len(keep)
-        table.found[i] = frame["num_peaks"]
-        table.n_peaks[i] = k
-        table.x[i, :k] = np.asarray(frame["fs"], np.float64)[keep]
-        table.y[i, :k] = np.asarray(frame["panel"], np.float64)[keep] * panel_height + np.asarray(frame["ss"])[keep]
-        table.intensity[i, :k] = intensity[keep]
-        table.npix[i, :k] = np.asarray(frame["npix"], np.float64)[keep]
-    return table
-
-
-def write_peak_file(
-    path: Path, table: PeakTable, source: Path, dataset: str, attrs: dict[str, Any] | None = None
-) -> None:
-    """Write ``table`` as a CXI peak file at ``path``, atomically (temporary name, then rename).
-
-    ``/entry_1/data_1/data`` links to the frames in ``source`` so that CrystFEL reads image and
-    peaks from the one file. The root attribute ``complete`` marks a finished file.
-    """
-    import h5py
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
-        with h5py.File(partial, "w") as f:
-            result = f.create_group(RESULT_GROUP)
-            result.create_dataset("nPeaks", data=table.n_peaks)
-            for name, values in (
-                ("peakXPosRaw", table.x),
-                ("peakYPosRaw", table.y),
-                ("peakTotalIntensity", table.intensity),
-                ("peakNPixels", table.npix),
-            ):
-                result.create_dataset(name, data=values, compression="gzip", compression_opts=4, shuffle=True)
-            f.require_group("/entry_1/data_1")["data"] = h5py.ExternalLink(str(source.resolve()), dataset)
-            for key, value in {**(attrs or {}), "source_file": str(source.resolve()), "source_dataset": dataset}.items():
-                f.attrs[key] = value
-            f.attrs["n_frames"] = len(table.n_peaks)
-            f.attrs["complete"] = True
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 def is_complete(path: Path, n_frames: int) -> bool:
@@ -236,7 +158,7 @@ def process_file(
     answers: dict[int, list[dict[str, Any]]] = {}
     server: dict[str, Any] = {}
     pending: deque[tuple[int, Future[dict[str, Any]]]] = deque()
-    panel_height = 0
+    view: tuple[int, ...] = ()
 
     def collect(first: int, future: Future[dict[str, Any]]) -> None:
         document = future.result()
@@ -249,7 +171,7 @@ def process_file(
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="peakfind") as pool:
         try:
             for first, frames in iter_frames(source, dataset, frames_per_request, panels):
-                panel_height = frames.shape[2]
+                view = (0, *frames.shape[1:])
                 pending.append((first, pool.submit(predict, frames)))
                 while len(pending) >= 2 * concurrency:
                     collect(*pending.popleft())
@@ -261,10 +183,12 @@ def process_file(
             raise
 
     frames_json = [frame for first in sorted(answers) for frame in answers[first]]
-    table = peak_table(frames_json, panel_height)
+    if not view:  # no frame in the file
+        view = file_frames_shape(source, dataset, panels)
+    table = cxi_peaks(frames_json, view[2])
     attrs = {f"server_{k}": str(v) for k, v in server.items()}
-    attrs.update(panel_height=panel_height, frames_per_request=frames_per_request)
-    write_peak_file(output, table, source, dataset, attrs)
+    attrs.update(frames_per_request=frames_per_request)
+    write_peak_file(output, table, FrameSource(source, dataset, (len(frames_json), *view[1:])), attrs)
     return FileResult(
         source=str(source),
         output=str(output),

@@ -4,14 +4,16 @@ Pipeline (all tensors stay on the input device until :meth:`PeakTable.to_host`):
 
 1. :func:`peak_mask` / :func:`peak_mask_from_score`: 2-class logits (or their difference) -> mask.
 2. :func:`label_components`: 8-connected component labelling, data-parallel (no SciPy/CuPy).
-3. :func:`find_peaks`: per component centre of mass, pixel count and integrated intensity, as a
-   :class:`PeakTable` sorted by ``(image_index, ss, fs)``.
+3. :func:`find_peaks`: per component centre of mass, pixel count and integrated intensity (raw,
+   and less the local background of :func:`local_background`), as a :class:`PeakTable` sorted by
+   ``(image_index, ss, fs)``.
 4. :func:`peaks_to_frames`: one device->host copy, then python lists per detector frame.
 
 Coordinates are pixel-index coordinates of the panel: the centre of pixel ``[ss, fs]`` is at
 ``(ss, fs)`` (the convention of ``scipy.ndimage.center_of_mass`` and of Cheetah/psocake CXI peak
-lists). The results equal ``scipy.ndimage.label(mask, structure=np.ones((3, 3)))`` followed by
-``center_of_mass`` and ``sum`` (see ``tests/test_postprocess.py``).
+lists). Centroids, sizes and ``intensity_raw`` equal ``scipy.ndimage.label(mask,
+structure=np.ones((3, 3)))`` followed by ``center_of_mass``, ``sum`` of ones and ``sum`` of the
+image (see ``tests/device/test_peaks.py``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ __all__ = [
     "PeakTable",
     "find_peaks",
     "label_components",
+    "local_background",
     "peak_mask",
     "peak_mask_from_score",
     "peaks_to_frames",
@@ -222,7 +225,11 @@ class PeakTable:
         ss: float64, unweighted centre of mass along slow scan (row), pixel-index coordinates.
         fs: float64, same along fast scan (column).
         npix: int64, number of pixels of the peak.
-        intensity: float64, sum of the input image (ADU) over the peak's pixels.
+        intensity: float64, ``intensity_raw - npix * background``: the peak's signal above its local
+            background (ADU), as peakfinder8 integrates.
+        intensity_raw: float64, sum of the input image (ADU) over the peak's pixels.
+        background: float64, mean value per pixel of the annulus around the peak
+            (:func:`local_background`; 0 where the annulus has no usable pixel).
     """
 
     image_index: Tensor
@@ -230,6 +237,8 @@ class PeakTable:
     fs: Tensor
     npix: Tensor
     intensity: Tensor
+    intensity_raw: Tensor
+    background: Tensor
 
     def __len__(self) -> int:
         return self.image_index.numel()
@@ -244,6 +253,8 @@ class PeakTable:
             fs=host[2],
             npix=host[3].astype(np.int64),
             intensity=host[4],
+            intensity_raw=host[5],
+            background=host[6],
         )
 
 
@@ -256,6 +267,8 @@ class HostPeaks:
     fs: np.ndarray
     npix: np.ndarray
     intensity: np.ndarray
+    intensity_raw: np.ndarray
+    background: np.ndarray
 
     def __len__(self) -> int:
         return self.image_index.size
@@ -299,6 +312,7 @@ def find_peaks(
     image: Tensor,
     min_pixels: int = 1,
     max_peaks_per_image: int | None = None,
+    valid: Tensor | None = None,
 ) -> PeakTable:
     """Connected components of ``mask`` as peaks with centroid, size and integrated intensity.
 
@@ -307,7 +321,8 @@ def find_peaks(
         image: ``(B, H, W)`` raw detector values (any int/float dtype, ADU), same device as mask.
         min_pixels: drop components with fewer pixels.
         max_peaks_per_image: keep at most this many peaks per image, the brightest (largest
-            ``intensity``; ties to the earlier component in raster order).
+            background-subtracted ``intensity``; ties to the earlier component in raster order).
+        valid: bool ``(B, H, W)`` good pixels for the background annulus, or None (all good).
 
     Returns:
         :class:`PeakTable` sorted by ``(image_index, ss, fs)``, exact ties by raster order of the
@@ -342,9 +357,13 @@ def find_peaks(
         0, component, col
     )
     values = _pixel_values(image, pixel)
-    intensity = torch.zeros(count, dtype=torch.float64, device=mask.device)
-    intensity.index_add_(0, component, values)
+    intensity_raw = torch.zeros(count, dtype=torch.float64, device=mask.device)
+    intensity_raw.index_add_(0, component, values)
     image_index = torch.div(first_pixel, num_pixels, rounding_mode="floor")
+    ss = sum_row.to(torch.float64) / npix
+    fs = sum_col.to(torch.float64) / npix
+    background, _ = local_background(mask.bool(), image, image_index, ss, fs, valid)
+    intensity = intensity_raw - npix * background
 
     keep = npix >= min_pixels
     if max_peaks_per_image is not None:
@@ -352,11 +371,8 @@ def find_peaks(
             _rank_within_image(image_index, torch.where(keep, intensity, -math.inf))
             < max_peaks_per_image
         )
-    image_index, npix, sum_row, sum_col, intensity = (
-        t[keep] for t in (image_index, npix, sum_row, sum_col, intensity)
-    )
-    ss = sum_row.to(torch.float64) / npix
-    fs = sum_col.to(torch.float64) / npix
+    columns = (image_index, ss, fs, npix, intensity, intensity_raw, background)
+    image_index, ss, fs, npix, intensity, intensity_raw, background = (t[keep] for t in columns)
 
     order = _stable_order(image_index, ss, fs)
     return PeakTable(
@@ -365,7 +381,76 @@ def find_peaks(
         fs=fs[order],
         npix=npix[order],
         intensity=intensity[order],
+        intensity_raw=intensity_raw[order],
+        background=background[order],
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Local background
+# --------------------------------------------------------------------------------------------
+
+
+BACKGROUND_INNER_RADIUS = 4.0
+BACKGROUND_OUTER_RADIUS = 7.0
+
+
+def annulus_offsets(inner: float, outer: float) -> np.ndarray:
+    """``(M, 2)`` int64 ``(d_ss, d_fs)`` pixel offsets with ``inner < sqrt(d_ss^2 + d_fs^2) <= outer``,
+    in raster order."""
+    if not 0 <= inner < outer:
+        raise ValueError(f"need 0 <= inner < outer, got {inner}, {outer}")
+    reach = int(math.floor(outer))
+    d_ss, d_fs = np.meshgrid(np.arange(-reach, reach + 1), np.arange(-reach, reach + 1), indexing="ij")
+    r2 = d_ss**2 + d_fs**2
+    ring = (r2 > inner**2) & (r2 <= outer**2)
+    return np.stack([d_ss[ring], d_fs[ring]], axis=1).astype(np.int64)
+
+
+def local_background(
+    mask: Tensor,
+    image: Tensor,
+    image_index: Tensor,
+    ss: Tensor,
+    fs: Tensor,
+    valid: Tensor | None = None,
+    inner: float = BACKGROUND_INNER_RADIUS,
+    outer: float = BACKGROUND_OUTER_RADIUS,
+) -> tuple[Tensor, Tensor]:
+    """Mean background per pixel in an annulus around each peak, as peakfinder8 estimates it.
+
+    The annulus is centred on the peak's centroid rounded to the nearest pixel and holds the
+    pixels at a distance in ``(inner, outer]`` pixels; pixels of any peak (``mask``), pixels that
+    ``valid`` marks bad and pixels outside the peak's own image (panel) are left out.
+
+    Args:
+        mask: bool ``(B, H, W)`` peak mask.
+        image: ``(B, H, W)`` detector values (any int/float dtype).
+        image_index, ss, fs: ``(K,)`` int64 / float64 / float64, the peaks (see :class:`PeakTable`).
+        valid: bool ``(B, H, W)`` good-pixel mask, or None (every pixel good).
+        inner, outer: annulus radii (pixels).
+
+    Returns:
+        ``(background, count)``: float64 ``(K,)`` mean value per pixel (0 where no annulus pixel
+        is usable) and int64 ``(K,)`` pixels it averaged.
+    """
+    _, height, width = mask.shape
+    device = mask.device
+    offsets = torch.as_tensor(annulus_offsets(inner, outer), device=device)
+    centre_ss = torch.round(ss).to(torch.int64)
+    centre_fs = torch.round(fs).to(torch.int64)
+    row = centre_ss[:, None] + offsets[:, 0]
+    col = centre_fs[:, None] + offsets[:, 1]
+    inside = (row >= 0) & (row < height) & (col >= 0) & (col < width)
+    flat = image_index[:, None] * (height * width) + row.clamp(0, height - 1) * width + col.clamp(0, width - 1)
+    usable = inside & ~mask.reshape(-1)[flat]
+    if valid is not None:
+        usable &= valid.reshape(-1).bool()[flat]
+    values = _pixel_values(image, flat.reshape(-1)).view(flat.shape)
+    count = usable.sum(dim=1)
+    total = torch.where(usable, values, torch.zeros((), dtype=values.dtype, device=device)).sum(dim=1)
+    background = torch.where(count > 0, total / count.clamp(min=1), torch.zeros_like(total))
+    return background, count
 
 
 # --------------------------------------------------------------------------------------------
@@ -389,7 +474,8 @@ def peaks_to_frames(
 
     Returns:
         ``num_frames`` dicts with keys ``num_peaks`` (int) and ``panel``, ``ss``, ``fs``, ``npix``,
-        ``intensity`` (lists of length ``num_peaks``, ordered by panel, then ss, then fs).
+        ``intensity``, ``intensity_raw`` (lists of length ``num_peaks``, ordered by panel, then ss,
+        then fs).
     """
     if num_frames < 0 or panels_per_frame < 1 or first_image < 0:
         raise ValueError("need num_frames >= 0, panels_per_frame >= 1, first_image >= 0")
@@ -407,6 +493,7 @@ def peaks_to_frames(
                 "fs": host.fs[start:stop].tolist(),
                 "npix": host.npix[start:stop].tolist(),
                 "intensity": host.intensity[start:stop].tolist(),
+                "intensity_raw": host.intensity_raw[start:stop].tolist(),
             }
         )
     return frames

@@ -42,8 +42,9 @@ from peaknet_serve.decode import decode_oip_request, decode_request, default_san
 from peaknet_serve.device.finder import InsufficientMemory
 from peaknet_serve.device.peaks import peaks_to_frames
 from peaknet_serve.device.transfer import PanelSource, upload_panels
+from peaknet_serve.encode.cxi import cxi_response
 from peaknet_serve.encode.oip import model_metadata, oip_response, peak_outputs
-from peaknet_serve.encode.response import cxi_response, json_response
+from peaknet_serve.encode.response import json_response
 from peaknet_serve.errors import RequestError, ServerFault
 from peaknet_serve.pipeline import build_finder
 from peaknet_serve.serve.budget import DEFAULT_RESPONSE_TIMEOUT_S, Verdict, WorkBudget

@@ -1,0 +1,394 @@
+"""Indexing with CrystFEL in the loop: the server's peaks against CrystFEL's own peakfinder8 and the truth.
+
+For every detector (ePix10k2M, Jungfrau 4M, CSPAD, Rayonix) and simulator, frames of one known crystal
+(lysozyme, P4(3)2(1)2 cell 79.1 79.1 38.0 A) are simulated in the experiment the shipped geometry file
+describes (its photon energy and distance, the beam on the nominal centre), in random orientations:
+
+* ``peaksim``: our simulator, via :func:`peaknet_serve.eval.indexing.simulate_known_cell`
+  (4-D ``(N, P, H, W)`` files, ``(N, H, W)`` for Rayonix, with mask and truth peaks);
+* ``pattern_sim``: CrystFEL 0.10.2's independent simulator (one slab per file, gathered into a
+  4-D run file; no truth peak list, no mask).
+
+Each run goes through a real TorchServe serving the bundled model (started here on free loopback
+ports unless ``--url`` names one): ``peaknet-peakfind`` writes a data-bearing peak file, and a
+direct ``POST`` of the frames with ``Accept: application/x-hdf5`` gives the peaks-only answer, which
+:func:`~peaknet_serve.encode.cxi.attach_frames` joins to the frames. Then ``indexamajig`` indexes,
+with TakeTwo and with asdf and otherwise default options, the frames through
+
+* ``peakfind`` / ``post``: ``--peaks=cxi`` on the server's files;
+* ``peakfinder8``: CrystFEL's own search (``--peaks=peakfinder8``) on the same frames (the peakfind
+  file: same data, same mask), its ``--threshold``/``--min-snr`` tuned on these very frames (the
+  grid value that indexes most with asdf);
+* ``truth``: ``--peaks=cxi`` on the simulator's strong spots (peaksim only).
+
+Reported per source: frames indexed, and how many of them have the true orientation (within 1 degree
+after any re-indexing), CrystFEL's warnings about peak coordinates, and wall time.
+
+    python -m benchmarks.bench_indexing --frames 8 --out benchmarks/results
+
+CPU runs: the model runs on the CPU of the server; keep ``--frames`` small.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import requests
+import yaml
+
+from benchmarks.timing import command_line, markdown_table, progress
+from peaknet_serve.clients import peakfind
+from peaknet_serve.clients.payloads import encode_request
+from peaknet_serve.encode.cxi import DATA_PATH, attach_frames
+from peaknet_serve.eval.crystfel import crystfel_bin, run_indexamajig
+from peaknet_serve.eval.indexing import (
+    LYSOZYME,
+    TRUTH_PATH,
+    IndexingScore,
+    score_run,
+    simulate_known_cell,
+    write_known_cell_run,
+    write_truth_peak_file,
+)
+from peaknet_serve.geometry import nominal_setup, shipped_geometry_path, write_geometry
+from peaknet_serve.launch.archive import build
+from peaknet_serve.launch.server import torchserve_command, torchserve_env, wait_ready, write_loopback_config
+from peaknet_serve.resources import BUNDLED_MODEL_CONFIG
+from peaknet_serve.sim.peaksim.geometry import GEOMETRIES, DetectorGeometry, get_geometry
+
+ROOT = Path(__file__).resolve().parents[1]
+INDEXERS = ("taketwo", "asdf")
+SIMULATORS = ("peaksim", "pattern_sim")
+# pattern_sim: crystals of 150-300 nm, no fringes, 2 photons of background per pixel, a fluence that
+# gives tens of spots on every detector with this cell.
+PATTERN_SIM_OPTIONS = ("--random-orientation", "--no-fringes", "--background=2", "--min-size=150", "--max-size=300",
+                       "--nphotons=1e16")
+PF8_MIN_SNR = (4.0, 5.0, 7.0)
+PF8_THRESHOLD_SIGMAS = (3.0, 6.0)
+
+
+# --------------------------------------------------------------------------------------------
+# frames
+# --------------------------------------------------------------------------------------------
+
+
+def peaksim_run(detector: DetectorGeometry, n_frames: int, folder: Path, seed: int) -> Path:
+    frames, reciprocal = simulate_known_cell(detector, n_frames, LYSOZYME, nominal_setup(detector), seed)
+    return write_known_cell_run(folder / "run.cxi", frames, reciprocal, detector.name)
+
+
+def pattern_sim_run(detector: DetectorGeometry, n_frames: int, folder: Path, cell: Path, bin_dir: Path) -> Path:
+    """``n_frames`` pattern_sim images gathered into ``run.cxi``: ``(N, P, H, W)`` float32 and the
+    true orientations (pattern_sim's ``/pattern_sim/[abc]star``, m^-1, in the lab frame)."""
+    geometry = folder / "pattern_sim.geom"
+    geometry.write_text(write_geometry(detector, nominal_setup(detector), data_path="/data/data",
+                                       multi_event=False, mask=False, peak_list=False))
+    images = folder / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run([str(bin_dir / "pattern_sim"), "-g", str(geometry), "-p", str(cell), "-o",
+                           str(images / "ps"), "-n", str(n_frames), *PATTERN_SIM_OPTIONS],
+                          capture_output=True, text=True, timeout=3600)
+    if done.returncode != 0:
+        raise RuntimeError(f"pattern_sim failed: {done.stderr[-2000:]}")
+    data, truth = [], []
+    for i in range(1, n_frames + 1):
+        with h5py.File(images / f"ps-{i}.h5", "r") as h5:
+            data.append(h5["/data/data"][()].reshape(detector.frame_shape))
+            truth.append(np.stack([h5[f"/pattern_sim/{axis}star"][()] for axis in "abc"]) * 1e-10)
+    run = folder / "run.cxi"
+    with h5py.File(run, "w") as h5:
+        h5.create_dataset(DATA_PATH, data=np.stack(data).astype(np.float32), chunks=(1, 1, *detector.panel_shape))
+        h5[TRUTH_PATH] = np.stack(truth).astype(np.float64)
+    shutil.rmtree(images)
+    return run
+
+
+def noise_sigma(run: Path) -> float:
+    """Median over frames of the robust (MAD) spread of pixel values: peakfinder8's threshold scale."""
+    with h5py.File(run, "r") as h5:
+        data = h5[DATA_PATH]
+        sigmas = []
+        for i in range(data.shape[0]):
+            values = np.asarray(data[i], np.float64).ravel()[::7]
+            sigmas.append(1.4826 * np.median(np.abs(values - np.median(values))))
+    return float(np.median(sigmas))
+
+
+# --------------------------------------------------------------------------------------------
+# the server
+# --------------------------------------------------------------------------------------------
+
+
+def start_server(workdir: Path, max_frames: int) -> tuple[subprocess.Popen, str]:
+    """A TorchServe with the bundled model on free loopback ports; returns (process, inference URL)."""
+    store = workdir / "model_store"
+    store.mkdir(parents=True, exist_ok=True)
+    config = workdir / "model-config.yaml"
+    handler = {"config": "peaknet.yaml", "precision": "float32", "model_label": "peaknet-bundled",
+               "max_batch_panels": 16, "warmup": False, "max_frames": max_frames,
+               "max_pixels": max_frames * 8 * 512 * 1024, "max_body_bytes": max_frames * 8 * 512 * 1024 * 4 + 2**20}
+    config.write_text(yaml.safe_dump({"minWorkers": 1, "maxWorkers": 1, "batchSize": 1, "maxBatchDelay": 1,
+                                      "responseTimeout": 1200, "startupTimeout": 600, "handler": handler}))
+    build(BUNDLED_MODEL_CONFIG, None, config, store)
+    urls = write_loopback_config(workdir / "config.properties", store, ["peaknet"],
+                                 {"max_request_size": str(2**30), "max_response_size": str(2**30)})
+    env = torchserve_env(workdir / "logs", {"TMPDIR": str(workdir), "TEMP": str(workdir)})
+    with open(workdir / "torchserve.out", "wb") as log:
+        process = subprocess.Popen(torchserve_command(workdir / "config.properties", foreground=True), cwd=workdir,
+                                   env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    wait_ready(urls["inference"], urls["management"], "peaknet", 600, alive=lambda: process.poll() is None)
+    return process, urls["inference"]
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def post_answer(url: str, run: Path, out: Path, timeout_s: float) -> Path:
+    """One ``POST`` of all frames of ``run`` for a CXI answer, joined to the frames."""
+    with h5py.File(run, "r") as h5:
+        data = h5[DATA_PATH][()]
+    frames = data if data.ndim == 4 else data[:, None]
+    request = encode_request(frames, "raw")
+    answer = requests.post(f"{url}/predictions/peaknet", data=request.body,
+                           headers={**request.headers, "Accept": "application/x-hdf5"}, timeout=timeout_s)
+    if answer.status_code != 200:
+        raise RuntimeError(f"server answered {answer.status_code}: {answer.text[:300]}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(answer.content)
+    return attach_frames(out, run)
+
+
+# --------------------------------------------------------------------------------------------
+# one detector
+# --------------------------------------------------------------------------------------------
+
+
+def index_sources(run: Path, detector: DetectorGeometry, simulator: str, url: str, folder: Path, cell: Path,
+                  jobs: int, timeout_s: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every peak source through both indexers: (result rows, peakfinder8 tuning rows)."""
+    with h5py.File(run, "r") as h5:
+        n_frames = h5[DATA_PATH].shape[0]
+        truth = h5[TRUTH_PATH][()]
+    geometry = shipped_geometry_path(detector.name)
+    client = peakfind.ServerClient(url, timeout_s=timeout_s)
+    start = time.perf_counter()
+    summary = peakfind.run([run], folder / "peakfind", client.predict, frames_per_request=2, concurrency=1,
+                           show_progress=False)
+    if summary.totals()["files_done"] != 1:
+        raise RuntimeError(summary.format())
+    peakfind_s = time.perf_counter() - start
+    sources = {"peakfind": folder / "peakfind" / "run_peaks.cxi"}
+    start = time.perf_counter()
+    sources["post"] = post_answer(url, run, folder / "post" / "answer.cxi", timeout_s)
+    post_s = time.perf_counter() - start
+    if simulator == "peaksim":
+        sources["truth"] = write_truth_peak_file(run, folder / "truth" / "run_peaks.cxi", *detector.frame_shape)
+    server_peaks = _mean_peaks(sources["peakfind"])
+
+    def score(name: str, peak_file: Path, indexer: str, peaks: str = "cxi", options: tuple[str, ...] = ()
+              ) -> IndexingScore:
+        events = [(peak_file, i) for i in range(n_frames)]
+        result = run_indexamajig(events, geometry, cell, folder / "index", f"{name}-{indexer}", peaks=peaks,
+                                 indexing=indexer, options=options, jobs=jobs)
+        if result.returncode != 0:
+            raise RuntimeError(f"indexamajig failed for {name}/{indexer}: {result.stderr[-2000:]}")
+        return score_run(result, events, {e: truth[e[1]] for e in events})
+
+    # peakfinder8, tuned on these frames: the grid value that indexes most with asdf (ties: true orientations)
+    sigma = noise_sigma(run)
+    tuning = []
+    for k in PF8_THRESHOLD_SIGMAS:
+        for snr in PF8_MIN_SNR:
+            options = (f"--threshold={k * sigma:.3f}", f"--min-snr={snr}")
+            result = score(f"pf8-t{k:g}-snr{snr:g}", sources["peakfind"], "asdf", "peakfinder8", options)
+            tuning.append({"threshold_sigmas": k, "threshold": round(k * sigma, 3), "min_snr": snr, "options": options,
+                           **_score_row(result)})
+    best = max(tuning, key=lambda r: (r["indexed"], r["true_orientation"], -r["threshold_sigmas"]))
+    progress(f"  peakfinder8 tuned: {' '.join(best['options'])} ({best['indexed']}/{n_frames} with asdf)")
+
+    rows = []
+    for indexer in INDEXERS:
+        for name, peak_file in sources.items():
+            rows.append({"source": name, "indexer": indexer, **_score_row(score(name, peak_file, indexer))})
+        rows.append({"source": "peakfinder8", "indexer": indexer, "options": " ".join(best["options"]),
+                     **_score_row(score("peakfinder8", sources["peakfind"], indexer, "peakfinder8",
+                                        tuple(best["options"])))})
+    for row in rows:
+        row.update(simulator=simulator, detector=detector.name, server_peaks_per_frame=server_peaks,
+                   peakfind_s=round(peakfind_s, 1), post_s=round(post_s, 1))
+        progress(f"  {row['source']:12s} {row['indexer']:8s} {row['indexed']}/{row['frames']} indexed, "
+                 f"{row['true_orientation']} true, {row['coordinate_warnings']} coordinate warnings")
+    for row in tuning:
+        row.update(simulator=simulator, detector=detector.name)
+    return rows, tuning
+
+
+def _score_row(score: IndexingScore) -> dict[str, Any]:
+    row = asdict(score)
+    row.update(rate=score.rate, true_fraction=score.true_fraction, seconds=round(score.seconds, 1))
+    return row
+
+
+def _mean_peaks(peak_file: Path) -> float:
+    with h5py.File(peak_file, "r") as h5:
+        return float(h5["/entry_1/result_1/nPeaks"][()].mean())
+
+
+# --------------------------------------------------------------------------------------------
+# report
+# --------------------------------------------------------------------------------------------
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    simulators = sorted({r["simulator"] for r in rows}, key=SIMULATORS.index)
+    sources = [s for s in ("peakfind", "post", "peakfinder8", "truth") if any(r["source"] == s for r in rows)]
+    fig, axes = plt.subplots(len(simulators), len(INDEXERS), figsize=(12, 3.6 * len(simulators)), squeeze=False)
+    for i, simulator in enumerate(simulators):
+        detectors = [d for d in GEOMETRIES if any(r["detector"] == d and r["simulator"] == simulator for r in rows)]
+        for j, indexer in enumerate(INDEXERS):
+            ax = axes[i][j]
+            width = 0.8 / len(sources)
+            for k, source in enumerate(sources):
+                xs, rate, true = [], [], []
+                for d, detector in enumerate(detectors):
+                    match = [r for r in rows if (r["simulator"], r["detector"], r["indexer"], r["source"])
+                             == (simulator, detector, indexer, source)]
+                    if match:
+                        xs.append(d + (k - (len(sources) - 1) / 2) * width)
+                        rate.append(match[0]["rate"])
+                        true.append(match[0]["true_orientation"] / match[0]["frames"])
+                bars = ax.bar(xs, rate, width, label=source, alpha=0.45)
+                ax.bar(xs, true, width, color=bars.patches[0].get_facecolor()[:3] if bars.patches else None)
+            ax.set_xticks(range(len(detectors)), detectors)
+            ax.set_ylim(0, 1.05)
+            ax.set_ylabel("fraction of frames")
+            ax.set_title(f"{simulator} frames, {indexer} (light: indexed, dark: true orientation)", fontsize=9)
+            if i == 0 and j == 0:
+                ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def report(payload: dict[str, Any], out: Path, name: str) -> None:
+    rows = payload["rows"]
+    columns = [("simulator", "frames from"), ("detector", "detector"), ("indexer", "indexer"), ("source", "peaks"),
+               ("indexed", "indexed"), ("frames", "of"), ("true_orientation", "true orientation"),
+               ("coordinate_warnings", "coordinate warnings"),
+               ("median_misorientation_deg", "median misorientation °"),
+               ("seconds", "indexamajig s")]
+    table = markdown_table(rows, columns)
+    tuning = markdown_table(payload["peakfinder8_tuning"], [
+        ("simulator", "frames from"), ("detector", "detector"), ("threshold", "--threshold (ADU)"),
+        ("min_snr", "--min-snr"), ("indexed", "indexed (asdf)"), ("true_orientation", "true orientation")])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(payload, indent=1, default=float))
+    text = (f"# Indexing with CrystFEL {payload['crystfel']}: the server's peaks, peakfinder8 and the truth\n\n"
+            f"{payload['frames']} frames per detector of one lysozyme crystal each (random orientation), in the "
+            f"experiment of the shipped geometry files; server: {payload['server']}. True orientation: within "
+            f"{payload['true_orientation_deg']}° of the simulated one after any re-indexing.\n\n{table}\n\n"
+            f"peakfinder8, tuned on the same frames (asdf):\n\n{tuning}\n\n"
+            f"Reproduce: `{payload['command']}`\n")
+    (out / f"{name}.md").write_text(text)
+    plot(rows, out / f"{name}.png")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--detectors", nargs="+", default=list(GEOMETRIES), choices=list(GEOMETRIES))
+    p.add_argument("--simulators", nargs="+", default=list(SIMULATORS), choices=SIMULATORS)
+    p.add_argument("--frames", type=int, default=8, help="frames per detector and simulator (default 8)")
+    p.add_argument("--seed", type=int, default=20250)
+    p.add_argument("--url", help="a running server's inference URL (default: start one with the bundled model)")
+    p.add_argument("--jobs", type=int, default=2, help="indexamajig -j (default 2)")
+    p.add_argument("--timeout", type=float, default=1200.0, help="per-request timeout in s")
+    p.add_argument("--work", type=Path, help="keep the frames, peak files and streams here")
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument("--name", default="indexing_crystfel")
+    args = p.parse_args(argv)
+    if not 1 <= args.frames <= 16:
+        p.error("--frames must be in 1..16 (one request carries a whole run)")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    bin_dir = crystfel_bin()
+    if bin_dir is None:
+        print("CrystFEL not found: set CRYSTFEL_BIN or put indexamajig on PATH", file=sys.stderr)
+        return 2
+    version = subprocess.run([str(bin_dir / "indexamajig"), "--version"], capture_output=True, text=True)
+    work = args.work or Path(tempfile.mkdtemp(prefix="bench-indexing-"))
+    work.mkdir(parents=True, exist_ok=True)
+    cell = LYSOZYME.write(work / "lysozyme.cell")
+    process = None
+    url = args.url
+    if url is None:
+        progress("starting TorchServe with the bundled model ...")
+        process, url = start_server(work / "server", args.frames)
+    rows: list[dict[str, Any]] = []
+    tuning: list[dict[str, Any]] = []
+    try:
+        for simulator in args.simulators:
+            for name in args.detectors:
+                detector = get_geometry(name)
+                folder = work / simulator / name
+                folder.mkdir(parents=True, exist_ok=True)
+                progress(f"{simulator} / {name}: simulating {args.frames} frames ...")
+                seed = args.seed + list(GEOMETRIES).index(name)
+                run = (peaksim_run(detector, args.frames, folder, seed) if simulator == "peaksim"
+                       else pattern_sim_run(detector, args.frames, folder, cell, bin_dir))
+                progress(f"{simulator} / {name}: server, then indexamajig ...")
+                found, tuned = index_sources(run, detector, simulator, url, folder, cell, args.jobs, args.timeout)
+                rows += found
+                tuning += tuned
+    finally:
+        if process is not None:
+            stop_server(process)
+    payload = {
+        "command": command_line(),
+        "crystfel": version.stdout.split()[1] if version.stdout else "?",
+        "server": f"TorchServe, bundled model, float32 on {platform.processor() or platform.machine()} CPU"
+        if args.url is None else args.url,
+        "frames": args.frames,
+        "cell": asdict(LYSOZYME),
+        "true_orientation_deg": 1.0,
+        "pattern_sim_options": list(PATTERN_SIM_OPTIONS),
+        "setups": {n: asdict(nominal_setup(get_geometry(n))) for n in args.detectors},
+        "rows": rows,
+        "peakfinder8_tuning": tuning,
+        "host": platform.node(),
+    }
+    report(payload, args.out, args.name)
+    progress(f"wrote {args.out / args.name}.{{json,md,png}}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
