@@ -33,6 +33,7 @@ from peaknet_serve.checkpoint import load_peaknet
 from peaknet_serve.config.precision import dtype_name, resolve_precision
 from peaknet_serve.config.settings import HandlerSettings
 from peaknet_serve.decode import decode_request, default_sandbox
+from peaknet_serve.decode.options import request_threshold
 from peaknet_serve.device.finder import InsufficientMemory, PanelPeakFinder
 from peaknet_serve.device.peaks import peaks_to_frames
 from peaknet_serve.device.transfer import PanelSource, upload_panels
@@ -135,7 +136,7 @@ class PeakNetHandler(BaseHandler):
             decoded = self._decode_all(data, context, answers)
             self.metrics.timing("PeakNetDecodeMs", 1e3 * (time.perf_counter() - started))
             self.metrics.gauge("PeakNetBatchRequests", len(data), unit="count")
-            groups: dict[tuple[int, int, str], list[Decoded]] = defaultdict(list)
+            groups: dict[tuple[int, int, str, float | None], list[Decoded]] = defaultdict(list)
             for item in decoded:
                 groups[item.group_key].append(item)
             for members in groups.values():
@@ -156,8 +157,9 @@ class PeakNetHandler(BaseHandler):
             try:
                 headers, field_types = request_headers(context, idx)
                 body, content_type, options = request_payload(row, headers, field_types)
+                threshold = request_threshold(options)
                 frames = decode_request(body, content_type, options, self.settings.limits)
-                decoded.append(Decoded(idx, frames, wants_cxi(headers)))
+                decoded.append(Decoded(idx, frames, wants_cxi(headers), threshold))
             except RequestError as error:
                 answers[idx] = error_answer(error)
                 self.metrics.count("PeakNetBadRequests", 1, ErrorType=error.type)
@@ -168,18 +170,19 @@ class PeakNetHandler(BaseHandler):
         return decoded
 
     def _answer_group(self, members: list[Decoded]) -> dict[int, Answer]:
-        """Run all requests of one (H, W, dtype) group through the network together."""
+        """Run all requests of one (H, W, dtype, threshold) group through the network together."""
+        finder = self.finder.with_threshold(members[0].threshold)
         try:
             arrays = [m.frames.array for m in members]
             if self.settings.h2d_overlap:               # copies overlap compute: timed with it
                 started = time.perf_counter()
-                result = self.finder.find_pipelined(PanelSource(arrays))
+                result = finder.find_pipelined(PanelSource(arrays))
             else:
                 started = time.perf_counter()
                 panels = upload_panels(arrays, self.device)
                 self.metrics.timing("PeakNetH2DMs", 1e3 * (time.perf_counter() - started))
                 started = time.perf_counter()
-                result = self.finder.find(panels)
+                result = finder.find(panels)
             table = result.table.to_host()                      # the one device-to-host copy
             nonfinite = int(result.nonfinite)
             self.metrics.timing("PeakNetInferenceMs", 1e3 * (time.perf_counter() - started))
@@ -200,7 +203,7 @@ class PeakNetHandler(BaseHandler):
             first_image += n * p
             frames_total += n
             peaks_total += sum(f["num_peaks"] for f in frames)
-            answers[member.idx] = self._success(member, frames)
+            answers[member.idx] = self._success(member, frames, finder.threshold)
         self.metrics.timing("PeakNetPostprocessMs", 1e3 * (time.perf_counter() - started))
         self.metrics.count("PeakNetFramesServed", frames_total)
         self.metrics.count("PeakNetPanelsServed", first_image)
@@ -215,14 +218,15 @@ class PeakNetHandler(BaseHandler):
                                torch.cuda.memory_reserved(self.device) / 2**20, unit="MB")
         return answers
 
-    def _success(self, member: Decoded, frames: list[dict]) -> Answer:
+    def _success(self, member: Decoded, frames: list[dict], threshold: float | None) -> Answer:
         shape = tuple(int(s) for s in member.frames.array.shape)
         if member.cxi:
             body = cxi_response(frames, shape, max_peaks=self.settings.max_peaks_per_frame)
             return Answer(200, body, "application/x-hdf5")
         return Answer(200, json_response(
             model=self.settings.model_label, precision=dtype_name(self.dtype),
-            device=str(self.device), shape=shape, dtype=member.frames.dtype_name, frames=frames))
+            device=str(self.device), shape=shape, dtype=member.frames.dtype_name, frames=frames,
+            extra={"threshold": threshold}))
 
     @staticmethod
     def _respond(context: Any, idx: int, answer: Answer) -> Any:

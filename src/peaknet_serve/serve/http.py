@@ -19,7 +19,7 @@ CXI_MEDIA_TYPES = ("application/x-hdf5", "application/x-cxi")
 # multipart parts whose declared type names an encoding; anything else is sniffed by magic bytes
 _PART_TYPES = {"application/x-npy", "application/npy", "application/x-hdf5", "application/x-cxi",
                "application/x-hdf"}
-_OPTION_FIELDS = ("dtype", "shape", "dataset")
+_OPTION_FIELDS = ("dtype", "shape", "dataset", "threshold")
 
 
 @dataclass
@@ -108,11 +108,12 @@ class Decoded:
     idx: int
     frames: DecodedFrames
     cxi: bool
+    threshold: float | None = None  # the request's peak threshold; None: the deployment's
 
     @property
-    def group_key(self) -> tuple[int, int, str]:
+    def group_key(self) -> tuple[int, int, str, float | None]:
         n, p, h, w = self.frames.array.shape
-        return h, w, self.frames.array.dtype.str
+        return h, w, self.frames.array.dtype.str, self.threshold
 
 
 HTTP_PHRASES = {200: "OK", 400: "Bad Request", 413: "Payload Too Large",
