@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import sys
 import time
@@ -53,6 +54,7 @@ from peaknet_serve.eval.peakfinder8 import (
     tune,
 )
 from peaknet_serve.sim.patternsim import (
+    LYSOZYME_CELL,
     STRONG_I_OVER_SIGMA,
     WEAK_I_OVER_SIGMA,
     PatternSimFrame,
@@ -73,14 +75,15 @@ def detector_distance(geometry: DetectorGeometry) -> float:
 
 
 def spot_images(geometry: DetectorGeometry, n_frames: int, min_size: float, max_size: float, program: str,
-                cache: Path | None) -> list[np.ndarray]:
+                cache: Path | None, cell: str = LYSOZYME_CELL) -> list[np.ndarray]:
     """pattern_sim's noise-free images of ``geometry``, from ``cache`` when it holds them."""
-    key = f"{geometry.name}_{n_frames}_{min_size:g}-{max_size:g}nm.npz"
+    cell_key = hashlib.blake2b(cell.encode(), digest_size=4).hexdigest()
+    key = f"{geometry.name}_{n_frames}_{min_size:g}-{max_size:g}nm_{cell_key}.npz"
     if cache is not None and (cache / key).is_file():
         with np.load(cache / key) as stored:
             return [stored[f"frame{i}"] for i in range(n_frames)]
     images = run_pattern_sim(geometry, n_frames, detector_distance(geometry), PHOTON_ENERGY_EV, min_size, max_size,
-                             program=program)
+                             program=program, cell=cell)
     if cache is not None:
         cache.mkdir(parents=True, exist_ok=True)
         # Values below 1e-6 of the brightest pixel carry no photons after any scaling: zero them so the file packs.
@@ -97,7 +100,8 @@ def pf8_frame(frame: PatternSimFrame, geometry: DetectorGeometry) -> Pf8Frame:
 
 def evaluate(config: Path, geometries: list[str], frames: int, dtypes: list[str], device: torch.device, seed: int,
              threshold: float | None, max_batch: int, min_size: float, max_size: float, program: str,
-             cache: Path | None, peakfinder8: Peakfinder8 | None = None, pf8_tune_frames: int = 2) -> dict:
+             cache: Path | None, peakfinder8: Peakfinder8 | None = None, pf8_tune_frames: int = 2,
+             cell: str = LYSOZYME_CELL) -> dict:
     models = {name: load_peaknet(config, dtype=DTYPES[name], device=device) for name in dtypes}
     reference = dtypes[0]
     report: dict = {
@@ -106,7 +110,7 @@ def evaluate(config: Path, geometries: list[str], frames: int, dtypes: list[str]
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threshold": threshold, "match_radius_px": MATCH_RADIUS, "frames_per_geometry": frames,
         "tune_frames": pf8_tune_frames, "seed": seed, "crystal_size_nm": [min_size, max_size],
-        "photon_energy_ev": PHOTON_ENERGY_EV, "reference_dtype": reference,
+        "photon_energy_ev": PHOTON_ENERGY_EV, "reference_dtype": reference, "cell": cell,
         "strong_rule": f"I/sigma >= {STRONG_I_OVER_SIGMA:g}, weak >= {WEAK_I_OVER_SIGMA:g} "
                        "(peaknet_serve.sim.patternsim.spot_truth)",
         "per_geometry": {},
@@ -120,7 +124,7 @@ def evaluate(config: Path, geometries: list[str], frames: int, dtypes: list[str]
     for geometry_name in geometries:
         geometry = get_geometry(geometry_name)
         t0 = time.perf_counter()
-        images = spot_images(geometry, pf8_tune_frames + frames, min_size, max_size, program, cache)
+        images = spot_images(geometry, pf8_tune_frames + frames, min_size, max_size, program, cache, cell)
         sim_seconds = time.perf_counter() - t0
         built = [build_frame(np.random.default_rng([seed, DETECTOR_INDEX[geometry_name], i]), geometry, image,
                              detector_distance(geometry), 12398.419843 / PHOTON_ENERGY_EV)
@@ -235,6 +239,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-batch", type=int, default=16, help="panels per forward pass")
     p.add_argument("--min-size", type=float, default=150.0, help="smallest crystal, nm")
     p.add_argument("--max-size", type=float, default=400.0, help="largest crystal, nm")
+    p.add_argument("--cell", type=Path, default=None,
+                   help="CrystFEL unit cell file of the crystals (default: lysozyme, P4(3)2(1)2, 79.1 x 79.1 x 37.9 A)")
     p.add_argument("--pattern-sim", default="pattern_sim", help="CrystFEL 0.10's pattern_sim program")
     p.add_argument("--cache", type=Path, default=None, help="folder keeping pattern_sim's images between runs")
     add_peakfinder8_args(p)
@@ -251,7 +257,8 @@ def main(argv: list[str] | None = None) -> int:
         finder = stack.enter_context(Peakfinder8(args.pf8_python)) if args.peakfinder8 else None
         report = evaluate(args.config, args.geometries, args.frames, args.dtypes, torch.device(args.device),
                           args.seed, args.threshold, args.max_batch, args.min_size, args.max_size, args.pattern_sim,
-                          args.cache, finder, args.pf8_tune_frames)
+                          args.cache, finder, args.pf8_tune_frames,
+                          args.cell.read_text() if args.cell is not None else LYSOZYME_CELL)
     command = " ".join(["peaknet-evaluate-patternsim", *(argv if argv is not None else sys.argv[1:])])
     report["command"] = command
     (args.out / "patternsim.json").write_text(json.dumps(report, indent=1))

@@ -20,7 +20,7 @@ exactly the frames earlier runs were trained on.
 ``--coverage`` adds the wider conditions of :mod:`peaknet_serve.sim.peaksim.coverage` (sub-pixel
 spots, photon-counting and noisy detectors, very low and high background, saturation, gain
 switching); ``--target-snr s`` makes every spot of integrated SNR >= ``s`` (and a peak pixel of
-SNR >= 2) a peak to learn, below the truth's bar of 6, so the model learns what a local-SNR peak
+SNR >= 1) a peak to learn, below the truth's bars of 6 and 2, so the model learns what a local-SNR peak
 finder tuned for recall reports (:func:`peaknet_serve.sim.peaksim.frame.simulate_frame`).
 
 Example (GPU), from the bundled weights with the wider conditions::

@@ -64,6 +64,9 @@ from peaknet_serve.sim.peaksim.truth import (
 
 MIN_SPOT_PHOTONS = 0.5
 TARGET_IGNORE = 255  # value of ignored pixels in SimulatedFrame.target
+# Peak-pixel SNR bar of training targets: a pixel holding a few photons over a nearly empty
+# background (photon counting) stands many noise sigmas above it, as a local-SNR finder sees it.
+TARGET_PEAK_PIXEL_SNR = 1.0
 
 
 def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
@@ -337,8 +340,9 @@ def simulate_frame(geometry: DetectorGeometry, rng: np.random.Generator,
     ``coverage`` is passed to :func:`sample_frame_params` (ignored when ``params`` are given).
     ``target_snr`` (None: no target) adds :attr:`SimulatedFrame.target`, a training target whose
     peaks are the spots a local-SNR peak finder tuned for recall reports: the strong rule with
-    the integrated-SNR bar lowered to ``target_snr`` (the peak-pixel, panel and mask conditions
-    kept); other spots above the weak bar are ignored (:data:`TARGET_IGNORE`). The truth (``peaks``, ``label``, the
+    the integrated-SNR bar lowered to ``target_snr`` and the peak-pixel bar to
+    :data:`TARGET_PEAK_PIXEL_SNR` (the panel and mask conditions kept); other spots above the
+    weak bar are ignored (:data:`TARGET_IGNORE`). The truth (``peaks``, ``label``, the
     scoring) is unchanged.
     """
     if params is None:
@@ -400,7 +404,8 @@ def simulate_frame(geometry: DetectorGeometry, rng: np.random.Generator,
                       weak | merged, merged)
     target = None
     if target_snr is not None:
-        t_strong, t_weak = classify_peaks(photons, snr, peak_snr, findable, strong_snr=target_snr)
+        t_strong, t_weak = classify_peaks(photons, snr, peak_snr, findable, strong_snr=target_snr,
+                                          strong_peak_snr=TARGET_PEAK_PIXEL_SNR)
         t_label, t_ignore = segmentation_maps(shape, flat, seen_mass, spot_id, spots.photons, spots.panel, spots.ss,
                                               spots.fs, spots.sigma_ss, spots.sigma_fs, t_strong, t_weak,
                                               seen_background, read_noise)
