@@ -49,7 +49,7 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: install
+test: install pf8-venv
 	$(BIN)/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
