@@ -5,7 +5,7 @@ Off by default: :func:`peaknet_serve.sim.peaksim.frame.sample_frame_params` draw
 given a :class:`Coverage` (after everything else, so frames without one are exactly the frames
 of the default simulator). Each condition is drawn per frame with its own probability:
 
-* **sharp spots**: the spot width is drawn log-uniform in :attr:`Coverage.sharp_sigma` (0.12 to
+* **sharp spots**: the spot width is drawn log-uniform in :attr:`Coverage.sharp_sigma` (0.15 to
   0.5 px: a centred 0.15 px spot puts 99.8% of its photons into one pixel), as crystals of a few hundred
   nm give on a pixel detector, instead of 0.5-2.5 px;
 * **read noise**: the read noise is scaled log-uniformly over :attr:`Coverage.read_noise_scale`
@@ -42,7 +42,7 @@ class Coverage:
     """Per-frame probabilities and ranges of the wider conditions (see the module docstring)."""
 
     sharp_probability: float = 0.35
-    sharp_sigma: tuple[float, float] = (0.12, 0.5)
+    sharp_sigma: tuple[float, float] = (0.15, 0.5)
     read_noise_probability: float = 0.5
     read_noise_scale: tuple[float, float] = (0.2, 5.0)
     background_probability: float = 0.5
