@@ -112,7 +112,7 @@ def evaluate(config: Path, geometries: list[str], frames: int, dtypes: list[str]
              artefact_probability: float = 0.0, peakfinder8: Peakfinder8 | None = None,
              pf8_tune_frames: int = 3, pf8_tune_first_frame: int = 5000) -> dict:
     models = {name: load_peaknet(config, dtype=DTYPES[name], device=device) for name in dtypes}
-    reference = dtypes[0]
+    reference = dtypes[0] if dtypes else "float32"   # no dtypes: peakfinder8 alone
     report: dict = {"config": str(config), "device": str(device), "torch": torch.__version__,
                     "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                     "threshold": threshold, "match_radius_px": MATCH_RADIUS, "agreement_radius_px": AGREEMENT_RADIUS,
@@ -264,6 +264,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_peakfinder8_args(p)
     p.add_argument("--out", type=Path, required=True, help="folder for accuracy.json and accuracy.png")
     args = p.parse_args(argv)
+    check_baseline_only(p, args)
     if not 0.0 <= args.artefact_probability <= 1.0:
         p.error(f"--artefact-probability must be in [0, 1], got {args.artefact_probability}")
     return args
@@ -277,6 +278,17 @@ def add_peakfinder8_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pf8-tune-first-frame", type=int, default=5000,
                    help="index of the first tuning frame (disjoint from the scored frames)")
     p.add_argument("--pf8-python", type=Path, default=None, help="Python of peakfinder8's environment")
+    p.add_argument("--baseline-only", action="store_true",
+                   help="score peakfinder8 alone (no model) and write <report>_peakfinder8.json, for "
+                        "peaknet-evaluate-merge to join with a model's report on the same frames")
+
+
+def check_baseline_only(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``--baseline-only`` needs ``--peakfinder8`` and runs no model."""
+    if args.baseline_only:
+        if not args.peakfinder8:
+            p.error("--baseline-only needs --peakfinder8")
+        args.dtypes = []
 
 
 def accuracy_table(report: dict) -> str:
@@ -329,9 +341,13 @@ def main(argv: list[str] | None = None) -> int:
         report = evaluate(args.config, args.geometries, args.frames, args.dtypes, torch.device(args.device),
                           args.seed, args.threshold, args.max_batch, args.uint16, args.first_frame,
                           args.artefact_probability, finder, args.pf8_tune_frames, args.pf8_tune_first_frame)
+    command = " ".join(["peaknet-evaluate", *(argv if argv is not None else sys.argv[1:])])
+    report["command"] = command
+    if args.baseline_only:
+        (args.out / "accuracy_peakfinder8.json").write_text(json.dumps(report, indent=1))
+        return 0
     (args.out / "accuracy.json").write_text(json.dumps(report, indent=1))
     plot_report(report, args.out / "accuracy.png")
-    command = " ".join(["peaknet-evaluate", *(argv if argv is not None else sys.argv[1:])])
     (args.out / "accuracy.md").write_text(f"{accuracy_table(report)}\n\nReproduce: `{command}`\n")
     overall = report["overall"]
     print(json.dumps(overall, indent=1))

@@ -42,7 +42,13 @@ import numpy as np
 import torch
 
 from peaknet_serve.checkpoint import load_config, load_peaknet
-from peaknet_serve.eval.evaluate import DEFAULT_CONFIG, DTYPES, add_peakfinder8_args, find_frame_peaks
+from peaknet_serve.eval.evaluate import (
+    DEFAULT_CONFIG,
+    DTYPES,
+    add_peakfinder8_args,
+    check_baseline_only,
+    find_frame_peaks,
+)
 from peaknet_serve.eval.peakfinder8 import (
     DEFAULT_GRID,
     Peakfinder8,
@@ -208,7 +214,7 @@ def evaluate(config: Path, geometries: list[str], frames: int, dtypes: list[str]
              peakfinder8: Peakfinder8 | None = None, pf8_tune_frames: int = 3, pf8_tune_first_frame: int = 5000
              ) -> dict:
     models = {name: load_peaknet(config, dtype=DTYPES[name], device=device) for name in dtypes}
-    reference = dtypes[0]
+    reference = dtypes[0] if dtypes else "float32"   # no dtypes: peakfinder8 alone
     weights, digest = weights_digest(config)
     report: dict = {
         "simulator": "peaknet_serve/sim/independent.py", "config": str(config), "weights": weights,
@@ -275,7 +281,7 @@ def evaluate(config: Path, geometries: list[str], frames: int, dtypes: list[str]
                     for key, value in false_positive_breakdown(frame, found).items():
                         fps[key] += value
             records.append(record)
-            r = record[reference]
+            r = record.get(reference, record.get("peakfinder8"))
             print(f"{geometry_name} frame {f_index}: strong {record['strong']}, weak {record['weak']}, "
                   f"background {record['background_photons']:.3g} ph/px, {record['profile']}/{record['streak']}; "
                   f"{reference} P={r['precision']:.3f} R={r['recall']:.3f} F1={r['f1']:.3f} "
@@ -440,7 +446,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--uint16", action="store_true", help="feed uint16 frames instead of float32 ADU")
     add_peakfinder8_args(p)
     p.add_argument("--out", type=Path, required=True, help="folder for robustness.{json,md,png}")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    check_baseline_only(p, args)
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -454,6 +462,9 @@ def main(argv: list[str] | None = None) -> int:
                           finder, args.pf8_tune_frames, args.pf8_tune_first_frame)
     command = " ".join(["peaknet-evaluate-independent", *(argv if argv is not None else sys.argv[1:])])
     report["command"] = command
+    if args.baseline_only:
+        (args.out / "robustness_peakfinder8.json").write_text(json.dumps(report, indent=1))
+        return 0
     (args.out / "robustness.json").write_text(json.dumps(report, indent=1))
     plot_report(report, args.out / "robustness.png")
     (args.out / "robustness.md").write_text(f"{robustness_table(report)}\n\nReproduce: `{command}`\n")

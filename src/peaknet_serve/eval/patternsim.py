@@ -41,6 +41,7 @@ from peaknet_serve.eval.evaluate import (
     add_peakfinder8_args,
     agreement_counts,
     agreement_summary,
+    check_baseline_only,
     find_frame_peaks,
 )
 from peaknet_serve.eval.peakfinder8 import (
@@ -103,7 +104,7 @@ def evaluate(config: Path, geometries: list[str], frames: int, dtypes: list[str]
              cache: Path | None, peakfinder8: Peakfinder8 | None = None, pf8_tune_frames: int = 2,
              cell: str = LYSOZYME_CELL) -> dict:
     models = {name: load_peaknet(config, dtype=DTYPES[name], device=device) for name in dtypes}
-    reference = dtypes[0]
+    reference = dtypes[0] if dtypes else "float32"   # no dtypes: peakfinder8 alone
     report: dict = {
         "simulator": "CrystFEL pattern_sim (noise-free spots) + peaknet_serve.sim.patternsim (detector)",
         "config": str(config), "device": str(device), "torch": torch.__version__,
@@ -160,7 +161,7 @@ def evaluate(config: Path, geometries: list[str], frames: int, dtypes: list[str]
                 pf8_ms.append(found_pf8.ms)
                 record["peakfinder8"] = result.as_dict()
             records.append(record)
-            r = record[reference]
+            r = record.get(reference, record.get("peakfinder8"))
             print(f"{geometry_name} frame {index}: strong {record['strong']}, {reference} P={r['precision']:.3f} "
                   f"R={r['recall']:.3f} F1={r['f1']:.3f}"
                   + (f"; peakfinder8 F1={record['peakfinder8']['f1']:.3f}" if tuned is not None else "")
@@ -246,7 +247,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_peakfinder8_args(p)
     p.set_defaults(pf8_tune_frames=2)
     p.add_argument("--out", type=Path, required=True, help="folder for patternsim.{json,md}")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    check_baseline_only(p, args)
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -261,6 +264,9 @@ def main(argv: list[str] | None = None) -> int:
                           args.cell.read_text() if args.cell is not None else LYSOZYME_CELL)
     command = " ".join(["peaknet-evaluate-patternsim", *(argv if argv is not None else sys.argv[1:])])
     report["command"] = command
+    if args.baseline_only:
+        (args.out / "patternsim_peakfinder8.json").write_text(json.dumps(report, indent=1))
+        return 0
     (args.out / "patternsim.json").write_text(json.dumps(report, indent=1))
     (args.out / "patternsim.md").write_text(f"{patternsim_table(report)}\n\nReproduce: `{command}`\n")
     print(json.dumps(report["overall"], indent=1))
