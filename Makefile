@@ -10,7 +10,11 @@ PIP    := $(PY) -m pip
 TORCH_SPEC ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: install archive serve stop demo lint format test test-unit test-e2e clean
+# OM's peakfinder8 (the baseline of the evaluations) needs numpy<2: its own environment in .venv-pf8
+PF8_VENV := .venv-pf8
+PF8_SPEC ?= ondamonitor==23.8.3 "numpy>=1.24,<2"
+
+.PHONY: install archive serve stop demo lint format test test-unit test-e2e clean pf8-venv
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,7 +49,7 @@ format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-test: install
+test: install pf8-venv
 	$(BIN)/ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -54,6 +58,13 @@ test-unit: install
 
 test-e2e: install
 	$(PY) -m pytest -m e2e $(PYTEST_ARGS)
+
+$(PF8_VENV)/.installed:
+	$(PYTHON) -m venv $(PF8_VENV)
+	$(PF8_VENV)/bin/python -m pip install -q $(PF8_SPEC)
+	touch $@
+
+pf8-venv: $(PF8_VENV)/.installed
 
 clean:
 	rm -rf model_store/*.mar logs .pytest_cache

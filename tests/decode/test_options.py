@@ -1,6 +1,12 @@
 import pytest
 
-from peaknet_serve.decode.options import MAX_OPTION_CHARS, normalise_options, parse_shape
+from peaknet_serve.decode.options import (
+    MAX_OPTION_CHARS,
+    normalise_options,
+    parse_shape,
+    parse_threshold,
+    request_threshold,
+)
 from peaknet_serve.errors import BadRequest
 
 
@@ -46,3 +52,29 @@ def test_malformed_shapes_are_bad_shape(text):
         parse_shape(text)
     assert info.value.type == "bad_shape"
     assert "16,352,384" in info.value.message
+
+
+def test_threshold_header_and_form_field_are_one_option():
+    assert normalise_options({"X-Peak-Threshold": "0.3"}) == {"threshold": "0.3"}
+    assert normalise_options({"threshold": b"0.3", "x-peak-threshold": " 0.3"}) == {"threshold": "0.3"}
+    with pytest.raises(BadRequest) as info:
+        normalise_options({"X-Peak-Threshold": "0.3", "threshold": "0.4"})
+    assert info.value.type == "bad_option" and "X-Peak-Threshold" in info.value.message
+
+
+@pytest.mark.parametrize(("text", "value"), [("0.5", 0.5), (" 0.05 ", 0.05), ("1e-3", 1e-3), ("0.999", 0.999)])
+def test_thresholds_strictly_between_0_and_1(text, value):
+    assert parse_threshold(text) == value
+    assert request_threshold({"X-Peak-Threshold": text}) == value
+
+
+@pytest.mark.parametrize("text", ["0", "1", "1.0", "-0.2", "1.5", "nan", "inf", "-inf", "", "half", "0.5,0.6"])
+def test_other_thresholds_are_bad_options(text):
+    with pytest.raises(BadRequest) as info:
+        request_threshold({"threshold": text})
+    assert info.value.type == "bad_option" and "between 0 and 1" in info.value.message
+
+
+def test_no_threshold_option_is_none():
+    assert request_threshold({"X-Dtype": "uint16"}) is None
+    assert request_threshold(None) is None

@@ -230,3 +230,14 @@ def test_pure_bf16_without_autocast_finds_the_same_peaks_in_less_memory(gpu_mode
         assert peak_list_agreement(peak_array(finder.find(epix_panels).table), reference) >= 0.99, autocast
         memory[autocast] = peak_bytes(finder, epix_panels)
     assert memory[False] < memory[True]
+
+
+def test_with_threshold_shares_the_model_and_leaves_the_original():
+    model = load_peaknet(FIXTURE)
+    finder = PanelPeakFinder(model, dtype=torch.float32, device=torch.device("cpu"), threshold=0.5)
+    assert finder.with_threshold(None) is finder and finder.with_threshold(0.5) is finder
+    strict = finder.with_threshold(0.95)
+    assert strict.threshold == 0.95 and finder.threshold == 0.5 and strict.model is finder.model
+    panels = torch.from_numpy(spot_frames(n=1, seed=3).reshape(-1, 64, 96))
+    expected = PanelPeakFinder(model, dtype=torch.float32, device=torch.device("cpu"), threshold=0.95).find(panels)
+    torch.testing.assert_close(strict.find(panels).table.ss, expected.table.ss)

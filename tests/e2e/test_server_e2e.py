@@ -176,3 +176,24 @@ def test_precision_env_var_changes_served_dtype(start_server, frames):
     response = post(server, npy_bytes(frames), "application/x-npy")
     assert response.status_code == 200, response.text
     assert response.json()["precision"] == "bfloat16"
+
+
+def test_per_request_threshold(served, frames):
+    """X-Peak-Threshold / form field threshold move the sensitivity per request and are echoed;
+    a threshold outside (0, 1) is a 400 bad_option."""
+    shape = ",".join(map(str, frames.shape))
+    plain = {"X-Dtype": "uint16", "X-Shape": shape}
+    default = post(served, frames.tobytes(), "application/octet-stream", plain)
+    strict = post(served, frames.tobytes(), "application/octet-stream", {**plain, "X-Peak-Threshold": "0.95"})
+    loose = post(served, None, None, files={"data": ("frame.npy", npy_bytes(frames))}, data={"threshold": "0.02"})
+    bad = post(served, frames.tobytes(), "application/octet-stream", {**plain, "X-Peak-Threshold": "1"})
+    assert [r.status_code for r in (default, strict, loose)] == [200, 200, 200], (strict.text, loose.text)
+    assert default.json()["threshold"] is None
+    assert strict.json()["threshold"] == 0.95 and loose.json()["threshold"] == 0.02
+    pixels = [sum(sum(f["npix"]) for f in r.json()["frames"]) for r in (strict, default, loose)]
+    assert pixels[0] < pixels[1] < pixels[2]
+    model = load_peaknet(TINY_MODEL, dtype="float32", device="cpu")
+    finder = PanelPeakFinder(model, dtype=torch.float32, device=torch.device("cpu"), threshold=0.95)
+    table = finder.find(torch.from_numpy(frames.reshape(-1, *frames.shape[2:]))).table
+    assert sum(f["num_peaks"] for f in strict.json()["frames"]) == int(table.ss.numel())
+    assert bad.status_code == 400 and bad.json()["error"]["type"] == "bad_option"

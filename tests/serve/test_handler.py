@@ -63,9 +63,9 @@ def raw_request(frames: np.ndarray, **headers) -> tuple[dict, dict]:
              **headers})
 
 
-def expected_peaks(frames: np.ndarray):
+def expected_peaks(frames: np.ndarray, threshold: float | None = None):
     model = load_peaknet(FIXTURE / "peaknet_tiny.yaml")
-    finder = PanelPeakFinder(model, dtype=torch.float32, device=torch.device("cpu"))
+    finder = PanelPeakFinder(model, dtype=torch.float32, device=torch.device("cpu"), threshold=threshold)
     return finder.find(torch.from_numpy(frames.reshape(-1, *frames.shape[-2:]))).table.to_host()
 
 
@@ -176,3 +176,45 @@ def test_model_config_yaml_is_valid_for_the_handler():
     from peaknet_serve.config.settings import HandlerSettings
     settings = HandlerSettings.from_mapping(section, env={})
     assert settings.limits.max_frames == 16 and settings.max_batch_panels == 64
+
+
+def test_per_request_threshold_header_and_form_field(handler, model_dir):
+    """Requests with their own peak threshold share a batch with default ones; each answer is what
+    the model gives at that threshold and says which threshold it used; a bad one is a 400."""
+    frames = make_frames(n=1, seed=11)
+    buffer = io.BytesIO()
+    np.save(buffer, frames)
+    multipart = {"Content-Type": "multipart/form-data; boundary=xyz",
+                 "data": {"content-type": "application/octet-stream"}}
+    statuses, bodies, _ = run_batch(handler, make_context(model_dir), [
+        raw_request(frames),
+        raw_request(frames, **{"X-Peak-Threshold": "0.9"}),
+        ({"data": bytearray(buffer.getvalue()), "threshold": bytearray(b"0.05")}, multipart),
+        raw_request(frames, **{"X-Peak-Threshold": "1.5"}),
+        raw_request(frames, **{"X-Peak-Threshold": "0.9"}),
+    ])
+    assert statuses == [200, 200, 200, 400, 200]
+    default, strict, loose, bad, strict_again = (json.loads(b) for b in bodies)
+    assert default["threshold"] is None and strict["threshold"] == 0.9 and loose["threshold"] == 0.05
+    assert bad["error"]["type"] == "bad_option" and "between 0 and 1" in bad["error"]["message"]
+    assert strict_again == strict
+    peak_pixels = {}
+    for name, answer, threshold in [("default", default, None), ("strict", strict, 0.9), ("loose", loose, 0.05)]:
+        host = expected_peaks(frames, threshold)
+        assert sum(f["num_peaks"] for f in answer["frames"]) == len(host) > 0
+        np.testing.assert_allclose(np.concatenate([f["ss"] for f in answer["frames"]]), host.ss)
+        peak_pixels[name] = sum(sum(f["npix"]) for f in answer["frames"])
+    assert peak_pixels["strict"] < peak_pixels["default"] < peak_pixels["loose"]  # the knob moves
+
+
+def test_deployment_threshold_is_echoed(model_dir):
+    h = PeakNetHandler()
+    h.initialize(make_context(model_dir, {"threshold": 0.3}))
+    frames = make_frames(n=1, seed=12)
+    statuses, bodies, _ = run_batch(h, make_context(model_dir), [
+        raw_request(frames), raw_request(frames, **{"X-Peak-Threshold": "0.7"})])
+    assert statuses == [200, 200]
+    deployment, request = (json.loads(b) for b in bodies)
+    assert deployment["threshold"] == 0.3 and request["threshold"] == 0.7
+    assert sum(f["num_peaks"] for f in deployment["frames"]) == len(expected_peaks(frames, 0.3))
+    assert sum(f["num_peaks"] for f in request["frames"]) == len(expected_peaks(frames, 0.7))

@@ -1,14 +1,17 @@
-"""Request options: the ``X-Dtype`` / ``X-Shape`` / ``X-Dataset`` headers or form fields."""
+"""Request options: the ``X-Dtype`` / ``X-Shape`` / ``X-Dataset`` / ``X-Peak-Threshold`` headers or form fields."""
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from typing import NoReturn
 
 from ..errors import BadRequest
 
-OPTION_NAMES = ("dtype", "shape", "dataset")
+OPTION_NAMES = ("dtype", "shape", "dataset", "threshold")
+_ALIASES = {"peak-threshold": "threshold"}  # header X-Peak-Threshold, form field threshold
+_HEADERS = {"threshold": "X-Peak-Threshold"}
 MAX_OPTION_CHARS = 1024
 
 _DIMS = r"\s*([0-9]+(?:\s*[,x]\s*[0-9]+)*)\s*,?\s*"
@@ -16,10 +19,11 @@ _SHAPE_RE = re.compile(rf"^\s*(?:\({_DIMS}\)|\[{_DIMS}\]|{_DIMS})\s*$")
 
 
 def normalise_options(options: Mapping[str, object] | None) -> dict[str, str]:
-    """The known options by bare lower-case name: ``{"dtype": ..., "shape": ..., "dataset": ...}``.
+    """The known options by bare lower-case name: ``{"dtype": ..., "shape": ..., "dataset": ..., "threshold": ...}``.
 
     Keys are case-insensitive and may carry the header prefix ``x-`` (``X-Dtype`` and the form
-    field ``dtype`` are the same option). Values may be ``str`` or UTF-8 bytes (TorchServe hands
+    field ``dtype`` are the same option; the header ``X-Peak-Threshold`` is the form field
+    ``threshold``). Values may be ``str`` or UTF-8 bytes (TorchServe hands
     form fields over as ``bytearray``). Other keys (all the other headers) are ignored.
 
     Raises:
@@ -32,6 +36,7 @@ def normalise_options(options: Mapping[str, object] | None) -> dict[str, str]:
             continue
         name = key.strip().lower()
         name = name[2:] if name.startswith("x-") else name
+        name = _ALIASES.get(name, name)
         if name not in OPTION_NAMES:
             continue
         text = _option_text(name, value).strip()
@@ -39,10 +44,37 @@ def normalise_options(options: Mapping[str, object] | None) -> dict[str, str]:
             raise BadRequest(
                 "bad_option",
                 f"option {name!r} was given twice with different values "
-                f"(header X-{name.capitalize()} and form field {name!r}); give it once.",
+                f"(header {_HEADERS.get(name, 'X-' + name.capitalize())} and form field {name!r}); give it once.",
             )
         found[name] = text
     return found
+
+
+def parse_threshold(text: str) -> float:
+    """Read a per-request peak probability threshold: a number strictly between 0 and 1.
+
+    Raises:
+        BadRequest ``bad_option``: anything else.
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0.0 < value < 1.0:
+        shown = text if len(text) <= 40 else text[:40] + "..."
+        raise BadRequest("bad_option", f"threshold {shown!r} is not a number strictly between 0 and 1 "
+                                       "(the probability a pixel must reach to count as a peak pixel).")
+    return value
+
+
+def request_threshold(options: Mapping[str, object] | None) -> float | None:
+    """The request's ``X-Peak-Threshold`` header / ``threshold`` form field, or None when absent.
+
+    Raises:
+        BadRequest ``bad_option``: see :func:`normalise_options` and :func:`parse_threshold`.
+    """
+    text = normalise_options(options).get("threshold")
+    return None if text is None else parse_threshold(text)
 
 
 def parse_shape(text: str) -> tuple[int, ...]:

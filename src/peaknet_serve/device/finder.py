@@ -15,6 +15,7 @@ still does not fit raises :class:`InsufficientMemory` (answered 503 ``insufficie
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, fields
@@ -104,6 +105,14 @@ class PanelPeakFinder:
         self._copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 
     # -- public ---------------------------------------------------------------------------
+    def with_threshold(self, threshold: float | None) -> PanelPeakFinder:
+        """This finder with another peak threshold (None: this one's), sharing model and streams."""
+        if threshold is None or threshold == self.threshold:
+            return self
+        other = copy.copy(self)
+        other.threshold = threshold
+        return other
+
     @torch.inference_mode()
     def find(self, panels: torch.Tensor) -> BatchPeaks:
         """Find peaks in ``panels``.

@@ -14,16 +14,24 @@ reduced precision's peak lists with float32's (matched within 1 px / union). F1 
 all frames; ``mean_frame_f1`` averages it over the frames that hold strong peaks. Writes a JSON
 report and a PNG plot.
 
+With ``--peakfinder8``, OM's peakfinder8 (:mod:`peaknet_serve.eval.peakfinder8`) runs beside the
+model: tuned per detector by a grid search on ``--pf8-tune-frames`` frames of indices from
+``--pf8-tune-first-frame`` (disjoint from the scored ones), then scored on the same held-out
+frames by the same rule; the report gives its F1, precision, recall and milliseconds per frame
+next to the model's.
+
 Examples::
 
     peaknet-evaluate --frames 20 --out benchmarks/results           # GPU
     peaknet-evaluate --frames 1 --geometries epix10k2m --dtypes float32 bfloat16 \\
         --device cpu --out /tmp/eval                                             # CPU, small
+    peaknet-evaluate --frames 16 --dtypes float32 bfloat16 --peakfinder8 --out benchmarks/results
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 import time
@@ -35,10 +43,20 @@ import torch
 from peaknet_serve.config.mode import ServingMode
 from peaknet_serve.config.settings import HandlerSettings
 from peaknet_serve.device.finder import PanelPeakFinder
+from peaknet_serve.eval.peakfinder8 import (
+    DEFAULT_GRID,
+    Peakfinder8,
+    Pf8Frame,
+    baseline_cells,
+    baseline_entry,
+    describe,
+    score,
+    tune,
+)
 from peaknet_serve.pipeline import build_finder
 from peaknet_serve.resources import BUNDLED_MODEL_CONFIG
-from peaknet_serve.sim.peaksim.frame import simulate_frame
-from peaknet_serve.sim.peaksim.geometry import GEOMETRIES, get_geometry
+from peaknet_serve.sim.peaksim.frame import SimulatedFrame, simulate_frame
+from peaknet_serve.sim.peaksim.geometry import GEOMETRIES, DetectorGeometry, get_geometry
 from peaknet_serve.sim.peaksim.matching import MATCH_RADIUS, MatchCounts, assign_within_radius
 
 DEFAULT_CONFIG = BUNDLED_MODEL_CONFIG
@@ -80,17 +98,37 @@ def agreement_summary(counts: dict[str, int]) -> dict[str, float]:
     return {**counts, "agreement": counts["matched"] / union if union else 1.0}
 
 
+def pf8_frame(frame: SimulatedFrame, geometry: DetectorGeometry, as_uint16: bool = False) -> Pf8Frame:
+    """A peaksim frame as peakfinder8 gets it: the same ADU the model gets, the frame's mask, beam
+    distances from its geometry and its gain."""
+    x, y = geometry.pixel_lab_xy(frame.params.beam_offset)
+    radius = np.hypot(x, y) / geometry.pixel_size
+    adu = frame.uint16.astype(np.float32) if as_uint16 else frame.adu
+    return Pf8Frame(adu, frame.mask, radius, frame.params.response.adu_per_photon)
+
+
 def evaluate(config: Path, geometries: list[str], frames: int, dtypes: list[str], device: torch.device,
              seed: int, threshold: float | None, max_batch: int, as_uint16: bool, first_frame: int = 0,
-             artefact_probability: float = 0.0) -> dict:
+             artefact_probability: float = 0.0, peakfinder8: Peakfinder8 | None = None,
+             pf8_tune_frames: int = 3, pf8_tune_first_frame: int = 5000) -> dict:
     finders = {name: evaluation_finder(config, name, device, threshold, max_batch) for name in dtypes}
-    reference = dtypes[0]
+    reference = dtypes[0] if dtypes else "float32"   # no dtypes: peakfinder8 alone
     report: dict = {"config": str(config), "device": str(device), "torch": torch.__version__,
                     "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                     "threshold": threshold, "match_radius_px": MATCH_RADIUS, "agreement_radius_px": AGREEMENT_RADIUS,
                     "frames_per_geometry": frames, "first_frame": first_frame, "seed": seed, "input": "uint16" if as_uint16 else "float32 ADU",
                     "artefact_probability": artefact_probability,
                     "reference_dtype": reference, "per_geometry": {}}
+    if peakfinder8 is not None:
+        report["peakfinder8"] = {**peakfinder8.version(), "tune_frames": pf8_tune_frames,
+                                 "tune_first_frame": pf8_tune_first_frame, "grid_points": len(DEFAULT_GRID)}
+    pf8_total = MatchCounts()
+
+    def simulate(geometry_name: str, f_index: int) -> SimulatedFrame:
+        return simulate_frame(get_geometry(geometry_name),
+                              np.random.default_rng([seed, GEOMETRY_INDEX[geometry_name], f_index]),
+                              artefact_probability=artefact_probability)
+
     totals = {name: MatchCounts() for name in dtypes}
     total_agree = {name: {"matched": 0, "only_reference": 0, "only_other": 0} for name in dtypes[1:]}
     for geometry_name in geometries:
@@ -100,10 +138,19 @@ def evaluate(config: Path, geometries: list[str], frames: int, dtypes: list[str]
         frame_f1 = {name: [] for name in dtypes}
         strong_per_frame = []
         seconds = {name: 0.0 for name in dtypes}
+        tuned, pf8_counts, pf8_ms = None, MatchCounts(), []
+        if peakfinder8 is not None:
+            tuning = [simulate(geometry_name, i) for i in range(pf8_tune_first_frame,
+                                                                pf8_tune_first_frame + pf8_tune_frames)]
+            tuned = tune(peakfinder8, [(pf8_frame(f, geometry, as_uint16), f.score) for f in tuning])
+            print(f"{geometry_name}: peakfinder8 tuned ({describe(tuned.as_dict()['best'])})", flush=True)
         for f_index in range(first_frame, first_frame + frames):
-            frame = simulate_frame(geometry, np.random.default_rng([seed, GEOMETRY_INDEX[geometry_name], f_index]),
-                                   artefact_probability=artefact_probability)
+            frame = simulate(geometry_name, f_index)
             raw = frame.uint16 if as_uint16 else frame.adu
+            if tuned is not None:
+                result, found_pf8 = score(peakfinder8, pf8_frame(frame, geometry, as_uint16), frame.score, tuned.best)
+                pf8_counts = pf8_counts + result
+                pf8_ms.append(found_pf8.ms)
             strong = frame.peaks.strong
             strong_per_frame.append(int(strong.sum()))
             found = {}
@@ -124,9 +171,13 @@ def evaluate(config: Path, geometries: list[str], frames: int, dtypes: list[str]
             "frames_with_strong_peaks": int(np.count_nonzero(strong_per_frame)),
             "accuracy": {name: {**counts[name].as_dict(),
                                 "mean_frame_f1": float(np.mean(frame_f1[name])) if frame_f1[name] else None,
-                                "seconds": seconds[name]} for name in dtypes},
+                                "seconds": seconds[name], "ms_per_frame": 1e3 * seconds[name] / max(frames, 1)}
+                         for name in dtypes},
             "agreement_with_" + reference: {name: agreement_summary(agree[name]) for name in dtypes[1:]},
         }
+        if tuned is not None:
+            report["per_geometry"][geometry_name]["peakfinder8"] = baseline_entry(tuned, pf8_counts, pf8_ms)
+            pf8_total = pf8_total + pf8_counts
         for name in dtypes:
             totals[name] = totals[name] + counts[name]
         for name in dtypes[1:]:
@@ -134,12 +185,15 @@ def evaluate(config: Path, geometries: list[str], frames: int, dtypes: list[str]
                 total_agree[name][key] += agree[name][key]
         print(f"{geometry_name}: " + ", ".join(f"{n} F1={counts[n].f1:.4f} (P={counts[n].precision:.4f} "
                                                f"R={counts[n].recall:.4f})" for n in dtypes)
-              + "".join(f"; {n} agreement={agreement_summary(agree[n])['agreement']:.4f}" for n in dtypes[1:]),
-              flush=True)
+              + "".join(f"; {n} agreement={agreement_summary(agree[n])['agreement']:.4f}" for n in dtypes[1:])
+              + (f"; peakfinder8 F1={pf8_counts.f1:.4f} (P={pf8_counts.precision:.4f} R={pf8_counts.recall:.4f})"
+                 if tuned is not None else ""), flush=True)
     report["overall"] = {
         "accuracy": {name: totals[name].as_dict() for name in dtypes},
         "agreement_with_" + reference: {name: agreement_summary(total_agree[name]) for name in dtypes[1:]},
     }
+    if peakfinder8 is not None:
+        report["overall"]["peakfinder8"] = {"accuracy": pf8_total.as_dict()}
     return report
 
 
@@ -207,11 +261,34 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--artefact-probability", type=float, default=0.0,
                    help="chance per frame of each simulated artefact (jet streak, beamstop arm, common mode; "
                         "peaknet_serve.sim.peaksim.artefacts); 0 gives the frames of the committed results")
+    add_peakfinder8_args(p)
     p.add_argument("--out", type=Path, required=True, help="folder for accuracy.json and accuracy.png")
     args = p.parse_args(argv)
+    check_baseline_only(p, args)
     if not 0.0 <= args.artefact_probability <= 1.0:
         p.error(f"--artefact-probability must be in [0, 1], got {args.artefact_probability}")
     return args
+
+
+def add_peakfinder8_args(p: argparse.ArgumentParser) -> None:
+    """The baseline's options, shared by the evaluations."""
+    p.add_argument("--peakfinder8", action="store_true",
+                   help="score OM's peakfinder8 beside the model (needs `make pf8-venv` or $PEAKNET_PF8_PYTHON)")
+    p.add_argument("--pf8-tune-frames", type=int, default=3, help="frames per detector for peakfinder8's grid search")
+    p.add_argument("--pf8-tune-first-frame", type=int, default=5000,
+                   help="index of the first tuning frame (disjoint from the scored frames)")
+    p.add_argument("--pf8-python", type=Path, default=None, help="Python of peakfinder8's environment")
+    p.add_argument("--baseline-only", action="store_true",
+                   help="score peakfinder8 alone (no model) and write <report>_peakfinder8.json, for "
+                        "peaknet-evaluate-merge to join with a model's report on the same frames")
+
+
+def check_baseline_only(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``--baseline-only`` needs ``--peakfinder8`` and runs no model."""
+    if args.baseline_only:
+        if not args.peakfinder8:
+            p.error("--baseline-only needs --peakfinder8")
+        args.dtypes = []
 
 
 def accuracy_table(report: dict) -> str:
@@ -219,8 +296,11 @@ def accuracy_table(report: dict) -> str:
     the peak-list agreement of each reduced precision with the reference dtype."""
     dtypes = list(report["overall"]["accuracy"])
     reduced = [d for d in dtypes if d != report["reference_dtype"]]
+    baseline = "peakfinder8" in report
     header = ["detector", "strong peaks/frame"] + [f"F1 {d} (P / R)" for d in dtypes] + \
-             [f"{d} = {report['reference_dtype']}" for d in reduced]
+             [f"{d} = {report['reference_dtype']}" for d in reduced] + \
+             (["F1 peakfinder8 (P / R)", f"ms/frame {report['reference_dtype']}", "ms/frame peakfinder8"]
+              if baseline else [])
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     rows = [(name, entry) for name, entry in report["per_geometry"].items()] + [("overall", report["overall"])]
     for name, entry in rows:
@@ -231,12 +311,24 @@ def accuracy_table(report: dict) -> str:
             cells.append(f"{a['f1']:.3f} ({a['precision']:.3f} / {a['recall']:.3f})")
         for d in reduced:
             cells.append(f"{100 * entry['agreement_with_float32'][d]['agreement']:.2f}%")
+        if baseline:
+            pf8_cells = baseline_cells(entry.get("peakfinder8"))
+            ms = entry["accuracy"][report["reference_dtype"]].get("ms_per_frame")
+            cells += [pf8_cells[0], "—" if ms is None else f"{ms:.0f}", pf8_cells[1]]
         lines.append("| " + " | ".join(cells) + " |")
     frames = report["frames_per_geometry"]
     artefacts = report.get("artefact_probability", 0.0)
     lines.append(f"\n{frames} held-out frames per detector (seed {report['seed']}), {report['input']}, "
                  + (f"artefact probability {artefacts:g}, " if artefacts else "")
                  + f"on {report['device_name']}; matches within {report['match_radius_px']} px.")
+    if baseline:
+        pf8 = report["peakfinder8"]
+        lines.append(f"peakfinder8: OM {pf8['om']}, tuned per detector on {pf8['tune_frames']} frames (indices "
+                     f"{pf8['tune_first_frame']}+) over {pf8['grid_points']} parameter sets, best pooled F1: "
+                     + "; ".join(f"{g} {describe(e['peakfinder8']['best'])}"
+                                 for g, e in report["per_geometry"].items() if "peakfinder8" in e)
+                     + ". Milliseconds per frame: the model end to end on the device above (preprocessing, "
+                       "forward, peak extraction), peakfinder8 inside its worker on one CPU core.")
     return "\n".join(lines)
 
 
@@ -244,12 +336,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    report = evaluate(args.config, args.geometries, args.frames, args.dtypes, torch.device(args.device),
-                      args.seed, args.threshold, args.max_batch, args.uint16, args.first_frame,
-                      args.artefact_probability)
+    with contextlib.ExitStack() as stack:
+        finder = stack.enter_context(Peakfinder8(args.pf8_python)) if args.peakfinder8 else None
+        report = evaluate(args.config, args.geometries, args.frames, args.dtypes, torch.device(args.device),
+                          args.seed, args.threshold, args.max_batch, args.uint16, args.first_frame,
+                          args.artefact_probability, finder, args.pf8_tune_frames, args.pf8_tune_first_frame)
+    command = " ".join(["peaknet-evaluate", *(argv if argv is not None else sys.argv[1:])])
+    report["command"] = command
+    if args.baseline_only:
+        (args.out / "accuracy_peakfinder8.json").write_text(json.dumps(report, indent=1))
+        return 0
     (args.out / "accuracy.json").write_text(json.dumps(report, indent=1))
     plot_report(report, args.out / "accuracy.png")
-    command = " ".join(["peaknet-evaluate", *(argv if argv is not None else sys.argv[1:])])
     (args.out / "accuracy.md").write_text(f"{accuracy_table(report)}\n\nReproduce: `{command}`\n")
     overall = report["overall"]
     print(json.dumps(overall, indent=1))

@@ -29,6 +29,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import itertools
 import json
@@ -40,7 +41,24 @@ import numpy as np
 import torch
 
 from peaknet_serve.checkpoint import load_config
-from peaknet_serve.eval.evaluate import DEFAULT_CONFIG, DTYPES, evaluation_finder, find_frame_peaks
+from peaknet_serve.eval.evaluate import (
+    DEFAULT_CONFIG,
+    DTYPES,
+    add_peakfinder8_args,
+    check_baseline_only,
+    evaluation_finder,
+    find_frame_peaks,
+)
+from peaknet_serve.eval.peakfinder8 import (
+    DEFAULT_GRID,
+    Peakfinder8,
+    Pf8Frame,
+    baseline_cells,
+    baseline_entry,
+    describe,
+    score,
+    tune,
+)
 from peaknet_serve.sim.independent import (
     DETECTOR_NAMES,
     PEAK_PIXEL_MIN_PHOTONS,
@@ -49,6 +67,7 @@ from peaknet_serve.sim.independent import (
     WEAK_I_OVER_SIGMA,
     IndependentFrame,
     detector,
+    pixel_xy,
     simulate,
 )
 from peaknet_serve.sim.peaksim.matching import (
@@ -176,10 +195,26 @@ def weights_digest(config: Path) -> tuple[str | None, str | None]:
     return str(weights), hashlib.sha256(Path(weights).read_bytes()).hexdigest()[:16]
 
 
+def pf8_frame(frame: IndependentFrame, as_uint16: bool = False) -> Pf8Frame:
+    """A frame of the independent simulator as peakfinder8 gets it: the model's ADU, the mask, beam
+    distances in pixels and the frame's gain."""
+    det = detector(frame.params.detector)
+    x, y = pixel_xy(det, frame.params.beam_mm)
+    adu = frame.uint16.astype(np.float32) if as_uint16 else frame.adu
+    return Pf8Frame(adu, frame.mask, np.hypot(x, y) / det.pixel_mm, frame.params.gain)
+
+
+def _scorer(frame: IndependentFrame):
+    """Score a peak list against ``frame`` as the model's is scored."""
+    return lambda found: match_peaks(found, frame.strong_points, frame.weak_points)
+
+
 def evaluate(config: Path, geometries: list[str], frames: int, dtypes: list[str], device: torch.device,
-             seed: int, threshold: float | None, max_batch: int, as_uint16: bool, first_frame: int = 0) -> dict:
+             seed: int, threshold: float | None, max_batch: int, as_uint16: bool, first_frame: int = 0,
+             peakfinder8: Peakfinder8 | None = None, pf8_tune_frames: int = 3, pf8_tune_first_frame: int = 5000
+             ) -> dict:
     finders = {name: evaluation_finder(config, name, device, threshold, max_batch) for name in dtypes}
-    reference = dtypes[0]
+    reference = dtypes[0] if dtypes else "float32"   # no dtypes: peakfinder8 alone
     weights, digest = weights_digest(config)
     report: dict = {
         "simulator": "peaknet_serve/sim/independent.py", "config": str(config), "weights": weights,
@@ -197,6 +232,10 @@ def evaluate(config: Path, geometries: list[str], frames: int, dtypes: list[str]
                         f"weak: other spots with I/sigma >= {WEAK_I_OVER_SIGMA:g}"),
         "per_geometry": {},
     }
+    if peakfinder8 is not None:
+        report["peakfinder8"] = {**peakfinder8.version(), "tune_frames": pf8_tune_frames,
+                                 "tune_first_frame": pf8_tune_first_frame, "grid_points": len(DEFAULT_GRID)}
+    pf8_total = MatchCounts()
     totals = {name: MatchCounts() for name in dtypes}
     all_frame_f1 = {name: [] for name in dtypes}
     started = time.perf_counter()
@@ -208,6 +247,12 @@ def evaluate(config: Path, geometries: list[str], frames: int, dtypes: list[str]
         ios = {bin_label(lo, hi): [0, 0] for lo, hi in itertools.pairwise(IOS_BINS)}
         fps = dict.fromkeys(FP_CATEGORIES, 0)
         records, shape = [], None
+        tuned, pf8_counts, pf8_ms = None, MatchCounts(), []
+        if peakfinder8 is not None:
+            tuning = [simulate(geometry_name, frame_rng(seed, geometry_name, i))
+                      for i in range(pf8_tune_first_frame, pf8_tune_first_frame + pf8_tune_frames)]
+            tuned = tune(peakfinder8, [(pf8_frame(f, as_uint16), _scorer(f)) for f in tuning])
+            print(f"{geometry_name}: peakfinder8 tuned ({describe(tuned.as_dict()['best'])})", flush=True)
         for f_index in range(first_frame, first_frame + frames):
             t0 = time.perf_counter()
             frame = simulate(geometry_name, frame_rng(seed, geometry_name, f_index))
@@ -216,6 +261,11 @@ def evaluate(config: Path, geometries: list[str], frames: int, dtypes: list[str]
             raw = frame.uint16 if as_uint16 else frame.adu
             strong, weak = frame.strong_points, frame.weak_points
             record = {"frame": f_index, **frame_summary(frame)}
+            if tuned is not None:
+                result, found_pf8 = score(peakfinder8, pf8_frame(frame, as_uint16), _scorer(frame), tuned.best)
+                pf8_counts = pf8_counts + result
+                pf8_ms.append(found_pf8.ms)
+                record["peakfinder8"] = result.as_dict()
             for name in dtypes:
                 t0 = time.perf_counter()
                 found = find_frame_peaks(finders[name], raw)
@@ -231,7 +281,7 @@ def evaluate(config: Path, geometries: list[str], frames: int, dtypes: list[str]
                     for key, value in false_positive_breakdown(frame, found).items():
                         fps[key] += value
             records.append(record)
-            r = record[reference]
+            r = record.get(reference, record.get("peakfinder8"))
             print(f"{geometry_name} frame {f_index}: strong {record['strong']}, weak {record['weak']}, "
                   f"background {record['background_photons']:.3g} ph/px, {record['profile']}/{record['streak']}; "
                   f"{reference} P={r['precision']:.3f} R={r['recall']:.3f} F1={r['f1']:.3f} "
@@ -241,20 +291,28 @@ def evaluate(config: Path, geometries: list[str], frames: int, dtypes: list[str]
             "strong_peaks_per_frame": float(np.mean([r["strong"] for r in records])),
             "weak_peaks_per_frame": float(np.mean([r["weak"] for r in records])),
             "accuracy": {name: {**counts[name].as_dict(), "mean_frame_f1": float(np.mean(frame_f1[name])),
-                                "seconds": seconds[name]} for name in dtypes},
+                                "seconds": seconds[name], "ms_per_frame": 1e3 * seconds[name] / max(frames, 1)}
+                         for name in dtypes},
             "recall_by_i_over_sigma": {k: {"strong": n, "found": m, "recall": m / n if n else None}
                                        for k, (n, m) in ios.items()},
             "false_positives_" + reference: fps,
             "simulation_seconds": sim_seconds,
             "frames": records,
         }
+        if tuned is not None:
+            report["per_geometry"][geometry_name]["peakfinder8"] = baseline_entry(tuned, pf8_counts, pf8_ms)
+            pf8_total = pf8_total + pf8_counts
         for name in dtypes:
             totals[name] = totals[name] + counts[name]
             all_frame_f1[name] += frame_f1[name]
         print(f"{geometry_name}: " + ", ".join(f"{n} F1={counts[n].f1:.4f} (P={counts[n].precision:.4f} "
-                                               f"R={counts[n].recall:.4f})" for n in dtypes), flush=True)
+                                               f"R={counts[n].recall:.4f})" for n in dtypes)
+              + (f"; peakfinder8 F1={pf8_counts.f1:.4f} (P={pf8_counts.precision:.4f} R={pf8_counts.recall:.4f})"
+                 if tuned is not None else ""), flush=True)
     report["overall"] = {"accuracy": {name: {**totals[name].as_dict(), "mean_frame_f1": float(np.mean(all_frame_f1[name]))}
                                       for name in dtypes}}
+    if peakfinder8 is not None:
+        report["overall"]["peakfinder8"] = {"accuracy": pf8_total.as_dict()}
     report["wall_seconds"] = time.perf_counter() - started
     return report
 
@@ -265,8 +323,10 @@ def robustness_table(report: dict) -> str:
     dtypes = list(report["overall"]["accuracy"])
     ref = report["reference_dtype"]
     others = dtypes[1:]
+    baseline = "peakfinder8" in report
     header = ["detector", "strong peaks/frame", "weak/frame", f"P {ref}", f"R {ref}", f"F1 {ref}",
-              "mean frame F1", *[f"F1 {d}" for d in others]]
+              "mean frame F1", *[f"F1 {d}" for d in others],
+              *(["F1 peakfinder8 (P / R)", f"ms/frame {ref}", "ms/frame peakfinder8"] if baseline else [])]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     rows = list(report["per_geometry"].items()) + [("overall", report["overall"])]
     for name, entry in rows:
@@ -277,6 +337,10 @@ def robustness_table(report: dict) -> str:
                  f"{a['precision']:.3f}", f"{a['recall']:.3f}", f"{a['f1']:.3f}",
                  f"{a['mean_frame_f1']:.3f}" if "mean_frame_f1" in a else "—",
                  *[f"{entry['accuracy'][d]['f1']:.3f}" for d in others]]
+        if baseline:
+            pf8_cells = baseline_cells(entry.get("peakfinder8"))
+            ms = a.get("ms_per_frame")
+            cells += [pf8_cells[0], "—" if ms is None else f"{ms:.0f}", pf8_cells[1]]
         lines.append("| " + " | ".join(cells) + " |")
     bins = list(next(iter(report["per_geometry"].values()))["recall_by_i_over_sigma"])
     lines += ["", (f"Recall of strong peaks by integrated I/sigma ({ref}; strong peaks in brackets), and where "
@@ -299,6 +363,14 @@ def robustness_table(report: dict) -> str:
                  f"{report['device_name']}; matches within {report['match_radius_px']} px; strong: "
                  f"{report['strong_rule']}. Weights SHA-256 {report['weights_sha256_16']}…; "
                  f"wall time {report['wall_seconds']:.0f} s.")
+    if baseline:
+        pf8 = report["peakfinder8"]
+        lines.append(f"peakfinder8: OM {pf8['om']}, tuned per detector on {pf8['tune_frames']} frames (indices "
+                     f"{pf8['tune_first_frame']}+) over {pf8['grid_points']} parameter sets, best pooled F1: "
+                     + "; ".join(f"{g} {describe(e['peakfinder8']['best'])}"
+                                 for g, e in report["per_geometry"].items() if "peakfinder8" in e)
+                     + ". Milliseconds per frame: the model end to end on the device above, peakfinder8 inside "
+                       "its worker on one CPU core.")
     return "\n".join(lines)
 
 
@@ -372,18 +444,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threshold", type=float, default=None, help="P(peak) threshold; default argmax")
     p.add_argument("--max-batch", type=int, default=16, help="panels per forward pass")
     p.add_argument("--uint16", action="store_true", help="feed uint16 frames instead of float32 ADU")
+    add_peakfinder8_args(p)
     p.add_argument("--out", type=Path, required=True, help="folder for robustness.{json,md,png}")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    check_baseline_only(p, args)
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
-    report = evaluate(args.config, args.geometries, args.frames, args.dtypes, torch.device(args.device),
-                      args.seed, args.threshold, args.max_batch, args.uint16, args.first_frame)
+    with contextlib.ExitStack() as stack:
+        finder = stack.enter_context(Peakfinder8(args.pf8_python)) if args.peakfinder8 else None
+        report = evaluate(args.config, args.geometries, args.frames, args.dtypes, torch.device(args.device),
+                          args.seed, args.threshold, args.max_batch, args.uint16, args.first_frame,
+                          finder, args.pf8_tune_frames, args.pf8_tune_first_frame)
     command = " ".join(["peaknet-evaluate-independent", *(argv if argv is not None else sys.argv[1:])])
     report["command"] = command
+    if args.baseline_only:
+        (args.out / "robustness_peakfinder8.json").write_text(json.dumps(report, indent=1))
+        return 0
     (args.out / "robustness.json").write_text(json.dumps(report, indent=1))
     plot_report(report, args.out / "robustness.png")
     (args.out / "robustness.md").write_text(f"{robustness_table(report)}\n\nReproduce: `{command}`\n")

@@ -39,6 +39,7 @@ from ts.torch_handler.base_handler import BaseHandler
 from peaknet_serve.config.precision import dtype_name
 from peaknet_serve.config.settings import HandlerSettings
 from peaknet_serve.decode import decode_oip_request, decode_request, default_sandbox, is_oip_request
+from peaknet_serve.decode.options import request_threshold
 from peaknet_serve.device.finder import InsufficientMemory
 from peaknet_serve.device.peaks import peaks_to_frames
 from peaknet_serve.device.transfer import PanelSource, upload_panels
@@ -140,7 +141,7 @@ class PeakNetHandler(BaseHandler):
             decoded = self._admit(self._decode_all(data, context, answers, protocols), answers)
             self.metrics.timing("PeakNetDecodeMs", 1e3 * (time.perf_counter() - started), "decode")
             self.metrics.gauge("PeakNetBatchRequests", len(data), unit="count")
-            groups: dict[tuple[int, int, str], list[Decoded]] = defaultdict(list)
+            groups: dict[tuple[int, int, str, float | None], list[Decoded]] = defaultdict(list)
             for item in decoded:
                 groups[item.group_key].append(item)
             for members in groups.values():
@@ -180,8 +181,9 @@ class PeakNetHandler(BaseHandler):
                     request = decode_oip_request(body, headers, self.settings.limits)
                     decoded.append(Decoded(idx, request.frames, cxi=False, oip=request))
                     continue
+                threshold = request_threshold(options)
                 frames = decode_request(body, content_type, options, self.settings.limits)
-                decoded.append(Decoded(idx, frames, cxi))
+                decoded.append(Decoded(idx, frames, cxi, threshold=threshold))
             except RequestError as error:
                 answers[idx] = error_answer(error)
                 self.metrics.count("PeakNetBadRequests", 1, ErrorType=error.type)
@@ -215,19 +217,20 @@ class PeakNetHandler(BaseHandler):
         return admitted
 
     def _answer_group(self, members: list[Decoded]) -> dict[int, Answer]:
-        """Run all requests of one (H, W, dtype) group through the network together."""
+        """Run all requests of one (H, W, dtype, threshold) group through the network together."""
         group_started = time.perf_counter()
+        finder = self.finder.with_threshold(members[0].threshold)
         try:
             arrays = [m.frames.array for m in members]
             if self.settings.h2d_overlap:               # copies overlap compute: timed with it
                 started = time.perf_counter()
-                result = self.finder.find_pipelined(PanelSource(arrays))
+                result = finder.find_pipelined(PanelSource(arrays))
             else:
                 started = time.perf_counter()
                 panels = upload_panels(arrays, self.device)
                 self.metrics.timing("PeakNetH2DMs", 1e3 * (time.perf_counter() - started), "h2d")
                 started = time.perf_counter()
-                result = self.finder.find(panels)
+                result = finder.find(panels)
             table = result.table.to_host()                      # the one device-to-host copy
             nonfinite = int(result.nonfinite)
             self.metrics.timing("PeakNetInferenceMs", 1e3 * (time.perf_counter() - started), "inference")
@@ -249,7 +252,7 @@ class PeakNetHandler(BaseHandler):
             frames = peaks_to_frames(table, n, p, first_image)
             first_image += n * p
             peaks_per_frame += [f["num_peaks"] for f in frames]
-            answers[member.idx] = self._success(member, frames)
+            answers[member.idx] = self._success(member, frames, finder.threshold)
         self.metrics.timing("PeakNetPostprocessMs", 1e3 * (time.perf_counter() - started), "postprocess")
         frames_total, peaks_total = len(peaks_per_frame), sum(peaks_per_frame)
         self.metrics.count("PeakNetFramesServed", frames_total)
@@ -266,7 +269,7 @@ class PeakNetHandler(BaseHandler):
                                torch.cuda.memory_reserved(self.device) / 2**20, unit="MB")
         return answers
 
-    def _success(self, member: Decoded, frames: list[dict]) -> Answer:
+    def _success(self, member: Decoded, frames: list[dict], threshold: float | None) -> Answer:
         shape = tuple(int(s) for s in member.frames.array.shape)
         if member.oip is not None:
             encoded = oip_response(
@@ -282,7 +285,8 @@ class PeakNetHandler(BaseHandler):
             return Answer(200, body, "application/x-hdf5")
         return Answer(200, json_response(
             model=self.settings.model_label, precision=dtype_name(self.dtype),
-            device=str(self.device), shape=shape, dtype=member.frames.dtype_name, frames=frames))
+            device=str(self.device), shape=shape, dtype=member.frames.dtype_name, frames=frames,
+            extra={"threshold": threshold}))
 
     @staticmethod
     def _respond(context: Any, idx: int, answer: Answer) -> Any:

@@ -35,7 +35,7 @@ _READ_HEADERS = ("content-type", "accept", "x-dtype", "x-shape", "x-dataset")
 # multipart parts whose declared type names an encoding; anything else is sniffed by magic bytes
 _PART_TYPES = {"application/x-npy", "application/npy", "application/x-hdf5", "application/x-cxi",
                "application/x-hdf"}
-_OPTION_FIELDS = ("dtype", "shape", "dataset")
+_OPTION_FIELDS = ("dtype", "shape", "dataset", "threshold")
 
 
 @dataclass
@@ -232,11 +232,12 @@ class Decoded:
     frames: DecodedFrames
     cxi: bool
     oip: OipRequest | None = None
+    threshold: float | None = None  # the request's peak threshold; None: the deployment's
 
     @property
-    def group_key(self) -> tuple[int, int, str]:
+    def group_key(self) -> tuple[int, int, str, float | None]:
         n, p, h, w = self.frames.array.shape
-        return h, w, self.frames.array.dtype.str
+        return h, w, self.frames.array.dtype.str, self.threshold
 
 
 HTTP_PHRASES = {200: "OK", 400: "Bad Request", 406: "Not Acceptable", 413: "Payload Too Large",

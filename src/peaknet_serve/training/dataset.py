@@ -18,10 +18,11 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from peaknet_serve.device.preprocess import normalize_images, pad_to_multiple, sanitize
-from peaknet_serve.sim.peaksim.frame import SimulatedFrame, simulate_frame
+from peaknet_serve.sim.peaksim.coverage import Coverage
+from peaknet_serve.sim.peaksim.frame import TARGET_IGNORE, SimulatedFrame, simulate_frame
 from peaknet_serve.sim.peaksim.geometry import DetectorGeometry, get_geometry
 
-IGNORE_INDEX = 255
+IGNORE_INDEX = TARGET_IGNORE
 DEFAULT_GEOMETRY_WEIGHTS = {"epix10k2m": 0.35, "jungfrau4m": 0.2, "cspad": 0.25, "rayonix": 0.2}
 
 
@@ -32,7 +33,10 @@ def normalized_panel(panel: np.ndarray) -> np.ndarray:
 
 
 def frame_target(frame: SimulatedFrame) -> np.ndarray:
-    """(P, H, W) uint8 training target of a frame: label, with ignored pixels set to IGNORE_INDEX."""
+    """(P, H, W) uint8 training target of a frame: its :attr:`~SimulatedFrame.target` when it has
+    one, else label with ignored pixels set to IGNORE_INDEX."""
+    if frame.target is not None:
+        return frame.target
     target = frame.label.copy()
     target[frame.ignore] = IGNORE_INDEX
     return target
@@ -103,7 +107,9 @@ class SimulatedCrops(IterableDataset):
 
     ``artefact_probability`` (0..1) is passed to :func:`peaknet_serve.sim.peaksim.frame.simulate_frame`: the chance
     per frame of each artefact kind of :mod:`peaknet_serve.sim.peaksim.artefacts` (0, the default, gives the same
-    stream as before artefacts existed).
+    stream as before artefacts existed). ``coverage`` (None: off) and ``target_snr`` (None: the
+    truth's label) are passed to it too: the wider conditions of
+    :mod:`peaknet_serve.sim.peaksim.coverage`, and the integrated-SNR bar of the peaks to learn.
     """
 
     seed: int
@@ -111,6 +117,8 @@ class SimulatedCrops(IterableDataset):
     crops_per_frame: int = 8
     geometry_weights: dict[str, float] | None = None
     artefact_probability: float = 0.0
+    coverage: Coverage | None = None
+    target_snr: float | None = None
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         info = get_worker_info()
@@ -123,6 +131,7 @@ class SimulatedCrops(IterableDataset):
         geometries: dict[str, DetectorGeometry] = {n: get_geometry(n) for n in names}
         while True:
             name = names[rng.choice(len(names), p=probs / probs.sum())]
-            frame = simulate_frame(geometries[name], rng, artefact_probability=self.artefact_probability)
+            frame = simulate_frame(geometries[name], rng, artefact_probability=self.artefact_probability,
+                                   coverage=self.coverage, target_snr=self.target_snr)
             for image, target in frame_crops(rng, frame, self.crop, self.crops_per_frame):
                 yield torch.from_numpy(image)[None], torch.from_numpy(target)

@@ -13,6 +13,16 @@ UINT16_MAX = 65535
 
 
 @dataclass(frozen=True)
+class GainSwitch:
+    """Auto-ranging (ePix10k, Jungfrau): pixels holding more than ``switch_photons`` photons are read
+    in a gain stage ``ratio`` times less sensitive, so their read noise in calibrated ADU is
+    ``ratio`` times the frame's (the calibrated value stays on the same ADU scale)."""
+
+    switch_photons: float
+    ratio: float
+
+
+@dataclass(frozen=True)
 class DetectorResponse:
     """Per-frame detector settings.
 
@@ -25,6 +35,7 @@ class DetectorResponse:
         dead_fraction: fraction of pixels that read 0.
         hot_fraction: fraction of pixels that read a large constant.
         hot_unmasked_fraction: share of hot pixels the mask misses.
+        gain_switch: the gain stage of bright pixels, or None (one gain stage).
     """
 
     adu_per_photon: float
@@ -35,6 +46,7 @@ class DetectorResponse:
     dead_fraction: float = 3e-4
     hot_fraction: float = 5e-5
     hot_unmasked_fraction: float = 0.3
+    gain_switch: GainSwitch | None = None
 
 
 def poisson_photons(rng: np.random.Generator, expected: np.ndarray) -> np.ndarray:
@@ -43,11 +55,19 @@ def poisson_photons(rng: np.random.Generator, expected: np.ndarray) -> np.ndarra
 
 
 def photons_to_adu(rng: np.random.Generator, photons: np.ndarray, response: DetectorResponse) -> np.ndarray:
-    """Photon counts (P, ss, fs) -> float32 ADU with gain, per-panel offsets, read noise, saturation."""
+    """Photon counts (P, ss, fs) -> float32 ADU with gain, per-panel offsets, read noise, saturation.
+
+    With a :class:`GainSwitch`, pixels above its switch point get the lower gain stage's extra
+    read noise (drawn after the frame's, only then)."""
     gain = (response.adu_per_photon * response.panel_gain[:, None, None]).astype(np.float32)
     adu = photons.astype(np.float32) * gain + response.panel_offset_adu[:, None, None].astype(np.float32)
     noise = rng.standard_normal(size=photons.shape, dtype=np.float32)
     adu += np.float32(response.read_noise_adu) * noise
+    switch = response.gain_switch
+    if switch is not None:
+        switched = photons > switch.switch_photons
+        extra = response.read_noise_adu * np.sqrt(max(switch.ratio ** 2 - 1.0, 0.0))
+        adu[switched] += np.float32(extra) * rng.standard_normal(int(switched.sum()), dtype=np.float32)
     return np.minimum(adu, np.float32(response.saturation_adu))
 
 

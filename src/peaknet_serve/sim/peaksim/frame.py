@@ -5,7 +5,9 @@ from a seeded ``np.random.Generator``; the same seed gives the same frame bit fo
 
 Artefacts of real frames (liquid-jet streak, beamstop support arm, common-mode offsets; see
 :mod:`peaknet_serve.sim.peaksim.artefacts`) are added only when ``artefact_probability > 0``; with the default 0 no
-extra random numbers are drawn, so a seed gives the same frame with and without the artefact code.
+extra random numbers are drawn and frames are exactly those of earlier versions. Likewise the wider
+conditions of :mod:`peaknet_serve.sim.peaksim.coverage` (sharp spots, photon counting, extreme
+backgrounds, saturation, gain switching) apply only when a :class:`Coverage` is given.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from peaknet_serve.sim.peaksim.background import (
     sample_background,
     scattering_geometry,
 )
+from peaknet_serve.sim.peaksim.coverage import Coverage, apply_coverage
 from peaknet_serve.sim.peaksim.detector import (
     DetectorResponse,
     apply_bad_pixels,
@@ -60,6 +63,10 @@ from peaknet_serve.sim.peaksim.truth import (
 )
 
 MIN_SPOT_PHOTONS = 0.5
+TARGET_IGNORE = 255  # value of ignored pixels in SimulatedFrame.target
+# Peak-pixel SNR bar of training targets: a pixel holding a few photons over a nearly empty
+# background (photon counting) stands many noise sigmas above it, as a local-SNR finder sees it.
+TARGET_PEAK_PIXEL_SNR = 1.0
 
 
 def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
@@ -81,7 +88,8 @@ class CrystalParams:
 
 @dataclass(frozen=True)
 class FrameParams:
-    """Everything that defines one frame (besides the noise draws)."""
+    """Everything that defines one frame (besides the noise draws). Spot widths are clipped to
+    ``[min_spot_sigma, 3]`` px."""
 
     photon_energy_kev: float
     bandwidth: float
@@ -95,6 +103,7 @@ class FrameParams:
     response: DetectorResponse
     beamstop_radius: float
     artefacts: Artefacts = field(default_factory=Artefacts)
+    min_spot_sigma: float = 0.4
 
     @property
     def wavelength(self) -> float:
@@ -163,7 +172,7 @@ def _scaled_cell(crystal: CrystalParams, factor: float) -> CrystalParams:
 
 def sample_frame_params(rng: np.random.Generator, geometry: DetectorGeometry,
                         blank_probability: float = 0.06, multi_crystal_probability: float = 0.15,
-                        artefact_probability: float = 0.0) -> FrameParams:
+                        artefact_probability: float = 0.0, coverage: Coverage | None = None) -> FrameParams:
     """Draw a full parameter set for one frame on ``geometry``.
 
     The distance is drawn from the detector's range but no shorter than
@@ -172,6 +181,10 @@ def sample_frame_params(rng: np.random.Generator, geometry: DetectorGeometry,
     ``artefact_probability`` (0..1): chance per frame of each artefact kind of
     :mod:`peaknet_serve.sim.peaksim.artefacts`, drawn after everything else and only when it is above 0 (so the
     default draws exactly the random numbers it always did).
+
+    ``coverage``: the wider conditions of :mod:`peaknet_serve.sim.peaksim.coverage`, drawn after the
+    base parameters and before the artefacts (so a jet or common mode follows the scaled background
+    and noise); None, the default, draws nothing.
     """
     if not 0.0 <= artefact_probability <= 1.0:
         raise ValueError(f"artefact_probability must be in [0, 1], got {artefact_probability}")
@@ -200,6 +213,8 @@ def sample_frame_params(rng: np.random.Generator, geometry: DetectorGeometry,
         response=sample_response(rng, geometry, energy),
         beamstop_radius=float(rng.uniform(1.0e-3, 4.0e-3)),
     )
+    if coverage is not None:
+        params = apply_coverage(rng, params, coverage)
     if artefact_probability > 0.0:
         params = replace(params, artefacts=sample_artefacts(rng, geometry, artefact_probability,
                                                             params.background.water,
@@ -239,7 +254,7 @@ def crystal_spots(rng: np.random.Generator, crystal: CrystalParams, params: Fram
     base = params.spot_sigma * (1.0 + params.spot_sigma_jitter * rng.uniform(-1.0, 1.0, size=n))
     stretch = np.exp(params.spot_anisotropy * rng.uniform(-1.0, 1.0, size=n))
     return Spots(panel[keep], ss[keep], fs[keep], photons[keep],
-                 np.clip(base * stretch, 0.4, 3.0), np.clip(base / stretch, 0.4, 3.0))
+                 np.clip(base * stretch, params.min_spot_sigma, 3.0), np.clip(base / stretch, params.min_spot_sigma, 3.0))
 
 
 def _concat_spots(spots: list[Spots]) -> Spots:
@@ -265,6 +280,8 @@ class SimulatedFrame:
         excused_region: (P, ss, fs) bool pixels of the blobs (segmentation mask together with the
             weak spots' ignore ellipses) that are not one resolved strong spot's: weak spots and
             merged groups. A detection on them counts neither way.
+        target: (P, ss, fs) uint8 training target under a lower strong bar (0 background, 1 peak
+            pixel, :data:`TARGET_IGNORE` ignored), or None: see :func:`simulate_frame`'s ``target_snr``.
     """
 
     adu: np.ndarray
@@ -275,6 +292,7 @@ class SimulatedFrame:
     params: FrameParams
     blobs: np.ndarray
     excused_region: np.ndarray
+    target: np.ndarray | None = None
 
     def scoring_points(self) -> tuple[np.ndarray, np.ndarray]:
         """``(strong, excused)`` (K, 3) / (M, 3) float64 rows (panel, ss, fs) for
@@ -300,7 +318,8 @@ class SimulatedFrame:
 
 
 def simulate_frame(geometry: DetectorGeometry, rng: np.random.Generator,
-                   params: FrameParams | None = None, artefact_probability: float = 0.0) -> SimulatedFrame:
+                   params: FrameParams | None = None, artefact_probability: float = 0.0,
+                   coverage: Coverage | None = None, target_snr: float | None = None) -> SimulatedFrame:
     """Simulate one frame on ``geometry``; parameters are sampled from ``rng`` unless given.
 
     ``artefact_probability`` is passed to :func:`sample_frame_params` (ignored when ``params`` are
@@ -317,9 +336,17 @@ def simulate_frame(geometry: DetectorGeometry, rng: np.random.Generator,
     transmission (the integrated SNR with the footprint's transmitted share, the peak-pixel SNR and
     the segmentation mask pixel by pixel), and a spot whose 2-sigma ellipse crosses the arm's edge
     cannot be strong (its centroid is biased, as at a panel edge).
+
+    ``coverage`` is passed to :func:`sample_frame_params` (ignored when ``params`` are given).
+    ``target_snr`` (None: no target) adds :attr:`SimulatedFrame.target`, a training target whose
+    peaks are the spots a local-SNR peak finder tuned for recall reports: the strong rule with
+    the integrated-SNR bar lowered to ``target_snr`` and the peak-pixel bar to
+    :data:`TARGET_PEAK_PIXEL_SNR` (the panel and mask conditions kept); other spots above the
+    weak bar are ignored (:data:`TARGET_IGNORE`). The truth (``peaks``, ``label``, the
+    scoring) is unchanged.
     """
     if params is None:
-        params = sample_frame_params(rng, geometry, artefact_probability=artefact_probability)
+        params = sample_frame_params(rng, geometry, artefact_probability=artefact_probability, coverage=coverage)
     artefacts = params.artefacts
     shape = geometry.frame_shape
     spots = _concat_spots([crystal_spots(rng, c, params, geometry) for c in params.crystals])
@@ -375,4 +402,12 @@ def simulate_frame(geometry: DetectorGeometry, rng: np.random.Generator,
     merged, blobs, excused_region = merged_spots(label, ignore, spots.panel, spots.ss, spots.fs, strong, weak)
     truth = PeakTruth(spots.panel, spots.ss, spots.fs, photons, snr, peak_snr, strong & ~merged,
                       weak | merged, merged)
-    return SimulatedFrame(adu, mask, label, ignore, truth, params, blobs, excused_region)
+    target = None
+    if target_snr is not None:
+        t_strong, t_weak = classify_peaks(photons, snr, peak_snr, findable, strong_snr=target_snr,
+                                          strong_peak_snr=TARGET_PEAK_PIXEL_SNR)
+        t_label, t_ignore = segmentation_maps(shape, flat, seen_mass, spot_id, spots.photons, spots.panel, spots.ss,
+                                              spots.fs, spots.sigma_ss, spots.sigma_fs, t_strong, t_weak,
+                                              seen_background, read_noise)
+        target = np.where(t_ignore, np.uint8(TARGET_IGNORE), t_label)
+    return SimulatedFrame(adu, mask, label, ignore, truth, params, blobs, excused_region, target)

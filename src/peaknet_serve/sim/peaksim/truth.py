@@ -135,10 +135,13 @@ def straddles(shadow: np.ndarray, flat: np.ndarray, spot_id: np.ndarray, ss: np.
 
 
 def classify_peaks(photons: np.ndarray, snr: np.ndarray, peak_snr: np.ndarray,
-                   centre_good: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                   centre_good: np.ndarray, strong_snr: float = STRONG_SNR,
+                   strong_peak_snr: float = STRONG_PEAK_PIXEL_SNR) -> tuple[np.ndarray, np.ndarray]:
     """``(strong, weak)`` bool (S,) from the SNRs and ``centre_good``: the centre pixel is good and the
-    spot lies on its panel (see :func:`inside_panel`)."""
-    strong = (snr >= STRONG_SNR) & (peak_snr >= STRONG_PEAK_PIXEL_SNR) & centre_good
+    spot lies on its panel (see :func:`inside_panel`). ``strong_snr`` and ``strong_peak_snr`` are the
+    integrated and peak-pixel SNR bars of strong spots (:data:`STRONG_SNR` and
+    :data:`STRONG_PEAK_PIXEL_SNR` for the truth; training targets may set them lower)."""
+    strong = (snr >= strong_snr) & (peak_snr >= strong_peak_snr) & centre_good
     weak = ~strong & (snr >= WEAK_SNR)
     return strong, weak
 
