@@ -36,6 +36,7 @@ SECTIONS = [
                                       "without autocast"),
     ("memory_peak_epix_h200.md", "What is alive at peak GPU memory (H200), 33M on one ePix10k2M frame"),
     ("precision_agreement_h200.md", "Peak agreement of bf16 and fp16 with float32 (H200)"),
+    ("cpu.md", "CPU only: CPU seconds per frame of the bundled model, one torch thread"),
 ]
 
 

@@ -75,3 +75,13 @@ def test_performance_doc_is_generated_from_the_committed_results():
     text = make_performance_doc.performance_doc()
     for name, _ in make_performance_doc.SECTIONS:
         assert f"`benchmarks/results/{name}`" in text
+
+
+@pytest.mark.slow
+def test_cpu_benchmark_reports_cpu_seconds_per_frame(tmp_path):
+    out = tmp_path / "cpu.json"
+    subprocess.run([sys.executable, "-m", "benchmarks.bench_cpu", "--model-config",
+                    "tests/fixtures/upstream/peaknet_tiny.yaml", "--geometries", "cspad", "--repeats", "1",
+                    "--out", str(out)], cwd=ROOT, check=True, capture_output=True, timeout=600)
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["geometry"] == "cspad" and row["frame"] == [32, 185, 388] and row["cpu_s"] > 0
