@@ -27,7 +27,11 @@ from tests.frames import spot_frames
 
 pytestmark = pytest.mark.e2e
 PROMETHEUS = shutil.which("prometheus")
-RULES = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "peaknet-rules.yaml"
+ROOT = Path(__file__).resolve().parents[2]
+RULES = ROOT / "deploy" / "prometheus" / "peaknet-rules.yaml"
+DASHBOARD = ROOT / "deploy" / "grafana" / "peaknet.json"
+# series that exist only after a 4xx, a 5xx or on a GPU
+OPTIONAL_SERIES = ("PeakNetBadRequests", "Requests5XX", "PeakNetGpuMemory")
 HIT_MIN_PEAKS = 5
 TIMEOUT = 60
 
@@ -175,3 +179,19 @@ def test_prometheus_scrapes_histograms_and_evaluates_the_rules(scraped):
     assert prometheus.value("peaknet:queue_wait_seconds:mean5m") >= 0
     alerts = {r["metric"]["alertname"] for r in prometheus.query("ALERTS")}
     assert "PeakNetNoWorker" not in alerts and "PeakNetDown" not in alerts
+
+
+def test_every_dashboard_query_answers_from_the_scraped_data(scraped):
+    server, prometheus = scraped
+    for _ in range(3):
+        native(server, spot_frames(n=2, seed=7))
+    prometheus.wait_for("sum(PeakNetFramesServed)", lambda v: v >= 6)
+    time.sleep(2)  # two more scrapes: rate() needs two samples after the last requests
+    dashboard = json.loads(DASHBOARD.read_text())
+    queries = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", []) if t.get("expr")]
+    assert len(queries) >= 15
+    for query in queries:
+        expr = query.replace("$instance", ".*").replace("$__rate_interval", "1m")
+        result = prometheus.query(expr)
+        if not any(name in expr for name in OPTIONAL_SERIES):
+            assert result, f"no data for the dashboard query {query}"
