@@ -141,3 +141,10 @@ def test_routes_torchserve_does_not_hand_to_the_handler(client, served):
     with pytest.raises(InferenceServerException) as info:
         client.infer("peaknet", [frames_input(np.zeros((8, 8), np.uint16), "UINT16", True)], model_version="1")
     assert info.value.status() == "501"
+
+
+def test_the_predictions_route_keeps_the_native_api(served):
+    body = b'{"inputs": [{"name": "frames", "datatype": "UINT16", "shape": [1, 2], "data": [1, 2]}]}'
+    answer = requests.post(served.predict_url, data=body, timeout=TIMEOUT,
+                           headers={**served.headers, "Content-Type": "application/json"})
+    assert answer.status_code == 415 and answer.json()["error"]["type"] == "unsupported_media_type"

@@ -127,6 +127,20 @@ def test_bad_tensors_get_protocol_errors_and_leave_batch_mates_alone(handler, mo
     triton_result(*answers[1])
 
 
+def test_the_predictions_route_keeps_the_native_api(handler, model_dir):
+    """TorchServe marks /predictions/{model} requests with url_path: a protocol body there is not read as one."""
+    row, headers = oip_request(spot_frames(n=1))
+    json_row = {"body": bytearray(b'{"inputs": []}')}
+    json_headers = {"Content-Type": "application/json", "body": {"content-type": "application/json"}}
+    answers = run_batch(handler, make_context(model_dir), [
+        (row, {**headers, "url_path": ""}), (json_row, {**json_headers, "url_path": ""}), (json_row, json_headers)])
+    assert [a[0] for a in answers] == [400, 415, 400]
+    assert json.loads(answers[0][1])["error"]["type"] == "missing_option"  # native: raw bytes without X-Dtype
+    assert json.loads(answers[1][1])["error"]["type"] == "unsupported_media_type"
+    assert json.loads(answers[2][1]) == {"error": "missing_input: the request needs 'inputs' with one tensor "
+                                                  "named 'frames'."}
+
+
 def test_describe_returns_the_model_metadata(handler, model_dir):
     context = make_context(model_dir)
     context.request_processor = [RequestProcessor({"describe": "True"})]

@@ -90,6 +90,12 @@ def request_payload(row: Mapping[str, Any], headers: Mapping[str, str],
     return _as_bytes(body), headers.get("content-type"), options
 
 
+def on_predictions_route(headers: Mapping[str, str]) -> bool:
+    """True for a request to ``/predictions/{model}``: TorchServe 0.12's frontend adds the header
+    ``url_path`` to those only (not to ``/v2/models/{model}/infer``). Such requests use the native API."""
+    return "url_path" in headers
+
+
 def wants_cxi(headers: Mapping[str, str]) -> bool:
     """True when the client's Accept header asks for an HDF5/CXI answer."""
     accept = headers.get("accept", "")
