@@ -74,8 +74,13 @@ def test_promtool_catches_a_broken_rule_and_a_wrong_expectation(tmp_path):
 
 def test_every_alert_of_the_issue_is_there_and_unit_tested():
     alerts = {r["alert"] for g in yaml.safe_load(RULES.read_text())["groups"] for r in g["rules"] if "alert" in r}
-    assert {"PeakNetDown", "PeakNetNoWorker", "PeakNetLatencyP99OverBudget", "PeakNetServerErrors",
-            "PeakNetFallingBehind"} <= alerts
+    assert {
+        "PeakNetDown",
+        "PeakNetNoWorker",
+        "PeakNetLatencyP99OverBudget",
+        "PeakNetServerErrors",
+        "PeakNetFallingBehind",
+    } <= alerts
     tests = yaml.safe_load(RULE_TESTS.read_text())["tests"]
     fired = {a["alertname"] for t in tests for a in t.get("alert_rule_test", []) if a.get("exp_alerts")}
     assert fired == alerts, "every alert needs a unit test case in which it fires"
@@ -87,7 +92,8 @@ def test_dashboard_json_is_what_grafanalib_generates(tmp_path):
     assert gen.generate_dashboard(["-o", str(output), str(DASHBOARD_SOURCE)]) == 0
     assert json.loads(output.read_text()) == json.loads(DASHBOARD.read_text()), (
         "deploy/grafana/peaknet.json is stale: generate-dashboard -o deploy/grafana/peaknet.json "
-        "deploy/grafana/peaknet.dashboard.py")
+        "deploy/grafana/peaknet.dashboard.py"
+    )
 
 
 def test_dashboard_panels_and_variables():
@@ -96,8 +102,15 @@ def test_dashboard_panels_and_variables():
     assert [v["name"] for v in dashboard["templating"]["list"]] == ["datasource", "instance"]
     queries = dashboard_queries(dashboard)
     text = "\n".join(queries)
-    for metric in ("PeakNetRequestSeconds_bucket", "PeakNetStageSeconds_bucket", "PeakNetFramePeaks_bucket",
-                   "PeakNetHitFrames", "PeakNetFramesServed", "ts_queue_latency_microseconds", "Requests5XX"):
+    for metric in (
+        "PeakNetRequestSeconds_bucket",
+        "PeakNetStageSeconds_bucket",
+        "PeakNetFramePeaks_bucket",
+        "PeakNetHitFrames",
+        "PeakNetFramesServed",
+        "ts_queue_latency_microseconds",
+        "Requests5XX",
+    ):
         assert metric in text
     panels = [p for p in dashboard["panels"] if p["type"] != "row"]
     assert all(p["datasource"] == {"type": "prometheus", "uid": "${datasource}"} for p in panels)
@@ -109,8 +122,14 @@ def test_dashboard_panels_and_variables():
 def test_every_dashboard_query_is_valid_promql(tmp_path):
     queries = [with_variables(q) for q in dashboard_queries(json.loads(DASHBOARD.read_text()))]
     assert not [q for q in queries if "$" in q], "a Grafana variable without a test value"
-    rules = {"groups": [{"name": "dashboard", "rules": [
-        {"record": f"dashboard:query:{i}", "expr": q} for i, q in enumerate(queries)]}]}
+    rules = {
+        "groups": [
+            {
+                "name": "dashboard",
+                "rules": [{"record": f"dashboard:query:{i}", "expr": q} for i, q in enumerate(queries)],
+            }
+        ]
+    }
     (tmp_path / "dashboard.yaml").write_text(yaml.safe_dump(rules))
     result = promtool("check", "rules", str(tmp_path / "dashboard.yaml"))
     assert result.returncode == 0, result.stdout + result.stderr

@@ -36,12 +36,24 @@ def frames() -> np.ndarray:
 @pytest.fixture(scope="module")
 def native(served, frames) -> tuple[np.ndarray, np.ndarray]:
     """num_peaks [N] and peaks [K, 6] from the native API for ``frames``."""
-    answer = requests.post(served.predict_url, data=frames.tobytes(), timeout=TIMEOUT, headers={
-        **served.headers, "Content-Type": "application/octet-stream", "X-Dtype": "uint16", "X-Shape": "2,2,64,96"})
+    answer = requests.post(
+        served.predict_url,
+        data=frames.tobytes(),
+        timeout=TIMEOUT,
+        headers={
+            **served.headers,
+            "Content-Type": "application/octet-stream",
+            "X-Dtype": "uint16",
+            "X-Shape": "2,2,64,96",
+        },
+    )
     assert answer.status_code == 200, answer.text
     per_frame = answer.json()["frames"]
-    rows = [[i, *values] for i, f in enumerate(per_frame)
-            for values in zip(f["panel"], f["ss"], f["fs"], f["npix"], f["intensity"])]
+    rows = [
+        [i, *values]
+        for i, f in enumerate(per_frame)
+        for values in zip(f["panel"], f["ss"], f["fs"], f["npix"], f["intensity"])
+    ]
     num = np.array([f["num_peaks"] for f in per_frame], np.int32)
     assert num.sum() > 0, "the test frames must have peaks"
     return num, np.array(rows, np.float32).reshape(-1, 6)
@@ -59,8 +71,7 @@ def test_health_and_server_metadata(client):
     assert client.get_server_metadata()["name"] == "Torchserve"
 
 
-@pytest.mark.parametrize(("datatype", "binary"), [("UINT16", True), ("UINT16", False), ("FP32", True),
-                                                  ("FP32", False)])
+@pytest.mark.parametrize(("datatype", "binary"), [("UINT16", True), ("UINT16", False), ("FP32", True), ("FP32", False)])
 def test_infer_returns_the_native_peaks(client, frames, native, datatype, binary):
     array = frames if datatype == "UINT16" else frames.astype(np.float32)
     outputs = [httpclient.InferRequestedOutput(name, binary_data=binary) for name in ("num_peaks", "peaks")]
@@ -85,8 +96,9 @@ def test_infer_with_default_outputs_and_lower_rank_layouts(client, frames, nativ
 
 def test_concurrent_requests_share_batches(served, frames, native):
     """8 requests in flight at once (tritonclient's own async_infer): TorchServe batches them (batch size 4)."""
-    client = httpclient.InferenceServerClient(urlsplit(served.inference_url).netloc, concurrency=8,
-                                              network_timeout=TIMEOUT)
+    client = httpclient.InferenceServerClient(
+        urlsplit(served.inference_url).netloc, concurrency=8, network_timeout=TIMEOUT
+    )
     pending = [client.async_infer("peaknet", [frames_input(frames, "UINT16", True)]) for _ in range(8)]
     for request in pending:
         np.testing.assert_array_equal(request.get_result(timeout=TIMEOUT).as_numpy("num_peaks"), native[0])
@@ -113,8 +125,11 @@ def test_malformed_bodies_get_400_with_an_error_string(served):
     cases = [
         (b'{"inputs": [{"name": "frames", "datatype": "UINT16", "shape": [2, 3], "data": [1, 2, 3]}]}', {}),
         (b'{"inputs": [{"name": "image", "datatype": "FP32", "shape": [1, 1], "data": [1]}]}', {}),
-        (b'{"inputs": [{"name": "frames", "datatype": "UINT16", "shape": [2, 2],'
-         b' "parameters": {"binary_data_size": 8}}]}' + b"\x00" * 7, {"Inference-Header-Content-Length": "85"}),
+        (
+            b'{"inputs": [{"name": "frames", "datatype": "UINT16", "shape": [2, 2],'
+            b' "parameters": {"binary_data_size": 8}}]}' + b"\x00" * 7,
+            {"Inference-Header-Content-Length": "85"},
+        ),
         (b"{not json", {"Content-Type": "application/json"}),
     ]
     for body, headers in cases:
@@ -124,8 +139,12 @@ def test_malformed_bodies_get_400_with_an_error_string(served):
 
 
 def test_model_metadata_from_the_handler_on_the_management_api(served):
-    answer = requests.get(f"{served.management_url}/models/peaknet", params={"customized": "true"},
-                          headers=served.headers, timeout=TIMEOUT)
+    answer = requests.get(
+        f"{served.management_url}/models/peaknet",
+        params={"customized": "true"},
+        headers=served.headers,
+        timeout=TIMEOUT,
+    )
     assert answer.status_code == 200, answer.text
     (description,) = answer.json()
     metadata = description["customizedMetadata"]  # the frontend embeds the handler's JSON as an object
@@ -145,6 +164,7 @@ def test_routes_torchserve_does_not_hand_to_the_handler(client, served):
 
 def test_the_predictions_route_keeps_the_native_api(served):
     body = b'{"inputs": [{"name": "frames", "datatype": "UINT16", "shape": [1, 2], "data": [1, 2]}]}'
-    answer = requests.post(served.predict_url, data=body, timeout=TIMEOUT,
-                           headers={**served.headers, "Content-Type": "application/json"})
+    answer = requests.post(
+        served.predict_url, data=body, timeout=TIMEOUT, headers={**served.headers, "Content-Type": "application/json"}
+    )
     assert answer.status_code == 415 and answer.json()["error"]["type"] == "unsupported_media_type"

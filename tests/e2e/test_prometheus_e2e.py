@@ -53,9 +53,15 @@ class Prometheus:
         self.url = f"http://127.0.0.1:{free_port()}"
         self.log = open(workdir / "prometheus.log", "wb")
         self.process = subprocess.Popen(
-            [PROMETHEUS, f"--config.file={workdir / 'prometheus.yml'}", f"--storage.tsdb.path={workdir / 'tsdb'}",
-             f"--web.listen-address={urlsplit(self.url).netloc}"],
-            stdout=self.log, stderr=subprocess.STDOUT)
+            [
+                PROMETHEUS,
+                f"--config.file={workdir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={workdir / 'tsdb'}",
+                f"--web.listen-address={urlsplit(self.url).netloc}",
+            ],
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
 
     def query(self, expr: str) -> list[dict]:
         answer = requests.get(f"{self.url}/api/v1/query", params={"query": expr}, timeout=10)
@@ -105,21 +111,37 @@ def scraped(start_server, tmp_path_factory):
 
 def native(server, frames: np.ndarray) -> tuple[list[int], float]:
     started = time.perf_counter()
-    answer = requests.post(server.predict_url, data=frames.tobytes(), timeout=TIMEOUT, headers={
-        **server.headers, "Content-Type": "application/octet-stream", "X-Dtype": str(frames.dtype),
-        "X-Shape": ",".join(map(str, frames.shape))})
+    answer = requests.post(
+        server.predict_url,
+        data=frames.tobytes(),
+        timeout=TIMEOUT,
+        headers={
+            **server.headers,
+            "Content-Type": "application/octet-stream",
+            "X-Dtype": str(frames.dtype),
+            "X-Shape": ",".join(map(str, frames.shape)),
+        },
+    )
     elapsed = time.perf_counter() - started
     assert answer.status_code == 200, answer.text
     return [f["num_peaks"] for f in answer.json()["frames"]], elapsed
 
 
 def oip(server, frames: np.ndarray) -> tuple[list[int], float]:
-    tensor = {"name": "frames", "datatype": "UINT16", "shape": list(frames.shape),
-              "parameters": {"binary_data_size": frames.nbytes}}
+    tensor = {
+        "name": "frames",
+        "datatype": "UINT16",
+        "shape": list(frames.shape),
+        "parameters": {"binary_data_size": frames.nbytes},
+    }
     header = json.dumps({"inputs": [tensor]}).encode()
     started = time.perf_counter()
-    answer = requests.post(f"{server.inference_url}/v2/models/peaknet/infer", data=header + frames.tobytes(),
-                           timeout=TIMEOUT, headers={**server.headers, "Inference-Header-Content-Length": str(len(header))})
+    answer = requests.post(
+        f"{server.inference_url}/v2/models/peaknet/infer",
+        data=header + frames.tobytes(),
+        timeout=TIMEOUT,
+        headers={**server.headers, "Inference-Header-Content-Length": str(len(header))},
+    )
     elapsed = time.perf_counter() - started
     assert answer.status_code == 200, answer.text
     num_peaks = [o for o in answer.json()["outputs"] if o["name"] == "num_peaks"][0]["data"]
@@ -145,8 +167,10 @@ def test_prometheus_scrapes_histograms_and_evaluates_the_rules(scraped):
     requests_sent = sum(sent.values())
     prometheus.wait_for("sum(PeakNetRequestSeconds_count)", lambda v: v == requests_sent)
 
-    by_protocol = {r["metric"]["Protocol"]: float(r["value"][1])
-                   for r in prometheus.query("sum by (Protocol) (PeakNetRequestSeconds_count)")}
+    by_protocol = {
+        r["metric"]["Protocol"]: float(r["value"][1])
+        for r in prometheus.query("sum by (Protocol) (PeakNetRequestSeconds_count)")
+    }
     assert by_protocol == sent
     prometheus.wait_for("sum(PeakNetFramesServed)", lambda v: v == len(peaks))
     assert prometheus.value("sum(PeakNetPeaksFound)") == sum(peaks)
