@@ -73,3 +73,13 @@ def test_depthwise_padding_on_by_default_and_switchable_by_env():
     assert HandlerSettings.from_mapping({"depthwise_padding": False}, env={}).depthwise_padding is False
     env = {"PEAKNET_DEPTHWISE_PADDING": "false"}
     assert HandlerSettings.from_mapping({"depthwise_padding": True}, env=env).depthwise_padding is False
+
+
+def test_hit_threshold_and_json_limit_from_yaml_and_env():
+    assert HandlerSettings.from_mapping(None, env={}).hit_min_peaks == 10
+    assert HandlerSettings.from_mapping({"hit_min_peaks": 25}, env={}).hit_min_peaks == 25
+    assert HandlerSettings.from_mapping({"hit_min_peaks": 25}, env={"PEAKNET_HIT_MIN_PEAKS": "4"}).hit_min_peaks == 4
+    for bad in (0, -3, "many"):
+        with pytest.raises(ValueError):
+            HandlerSettings.from_mapping({"hit_min_peaks": bad}, env={})
+    assert HandlerSettings.from_mapping({"max_json_bytes": 1024}, env={}).limits.max_json_bytes == 1024

@@ -28,7 +28,8 @@ def triton_body(array: np.ndarray, datatype: str, *, binary: bool = True, output
     tensor = httpclient.InferInput("frames", list(array.shape), datatype)
     tensor.set_data_from_numpy(array, binary_data=binary)
     body, json_size = httpclient.InferenceServerClient.generate_request_body(
-        [tensor], outputs=outputs, request_id=request_id)
+        [tensor], outputs=outputs, request_id=request_id
+    )
     headers = {} if json_size is None else {"inference-header-content-length": str(json_size)}
     return bytearray(body), headers
 
@@ -64,8 +65,9 @@ def test_every_datatype_in_both_tensor_forms(datatype, binary):
     assert request.frames.encoding == "oip"
 
 
-@pytest.mark.parametrize(("shape", "frames"), [((64, 96), (1, 1, 64, 96)), ((2, 64, 96), (1, 2, 64, 96)),
-                                               ((3, 2, 64, 96), (3, 2, 64, 96))])
+@pytest.mark.parametrize(
+    ("shape", "frames"), [((64, 96), (1, 1, 64, 96)), ((2, 64, 96), (1, 2, 64, 96)), ((3, 2, 64, 96), (3, 2, 64, 96))]
+)
 def test_layouts(shape, frames):
     array = np.arange(np.prod(shape), dtype=np.uint16).reshape(shape)
     request = decode_oip_request(*triton_body(array, "UINT16"), SMALL)
@@ -104,7 +106,9 @@ def test_requested_outputs_id_and_binary_flags():
 
     body, headers = json_body(frames_input(shape=(1, 2), data=[1, 2]))
     assert decode_oip_request(body, headers, SMALL).outputs == (
-        RequestedOutput("num_peaks", False), RequestedOutput("peaks", False))
+        RequestedOutput("num_peaks", False),
+        RequestedOutput("peaks", False),
+    )
 
 
 @pytest.mark.parametrize("datatype", ["BOOL", "INT8", "INT64", "UINT64", "BF16", "BYTES", "uint16", 16, None])
@@ -159,15 +163,26 @@ def test_bad_inference_header_length(value):
         (b"{}", "missing_input"),
         (b'{"inputs": []}', "missing_input"),
         (b'{"inputs": [{"name": "image", "datatype": "UINT8", "shape": [1, 2], "data": [1, 2]}]}', "unknown_input"),
-        (b'{"inputs": [{"name": "frames", "datatype": "UINT8", "shape": [1, 2], "data": [1, 2]},'
-         b' {"name": "frames", "datatype": "UINT8", "shape": [1, 2], "data": [1, 2]}]}', "unknown_input"),
+        (
+            b'{"inputs": [{"name": "frames", "datatype": "UINT8", "shape": [1, 2], "data": [1, 2]},'
+            b' {"name": "frames", "datatype": "UINT8", "shape": [1, 2], "data": [1, 2]}]}',
+            "unknown_input",
+        ),
         (b'{"inputs": [{"name": "frames", "datatype": "UINT8", "shape": [1, 2]}]}', "missing_data"),
-        (b'{"inputs": [{"name": "frames", "datatype": "UINT8", "shape": [1, 2], "data": [1, 2]}], "id": 7}',
-         "bad_json"),
-        (b'{"inputs": [{"name": "frames", "datatype": "UINT8", "shape": [1, 2], "data": [1, 2]}],'
-         b' "outputs": [{"name": "mask"}]}', "unknown_output"),
-        (b'{"inputs": [{"name": "frames", "datatype": "UINT8", "shape": [1, 2], "data": [1, 2]}],'
-         b' "parameters": {"binary_data_output": "yes"}}', "bad_parameters"),
+        (
+            b'{"inputs": [{"name": "frames", "datatype": "UINT8", "shape": [1, 2], "data": [1, 2]}], "id": 7}',
+            "bad_json",
+        ),
+        (
+            b'{"inputs": [{"name": "frames", "datatype": "UINT8", "shape": [1, 2], "data": [1, 2]}],'
+            b' "outputs": [{"name": "mask"}]}',
+            "unknown_output",
+        ),
+        (
+            b'{"inputs": [{"name": "frames", "datatype": "UINT8", "shape": [1, 2], "data": [1, 2]}],'
+            b' "parameters": {"binary_data_output": "yes"}}',
+            "bad_parameters",
+        ),
     ],
 )
 def test_malformed_requests(body, kind):
@@ -214,15 +229,20 @@ json_values = st.recursive(
     max_leaves=20,
 )
 tensors = st.fixed_dictionaries(
-    {"name": st.sampled_from(["frames", "x"]), "datatype": st.sampled_from([*OIP_DATATYPES, "BOOL"]),
-     "shape": st.lists(st.integers(-2, 5), max_size=5)},
-    optional={"data": json_values, "parameters": st.dictionaries(st.sampled_from(["binary_data_size"]),
-                                                                 st.integers(-1, 400) | json_values)})
+    {
+        "name": st.sampled_from(["frames", "x"]),
+        "datatype": st.sampled_from([*OIP_DATATYPES, "BOOL"]),
+        "shape": st.lists(st.integers(-2, 5), max_size=5),
+    },
+    optional={
+        "data": json_values,
+        "parameters": st.dictionaries(st.sampled_from(["binary_data_size"]), st.integers(-1, 400) | json_values),
+    },
+)
 
 
 @settings(max_examples=300, deadline=None)
-@given(inputs=st.lists(tensors, max_size=2), extra=json_values, tail=st.binary(max_size=64),
-       with_length=st.booleans())
+@given(inputs=st.lists(tensors, max_size=2), extra=json_values, tail=st.binary(max_size=64), with_length=st.booleans())
 def test_any_request_decodes_or_gets_a_request_error(inputs, extra, tail, with_length):
     request = {"inputs": inputs, "outputs": extra, "parameters": extra}
     text = json.dumps(request).encode()

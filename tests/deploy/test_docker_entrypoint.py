@@ -358,8 +358,13 @@ def test_entrypoint_starts_torchserve_with_token_auth(tmp_path, archive):
                     pass
             time.sleep(1)
         assert requests.get(f"{url}/ping", timeout=5).status_code != 200, "token authorisation is on"
-        health = subprocess.run([sys.executable, str(HEALTHCHECK)], capture_output=True, timeout=30,
-                                env={**os.environ, "PEAKNET_HOME": str(tmp_path), "PEAKNET_INFERENCE_PORT": ports["INFERENCE"]})
+        health_env = {**os.environ, "PEAKNET_HOME": str(tmp_path), "PEAKNET_INFERENCE_PORT": ports["INFERENCE"],
+                      "PEAKNET_MANAGEMENT_PORT": ports["MANAGEMENT"]}
+        while True:  # /ping answers before the worker is READY; the readiness check waits for it
+            health = subprocess.run([sys.executable, str(HEALTHCHECK)], capture_output=True, timeout=30, env=health_env)
+            if health.returncode == 0 or time.monotonic() > deadline:
+                break
+            time.sleep(1)
         assert health.returncode == 0, health.stderr
         report = tmp_path / "report.json"
         code = loadtest.main(["--url", url, "--key-file", str(key_file), "--geometry", "2,64,64", "--simulator", "spots",

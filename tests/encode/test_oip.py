@@ -13,7 +13,14 @@ from peaknet_serve.encode.oip import PEAK_COLUMNS, model_metadata, oip_error, oi
 httpclient = pytest.importorskip("tritonclient.http", reason="pip install 'tritonclient[http]'")
 
 FRAMES = [
-    {"num_peaks": 2, "panel": [0, 3], "ss": [1.5, 20.25], "fs": [7.0, 8.5], "npix": [4, 9], "intensity": [100.0, 2500.5]},
+    {
+        "num_peaks": 2,
+        "panel": [0, 3],
+        "ss": [1.5, 20.25],
+        "fs": [7.0, 8.5],
+        "npix": [4, 9],
+        "intensity": [100.0, 2500.5],
+    },
     {"num_peaks": 0, "panel": [], "ss": [], "fs": [], "npix": [], "intensity": []},
     {"num_peaks": 1, "panel": [1], "ss": [63.0], "fs": [0.0], "npix": [1], "intensity": [12.0]},
 ]
@@ -38,8 +45,14 @@ def test_peak_outputs_rows_follow_the_frames():
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
 def test_the_client_reads_both_outputs(binary):
     outputs = peak_outputs(FRAMES)
-    encoded = oip_response(outputs, [RequestedOutput(n, binary) for n in BOTH], model_name="peaknet",
-                           model_version="1.0", request_id="r1", parameters={"precision": "fp32"})
+    encoded = oip_response(
+        outputs,
+        [RequestedOutput(n, binary) for n in BOTH],
+        model_name="peaknet",
+        model_version="1.0",
+        request_id="r1",
+        parameters={"precision": "fp32"},
+    )
     assert (encoded.header_length is not None) == binary
     assert encoded.content_type == ("application/octet-stream" if binary else "application/json")
     result = result_of(encoded)
@@ -53,8 +66,9 @@ def test_the_client_reads_both_outputs(binary):
 
 def test_mixed_binary_and_json_outputs_and_a_subset():
     outputs = peak_outputs(FRAMES)
-    encoded = oip_response(outputs, [RequestedOutput("peaks", True), RequestedOutput("num_peaks", False)],
-                           model_name="peaknet")
+    encoded = oip_response(
+        outputs, [RequestedOutput("peaks", True), RequestedOutput("num_peaks", False)], model_name="peaknet"
+    )
     result = result_of(encoded)
     np.testing.assert_array_equal(result.as_numpy("peaks"), outputs["peaks"])
     np.testing.assert_array_equal(result.as_numpy("num_peaks"), outputs["num_peaks"])

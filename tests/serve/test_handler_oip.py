@@ -39,8 +39,9 @@ def model_dir(tmp_path_factory) -> Path:
 def make_context(model_dir: Path, metrics=None) -> Context:
     section = {"warmup_shapes": [[1, 64, 96]], "model_label": "tiny", "hit_min_peaks": 3}
     manifest = {"model": {"modelName": "peaknet", "modelVersion": "1.0"}}
-    return Context("peaknet", str(model_dir), manifest, 4, None, "0.12.0", metrics=metrics,
-                   model_yaml_config={"handler": section})
+    return Context(
+        "peaknet", str(model_dir), manifest, 4, None, "0.12.0", metrics=metrics, model_yaml_config={"handler": section}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -53,8 +54,9 @@ def handler(model_dir) -> PeakNetHandler:
 def run_batch(handler, context, requests):
     context.request_processor = [RequestProcessor(headers) for _, headers in requests]
     bodies = handler.handle([row for row, _ in requests], context)
-    return [(context.get_response_status(i)[0], bodies[i], context.get_response_headers(i))
-            for i in range(len(requests))]
+    return [
+        (context.get_response_status(i)[0], bodies[i], context.get_response_headers(i)) for i in range(len(requests))
+    ]
 
 
 def oip_request(frames: np.ndarray, datatype="UINT16", binary=True, outputs=None):
@@ -69,23 +71,33 @@ def oip_request(frames: np.ndarray, datatype="UINT16", binary=True, outputs=None
 
 
 def native_request(frames: np.ndarray):
-    return ({"body": bytearray(frames.tobytes())},
-            {"Content-Type": "application/octet-stream", "X-Dtype": str(frames.dtype),
-             "X-Shape": ",".join(map(str, frames.shape)), "body": {"content-type": "application/octet-stream"}})
+    return (
+        {"body": bytearray(frames.tobytes())},
+        {
+            "Content-Type": "application/octet-stream",
+            "X-Dtype": str(frames.dtype),
+            "X-Shape": ",".join(map(str, frames.shape)),
+            "body": {"content-type": "application/octet-stream"},
+        },
+    )
 
 
 def triton_result(status, body, headers):
     assert status == 200, body
     length = headers.get("Inference-Header-Content-Length")
-    return httpclient.InferResult.from_response_body(body if isinstance(body, bytes) else body.encode(),
-                                                     header_length=None if length is None else int(length))
+    return httpclient.InferResult.from_response_body(
+        body if isinstance(body, bytes) else body.encode(), header_length=None if length is None else int(length)
+    )
 
 
 def native_peaks(answer_json: str) -> tuple[np.ndarray, np.ndarray]:
     frames = json.loads(answer_json)["frames"]
     num = np.array([f["num_peaks"] for f in frames], np.int32)
-    rows = [[i, *values] for i, f in enumerate(frames)
-            for values in zip(f["panel"], f["ss"], f["fs"], f["npix"], f["intensity"])]
+    rows = [
+        [i, *values]
+        for i, f in enumerate(frames)
+        for values in zip(f["panel"], f["ss"], f["fs"], f["npix"], f["intensity"])
+    ]
     return num, np.array(rows, np.float32).reshape(-1, 6)
 
 
@@ -93,10 +105,16 @@ def test_protocol_answers_match_the_native_api_in_one_batch(handler, model_dir):
     frames = spot_frames(n=2)
     context = make_context(model_dir)
     json_outputs = [httpclient.InferRequestedOutput(name, binary_data=False) for name in ("num_peaks", "peaks")]
-    answers = run_batch(handler, context, [
-        native_request(frames), oip_request(frames),
-        oip_request(frames.astype(np.float32), "FP32", binary=False, outputs=json_outputs),
-        oip_request(frames[0, 1])])
+    answers = run_batch(
+        handler,
+        context,
+        [
+            native_request(frames),
+            oip_request(frames),
+            oip_request(frames.astype(np.float32), "FP32", binary=False, outputs=json_outputs),
+            oip_request(frames[0, 1]),
+        ],
+    )
     num, peaks = native_peaks(answers[0][1])
     assert num.sum() > 0
     for answer in answers[1:3]:
@@ -127,6 +145,24 @@ def test_bad_tensors_get_protocol_errors_and_leave_batch_mates_alone(handler, mo
     triton_result(*answers[1])
 
 
+def test_the_predictions_route_keeps_the_native_api(handler, model_dir):
+    """TorchServe marks /predictions/{model} requests with url_path: a protocol body there is not read as one."""
+    row, headers = oip_request(spot_frames(n=1))
+    json_row = {"body": bytearray(b'{"inputs": []}')}
+    json_headers = {"Content-Type": "application/json", "body": {"content-type": "application/json"}}
+    answers = run_batch(
+        handler,
+        make_context(model_dir),
+        [(row, {**headers, "url_path": ""}), (json_row, {**json_headers, "url_path": ""}), (json_row, json_headers)],
+    )
+    assert [a[0] for a in answers] == [400, 415, 400]
+    assert json.loads(answers[0][1])["error"]["type"] == "missing_option"  # native: raw bytes without X-Dtype
+    assert json.loads(answers[1][1])["error"]["type"] == "unsupported_media_type"
+    assert json.loads(answers[2][1]) == {
+        "error": "missing_input: the request needs 'inputs' with one tensor named 'frames'."
+    }
+
+
 def test_describe_returns_the_model_metadata(handler, model_dir):
     context = make_context(model_dir)
     context.request_processor = [RequestProcessor({"describe": "True"})]
@@ -139,8 +175,20 @@ def test_describe_returns_the_model_metadata(handler, model_dir):
 
 def test_peak_buckets_are_cumulative():
     assert peak_buckets([0, 3, 3, 7, 5000]) == [
-        ("0", 1), ("1", 1), ("2", 1), ("5", 3), ("10", 4), ("20", 4), ("50", 4), ("100", 4), ("200", 4),
-        ("500", 4), ("1000", 4), ("2000", 4), ("+Inf", 5)]
+        ("0", 1),
+        ("1", 1),
+        ("2", 1),
+        ("5", 3),
+        ("10", 4),
+        ("20", 4),
+        ("50", 4),
+        ("100", 4),
+        ("200", 4),
+        ("500", 4),
+        ("1000", 4),
+        ("2000", 4),
+        ("+Inf", 5),
+    ]
     assert peak_buckets([]) == [(str(b), 0) for b in PEAK_BUCKETS] + [("+Inf", 0)]
 
 
@@ -163,17 +211,22 @@ def test_metrics_published_through_torchserves_cache(handler, model_dir, caplog)
     handler.metrics = type(handler.metrics)(context.metrics, "peaknet")
     frames = spot_frames(n=3, spots=2)
     with caplog.at_level(logging.INFO):
-        answers = run_batch(handler, context, [native_request(frames), oip_request(frames),
-                                               oip_request(frames.astype(np.int64), "INT64")])
+        answers = run_batch(
+            handler,
+            context,
+            [native_request(frames), oip_request(frames), oip_request(frames.astype(np.int64), "INT64")],
+        )
     num, _ = native_peaks(answers[0][1])
     lines = published(caplog)
 
-    requests = [(labels["Protocol"], value) for name, unit, value, labels, kind in lines
-                if name == "PeakNetRequestSeconds"]
+    requests = [
+        (labels["Protocol"], value) for name, unit, value, labels, kind in lines if name == "PeakNetRequestSeconds"
+    ]
     assert sorted(p for p, _ in requests) == ["native", "oip", "oip"]
     assert all(0 < v < 60 for _, v in requests)
     assert {kind for name, *_, kind in lines if name in ("PeakNetRequestSeconds", "PeakNetStageSeconds")} == {
-        "HISTOGRAM"}
+        "HISTOGRAM"
+    }
     stages = {labels["Stage"] for name, _, _, labels, _ in lines if name == "PeakNetStageSeconds"}
     assert stages == {"decode", "h2d", "inference", "postprocess", "handle"}
 

@@ -15,7 +15,7 @@ TorchServe calls :meth:`PeakNetHandler.handle` with a batch of requests (``batch
 
 Requests in the Open Inference Protocol (KServe v2 / Triton HTTP: ``POST /v2/models/peaknet/infer``
 with a JSON inference header, optionally binary tensors after it) are recognised per request
-(:func:`peaknet_serve.decode.oip.is_oip_request`), decoded by :mod:`peaknet_serve.decode.oip`
+(not on the ``/predictions`` route, and :func:`peaknet_serve.decode.oip.is_oip_request`), decoded by :mod:`peaknet_serve.decode.oip`
 and answered by :mod:`peaknet_serve.encode.oip`, errors included; they share batches with native
 requests. The management API's ``GET /models/peaknet?customized=true`` returns the protocol's
 model metadata (:meth:`PeakNetHandler.model_metadata`).
@@ -56,6 +56,7 @@ from peaknet_serve.serve.http import (
     as_oip_error,
     error_answer,
     mark_repeated_fields,
+    on_predictions_route,
     request_headers,
     request_payload,
     server_error,
@@ -176,7 +177,7 @@ class PeakNetHandler(BaseHandler):
                 headers, field_types = request_headers(context, idx)
                 cxi = wants_cxi(headers)
                 body, content_type, options = request_payload(row, headers, field_types)
-                if is_oip_request(headers, memoryview(body)):
+                if not on_predictions_route(headers) and is_oip_request(headers, memoryview(body)):
                     protocols[idx] = "oip"
                     request = decode_oip_request(body, headers, self.settings.limits)
                     decoded.append(Decoded(idx, request.frames, cxi=False, oip=request))

@@ -151,6 +151,10 @@ def _quality(offer: str, ranges: list[tuple[str, float]]) -> tuple[float, int]:
         if specificity > best[1]:
             best = (quality, specificity)
     return best
+def on_predictions_route(headers: Mapping[str, str]) -> bool:
+    """True for a request to ``/predictions/{model}``: TorchServe 0.12's frontend adds the header
+    ``url_path`` to those only (not to ``/v2/models/{model}/infer``). Such requests use the native API."""
+    return "url_path" in headers
 
 
 def wants_cxi(headers: Mapping[str, str]) -> bool:
