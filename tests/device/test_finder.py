@@ -241,3 +241,15 @@ def test_with_threshold_shares_the_model_and_leaves_the_original():
     panels = torch.from_numpy(spot_frames(n=1, seed=3).reshape(-1, 64, 96))
     expected = PanelPeakFinder(model, dtype=torch.float32, device=torch.device("cpu"), threshold=0.95).find(panels)
     torch.testing.assert_close(strict.find(panels).table.ss, expected.table.ss)
+
+
+@pytest.mark.parametrize("shape", [(1, 2, 3), (2, 1, 1), (1, 32, 32), (1, 32, 70)])
+def test_tiny_panels_are_answered(shape):
+    """Panels of 32 px or less: the head's GroupNorm needs more than one value per channel at
+    stride 32, so they are padded to 64; the answer is an empty or real peak table, not an error."""
+    model = load_peaknet(FIXTURE, dtype="float32")
+    finder = PanelPeakFinder(model, dtype=torch.float32, device=torch.device("cpu"))
+    panels = torch.zeros(shape)
+    panels[..., 0, 0] = 1000.0
+    table = finder.find(panels).table
+    assert len(table) <= shape[0] and bool((table.ss < shape[1]).all() and (table.fs < shape[2]).all())

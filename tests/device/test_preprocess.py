@@ -26,7 +26,7 @@ def test_instance_norm_matches_public_formula():
 
 
 def test_padding_to_multiple_of_32():
-    assert [padded_size(s) for s in (1, 32, 33, 352, 385)] == [32, 32, 64, 352, 416]
+    assert [padded_size(s) for s in (1, 32, 33, 64, 352, 385)] == [64, 64, 64, 64, 352, 416]
     x = torch.ones(2, 70, 100)
     padded = pad_to_multiple(x)
     assert padded.shape == (2, 96, 128)

@@ -9,7 +9,7 @@ Pipeline for a batch of panels ``raw`` (B, H, W) in any numeric dtype:
 2. ``normalize_images``: per-image instance norm as the public PeakNet applies it
    (``peaknet.tensor_transforms.InstanceNorm``: mean and population variance over the image,
    ``(x - mean) / sqrt(var + eps)``), statistics in float32.
-3. ``pad_to_multiple``: zero-pad the bottom/right edge to the network's multiple of 32 (zero is the
+3. ``pad_to_multiple``: zero-pad the bottom/right edge to the network's multiple of 32, 64 at least (zero is the
    normalised mean, so the padding adds no structure); results are cropped back afterwards.
 4. cast to the model's dtype (bf16/fp16/float32).
 """
@@ -61,8 +61,13 @@ def normalize_images(x: torch.Tensor, eps: float = INSTANCE_NORM_EPS) -> torch.T
 
 
 def padded_size(size: int, multiple: int = NETWORK_STRIDE) -> int:
-    """Smallest multiple of ``multiple`` that is >= ``size``."""
-    return -(-size // multiple) * multiple
+    """Smallest multiple of ``multiple`` that is >= ``size``, and at least ``2 * multiple``.
+
+    The floor keeps the network's coarsest level (stride ``multiple``) at 2 x 2 or more: a
+    per-channel norm there (the head's GroupNorm) needs more than one value per channel, so a panel
+    of 32 x 32 pixels or less would fail the whole micro-batch.
+    """
+    return max(-(-size // multiple) * multiple, 2 * multiple)
 
 
 def pad_to_multiple(x: torch.Tensor, multiple: int = NETWORK_STRIDE) -> torch.Tensor:
