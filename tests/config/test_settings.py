@@ -73,3 +73,8 @@ def test_depthwise_padding_on_by_default_and_switchable_by_env():
     assert HandlerSettings.from_mapping({"depthwise_padding": False}, env={}).depthwise_padding is False
     env = {"PEAKNET_DEPTHWISE_PADDING": "false"}
     assert HandlerSettings.from_mapping({"depthwise_padding": True}, env=env).depthwise_padding is False
+
+
+def test_model_label_from_env():
+    assert HandlerSettings.from_mapping({"model_label": "peaknet-sim"}, env={"PEAKNET_MODEL_LABEL": "mine"}).model_label == "mine"
+    assert HandlerSettings.from_mapping({"model_label": "peaknet-sim"}, env={}).model_label == "peaknet-sim"

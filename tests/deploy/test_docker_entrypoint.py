@@ -149,6 +149,16 @@ def test_model_files_resolve_under_the_models_dir(tmp_path, archive):
     assert env["PEAKNET_WEIGHTS"] == str(tmp_path / "models" / "w.safetensors")
     assert env["PEAKNET_CONFIG"] == str(tmp_path / "elsewhere.yaml")
     assert env["PEAKNET_PRECISION"] == "bf16"
+    assert env["PEAKNET_MODEL_LABEL"] == "w"  # answers name the user's checkpoint, not the bundled model
+
+
+def test_model_label_is_kept_when_given(tmp_path, archive):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "w.safetensors").write_bytes(b"x")
+    result = run_entrypoint(tmp_path, archive, "--print-config", PEAKNET_WEIGHTS="w.safetensors",
+                            PEAKNET_MODEL_LABEL="peaknet-673m-run42")
+    assert result.returncode == 0, result.stderr
+    assert printed_command(result)[0]["PEAKNET_MODEL_LABEL"] == "peaknet-673m-run42"
 
 
 @pytest.mark.parametrize(
@@ -191,32 +201,50 @@ def test_configure_mar_rejects_unknown_keys(tmp_path, archive):
 # ---------------------------------------------------------------------------- health check
 
 
-class Ping(BaseHTTPRequestHandler):
-    key = "inference-key"
+class TorchServeAPIs(BaseHTTPRequestHandler):
+    """TorchServe's /ping (inference key) and model description (management key), worker state settable."""
+
+    keys = {"inference": "inference-key", "management": "management-key"}
+    worker_status = "READY"
 
     def log_message(self, *args):
         pass
 
     def do_GET(self):
-        ok = self.path == "/ping" and self.headers.get("Authorization") == f"Bearer {self.key}"
-        self.send_response(200 if ok else 401)
-        self.send_header("Content-Length", "0")
+        api = "inference" if self.path == "/ping" else "management"
+        if self.headers.get("Authorization") != f"Bearer {self.keys[api]}":
+            body, status = b'{"code": 400, "message": "Token Authorization failed"}', 400
+        elif self.path == "/ping":
+            body, status = b'{"status": "Healthy"}', 200
+        elif self.path == "/models/peaknet":
+            body, status = json.dumps([{"modelName": "peaknet", "workers": [{"status": self.worker_status}]}]).encode(), 200
+        else:
+            body, status = b"{}", 404
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
         self.end_headers()
+        self.wfile.write(body)
 
 
-def test_healthcheck_uses_the_key_file(tmp_path):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Ping)
+def test_healthcheck_needs_the_keys_and_a_ready_worker(tmp_path):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), TorchServeAPIs)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    env = {**os.environ, "PEAKNET_HOME": str(tmp_path), "PEAKNET_INFERENCE_PORT": str(server.server_address[1])}
+    port = str(server.server_address[1])
+    env = {**os.environ, "PEAKNET_HOME": str(tmp_path), "PEAKNET_INFERENCE_PORT": port, "PEAKNET_MANAGEMENT_PORT": port}
+    check = lambda: subprocess.run([sys.executable, str(HEALTHCHECK)], env=env, capture_output=True, text=True, timeout=30)  # noqa: E731
     try:
-        check = lambda: subprocess.run([sys.executable, str(HEALTHCHECK)], env=env, capture_output=True, timeout=30)  # noqa: E731
-        assert check().returncode == 1  # no key file yet: 401
-        (tmp_path / "key_file.json").write_text(json.dumps({"inference": {"key": "inference-key"}}))
+        result = check()
+        assert result.returncode == 1 and "/ping answered 400" in result.stderr  # no key file yet
+        (tmp_path / "key_file.json").write_text(json.dumps({k: {"key": v} for k, v in TorchServeAPIs.keys.items()}))
         assert check().returncode == 0
+        TorchServeAPIs.worker_status = "UNLOADING"  # /ping is Healthy while the worker is not serving
+        result = check()
+        assert result.returncode == 1 and "no READY worker" in result.stderr
     finally:
+        TorchServeAPIs.worker_status = "READY"
         server.shutdown()
         server.server_close()
-    assert subprocess.run([sys.executable, str(HEALTHCHECK)], env=env, capture_output=True, timeout=30).returncode == 1
+    assert check().returncode == 1  # nothing listens any more
 
 
 # ---------------------------------------------------------------------------- Dockerfile
@@ -242,7 +270,8 @@ def test_dockerfile_facts():
     assert "EXPOSE 8080 8082" in text and "HEALTHCHECK" in text and "/opt/peaknet/docker/healthcheck.py" in text
     assert "USER 10001" in text and "openjdk-17-jre-headless" in text
     assert "peaknet_serve.launch.archive --export-path /opt/peaknet/model_store" in text
-    assert 'ENTRYPOINT ["/opt/peaknet/docker/entrypoint.sh"]' in text
+    # tini as PID 1 forwards SIGTERM to the process group (a bare PID 1 ignores it: `docker stop` would SIGKILL)
+    assert 'ENTRYPOINT ["/usr/bin/tini", "-g", "--", "/opt/peaknet/docker/entrypoint.sh"]' in text and "tini=" in text
     assert "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True" in text  # workers inherit the allocator setting
     pins = [line for line in (ROOT / "docker" / "requirements.txt").read_text().splitlines() if line and not line.startswith("#")]
     assert pins and all("==" in line for line in pins)
@@ -312,7 +341,8 @@ def test_entrypoint_starts_torchserve_with_token_auth(tmp_path, archive):
             time.sleep(1)
         assert requests.get(f"{url}/ping", timeout=5).status_code != 200, "token authorisation is on"
         health = subprocess.run([sys.executable, str(HEALTHCHECK)], capture_output=True, timeout=30,
-                                env={**os.environ, "PEAKNET_HOME": str(tmp_path), "PEAKNET_INFERENCE_PORT": ports["INFERENCE"]})
+                                env={**os.environ, "PEAKNET_HOME": str(tmp_path), "PEAKNET_INFERENCE_PORT": ports["INFERENCE"],
+                                     "PEAKNET_MANAGEMENT_PORT": ports["MANAGEMENT"]})
         assert health.returncode == 0, health.stderr
         report = tmp_path / "report.json"
         code = loadtest.main(["--url", url, "--key-file", str(key_file), "--geometry", "2,64,64", "--simulator", "spots",

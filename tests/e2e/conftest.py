@@ -4,7 +4,8 @@
 size 4 and a 100 ms batch delay, so concurrent requests really share TorchServe batches.
 ``start_server`` starts further servers with other environments (e.g. ``PEAKNET_PRECISION``).
 Each server gets free ports, its own temp dir (TorchServe's pid file lives there) and logs; it is
-stopped by killing its process group.
+stopped by killing its process group. ``restart_server`` stops one and starts it again on the
+same ports (a server restart as clients see it).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,6 +49,8 @@ class Server:
     log_dir: Path
     process: subprocess.Popen
     headers: dict[str, str] = field(default_factory=dict)
+    workdir: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
 
     @property
     def predict_url(self) -> str:
@@ -64,16 +68,34 @@ def model_store(tmp_path_factory) -> Path:
     return store
 
 
+def _spawn(workdir: Path, env: dict[str, str]) -> subprocess.Popen:
+    log = open(workdir / "torchserve.out", "ab")
+    return subprocess.Popen(torchserve_command(workdir / "config.properties", foreground=True), cwd=workdir, env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
 def _launch(workdir: Path, store: Path, env_extra: dict[str, str]) -> Server:
     (workdir / "tmp").mkdir(parents=True, exist_ok=True)
     config = workdir / "config.properties"
     urls = write_loopback_config(config, store, ["peaknet"], {"max_request_size": "134217728"})
     log_dir = workdir / "logs"
     env = torchserve_env(log_dir, {"TMPDIR": str(workdir / "tmp"), **env_extra})
-    log = open(workdir / "torchserve.out", "wb")
-    process = subprocess.Popen(torchserve_command(config, foreground=True), cwd=workdir, env=env,
-                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    server = Server(urls["inference"], urls["management"], urls["metrics"], log_dir, process)
+    process = _spawn(workdir, env)
+    server = Server(urls["inference"], urls["management"], urls["metrics"], log_dir, process, workdir=workdir, env=env)
+    _wait(server)
+    return server
+
+
+def restart_server(server: Server, down_s: float = 0.0) -> None:
+    """Stop ``server``, wait ``down_s`` seconds, start it again on the same ports; returns once it is ready."""
+    _stop(server)
+    time.sleep(down_s)
+    server.process = _spawn(server.workdir, server.env)
+    _wait(server)
+
+
+def _wait(server: Server) -> None:
+    process, workdir, log_dir = server.process, server.workdir, server.log_dir
     try:
         wait_ready(server.inference_url, server.management_url, "peaknet", START_TIMEOUT,
                    alive=lambda: process.poll() is None)
@@ -81,7 +103,6 @@ def _launch(workdir: Path, store: Path, env_extra: dict[str, str]) -> Server:
         _stop(server)
         pytest.fail(f"{exc}\n{(workdir / 'torchserve.out').read_text(errors='replace')[-3000:]}\n"
                     f"{log_tail(log_dir)}")
-    return server
 
 
 def _stop(server: Server) -> None:
