@@ -231,6 +231,37 @@ def test_server_restart_mid_stream_loses_no_frame(start_server, tmp_path):
     assert list(files["frame_index"]) == list(range(n)) and not files["failed"].any()
 
 
+def test_a_killed_worker_loses_no_frame(start_server, tmp_path):
+    """TorchServe answers 500 "Worker died." for the batch a dying worker held; those requests are retried."""
+    import signal
+
+    server = start_server()
+    frames = spot_frames(n=4, p=1, h=64, w=96, seed=9)
+    n = 160
+    bridge, thread, outcome = start_bridge(server.inference_url, tmp_path, max_frames=n, frames_per_file=80)
+    context, socket = producer_socket(bridge.bound[0])
+    producer = threading.Thread(target=lambda: push(socket, frames, n, 40.0, batch=2))
+    try:
+        producer.start()
+        deadline = time.monotonic() + 60
+        while bridge.stats.snapshot().counts.frames_out < 8 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        while not bridge.in_flight and time.monotonic() < deadline:  # kill it while it holds requests
+            time.sleep(0.01)
+        described = requests.get(f"{server.management_url}/models/peaknet", timeout=10).json()
+        os.kill(int(described[0]["workers"][0]["pid"]), signal.SIGTERM)
+        producer.join(300)
+        result = finish(thread, outcome, timeout_s=300)
+    finally:
+        socket.close(linger=1000)
+        context.term()
+    print(f"\nworker killed: {result['retries']} retries ({result['retry_reasons']})")
+    assert result["frames_received"] == result["frames_answered"] == n, (result["errors"], result["retry_reasons"])
+    assert result["retries"] > 0
+    files = read_files(tmp_path)
+    assert list(files["frame_index"]) == list(range(n)) and not files["failed"].any()
+
+
 def test_unreachable_server_counts_frames_as_failed(tmp_path):
     with __import__("socket").socket() as probe:
         probe.bind(("127.0.0.1", 0))

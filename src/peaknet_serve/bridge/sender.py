@@ -3,8 +3,11 @@
 A request is retried while the server is *unavailable* (connection refused or reset, timeouts,
 HTTP 429/502/503/504, and, with a key file, a rejected token: a restarted TorchServe writes new
 keys) with exponential back-off, for at most ``retry_for_s`` seconds from its first failure; then
-it fails with :class:`SendFailed`. Any other answer (a 4xx about the frames, a 500) fails at once:
-resending the same bytes would get the same answer.
+it fails with :class:`SendFailed`. TorchServe answers 500 "Worker died." to the requests of a batch
+whose worker was killed (a server being stopped, a crash): those are retried ``worker_died_retries``
+times only, since a request that itself kills the worker would otherwise do so again and again.
+Any other answer (a 4xx about the frames, another 500) fails at once: resending the same bytes
+would get the same answer.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from peaknet_serve.clients.payloads import check_prediction, encode_request, rea
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 TOKEN_REJECTED = "Token Authorization failed"
+WORKER_DIED = "Worker died"
 
 
 class SendFailed(RuntimeError):
@@ -40,6 +44,7 @@ class RetryPolicy:
     retry_for_s: float = 300.0
     first_backoff_s: float = 0.25
     max_backoff_s: float = 5.0
+    worker_died_retries: int = 2
 
     def delay(self, attempt: int) -> float:
         """Seconds to wait before retry number ``attempt`` (0-based)."""
@@ -120,7 +125,7 @@ class PeakServer:
             SendFailed: a non-retryable answer, or the server stayed unavailable past the policy.
         """
         request = encode_request(frames, self.encoding)
-        attempt, first_failure = 0, None
+        attempt, first_failure, worker_deaths = 0, None, 0
         while True:
             attempt += 1
             try:
@@ -135,9 +140,14 @@ class PeakServer:
             else:
                 if answer.status_code == 200:
                     return self._checked(answer, request.n_frames, attempt)
-                if not is_unavailable(answer.status_code, answer.text, self._key_file is not None):
+                died = answer.status_code == 500 and WORKER_DIED in answer.text
+                worker_deaths += died
+                retry = (died and worker_deaths <= self.policy.worker_died_retries) or is_unavailable(
+                    answer.status_code, answer.text, self._key_file is not None
+                )
+                if not retry:
                     raise SendFailed(f"HTTP {answer.status_code}: {answer.text[:300]}", attempt)
-                reason = f"HTTP {answer.status_code}"
+                reason = f"HTTP {answer.status_code}" + (" worker died" if died else "")
             now = time.monotonic()
             first_failure = now if first_failure is None else first_failure
             delay = self.policy.delay(attempt - 1)

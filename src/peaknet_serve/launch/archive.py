@@ -26,7 +26,7 @@ from peaknet_serve.resources import BUNDLED_MODEL_CONFIG, MODEL_CONFIG, MODEL_ST
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 # Sub-packages the worker never imports: the torch-free clients, simulators, evaluation and tooling.
-NOT_SERVED = {"clients", "sim", "eval", "training", "launch"}
+NOT_SERVED = {"clients", "bridge", "sim", "eval", "training", "launch"}
 
 
 def _server_files_only(directory: str, names: list[str]) -> set[str]:
