@@ -340,10 +340,15 @@ def test_entrypoint_starts_torchserve_with_token_auth(tmp_path, archive):
                     pass
             time.sleep(1)
         assert requests.get(f"{url}/ping", timeout=5).status_code != 200, "token authorisation is on"
-        health = subprocess.run([sys.executable, str(HEALTHCHECK)], capture_output=True, timeout=30,
-                                env={**os.environ, "PEAKNET_HOME": str(tmp_path), "PEAKNET_INFERENCE_PORT": ports["INFERENCE"],
-                                     "PEAKNET_MANAGEMENT_PORT": ports["MANAGEMENT"]})
-        assert health.returncode == 0, health.stderr
+        health_env = {**os.environ, "PEAKNET_HOME": str(tmp_path), "PEAKNET_INFERENCE_PORT": ports["INFERENCE"],
+                      "PEAKNET_MANAGEMENT_PORT": ports["MANAGEMENT"]}
+        while True:  # /ping is 200 before the worker is READY; the health check waits for the worker
+            health = subprocess.run([sys.executable, str(HEALTHCHECK)], capture_output=True, timeout=30, env=health_env)
+            if health.returncode == 0:
+                break
+            assert b"no READY worker" in health.stderr, health.stderr
+            assert time.monotonic() < deadline, health.stderr
+            time.sleep(1)
         report = tmp_path / "report.json"
         code = loadtest.main(["--url", url, "--key-file", str(key_file), "--geometry", "2,64,64", "--simulator", "spots",
                               "--requests", "6", "--warmup", "0", "--concurrency", "2", "--quiet",
