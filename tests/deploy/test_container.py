@@ -152,7 +152,8 @@ def start(image) -> Iterator:
 
 @pytest.fixture(scope="module")
 def served(start) -> Container:
-    container = start()
+    # metrics carry no token: published only where asked for (the entrypoint's PEAKNET_METRICS_BIND_ADDRESS)
+    container = start(PEAKNET_METRICS_BIND_ADDRESS="0.0.0.0")
     seconds = container.wait_healthy()
     print(f"\n{container.name} healthy after {seconds:.0f} s")
     return container
