@@ -5,6 +5,9 @@
 #   (metrics carry no token and stay on the container's loopback unless
 #    -e PEAKNET_METRICS_BIND_ADDRESS=0.0.0.0 -p 8082:8082; see docs/security.md)
 #
+# With podman, build with `--format docker`: the OCI image format has no HEALTHCHECK and podman
+# drops it otherwise. docker/podman-build.sh builds it where no image registry is reachable.
+#
 # Two stages: `build` installs the pinned Python environment (CUDA PyTorch from the PyTorch wheel
 # index; the wheels bring their own CUDA runtime, the host only needs the NVIDIA driver and the
 # container toolkit) and builds model_store/peaknet.mar; `runtime` is a slim Python image with a
@@ -31,9 +34,10 @@ RUN PYTHONPATH=/src/src python -m peaknet_serve.launch.archive --export-path /op
 
 FROM ${PYTHON_IMAGE} AS runtime
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends openjdk-17-jre-headless=17.* \
+    && apt-get install -y --no-install-recommends openjdk-17-jre-headless=17.* tini=0.19.* \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --create-home --uid 10001 --shell /usr/sbin/nologin peaknet \
+    && chgrp -R 0 /home/peaknet && chmod -R g=u /home/peaknet \
     && mkdir -p /models
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /opt/peaknet/model_store/peaknet.mar /opt/peaknet/model_store/peaknet.mar
@@ -41,6 +45,7 @@ COPY docker/entrypoint.sh docker/configure_mar.py docker/healthcheck.py /opt/pea
 # expandable_segments: the CUDA caching allocator grows segments in place, so reserved memory stays
 # close to allocated (README, Configuration; benchmarks/results/model_padded_h200, e2e_alloc_*_h200).
 ENV PATH=/opt/venv/bin:$PATH \
+    HOME=/home/peaknet \
     PYTHONDONTWRITEBYTECODE=1 \
     PEAKNET_HOME=/home/peaknet \
     PEAKNET_MODELS_DIR=/models \
@@ -54,4 +59,7 @@ WORKDIR /home/peaknet
 EXPOSE 8080 8082
 HEALTHCHECK --interval=30s --timeout=10s --start-period=600s --retries=3 \
     CMD ["/opt/venv/bin/python", "/opt/peaknet/docker/healthcheck.py"]
-ENTRYPOINT ["/opt/peaknet/docker/entrypoint.sh"]
+# tini as PID 1: a process there gets no default signal handlers, so without it `docker stop`
+# (SIGTERM) would wait out its grace period and SIGKILL; -g hands the signal to the whole process
+# group (the torchserve launcher and the Java frontend it starts).
+ENTRYPOINT ["/usr/bin/tini", "-g", "--", "/opt/peaknet/docker/entrypoint.sh"]

@@ -6,6 +6,7 @@
 #   PEAKNET_WEIGHTS             checkpoint (.pt/.bin/.safetensors); relative paths are under
 #                               PEAKNET_MODELS_DIR (default /models, where `-v ...:/models` mounts)
 #   PEAKNET_CONFIG              PeakNet YAML (public pipeline layout); relative as above
+#   PEAKNET_MODEL_LABEL         model name in answers   default: the PEAKNET_WEIGHTS file's stem, else the archive's
 #   PEAKNET_PRECISION           auto | float32 | bfloat16 | float16 (and fp32/bf16/fp16 ...)
 #   PEAKNET_WORKERS             workers per GPU (per host on CPU)                     default 1
 #   PEAKNET_GPUS                all | N (first N GPUs) | 0,2 (these GPUs) | 0 (CPU)   default all
@@ -127,6 +128,10 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 if [[ -n "${PEAKNET_WEIGHTS:-}" ]]; then
     PEAKNET_WEIGHTS="$(model_file PEAKNET_WEIGHTS)"
     export PEAKNET_WEIGHTS
+    if [[ -z "${PEAKNET_MODEL_LABEL:-}" ]]; then
+        PEAKNET_MODEL_LABEL="$(basename "${PEAKNET_WEIGHTS%.*}")"
+        export PEAKNET_MODEL_LABEL
+    fi
 fi
 if [[ -n "${PEAKNET_CONFIG:-}" ]]; then
     PEAKNET_CONFIG="$(model_file PEAKNET_CONFIG)"
@@ -219,7 +224,7 @@ fi
 if [[ "$DRY_RUN" == true ]]; then
     # the command as it would run: `env` with the variables this script set or resolved
     SHOWN=()
-    for name in CUDA_VISIBLE_DEVICES PEAKNET_WEIGHTS PEAKNET_CONFIG PEAKNET_PRECISION LOG_LOCATION METRICS_LOCATION; do
+    for name in CUDA_VISIBLE_DEVICES PEAKNET_WEIGHTS PEAKNET_CONFIG PEAKNET_MODEL_LABEL PEAKNET_PRECISION LOG_LOCATION METRICS_LOCATION; do
         if [[ -n "${!name:-}" ]]; then SHOWN+=("$name=${!name}"); fi
     done
     printf '%q ' env "${SHOWN[@]}" "${COMMAND[@]}"

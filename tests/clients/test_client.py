@@ -109,7 +109,7 @@ def test_key_source_rereads_a_rotated_key(tmp_path):
 
 CLIENT_MODULES = ["peaknet_serve.clients.client", "peaknet_serve.clients.payloads", "peaknet_serve.clients.loadtest",
                   "peaknet_serve.clients.peakfind", "peaknet_serve.clients.send", "peaknet_serve.wire",
-                  "peaknet_serve.encode.response", "peaknet_serve.encode.cxi"]
+                  "peaknet_serve.encode.response", "peaknet_serve.encode.cxi", "peaknet_serve.bridge.cli"]
 
 
 def _run_without_torch(code: str) -> subprocess.CompletedProcess:

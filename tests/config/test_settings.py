@@ -83,3 +83,6 @@ def test_hit_threshold_and_json_limit_from_yaml_and_env():
         with pytest.raises(ValueError):
             HandlerSettings.from_mapping({"hit_min_peaks": bad}, env={})
     assert HandlerSettings.from_mapping({"max_json_bytes": 1024}, env={}).limits.max_json_bytes == 1024
+def test_model_label_from_env():
+    assert HandlerSettings.from_mapping({"model_label": "peaknet-sim"}, env={"PEAKNET_MODEL_LABEL": "mine"}).model_label == "mine"
+    assert HandlerSettings.from_mapping({"model_label": "peaknet-sim"}, env={}).model_label == "peaknet-sim"

@@ -152,6 +152,16 @@ def test_model_files_resolve_under_the_models_dir(tmp_path, archive):
     assert env["PEAKNET_WEIGHTS"] == str(tmp_path / "models" / "w.safetensors")
     assert env["PEAKNET_CONFIG"] == str(tmp_path / "elsewhere.yaml")
     assert env["PEAKNET_PRECISION"] == "bf16"
+    assert env["PEAKNET_MODEL_LABEL"] == "w"  # answers name the user's checkpoint, not the bundled model
+
+
+def test_model_label_is_kept_when_given(tmp_path, archive):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "w.safetensors").write_bytes(b"x")
+    result = run_entrypoint(tmp_path, archive, "--print-config", PEAKNET_WEIGHTS="w.safetensors",
+                            PEAKNET_MODEL_LABEL="peaknet-673m-run42")
+    assert result.returncode == 0, result.stderr
+    assert printed_command(result)[0]["PEAKNET_MODEL_LABEL"] == "peaknet-673m-run42"
 
 
 @pytest.mark.parametrize(
@@ -289,7 +299,8 @@ def test_dockerfile_facts():
     assert "EXPOSE 8080 8082" in text and "HEALTHCHECK" in text and "/opt/peaknet/docker/healthcheck.py" in text
     assert "USER 10001" in text and "openjdk-17-jre-headless" in text
     assert "peaknet_serve.launch.archive --export-path /opt/peaknet/model_store" in text
-    assert 'ENTRYPOINT ["/opt/peaknet/docker/entrypoint.sh"]' in text
+    # tini as PID 1 forwards SIGTERM to the process group (a bare PID 1 ignores it: `docker stop` would SIGKILL)
+    assert 'ENTRYPOINT ["/usr/bin/tini", "-g", "--", "/opt/peaknet/docker/entrypoint.sh"]' in text and "tini=" in text
     assert "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True" in text  # workers inherit the allocator setting
     pins = [line for line in (ROOT / "docker" / "requirements.txt").read_text().splitlines() if line and not line.startswith("#")]
     assert pins and all("==" in line for line in pins)

@@ -6,8 +6,9 @@ size 4 and a 100 ms batch delay, so concurrent requests really share TorchServe 
 other archives (``store=``) or token authorisation on (``token_auth=True``: ``Server.headers``
 then carries the inference key, ``Server.management_headers`` the management key).
 Each server gets free ports, its own temp dir (TorchServe's pid file lives there) and logs; it is
-stopped by killing its process group. The shared servers run with tokens off so that tests can
-call them plainly; the security tests start their own with tokens on.
+stopped by killing its process group; ``restart_server`` stops one and starts it again on the
+same ports (a server restart as clients see it). The shared servers run with tokens off so that
+tests can call them plainly; the security tests start their own with tokens on.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,6 +62,8 @@ class Server:
     headers: dict[str, str] = field(default_factory=dict)
     management_headers: dict[str, str] = field(default_factory=dict)
     workdir: Path | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    key_file: Path | None = None
 
     @property
     def predict_url(self) -> str:
@@ -77,6 +81,12 @@ def model_store(tmp_path_factory) -> Path:
     return store
 
 
+def _spawn(workdir: Path, env: dict[str, str]) -> subprocess.Popen:
+    log = open(workdir / "torchserve.out", "ab")
+    return subprocess.Popen(torchserve_command(workdir / "config.properties", foreground=True), cwd=workdir, env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
 def _launch(workdir: Path, store: Path, env_extra: dict[str, str], token_auth: bool = False,
             props: dict[str, str] | None = None, config_writer=None) -> Server:
     (workdir / "tmp").mkdir(parents=True, exist_ok=True)
@@ -88,22 +98,33 @@ def _launch(workdir: Path, store: Path, env_extra: dict[str, str], token_auth: b
                                      token_auth=token_auth)
     log_dir = workdir / "logs"
     env = torchserve_env(log_dir, {"TMPDIR": str(workdir / "tmp"), **env_extra})
-    log = open(workdir / "torchserve.out", "wb")
-    process = subprocess.Popen(torchserve_command(config, foreground=True), cwd=workdir, env=env,
-                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    server = Server(urls["inference"], urls["management"], urls["metrics"], log_dir, process, workdir=workdir)
-    key_file = workdir / "key_file.json" if token_auth else None
+    server = Server(urls["inference"], urls["management"], urls["metrics"], log_dir, _spawn(workdir, env),
+                    workdir=workdir, env=env, key_file=workdir / "key_file.json" if token_auth else None)
+    _wait(server)
+    return server
+
+
+def restart_server(server: Server, down_s: float = 0.0) -> None:
+    """Stop ``server``, wait ``down_s`` seconds, start it again on the same ports; returns once it is ready."""
+    _stop(server)
+    time.sleep(down_s)
+    server.process = _spawn(server.workdir, server.env)
+    _wait(server)
+
+
+def _wait(server: Server) -> None:
+    """Wait until the model answers; with tokens on, read the (new) keys into the server's headers."""
+    process, workdir, log_dir = server.process, server.workdir, server.log_dir
     try:
         wait_ready(server.inference_url, server.management_url, "peaknet", START_TIMEOUT,
-                   alive=lambda: process.poll() is None, key_file=key_file)
+                   alive=lambda: process.poll() is None, key_file=server.key_file)
     except (TimeoutError, RuntimeError) as exc:
         _stop(server)
         pytest.fail(f"{exc}\n{(workdir / 'torchserve.out').read_text(errors='replace')[-3000:]}\n"
                     f"{log_tail(log_dir)}")
-    if key_file is not None:
-        keys = read_keys(key_file)
+    if server.key_file is not None:
+        keys = read_keys(server.key_file)
         server.headers, server.management_headers = bearer(keys["inference"]), bearer(keys["management"])
-    return server
 
 
 def _stop(server: Server) -> None:

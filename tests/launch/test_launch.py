@@ -23,7 +23,8 @@ def test_archive_holds_the_server_package_model_and_config(tmp_path):
                 "MAR-INF/MANIFEST.json"} <= names
         assert not any("__pycache__" in n for n in names)
         # the worker needs the server modules only: no clients, simulators or tools in the archive
-        assert not any(n.startswith(("peaknet_serve/clients/", "peaknet_serve/sim/", "peaknet_serve/launch/"))
+        assert not any(n.startswith(("peaknet_serve/clients/", "peaknet_serve/bridge/", "peaknet_serve/sim/",
+                                     "peaknet_serve/launch/"))
                        for n in names)
         packed = yaml.safe_load(archive.read("peaknet.yaml"))
     assert packed["model"]["weights_path"] == "peaknet_tiny.pt"

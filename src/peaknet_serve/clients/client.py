@@ -39,14 +39,23 @@ class KeySource:
 
     def __init__(self, token: str | None = None, key_file: str | Path | None = None):
         self._token, self._key_file = token, Path(key_file) if key_file else None
-        self._mtime: float | None = None
+        self._mtime: int | None = None
         self._lock = threading.Lock()
 
+    @property
+    def key_file(self) -> Path | None:
+        return self._key_file
+
     def headers(self) -> dict[str, str]:
+        """``Authorization: Bearer <key>``; empty without a token or key file. A key file that is
+        missing for a moment (TorchServe rewrites it when it restarts) leaves the last key in use."""
         if self._key_file is not None:
             with self._lock:
-                mtime = self._key_file.stat().st_mtime
-                if mtime != self._mtime:
+                try:
+                    mtime = self._key_file.stat().st_mtime_ns
+                except OSError:
+                    mtime = None
+                if mtime is not None and mtime != self._mtime:
                     self._token, self._mtime = read_inference_key(self._key_file), mtime
         return {"Authorization": f"Bearer {self._token}"} if self._token else {}
 

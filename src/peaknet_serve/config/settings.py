@@ -10,6 +10,7 @@ Environment overrides (a ``docker run -e`` or a shell export wins over the archi
 ``PEAKNET_PRECISION``            read by :func:`peaknet_serve.config.precision.resolve_precision` (the one place)
 ``PEAKNET_CONFIG``               PeakNet YAML (public pipeline layout), path
 ``PEAKNET_WEIGHTS``              checkpoint (.pt/.bin/.safetensors), path
+``PEAKNET_MODEL_LABEL``          model name reported in answers and logs
 ``PEAKNET_MAX_BATCH_PANELS``     panels per GPU micro-batch
 ``PEAKNET_THRESHOLD``            peak probability threshold in (0, 1); empty = argmax
 ``PEAKNET_COMPILE``              true/false: torch.compile the network (CUDA only)
@@ -111,6 +112,7 @@ class HandlerSettings:
         overrides = {
             "config": env.get("PEAKNET_CONFIG"),
             "weights": env.get("PEAKNET_WEIGHTS"),
+            "model_label": env.get("PEAKNET_MODEL_LABEL"),
             "max_batch_panels": env.get("PEAKNET_MAX_BATCH_PANELS"),
             "threshold": env.get("PEAKNET_THRESHOLD"),
             "compile": env.get("PEAKNET_COMPILE"),

@@ -61,6 +61,7 @@ __all__ = [
     "cxi_peaks",
     "cxi_response",
     "write_peak_file",
+    "write_result_group",
 ]
 
 RESULT_GROUP = CXI_PEAK_GROUP
@@ -152,7 +153,7 @@ def cxi_peaks(frames: Sequence[Mapping[str, Any]], panel_height: int, max_peaks:
     )
 
 
-def _write_result(h5: h5py.File, peaks: CxiPeaks, panels: int, width: int, compress: bool) -> None:
+def write_result_group(h5: h5py.File, peaks: CxiPeaks, panels: int, width: int, compress: bool) -> None:
     """The result group: the peak datasets and the slab they refer to (``panels``, ``panel_shape``)."""
     group = h5.require_group(RESULT_GROUP)
     options = {"compression": "gzip", "compression_opts": 4, "shuffle": True} if compress else {}
@@ -195,7 +196,7 @@ def cxi_response(frames: Sequence[Mapping[str, Any]], shape: Sequence[int], max_
         h5.attrs["cxi_version"] = 150
         h5.attrs["frames_included"] = 0
         h5.attrs["frames_note"] = FRAMES_NOTE
-        _write_result(h5, peaks, panels, width, compress=False)
+        write_result_group(h5, peaks, panels, width, compress=False)
     return buffer.getvalue()
 
 
@@ -306,7 +307,7 @@ def write_peak_file(
     try:
         with h5py.File(partial, "w") as h5:
             h5.attrs["cxi_version"] = 150
-            _write_result(h5, peaks, source.view[1], source.view[3], compress=True)
+            write_result_group(h5, peaks, source.view[1], source.view[3], compress=True)
             _link_frames(h5, path.parent, source)
             for key, value in (attrs or {}).items():
                 h5.attrs[key] = value

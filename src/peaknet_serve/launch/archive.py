@@ -25,9 +25,9 @@ import yaml
 from peaknet_serve.resources import BUNDLED_MODEL_CONFIG, MODEL_CONFIG, MODEL_STORE
 
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
-# Sub-packages the worker never imports: the torch-free clients, simulators, evaluation, geometry files and
-# tooling.
-NOT_SERVED = {"clients", "sim", "eval", "training", "launch", "geometry"}
+# Sub-packages the worker never imports: the torch-free clients and bridge, simulators, evaluation, geometry
+# files and tooling.
+NOT_SERVED = {"clients", "bridge", "sim", "eval", "training", "launch", "geometry"}
 
 
 def _server_files_only(directory: str, names: list[str]) -> set[str]:
