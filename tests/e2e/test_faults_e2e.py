@@ -25,6 +25,8 @@ import yaml
 from peaknet_serve.launch.archive import build
 from tests.e2e.conftest import TINY_MODEL, Server
 
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
 ROOT = Path(__file__).resolve().parents[2]
 HEALTHCHECK = ROOT / "docker" / "healthcheck.py"
 TIMEOUT = 120

@@ -37,6 +37,8 @@ from peaknet_serve.launch.server import (
 )
 from tests.e2e.conftest import Server, _stop
 
+pytestmark = pytest.mark.e2e
+
 ROOT = Path(__file__).resolve().parents[2]
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
 TIMEOUT = 120
