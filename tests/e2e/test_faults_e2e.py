@@ -162,9 +162,10 @@ def check_survived(server: Server, pid: int, arrays: list[np.ndarray], answers: 
 @pytest.fixture(scope="module")
 def sizes(start_server, budget_store) -> dict:
     """Request sizes from this machine's speed now, measured on a server without admission: ``fits``
-    frames take ~0.3 x responseTimeout (one fits the budget of 0.5 x), ``heavy`` eight times that
-    (eight of them outlast the timeout many times over, even when this shared host turns faster). The budgeted server first serves a few requests half the
-    size of ``fits``, so that its estimate has seen this host's current load."""
+    frames take ~0.3 x responseTimeout (one fits the budget of 0.5 x), ``heavy`` four times that
+    (eight of them outlast the timeout several times over, even when this shared host turns faster).
+    The budgeted server first serves a few requests half the size of ``fits``, so that its estimate
+    has seen this host's current load."""
     unbudgeted = start_server(store=budget_store, PEAKNET_BATCH_TIME_FRACTION="0")
     per_frame = frame_seconds(unbudgeted)
     fits = max(1, min(MAX_FRAMES, round(0.3 * RESPONSE_TIMEOUT_S / per_frame)))
