@@ -425,3 +425,21 @@ def test_grpc_scaling_and_registration_are_refused(config):
     assert len(ready_workers(config)) == 1
     listed = requests.get(f"{config.management_url}/models", headers=config.management_headers, timeout=10).json()
     assert [m["modelName"] for m in listed["models"]] == ["peaknet"]
+
+
+def test_a_stalled_upload_is_not_timed_out_by_the_frontend(local):
+    """TorchServe 0.12 has no read timeout: a client that stops mid-body keeps its connection (and the
+    frontend the bytes so far). Not protected here; docs/security.md says what to put in front."""
+    url = urlsplit(local.predict_url)
+    connection = http.client.HTTPConnection(url.hostname, url.port, timeout=TIMEOUT)
+    connection.putrequest("POST", url.path)
+    for name, value in [*local.headers.items(), *RAW.items(), ("Content-Length", str(8 << 20))]:
+        connection.putheader(name, value)
+    connection.endheaders()
+    connection.send(b"\0" * (1 << 20))  # 1 MiB of 8 MiB, then nothing
+    time.sleep(10)
+    connection.sock.settimeout(1)
+    with pytest.raises(TimeoutError):  # no answer and no close after 10 s
+        connection.sock.recv(1)
+    connection.close()
+    predict_ok(local)
