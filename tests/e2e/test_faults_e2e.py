@@ -6,6 +6,7 @@ docs/security.md quotes the figures these tests print."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import subprocess
@@ -366,3 +367,18 @@ def test_sigkill_of_the_hdf5_reader_mid_request_is_a_500_and_the_next_request_is
     assert answer.status_code == 500 and answer.json()["error"]["type"] == "hdf5_reader_failed"
     assert worker(keyed)["pid"] == pid  # the worker lives on
     assert peaks(requests.post(keyed.predict_url, data=body, headers=headers, timeout=TIMEOUT)) == expected
+
+
+def test_health_checks_renew_expired_keys(start_server):
+    """Keys expire after token_expiration_min (here 1 minute); the checks renew them with the API key
+    instead of reporting a healthy server unhealthy, and TorchServe rewrites key_file.json."""
+    server = start_server(token_auth=True, props={"token_expiration_min": "1"})
+    key_file = Path(server.workdir) / "key_file.json"
+    written = key_file.stat().st_mtime
+    time.sleep(max(0.0, written + 65 - time.time()))
+    assert requests.get(f"{server.inference_url}/ping", headers=server.headers, timeout=10).status_code == 400
+    old = json.loads(key_file.read_text())
+    assert healthcheck(server) == 0 and healthcheck(server, "--live") == 0
+    new = json.loads(key_file.read_text())
+    assert new["management"]["key"] != old["management"]["key"] and new["inference"]["key"] != old["inference"]["key"]
+    assert new["API"]["key"] == old["API"]["key"] and key_file.stat().st_mode & 0o077 == 0
