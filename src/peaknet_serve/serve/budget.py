@@ -5,13 +5,15 @@ every request of the batch gets "Worker died.". Requests inside the size limits 
 more than that (three 16-frame requests on a CPU), so the handler admits the requests of each batch
 against a budget of ``fraction * responseTimeout`` seconds of estimated compute:
 
-* a request whose own estimate exceeds the budget cannot be served on this device at all:
-  **413** ``too_large``, with the number of frames that would fit;
-* a request that fits alone but not after its batch-mates: **503** ``busy`` with ``Retry-After``.
+* a request whose own estimate exceeds the budget even at the speed measured at start-up cannot
+  be served on this device at all: **413** ``too_large``, with the number of frames that would fit;
+* a request that does not fit after its batch-mates, or only not while the host is slower than at
+  start-up: **503** ``busy`` with ``Retry-After``.
 
-The estimate is ``pixels * seconds_per_pixel``, calibrated on the worker's device at start-up and
-updated after every batch (up quickly, down slowly), so it follows the device actually in use,
-its precision and its load. Torch-free.
+The estimate of a batch is ``load * (overhead_s + pixels * seconds_per_pixel)``: the two costs are
+fitted on the worker's device at start-up (:meth:`WorkBudget.calibrate`, two batch sizes), and
+``load`` follows every batch measured since (up quickly, down slowly), so the estimate tracks the
+device actually in use, its precision and how busy the host is. Torch-free.
 """
 
 from __future__ import annotations
@@ -38,17 +40,20 @@ class WorkBudget:
     Args:
         response_timeout_s: TorchServe's ``responseTimeout`` for this model.
         fraction: share of it that a batch's estimated compute may take; 0 switches admission off.
-        seconds_per_pixel: measured cost of one input pixel on this worker's device; 0 until
-            calibrated (everything is admitted until then).
-        rise: weight of a slower measurement (the estimate follows a slowdown within a batch or two).
-        fall: weight of a faster measurement (one quick batch does not undo a slow device).
+        overhead_s: fixed cost of running a batch on this device (launches, peak extraction, copies).
+        seconds_per_pixel: cost of one more input pixel; 0 until calibrated (then everything is admitted).
+        load: measured / calibrated time of recent batches (1: as fast as at start-up).
+        rise: weight of a slower batch in ``load`` (a slowdown is followed within a batch or two).
+        fall: weight of a faster batch (one quick batch does not undo a slow host).
     """
 
     response_timeout_s: float = DEFAULT_RESPONSE_TIMEOUT_S
     fraction: float = 0.5
+    overhead_s: float = 0.0
     seconds_per_pixel: float = 0.0
+    load: float = 1.0
     rise: float = 0.5
-    fall: float = 0.1
+    fall: float = 0.25
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.fraction <= 1.0:
@@ -65,51 +70,75 @@ class WorkBudget:
         """Seconds of estimated compute one batch may hold."""
         return self.fraction * self.response_timeout_s
 
+    def calibrate(self, runs: Sequence[tuple[int, float]]) -> None:
+        """Fit ``overhead_s`` and ``seconds_per_pixel`` to ``(pixels, seconds)`` runs (least squares);
+        costs that come out negative (noise) fall back to a proportional fit."""
+        runs = [(p, t) for p, t in runs if p > 0 and t > 0 and math.isfinite(t)]
+        if not runs:
+            return
+        pixels = [p for p, _ in runs]
+        mean_p = sum(pixels) / len(runs)
+        mean_t = sum(t for _, t in runs) / len(runs)
+        spread = sum((p - mean_p) ** 2 for p in pixels)
+        slope = sum((p - mean_p) * (t - mean_t) for p, t in runs) / spread if spread > 0 else 0.0
+        overhead = mean_t - slope * mean_p
+        if slope <= 0 or overhead < 0:
+            slope, overhead = sum(t for _, t in runs) / sum(pixels), 0.0
+        self.overhead_s, self.seconds_per_pixel, self.load = overhead, slope, 1.0
+
     def estimate_s(self, pixels: int) -> float:
-        """Estimated compute seconds for ``pixels`` input pixels."""
-        return pixels * self.seconds_per_pixel
+        """Estimated compute seconds of a batch of ``pixels`` input pixels."""
+        return self.load * (self.overhead_s + pixels * self.seconds_per_pixel)
+
+    def unloaded_s(self, pixels: int) -> float:
+        """The estimate at the speed calibrated at start-up (or faster, when the host is faster now)."""
+        return min(self.load, 1.0) * (self.overhead_s + pixels * self.seconds_per_pixel)
 
     def plan(self, pixels: Sequence[int]) -> list[Verdict]:
-        """One verdict per request (in batch order): admitted greedily while the total fits."""
+        """One verdict per request (in batch order): admitted greedily while the batch's total fits."""
         if not self.enabled:
             return [Verdict.RUN] * len(pixels)
-        verdicts, spent = [], 0.0
+        verdicts, admitted = [], 0
         for count in pixels:
-            cost = self.estimate_s(count)
-            if cost > self.budget_s:
+            if self.unloaded_s(count) > self.budget_s:
                 verdicts.append(Verdict.TOO_LARGE)
-            elif spent + cost > self.budget_s:
+            elif self.estimate_s(admitted + count) > self.budget_s:
                 verdicts.append(Verdict.BUSY)
             else:
-                spent += cost
+                admitted += count
                 verdicts.append(Verdict.RUN)
         return verdicts
 
     def observe(self, pixels: int, seconds: float) -> None:
-        """Fold one measured run (``pixels`` input pixels in ``seconds``) into the estimate."""
+        """Fold one measured batch (``pixels`` input pixels in ``seconds``) into ``load``."""
         if pixels <= 0 or seconds <= 0 or not math.isfinite(seconds):
             return
-        rate = seconds / pixels
         if self.seconds_per_pixel <= 0.0:
-            self.seconds_per_pixel = rate
+            self.calibrate([(pixels, seconds)])
             return
-        weight = self.rise if rate > self.seconds_per_pixel else self.fall
-        self.seconds_per_pixel += weight * (rate - self.seconds_per_pixel)
+        ratio = seconds / (self.overhead_s + pixels * self.seconds_per_pixel)
+        self.load += (self.rise if ratio > self.load else self.fall) * (ratio - self.load)
 
     def retry_after_s(self) -> float:
         """Seconds a refused batch-mate should wait: about one full batch."""
         return max(1.0, self.budget_s)
 
+    def frames_that_fit(self, pixels_per_frame: int) -> int:
+        """Most frames of ``pixels_per_frame`` pixels one request may hold on this device."""
+        room = self.budget_s / min(self.load, 1.0) - self.overhead_s
+        return max(0, int(room / (pixels_per_frame * self.seconds_per_pixel))) if room > 0 else 0
+
     def too_large_message(self, pixels: int, pixels_per_frame: int, device: str) -> str:
-        frames = int(self.budget_s / max(self.estimate_s(pixels_per_frame), 1e-12))
         return (
             f"this request needs about {self.estimate_s(pixels):.1f} s of compute on {device}, more than the "
             f"{self.budget_s:.1f} s one batch may take ({self.fraction:.0%} of responseTimeout "
-            f"{self.response_timeout_s:.0f} s); send at most {max(frames, 0)} frame(s) of this size per request."
+            f"{self.response_timeout_s:.0f} s); send at most {self.frames_that_fit(pixels_per_frame)} frame(s) "
+            "of this size per request."
         )
 
     def busy_message(self, pixels: int) -> str:
         return (
-            f"this batch is full: the requests before this one already take the {self.budget_s:.1f} s one batch "
-            f"may take; this one (about {self.estimate_s(pixels):.1f} s) fits alone: retry."
+            f"this batch is full: with the requests before this one it would take more than the "
+            f"{self.budget_s:.1f} s one batch may take; this one (about {self.estimate_s(pixels):.1f} s) fits "
+            "alone: retry."
         )

@@ -120,13 +120,17 @@ class PeakNetHandler(BaseHandler):
         self.initialized = True
 
     def _calibrate(self, panels: int, height: int, width: int) -> None:
-        """Time one run of ``panels`` (H, W) panels (after warm-up) as the work budget's first estimate."""
-        zeros = torch.zeros((panels, height, width), dtype=torch.uint16, device=self.device)
-        started = time.perf_counter()
-        self.finder.find(zeros).table.to_host()
-        self.budget.observe(panels * height * width, time.perf_counter() - started)
-        log.info("work budget: %.3g s per Mpixel on %s, %.1f s per batch (%.0f%% of responseTimeout %.0f s)",
-                 1e6 * self.budget.seconds_per_pixel, self.device, self.budget.budget_s,
+        """Time runs of a quarter of ``panels`` and of ``panels`` (H, W) panels (after warm-up): the
+        work budget's fixed and per-pixel costs on this device."""
+        runs = []
+        for count in sorted({max(1, panels // 4), panels}):
+            zeros = torch.zeros((count, height, width), dtype=torch.uint16, device=self.device)
+            started = time.perf_counter()
+            self.finder.find(zeros).table.to_host()
+            runs.append((count * height * width, time.perf_counter() - started))
+        self.budget.calibrate(runs)
+        log.info("work budget: %.3g s + %.3g s per Mpixel on %s, %.1f s per batch (%.0f%% of responseTimeout %.0f s)",
+                 self.budget.overhead_s, 1e6 * self.budget.seconds_per_pixel, self.device, self.budget.budget_s,
                  100 * self.budget.fraction, self.budget.response_timeout_s)
 
     # -- serving ---------------------------------------------------------------------------

@@ -1,0 +1,84 @@
+"""PeakNetHandler's refusals decided before inference, through TorchServe's own Context: the work budget
+(413/503 with Retry-After), Accept negotiation (406) and conflicting headers (bad_option)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from peaknet_serve.serve.budget import WorkBudget
+from peaknet_serve.serve.handler import PeakNetHandler
+from tests.serve.test_handler import FIXTURE, make_context, make_frames, raw_request, run_batch
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory) -> Path:
+    """An unpacked archive's model directory: peaknet.yaml + the fixture checkpoint."""
+    directory = tmp_path_factory.mktemp("model_dir")
+    shutil.copy(FIXTURE / "peaknet_tiny.pt", directory / "peaknet_tiny.pt")
+    shutil.copy(FIXTURE / "peaknet_tiny.yaml", directory / "peaknet.yaml")
+    return directory
+
+
+@pytest.fixture(scope="module")
+def handler(model_dir) -> PeakNetHandler:
+    h = PeakNetHandler()
+    h.initialize(make_context(model_dir))
+    return h
+
+
+def error(body: str) -> str:
+    return json.loads(body)["error"]["type"]
+
+
+def test_the_handler_calibrates_its_budget_at_start_up(handler):  # runs first: the others replace the budget
+    assert handler.budget.enabled and handler.budget.seconds_per_pixel > 0
+    assert handler.budget.response_timeout_s == 120.0 and handler.budget.budget_s == 60.0
+
+
+def test_batch_mates_past_the_budget_are_503_with_retry_after(handler, model_dir):
+    frames = make_frames(n=2)
+    # one request's pixels cost 4 s of a 5 s budget: the first runs, the next two wait
+    handler.budget = WorkBudget(10.0, 0.5, seconds_per_pixel=4.0 / frames.size)
+    context = make_context(model_dir)
+    statuses, bodies, _ = run_batch(handler, context, [raw_request(frames)] * 3)
+    assert statuses == [200, 503, 503]
+    assert error(bodies[1]) == "busy" and context.get_response_headers(1)["Retry-After"] == "5"
+    assert json.loads(bodies[0])["shape"] == list(frames.shape)
+    assert handler.budget.load != 1.0  # the batch that ran was measured
+
+
+def test_a_request_over_the_budget_alone_is_413_and_says_what_fits(handler, model_dir):
+    frames = make_frames(n=2)
+    handler.budget = WorkBudget(10.0, 0.5, seconds_per_pixel=6.0 / frames.size)  # 6 s alone, 5 s budget
+    statuses, bodies, _ = run_batch(handler, make_context(model_dir), [raw_request(frames)])
+    assert statuses == [413] and error(bodies[0]) == "too_large"
+    assert "at most 1 frame(s)" in json.loads(bodies[0])["error"]["message"]
+
+
+def test_admission_off_runs_everything(handler, model_dir):
+    frames = make_frames(n=2)
+    handler.budget = WorkBudget(10.0, 0.0, seconds_per_pixel=100.0 / frames.size)
+    statuses, _, _ = run_batch(handler, make_context(model_dir), [raw_request(frames)] * 2)
+    assert statuses == [200, 200]
+
+
+def test_not_acceptable_and_conflicting_headers_fail_only_their_own_request(handler, model_dir):
+    frames = make_frames(n=1)
+    row, headers = raw_request(frames)
+    statuses, bodies, types = run_batch(
+        handler,
+        make_context(model_dir),
+        [
+            (row, {**headers, "Accept": "image/png"}),
+            (row, {**headers, "x-dtype": "float32"}),  # X-Dtype: uint16 and x-dtype: float32
+            (row, {**headers, "Accept": "application/x-hdf5;q=0, application/json"}),
+            (row, {**headers, "Accept": "application/x-hdf5"}),
+        ],
+    )
+    assert statuses == [406, 400, 200, 200]
+    assert error(bodies[0]) == "not_acceptable" and error(bodies[1]) == "bad_option"
+    assert types[2] == "application/json" and types[3] == "application/x-hdf5"
