@@ -277,7 +277,12 @@ def _stored_chunks(dsid, allocated: int, shape, chunk_shape, chunk_bytes: int, b
             return None
         return 1  # stop the iteration
 
-    dsid.chunk_iter(visit)
+    if hasattr(dsid, "chunk_iter"):  # one pass over the index (h5py >= 3.8 built on HDF5 >= 1.12.3)
+        dsid.chunk_iter(visit)
+    else:  # pragma: no cover - older builds: one index lookup per chunk
+        for index in range(allocated):
+            if visit(dsid.get_chunk_info(index)) is not None:
+                break
     if problems:
         raise BadRequest("bad_hdf5", f"dataset {path!r}: {problems[0]}.")
     if len(found) != allocated:

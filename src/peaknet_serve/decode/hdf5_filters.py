@@ -265,9 +265,10 @@ def decode_bitshuffle(raw: memoryview, size: int, stage: Filter, itemsize: int, 
         raise ChunkError(f"bitshuffle blocks of {block * itemsize} bytes are smaller than {MIN_BLOCK_BYTES}")
     out = _output(out, size)
     filled = 0
-    group = np.empty(min(len(blocks), max(1, PIECE_BYTES // (block * itemsize))) * block * itemsize, np.uint8)
-    for first in range(0, len(blocks), len(group) // (block * itemsize)):
-        members = blocks[first : first + len(group) // (block * itemsize)]
+    per_group = max(1, PIECE_BYTES // (block * itemsize))
+    group = np.empty(min(len(blocks), per_group) * block * itemsize, np.uint8)  # each byte decoded before use
+    for first in range(0, len(blocks), per_group):
+        members = blocks[first : first + per_group]
         used = 0
         for elements in members:  # decode a group of blocks, then undo their bit transposes at once
             length = elements * itemsize
@@ -314,7 +315,7 @@ def bit_unshuffle(shuffled: np.ndarray, count: int, itemsize: int) -> np.ndarray
     """
     blocks = len(shuffled) // (count * itemsize)
     rows = shuffled.reshape(blocks, itemsize, 8, count // 8)
-    words = np.ascontiguousarray(rows.transpose(0, 1, 3, 2)).view("<u8")[..., 0]  # (block, b, j), byte k = row k
+    words = rows.transpose(0, 1, 3, 2).copy().view("<u8")[..., 0]  # (block, b, j), byte k = row k; a copy
     for shift, mask in ((7, 0x00AA00AA00AA00AA), (14, 0x0000CCCC0000CCCC), (28, 0x00000000F0F0F0F0)):
         swap = (words ^ (words >> np.uint64(shift))) & np.uint64(mask)
         words ^= swap ^ (swap << np.uint64(shift))
