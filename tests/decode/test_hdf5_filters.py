@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import subprocess
+import sys
 
 import h5py
 import hdf5plugin
@@ -14,7 +16,7 @@ from peaknet_serve.decode.hdf5_filters import ChunkError, bit_unshuffle, fletche
 from peaknet_serve.decode.limits import DecodeLimits
 from peaknet_serve.errors import BadRequest
 
-from .hdf5_hostile import DATASET, encoded_chunk, hdf5_file
+from .hdf5_hostile import DATASET, FILTERS, encoded_chunk, hdf5_file
 
 
 @pytest.mark.parametrize("length", [1, 2, 3, 719, 720, 721, 360 * 256 * 2 + 1, 360 * 256 * 4 + 2])
@@ -99,3 +101,17 @@ def test_datatypes_with_odd_precision_are_refused():
     with pytest.raises(BadRequest) as info:
         decode_hdf5(memoryview(hdf5_file(fill)), "/data", DecodeLimits())
     assert info.value.type == "unsupported_dtype"
+
+
+@pytest.mark.parametrize("name", ["lz4", "bitshuffle+lz4"])
+def test_without_the_lz4_package_its_chunks_are_refused_as_unsupported(name):
+    array = np.arange(64, dtype=np.uint16).reshape(8, 8)
+    body = hdf5_file(lambda f: f.create_dataset(DATASET, data=array, chunks=(8, 8), **FILTERS[name]))
+    script = (
+        "import sys\nsys.modules['lz4'] = sys.modules['lz4.block'] = None\n"
+        "from peaknet_serve.decode import decode_hdf5, DecodeLimits\nfrom peaknet_serve.errors import RequestError\n"
+        "try:\n    decode_hdf5(memoryview(sys.stdin.buffer.read()), None, DecodeLimits())\n"
+        "except RequestError as error:\n    print(error.status, error.type)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], input=body, capture_output=True, timeout=60)
+    assert result.stdout.split() == [b"400", b"hdf5_unsupported_filter"], result.stderr[-400:]

@@ -38,6 +38,7 @@ from .hdf5_filters import (
     PIECE_BYTES,
     SUPPORTED_TEXT,
     Filter,
+    can_decode,
 )
 from .layout import FramesShape, frames_shape
 from .limits import DecodeLimits, check_decoded_bytes, check_frames_shape
@@ -229,14 +230,15 @@ def _pipeline(dcpl, path: str) -> tuple[Filter, ...]:
     stages = []
     for index in range(dcpl.get_nfilters()):
         code, flags, values, label = dcpl.get_filter(index)
-        if code not in COMPRESSORS and code not in (FILTER_SHUFFLE, FILTER_FLETCHER32):
+        stage = Filter(int(code), int(flags), tuple(int(v) for v in values))
+        if not can_decode(stage):
             shown = label.decode("ascii", "replace")[:40] if isinstance(label, bytes) else str(label)[:40]
             raise BadRequest(
                 "hdf5_unsupported_filter",
                 f"dataset {path!r} uses filter {code} ({shown!r}), which this server does not decode; "
                 f"accepted: {SUPPORTED_TEXT}.",
             )
-        stages.append(Filter(int(code), int(flags), tuple(int(v) for v in values)))
+        stages.append(stage)
     codes = [stage.code for stage in stages]
     compressors = [code for code in codes if code in COMPRESSORS]
     in_order = (

@@ -15,8 +15,8 @@ filters itself, here, where every stage knows the exact size it must produce:
  gzip            1       ``zlib``, output taken 1 MiB at a time
  bzip2           307     ``bz2``, output taken 1 MiB at a time
  zstd            32015   ``compression.zstd`` (``backports.zstd``), 1 MiB at a time, window capped
- lz4             32004   ``lz4.block`` per block of the HDF5 LZ4 framing
- bitshuffle      32008   ``lz4.block`` / zstd per block, bit transpose in NumPy
+ lz4             32004   liblz4's ``LZ4_decompress_safe`` (``lz4`` package), per block, in place
+ bitshuffle      32008   the same LZ4 / zstd per block, bit transpose in NumPy
  blosc           32001   ``blosc``, after the header's sizes match the chunk's
  lzf             32000   a pure-Python LZF decoder writing into the chunk's buffer
 ==============  ======  ======================================================================
@@ -503,6 +503,17 @@ def available_compressors() -> dict[int, Decoder]:
 
 COMPRESSORS = available_compressors()
 SUPPORTED_TEXT = ", ".join(FILTER_NAMES[code] for code in (FILTER_SHUFFLE, FILTER_FLETCHER32, *sorted(COMPRESSORS)))
+
+
+def can_decode(stage: Filter) -> bool:
+    """Whether this process has a bounded decoder for ``stage`` (with its parameters)."""
+    if stage.code in (FILTER_SHUFFLE, FILTER_FLETCHER32):
+        return True
+    if stage.code == FILTER_BITSHUFFLE and len(stage.values) > 4:
+        compression = stage.values[4]
+        return compression == 0 or (compression == _BSHUF_LZ4 and _lz4_block is not None) or (
+            compression == _BSHUF_ZSTD and _zstd is not None)
+    return stage.code in COMPRESSORS
 
 
 def is_shuffled(pipeline: tuple[Filter, ...], mask: int, itemsize: int) -> bool:

@@ -1,10 +1,11 @@
 """The HDF5 reader in a child process: a file that crashes HDF5 costs one 400, never the worker.
 
-HDF5 and its compression plugins are C code parsing hostile input. Mutation fuzzing shows that
-corrupt bitshuffle chunks segfault the process that decodes them, so request files are decoded
-by :func:`~peaknet_serve.decode.hdf5.decode_hdf5` in a long-lived child process instead:
+HDF5 is C code parsing hostile input: the file's metadata (superblock, object headers, chunk
+index), and, in HDF5's own filter pipeline, chunk data (which the reader never hands it: corrupt
+bitshuffle chunks segfault it). Request files are therefore decoded by
+:func:`~peaknet_serve.decode.hdf5.decode_hdf5` in a long-lived child process:
 
-    parent                                   child (``python -I``, numpy + h5py only)
+    parent                                   child (``python -I``, numpy, h5py, decoders)
     ------                                   -----
     frame {"dataset", "limits", "size"}  ->
     body bytes                           ->  decode_hdf5(body)
