@@ -355,3 +355,13 @@ def test_identical_bytes_give_bit_identical_answers_across_repeats_and_other_req
             answers[index].append(decode_hdf5(memoryview(bodies[index]), None, DecodeLimits()).tobytes())
     for runs in answers.values():
         assert len(set(runs)) == 1
+
+
+def test_lzf_datasets_beyond_what_its_slow_decoder_may_take_are_413(read):
+    from peaknet_serve.decode.hdf5_filters import LZF_MAX_DECODED_BYTES
+
+    frames = LZF_MAX_DECODED_BYTES // (16 * 352 * 384 * 2) + 1  # ePix10k2M frames, never written: a small file
+    body = hdf5_file(lambda f: f.create_dataset(DATASET, shape=(frames, 16, 352, 384), dtype="u2",
+                                                chunks=(1, 1, 352, 384), compression="lzf"))
+    error = refused(read, body)
+    assert error.status == 413 and "LZF" in error.message

@@ -12,7 +12,8 @@ the request's :class:`~.limits.DecodeLimits`:
 - each allocated chunk: inside the dataset, on the chunk grid, its stored bytes inside the
   request body and no more than a compressor could need for its decoded size;
 - the filter pipeline: only filters with a bounded decoder here
-  (:mod:`~.hdf5_filters`), shuffle first, one compressor, fletcher32 last;
+  (:mod:`~.hdf5_filters`), shuffle first, one compressor, fletcher32 last; LZF (decoded in
+  pure Python) for at most 32 MiB of frames;
 - contiguous data inside the body; no virtual or external storage.
 
 Nothing is decompressed or allocated in proportion to the data while planning: the chunk
@@ -34,7 +35,9 @@ from .dtypes import ACCEPTED_DTYPES_TEXT, wire_dtype_name
 from .hdf5_filters import (
     COMPRESSORS,
     FILTER_FLETCHER32,
+    FILTER_LZF,
     FILTER_SHUFFLE,
+    LZF_MAX_DECODED_BYTES,
     PIECE_BYTES,
     SUPPORTED_TEXT,
     Filter,
@@ -167,6 +170,13 @@ def plan_dataset(node: h5py.Dataset, body_size: int, path: str, limits: DecodeLi
         raise BadRequest("bad_hdf5", f"dataset {path!r} has an unknown storage layout ({layout}).")
 
     pipeline = _pipeline(dcpl, path)
+    if decoded > LZF_MAX_DECODED_BYTES and any(stage.code == FILTER_LZF for stage in pipeline):
+        raise PayloadTooLarge(
+            "too_large",
+            f"dataset {path!r} is LZF-compressed and decodes to {decoded} bytes; LZF is accepted up to "
+            f"{LZF_MAX_DECODED_BYTES} bytes per request (its decoder here is slow): send fewer frames or use "
+            "gzip or bitshuffle+LZ4.",
+        )
     chunk_shape = tuple(int(c) for c in dcpl.get_chunk())
     if len(chunk_shape) != len(shape) or min(chunk_shape) < 1:
         raise BadRequest("bad_hdf5", f"dataset {path!r} has a malformed chunk shape {chunk_shape}.")

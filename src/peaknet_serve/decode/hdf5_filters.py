@@ -65,6 +65,9 @@ PIECE_BYTES = 1 << 20
 MIN_BLOCK_BYTES = 1024
 """Smallest LZ4 / bitshuffle block accepted when a chunk has more than one (bounds the work)."""
 
+LZF_MAX_DECODED_BYTES = 32 << 20
+"""Most bytes of frames an LZF dataset may decode to: its decoder is pure Python (~3 MB/s)."""
+
 FILTER_DEFLATE, FILTER_SHUFFLE, FILTER_FLETCHER32 = 1, 2, 3
 FILTER_BZIP2, FILTER_LZF, FILTER_BLOSC, FILTER_LZ4, FILTER_BITSHUFFLE, FILTER_ZSTD = (
     307, 32000, 32001, 32004, 32008, 32015)
