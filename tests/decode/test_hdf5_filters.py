@@ -39,8 +39,9 @@ def test_bit_unshuffle_inverts_the_bitshuffle_filter(itemsize, count):
     array = values.view(f"u{itemsize}")
 
     def fill(file):
-        file.create_dataset(DATASET, data=array, chunks=array.shape, **hdf5plugin.Bitshuffle(nelems=count,
-                                                                                              cname="none"))
+        file.create_dataset(
+            DATASET, data=array, chunks=array.shape, **hdf5plugin.Bitshuffle(nelems=count, cname="none")
+        )
 
     with h5py.File(io.BytesIO(hdf5_file(fill)), "r") as file:
         shuffled = np.frombuffer(file[DATASET].id.read_direct_chunk((0,))[1], np.uint8)
@@ -57,9 +58,15 @@ def test_lzf_overlapping_back_references_and_long_runs():
     np.testing.assert_array_equal(decode_hdf5(memoryview(body), None, DecodeLimits())[0, 0], array)
 
 
-@pytest.mark.parametrize("options", [
-    {"scaleoffset": 0}, dict(hdf5plugin.Blosc2()), dict(hdf5plugin.SZ3(absolute=0.1)),
-], ids=["scaleoffset", "blosc2", "sz3"])
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"scaleoffset": 0},
+        dict(hdf5plugin.Blosc2()),
+        dict(hdf5plugin.SZ3(absolute=0.1)),
+    ],
+    ids=["scaleoffset", "blosc2", "sz3"],
+)
 def test_filters_without_a_bounded_decoder_are_refused_before_reading(options):
     array = np.arange(64, dtype=np.int32).reshape(8, 8)
     body = hdf5_file(lambda f: f.create_dataset(DATASET, data=array, chunks=(8, 8), **options))

@@ -16,8 +16,9 @@ TIMEOUT = 60
 
 
 def post(server, body: bytes) -> requests.Response:
-    return requests.post(server.predict_url, data=body, timeout=TIMEOUT,
-                         headers={**server.headers, "Content-Type": "application/x-hdf5"})
+    return requests.post(
+        server.predict_url, data=body, timeout=TIMEOUT, headers={**server.headers, "Content-Type": "application/x-hdf5"}
+    )
 
 
 def test_bombs_and_short_chunks_are_4xx_and_good_answers_stay_identical(served):
@@ -30,8 +31,11 @@ def test_bombs_and_short_chunks_are_4xx_and_good_answers_stay_identical(served):
         "zstd bomb": (bomb("zstd", 512 * MiB), 400, "bad_hdf5"),
         "bzip2 bomb": (bomb("bzip2", 64 * MiB), 400, "bad_hdf5"),
         "chunk-index bomb": (chunk_index_bomb((4, 352, 384)), 413, "too_large"),
-        "8 of 131072 bytes": (with_chunks((1, 256, 256), "u2", (1, 256, 256), "gzip",
-                                          {(0, 0, 0): zlib.compress(bytes(8))}), 400, "bad_hdf5"),
+        "8 of 131072 bytes": (
+            with_chunks((1, 256, 256), "u2", (1, 256, 256), "gzip", {(0, 0, 0): zlib.compress(bytes(8))}),
+            400,
+            "bad_hdf5",
+        ),
     }
     answers = []
     for _ in range(3):

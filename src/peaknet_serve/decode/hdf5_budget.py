@@ -206,8 +206,9 @@ def plan_dataset(node: h5py.Dataset, body_size: int, path: str, limits: DecodeLi
             "of frames; rechunk it so that chunks tile the frames.",
         )
     chunks = _stored_chunks(dsid, allocated, shape, chunk_shape, chunk_bytes, body_size, path)
-    return Hdf5Budget(layout="chunked", chunk_shape=chunk_shape, chunk_grid=grid, chunks=chunks,
-                      pipeline=pipeline, **common)
+    return Hdf5Budget(
+        layout="chunked", chunk_shape=chunk_shape, chunk_grid=grid, chunks=chunks, pipeline=pipeline, **common
+    )
 
 
 def max_stored_bytes(chunk_bytes: int) -> int:
@@ -252,7 +253,9 @@ def _pipeline(dcpl, path: str) -> tuple[Filter, ...]:
     codes = [stage.code for stage in stages]
     compressors = [code for code in codes if code in COMPRESSORS]
     in_order = (
-        codes.count(FILTER_SHUFFLE) <= 1 and codes.count(FILTER_FLETCHER32) <= 1 and len(compressors) <= 1
+        codes.count(FILTER_SHUFFLE) <= 1
+        and codes.count(FILTER_FLETCHER32) <= 1
+        and len(compressors) <= 1
         and (FILTER_SHUFFLE not in codes or codes[0] == FILTER_SHUFFLE)
         and (FILTER_FLETCHER32 not in codes or codes[-1] == FILTER_FLETCHER32)
     )
@@ -265,8 +268,9 @@ def _pipeline(dcpl, path: str) -> tuple[Filter, ...]:
     return tuple(stages)
 
 
-def _stored_chunks(dsid, allocated: int, shape, chunk_shape, chunk_bytes: int, body_size: int,
-                   path: str) -> tuple[StoredChunk, ...]:
+def _stored_chunks(
+    dsid, allocated: int, shape, chunk_shape, chunk_bytes: int, body_size: int, path: str
+) -> tuple[StoredChunk, ...]:
     found: list[StoredChunk] = []
     problems: list[str] = []
     largest = max_stored_bytes(chunk_bytes)
@@ -277,13 +281,15 @@ def _stored_chunks(dsid, allocated: int, shape, chunk_shape, chunk_bytes: int, b
         if len(found) >= allocated:
             problems.append(f"the chunk index lists more than the {allocated} chunks it counts")
         elif len(offset) != len(shape) or any(
-                o % c or not 0 <= o < s for o, c, s in zip(offset, chunk_shape, shape, strict=True)):
+            o % c or not 0 <= o < s for o, c, s in zip(offset, chunk_shape, shape, strict=True)
+        ):
             problems.append(f"a chunk at {offset} is off the {chunk_shape} grid of a {shape} dataset")
         elif address is None or size < 1 or not 0 <= address <= body_size - size:
             problems.append(f"the chunk at {offset} lies outside the {body_size}-byte file (truncated?)")
         elif size > largest:
-            problems.append(f"the chunk at {offset} stores {size} bytes, more than any encoding of its "
-                            f"{chunk_bytes} bytes needs")
+            problems.append(
+                f"the chunk at {offset} stores {size} bytes, more than any encoding of its {chunk_bytes} bytes needs"
+            )
         else:
             found.append(StoredChunk(offset, int(info.filter_mask), int(address), int(size)))
             return None

@@ -70,7 +70,13 @@ LZF_MAX_DECODED_BYTES = 32 << 20
 
 FILTER_DEFLATE, FILTER_SHUFFLE, FILTER_FLETCHER32 = 1, 2, 3
 FILTER_BZIP2, FILTER_LZF, FILTER_BLOSC, FILTER_LZ4, FILTER_BITSHUFFLE, FILTER_ZSTD = (
-    307, 32000, 32001, 32004, 32008, 32015)
+    307,
+    32000,
+    32001,
+    32004,
+    32008,
+    32015,
+)
 
 _BSHUF_LZ4, _BSHUF_ZSTD = 2, 3
 _BSHUF_TARGET_BLOCK_BYTES, _BSHUF_MIN_BLOCK, _BSHUF_MULT = 8192, 128, 8
@@ -96,8 +102,15 @@ class Filter:
 
 
 FILTER_NAMES = {
-    FILTER_DEFLATE: "gzip", FILTER_SHUFFLE: "shuffle", FILTER_FLETCHER32: "fletcher32", FILTER_BZIP2: "bzip2",
-    FILTER_LZF: "lzf", FILTER_BLOSC: "blosc", FILTER_LZ4: "lz4", FILTER_BITSHUFFLE: "bitshuffle", FILTER_ZSTD: "zstd",
+    FILTER_DEFLATE: "gzip",
+    FILTER_SHUFFLE: "shuffle",
+    FILTER_FLETCHER32: "fletcher32",
+    FILTER_BZIP2: "bzip2",
+    FILTER_LZF: "lzf",
+    FILTER_BLOSC: "blosc",
+    FILTER_LZ4: "lz4",
+    FILTER_BITSHUFFLE: "bitshuffle",
+    FILTER_ZSTD: "zstd",
 }
 
 # (stored bytes, decoded size, the stage, itemsize, where to write or None) -> exactly ``size``
@@ -121,8 +134,8 @@ def _output(out: np.ndarray | None, size: int) -> np.ndarray:
 
 # --- streaming compressors: output taken at most PIECE_BYTES at a time ------------------------
 
-def decode_gzip(raw: memoryview, size: int, stage: Filter, itemsize: int, out: np.ndarray | None = None
-                ) -> np.ndarray:
+
+def decode_gzip(raw: memoryview, size: int, stage: Filter, itemsize: int, out: np.ndarray | None = None) -> np.ndarray:
     """A zlib stream (HDF5's deflate filter) -> exactly ``size`` bytes."""
     out = _output(out, size)
     target = memoryview(out)
@@ -145,14 +158,12 @@ def decode_gzip(raw: memoryview, size: int, stage: Filter, itemsize: int, out: n
     return _finish(out, filled, size, len(inflater.unused_data) + len(raw) - position, "gzip")
 
 
-def decode_bzip2(raw: memoryview, size: int, stage: Filter, itemsize: int, out: np.ndarray | None = None
-                ) -> np.ndarray:
+def decode_bzip2(raw: memoryview, size: int, stage: Filter, itemsize: int, out: np.ndarray | None = None) -> np.ndarray:
     """A bzip2 stream -> exactly ``size`` bytes."""
     return _decode_stream(bz2.BZ2Decompressor(), raw, size, "bzip2", OSError, out)
 
 
-def decode_zstd(raw: memoryview, size: int, stage: Filter, itemsize: int, out: np.ndarray | None = None
-                ) -> np.ndarray:
+def decode_zstd(raw: memoryview, size: int, stage: Filter, itemsize: int, out: np.ndarray | None = None) -> np.ndarray:
     """One zstd frame -> exactly ``size`` bytes (the decoder's window is capped at ~``size``)."""
     return _decode_stream(_zstd_decompressor(size), raw, size, "zstd", _zstd.ZstdError, out)
 
@@ -162,8 +173,9 @@ def _zstd_decompressor(size: int):
     return _zstd.ZstdDecompressor(options={_zstd.DecompressionParameter.window_log_max: window_log})
 
 
-def _decode_stream(decompressor, raw: memoryview, size: int, name: str, error_type,
-                   out: np.ndarray | None = None) -> np.ndarray:
+def _decode_stream(
+    decompressor, raw: memoryview, size: int, name: str, error_type, out: np.ndarray | None = None
+) -> np.ndarray:
     out = _output(out, size)
     target = memoryview(out)
     filled = position = 0
@@ -200,8 +212,8 @@ def _finish(out: np.ndarray, filled: int, size: int, unused: int, name: str) -> 
 
 # --- block formats with sizes in their headers ------------------------------------------------
 
-def decode_lz4(raw: memoryview, size: int, stage: Filter, itemsize: int, out: np.ndarray | None = None
-                ) -> np.ndarray:
+
+def decode_lz4(raw: memoryview, size: int, stage: Filter, itemsize: int, out: np.ndarray | None = None) -> np.ndarray:
     """HDF5's LZ4 framing -> exactly ``size`` bytes.
 
     Layout: total size (u64 BE), block size (u32 BE), then per block its stored size (u32 BE)
@@ -229,8 +241,9 @@ def decode_lz4(raw: memoryview, size: int, stage: Filter, itemsize: int, out: np
     return out
 
 
-def decode_bitshuffle(raw: memoryview, size: int, stage: Filter, itemsize: int, out: np.ndarray | None = None
-                ) -> np.ndarray:
+def decode_bitshuffle(
+    raw: memoryview, size: int, stage: Filter, itemsize: int, out: np.ndarray | None = None
+) -> np.ndarray:
     """Bitshuffle (optionally LZ4- or zstd-compressed per block) -> exactly ``size`` bytes.
 
     Compressed layout: total size (u64 BE), block size in bytes (u32 BE), then per block of
@@ -287,11 +300,13 @@ def decode_bitshuffle(raw: memoryview, size: int, stage: Filter, itemsize: int, 
                     _decode_stream(_zstd_decompressor(length), stored, length, "zstd", _zstd.ZstdError, place)
             used += length
         full = sum(1 for elements in members if elements == block)
-        out[filled : filled + full * block * itemsize] = bit_unshuffle(group[: full * block * itemsize], block,
-                                                                      itemsize)
+        out[filled : filled + full * block * itemsize] = bit_unshuffle(
+            group[: full * block * itemsize], block, itemsize
+        )
         if full < len(members):  # the shorter last block
             out[filled + full * block * itemsize : filled + used] = bit_unshuffle(
-                group[full * block * itemsize : used], members[-1], itemsize)
+                group[full * block * itemsize : used], members[-1], itemsize
+            )
         filled += used
     leftover = size - filled
     out[filled:] = np.frombuffer(_take(raw, position, leftover, "bitshuffle"), np.uint8)
@@ -326,8 +341,7 @@ def bit_unshuffle(shuffled: np.ndarray, count: int, itemsize: int) -> np.ndarray
     return columns.transpose(0, 2, 3, 1).reshape(-1)
 
 
-def decode_blosc(raw: memoryview, size: int, stage: Filter, itemsize: int, out: np.ndarray | None = None
-                ) -> np.ndarray:
+def decode_blosc(raw: memoryview, size: int, stage: Filter, itemsize: int, out: np.ndarray | None = None) -> np.ndarray:
     """A Blosc buffer -> exactly ``size`` bytes, after its header's sizes are checked."""
     if len(raw) < 16:
         raise ChunkError(f"a blosc chunk of {len(raw)} bytes has no complete header")
@@ -346,8 +360,7 @@ def decode_blosc(raw: memoryview, size: int, stage: Filter, itemsize: int, out: 
     return out
 
 
-def decode_lzf(raw: memoryview, size: int, stage: Filter, itemsize: int, out: np.ndarray | None = None
-                ) -> np.ndarray:
+def decode_lzf(raw: memoryview, size: int, stage: Filter, itemsize: int, out: np.ndarray | None = None) -> np.ndarray:
     """An LZF stream (h5py's filter) -> exactly ``size`` bytes."""
     data = bytes(raw)
     decoded = bytearray(size)  # bytearray slicing is what makes this loop fast enough
@@ -394,6 +407,7 @@ def decode_lzf(raw: memoryview, size: int, stage: Filter, itemsize: int, out: np
 
 # --- checksum -----------------------------------------------------------------------------
 
+
 def strip_fletcher32(raw: memoryview) -> memoryview:
     """``raw`` without its trailing Fletcher-32 checksum, after verifying it as HDF5 does."""
     if len(raw) < 4:
@@ -422,7 +436,7 @@ def fletcher32(data: memoryview) -> int:
         sums = [(int(s), int(w), 360) for s, w in zip(blocks.sum(axis=1), blocks @ weights, strict=True)]
         if full < len(words):
             tail = words[full:]
-            sums.append((int(tail.sum()), int(tail @ weights[360 - len(tail):]), len(tail)))
+            sums.append((int(tail.sum()), int(tail @ weights[360 - len(tail) :]), len(tail)))
         for total, weighted, count in sums:
             sum2 = (sum2 + count * sum1 + weighted) & 0xFFFFFFFF
             sum1 = (sum1 + total) & 0xFFFFFFFF
@@ -436,6 +450,7 @@ def fletcher32(data: memoryview) -> int:
 
 
 # --- helpers ------------------------------------------------------------------------------
+
 
 def _lz4(stored: memoryview, length: int) -> np.ndarray:
     decoded = np.empty(length, np.uint8)  # every byte written by _lz4_into, or an error
@@ -514,19 +529,24 @@ def can_decode(stage: Filter) -> bool:
         return True
     if stage.code == FILTER_BITSHUFFLE and len(stage.values) > 4:
         compression = stage.values[4]
-        return compression == 0 or (compression == _BSHUF_LZ4 and _lz4_block is not None) or (
-            compression == _BSHUF_ZSTD and _zstd is not None)
+        return (
+            compression == 0
+            or (compression == _BSHUF_LZ4 and _lz4_block is not None)
+            or (compression == _BSHUF_ZSTD and _zstd is not None)
+        )
     return stage.code in COMPRESSORS
 
 
 def is_shuffled(pipeline: tuple[Filter, ...], mask: int, itemsize: int) -> bool:
     """Whether a chunk with ``mask`` still needs byte-unshuffling after :func:`unfilter_chunk`."""
     return itemsize > 1 and any(
-        stage.code == FILTER_SHUFFLE and not mask >> index & 1 for index, stage in enumerate(pipeline))
+        stage.code == FILTER_SHUFFLE and not mask >> index & 1 for index, stage in enumerate(pipeline)
+    )
 
 
-def unfilter_chunk(raw: memoryview, size: int, pipeline: tuple[Filter, ...], mask: int, itemsize: int,
-                   out: np.ndarray | None = None):
+def unfilter_chunk(
+    raw: memoryview, size: int, pipeline: tuple[Filter, ...], mask: int, itemsize: int, out: np.ndarray | None = None
+):
     """The stored bytes of one chunk with every filter but shuffle undone.
 
     Args:
