@@ -156,12 +156,24 @@ def test_chunk_index_bombs_are_413_at_once(sandbox, read, shape):
 
 
 def test_the_chunk_limit_scales_with_the_frames(read):
-    # (4, 64, 64) in (1, 2, 2) chunks: 1024 chunks per frame, at the default limit: decoded
-    array = np.arange(4 * 64 * 64, dtype=np.uint16).reshape(4, 64, 64)
-    body = hdf5_file(lambda f: f.create_dataset(DATASET, data=array, chunks=(1, 2, 2), compression="gzip"))
+    # (4, 352, 384) in (1, 16, 16) chunks: 528 chunks per frame, of 512 bytes: decoded at the default limits
+    array = np.random.default_rng(2).integers(0, 99, (4, 352, 384), dtype=np.uint16)
+    body = hdf5_file(lambda f: f.create_dataset(DATASET, data=array, chunks=(1, 16, 16), compression="gzip"))
     np.testing.assert_array_equal(read(memoryview(body), None, DecodeLimits())[:, 0], array)
-    error = refused(read, body, DecodeLimits(max_chunks_per_frame=1023))
-    assert error.status == 413
+    error = refused(read, body, DecodeLimits(max_chunks_per_frame=527))
+    assert error.status == 413 and "527 chunks per frame" in error.message
+
+
+def test_tiny_chunks_are_413_even_within_the_chunks_per_frame(sandbox, read):
+    # (64, 32, 32) in 1-element chunks: 1024 per frame, but 2 bytes each
+    array = np.random.default_rng(3).integers(0, 3, (64, 32, 32), dtype=np.uint16)
+    body = hdf5_file(lambda f: f.create_dataset(DATASET, data=array, chunks=(1, 1, 1), compression="gzip"))
+    started = time.monotonic()
+    error = refused(read, body)
+    assert time.monotonic() - started < 1
+    assert error.status == 413 and "512 bytes on average" in error.message
+    if read == sandbox.decode:
+        assert_within_bound(sandbox, body, array.nbytes, "65,536 allocated 2-byte chunks")
 
 
 def test_chunks_that_overlap_or_repeat_cannot_multiply_the_work(read):
@@ -416,3 +428,11 @@ def test_lzf_datasets_beyond_what_its_slow_decoder_may_take_are_413(read):
     )
     error = refused(read, body)
     assert error.status == 413 and "LZF" in error.message
+
+
+def test_the_most_chunks_the_limits_allow_stay_within_the_memory_bound(sandbox):
+    """(64, 352, 384) in (1, 16, 16) chunks: 33,792 chunks of 512 bytes, the average-size limit exactly."""
+    array = np.random.default_rng(10).integers(0, 3, (64, 352, 384), dtype=np.uint16)
+    body = hdf5_file(lambda f: f.create_dataset(DATASET, data=array, chunks=(1, 16, 16), compression="gzip"))
+    np.testing.assert_array_equal(sandbox.decode(memoryview(body), None, DecodeLimits())[:, 0], array)
+    assert_within_bound(sandbox, body, array.nbytes, "33,792 allocated 512-byte chunks, (64, 352, 384)")
