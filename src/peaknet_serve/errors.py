@@ -20,7 +20,7 @@ wrong and what is accepted instead. The types raised by :mod:`peaknet_serve.deco
  400   bad_shape                    not 2-, 3- or 4-D, an empty dimension, unparsable X-Shape
  400   size_mismatch                body/data length differs from dtype x shape
  400   bad_npy                      malformed ``.npy`` header
- 400   bad_hdf5                     unreadable/corrupt HDF5 (also: it crashed the reader)
+ 400   bad_hdf5                     unreadable/corrupt HDF5, or a chunk not decoding to its size
  400   hdf5_dataset_not_found       no dataset at ``X-Dataset`` (default /entry_1/data_1/data)
  400   hdf5_external_link           the path crosses a link to another file
  400   hdf5_external_storage        the dataset's data lives in external files
