@@ -292,7 +292,8 @@ def test_compact_datasets_decode(read):
         space = h5py.h5s.create_simple(array.shape)
         dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
         dcpl.set_layout(h5py.h5d.COMPACT)
-        dsid = h5py.h5d.create(file.id, DATASET.encode(), h5py.h5t.IEEE_F32LE, space, dcpl=dcpl, lcpl=file._lcpl)  # noqa: SLF001 - creates the intermediate groups
+        lcpl = file._lcpl  # noqa: SLF001 - h5py's link creation list: makes the intermediate groups
+        dsid = h5py.h5d.create(file.id, DATASET.encode(), h5py.h5t.IEEE_F32LE, space, dcpl=dcpl, lcpl=lcpl)
         dsid.write(h5py.h5s.ALL, h5py.h5s.ALL, array)
 
     np.testing.assert_array_equal(read(memoryview(hdf5_file(fill)), None, DecodeLimits())[:, 0], array)

@@ -41,8 +41,13 @@ MAX_PATH_STEPS = 64
 MAX_LINK_TARGET_BYTES = 4096
 
 
-def decode_hdf5(view: memoryview, dataset: str | None, limits: DecodeLimits,
-                *, on_budget: Callable[[Hdf5Budget], None] | None = None) -> np.ndarray:
+def decode_hdf5(
+    view: memoryview,
+    dataset: str | None,
+    limits: DecodeLimits,
+    *,
+    on_budget: Callable[[Hdf5Budget], None] | None = None,
+) -> np.ndarray:
     """Read one dataset of the HDF5 file in ``view`` as frames.
 
     Args:
@@ -94,7 +99,9 @@ def read_dataset(node: h5py.Dataset, budget: Hdf5Budget, view: memoryview, path:
         try:
             node.read_direct(stored)
         except OSError as error:  # HDF5's verdict on a malformed compact data message
-            raise BadRequest("bad_hdf5", f"dataset {path!r}: its compact data is not readable: {_first_line(error)}.") from None
+            raise BadRequest(
+                "bad_hdf5", f"dataset {path!r}: its compact data is not readable: {_first_line(error)}."
+            ) from None
         return stored.astype(budget.dtype)
     pixels = _filled(budget)
     if budget.layout == "contiguous":
@@ -186,8 +193,10 @@ def _resolve(file: h5py.File, parts: list[str], path: str) -> h5py.Dataset:
         elif kind == h5py.h5l.TYPE_SOFT:
             hops += 1
             if hops > MAX_SOFT_LINK_HOPS:
-                raise BadRequest("bad_hdf5", f"soft links on the way to {path!r} form a loop or a chain of more "
-                                 f"than {MAX_SOFT_LINK_HOPS}.")
+                raise BadRequest(
+                    "bad_hdf5",
+                    f"soft links on the way to {path!r} form a loop or a chain of more than {MAX_SOFT_LINK_HOPS}.",
+                )
             target = node.id.links.get_val(encoded)
             if len(target) > MAX_LINK_TARGET_BYTES:
                 raise BadRequest("bad_hdf5", f"a soft link on the way to {path!r} has a {len(target)}-byte target.")

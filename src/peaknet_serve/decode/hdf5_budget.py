@@ -359,7 +359,8 @@ def _stored_chunks(dsid, allocated: int, shape, chunk_shape, chunk_bytes: int, b
     if bad.size:
         raise BadRequest(
             "bad_hdf5",
-            f"dataset {path!r}: the chunk at {table[bad[0]].offset} lies outside the {body_size}-byte file (truncated?).",
+            f"dataset {path!r}: the chunk at {table[bad[0]].offset} lies outside the {body_size}-byte file "
+            "(truncated?).",
         )
     bad = np.flatnonzero(sizes > max_stored_bytes(chunk_bytes))
     if bad.size:
