@@ -16,7 +16,7 @@ from peaknet_serve.decode.hdf5_filters import ChunkError, bit_unshuffle, fletche
 from peaknet_serve.decode.limits import DecodeLimits
 from peaknet_serve.errors import BadRequest
 
-from .hdf5_hostile import DATASET, FILTERS, encoded_chunk, hdf5_file
+from .hdf5_hostile import DATASET, FILTERS, encoded_chunk, hdf5_file, with_chunks
 
 
 @pytest.mark.parametrize("length", [1, 2, 3, 719, 720, 721, 360 * 256 * 2 + 1, 360 * 256 * 4 + 2])
@@ -122,3 +122,12 @@ def test_without_the_lz4_package_its_chunks_are_refused_as_unsupported(name):
     )
     result = subprocess.run([sys.executable, "-c", script], input=body, capture_output=True, timeout=60)
     assert result.stdout.split() == [b"400", b"hdf5_unsupported_filter"], result.stderr[-400:]
+
+
+def test_a_blosc_buffer_with_a_damaged_header_is_400_not_a_reader_fault():
+    stored = bytearray(encoded_chunk("blosc", bytes(132), itemsize=2)[1])
+    stored[0] = 0x55  # the format version byte
+    body = with_chunks((6, 11), "u2", (6, 11), "blosc", {(0, 0): bytes(stored)})
+    with pytest.raises(BadRequest) as info:
+        decode_hdf5(memoryview(body), None, DecodeLimits())
+    assert info.value.type == "bad_hdf5" and "blosc" in info.value.message

@@ -56,6 +56,7 @@ except ImportError:
         _zstd = None
 try:
     import blosc as _blosc
+    from blosc.blosc_extension import error as _BloscError
 except ImportError:  # pragma: no cover - blosc chunks are then refused
     _blosc = None
 
@@ -353,7 +354,7 @@ def decode_blosc(raw: memoryview, size: int, stage: Filter, itemsize: int, out: 
     out = _output(out, size)
     try:
         written = _blosc.decompress_ptr(bytes(raw), out.ctypes.data)
-    except (RuntimeError, ValueError, TypeError) as error:  # what blosc raises for corrupt buffers
+    except (_BloscError, RuntimeError, ValueError, TypeError) as error:  # what blosc raises for corrupt buffers
         raise ChunkError(f"corrupt blosc buffer ({error})") from None
     if written != size:
         raise ChunkError(f"the blosc buffer decodes to {written} bytes; the chunk holds {size}")
