@@ -14,21 +14,29 @@ wrong and what is accepted instead. The types raised by :mod:`peaknet_serve.deco
  400   bad_body                     the body is not binary (e.g. decoded as text or JSON)
  400   content_type_mismatch        declared ``.npy``/HDF5 but the magic bytes disagree
  400   missing_option               raw bytes without ``X-Dtype`` or ``X-Shape``
- 400   bad_option                   an option that is not short UTF-8 text, or given twice
+ 400   bad_option                   an option that is not short UTF-8 text, or given twice with
+                                    different values (header and form field, two spellings of a
+                                    header, a form field or query parameter sent twice)
  400   unsupported_dtype            not one of the eight pixel dtypes; object (pickle),
                                     structured or big-endian ``.npy``; non-numeric HDF5
  400   bad_shape                    not 2-, 3- or 4-D, an empty dimension, unparsable X-Shape
  400   size_mismatch                body/data length differs from dtype x shape
  400   bad_npy                      malformed ``.npy`` header
- 400   bad_hdf5                     unreadable/corrupt HDF5, or a chunk not decoding to its size
+ 400   bad_hdf5                     unreadable/corrupt HDF5
  400   hdf5_dataset_not_found       no dataset at ``X-Dataset`` (default /entry_1/data_1/data)
  400   hdf5_external_link           the path crosses a link to another file
  400   hdf5_external_storage        the dataset's data lives in external files
  400   hdf5_virtual_dataset         the dataset is a VDS
  400   hdf5_unsupported_filter      a filter that is not a known, installed compressor
- 413   too_large                    body, pixels, frames, panels, side or chunk over a limit
+ 406   not_acceptable               the Accept header rules out both JSON and HDF5/CXI answers
+ 413   too_large                    body, pixels, frames, panels, side or chunk over a limit;
+                                    or more compute than one batch may take on this device
  415   unsupported_media_type       unknown Content-Type
 =====  ===========================  ========================================================
+
+Faults of the server, not of the request, are :class:`ServerFault` (a 5xx with the same body):
+``hdf5_reader_failed`` (500: the HDF5 reader process died or hung on this request),
+``busy`` and ``insufficient_memory`` (503, with ``Retry-After``) come from the handler.
 """
 
 from __future__ import annotations
@@ -71,7 +79,33 @@ class PayloadTooLarge(RequestError):
     status = 413
 
 
+class NotAcceptable(RequestError):
+    """406: the Accept header excludes every format the server can answer in."""
+
+    status = 406
+
+
 class UnsupportedMediaType(RequestError):
     """415: the Content-Type names an encoding the server does not read."""
 
     status = 415
+
+
+class ServerFault(Exception):
+    """A request the server failed to serve through no fault of the request (a 5xx).
+
+    Args:
+        type: short machine-readable kind, e.g. ``"hdf5_reader_failed"``.
+        message: human sentence: what failed, and whether retrying may help.
+        status: the HTTP status, 500 unless given.
+    """
+
+    def __init__(self, type: str, message: str, status: int = 500) -> None:
+        super().__init__(message)
+        self.type = type
+        self.message = message
+        self.status = status
+
+    def to_json(self) -> dict[str, Any]:
+        """The response body: ``{"error": {"type", "message", "status"}}``, as for client errors."""
+        return {"error": {"type": self.type, "message": self.message, "status": self.status}}

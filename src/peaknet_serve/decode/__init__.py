@@ -6,7 +6,7 @@ Framework-free (NumPy, h5py, hdf5plugin only). Every problem with a request is r
 
 from .dtypes import WIRE_DTYPES
 from .hdf5 import DEFAULT_DATASET, decode_hdf5
-from .hdf5_sandbox import Hdf5ReaderFailure, Hdf5Sandbox, default_sandbox
+from .hdf5_sandbox import Hdf5Sandbox, default_sandbox
 from .layout import frames_shape
 from .limits import DecodeLimits
 from .media import MEDIA_TYPES
@@ -18,7 +18,6 @@ __all__ = [
     "WIRE_DTYPES",
     "DecodeLimits",
     "DecodedFrames",
-    "Hdf5ReaderFailure",
     "Hdf5Sandbox",
     "decode_hdf5",
     "decode_request",

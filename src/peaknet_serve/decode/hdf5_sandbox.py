@@ -15,7 +15,7 @@ bitshuffle chunks segfault it). Request files are therefore decoded by
 A frame is an 8-byte little-endian length and a JSON document. The child's own stdout is
 redirected to stderr, so nothing a C library prints can corrupt the protocol. When the child
 dies, times out or answers nonsense, it is killed, the request fails with
-:class:`Hdf5ReaderFailure` (a server fault: the handler answers 5xx, not a 400 blaming the file)
+:class:`Hdf5ReaderFailure` (500 ``hdf5_reader_failed``, not a 400 blaming the file)
 and the next request starts a fresh child. The parent re-checks the reply's dtype and shape against the
 limits before allocating, and fills every byte of the array it returns from the reply.
 
@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BadRequest, PayloadTooLarge, RequestError, UnsupportedMediaType
+from ..errors import BadRequest, PayloadTooLarge, RequestError, ServerFault, UnsupportedMediaType
 from .dtypes import WIRE_DTYPES
 from .layout import frames_shape
 from .limits import DecodeLimits, check_frames_shape
@@ -62,12 +62,15 @@ class SandboxFailure(Exception):
     """The child crashed, hung or broke the protocol."""
 
 
-class Hdf5ReaderFailure(RuntimeError):
-    """The HDF5 reader failed on a request (it died, timed out or hit a fault of its own).
+class Hdf5ReaderFailure(ServerFault):
+    """500 ``hdf5_reader_failed``: the HDF5 reader died, timed out or hit a fault of its own.
 
-    Not a :class:`~peaknet_serve.errors.RequestError`: a crash or a bug of the reader is a
-    server fault, answered as one (5xx), never blamed on the file with a 400.
+    A :class:`~peaknet_serve.errors.ServerFault`, not a request error: a crash or a bug of the
+    reader is answered as the server's failure, never blamed on the file with a 400.
     """
+
+    def __init__(self, message: str) -> None:
+        super().__init__("hdf5_reader_failed", message, 500)
 
 
 class Hdf5Sandbox:
