@@ -23,6 +23,9 @@ from peaknet_serve.errors import BadRequest, RequestError
 
 from .hdf5_hostile import DATASET, FILTERS, MiB, bomb, chunk_index_bomb, encoded, hdf5_file, with_chunks
 
+SIXTY_FOUR_FRAMES = DecodeLimits(max_frames=64, max_pixels=64 * 16 * 352 * 384, max_body_bytes=1 << 30)
+"""Limits that admit 64 frames (the shipped defaults admit 16)."""
+
 MEMORY_MARGIN = 16 * MiB
 """The fixed margin of the bound: reader growth <= body + 2 x decoded frames + this."""
 
@@ -169,7 +172,7 @@ def test_tiny_chunks_are_413_even_within_the_chunks_per_frame(sandbox, read):
     array = np.random.default_rng(3).integers(0, 3, (64, 32, 32), dtype=np.uint16)
     body = hdf5_file(lambda f: f.create_dataset(DATASET, data=array, chunks=(1, 1, 1), compression="gzip"))
     started = time.monotonic()
-    error = refused(read, body)
+    error = refused(read, body, SIXTY_FOUR_FRAMES)
     assert time.monotonic() - started < 1
     assert error.status == 413 and "512 bytes on average" in error.message
     if read == sandbox.decode:
@@ -181,7 +184,7 @@ def test_chunks_that_overlap_or_repeat_cannot_multiply_the_work(read):
     chunk = zlib.compress(bytes(4096))
     payloads = {(n, 0, 0): chunk for n in range(64)}
     body = with_chunks((64, 32, 64), "u2", (1, 32, 64), "gzip", payloads)
-    assert read(memoryview(body), None, DecodeLimits()).shape == (64, 1, 32, 64)  # tiles the frames: fine
+    assert read(memoryview(body), None, SIXTY_FOUR_FRAMES).shape == (64, 1, 32, 64)  # tiles the frames: fine
 
 
 # --- short, long and corrupt chunks: 400, never stale bytes ----------------------------------
@@ -435,5 +438,5 @@ def test_the_most_chunks_the_limits_allow_stay_within_the_memory_bound(sandbox):
     """(64, 352, 384) in (1, 16, 16) chunks: 33,792 chunks of 512 bytes, the average-size limit exactly."""
     array = np.random.default_rng(10).integers(0, 3, (64, 352, 384), dtype=np.uint16)
     body = hdf5_file(lambda f: f.create_dataset(DATASET, data=array, chunks=(1, 16, 16), compression="gzip"))
-    np.testing.assert_array_equal(sandbox.decode(memoryview(body), None, DecodeLimits())[:, 0], array)
+    np.testing.assert_array_equal(sandbox.decode(memoryview(body), None, SIXTY_FOUR_FRAMES)[:, 0], array)
     assert_within_bound(sandbox, body, array.nbytes, "33,792 allocated 512-byte chunks, (64, 352, 384)")
