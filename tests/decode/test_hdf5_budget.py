@@ -184,7 +184,7 @@ def test_chunks_that_overlap_or_repeat_cannot_multiply_the_work(read):
     chunk = zlib.compress(bytes(4096))
     payloads = {(n, 0, 0): chunk for n in range(64)}
     body = with_chunks((64, 32, 64), "u2", (1, 32, 64), "gzip", payloads)
-    assert read(memoryview(body), None, SIXTY_FOUR_FRAMES).shape == (64, 1, 32, 64)  # tiles the frames: fine
+    assert read(memoryview(body), None, DecodeLimits(max_frames=64)).shape == (64, 1, 32, 64)  # tiles the frames: fine
 
 
 # --- short, long and corrupt chunks: 400, never stale bytes ----------------------------------
