@@ -15,7 +15,7 @@ import pytest
 
 from peaknet_serve.decode.hdf5_sandbox import Hdf5ReaderFailure, Hdf5Sandbox, default_sandbox
 from peaknet_serve.decode.limits import DecodeLimits
-from peaknet_serve.errors import BadRequest, PayloadTooLarge
+from peaknet_serve.errors import BadRequest, PayloadTooLarge, RequestError, ServerFault
 
 CRASHER = Path(__file__).resolve().parents[1] / "fuzz" / "corpus" / "hdf5_bitshuffle_segfault.h5"
 
@@ -98,8 +98,11 @@ def test_a_reader_that_takes_too_long_is_killed_and_replaced():
     big = np.random.default_rng(0).integers(0, 5, (16, 1, 512, 512), dtype=np.uint16)
     body = hdf5_with(big, compression="gzip", chunks=(1, 1, 512, 512))
     with Hdf5Sandbox(timeout_s=1e-4) as impatient:
-        with pytest.raises(Hdf5ReaderFailure, match="timed out"):
+        with pytest.raises(Hdf5ReaderFailure, match="timed out") as info:
             impatient.decode(body, None, DecodeLimits())
+        assert isinstance(info.value, ServerFault) and not isinstance(info.value, RequestError)
+        assert info.value.to_json()["error"] | {"message": ""} == {"type": "hdf5_reader_failed", "status": 500,
+                                                                  "message": ""}
         assert impatient.restarts == 1 and impatient.pid is None
         impatient.timeout_s = 30
         np.testing.assert_array_equal(impatient.decode(body, None, DecodeLimits()), big)
