@@ -44,8 +44,9 @@ def hdf5_file(fill, userblock_size: int = 0) -> bytes:
     return buffer.getvalue()
 
 
-def with_chunks(shape, dtype, chunks, filter_name: str | None, payloads: dict, *, filter_mask: int = 0,
-                **kwargs) -> bytes:
+def with_chunks(
+    shape, dtype, chunks, filter_name: str | None, payloads: dict, *, filter_mask: int = 0, **kwargs
+) -> bytes:
     """A chunked dataset whose chunks hold exactly ``payloads``.
 
     ``payloads`` maps a chunk offset to its stored bytes, or to ``(filter mask, stored bytes)``.
@@ -93,8 +94,9 @@ def inflating(filter_name: str, decoded_bytes: int) -> bytes:
         compressor = bz2.BZ2Compressor(9)
         return b"".join([compressor.compress(zeros) for _ in range(steps)] + [compressor.flush()])
     if filter_name == "zstd":  # a 128 KiB window: what a reader capped at a 128 KiB chunk accepts
-        compressor = zstd.ZstdCompressor(options={zstd.CompressionParameter.compression_level: 1,
-                                                  zstd.CompressionParameter.window_log: 17})
+        compressor = zstd.ZstdCompressor(
+            options={zstd.CompressionParameter.compression_level: 1, zstd.CompressionParameter.window_log: 17}
+        )
         return b"".join([compressor.compress(zeros) for _ in range(steps)] + [compressor.flush()])
     if filter_name == "lz4":  # HDF5's LZ4 framing, declaring the inflated size, 1 MiB blocks
         block = lz4.block.compress(zeros, store_size=False)

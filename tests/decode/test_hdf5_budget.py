@@ -23,6 +23,9 @@ from peaknet_serve.errors import BadRequest, RequestError
 
 from .hdf5_hostile import DATASET, FILTERS, MiB, bomb, chunk_index_bomb, encoded, hdf5_file, with_chunks
 
+SIXTY_FOUR_FRAMES = DecodeLimits(max_frames=64, max_pixels=64 * 16 * 352 * 384, max_body_bytes=1 << 30)
+"""Limits that admit 64 frames (the shipped defaults admit 16)."""
+
 MEMORY_MARGIN = 16 * MiB
 """The fixed margin of the bound: reader growth <= body + 2 x decoded frames + this."""
 
@@ -53,8 +56,15 @@ def growth(sandbox: Hdf5Sandbox) -> int:
 def assert_within_bound(sandbox: Hdf5Sandbox, body: bytes, decoded_bytes: int, case: str) -> None:
     assert sandbox.last_memory["peak_rss_bytes"] > 0, "VmHWM not readable here"
     bound = len(body) + 2 * decoded_bytes + MEMORY_MARGIN
-    MEASURED.append({"case": case, "body_bytes": len(body), "decoded_bytes": decoded_bytes,
-                     "growth_bytes": growth(sandbox), "bound_bytes": bound})
+    MEASURED.append(
+        {
+            "case": case,
+            "body_bytes": len(body),
+            "decoded_bytes": decoded_bytes,
+            "growth_bytes": growth(sandbox),
+            "bound_bytes": bound,
+        }
+    )
     assert growth(sandbox) <= bound, sandbox.last_memory
 
 
@@ -68,7 +78,11 @@ def refused(reader, body: bytes, limits: DecodeLimits = DecodeLimits()) -> Reque
 # --- decompression bombs: refused before or while decoding, memory bounded -------------------
 
 BOMBS = {  # filter -> inflated size of one 128 KiB chunk's stored bytes
-    "gzip": 128 * MiB, "bzip2": 64 * MiB, "zstd": 512 * MiB, "lz4": 512 * MiB, "bitshuffle+lz4": 512 * MiB,
+    "gzip": 128 * MiB,
+    "bzip2": 64 * MiB,
+    "zstd": 512 * MiB,
+    "lz4": 512 * MiB,
+    "bitshuffle+lz4": 512 * MiB,
     "blosc": 64 * MiB,
 }
 
@@ -115,14 +129,21 @@ def test_a_bomb_larger_than_any_encoding_of_its_chunk_is_refused_before_decoding
 
 def test_a_chunk_declared_larger_than_the_frames_is_413(read):
     def fill(file):
-        file.create_dataset(DATASET, shape=(1, 1, 8, 8), maxshape=(None, None, None, None), dtype="u1",
-                            chunks=(1, 1, 4096, 4096), compression="gzip")
+        file.create_dataset(
+            DATASET,
+            shape=(1, 1, 8, 8),
+            maxshape=(None, None, None, None),
+            dtype="u1",
+            chunks=(1, 1, 4096, 4096),
+            compression="gzip",
+        )
 
     error = refused(read, hdf5_file(fill))
     assert error.status == 413 and "chunks" in error.message and 4096 * 4096 > 64 + CHUNK_SLACK_BYTES
 
 
 # --- chunk-index bombs -------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("shape", [(4, 352, 384), (16, 352, 384), (1, 16, 352, 384)])
 def test_chunk_index_bombs_are_413_at_once(sandbox, read, shape):
@@ -138,12 +159,24 @@ def test_chunk_index_bombs_are_413_at_once(sandbox, read, shape):
 
 
 def test_the_chunk_limit_scales_with_the_frames(read):
-    # (4, 64, 64) in (1, 2, 2) chunks: 1024 chunks per frame, at the default limit: decoded
-    array = np.arange(4 * 64 * 64, dtype=np.uint16).reshape(4, 64, 64)
-    body = hdf5_file(lambda f: f.create_dataset(DATASET, data=array, chunks=(1, 2, 2), compression="gzip"))
+    # (4, 352, 384) in (1, 16, 16) chunks: 528 chunks per frame, of 512 bytes: decoded at the default limits
+    array = np.random.default_rng(2).integers(0, 99, (4, 352, 384), dtype=np.uint16)
+    body = hdf5_file(lambda f: f.create_dataset(DATASET, data=array, chunks=(1, 16, 16), compression="gzip"))
     np.testing.assert_array_equal(read(memoryview(body), None, DecodeLimits())[:, 0], array)
-    error = refused(read, body, DecodeLimits(max_chunks_per_frame=1023))
-    assert error.status == 413
+    error = refused(read, body, DecodeLimits(max_chunks_per_frame=527))
+    assert error.status == 413 and "527 chunks per frame" in error.message
+
+
+def test_tiny_chunks_are_413_even_within_the_chunks_per_frame(sandbox, read):
+    # (64, 32, 32) in 1-element chunks: 1024 per frame, but 2 bytes each
+    array = np.random.default_rng(3).integers(0, 3, (64, 32, 32), dtype=np.uint16)
+    body = hdf5_file(lambda f: f.create_dataset(DATASET, data=array, chunks=(1, 1, 1), compression="gzip"))
+    started = time.monotonic()
+    error = refused(read, body, SIXTY_FOUR_FRAMES)
+    assert time.monotonic() - started < 1
+    assert error.status == 413 and "512 bytes on average" in error.message
+    if read == sandbox.decode:
+        assert_within_bound(sandbox, body, array.nbytes, "65,536 allocated 2-byte chunks")
 
 
 def test_chunks_that_overlap_or_repeat_cannot_multiply_the_work(read):
@@ -155,6 +188,7 @@ def test_chunks_that_overlap_or_repeat_cannot_multiply_the_work(read):
 
 
 # --- short, long and corrupt chunks: 400, never stale bytes ----------------------------------
+
 
 def test_the_gzip_chunk_holding_8_of_its_131072_bytes_is_400(read):
     body = with_chunks((1, 256, 256), "u2", (1, 256, 256), "gzip", {(0, 0, 0): zlib.compress(bytes(range(8)))})
@@ -169,8 +203,19 @@ def test_a_16_byte_bitshuffle_chunk_is_400(read):
     assert error.type == "bad_hdf5" and "(0, 0, 0)" in error.message
 
 
-SHORT_CASES = ["gzip", "shuffle+gzip", "bzip2", "zstd", "lz4", "bitshuffle+lz4", "bitshuffle+zstd", "bitshuffle",
-               "blosc", "lzf", "fletcher32"]
+SHORT_CASES = [
+    "gzip",
+    "shuffle+gzip",
+    "bzip2",
+    "zstd",
+    "lz4",
+    "bitshuffle+lz4",
+    "bitshuffle+zstd",
+    "bitshuffle",
+    "blosc",
+    "lzf",
+    "fletcher32",
+]
 
 
 @pytest.mark.parametrize("name", SHORT_CASES)
@@ -204,8 +249,14 @@ def test_unallocated_chunks_hold_the_fill_value_even_after_other_requests(sandbo
 
 
 def test_a_user_fill_value_fills_unallocated_chunks_and_contiguous_data(read):
-    sparse = with_chunks((3, 4, 4), "f4", (1, 4, 4), "gzip", {(1, 0, 0): zlib.compress(np.ones(16, "f4").tobytes())},
-                         fillvalue=np.float32(-2.5))
+    sparse = with_chunks(
+        (3, 4, 4),
+        "f4",
+        (1, 4, 4),
+        "gzip",
+        {(1, 0, 0): zlib.compress(np.ones(16, "f4").tobytes())},
+        fillvalue=np.float32(-2.5),
+    )
     decoded = read(memoryview(sparse), None, DecodeLimits())[:, 0]
     assert (decoded[0] == -2.5).all() and (decoded[1] == 1).all() and (decoded[2] == -2.5).all()
     never_written = hdf5_file(lambda f: f.create_dataset(DATASET, shape=(2, 4, 4), dtype="i2", fillvalue=-9))
@@ -231,8 +282,9 @@ def test_big_endian_chunked_data_arrives_native_and_exact(read, name):
 
 def test_edge_chunks_overhanging_the_dataset_are_cropped(read):
     array = np.random.default_rng(5).integers(0, 1000, (3, 37, 53), dtype=np.uint16)
-    body = hdf5_file(lambda f: f.create_dataset(DATASET, data=array, chunks=(2, 16, 16), compression="gzip",
-                                                shuffle=True))
+    body = hdf5_file(
+        lambda f: f.create_dataset(DATASET, data=array, chunks=(2, 16, 16), compression="gzip", shuffle=True)
+    )
     np.testing.assert_array_equal(read(memoryview(body), None, DecodeLimits())[:, 0], array)
 
 
@@ -243,8 +295,8 @@ def test_compact_datasets_decode(read):
         space = h5py.h5s.create_simple(array.shape)
         dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
         dcpl.set_layout(h5py.h5d.COMPACT)
-        dsid = h5py.h5d.create(file.id, DATASET.encode(), h5py.h5t.IEEE_F32LE, space, dcpl=dcpl,
-                               lcpl=file._lcpl)  # noqa: SLF001 - creates the intermediate groups
+        lcpl = file._lcpl  # noqa: SLF001 - h5py's link creation list: makes the intermediate groups
+        dsid = h5py.h5d.create(file.id, DATASET.encode(), h5py.h5t.IEEE_F32LE, space, dcpl=dcpl, lcpl=lcpl)
         dsid.write(h5py.h5s.ALL, h5py.h5s.ALL, array)
 
     np.testing.assert_array_equal(read(memoryview(hdf5_file(fill)), None, DecodeLimits())[:, 0], array)
@@ -252,13 +304,15 @@ def test_compact_datasets_decode(read):
 
 @pytest.mark.parametrize("limit", ["max_decoded_bytes", "max_pixels"])
 def test_decoded_bytes_are_checked_on_the_declared_shape(read, limit):
-    body = hdf5_file(lambda f: f.create_dataset(DATASET, shape=(4, 64, 64), dtype="f8", chunks=(1, 64, 64),
-                                                compression="gzip"))
+    body = hdf5_file(
+        lambda f: f.create_dataset(DATASET, shape=(4, 64, 64), dtype="f8", chunks=(1, 64, 64), compression="gzip")
+    )
     value = 4 * 64 * 64 * 8 - 1 if limit == "max_decoded_bytes" else 4 * 64 * 64 - 1
     assert refused(read, body, DecodeLimits(**{limit: value})).status == 413
 
 
 # --- links, virtual and external data ------------------------------------------------------
+
 
 def test_a_soft_link_chain_of_the_allowed_length_is_followed_and_one_more_is_400(read):
     array = np.arange(16, dtype=np.uint16).reshape(4, 4)
@@ -269,10 +323,12 @@ def test_a_soft_link_chain_of_the_allowed_length_is_followed_and_one_more_is_400
             file["/hop0"] = h5py.SoftLink("/real")
             for index in range(1, hops):
                 file[f"/hop{index}"] = h5py.SoftLink(f"/hop{index - 1}")
+
         return hdf5_file(fill)
 
-    np.testing.assert_array_equal(read(memoryview(chain(MAX_SOFT_LINK_HOPS)), f"/hop{MAX_SOFT_LINK_HOPS - 1}",
-                                       DecodeLimits())[0, 0], array)
+    np.testing.assert_array_equal(
+        read(memoryview(chain(MAX_SOFT_LINK_HOPS)), f"/hop{MAX_SOFT_LINK_HOPS - 1}", DecodeLimits())[0, 0], array
+    )
     with pytest.raises(BadRequest, match="chain"):
         read(memoryview(chain(MAX_SOFT_LINK_HOPS + 1)), f"/hop{MAX_SOFT_LINK_HOPS}", DecodeLimits())
 
@@ -318,12 +374,14 @@ def test_a_virtual_dataset_pointing_at_a_real_server_file_is_refused(read, serve
 def test_external_links_and_storage_pointing_at_a_real_server_file_are_refused(read, server_file):
     link = hdf5_file(lambda f: f.__setitem__(DATASET, h5py.ExternalLink(str(server_file), DATASET)))
     assert refused(read, link).type == "hdf5_external_link"
-    storage = hdf5_file(lambda f: f.create_dataset(DATASET, shape=(2, 4, 4), dtype="u2",
-                                                   external=[(str(server_file), 0, 64)]))
+    storage = hdf5_file(
+        lambda f: f.create_dataset(DATASET, shape=(2, 4, 4), dtype="u2", external=[(str(server_file), 0, 64)])
+    )
     assert refused(read, storage).type == "hdf5_external_storage"
 
 
 # --- determinism and memory on valid input --------------------------------------------------
+
 
 @pytest.mark.parametrize("name", sorted(FILTERS))
 def test_valid_files_of_every_filter_decode_exactly_within_the_memory_bound(sandbox, name):
@@ -336,8 +394,9 @@ def test_valid_files_of_every_filter_decode_exactly_within_the_memory_bound(sand
 
 def test_one_chunk_holding_all_frames_stays_within_the_memory_bound(sandbox):
     array = np.random.default_rng(8).poisson(3.0, (1, 16, 352, 384)).astype(np.uint16)
-    body = hdf5_file(lambda f: f.create_dataset(DATASET, data=array, chunks=array.shape, compression="gzip",
-                                                shuffle=True))
+    body = hdf5_file(
+        lambda f: f.create_dataset(DATASET, data=array, chunks=array.shape, compression="gzip", shuffle=True)
+    )
     np.testing.assert_array_equal(sandbox.decode(memoryview(body), None, DecodeLimits()), array)
     assert_within_bound(sandbox, body, array.nbytes, "valid shuffle+gzip, one chunk of (1, 16, 352, 384)")
     assert sandbox.last_memory["budget_bytes"] <= 2 * array.nbytes + 2 * MiB
@@ -345,13 +404,39 @@ def test_one_chunk_holding_all_frames_stays_within_the_memory_bound(sandbox):
 
 def test_identical_bytes_give_bit_identical_answers_across_repeats_and_other_requests(sandbox):
     rng = np.random.default_rng(9)
-    bodies = [hdf5_file(lambda f, n=n: f.create_dataset(
-        DATASET, data=rng.normal(size=(2, 3, 40, 48)).astype(np.float32), chunks=(1, 1, 40, 48),
-        **FILTERS[n])) for n in ("bitshuffle+lz4", "shuffle+gzip", "zstd")]
+    bodies = [
+        hdf5_file(
+            lambda f, n=n: f.create_dataset(
+                DATASET, data=rng.normal(size=(2, 3, 40, 48)).astype(np.float32), chunks=(1, 1, 40, 48), **FILTERS[n]
+            )
+        )
+        for n in ("bitshuffle+lz4", "shuffle+gzip", "zstd")
+    ]
     answers: dict[int, list[bytes]] = {i: [] for i in range(len(bodies))}
     for round_ in range(3):
-        for index in (range(len(bodies)) if round_ % 2 == 0 else reversed(range(len(bodies)))):
+        for index in range(len(bodies)) if round_ % 2 == 0 else reversed(range(len(bodies))):
             answers[index].append(sandbox.decode(memoryview(bodies[index]), None, DecodeLimits()).tobytes())
             answers[index].append(decode_hdf5(memoryview(bodies[index]), None, DecodeLimits()).tobytes())
     for runs in answers.values():
         assert len(set(runs)) == 1
+
+
+def test_lzf_datasets_beyond_what_its_slow_decoder_may_take_are_413(read):
+    from peaknet_serve.decode.hdf5_filters import LZF_MAX_DECODED_BYTES
+
+    frames = LZF_MAX_DECODED_BYTES // (16 * 352 * 384 * 2) + 1  # ePix10k2M frames, never written: a small file
+    body = hdf5_file(
+        lambda f: f.create_dataset(
+            DATASET, shape=(frames, 16, 352, 384), dtype="u2", chunks=(1, 1, 352, 384), compression="lzf"
+        )
+    )
+    error = refused(read, body)
+    assert error.status == 413 and "LZF" in error.message
+
+
+def test_the_most_chunks_the_limits_allow_stay_within_the_memory_bound(sandbox):
+    """(64, 352, 384) in (1, 16, 16) chunks: 33,792 chunks of 512 bytes, the average-size limit exactly."""
+    array = np.random.default_rng(10).integers(0, 3, (64, 352, 384), dtype=np.uint16)
+    body = hdf5_file(lambda f: f.create_dataset(DATASET, data=array, chunks=(1, 16, 16), compression="gzip"))
+    np.testing.assert_array_equal(sandbox.decode(memoryview(body), None, SIXTY_FOUR_FRAMES)[:, 0], array)
+    assert_within_bound(sandbox, body, array.nbytes, "33,792 allocated 512-byte chunks, (64, 352, 384)")

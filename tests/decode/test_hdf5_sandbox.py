@@ -6,15 +6,16 @@ import signal
 import subprocess
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
-from peaknet_serve.decode.hdf5_sandbox import Hdf5Sandbox, default_sandbox
+from peaknet_serve.decode.hdf5_sandbox import Hdf5ReaderFailure, Hdf5Sandbox, default_sandbox
 from peaknet_serve.decode.limits import DecodeLimits
-from peaknet_serve.errors import BadRequest, PayloadTooLarge
+from peaknet_serve.errors import BadRequest, PayloadTooLarge, RequestError, ServerFault
 
 CRASHER = Path(__file__).resolve().parents[1] / "fuzz" / "corpus" / "hdf5_bitshuffle_segfault.h5"
 
@@ -65,17 +66,16 @@ def test_the_file_that_segfaulted_hdf5s_bitshuffle_filter_is_a_plain_400(sandbox
     assert sandbox.restarts == 0 and sandbox.pid == pid
 
 
-def test_a_child_killed_mid_request_is_a_400_and_the_next_request_works(sandbox):
+def test_a_child_killed_mid_request_is_a_reader_failure_and_the_next_request_works(sandbox):
     big = np.random.default_rng(0).integers(0, 5, (32, 1, 512, 512), dtype=np.uint16)
     body = hdf5_with(big, compression="gzip", chunks=(1, 1, 512, 512))
     sandbox.start()
     pid = sandbox.pid
     killer = threading.Timer(0.05, os.kill, (pid, signal.SIGKILL))
     killer.start()
-    with pytest.raises(BadRequest) as info:
-        sandbox.decode(body, None, DecodeLimits())
+    with pytest.raises(Hdf5ReaderFailure, match="restarted"):  # a server fault, never a 4xx blaming the file
+        sandbox.decode(body, None, DecodeLimits(max_frames=32))
     killer.join()
-    assert info.value.type == "bad_hdf5"  # whether it died while reading the body or decoding it
     assert sandbox.restarts == 1
     np.testing.assert_array_equal(sandbox.decode(hdf5_with(GOOD), None, DecodeLimits())[:, 0], GOOD)
     assert sandbox.pid != pid
@@ -88,7 +88,7 @@ def test_a_killed_child_is_replaced(sandbox):
     for _ in range(2):  # the request that meets the dead child may fail; the next one must work
         try:
             outcomes.append(sandbox.decode(hdf5_with(GOOD), None, DecodeLimits()))
-        except BadRequest as error:
+        except Hdf5ReaderFailure as error:
             outcomes.append(error)
     assert isinstance(outcomes[-1], np.ndarray)
     np.testing.assert_array_equal(outcomes[-1][:, 0], GOOD)
@@ -98,8 +98,11 @@ def test_a_reader_that_takes_too_long_is_killed_and_replaced():
     big = np.random.default_rng(0).integers(0, 5, (16, 1, 512, 512), dtype=np.uint16)
     body = hdf5_with(big, compression="gzip", chunks=(1, 1, 512, 512))
     with Hdf5Sandbox(timeout_s=1e-4) as impatient:
-        with pytest.raises(BadRequest, match="timed out"):
+        with pytest.raises(Hdf5ReaderFailure, match="timed out") as info:
             impatient.decode(body, None, DecodeLimits())
+        assert isinstance(info.value, ServerFault) and not isinstance(info.value, RequestError)
+        assert info.value.to_json()["error"] | {"message": ""} == {"type": "hdf5_reader_failed", "status": 500,
+                                                                  "message": ""}
         assert impatient.restarts == 1 and impatient.pid is None
         impatient.timeout_s = 30
         np.testing.assert_array_equal(impatient.decode(body, None, DecodeLimits()), big)
@@ -151,3 +154,20 @@ def test_the_address_space_cap_stops_an_allocation_past_the_budget():
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert result.stdout.split() == ["refused", "allocated"], result.stderr[-500:]
+
+
+@dataclass(frozen=True)
+class _LimitsWithAnExtraField(DecodeLimits):
+    unknown: int = 1
+
+
+def test_a_fault_of_the_reader_itself_is_a_reader_failure_not_a_400(sandbox):
+    """A bug in the child (here: a decoder that raises) is reported as a server fault; the child lives on."""
+    sandbox.start()
+    pid = sandbox.pid
+    body = hdf5_with(GOOD, compression="gzip", chunks=(1, 5, 6))
+    # an impossible limit object makes the child's DecodeLimits(**limits) raise TypeError inside the child
+    with pytest.raises(Hdf5ReaderFailure, match="TypeError"):
+        sandbox.decode(body, None, _LimitsWithAnExtraField())
+    assert sandbox.restarts == 0 and sandbox.pid == pid
+    np.testing.assert_array_equal(sandbox.decode(body, None, DecodeLimits())[:, 0], GOOD)

@@ -225,8 +225,8 @@ def test_random_and_mutated_chunk_bytes_of_every_filter_give_frames_or_4xx_deter
         frames = np.frombuffer(first[2], dtype).reshape(shape)
         expected = np.zeros(shape, dtype)
         for offset in offsets:
-            expected[tuple(slice(o, o + c) for o, c in zip(offset, chunk, strict=True))] = np.frombuffer(values, dtype
-                                                                                                          ).reshape(chunk)
+            place = tuple(slice(o, o + c) for o, c in zip(offset, chunk, strict=True))
+            expected[place] = np.frombuffer(values, dtype).reshape(chunk)
         np.testing.assert_array_equal(frames.view(np.uint8), expected.view(np.uint8))
 
 

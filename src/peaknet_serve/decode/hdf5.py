@@ -41,8 +41,13 @@ MAX_PATH_STEPS = 64
 MAX_LINK_TARGET_BYTES = 4096
 
 
-def decode_hdf5(view: memoryview, dataset: str | None, limits: DecodeLimits,
-                *, on_budget: Callable[[Hdf5Budget], None] | None = None) -> np.ndarray:
+def decode_hdf5(
+    view: memoryview,
+    dataset: str | None,
+    limits: DecodeLimits,
+    *,
+    on_budget: Callable[[Hdf5Budget], None] | None = None,
+) -> np.ndarray:
     """Read one dataset of the HDF5 file in ``view`` as frames.
 
     Args:
@@ -62,22 +67,28 @@ def decode_hdf5(view: memoryview, dataset: str | None, limits: DecodeLimits,
             ``hdf5_virtual_dataset``, ``hdf5_unsupported_filter``, ``unsupported_dtype``,
             ``bad_shape``, ``bad_option``.
         PayloadTooLarge ``too_large``: the frames, a chunk, the chunk grid or the work exceed a limit.
+
+    Any other exception is a fault of this reader, not of the file.
     """
     path = DEFAULT_DATASET if dataset is None else dataset
     parts = _path_parts(path)
     try:
-        with h5py.File(ReadOnlyMemoryFile(view), "r") as file:
+        file = h5py.File(ReadOnlyMemoryFile(view), "r")
+    except Exception as error:  # noqa: BLE001 - the HDF5 library's verdict on a malformed file
+        raise BadRequest("bad_hdf5", f"the body is not a readable HDF5 file: {_first_line(error)}.") from None
+    with file:
+        try:
             node = _resolve(file, parts, path)
             if node.shape is None:
                 raise BadRequest("bad_shape", f"dataset {path!r} has no dataspace (it is empty).")
             budget = plan_dataset(node, len(view), path, limits)
-            if on_budget is not None:
-                on_budget(budget)
-            pixels = read_dataset(node, budget, view, path)
-    except RequestError:
-        raise
-    except Exception as error:  # noqa: BLE001 - the HDF5 library's verdict on a malformed file
-        raise BadRequest("bad_hdf5", f"the body is not a readable HDF5 file: {_first_line(error)}.") from None
+        except RequestError:
+            raise
+        except Exception as error:  # noqa: BLE001 - HDF5's verdict on malformed metadata
+            raise BadRequest("bad_hdf5", f"the HDF5 file's metadata is not readable: {_first_line(error)}.") from None
+        if on_budget is not None:
+            on_budget(budget)
+        pixels = read_dataset(node, budget, view, path)  # anything but a bad chunk here is a server fault
     return pixels.reshape(budget.frames)
 
 
@@ -85,7 +96,12 @@ def read_dataset(node: h5py.Dataset, budget: Hdf5Budget, view: memoryview, path:
     """The dataset's elements in ``budget.dtype``, shape ``budget.shape``, as the budget planned."""
     if budget.layout == "compact":  # at most 64 KiB, inside the object header HDF5 has parsed
         stored = np.zeros(budget.shape, budget.file_dtype)
-        node.read_direct(stored)
+        try:
+            node.read_direct(stored)
+        except OSError as error:  # HDF5's verdict on a malformed compact data message
+            raise BadRequest(
+                "bad_hdf5", f"dataset {path!r}: its compact data is not readable: {_first_line(error)}."
+            ) from None
         return stored.astype(budget.dtype)
     pixels = _filled(budget)
     if budget.layout == "contiguous":
@@ -177,8 +193,10 @@ def _resolve(file: h5py.File, parts: list[str], path: str) -> h5py.Dataset:
         elif kind == h5py.h5l.TYPE_SOFT:
             hops += 1
             if hops > MAX_SOFT_LINK_HOPS:
-                raise BadRequest("bad_hdf5", f"soft links on the way to {path!r} form a loop or a chain of more "
-                                 f"than {MAX_SOFT_LINK_HOPS}.")
+                raise BadRequest(
+                    "bad_hdf5",
+                    f"soft links on the way to {path!r} form a loop or a chain of more than {MAX_SOFT_LINK_HOPS}.",
+                )
             target = node.id.links.get_val(encoded)
             if len(target) > MAX_LINK_TARGET_BYTES:
                 raise BadRequest("bad_hdf5", f"a soft link on the way to {path!r} has a {len(target)}-byte target.")

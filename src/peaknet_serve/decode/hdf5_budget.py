@@ -5,14 +5,16 @@ pipeline, fill value) and its chunk index, and checks every size the reader will
 the request's :class:`~.limits.DecodeLimits`:
 
 - the declared shape: frames, panels, sides, pixels and decoded bytes;
-- the chunk grid: its number of chunk positions (at most ``max_chunks_per_frame`` per frame:
-  a few-KB file cannot make the reader visit millions of tiny chunks), each chunk's decoded
+- the chunk grid: its number of chunk positions (at most ``max_chunks_per_frame`` per frame,
+  and, beyond 64 chunks, 512 decoded bytes per chunk on average: a few-KB file cannot make the
+  reader visit millions of tiny chunks, nor HDF5 cache their index), each chunk's decoded
   size (at most the frames' size + 1 MiB), and the bytes of all allocated chunks together
   (at most 4x the frames + 16 MiB: overlapping or overhanging chunks cannot multiply the work);
 - each allocated chunk: inside the dataset, on the chunk grid, its stored bytes inside the
   request body and no more than a compressor could need for its decoded size;
 - the filter pipeline: only filters with a bounded decoder here
-  (:mod:`~.hdf5_filters`), shuffle first, one compressor, fletcher32 last;
+  (:mod:`~.hdf5_filters`), shuffle first, one compressor, fletcher32 last; LZF (decoded in
+  pure Python) for at most 32 MiB of frames;
 - contiguous data inside the body; no virtual or external storage.
 
 Nothing is decompressed or allocated in proportion to the data while planning: the chunk
@@ -34,16 +36,23 @@ from .dtypes import ACCEPTED_DTYPES_TEXT, wire_dtype_name
 from .hdf5_filters import (
     COMPRESSORS,
     FILTER_FLETCHER32,
+    FILTER_LZF,
     FILTER_SHUFFLE,
+    LZF_MAX_DECODED_BYTES,
     PIECE_BYTES,
     SUPPORTED_TEXT,
     Filter,
+    can_decode,
 )
 from .layout import FramesShape, frames_shape
 from .limits import DecodeLimits, check_decoded_bytes, check_frames_shape
 
 CHUNK_SLACK_BYTES = 1 << 20
 """A chunk may decode to at most the frames' size plus this (chunks overhanging small datasets)."""
+
+MIN_AVERAGE_CHUNK_BYTES, FEW_CHUNKS = 512, 64
+"""A grid of more than ``FEW_CHUNKS`` chunks must average at least this many decoded bytes per
+chunk: the chunk index HDF5 caches and the reader's table cost ~220 bytes per chunk."""
 
 WORK_FACTOR, WORK_SLACK_BYTES = 4, 16 << 20
 """All allocated chunks together decode to at most ``WORK_FACTOR`` x the frames + this."""
@@ -64,6 +73,40 @@ class StoredChunk:
     filter_mask: int
     address: int
     size: int
+
+
+@dataclass(frozen=True)
+class ChunkTable:
+    """The allocated chunks of a dataset, in index order, one row each (compact: 8 bytes a number).
+
+    Attributes:
+        offsets: (n, rank) int64, each chunk's first element along each axis.
+        filter_masks: (n,) int64.
+        addresses: (n,) int64, byte offsets in the body.
+        sizes: (n,) int64, stored bytes.
+    """
+
+    offsets: np.ndarray
+    filter_masks: np.ndarray
+    addresses: np.ndarray
+    sizes: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+    def __getitem__(self, index: int) -> StoredChunk:
+        return StoredChunk(
+            tuple(int(o) for o in self.offsets[index]),
+            int(self.filter_masks[index]),
+            int(self.addresses[index]),
+            int(self.sizes[index]),
+        )
+
+    def __iter__(self):
+        return (self[index] for index in range(len(self)))
+
+
+NO_CHUNKS = ChunkTable(np.zeros((0, 0), np.int64), *(np.zeros(0, np.int64) for _ in range(3)))
 
 
 @dataclass(frozen=True)
@@ -94,7 +137,7 @@ class Hdf5Budget:
     data_address: int | None = None
     chunk_shape: tuple[int, ...] | None = None
     chunk_grid: int = 0
-    chunks: tuple[StoredChunk, ...] = ()
+    chunks: ChunkTable = NO_CHUNKS
     pipeline: tuple[Filter, ...] = ()
 
     @property
@@ -166,6 +209,13 @@ def plan_dataset(node: h5py.Dataset, body_size: int, path: str, limits: DecodeLi
         raise BadRequest("bad_hdf5", f"dataset {path!r} has an unknown storage layout ({layout}).")
 
     pipeline = _pipeline(dcpl, path)
+    if decoded > LZF_MAX_DECODED_BYTES and any(stage.code == FILTER_LZF for stage in pipeline):
+        raise PayloadTooLarge(
+            "too_large",
+            f"dataset {path!r} is LZF-compressed and decodes to {decoded} bytes; LZF is accepted up to "
+            f"{LZF_MAX_DECODED_BYTES} bytes per request (its decoder here is slow): send fewer frames or use "
+            "gzip or bitshuffle+LZ4.",
+        )
     chunk_shape = tuple(int(c) for c in dcpl.get_chunk())
     if len(chunk_shape) != len(shape) or min(chunk_shape) < 1:
         raise BadRequest("bad_hdf5", f"dataset {path!r} has a malformed chunk shape {chunk_shape}.")
@@ -185,6 +235,13 @@ def plan_dataset(node: h5py.Dataset, body_size: int, path: str, limits: DecodeLi
             f"{limits.max_chunks_per_frame} chunks per frame ({max_chunks} for {frames[0]} frames); "
             "rechunk it with larger chunks (e.g. one per frame or panel).",
         )
+    if grid > max(FEW_CHUNKS, decoded // MIN_AVERAGE_CHUNK_BYTES):
+        raise PayloadTooLarge(
+            "too_large",
+            f"dataset {path!r} is cut into {grid} chunks of {chunk_shape} ({chunk_bytes} bytes) for {decoded} "
+            f"bytes of frames; chunks must hold {MIN_AVERAGE_CHUNK_BYTES} bytes on average: rechunk it with larger "
+            "chunks (e.g. one per frame or panel).",
+        )
     allocated = dsid.get_num_chunks()
     if allocated > grid:
         raise BadRequest("bad_hdf5", f"dataset {path!r} lists {allocated} chunks for a grid of {grid}.")
@@ -195,8 +252,9 @@ def plan_dataset(node: h5py.Dataset, body_size: int, path: str, limits: DecodeLi
             "of frames; rechunk it so that chunks tile the frames.",
         )
     chunks = _stored_chunks(dsid, allocated, shape, chunk_shape, chunk_bytes, body_size, path)
-    return Hdf5Budget(layout="chunked", chunk_shape=chunk_shape, chunk_grid=grid, chunks=chunks,
-                      pipeline=pipeline, **common)
+    return Hdf5Budget(
+        layout="chunked", chunk_shape=chunk_shape, chunk_grid=grid, chunks=chunks, pipeline=pipeline, **common
+    )
 
 
 def max_stored_bytes(chunk_bytes: int) -> int:
@@ -229,18 +287,21 @@ def _pipeline(dcpl, path: str) -> tuple[Filter, ...]:
     stages = []
     for index in range(dcpl.get_nfilters()):
         code, flags, values, label = dcpl.get_filter(index)
-        if code not in COMPRESSORS and code not in (FILTER_SHUFFLE, FILTER_FLETCHER32):
+        stage = Filter(int(code), int(flags), tuple(int(v) for v in values))
+        if not can_decode(stage):
             shown = label.decode("ascii", "replace")[:40] if isinstance(label, bytes) else str(label)[:40]
             raise BadRequest(
                 "hdf5_unsupported_filter",
                 f"dataset {path!r} uses filter {code} ({shown!r}), which this server does not decode; "
                 f"accepted: {SUPPORTED_TEXT}.",
             )
-        stages.append(Filter(int(code), int(flags), tuple(int(v) for v in values)))
+        stages.append(stage)
     codes = [stage.code for stage in stages]
     compressors = [code for code in codes if code in COMPRESSORS]
     in_order = (
-        codes.count(FILTER_SHUFFLE) <= 1 and codes.count(FILTER_FLETCHER32) <= 1 and len(compressors) <= 1
+        codes.count(FILTER_SHUFFLE) <= 1
+        and codes.count(FILTER_FLETCHER32) <= 1
+        and len(compressors) <= 1
         and (FILTER_SHUFFLE not in codes or codes[0] == FILTER_SHUFFLE)
         and (FILTER_FLETCHER32 not in codes or codes[-1] == FILTER_FLETCHER32)
     )
@@ -253,33 +314,59 @@ def _pipeline(dcpl, path: str) -> tuple[Filter, ...]:
     return tuple(stages)
 
 
-def _stored_chunks(dsid, allocated: int, shape, chunk_shape, chunk_bytes: int, body_size: int,
-                   path: str) -> tuple[StoredChunk, ...]:
-    found: list[StoredChunk] = []
-    problems: list[str] = []
-    largest = max_stored_bytes(chunk_bytes)
+def _stored_chunks(dsid, allocated: int, shape, chunk_shape, chunk_bytes: int, body_size: int, path: str) -> ChunkTable:
+    offsets = np.zeros((allocated, len(shape)), np.int64)
+    numbers = np.zeros((allocated, 3), np.int64)  # filter mask, address (-1: none), size
+    count = 0
 
     def visit(info) -> int | None:
-        offset = tuple(int(o) for o in info.chunk_offset)
-        address, size = info.byte_offset, info.size
-        if len(found) >= allocated:
-            problems.append(f"the chunk index lists more than the {allocated} chunks it counts")
-        elif len(offset) != len(shape) or any(
-                o % c or not 0 <= o < s for o, c, s in zip(offset, chunk_shape, shape, strict=True)):
-            problems.append(f"a chunk at {offset} is off the {chunk_shape} grid of a {shape} dataset")
-        elif address is None or size < 1 or not 0 <= address <= body_size - size:
-            problems.append(f"the chunk at {offset} lies outside the {body_size}-byte file (truncated?)")
-        elif size > largest:
-            problems.append(f"the chunk at {offset} stores {size} bytes, more than any encoding of its "
-                            f"{chunk_bytes} bytes needs")
-        else:
-            found.append(StoredChunk(offset, int(info.filter_mask), int(address), int(size)))
-            return None
-        return 1  # stop the iteration
+        nonlocal count
+        if count >= allocated or len(info.chunk_offset) != len(shape):
+            count = allocated + 1  # more chunks than counted, or of another rank: refused below
+            return 1  # stop the iteration
+        offsets[count] = info.chunk_offset
+        address = info.byte_offset
+        numbers[count] = (
+            info.filter_mask,
+            -1 if address is None or address > body_size else address,
+            min(info.size, body_size + 1),
+        )
+        count += 1
+        return None
 
-    dsid.chunk_iter(visit)
-    if problems:
-        raise BadRequest("bad_hdf5", f"dataset {path!r}: {problems[0]}.")
-    if len(found) != allocated:
-        raise BadRequest("bad_hdf5", f"dataset {path!r}: the chunk index lists {len(found)} of its {allocated} chunks.")
-    return tuple(found)
+    if hasattr(dsid, "chunk_iter"):  # one pass over the index (h5py >= 3.8 built on HDF5 >= 1.12.3)
+        dsid.chunk_iter(visit)
+    else:  # pragma: no cover - older builds: one index lookup per chunk
+        for index in range(allocated):
+            if visit(dsid.get_chunk_info(index)) is not None:
+                break
+    if count != allocated:
+        raise BadRequest(
+            "bad_hdf5", f"dataset {path!r}: the chunk index does not list the {allocated} chunks it counts."
+        )
+    table = ChunkTable(offsets, numbers[:, 0], numbers[:, 1], numbers[:, 2])
+    grid = np.asarray(chunk_shape, np.int64)
+    bad = np.flatnonzero(
+        ((offsets % grid) != 0).any(axis=1) | (offsets < 0).any(axis=1) | (offsets >= shape).any(axis=1)
+    )
+    if bad.size:
+        raise BadRequest(
+            "bad_hdf5",
+            f"dataset {path!r}: a chunk at {table[bad[0]].offset} is off the {chunk_shape} grid of a {shape} dataset.",
+        )
+    sizes, addresses = table.sizes, table.addresses
+    bad = np.flatnonzero((addresses < 0) | (sizes < 1) | (addresses > body_size - sizes))
+    if bad.size:
+        raise BadRequest(
+            "bad_hdf5",
+            f"dataset {path!r}: the chunk at {table[bad[0]].offset} lies outside the {body_size}-byte file "
+            "(truncated?).",
+        )
+    bad = np.flatnonzero(sizes > max_stored_bytes(chunk_bytes))
+    if bad.size:
+        raise BadRequest(
+            "bad_hdf5",
+            f"dataset {path!r}: the chunk at {table[bad[0]].offset} stores {int(sizes[bad[0]])} bytes, more than any "
+            f"encoding of its {chunk_bytes} bytes needs.",
+        )
+    return table

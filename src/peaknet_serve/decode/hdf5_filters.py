@@ -15,8 +15,8 @@ filters itself, here, where every stage knows the exact size it must produce:
  gzip            1       ``zlib``, output taken 1 MiB at a time
  bzip2           307     ``bz2``, output taken 1 MiB at a time
  zstd            32015   ``compression.zstd`` (``backports.zstd``), 1 MiB at a time, window capped
- lz4             32004   ``lz4.block`` per block of the HDF5 LZ4 framing
- bitshuffle      32008   ``lz4.block`` / zstd per block, bit transpose in NumPy
+ lz4             32004   liblz4's ``LZ4_decompress_safe`` (``lz4`` package), per block, in place
+ bitshuffle      32008   the same LZ4 / zstd per block, bit transpose in NumPy
  blosc           32001   ``blosc``, after the header's sizes match the chunk's
  lzf             32000   a pure-Python LZF decoder writing into the chunk's buffer
 ==============  ======  ======================================================================
@@ -56,6 +56,7 @@ except ImportError:
         _zstd = None
 try:
     import blosc as _blosc
+    from blosc.blosc_extension import error as _BloscError
 except ImportError:  # pragma: no cover - blosc chunks are then refused
     _blosc = None
 
@@ -65,9 +66,18 @@ PIECE_BYTES = 1 << 20
 MIN_BLOCK_BYTES = 1024
 """Smallest LZ4 / bitshuffle block accepted when a chunk has more than one (bounds the work)."""
 
+LZF_MAX_DECODED_BYTES = 32 << 20
+"""Most bytes of frames an LZF dataset may decode to: its decoder is pure Python (~3 MB/s)."""
+
 FILTER_DEFLATE, FILTER_SHUFFLE, FILTER_FLETCHER32 = 1, 2, 3
 FILTER_BZIP2, FILTER_LZF, FILTER_BLOSC, FILTER_LZ4, FILTER_BITSHUFFLE, FILTER_ZSTD = (
-    307, 32000, 32001, 32004, 32008, 32015)
+    307,
+    32000,
+    32001,
+    32004,
+    32008,
+    32015,
+)
 
 _BSHUF_LZ4, _BSHUF_ZSTD = 2, 3
 _BSHUF_TARGET_BLOCK_BYTES, _BSHUF_MIN_BLOCK, _BSHUF_MULT = 8192, 128, 8
@@ -93,8 +103,15 @@ class Filter:
 
 
 FILTER_NAMES = {
-    FILTER_DEFLATE: "gzip", FILTER_SHUFFLE: "shuffle", FILTER_FLETCHER32: "fletcher32", FILTER_BZIP2: "bzip2",
-    FILTER_LZF: "lzf", FILTER_BLOSC: "blosc", FILTER_LZ4: "lz4", FILTER_BITSHUFFLE: "bitshuffle", FILTER_ZSTD: "zstd",
+    FILTER_DEFLATE: "gzip",
+    FILTER_SHUFFLE: "shuffle",
+    FILTER_FLETCHER32: "fletcher32",
+    FILTER_BZIP2: "bzip2",
+    FILTER_LZF: "lzf",
+    FILTER_BLOSC: "blosc",
+    FILTER_LZ4: "lz4",
+    FILTER_BITSHUFFLE: "bitshuffle",
+    FILTER_ZSTD: "zstd",
 }
 
 # (stored bytes, decoded size, the stage, itemsize, where to write or None) -> exactly ``size``
@@ -118,8 +135,8 @@ def _output(out: np.ndarray | None, size: int) -> np.ndarray:
 
 # --- streaming compressors: output taken at most PIECE_BYTES at a time ------------------------
 
-def decode_gzip(raw: memoryview, size: int, stage: Filter, itemsize: int, out: np.ndarray | None = None
-                ) -> np.ndarray:
+
+def decode_gzip(raw: memoryview, size: int, stage: Filter, itemsize: int, out: np.ndarray | None = None) -> np.ndarray:
     """A zlib stream (HDF5's deflate filter) -> exactly ``size`` bytes."""
     out = _output(out, size)
     target = memoryview(out)
@@ -142,14 +159,12 @@ def decode_gzip(raw: memoryview, size: int, stage: Filter, itemsize: int, out: n
     return _finish(out, filled, size, len(inflater.unused_data) + len(raw) - position, "gzip")
 
 
-def decode_bzip2(raw: memoryview, size: int, stage: Filter, itemsize: int, out: np.ndarray | None = None
-                ) -> np.ndarray:
+def decode_bzip2(raw: memoryview, size: int, stage: Filter, itemsize: int, out: np.ndarray | None = None) -> np.ndarray:
     """A bzip2 stream -> exactly ``size`` bytes."""
     return _decode_stream(bz2.BZ2Decompressor(), raw, size, "bzip2", OSError, out)
 
 
-def decode_zstd(raw: memoryview, size: int, stage: Filter, itemsize: int, out: np.ndarray | None = None
-                ) -> np.ndarray:
+def decode_zstd(raw: memoryview, size: int, stage: Filter, itemsize: int, out: np.ndarray | None = None) -> np.ndarray:
     """One zstd frame -> exactly ``size`` bytes (the decoder's window is capped at ~``size``)."""
     return _decode_stream(_zstd_decompressor(size), raw, size, "zstd", _zstd.ZstdError, out)
 
@@ -159,8 +174,9 @@ def _zstd_decompressor(size: int):
     return _zstd.ZstdDecompressor(options={_zstd.DecompressionParameter.window_log_max: window_log})
 
 
-def _decode_stream(decompressor, raw: memoryview, size: int, name: str, error_type,
-                   out: np.ndarray | None = None) -> np.ndarray:
+def _decode_stream(
+    decompressor, raw: memoryview, size: int, name: str, error_type, out: np.ndarray | None = None
+) -> np.ndarray:
     out = _output(out, size)
     target = memoryview(out)
     filled = position = 0
@@ -197,8 +213,8 @@ def _finish(out: np.ndarray, filled: int, size: int, unused: int, name: str) -> 
 
 # --- block formats with sizes in their headers ------------------------------------------------
 
-def decode_lz4(raw: memoryview, size: int, stage: Filter, itemsize: int, out: np.ndarray | None = None
-                ) -> np.ndarray:
+
+def decode_lz4(raw: memoryview, size: int, stage: Filter, itemsize: int, out: np.ndarray | None = None) -> np.ndarray:
     """HDF5's LZ4 framing -> exactly ``size`` bytes.
 
     Layout: total size (u64 BE), block size (u32 BE), then per block its stored size (u32 BE)
@@ -226,8 +242,9 @@ def decode_lz4(raw: memoryview, size: int, stage: Filter, itemsize: int, out: np
     return out
 
 
-def decode_bitshuffle(raw: memoryview, size: int, stage: Filter, itemsize: int, out: np.ndarray | None = None
-                ) -> np.ndarray:
+def decode_bitshuffle(
+    raw: memoryview, size: int, stage: Filter, itemsize: int, out: np.ndarray | None = None
+) -> np.ndarray:
     """Bitshuffle (optionally LZ4- or zstd-compressed per block) -> exactly ``size`` bytes.
 
     Compressed layout: total size (u64 BE), block size in bytes (u32 BE), then per block of
@@ -265,9 +282,10 @@ def decode_bitshuffle(raw: memoryview, size: int, stage: Filter, itemsize: int, 
         raise ChunkError(f"bitshuffle blocks of {block * itemsize} bytes are smaller than {MIN_BLOCK_BYTES}")
     out = _output(out, size)
     filled = 0
-    group = np.empty(min(len(blocks), max(1, PIECE_BYTES // (block * itemsize))) * block * itemsize, np.uint8)
-    for first in range(0, len(blocks), len(group) // (block * itemsize)):
-        members = blocks[first : first + len(group) // (block * itemsize)]
+    per_group = max(1, PIECE_BYTES // (block * itemsize))
+    group = np.empty(min(len(blocks), per_group) * block * itemsize, np.uint8)  # each byte decoded before use
+    for first in range(0, len(blocks), per_group):
+        members = blocks[first : first + per_group]
         used = 0
         for elements in members:  # decode a group of blocks, then undo their bit transposes at once
             length = elements * itemsize
@@ -283,11 +301,13 @@ def decode_bitshuffle(raw: memoryview, size: int, stage: Filter, itemsize: int, 
                     _decode_stream(_zstd_decompressor(length), stored, length, "zstd", _zstd.ZstdError, place)
             used += length
         full = sum(1 for elements in members if elements == block)
-        out[filled : filled + full * block * itemsize] = bit_unshuffle(group[: full * block * itemsize], block,
-                                                                      itemsize)
+        out[filled : filled + full * block * itemsize] = bit_unshuffle(
+            group[: full * block * itemsize], block, itemsize
+        )
         if full < len(members):  # the shorter last block
             out[filled + full * block * itemsize : filled + used] = bit_unshuffle(
-                group[full * block * itemsize : used], members[-1], itemsize)
+                group[full * block * itemsize : used], members[-1], itemsize
+            )
         filled += used
     leftover = size - filled
     out[filled:] = np.frombuffer(_take(raw, position, leftover, "bitshuffle"), np.uint8)
@@ -314,7 +334,7 @@ def bit_unshuffle(shuffled: np.ndarray, count: int, itemsize: int) -> np.ndarray
     """
     blocks = len(shuffled) // (count * itemsize)
     rows = shuffled.reshape(blocks, itemsize, 8, count // 8)
-    words = np.ascontiguousarray(rows.transpose(0, 1, 3, 2)).view("<u8")[..., 0]  # (block, b, j), byte k = row k
+    words = rows.transpose(0, 1, 3, 2).copy().view("<u8")[..., 0]  # (block, b, j), byte k = row k; a copy
     for shift, mask in ((7, 0x00AA00AA00AA00AA), (14, 0x0000CCCC0000CCCC), (28, 0x00000000F0F0F0F0)):
         swap = (words ^ (words >> np.uint64(shift))) & np.uint64(mask)
         words ^= swap ^ (swap << np.uint64(shift))
@@ -322,8 +342,7 @@ def bit_unshuffle(shuffled: np.ndarray, count: int, itemsize: int) -> np.ndarray
     return columns.transpose(0, 2, 3, 1).reshape(-1)
 
 
-def decode_blosc(raw: memoryview, size: int, stage: Filter, itemsize: int, out: np.ndarray | None = None
-                ) -> np.ndarray:
+def decode_blosc(raw: memoryview, size: int, stage: Filter, itemsize: int, out: np.ndarray | None = None) -> np.ndarray:
     """A Blosc buffer -> exactly ``size`` bytes, after its header's sizes are checked."""
     if len(raw) < 16:
         raise ChunkError(f"a blosc chunk of {len(raw)} bytes has no complete header")
@@ -335,15 +354,14 @@ def decode_blosc(raw: memoryview, size: int, stage: Filter, itemsize: int, out: 
     out = _output(out, size)
     try:
         written = _blosc.decompress_ptr(bytes(raw), out.ctypes.data)
-    except (RuntimeError, ValueError, TypeError) as error:  # what blosc raises for corrupt buffers
+    except (_BloscError, RuntimeError, ValueError, TypeError) as error:  # what blosc raises for corrupt buffers
         raise ChunkError(f"corrupt blosc buffer ({error})") from None
     if written != size:
         raise ChunkError(f"the blosc buffer decodes to {written} bytes; the chunk holds {size}")
     return out
 
 
-def decode_lzf(raw: memoryview, size: int, stage: Filter, itemsize: int, out: np.ndarray | None = None
-                ) -> np.ndarray:
+def decode_lzf(raw: memoryview, size: int, stage: Filter, itemsize: int, out: np.ndarray | None = None) -> np.ndarray:
     """An LZF stream (h5py's filter) -> exactly ``size`` bytes."""
     data = bytes(raw)
     decoded = bytearray(size)  # bytearray slicing is what makes this loop fast enough
@@ -390,6 +408,7 @@ def decode_lzf(raw: memoryview, size: int, stage: Filter, itemsize: int, out: np
 
 # --- checksum -----------------------------------------------------------------------------
 
+
 def strip_fletcher32(raw: memoryview) -> memoryview:
     """``raw`` without its trailing Fletcher-32 checksum, after verifying it as HDF5 does."""
     if len(raw) < 4:
@@ -418,7 +437,7 @@ def fletcher32(data: memoryview) -> int:
         sums = [(int(s), int(w), 360) for s, w in zip(blocks.sum(axis=1), blocks @ weights, strict=True)]
         if full < len(words):
             tail = words[full:]
-            sums.append((int(tail.sum()), int(tail @ weights[360 - len(tail):]), len(tail)))
+            sums.append((int(tail.sum()), int(tail @ weights[360 - len(tail) :]), len(tail)))
         for total, weighted, count in sums:
             sum2 = (sum2 + count * sum1 + weighted) & 0xFFFFFFFF
             sum1 = (sum1 + total) & 0xFFFFFFFF
@@ -432,6 +451,7 @@ def fletcher32(data: memoryview) -> int:
 
 
 # --- helpers ------------------------------------------------------------------------------
+
 
 def _lz4(stored: memoryview, length: int) -> np.ndarray:
     decoded = np.empty(length, np.uint8)  # every byte written by _lz4_into, or an error
@@ -504,14 +524,30 @@ COMPRESSORS = available_compressors()
 SUPPORTED_TEXT = ", ".join(FILTER_NAMES[code] for code in (FILTER_SHUFFLE, FILTER_FLETCHER32, *sorted(COMPRESSORS)))
 
 
+def can_decode(stage: Filter) -> bool:
+    """Whether this process has a bounded decoder for ``stage`` (with its parameters)."""
+    if stage.code in (FILTER_SHUFFLE, FILTER_FLETCHER32):
+        return True
+    if stage.code == FILTER_BITSHUFFLE and len(stage.values) > 4:
+        compression = stage.values[4]
+        return (
+            compression == 0
+            or (compression == _BSHUF_LZ4 and _lz4_block is not None)
+            or (compression == _BSHUF_ZSTD and _zstd is not None)
+        )
+    return stage.code in COMPRESSORS
+
+
 def is_shuffled(pipeline: tuple[Filter, ...], mask: int, itemsize: int) -> bool:
     """Whether a chunk with ``mask`` still needs byte-unshuffling after :func:`unfilter_chunk`."""
     return itemsize > 1 and any(
-        stage.code == FILTER_SHUFFLE and not mask >> index & 1 for index, stage in enumerate(pipeline))
+        stage.code == FILTER_SHUFFLE and not mask >> index & 1 for index, stage in enumerate(pipeline)
+    )
 
 
-def unfilter_chunk(raw: memoryview, size: int, pipeline: tuple[Filter, ...], mask: int, itemsize: int,
-                   out: np.ndarray | None = None):
+def unfilter_chunk(
+    raw: memoryview, size: int, pipeline: tuple[Filter, ...], mask: int, itemsize: int, out: np.ndarray | None = None
+):
     """The stored bytes of one chunk with every filter but shuffle undone.
 
     Args:

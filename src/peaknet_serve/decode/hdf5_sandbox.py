@@ -1,10 +1,11 @@
-"""The HDF5 reader in a child process: a file that crashes HDF5 costs one 400, never the worker.
+"""The HDF5 reader in a child process: a file that crashes HDF5 fails one request, never the worker.
 
-HDF5 and its compression plugins are C code parsing hostile input. Mutation fuzzing shows that
-corrupt bitshuffle chunks segfault the process that decodes them, so request files are decoded
-by :func:`~peaknet_serve.decode.hdf5.decode_hdf5` in a long-lived child process instead:
+HDF5 is C code parsing hostile input: the file's metadata (superblock, object headers, chunk
+index), and, in HDF5's own filter pipeline, chunk data (which the reader never hands it: corrupt
+bitshuffle chunks segfault it). Request files are therefore decoded by
+:func:`~peaknet_serve.decode.hdf5.decode_hdf5` in a long-lived child process:
 
-    parent                                   child (``python -I``, numpy + h5py only)
+    parent                                   child (``python -I``, numpy, h5py, decoders)
     ------                                   -----
     frame {"dataset", "limits", "size"}  ->
     body bytes                           ->  decode_hdf5(body)
@@ -13,8 +14,9 @@ by :func:`~peaknet_serve.decode.hdf5.decode_hdf5` in a long-lived child process 
 
 A frame is an 8-byte little-endian length and a JSON document. The child's own stdout is
 redirected to stderr, so nothing a C library prints can corrupt the protocol. When the child
-dies, times out or answers nonsense, it is killed, the request gets ``400 bad_hdf5`` and the
-next request starts a fresh child. The parent re-checks the reply's dtype and shape against the
+dies, times out or answers nonsense, it is killed, the request fails with
+:class:`Hdf5ReaderFailure` (500 ``hdf5_reader_failed``, not a 400 blaming the file)
+and the next request starts a fresh child. The parent re-checks the reply's dtype and shape against the
 limits before allocating, and fills every byte of the array it returns from the reply.
 
 Memory, per request: once :func:`~peaknet_serve.decode.hdf5_budget.plan_dataset` has fixed the
@@ -44,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BadRequest, PayloadTooLarge, RequestError, UnsupportedMediaType
+from ..errors import BadRequest, PayloadTooLarge, RequestError, ServerFault, UnsupportedMediaType
 from .dtypes import WIRE_DTYPES
 from .layout import frames_shape
 from .limits import DecodeLimits, check_frames_shape
@@ -58,6 +60,17 @@ ADDRESS_SLACK_BYTES = 512 << 20
 
 class SandboxFailure(Exception):
     """The child crashed, hung or broke the protocol."""
+
+
+class Hdf5ReaderFailure(ServerFault):
+    """500 ``hdf5_reader_failed``: the HDF5 reader died, timed out or hit a fault of its own.
+
+    A :class:`~peaknet_serve.errors.ServerFault`, not a request error: a crash or a bug of the
+    reader is answered as the server's failure, never blamed on the file with a 400.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__("hdf5_reader_failed", message, 500)
 
 
 class Hdf5Sandbox:
@@ -90,8 +103,9 @@ class Hdf5Sandbox:
             (N, P, H, W) in the dataset's wire dtype, native byte order, C-contiguous.
 
         Raises:
-            RequestError: what the reader raised, or ``400 bad_hdf5`` when the file crashed it
-                or took longer than ``timeout_s``.
+            RequestError: what the reader raised for the file.
+            Hdf5ReaderFailure: the child died, took longer than ``timeout_s`` or broke the
+                protocol (it is then replaced), or failed with an error of its own.
         """
         with self._lock:
             deadline = time.monotonic() + self.timeout_s
@@ -102,19 +116,19 @@ class Hdf5Sandbox:
                 _write_all(process.stdin, view)
                 reply = _read_frame(process.stdout, deadline)
                 self.last_memory = _memory_report(reply)
+                if "failure" in reply:
+                    raise Hdf5ReaderFailure(f"the HDF5 reader failed: {str(reply['failure'])[:300]}")
                 if not reply.get("ok"):
                     raise _error_from_reply(reply)
                 pixels = _allocate_reply(reply, limits)
                 _read_into(process.stdout, memoryview(pixels).cast("B"), deadline)
-            except RequestError:
+            except (RequestError, Hdf5ReaderFailure):
                 raise
             except (SandboxFailure, OSError, ValueError, TypeError, KeyError) as failure:
                 self._stop()
                 self.restarts += 1
-                raise BadRequest(
-                    "bad_hdf5",
-                    f"the HDF5 file could not be decoded ({_describe(failure)}); it is probably "
-                    "corrupt (e.g. damaged compressed chunks).",
+                raise Hdf5ReaderFailure(
+                    f"the HDF5 reader failed and was restarted ({_describe(failure)})"
                 ) from None
         return pixels
 
@@ -211,9 +225,8 @@ def serve(memory_limit_bytes: int = 0) -> None:
         except RequestError as error:
             reply = {"ok": False, **error.to_json()["error"]}
             pixels = None
-        except Exception as error:  # noqa: BLE001 - anything else is still this file's fault
-            message = f"the HDF5 file could not be decoded ({_describe(error)})."
-            reply = {"ok": False, "status": 400, "type": "bad_hdf5", "message": message}
+        except Exception as error:  # noqa: BLE001 - a fault of the reader, reported as such
+            reply = {"ok": False, "failure": f"{type(error).__name__}: {_describe(error)}"}
             pixels = None
         finally:
             _uncap_address_space()
@@ -337,7 +350,7 @@ def _read_into(stream, target: memoryview, deadline: float | None) -> None:
                 raise SandboxFailure("timed out")
         count = stream.readinto(target[filled:])
         if not count:
-            raise SandboxFailure("the HDF5 reader process died")
+            raise SandboxFailure("the reader process died")
         filled += count
 
 
