@@ -302,7 +302,7 @@ def report(payload: dict[str, Any], out: Path, name: str) -> None:
                ("indexed", "indexed"), ("frames", "of"), ("true_orientation", "true orientation"),
                ("coordinate_warnings", "coordinate warnings"),
                ("median_misorientation_deg", "median misorientation °"),
-               ("seconds", "indexamajig s")]
+               ("seconds", "indexamajig s"), ("server_peaks_per_frame", "server peaks/frame")]
     table = markdown_table(rows, columns)
     tuning = markdown_table(payload["peakfinder8_tuning"], [
         ("simulator", "frames from"), ("detector", "detector"), ("threshold", "--threshold (ADU)"),
@@ -331,6 +331,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--work", type=Path, help="keep the frames, peak files and streams here")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--name", default="indexing_crystfel")
+    p.add_argument("--replot", type=Path, metavar="JSON", help="only rewrite the table and plot of a results file")
     args = p.parse_args(argv)
     if not 1 <= args.frames <= 16:
         p.error("--frames must be in 1..16 (one request carries a whole run)")
@@ -339,6 +340,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.replot is not None:
+        report(json.loads(args.replot.read_text()), args.replot.parent, args.replot.stem)
+        return 0
     bin_dir = crystfel_bin()
     if bin_dir is None:
         print("CrystFEL not found: set CRYSTFEL_BIN or put indexamajig on PATH", file=sys.stderr)
