@@ -17,8 +17,8 @@ with TakeTwo and with asdf and otherwise default options, the frames through
 
 * ``peakfind`` / ``post``: ``--peaks=cxi`` on the server's files;
 * ``peakfinder8``: CrystFEL's own search (``--peaks=peakfinder8``) on the same frames (the peakfind
-  file: same data, same mask), its ``--threshold``/``--min-snr`` tuned on these very frames (the
-  grid value that indexes most with asdf);
+  file: same data, same mask), its ``--threshold``/``--min-snr`` tuned on these very frames for each
+  indexer (the grid value that indexes most);
 * ``truth``: ``--peaks=cxi`` on the simulator's strong spots (peaksim only).
 
 Reported per source: frames indexed, and how many of them have the true orientation (within 1 degree
@@ -87,6 +87,8 @@ PF8_THRESHOLD_SIGMAS = (3.0, 6.0)
 
 
 def peaksim_run(detector: DetectorGeometry, n_frames: int, folder: Path, seed: int) -> Path:
+    if _finished_run(folder / "run.cxi", n_frames):
+        return folder / "run.cxi"
     frames, reciprocal = simulate_known_cell(detector, n_frames, LYSOZYME, nominal_setup(detector), seed)
     return write_known_cell_run(folder / "run.cxi", frames, reciprocal, detector.name)
 
@@ -94,6 +96,8 @@ def peaksim_run(detector: DetectorGeometry, n_frames: int, folder: Path, seed: i
 def pattern_sim_run(detector: DetectorGeometry, n_frames: int, folder: Path, cell: Path, bin_dir: Path) -> Path:
     """``n_frames`` pattern_sim images gathered into ``run.cxi``: ``(N, P, H, W)`` float32 and the
     true orientations (pattern_sim's ``/pattern_sim/[abc]star``, m^-1, in the lab frame)."""
+    if _finished_run(folder / "run.cxi", n_frames):
+        return folder / "run.cxi"
     geometry = folder / "pattern_sim.geom"
     geometry.write_text(write_geometry(detector, nominal_setup(detector), data_path="/data/data",
                                        multi_event=False, mask=False, peak_list=False))
@@ -115,6 +119,15 @@ def pattern_sim_run(detector: DetectorGeometry, n_frames: int, folder: Path, cel
         h5[TRUTH_PATH] = np.stack(truth).astype(np.float64)
     shutil.rmtree(images)
     return run
+
+
+def _finished_run(run: Path, n_frames: int) -> bool:
+    """A run file of ``n_frames`` frames and their truth from an earlier call in the same ``--work``."""
+    try:
+        with h5py.File(run, "r") as h5:
+            return h5[DATA_PATH].shape[0] == n_frames and h5[TRUTH_PATH].shape[0] == n_frames
+    except (OSError, KeyError):
+        return False
 
 
 def noise_sigma(run: Path) -> float:
@@ -165,7 +178,14 @@ def stop_server(process: subprocess.Popen) -> None:
 
 
 def post_answer(url: str, run: Path, out: Path, timeout_s: float) -> Path:
-    """One ``POST`` of all frames of ``run`` for a CXI answer, joined to the frames."""
+    """One ``POST`` of all frames of ``run`` for a CXI answer, joined to the frames (an earlier
+    joined answer at ``out`` is kept)."""
+    try:
+        with h5py.File(out, "r") as h5:
+            if h5.attrs.get("frames_included") == 1 and h5.attrs.get("complete"):
+                return out
+    except OSError:
+        pass
     with h5py.File(run, "r") as h5:
         data = h5[DATA_PATH][()]
     frames = data if data.ndim == 4 else data[:, None]
@@ -195,7 +215,7 @@ def index_sources(run: Path, detector: DetectorGeometry, simulator: str, url: st
     start = time.perf_counter()
     summary = peakfind.run([run], folder / "peakfind", client.predict, frames_per_request=2, concurrency=1,
                            show_progress=False)
-    if summary.totals()["files_done"] != 1:
+    if summary.totals()["files_failed"]:  # done now, or skipped: complete from an earlier run in --work
         raise RuntimeError(summary.format())
     peakfind_s = time.perf_counter() - start
     sources = {"peakfind": folder / "peakfind" / "run_peaks.cxi"}
@@ -215,25 +235,24 @@ def index_sources(run: Path, detector: DetectorGeometry, simulator: str, url: st
             raise RuntimeError(f"indexamajig failed for {name}/{indexer}: {result.stderr[-2000:]}")
         return score_run(result, events, {e: truth[e[1]] for e in events})
 
-    # peakfinder8, tuned on these frames: the grid value that indexes most with asdf (ties: true orientations)
+    # peakfinder8, tuned on these frames for each indexer: the grid value that indexes most (ties: more true
+    # orientations, then the lower threshold); its row is that run
     sigma = noise_sigma(run)
-    tuning = []
-    for k in PF8_THRESHOLD_SIGMAS:
-        for snr in PF8_MIN_SNR:
-            options = (f"--threshold={k * sigma:.3f}", f"--min-snr={snr}")
-            result = score(f"pf8-t{k:g}-snr{snr:g}", sources["peakfind"], "asdf", "peakfinder8", options)
-            tuning.append({"threshold_sigmas": k, "threshold": round(k * sigma, 3), "min_snr": snr, "options": options,
-                           **_score_row(result)})
-    best = max(tuning, key=lambda r: (r["indexed"], r["true_orientation"], -r["threshold_sigmas"]))
-    progress(f"  peakfinder8 tuned: {' '.join(best['options'])} ({best['indexed']}/{n_frames} with asdf)")
-
-    rows = []
+    rows, tuning = [], []
     for indexer in INDEXERS:
         for name, peak_file in sources.items():
             rows.append({"source": name, "indexer": indexer, **_score_row(score(name, peak_file, indexer))})
-        rows.append({"source": "peakfinder8", "indexer": indexer, "options": " ".join(best["options"]),
-                     **_score_row(score("peakfinder8", sources["peakfind"], indexer, "peakfinder8",
-                                        tuple(best["options"])))})
+        grid = []
+        for k in PF8_THRESHOLD_SIGMAS:
+            for snr in PF8_MIN_SNR:
+                options = (f"--threshold={k * sigma:.3f}", f"--min-snr={snr}")
+                result = score(f"pf8-t{k:g}-snr{snr:g}", sources["peakfind"], indexer, "peakfinder8", options)
+                grid.append({"indexer": indexer, "threshold_sigmas": k, "threshold": round(k * sigma, 3),
+                             "min_snr": snr, "options": " ".join(options), **_score_row(result)})
+        best = max(grid, key=lambda r: (r["indexed"], r["true_orientation"], -r["threshold_sigmas"]))
+        progress(f"  peakfinder8 tuned for {indexer}: {best['options']}")
+        rows.append({**best, "source": "peakfinder8"})
+        tuning += grid
     for row in rows:
         row.update(simulator=simulator, detector=detector.name, server_peaks_per_frame=server_peaks,
                    peakfind_s=round(peakfind_s, 1), post_s=round(post_s, 1))
@@ -302,18 +321,20 @@ def report(payload: dict[str, Any], out: Path, name: str) -> None:
                ("indexed", "indexed"), ("frames", "of"), ("true_orientation", "true orientation"),
                ("coordinate_warnings", "coordinate warnings"),
                ("median_misorientation_deg", "median misorientation °"),
-               ("seconds", "indexamajig s")]
+               ("seconds", "indexamajig s"), ("server_peaks_per_frame", "server peaks/frame")]
     table = markdown_table(rows, columns)
     tuning = markdown_table(payload["peakfinder8_tuning"], [
-        ("simulator", "frames from"), ("detector", "detector"), ("threshold", "--threshold (ADU)"),
-        ("min_snr", "--min-snr"), ("indexed", "indexed (asdf)"), ("true_orientation", "true orientation")])
+        ("simulator", "frames from"), ("detector", "detector"), ("indexer", "indexer"),
+        ("threshold", "--threshold (ADU)"), ("min_snr", "--min-snr"), ("indexed", "indexed"),
+        ("true_orientation", "true orientation")])
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(payload, indent=1, default=float))
     text = (f"# Indexing with CrystFEL {payload['crystfel']}: the server's peaks, peakfinder8 and the truth\n\n"
             f"{payload['frames']} frames per detector of one lysozyme crystal each (random orientation), in the "
             f"experiment of the shipped geometry files; server: {payload['server']}. True orientation: within "
             f"{payload['true_orientation_deg']}° of the simulated one after any re-indexing.\n\n{table}\n\n"
-            f"peakfinder8, tuned on the same frames (asdf):\n\n{tuning}\n\n"
+            f"peakfinder8, tuned on the same frames for each indexer (the row above is the grid's best):"
+            f"\n\n{tuning}\n\n"
             f"Reproduce: `{payload['command']}`\n")
     (out / f"{name}.md").write_text(text)
     plot(rows, out / f"{name}.png")
@@ -328,9 +349,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--url", help="a running server's inference URL (default: start one with the bundled model)")
     p.add_argument("--jobs", type=int, default=2, help="indexamajig -j (default 2)")
     p.add_argument("--timeout", type=float, default=1200.0, help="per-request timeout in s")
-    p.add_argument("--work", type=Path, help="keep the frames, peak files and streams here")
+    p.add_argument("--work", type=Path, help="keep the frames, peak files and streams here (a second run with the "
+                   "same --work and --frames reuses the frames and the server's files)")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--name", default="indexing_crystfel")
+    p.add_argument("--replot", type=Path, metavar="JSON", help="only rewrite the table and plot of a results file")
     args = p.parse_args(argv)
     if not 1 <= args.frames <= 16:
         p.error("--frames must be in 1..16 (one request carries a whole run)")
@@ -339,6 +362,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.replot is not None:
+        report(json.loads(args.replot.read_text()), args.replot.parent, args.replot.stem)
+        return 0
     bin_dir = crystfel_bin()
     if bin_dir is None:
         print("CrystFEL not found: set CRYSTFEL_BIN or put indexamajig on PATH", file=sys.stderr)
