@@ -228,7 +228,7 @@ def server_side(before: dict[str, float], after: dict[str, float]) -> dict[str, 
 def loadtest(url: str, model: str, report: Path, args, *, concurrency: int | None = None,
              rate: float | None = None, encoding: str = "raw") -> dict:
     processes = args.client_processes if rate else min(args.client_processes, concurrency)
-    cmd = [sys.executable, "-m", "peaknet_serve.clients.loadtest", "--url", url, "--model", model,
+    cmd = [sys.executable, "-m", "peaknet_serve.clients.loadtest.cli", "--url", url, "--model", model,
            "--geometry", args.geometry, "--dtype", "uint16", "--encoding", encoding,
            "--duration", str(args.duration), "--warmup", str(args.warmup_s), "--quiet",
            "--processes", str(processes), "--report", str(report)]
