@@ -30,8 +30,9 @@ install: $(VENV)/.installed
 archive: install
 	$(BIN)/peaknet-archive --export-path model_store
 
+# MPS=true: the workers share the GPU under NVIDIA MPS (GPU hosts; docs/performance-serving.md)
 serve: archive
-	$(BIN)/peaknet-serve start --config config.properties
+	$(BIN)/peaknet-serve start --config config.properties $(if $(filter true 1,$(MPS)),--mps)
 
 stop:
 	@if [ -x $(BIN)/peaknet-serve ]; then $(BIN)/peaknet-serve stop; fi

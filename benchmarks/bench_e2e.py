@@ -21,23 +21,27 @@ process pushing ~1 GB/s is not what limits the measured rate.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from benchmarks.timing import environment, markdown_table, progress, write_results
 from peaknet_serve.launch.archive import build
+from peaknet_serve.launch.mps import MpsDaemon
 from peaknet_serve.launch.server import (
     torchserve_command,
     torchserve_env,
-    wait_ready,
     write_loopback_config,
 )
 
@@ -73,11 +77,15 @@ def build_echo(store: Path, workers: int = 1, batch_size: int = 4, delay_ms: int
                     "--config-file", str(config), "--export-path", str(store), "--force"], check=True)
 
 
-def start(workdir: Path, store: Path, models: list[str], gpus: int) -> tuple[subprocess.Popen, dict[str, str]]:
+def start(workdir: Path, store: Path, models: list[str], gpus: int,
+          env_extra: dict[str, str]) -> tuple[subprocess.Popen, dict[str, str]]:
+    """TorchServe in the foreground on free loopback ports, its temp files (Inductor's and Triton's
+    caches too) under ``workdir``: every start begins with cold caches except what ``env_extra`` names."""
     # tokens off: the load generator sends no key (a private server on loopback for the length of the run)
     urls = write_loopback_config(workdir / "config.properties", store, models,
                                  {"job_queue_size": "1024", "number_of_gpu": str(gpus)}, token_auth=False)
-    env = torchserve_env(workdir / "logs", {"TMPDIR": str(workdir)})
+    env = torchserve_env(workdir / "logs", {"TMPDIR": str(workdir), "TORCHINDUCTOR_CACHE_DIR": str(workdir / "inductor"),
+                                            "TRITON_CACHE_DIR": str(workdir / "triton"), **env_extra})
     with open(workdir / "torchserve.out", "wb") as log:  # the server keeps its own copy
         process = subprocess.Popen(torchserve_command(workdir / "config.properties", foreground=True),
                                    cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -85,10 +93,92 @@ def start(workdir: Path, store: Path, models: list[str], gpus: int) -> tuple[sub
     return process, urls
 
 
+def stop(server: subprocess.Popen) -> None:
+    if server.poll() is None:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait(timeout=30)
+
+
+def wait_workers(management_url: str, expected: dict[str, int], started: float, timeout: float,
+                 alive) -> dict[str, list[float]]:
+    """Poll the management API until every model has ``expected[model]`` READY workers.
+
+    Returns:
+        per model, the seconds from ``started`` (a ``time.monotonic()``) at which each worker was
+        first seen READY (polled every 0.5 s), ascending.
+    """
+    import requests
+    ready: dict[str, dict[str, float]] = {model: {} for model in expected}
+    deadline = started + timeout
+    while any(len(ready[m]) < n for m, n in expected.items()):
+        if not alive():
+            raise RuntimeError("TorchServe exited during start-up")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"workers not ready after {timeout:.0f} s: "
+                               f"{ {m: len(r) for m, r in ready.items()} } of {expected}")
+        for model, seen in ready.items():
+            try:
+                workers = requests.get(f"{management_url}/models/{model}", timeout=2).json()[0].get("workers", [])
+            except (requests.RequestException, ValueError, IndexError, KeyError):
+                continue
+            now = time.monotonic() - started
+            for worker in workers:
+                if worker.get("status") == "READY":
+                    seen.setdefault(str(worker.get("id")), now)
+        time.sleep(0.5)
+    return {model: sorted(seen.values()) for model, seen in ready.items()}
+
+
+#: the handler's start-up line (serve/handler.py), per worker in model_log.log
+STARTUP_LINE = re.compile(r"W-\d+-(?P<model>.+?)_[^_-]+-stdout.*start-up (?P<total>[\d.]+) s \(load (?P<load>[\d.]+), "
+                          r"tune (?P<tune>[\d.]+), warm-up (?P<warmup>[\d.]+), compile cache (?P<cache>\w+)\)")
+
+
+def handler_startups(log_dir: Path) -> dict[str, list[dict]]:
+    """Per model, each worker's start-up as its handler logged it: seconds in total, loading the
+    weights, tuning, warming up (compiling), and whether the compile cache was hit."""
+    found: dict[str, list[dict]] = {}
+    path = log_dir / "model_log.log"
+    for line in path.read_text(errors="replace").splitlines() if path.exists() else []:
+        match = STARTUP_LINE.search(line)
+        if match:
+            fields = match.groupdict()
+            found.setdefault(fields.pop("model"), []).append(
+                {k: v if k == "cache" else float(v) for k, v in fields.items()})
+    return found
+
+
+def process_tree_cpu(pid: int) -> dict[int, float]:
+    """User + system CPU seconds of process ``pid`` and each of its live descendants (the frontend,
+    the workers and their HDF5 reader processes), by process id."""
+    import psutil
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return {}
+    seconds = {}
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            times = process.cpu_times()
+            seconds[process.pid] = times.user + times.system
+    return seconds
+
+
+def cpu_seconds_between(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds spent between two :func:`process_tree_cpu` snapshots by the processes alive at the
+    second (a process that ended in between is left out: a lower bound)."""
+    return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
+
+
 TS_COUNTERS = ("ts_inference_requests_total", "ts_inference_latency_microseconds",
                "ts_queue_latency_microseconds")
 HANDLER_COUNTERS = ("PeakNetBatches", "PeakNetHandleMsTotal", "PeakNetDecodeMsTotal", "PeakNetInferenceMsTotal",
-                    "PeakNetPostprocessMsTotal")
+                    "PeakNetPostprocessMsTotal", "PeakNetFramesServed", "PeakNetCappedFrames")
 
 
 def metrics_lines(metrics_url: str) -> list[str]:
@@ -136,10 +226,10 @@ def server_side(before: dict[str, float], after: dict[str, float]) -> dict[str, 
 
 
 def loadtest(url: str, model: str, report: Path, args, *, concurrency: int | None = None,
-             rate: float | None = None) -> dict:
+             rate: float | None = None, encoding: str = "raw") -> dict:
     processes = args.client_processes if rate else min(args.client_processes, concurrency)
-    cmd = [sys.executable, str(ROOT / "scripts" / "loadtest.py"), "--url", url, "--model", model,
-           "--geometry", args.geometry, "--dtype", "uint16", "--encoding", "raw",
+    cmd = [sys.executable, "-m", "peaknet_serve.clients.loadtest.cli", "--url", url, "--model", model,
+           "--geometry", args.geometry, "--dtype", "uint16", "--encoding", encoding,
            "--duration", str(args.duration), "--warmup", str(args.warmup_s), "--quiet",
            "--processes", str(processes), "--report", str(report)]
     cmd += ["--rate", str(rate)] if rate else ["--concurrency", str(concurrency)]
@@ -152,9 +242,13 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    closed = [r for r in rows if r["loop"] == "closed"]
+    closed = [r for r in rows if r["loop"] == "closed" and r.get("encoding", "raw") == "raw"]
     several = len({r.get("gpus", 1) for r in closed}) > 1
-    label = lambda r: f"{r['target']} ({r.get('gpus', 1)} GPU)" if several else r["target"]
+
+    def label(row: dict) -> str:
+        name = row["target"] + (" MPS" if row.get("mps") else "")
+        return f"{name} ({row.get('gpus', 1)} GPU)" if several else name
+
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
     for target in sorted({label(r) for r in closed}):
         pts = sorted((r["concurrency"], r["fps"], r["p99_ms"]) for r in closed if label(r) == target)
@@ -169,87 +263,160 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
-def serve_and_measure(args, gpus: int, warmup_shape, rows: list[dict], save) -> None:
-    """Build the archives, start one TorchServe on ``gpus`` GPUs and load-test every target;
-    append a row per load test to ``rows`` and call ``save(rows)`` after each."""
+@dataclass(frozen=True)
+class Target:
+    """One model served: its archive's name, workers in all, requests per TorchServe batch."""
+
+    name: str
+    workers: int
+    batch_size: int
+
+
+def build_targets(args, store: Path, gpus: int, warmup_shape) -> list[Target]:
+    """Write one archive per model config x variant x workers x batch size (and echo.mar) into ``store``."""
+    per_gpu = max(1, gpus)
+    targets = []
+    if not args.skip_echo:
+        build_echo(store, per_gpu * max(args.workers), max(args.batch_size), args.delay_ms)
+        targets.append(Target("echo", per_gpu * max(args.workers), max(args.batch_size)))
+    for config in args.model_config:
+        for name in args.variants.split(","):
+            for workers in args.workers:
+                for batch in args.batch_size:
+                    # model_store/peaknet/peaknet.yaml -> peaknet-eager (-w4, -b8 when several counts)
+                    target = (f"{config.parent.name}-{name}" + (f"-w{workers}" if len(args.workers) > 1 else "")
+                              + (f"-b{batch}" if len(args.batch_size) > 1 else ""))
+                    if any(t.name == target for t in targets):
+                        raise SystemExit(f"two models would be served as {target}: put their YAMLs in distinct folders")
+                    cfg = store.parent / f"{target}.yaml"
+                    cfg.write_text(yaml.safe_dump(model_config(VARIANTS[name], per_gpu * workers, batch,
+                                                               args.delay_ms, warmup_shape)))
+                    build(config, None, cfg, store, model_name=target)
+                    targets.append(Target(target, per_gpu * workers, batch))
+    return targets
+
+
+def serve_and_measure(args, gpus: int, mps: bool, starts: int, warmup_shape, rows: list[dict],
+                      startups: list[dict], save) -> None:
+    """Build the archives, start TorchServe on ``gpus`` GPUs (under MPS when ``mps``) ``starts``
+    times against one compile cache, recording how long its workers took to become READY, and
+    load-test every target on the last start; append rows and call ``save()`` after each."""
     workdir = Path(tempfile.mkdtemp(prefix="peaknet-e2e-"))
     store = workdir / "store"
     store.mkdir()
-    targets = ["echo"]
-    workers = {"echo": max(1, gpus) * max(args.workers)}
-    build_echo(store, workers["echo"], args.batch_size, args.delay_ms)
-    for config in args.model_config:
-        for name in args.variants.split(","):
-            for per_gpu in args.workers:
-                # model_store/peaknet/peaknet.yaml -> peaknet-eager (-w4 when several worker counts)
-                target = f"{config.parent.name}-{name}" + (f"-w{per_gpu}" if len(args.workers) > 1 else "")
-                if target in targets:
-                    raise SystemExit(f"two models would be served as {target}: put their YAMLs in distinct folders")
-                workers[target] = max(1, gpus) * per_gpu
-                cfg = workdir / f"{target}.yaml"
-                cfg.write_text(yaml.safe_dump(model_config(VARIANTS[name], workers[target],
-                                                           args.batch_size, args.delay_ms, warmup_shape)))
-                build(config, None, cfg, store, model_name=target)
-                targets.append(target)
-
-    server, urls = start(workdir, store, targets, gpus)
-    url = urls["inference"]
+    targets = build_targets(args, store, gpus, warmup_shape)
+    env = {"PEAKNET_CACHE_DIR": str(args.cache_dir)} if args.cache_dir else {"PEAKNET_COMPILE_CACHE": "false"}
+    daemon = MpsDaemon.start(workdir / "mps") if mps else None
+    if daemon is not None:
+        env.update(daemon.env)
+    label = {"gpus": gpus, "mps": mps}
     try:
-        for target in targets:
-            progress(f"waiting for {target} ...")
-            wait_ready(url, urls["management"], target, 900,
-                       alive=lambda: server.poll() is None)
-        for target in targets:
-            loops = [("closed", c, None) for c in args.concurrency]
-            if args.rate:
-                loops.append(("open", None, args.rate))
-            for loop, concurrency, rate in loops:
-                progress(f"{target}: {loop} loop {concurrency or rate} ...")
-                before = scrape_counters(urls["metrics"], target)
-                report = loadtest(url, target, workdir / f"{target}-{loop}-{concurrency or rate}.json", args,
-                                  concurrency=concurrency, rate=rate)
-                measured = server_side(before, scrape_counters(urls["metrics"], target))
-                latency = report["latency_ms"]
-                rows.append({"gpus": gpus, "target": target, "workers": workers[target], "loop": loop,
-                             "concurrency": concurrency,
-                             "rate_hz": rate, "fps": report["fps"], "rps": report["rps"],
-                             "mb_per_s": report["mb_per_s"],
-                             "p50_ms": latency.get("p50"), "p99_ms": latency.get("p99"), **measured,
-                             "gpu_reserved_mb": scrape_gauge_max(urls["metrics"], target),
-                             "error_rate": report["error_rate"],
-                             "fell_behind": report.get("open_loop", {}).get("fell_behind")})
-                progress(f"  {rows[-1]['fps']:.1f} frames/s, p99 {rows[-1]['p99_ms']} ms")
-                save(rows)              # after every row: a run cut short keeps what it measured
+        for start_index in range(starts):
+            rundir = workdir / f"start{start_index}"
+            rundir.mkdir()
+            began = time.monotonic()
+            server, urls = start(rundir, store, [t.name for t in targets], gpus, env)
+            try:
+                ready = wait_workers(urls["management"], {t.name: t.workers for t in targets}, began, args.ready_timeout,
+                                     alive=lambda server=server: server.poll() is None)
+                logged = handler_startups(rundir / "logs")
+                for target in targets:
+                    startups.append({**label, "start": start_index, "target": target.name, "workers": target.workers,
+                                     "first_ready_s": ready[target.name][0], "all_ready_s": ready[target.name][-1],
+                                     "handler": logged.get(target.name, [])})
+                    progress(f"start {start_index}: {target.name} workers READY after "
+                             f"{ready[target.name][0]:.1f}-{ready[target.name][-1]:.1f} s")
+                save()
+                if start_index == starts - 1:
+                    measure_targets(args, server, urls, targets, label, rows, save, rundir)
+            finally:
+                stop(server)
+                logs = rundir / "logs" / "model_log.log"
+                if logs.exists() and args.logs_dir is not None:
+                    args.logs_dir.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(logs, args.logs_dir / f"model_log_{gpus}gpu_mps{int(mps)}_start{start_index}.log")
     finally:
-        if server.poll() is None:
-            os.killpg(server.pid, signal.SIGTERM)
-            server.wait(timeout=60)
-        logs = workdir / "logs" / "model_log.log"
-        if logs.exists() and os.environ.get("OUT"):
-            shutil.copy(logs, Path(os.environ["OUT"]) / f"e2e_model_log_{gpus}gpu.log")
+        if daemon is not None:
+            daemon.stop()
+
+
+def measure_targets(args, server: subprocess.Popen, urls: dict[str, str], targets: list[Target], label: dict,
+                    rows: list[dict], save, rundir: Path) -> None:
+    """Closed loops at every concurrency and the open loop at ``args.rate`` (raw frames) for every target,
+    then closed loops at the largest concurrency for each of ``args.encodings`` on the first PeakNet target."""
+    url = urls["inference"]
+    compressed_on = next((t.name for t in targets if t.name != "echo"), None)
+    for target in targets:
+        loops = [("closed", c, None, "raw") for c in args.concurrency]
+        if args.rate and target.name != "echo":
+            loops.append(("open", None, args.rate, "raw"))
+        if target.name == compressed_on:
+            loops += [("closed", max(args.concurrency), None, e) for e in args.encodings if e != "raw"]
+        for loop, concurrency, rate, encoding in loops:
+            progress(f"{target.name}: {loop} loop {concurrency or rate} {encoding} ...")
+            before = scrape_counters(urls["metrics"], target.name)
+            cpu_before = process_tree_cpu(server.pid)
+            report = loadtest(url, target.name, rundir / f"{target.name}-{loop}-{concurrency or rate}-{encoding}.json",
+                              args, concurrency=concurrency, rate=rate, encoding=encoding)
+            cpu_s = cpu_seconds_between(cpu_before, process_tree_cpu(server.pid))
+            after = scrape_counters(urls["metrics"], target.name)
+            measured = server_side(before, after)
+            latency = report["latency_ms"]
+            frames = after["PeakNetFramesServed"] - before["PeakNetFramesServed"]  # warm-up included, as cpu_s
+            rows.append({**label, "target": target.name, "workers": target.workers, "batch_size": target.batch_size,
+                         "loop": loop, "concurrency": concurrency, "rate_hz": rate, "encoding": encoding,
+                         "fps": report["fps"], "rps": report["rps"], "mb_per_s": report["mb_per_s"],
+                         "p50_ms": latency.get("p50"), "p99_ms": latency.get("p99"), **measured,
+                         "server_cpu_ms_per_frame": 1e3 * cpu_s / frames if frames > 0 else None,
+                         "capped_fraction": ((after["PeakNetCappedFrames"] - before["PeakNetCappedFrames"]) / frames
+                                             if frames > 0 else None),
+                         "gpu_reserved_mb": scrape_gauge_max(urls["metrics"], target.name),
+                         "error_rate": report["error_rate"],
+                         "fell_behind": report.get("open_loop", {}).get("fell_behind")})
+            progress(f"  {rows[-1]['fps']:.1f} frames/s, p99 {rows[-1]['p99_ms']} ms")
+            save()              # after every row: a run cut short keeps what it measured
 
 
 def scaling_efficiency(rows: list[dict]) -> None:
     """Add ``fraction_of_echo`` (same GPU count and clients) and ``scaling_efficiency``
     = frames/s at N GPUs / (N x frames/s at 1 GPU) for the same target and load, in place."""
-    key = lambda r: (r["target"], r["loop"], r["concurrency"], r["rate_hz"])
+    key = lambda r: (r["target"], r["mps"], r["loop"], r["concurrency"], r["rate_hz"], r["encoding"])  # noqa: E731
     single = {key(r): r["fps"] for r in rows if r["gpus"] == 1}
-    echo = {(r["gpus"], r["concurrency"]): r["fps"] for r in rows
-            if r["target"] == "echo" and r["loop"] == "closed"}
+    echo = {(r["gpus"], r["mps"], r["concurrency"]): r["fps"] for r in rows
+            if r["target"] == "echo" and r["loop"] == "closed" and r["encoding"] == "raw"}
     for row in rows:
         base = single.get(key(row))
         row["scaling_efficiency"] = row["fps"] / (row["gpus"] * base) if base and row["gpus"] > 1 else None
-        ceiling = echo.get((row["gpus"], row["concurrency"]))
+        ceiling = echo.get((row["gpus"], row["mps"], row["concurrency"])) if row["encoding"] == "raw" else None
         row["fraction_of_echo"] = row["fps"] / ceiling if ceiling else None
 
 
-COLUMNS = [("gpus", "GPUs"), ("target", "served"), ("workers", "workers"), ("loop", "loop"),
-           ("concurrency", "clients"), ("rate_hz", "rate Hz"), ("fps", "frames/s"), ("p50_ms", "p50 ms"),
+COLUMNS = [("gpus", "GPUs"), ("mps", "MPS"), ("target", "served"), ("workers", "workers"), ("batch_size", "batch"),
+           ("loop", "loop"), ("concurrency", "clients"), ("rate_hz", "rate Hz"), ("encoding", "encoding"),
+           ("fps", "frames/s"), ("p50_ms", "p50 ms"),
            ("p99_ms", "p99 ms"), ("server_infer_ms", "TS infer ms/req"), ("server_queue_ms", "TS queue ms/req"),
            ("requests_per_batch", "req/batch"), ("handler_ms_per_batch", "handler ms/batch"),
-           ("handler_infer_ms_per_batch", "of which infer"), ("gpu_reserved_mb", "GPU reserved MB/worker"),
+           ("handler_infer_ms_per_batch", "of which infer"), ("server_cpu_ms_per_frame", "server CPU ms/frame"),
+           ("capped_fraction", "capped"), ("gpu_reserved_mb", "GPU reserved MB/worker"),
            ("fraction_of_echo", "÷ echo"),
            ("scaling_efficiency", "scaling eff."), ("error_rate", "errors"), ("fell_behind", "fell behind")]
+STARTUP_COLUMNS = [("gpus", "GPUs"), ("mps", "MPS"), ("start", "start"), ("target", "served"), ("workers", "workers"),
+                   ("first_ready_s", "first worker READY s"), ("all_ready_s", "all READY s"),
+                   ("handler_s", "handler start-up s"), ("warmup_s", "of which warm-up s"), ("cache", "compile cache")]
+
+
+def startup_table(startups: list[dict]) -> str:
+    """The start-up rows with each target's handler figures as ranges over its workers."""
+    def span(values: list) -> str | None:
+        if not values:
+            return None
+        low, high = min(values), max(values)
+        return f"{low:.1f}" if low == high else f"{low:.1f}-{high:.1f}"
+
+    shown = [{**row, "handler_s": span([h["total"] for h in row["handler"]]),
+              "warmup_s": span([h["warmup"] for h in row["handler"]]),
+              "cache": ",".join(sorted({h["cache"] for h in row["handler"]})) or None} for row in startups]
+    return markdown_table(shown, STARTUP_COLUMNS)
 
 
 def main() -> int:
@@ -262,8 +429,23 @@ def main() -> int:
                         help="workers per GPU (per server on CPU); several values serve one target each")
     parser.add_argument("--gpus", type=int, nargs="+", default=[1],
                         help="GPU counts to measure in turn (e.g. 1 2 4); scaling efficiency vs 1")
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, nargs="+", default=[4],
+                        help="requests per TorchServe batch; several values serve one target each")
     parser.add_argument("--delay-ms", type=int, default=5)
+    parser.add_argument("--mps", choices=("off", "on"), nargs="+", default=["off"],
+                        help="serve without and/or under NVIDIA MPS, one server each, in this order")
+    parser.add_argument("--starts", type=int, default=1,
+                        help="start the first server this many times against one compile cache (the first start "
+                             "finds it empty unless --cache-dir holds artefacts), later ones once; load tests run "
+                             "on each server's last start")
+    parser.add_argument("--cache-dir", type=Path, default=None,
+                        help="compile cache directory (PEAKNET_CACHE_DIR) kept across starts and MPS modes; "
+                             "default: a new empty one; 'none' switches the cache off")
+    parser.add_argument("--encodings", nargs="+", default=["raw"],
+                        help="request encodings (loadtest --encoding) for closed loops on the first PeakNet target")
+    parser.add_argument("--ready-timeout", type=float, default=900.0, help="seconds for every worker to be READY")
+    parser.add_argument("--logs-dir", type=Path, default=None, help="copy each server's model_log.log here")
+    parser.add_argument("--skip-echo", action="store_true", help="do not serve the echo handler (TorchServe's ceiling)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[4, 16, 32])
     parser.add_argument("--rate", type=float, default=120.0, help="open-loop rate (0 = skip)")
     parser.add_argument("--duration", type=float, default=10.0)
@@ -281,25 +463,40 @@ def main() -> int:
         args.variants, args.workers, args.concurrency = "eager", [1], [2]
         args.rate, args.duration, args.warmup_s, args.geometry = 0, 3.0, 1.0, "2,64,96"
         warmup_shape = (2, 64, 96)
+    if args.cache_dir is None:
+        args.cache_dir = Path(tempfile.mkdtemp(prefix="peaknet-compile-cache-"))
+    elif str(args.cache_dir).lower() == "none":
+        args.cache_dir = None
 
     import torch
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     rows: list[dict] = []
+    startups: list[dict] = []
 
-    def save(rows: list[dict]) -> None:
+    def save() -> None:
         scaling_efficiency(rows)
         table = markdown_table(rows, COLUMNS)
+        if startups:
+            table += "\n\nWorker start-up (seconds from the server's start; handler figures per worker):\n\n"
+            table += startup_table(startups)
         write_results(args.out, {"environment": environment(device), "settings": {
             "workers_per_gpu": args.workers, "gpus": args.gpus, "batch_size": args.batch_size,
-            "delay_ms": args.delay_ms, "geometry": args.geometry, "duration_s": args.duration,
-            "client_processes": args.client_processes}, "rows": rows}, table)
+            "delay_ms": args.delay_ms, "mps": args.mps, "starts": args.starts, "geometry": args.geometry,
+            "duration_s": args.duration, "client_processes": args.client_processes,
+            "compile_cache": args.cache_dir is not None}, "rows": rows, "startups": startups}, table)
 
+    starts = args.starts
     for gpus in args.gpus:
-        progress(f"=== {gpus} GPU(s): {args.workers} worker(s) per GPU ===")
-        serve_and_measure(args, gpus, warmup_shape, rows, save)
-    save(rows)
+        for mps in args.mps:
+            progress(f"=== {gpus} GPU(s), MPS {mps}: {args.workers} worker(s) per GPU, batches of {args.batch_size} ===")
+            serve_and_measure(args, gpus, mps == "on", starts, warmup_shape, rows, startups, save)
+            starts = 1                  # later servers find the compile cache the first one built
+    save()
     print(markdown_table(rows, COLUMNS))
-    plot(rows, args.out.with_suffix(".png"))
+    if startups:
+        print(startup_table(startups))
+    if rows:
+        plot(rows, args.out.with_suffix(".png"))
     return 0
 
 

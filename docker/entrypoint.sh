@@ -28,6 +28,10 @@
 #   PEAKNET_GRPC_INFERENCE_PORT / PEAKNET_GRPC_MANAGEMENT_PORT   (loopback only)  7070 / 7071
 #   PEAKNET_HOME                run directory: config.properties, logs/, key_file.json
 #                               default: the working directory
+#   PEAKNET_CACHE_DIR           compiled-model cache, kept across restarts  default $PEAKNET_HOME/cache
+#                               (mount a volume there: -v peaknet-cache:/home/peaknet/cache)
+#   PEAKNET_MPS                 true: run the workers under NVIDIA MPS (control daemon started here,
+#                               stopped when TorchServe ends; state in $PEAKNET_HOME/mps)  default false
 #   PEAKNET_MODEL_ARCHIVE       archive built into the image  default /opt/peaknet/model_store/peaknet.mar
 #   PEAKNET_DRY_RUN=1 (or the argument --print-config): write everything, print the command,
 #                               do not start TorchServe.
@@ -147,6 +151,10 @@ WORKERS_PER_GPU="$(positive_int PEAKNET_WORKERS 1)"
 GPUS="$(gpu_selection "${PEAKNET_GPUS:-all}")"
 read -r GPU_COUNT VISIBLE <<<"$GPUS"
 DISABLE_TOKEN_AUTH="$(bool PEAKNET_DISABLE_TOKEN_AUTH false)"
+MPS="$(bool PEAKNET_MPS false)"
+if [[ "$MPS" == true ]] && ! command -v nvidia-cuda-mps-control >/dev/null 2>&1; then
+    die "PEAKNET_MPS=true: nvidia-cuda-mps-control not found (run with --gpus and the NVIDIA container toolkit)"
+fi
 TOKEN_EXPIRATION_MIN="$(positive_int PEAKNET_TOKEN_EXPIRATION_MIN 10080)"
 MAX_REQUEST_MB="$(positive_int PEAKNET_MAX_REQUEST_MB 256)"
 MAX_REQUEST_BYTES=$((MAX_REQUEST_MB * 1048576))
@@ -177,6 +185,10 @@ if [[ -n "${PEAKNET_MAX_BATCH_DELAY_MS:-}" ]]; then
     ARCHIVE_SETTINGS+=(--set "maxBatchDelay=$MAX_BATCH_DELAY_MS")
 fi
 if [[ "$VISIBLE" != - ]]; then export CUDA_VISIBLE_DEVICES="$VISIBLE"; fi
+export PEAKNET_CACHE_DIR="${PEAKNET_CACHE_DIR:-$HOME_DIR/cache}"
+if [[ "$MPS" == true ]]; then
+    export CUDA_MPS_PIPE_DIRECTORY="$HOME_DIR/mps/pipe" CUDA_MPS_LOG_DIRECTORY="$HOME_DIR/mps/log"
+fi
 
 # -- write the run directory --------------------------------------------------------------------
 mkdir -p "$HOME_DIR/model_store" "$HOME_DIR/logs"
@@ -224,7 +236,8 @@ fi
 if [[ "$DRY_RUN" == true ]]; then
     # the command as it would run: `env` with the variables this script set or resolved
     SHOWN=()
-    for name in CUDA_VISIBLE_DEVICES PEAKNET_WEIGHTS PEAKNET_CONFIG PEAKNET_MODEL_LABEL PEAKNET_PRECISION LOG_LOCATION METRICS_LOCATION; do
+    for name in CUDA_VISIBLE_DEVICES PEAKNET_WEIGHTS PEAKNET_CONFIG PEAKNET_MODEL_LABEL PEAKNET_PRECISION \
+        PEAKNET_CACHE_DIR CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY LOG_LOCATION METRICS_LOCATION; do
         if [[ -n "${!name:-}" ]]; then SHOWN+=("$name=${!name}"); fi
     done
     printf '%q ' env "${SHOWN[@]}" "${COMMAND[@]}"
@@ -232,4 +245,19 @@ if [[ "$DRY_RUN" == true ]]; then
     exit 0
 fi
 cd "$HOME_DIR"
-exec "${COMMAND[@]}"
+if [[ "$MPS" != true ]]; then
+    exec "${COMMAND[@]}"
+fi
+# Under MPS: the daemon first (the workers find it through CUDA_MPS_PIPE_DIRECTORY), TorchServe as a child
+# that receives our TERM/INT, and the daemon told to quit once TorchServe has ended.
+mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+nvidia-cuda-mps-control -d || die "could not start the MPS control daemon (log: $CUDA_MPS_LOG_DIRECTORY)"
+"${COMMAND[@]}" &
+CHILD=$!
+trap 'kill -TERM "$CHILD" 2>/dev/null' TERM INT
+STATUS=0
+while kill -0 "$CHILD" 2>/dev/null; do
+    wait "$CHILD" || STATUS=$?
+done
+echo quit | nvidia-cuda-mps-control || true
+exit "$STATUS"

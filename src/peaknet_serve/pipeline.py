@@ -15,6 +15,7 @@ keeps the padding it was traced with), then warm up every micro-batch bucket.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -26,7 +27,9 @@ import torch
 from peaknet_serve.checkpoint import ConfigSource, load_peaknet
 from peaknet_serve.config.mode import ServingMode
 from peaknet_serve.config.settings import HandlerSettings
+from peaknet_serve.device.compile_cache import apply_padding, padding_of, serving_cache
 from peaknet_serve.device.finder import PanelPeakFinder
+from peaknet_serve.device.peaks import LabelLimits
 from peaknet_serve.model.depthwise import PaddingChoice
 from peaknet_serve.model.peaknet import PeakNet
 
@@ -43,6 +46,10 @@ class Pipeline:
         mode: how the network runs.
         depthwise_choices: the padding tuner's measurement for each depthwise-conv input size.
         startup_s: seconds from the start of loading to the end of warm-up.
+        phases: ``load``, ``tune`` and ``warm-up`` seconds of ``startup_s`` (``tune`` includes waiting
+            for the compile cache's lock while another worker builds it).
+        compile_cache: ``off`` (nothing compiled, or the cache is off), ``hit`` (artefacts loaded) or
+            ``built`` (this process compiled and saved them).
     """
 
     model: PeakNet
@@ -50,6 +57,8 @@ class Pipeline:
     mode: ServingMode
     depthwise_choices: list[PaddingChoice] = field(default_factory=list)
     startup_s: float = 0.0
+    phases: dict[str, float] = field(default_factory=dict)
+    compile_cache: str = "off"
 
     @property
     def weight_bytes(self) -> int:
@@ -95,16 +104,29 @@ def build_finder(settings: HandlerSettings, device: torch.device, model_dir: Pat
         model, dtype=mode.dtype, device=device, max_batch_panels=settings.max_batch_panels,
         threshold=settings.threshold, min_peak_pixels=settings.min_peak_pixels,
         buckets=settings.buckets() if mode.compile else (), channels_last=mode.channels_last,
-        autocast=mode.autocast is not None, forward=network_forward(model, mode))
+        autocast=mode.autocast is not None, forward=network_forward(model, mode),
+        label_limits=LabelLimits(settings.max_mask_fraction, settings.max_label_iterations))
+    loaded = time.perf_counter()
     choices: list[PaddingChoice] = []
-    if mode.depthwise_padding:
-        for panels, height, width in settings.warmup_shapes:
-            for choice in finder.tune_depthwise(panels, height, width):
-                choices.append(choice)
-                log.info("depthwise conv %s x%d: %.3f ms as is; %s", choice.input_shape, choice.modules,
-                         choice.plain_ms, "kept" if choice.compute_size is None else
-                         f"computed at {choice.compute_size}: {choice.chosen_ms:.3f} ms")
-    if settings.warmup:
-        for panels, height, width in settings.warmup_shapes:
-            finder.warmup(panels, height, width)
-    return Pipeline(model, finder, mode, choices, time.perf_counter() - started)
+    cache = serving_cache(settings, mode, model, device)
+    with cache.compiling() if cache is not None else contextlib.nullcontext(False) as cache_hit:
+        tuning = cache.load_tuning() if cache_hit else None
+        if tuning is not None:  # the padding the cached graphs were traced with
+            apply_padding(model, tuning["depthwise_padding"])
+        elif mode.depthwise_padding:
+            for panels, height, width in settings.warmup_shapes:
+                for choice in finder.tune_depthwise(panels, height, width):
+                    choices.append(choice)
+                    log.info("depthwise conv %s x%d: %.3f ms as is; %s", choice.input_shape, choice.modules,
+                             choice.plain_ms, "kept" if choice.compute_size is None else
+                             f"computed at {choice.compute_size}: {choice.chosen_ms:.3f} ms")
+            if cache is not None:
+                cache.save_tuning({"depthwise_padding": padding_of(model)})
+        tuned = time.perf_counter()
+        if settings.warmup:
+            for panels, height, width in settings.warmup_shapes:
+                finder.warmup(panels, height, width)
+    warmed = time.perf_counter()
+    return Pipeline(model, finder, mode, choices, warmed - started,
+                    phases={"load": loaded - started, "tune": tuned - loaded, "warm-up": warmed - tuned},
+                    compile_cache="off" if cache is None else "hit" if cache_hit else "built")

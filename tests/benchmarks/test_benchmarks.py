@@ -37,6 +37,25 @@ def test_end_to_end_benchmark_small_cpu_run(tmp_path):
     assert all(r["error_rate"] == 0 and r["fps"] > 0 for r in rows)
     assert all(r["gpu_reserved_mb"] is None for r in rows)  # the gauge is published by CUDA workers only
     assert out.with_suffix(".png").stat().st_size > 0
+    assert all(r["server_cpu_ms_per_frame"] > 0 for r in rows if r["target"] != "echo")
+    startups = json.loads(out.read_text())["startups"]
+    assert [s["target"] for s in startups] == ["echo", "upstream-eager"]
+    assert all(0 < s["first_ready_s"] <= s["all_ready_s"] for s in startups)
+    assert startups[1]["handler"] and startups[1]["handler"][0]["cache"] == "off"  # eager on CPU
+
+
+@pytest.mark.slow
+def test_peak_extraction_benchmark_small_cpu_run(tmp_path):
+    out = tmp_path / "peaks.json"
+    subprocess.run([sys.executable, "-m", "benchmarks.bench_peaks", "--device", "cpu", "--small", "--network-ms", "50",
+                    "--out", str(out)], cwd=ROOT, check=True, capture_output=True, timeout=600)
+    rows = {(r["mask"], r["limits"]): r for r in json.loads(out.read_text())["rows"]}
+    capped = "cap 25%, 64 iterations"
+    assert rows[("all ones", "none")]["peaks"] == 4 and rows[("all ones", capped)]["peaks"] == 0  # 4 panels
+    assert rows[("all ones", capped)]["capped_panels"] == 4
+    assert rows[("typical (bundled model)", capped)]["capped_panels"] == 0
+    assert all(r["peaks_ms"] > 0 and r["batch_ratio"] > 0 for r in rows.values())
+    assert out.with_suffix(".png").stat().st_size > 0
 
 
 @pytest.mark.parametrize("name,kind", [

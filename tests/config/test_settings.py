@@ -86,3 +86,24 @@ def test_hit_threshold_and_json_limit_from_yaml_and_env():
 def test_model_label_from_env():
     assert HandlerSettings.from_mapping({"model_label": "peaknet-sim"}, env={"PEAKNET_MODEL_LABEL": "mine"}).model_label == "mine"
     assert HandlerSettings.from_mapping({"model_label": "peaknet-sim"}, env={}).model_label == "peaknet-sim"
+
+
+def test_peak_labelling_cap_from_yaml_and_env():
+    assert HandlerSettings().max_mask_fraction == 0.25 and HandlerSettings().max_label_iterations == 64
+    assert HandlerSettings.from_mapping({"max_mask_fraction": 0.5}, env={}).max_mask_fraction == 0.5
+    assert HandlerSettings.from_mapping({"max_mask_fraction": None}, env={}).max_mask_fraction is None
+    assert HandlerSettings.from_mapping({}, env={"PEAKNET_MAX_MASK_FRACTION": "0.1"}).max_mask_fraction == 0.1
+    assert HandlerSettings.from_mapping({}, env={"PEAKNET_MAX_MASK_FRACTION": ""}).max_mask_fraction is None
+    assert HandlerSettings.from_mapping({"max_label_iterations": None}, env={}).max_label_iterations is None
+    for bad in ({"max_mask_fraction": 0}, {"max_mask_fraction": 1.5}, {"max_label_iterations": 0}):
+        with pytest.raises(ValueError):
+            HandlerSettings.from_mapping(bad, env={})
+    with pytest.raises(ValueError, match="max_mask_fraction"):
+        HandlerSettings.from_mapping({}, env={"PEAKNET_MAX_MASK_FRACTION": "2"})
+
+
+def test_compile_cache_on_by_default_with_env_directory():
+    assert HandlerSettings().compile_cache is True and HandlerSettings().compile_cache_dir is None
+    env = {"PEAKNET_COMPILE_CACHE": "false", "PEAKNET_CACHE_DIR": "/var/cache/peaknet"}
+    settings = HandlerSettings.from_mapping({"compile_cache_dir": "/elsewhere"}, env=env)
+    assert settings.compile_cache is False and settings.compile_cache_dir == "/var/cache/peaknet"

@@ -85,7 +85,8 @@ def test_defaults_bind_all_interfaces_with_token_auth_on(tmp_path, archive):
     assert int(config["max_request_size"]) >= 16 * 4 * 16 * 352 * 384  # 16 float32 ePix10k2M frames
     env, command = printed_command(result)
     assert command == ["torchserve", "--foreground", "--ncs", "--ts-config", str(tmp_path / "config.properties")]
-    assert env == {"LOG_LOCATION": str(tmp_path / "logs"), "METRICS_LOCATION": str(tmp_path / "logs")}
+    assert env == {"LOG_LOCATION": str(tmp_path / "logs"), "METRICS_LOCATION": str(tmp_path / "logs"),
+                   "PEAKNET_CACHE_DIR": str(tmp_path / "cache")}
     assert "key_file.json" in result.stderr
 
 
@@ -176,6 +177,7 @@ def test_model_label_is_kept_when_given(tmp_path, archive):
         ({"PEAKNET_MAX_BATCH_DELAY_MS": "5ms"}, "PEAKNET_MAX_BATCH_DELAY_MS=5ms"),
         ({"PEAKNET_GPUS": "gpu0"}, "PEAKNET_GPUS=gpu0"),
         ({"PEAKNET_DISABLE_TOKEN_AUTH": "maybe"}, "PEAKNET_DISABLE_TOKEN_AUTH=maybe"),
+        ({"PEAKNET_MPS": "maybe"}, "PEAKNET_MPS=maybe"),
         ({"PEAKNET_MODEL_ARCHIVE": "/nowhere.mar"}, "no model archive at /nowhere.mar"),
         ({"PEAKNET_METRICS_BIND_ADDRESS": "all"}, "PEAKNET_METRICS_BIND_ADDRESS=all"),
         ({"PEAKNET_MANAGEMENT_BIND_ADDRESS": "0.0.0.0", "PEAKNET_DISABLE_TOKEN_AUTH": "true"},
@@ -209,6 +211,20 @@ def test_run_directory_is_private(tmp_path, archive):
     assert run_entrypoint(home, archive, "--print-config").returncode == 0
     assert (home / "config.properties").stat().st_mode & 0o077 == 0
     assert (home / "logs").stat().st_mode & 0o077 == 0
+
+
+def test_cache_dir_and_mps_settings(tmp_path, archive):
+    result = run_entrypoint(tmp_path, archive, "--print-config", PEAKNET_CACHE_DIR="/var/cache/peaknet")
+    assert result.returncode == 0, result.stderr
+    env, _ = printed_command(result)
+    assert env["PEAKNET_CACHE_DIR"] == "/var/cache/peaknet" and "CUDA_MPS_PIPE_DIRECTORY" not in env
+    mps = run_entrypoint(tmp_path, archive, "--print-config", PEAKNET_MPS="true")
+    if shutil.which("nvidia-cuda-mps-control") is None:      # a host without the NVIDIA driver's MPS binaries
+        assert mps.returncode == 64 and "nvidia-cuda-mps-control not found" in mps.stderr
+    else:
+        assert mps.returncode == 0, mps.stderr
+        env, _ = printed_command(mps)
+        assert env["CUDA_MPS_PIPE_DIRECTORY"] == str(tmp_path / "mps" / "pipe")
 
 
 # ---------------------------------------------------------------------------- configure_mar

@@ -10,7 +10,7 @@ import torch
 
 from peaknet_serve.checkpoint import load_peaknet
 from peaknet_serve.device.finder import InsufficientMemory, PanelPeakFinder
-from peaknet_serve.device.peaks import find_peaks, peak_mask
+from peaknet_serve.device.peaks import LabelLimits, find_peaks, peak_mask
 from peaknet_serve.device.preprocess import normalize_images, pad_to_multiple
 from peaknet_serve.device.transfer import PanelSource, upload_panels
 from peaknet_serve.sim.peaksim.matching import peak_list_agreement
@@ -147,6 +147,34 @@ def test_pipelined_upload_survives_out_of_memory_splits(model, panels):
     plain = PanelPeakFinder(model, dtype=torch.float32, device=CPU).find(panels)
     assert as_rows(limited.table) == as_rows(plain.table)
     assert uploads == [(0, 4), (4, 5)]                       # each range uploaded exactly once
+
+
+def test_capped_panels_are_reported_in_panel_order_across_micro_batches(model, panels):
+    """The fixture's random weights mark about half of every panel: with a cap between the panels'
+    fractions the dense ones are capped, the rest answer exactly as without limits, also when the
+    batch is split in micro-batches and by an out-of-memory retry."""
+    with torch.inference_mode():
+        score = model.forward_peak_score(pad_to_multiple(normalize_images(panels.float())).unsqueeze(1))
+    fractions = (score[:, 0, :60, :90] > 0).float().mean(dim=(1, 2))
+    cap = float(fractions.median())
+    limits = LabelLimits(max_panel_fraction=cap, max_iterations=None)
+    expected = (fractions > cap).tolist()
+    assert any(expected) and not all(expected)
+    plain = PanelPeakFinder(model, dtype=torch.float32, device=CPU).find(panels)
+
+    def forward_fitting_two(x):
+        if x.shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated device limit of 2 panels)")
+        return model.forward_peak_score(x)
+
+    for finder in (PanelPeakFinder(model, dtype=torch.float32, device=CPU, max_batch_panels=2, label_limits=limits),
+                   PanelPeakFinder(model, dtype=torch.float32, device=CPU, max_batch_panels=8, label_limits=limits,
+                                   forward=forward_fitting_two)):
+        result = finder.find(panels)
+        assert result.capped.tolist() == expected
+        kept = [row for row in as_rows(plain.table) if not expected[row[0]]]
+        assert as_rows(result.table) == kept
+    assert not plain.capped.any()
 
 
 def test_rejects_wrong_rank(model):

@@ -35,7 +35,9 @@ def model_dir(tmp_path_factory) -> Path:
 
 
 def make_context(model_dir: Path, handler_section: dict | None = None) -> Context:
-    section = {"warmup_shapes": [[1, 64, 96]], "model_label": "tiny", **(handler_section or {})}
+    # max_mask_fraction None: the fixture's random weights mark about half of every panel, over the default cap
+    section = {"warmup_shapes": [[1, 64, 96]], "model_label": "tiny", "max_mask_fraction": None,
+               **(handler_section or {})}
     return Context("peaknet", str(model_dir), {}, 4, None, "0.12.0",
                    model_yaml_config={"handler": section})
 

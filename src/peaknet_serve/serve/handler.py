@@ -33,6 +33,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
@@ -72,6 +73,21 @@ def select_device(gpu_id: Any) -> torch.device:
     if gpu_id is not None and str(gpu_id) != "" and torch.cuda.is_available():
         return torch.device("cuda", int(gpu_id))
     return torch.device("cpu")
+
+
+def mark_capped(frames: list[dict[str, Any]], capped: np.ndarray, panels_per_frame: int) -> list[dict[str, Any]]:
+    """Add ``capped`` (bool) and ``capped_panels`` (panel indices) to each frame's dict, in place.
+
+    Args:
+        frames: per-frame dicts of :func:`~peaknet_serve.device.peaks.peaks_to_frames`.
+        capped: bool ``(len(frames) * panels_per_frame,)``, frame-major: the panels whose labelling
+            the finder's limits cut short (they report no peaks).
+    """
+    by_frame = capped.reshape(len(frames), panels_per_frame)
+    for frame, panels in zip(frames, by_frame, strict=True):
+        frame["capped_panels"] = np.flatnonzero(panels).tolist()
+        frame["capped"] = bool(frame["capped_panels"])
+    return frames
 
 
 class PeakNetHandler(BaseHandler):
@@ -115,8 +131,10 @@ class PeakNetHandler(BaseHandler):
 
         params = sum(p.numel() for p in self.model.parameters())
         log.info("PeakNet ready: %s, %.2fM parameters, %s on %s, weights %.1f MiB, max_batch_panels=%d, "
-                 "start-up %.1f s", settings.model_label, params / 1e6, pipeline.mode.describe(), self.device,
-                 pipeline.weight_bytes / 2**20, settings.max_batch_panels, pipeline.startup_s)
+                 "start-up %.1f s (load %.1f, tune %.1f, warm-up %.1f, compile cache %s)", settings.model_label,
+                 params / 1e6, pipeline.mode.describe(), self.device, pipeline.weight_bytes / 2**20,
+                 settings.max_batch_panels, pipeline.startup_s, pipeline.phases["load"], pipeline.phases["tune"],
+                 pipeline.phases["warm-up"], pipeline.compile_cache)
         self.initialized = True
 
     def _calibrate(self, panels: int, height: int, width: int) -> None:
@@ -238,6 +256,7 @@ class PeakNetHandler(BaseHandler):
                 result = finder.find(panels)
             table = result.table.to_host()                      # the one device-to-host copy
             nonfinite = int(result.nonfinite)
+            capped = result.capped.cpu().numpy()
             self.metrics.timing("PeakNetInferenceMs", 1e3 * (time.perf_counter() - started), "inference")
             self.budget.observe(sum(a.size for a in arrays), time.perf_counter() - group_started)
         except InsufficientMemory as exc:
@@ -251,10 +270,11 @@ class PeakNetHandler(BaseHandler):
                     for m in members}
 
         started = time.perf_counter()
-        answers, first_image, peaks_per_frame = {}, 0, []
+        answers, first_image, peaks_per_frame, capped_frames = {}, 0, [], 0
         for member in members:
             n, p, h, w = member.frames.array.shape
-            frames = peaks_to_frames(table, n, p, first_image)
+            frames = mark_capped(peaks_to_frames(table, n, p, first_image), capped[first_image:first_image + n * p], p)
+            capped_frames += sum(f["capped"] for f in frames)
             first_image += n * p
             peaks_per_frame += [f["num_peaks"] for f in frames]
             answers[member.idx] = self._success(member, frames, finder.threshold)
@@ -267,6 +287,9 @@ class PeakNetHandler(BaseHandler):
         self.metrics.gauge("PeakNetPeaksPerFrame", peaks_total / max(frames_total, 1), unit="count")
         if nonfinite:
             self.metrics.count("PeakNetNonFinitePixels", nonfinite)
+        if capped_frames:
+            self.metrics.count("PeakNetCappedFrames", capped_frames)
+            self.metrics.count("PeakNetCappedPanels", int(capped.sum()))
         if self.device.type == "cuda":
             self.metrics.gauge("PeakNetGpuMemoryAllocatedMB",
                                torch.cuda.memory_allocated(self.device) / 2**20, unit="MB")

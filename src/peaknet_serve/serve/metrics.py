@@ -8,6 +8,9 @@ Names (Prometheus adds no prefix; TorchServe adds the ``ModelName`` and ``Level`
 ``PeakNetBadRequests``          counter    4xx answers, label ``ErrorType`` (decoder's type)
 ``PeakNetServerErrors``         counter    5xx answers, label ``ErrorType``
 ``PeakNetNonFinitePixels``      counter    NaN/inf pixels set to 0 before inference
+``PeakNetCappedFrames``         counter    frames with a panel whose labelling was capped (``max_mask_fraction``,
+                                           ``max_label_iterations``): answered with ``"capped": true``
+``PeakNetCappedPanels``         counter    panels capped so (they report no peaks)
 ``PeakNetBatchRequests``        gauge      requests in the last TorchServe batch
 ``PeakNetBatchPanels``          gauge      panels in the last TorchServe batch
 ``PeakNetPeaksPerFrame``        gauge      mean peaks per frame in the last batch
