@@ -84,12 +84,12 @@ def test_float_dtype_keeps_counts():
 
 
 def test_detector_frames_uses_peaksim_for_presets_and_spots_otherwise():
-    physical = detector_frames(GEOMETRIES["cspad"], 1, "uint16", seed=0, simulator="peaknet_serve.sim.peaksim")
+    physical = detector_frames(GEOMETRIES["cspad"], 1, "uint16", seed=0, simulator="peaksim")
     assert physical.shape == (1, 32, 185, 388) and physical.dtype == np.uint16
     simple = detector_frames(SMALL, 2, "int32", seed=0, simulator="auto")  # peaknet_serve.sim.peaksim does not know it
     assert np.array_equal(simple, simulate_frames(SMALL, 2, "int32", seed=0).frames)
     with pytest.raises(ValueError):
-        detector_frames(SMALL, 1, simulator="peaknet_serve.sim.peaksim")
+        detector_frames(SMALL, 1, simulator="peaksim")
 
 
 # ---------------------------------------------------------------------------- reading files

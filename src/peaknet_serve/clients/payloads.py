@@ -141,7 +141,7 @@ def simulate_frames(
     return SimulatedFrames(frames=frames, spots=spots)
 
 
-SIMULATORS = ("auto", "peaknet_serve.sim.peaksim", "spots")
+SIMULATORS = ("auto", "peaksim", "spots")
 
 
 def detector_frames(
@@ -149,7 +149,7 @@ def detector_frames(
 ) -> np.ndarray:
     """``(n_frames, P, H, W)`` simulated frames in ``dtype`` for a load test.
 
-    ``simulator``: ``peaknet_serve.sim.peaksim`` (the project's physical SFX simulator: crystals, water ring,
+    ``simulator``: ``peaksim`` (:mod:`peaknet_serve.sim.peaksim`, the project's physical SFX simulator: crystals, water ring,
     detector response; preset geometries only), ``spots`` (:func:`simulate_frames`), or ``auto``
     (``peaknet_serve.sim.peaksim`` when it is importable and knows the geometry, else ``spots``).
     """
@@ -162,7 +162,7 @@ def detector_frames(
 
             detector = get_geometry(geometry.name)
         except (ImportError, ValueError):
-            if simulator == "peaknet_serve.sim.peaksim":
+            if simulator == "peaksim":
                 raise
         else:
             rng = np.random.default_rng(seed)

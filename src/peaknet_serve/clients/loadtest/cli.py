@@ -82,7 +82,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     src.add_argument("--geometry", default="epix10k2m", help=f"{', '.join(GEOMETRIES)} or P,H,W (default epix10k2m)")
     src.add_argument("--dtype", default="uint16", help="simulated pixel dtype (default uint16)")
     src.add_argument("--simulator", default="auto", choices=SIMULATORS,
-                     help="peaknet_serve.sim.peaksim (physical SFX frames), spots (Gaussian spots), auto: peaknet_serve.sim.peaksim if importable")
+                     help="peaksim (physical SFX frames), spots (Gaussian spots), auto: peaksim if importable")
     src.add_argument("--input", help="send frames from this HDF5/CXI file instead of simulated ones")
     src.add_argument("--dataset", default=DEFAULT_DATASET, help=f"frames in --input (default {DEFAULT_DATASET})")
     src.add_argument("--panels", type=int, help="split each --input slab (N, P*H, W) into P panels")
