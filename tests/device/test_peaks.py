@@ -20,7 +20,6 @@ from peaknet_serve.device.peaks import (
     PeakTable,
     bounded_components,
     find_peaks,
-    label_components,
     peak_mask,
     peak_mask_from_score,
     peaks_to_frames,
@@ -184,7 +183,7 @@ DENSITIES = [0.0, 0.02, 0.2, 0.45, 0.6, 0.9, 1.0]
 @pytest.mark.parametrize("density", DENSITIES)
 def test_labels_equal_scipy_on_random_masks(shape, density):
     mask = random_mask(shape, density, seed=seed_of(shape, density))
-    assert_labels_equal_scipy(label_components(torch.from_numpy(mask)), mask)
+    assert_labels_equal_scipy(bounded_components(torch.from_numpy(mask)).labels(), mask)
 
 
 @pytest.mark.parametrize(
@@ -201,13 +200,13 @@ def test_labels_equal_scipy_on_random_masks(shape, density):
 )
 def test_labels_equal_scipy_on_long_thin_components(image):
     mask = image[None]
-    assert_labels_equal_scipy(label_components(torch.from_numpy(mask)), mask)
+    assert_labels_equal_scipy(bounded_components(torch.from_numpy(mask)).labels(), mask)
 
 
 @pytest.mark.parametrize("check_every, jumps", [(1, 0), (1, 1), (3, 0), (7, 3)])
 def test_labels_do_not_depend_on_schedule(check_every, jumps):
     mask = np.stack([maze(12, 16, seed=1), random_mask((1, 23, 31), 0.5, seed=2)[0]])
-    labels = label_components(torch.from_numpy(mask), check_every=check_every, jumps=jumps)
+    labels = bounded_components(torch.from_numpy(mask), check_every=check_every, jumps=jumps).labels()
     assert_labels_equal_scipy(labels, mask)
 
 
@@ -224,7 +223,7 @@ def test_snake_converges_in_few_iterations(monkeypatch):
 
     monkeypatch.setattr(postprocess, "_propagate_step", counting_step)
     mask = np.stack([serpentine(352, 384), serpentine(352, 384, vertical=True)])
-    labels = label_components(torch.from_numpy(mask))
+    labels = bounded_components(torch.from_numpy(mask)).labels()
     assert steps <= 64
     assert torch.unique(labels[0]).tolist() == [0, 1]  # the snake starts at pixel 0
     assert set(torch.unique(labels[1]).tolist()) == {0, 352 * 384 + 1}
@@ -235,25 +234,25 @@ def test_components_never_cross_image_or_row_boundaries():
     mask[0, 3, :] = True  # last row of image 0 ...
     mask[1, 0, :] = True  # ... and first row of image 1 must stay apart
     mask[2, 1, 4] = mask[2, 2, 0] = True  # end of one row, start of the next: not neighbours
-    labels = label_components(torch.from_numpy(mask))
+    labels = bounded_components(torch.from_numpy(mask)).labels()
     assert_labels_equal_scipy(labels, mask)
     assert len(torch.unique(labels[labels > 0])) == 4
 
 
 def test_full_and_empty_masks():
     full = torch.ones(3, 7, 9, dtype=torch.bool)
-    labels = label_components(full)
+    labels = bounded_components(full).labels()
     assert [torch.unique(labels[b]).tolist() for b in range(3)] == [[1], [64], [127]]
-    empty = label_components(torch.zeros(2, 5, 6, dtype=torch.bool))
+    empty = bounded_components(torch.zeros(2, 5, 6, dtype=torch.bool)).labels()
     assert empty.dtype == torch.int64 and empty.shape == (2, 5, 6) and not empty.any()
-    assert label_components(torch.zeros(0, 5, 6, dtype=torch.bool)).shape == (0, 5, 6)
+    assert bounded_components(torch.zeros(0, 5, 6, dtype=torch.bool)).labels().shape == (0, 5, 6)
 
 
-def test_label_components_rejects_bad_input():
+def test_labelling_rejects_bad_input():
     with pytest.raises(ValueError):
-        label_components(torch.ones(4, 4, dtype=torch.bool))
+        bounded_components(torch.ones(4, 4, dtype=torch.bool)).labels()
     with pytest.raises(ValueError):
-        label_components(torch.ones(1, 4, 4, dtype=torch.bool), check_every=0)
+        bounded_components(torch.ones(1, 4, 4, dtype=torch.bool), check_every=0).labels()
 
 
 # ------------------------------------------------------------------------------------------
@@ -608,4 +607,4 @@ def test_cuda_pipeline_equals_scipy(dtype):
     table = find_peaks(cuda_mask, torch.from_numpy(image).cuda())
     assert table.ss.device.type == "cuda"
     assert_table_equals_scipy(table, mask, image)
-    assert_labels_equal_scipy(label_components(cuda_mask), mask)
+    assert_labels_equal_scipy(bounded_components(cuda_mask).labels(), mask)

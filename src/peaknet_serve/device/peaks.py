@@ -3,7 +3,8 @@
 Pipeline (all tensors stay on the input device until :meth:`PeakTable.to_host`):
 
 1. :func:`peak_mask` / :func:`peak_mask_from_score`: 2-class logits (or their difference) -> mask.
-2. :func:`label_components`: 8-connected component labelling, data-parallel (no SciPy/CuPy).
+2. :func:`bounded_components`: 8-connected component labelling, data-parallel (no SciPy/CuPy),
+   with its work bounded (:class:`LabelLimits`).
 3. :func:`find_peaks`: per component centre of mass, pixel count and integrated intensity (raw,
    and less the local background of :func:`local_background`), as a :class:`PeakTable` sorted by
    ``(image_index, ss, fs)``.
@@ -33,7 +34,6 @@ __all__ = [
     "PeakTable",
     "bounded_components",
     "find_peaks",
-    "label_components",
     "local_background",
     "peak_mask",
     "peak_mask_from_score",
@@ -206,28 +206,6 @@ def _component_roots(mask: Tensor, check_every: int = 4, jumps: int = 2,
             return pixel, parent[:-1], before[:-1] != parent[:-1]
 
 
-def label_components(mask: Tensor, check_every: int = 4, jumps: int = 2) -> Tensor:
-    """8-connected component labelling of each image of a batch, data-parallel (see
-    :func:`_component_roots` for the algorithm and its iteration bound).
-
-    Args:
-        mask: bool ``(B, H, W)``.
-        check_every: iterations between convergence checks (each is one device sync).
-        jumps: pointer-jumping steps per iteration.
-
-    Returns:
-        int64 ``(B, H, W)``: 0 for background, else 1 + the linear index (into the flattened batch)
-        of the component's first pixel in raster order. Unique across the batch, not consecutive.
-    """
-    if mask.dim() != 3:
-        raise ValueError(f"mask must be (B, H, W), got {tuple(mask.shape)}")
-    mask = mask.bool()
-    pixel, root, _ = _component_roots(mask, check_every, jumps)
-    labels = torch.zeros(mask.numel(), dtype=torch.int64, device=mask.device)
-    labels[pixel] = pixel[root] + 1
-    return labels.view(mask.shape)
-
-
 @dataclass(frozen=True)
 class LabelLimits:
     """Bounds on the labelling work of one batch, so that no mask costs much more than a typical one.
@@ -274,6 +252,16 @@ class Components:
     root: Tensor
     capped: Tensor
 
+    def labels(self) -> Tensor:
+        """int64 ``(B, H, W)`` label image: 0 for background and capped panels, else 1 + the linear
+        index (into the flattened batch) of the component's first pixel in raster order, the order
+        ``scipy.ndimage.label`` numbers components in. Unique across the batch, not consecutive."""
+        labels = torch.zeros(math.prod(self.shape), dtype=torch.int64, device=self.pixel.device)
+        labels[self.pixel] = self.pixel[self.root] + 1
+        labels = labels.view(self.shape)
+        labels[self.capped] = 0
+        return labels
+
 
 def bounded_components(mask: Tensor, limits: LabelLimits = UNBOUNDED, check_every: int = 4,
                        jumps: int = 2) -> Components:
@@ -282,7 +270,7 @@ def bounded_components(mask: Tensor, limits: LabelLimits = UNBOUNDED, check_ever
     Panels over ``limits.max_panel_fraction`` are dropped from the mask before labelling (one
     reduction over the mask, no host sync), so an all-ones mask costs less than a typical one.
     Panels whose labelling has not converged after ``limits.max_iterations`` iterations are
-    capped too. Every other panel is labelled exactly as :func:`label_components` labels it.
+    capped too. Every other panel is labelled exactly (:meth:`Components.labels`).
 
     Args:
         mask: bool ``(B, H, W)``.
