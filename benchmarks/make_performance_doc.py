@@ -23,6 +23,10 @@ DOC = ROOT / "docs" / "performance.md"
 SECTIONS = [
     ("e2e_padded_h200.md", "End to end (H200): TorchServe under the load-test client, the bundled model compiled, "
                            "with and without autocast"),
+    ("e2e_33m_mps_h200.md", "End to end (H200), the public 33M config (trained-like random weights): workers × batch, "
+                            "cold and warm start-up"),
+    ("e2e_33m_mps_models_h200.md", "End to end (H200), 33M: random-weight vs trained-like weights, start-up of 8 workers"),
+    ("peaks_cap25_h200.md", "Peak extraction per mask (H200): bounded labelling with the default 25% cap"),
     ("e2e_alloc_default_h200.md", "End to end (H200): worker GPU memory with the default CUDA allocator ..."),
     ("e2e_alloc_expandable_h200.md", "... and with expandable segments (the next command, a fresh server)"),
     ("handler_h200.md", "Handler level (H200): bytes → decode → H2D → infer → peaks → JSON, per stage"),
@@ -37,6 +41,7 @@ SECTIONS = [
     ("memory_peak_epix_h200.md", "What is alive at peak GPU memory (H200), 33M on one ePix10k2M frame"),
     ("precision_agreement_h200.md", "Peak agreement of bf16 and fp16 with float32 (H200)"),
     ("cpu.md", "CPU only: CPU seconds per frame of the bundled model, one torch thread"),
+    ("indexing_crystfel.md", "Indexing with CrystFEL 0.12.0 (CPU): the server's peaks vs peakfinder8 vs the truth"),
 ]
 
 
