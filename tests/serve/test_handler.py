@@ -25,15 +25,6 @@ FIXTURE = Path(__file__).parents[1] / "fixtures" / "upstream"
 make_frames = spot_frames
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    """An unpacked archive's model directory: peaknet.yaml + the fixture checkpoint."""
-    directory = tmp_path_factory.mktemp("model_dir")
-    shutil.copy(FIXTURE / "peaknet_tiny.pt", directory / "peaknet_tiny.pt")
-    shutil.copy(FIXTURE / "peaknet_tiny.yaml", directory / "peaknet.yaml")
-    return directory
-
-
 def make_context(model_dir: Path, handler_section: dict | None = None) -> Context:
     # max_mask_fraction None: the fixture's random weights mark about half of every panel, over the default cap
     section = {"warmup_shapes": [[1, 64, 96]], "model_label": "tiny", "max_mask_fraction": None,

@@ -4,23 +4,12 @@
 from __future__ import annotations
 
 import json
-import shutil
-from pathlib import Path
 
 import pytest
 
 from peaknet_serve.serve.budget import WorkBudget
 from peaknet_serve.serve.handler import PeakNetHandler
-from tests.serve.test_handler import FIXTURE, make_context, make_frames, raw_request, run_batch
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    """An unpacked archive's model directory: peaknet.yaml + the fixture checkpoint."""
-    directory = tmp_path_factory.mktemp("model_dir")
-    shutil.copy(FIXTURE / "peaknet_tiny.pt", directory / "peaknet_tiny.pt")
-    shutil.copy(FIXTURE / "peaknet_tiny.yaml", directory / "peaknet.yaml")
-    return directory
+from tests.serve.test_handler import make_context, make_frames, raw_request, run_batch
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -28,16 +27,9 @@ TS_METRICS_YAML = Path(ts.__file__).parent / "configs" / "metrics.yaml"
 METRIC_LINE = re.compile(r"\[METRICS\](\w+)\.(\w+):([-\d.e+]+)\|#([^|]*)\|#type:(\w+)")
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> Path:
-    directory = tmp_path_factory.mktemp("model_dir")
-    shutil.copy(FIXTURE / "peaknet_tiny.pt", directory / "peaknet_tiny.pt")
-    shutil.copy(FIXTURE / "peaknet_tiny.yaml", directory / "peaknet.yaml")
-    return directory
-
-
 def make_context(model_dir: Path, metrics=None) -> Context:
-    section = {"warmup_shapes": [[1, 64, 96]], "model_label": "tiny", "hit_min_peaks": 3}
+    # max_mask_fraction None: the fixture's random weights mark about half of every panel, over the default cap
+    section = {"warmup_shapes": [[1, 64, 96]], "model_label": "tiny", "hit_min_peaks": 3, "max_mask_fraction": None}
     manifest = {"model": {"modelName": "peaknet", "modelVersion": "1.0"}}
     return Context(
         "peaknet", str(model_dir), manifest, 4, None, "0.12.0", metrics=metrics, model_yaml_config={"handler": section}
