@@ -281,10 +281,11 @@ def evaluate(config: Path, geometries: list[str], frames: int, dtypes: list[str]
                     for key, value in false_positive_breakdown(frame, found).items():
                         fps[key] += value
             records.append(record)
-            r = record.get(reference, record.get("peakfinder8"))
+            shown = reference if reference in record else "peakfinder8"
+            r = record[shown]
             print(f"{geometry_name} frame {f_index}: strong {record['strong']}, weak {record['weak']}, "
                   f"background {record['background_photons']:.3g} ph/px, {record['profile']}/{record['streak']}; "
-                  f"{reference} P={r['precision']:.3f} R={r['recall']:.3f} F1={r['f1']:.3f} "
+                  f"{shown} P={r['precision']:.3f} R={r['recall']:.3f} F1={r['f1']:.3f} "
                   f"[{time.perf_counter() - started:.0f} s]", flush=True)
         report["per_geometry"][geometry_name] = {
             "frame_shape": shape,

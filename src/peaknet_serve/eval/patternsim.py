@@ -161,8 +161,9 @@ def evaluate(config: Path, geometries: list[str], frames: int, dtypes: list[str]
                 pf8_ms.append(found_pf8.ms)
                 record["peakfinder8"] = result.as_dict()
             records.append(record)
-            r = record.get(reference, record.get("peakfinder8"))
-            print(f"{geometry_name} frame {index}: strong {record['strong']}, {reference} P={r['precision']:.3f} "
+            shown = reference if reference in record else "peakfinder8"
+            r = record[shown]
+            print(f"{geometry_name} frame {index}: strong {record['strong']}, {shown} P={r['precision']:.3f} "
                   f"R={r['recall']:.3f} F1={r['f1']:.3f}"
                   + (f"; peakfinder8 F1={record['peakfinder8']['f1']:.3f}" if tuned is not None else "")
                   + f" [{time.perf_counter() - started:.0f} s]", flush=True)
