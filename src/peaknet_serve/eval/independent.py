@@ -56,6 +56,7 @@ from peaknet_serve.eval.peakfinder8 import (
     baseline_cells,
     baseline_entry,
     describe,
+    model_ms,
     score,
     tune,
 )
@@ -340,8 +341,7 @@ def robustness_table(report: dict) -> str:
                  *[f"{entry['accuracy'][d]['f1']:.3f}" for d in others]]
         if baseline:
             pf8_cells = baseline_cells(entry.get("peakfinder8"))
-            ms = a.get("ms_per_frame")
-            cells += [pf8_cells[0], "—" if ms is None else f"{ms:.0f}", pf8_cells[1]]
+            cells += [pf8_cells[0], model_ms(a, report["frames_per_geometry"]), pf8_cells[1]]
         lines.append("| " + " | ".join(cells) + " |")
     bins = list(next(iter(report["per_geometry"].values()))["recall_by_i_over_sigma"])
     lines += ["", (f"Recall of strong peaks by integrated I/sigma ({ref}; strong peaks in brackets), and where "

@@ -51,6 +51,7 @@ from peaknet_serve.eval.peakfinder8 import (
     baseline_cells,
     baseline_entry,
     describe,
+    model_ms,
     score,
     tune,
 )
@@ -212,8 +213,7 @@ def patternsim_table(report: dict) -> str:
         cells += [f"{100 * agreement[d]['agreement']:.2f}%" if d in agreement else "—" for d in dtypes[1:]]
         if baseline:
             pf8_cells = baseline_cells(entry.get("peakfinder8"))
-            ms = entry["accuracy"][ref].get("ms_per_frame")
-            cells += [pf8_cells[0], "—" if ms is None else f"{ms:.0f}", pf8_cells[1]]
+            cells += [pf8_cells[0], model_ms(entry["accuracy"][ref], report["frames_per_geometry"]), pf8_cells[1]]
         lines.append("| " + " | ".join(cells) + " |")
     lo, hi = report["crystal_size_nm"]
     lines.append(f"\n{report['frames_per_geometry']} scored frames per detector (after {report['tune_frames']} "

@@ -242,6 +242,15 @@ def baseline_cells(entry: dict | None) -> list[str]:
     return [f"{a['f1']:.3f} ({a['precision']:.3f} / {a['recall']:.3f})", "—" if ms is None else f"{ms:.0f}"]
 
 
+def model_ms(accuracy: dict, frames: int) -> str:
+    """A model entry's milliseconds per frame as a table cell (from its total seconds where a
+    report predates the per-frame figure)."""
+    ms = accuracy.get("ms_per_frame")
+    if ms is None and "seconds" in accuracy and frames:
+        ms = 1e3 * accuracy["seconds"] / frames
+    return "—" if ms is None else f"{ms:.0f}"
+
+
 def describe(params: dict) -> str:
     """Short text of a tuned parameter set (a report's ``best``)."""
     return (f"snr {params['minimum_snr']:g}, pixels {params['min_pixel_count']}-{params['max_pixel_count']}, "
