@@ -216,9 +216,12 @@ def patternsim_table(report: dict) -> str:
             cells += [pf8_cells[0], model_ms(entry["accuracy"][ref], report["frames_per_geometry"]), pf8_cells[1]]
         lines.append("| " + " | ".join(cells) + " |")
     lo, hi = report["crystal_size_nm"]
+    cell = "lysozyme cell" if report.get("cell", LYSOZYME_CELL) == LYSOZYME_CELL else "the --cell file's cell"
+    threshold = "argmax" if report.get("threshold") is None else f"P(peak) >= {report['threshold']:g}"
     lines.append(f"\n{report['frames_per_geometry']} scored frames per detector (after {report['tune_frames']} "
-                 f"tuning frames) of CrystFEL pattern_sim crystals of {lo:g}-{hi:g} nm (lysozyme cell, "
-                 f"{report['photon_energy_ev']:g} eV), seed {report['seed']}, on {report['device_name']}; matches "
+                 f"tuning frames) of CrystFEL pattern_sim crystals of {lo:g}-{hi:g} nm ({cell}, "
+                 f"{report['photon_energy_ev']:g} eV), seed {report['seed']}, model peaks by {threshold}, on "
+                 f"{report['device_name']}; matches "
                  f"within {report['match_radius_px']} px; strong: {report['strong_rule']}.")
     if baseline:
         lines.append(f"peakfinder8: OM {report['peakfinder8']['om']}, best pooled F1 over "
