@@ -39,13 +39,14 @@ def spots_frame(gain: float = 50.0) -> tuple[Pf8Frame, np.ndarray]:
     centres = np.array([[0, 10.0, 20.0], [0, 40.0, 60.0], [2, 30.0, 5.0], [2, 62.0, 40.0]])
     kernel = np.array([[0.05, 0.1, 0.05], [0.1, 0.4, 0.1], [0.05, 0.1, 0.05]])
     for p, s, f in centres[:3].astype(int):
-        expected[p, s - 1:s + 2, f - 1:f + 2] += 400.0 * kernel
-    expected[2, 62, 40] += 400.0                       # one bright pixel at the panel's edge row 62
+        expected[p, s - 1 : s + 2, f - 1 : f + 2] += 400.0 * kernel
+    expected[2, 62, 40] += 400.0  # one bright pixel at the panel's edge row 62
     adu = (rng.poisson(expected) * gain).astype(np.float32)
     mask = np.ones(adu.shape, dtype=np.uint8)
     mask[:, 0, :] = mask[:, -1, :] = 0
-    radius = np.broadcast_to(np.hypot(*np.meshgrid(np.arange(64) - 32.0, np.arange(80) - 40.0, indexing="ij")),
-                             adu.shape)
+    radius = np.broadcast_to(
+        np.hypot(*np.meshgrid(np.arange(64) - 32.0, np.arange(80) - 40.0, indexing="ij")), adu.shape
+    )
     return Pf8Frame(adu, mask, radius, gain), centres
 
 
@@ -58,8 +59,9 @@ def test_missing_environment_says_how_to_make_it(monkeypatch, tmp_path):
 def test_adc_threshold_is_converted_with_the_frame_gain():
     group = Peakfinder8Params(adc_threshold_photons=3.0, minimum_snr=5.0).for_gain(40.0)
     assert group["adc_threshold"] == 120.0 and group["minimum_snr"] == 5.0 and "adc_threshold_photons" not in group
-    grid = parameter_grid(minimum_snr=(4.0, 6.0), min_pixel_count=(1,), local_bg_radius=(3,),
-                          adc_threshold_photons=(0.0,))
+    grid = parameter_grid(
+        minimum_snr=(4.0, 6.0), min_pixel_count=(1,), local_bg_radius=(3,), adc_threshold_photons=(0.0,)
+    )
     assert [p.minimum_snr for p in grid] == [4.0, 6.0]
 
 
@@ -82,7 +84,7 @@ def test_grid_search_picks_the_setting_that_scores_best(finder):
     scorer = lambda found: match_peaks(found, centres)
     too_strict = Peakfinder8Params(minimum_snr=10.0, min_pixel_count=2, local_bg_radius=3)  # loses the 1-pixel spot
     right = Peakfinder8Params(minimum_snr=10.0, min_pixel_count=1, local_bg_radius=3)
-    noisy = Peakfinder8Params(minimum_snr=1.0, min_pixel_count=1, local_bg_radius=3)   # background fluctuations
+    noisy = Peakfinder8Params(minimum_snr=1.0, min_pixel_count=1, local_bg_radius=3)  # background fluctuations
     tuned = tune(finder, [(frame, scorer)], [too_strict, noisy, right])
     assert tuned.best == right
     counts = dict(tuned.counts)
@@ -95,8 +97,9 @@ def test_grid_search_picks_the_setting_that_scores_best(finder):
 def test_a_failing_request_is_an_error_and_the_worker_goes_on(finder, tmp_path):
     frame, _ = spots_frame()
     with pytest.raises(RuntimeError, match="FileNotFoundError"):
-        finder._request({"op": "find", "data": str(tmp_path / "missing.npy"), "mask": "", "radius": "",
-                         "layout": {}, "params": []})
+        finder._request(
+            {"op": "find", "data": str(tmp_path / "missing.npy"), "mask": "", "radius": "", "layout": {}, "params": []}
+        )
     with pytest.raises(RuntimeError, match="unknown op"):
         finder._request({"op": "explode"})
     assert len(finder.find(frame, [Peakfinder8Params(min_pixel_count=1)])[0].peaks) == 4

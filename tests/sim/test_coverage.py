@@ -11,8 +11,13 @@ from peaknet_serve.sim.peaksim.frame import TARGET_IGNORE, sample_frame_params, 
 from peaknet_serve.sim.peaksim.geometry import get_geometry
 from peaknet_serve.training.dataset import frame_target
 
-ONLY = dict(sharp_probability=0.0, read_noise_probability=0.0, background_probability=0.0,
-            saturation_probability=0.0, gain_switch_probability=0.0)
+ONLY = dict(
+    sharp_probability=0.0,
+    read_noise_probability=0.0,
+    background_probability=0.0,
+    saturation_probability=0.0,
+    gain_switch_probability=0.0,
+)
 
 
 def test_without_coverage_the_draws_are_those_of_the_default_simulator():
@@ -33,9 +38,13 @@ def test_sharp_spots_fall_into_one_to_four_pixels():
         if params.crystals:
             break
     assert 0.12 <= params.spot_sigma <= 0.2
-    params = replace(params, background=replace(params.background, water=0.0, air=0.0, constant=0.0),
-                     response=replace(params.response, read_noise_adu=0.0, hot_fraction=0.0,
-                                      panel_offset_adu=np.zeros(geometry.n_panels)))
+    params = replace(
+        params,
+        background=replace(params.background, water=0.0, air=0.0, constant=0.0),
+        response=replace(
+            params.response, read_noise_adu=0.0, hot_fraction=0.0, panel_offset_adu=np.zeros(geometry.n_panels)
+        ),
+    )
     frame = simulate_frame(geometry, np.random.default_rng(1), params=params)
     p = frame.peaks
     bright = np.flatnonzero(p.strong & (p.photons > 500))[:20]
@@ -43,15 +52,20 @@ def test_sharp_spots_fall_into_one_to_four_pixels():
     gain = params.response.adu_per_photon
     for i in bright:
         s, f = int(round(p.ss[i])), int(round(p.fs[i]))
-        patch = frame.adu[p.panel[i], s - 2:s + 3, f - 2:f + 3] / gain
+        patch = frame.adu[p.panel[i], s - 2 : s + 3, f - 2 : f + 3] / gain
         assert np.sort(patch, axis=None)[-4:].sum() > 0.95 * patch.sum()  # 1-4 pixels (by sub-pixel position)
 
 
 def test_each_condition_applies_with_probability_one():
     geometry = get_geometry("cspad")
     base = sample_frame_params(np.random.default_rng(3), geometry)
-    coverage = Coverage(sharp_probability=1.0, read_noise_probability=1.0, background_probability=1.0,
-                        saturation_probability=1.0, gain_switch_probability=1.0)
+    coverage = Coverage(
+        sharp_probability=1.0,
+        read_noise_probability=1.0,
+        background_probability=1.0,
+        saturation_probability=1.0,
+        gain_switch_probability=1.0,
+    )
     params = sample_frame_params(np.random.default_rng(3), geometry, coverage=coverage)
     assert params.spot_sigma <= 0.5
     ratio = params.response.read_noise_adu / base.response.read_noise_adu
@@ -66,15 +80,20 @@ def test_each_condition_applies_with_probability_one():
 
 
 def test_gain_switch_raises_the_noise_of_bright_pixels_only():
-    response = DetectorResponse(adu_per_photon=100.0, read_noise_adu=5.0, panel_offset_adu=np.zeros(1),
-                                panel_gain=np.ones(1), saturation_adu=1e9,
-                                gain_switch=GainSwitch(switch_photons=50.0, ratio=10.0))
+    response = DetectorResponse(
+        adu_per_photon=100.0,
+        read_noise_adu=5.0,
+        panel_offset_adu=np.zeros(1),
+        panel_gain=np.ones(1),
+        saturation_adu=1e9,
+        gain_switch=GainSwitch(switch_photons=50.0, ratio=10.0),
+    )
     photons = np.zeros((1, 200, 200), dtype=np.int64)
     photons[0, :100] = 100
     adu = photons_to_adu(np.random.default_rng(0), photons, response)
     residual = adu - photons * 100.0
-    assert np.std(residual[0, 100:]) == pytest.approx(5.0, rel=0.05)     # not switched
-    assert np.std(residual[0, :100]) == pytest.approx(50.0, rel=0.05)    # ratio x the read noise
+    assert np.std(residual[0, 100:]) == pytest.approx(5.0, rel=0.05)  # not switched
+    assert np.std(residual[0, :100]) == pytest.approx(50.0, rel=0.05)  # ratio x the read noise
 
 
 @pytest.mark.parametrize("value", [-0.1, 1.5])
@@ -87,13 +106,13 @@ def test_target_with_a_lower_bar_holds_every_truth_peak_and_more():
     geometry = get_geometry("epix10k2m")
     frame = simulate_frame(geometry, np.random.default_rng(0), target_snr=4.0)
     plain = simulate_frame(geometry, np.random.default_rng(0))
-    np.testing.assert_array_equal(frame.adu, plain.adu)              # the frame and its truth are unchanged
+    np.testing.assert_array_equal(frame.adu, plain.adu)  # the frame and its truth are unchanged
     np.testing.assert_array_equal(frame.label, plain.label)
     assert plain.target is None
     target = frame.target
     assert target.dtype == np.uint8 and set(np.unique(target)) <= {0, 1, TARGET_IGNORE}
-    assert np.all(target[frame.label == 1] == 1)                      # every truth peak pixel is a target
-    assert (target == 1).sum() > (frame.label == 1).sum()             # and spots of SNR 4-6 too
+    assert np.all(target[frame.label == 1] == 1)  # every truth peak pixel is a target
+    assert (target == 1).sum() > (frame.label == 1).sum()  # and spots of SNR 4-6 too
     p = frame.peaks
     extra = p.weak & ~p.merged & (p.snr >= 4.5) & (p.peak_snr >= 1.0)
     centre = (p.panel[extra], np.rint(p.ss[extra]).astype(int), np.rint(p.fs[extra]).astype(int))

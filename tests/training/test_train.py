@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 import peaknet_serve.training.dataset  # noqa: E402
 from peaknet_serve.checkpoint import load_peaknet  # noqa: E402
+from peaknet_serve.sim.peaksim.coverage import Coverage
 from peaknet_serve.training import train
 from peaknet_serve.training.dataset import IGNORE_INDEX  # noqa: E402
 
@@ -77,3 +78,26 @@ def test_learning_rate_schedule(steps, warmup):
     assert train.lr_at(warmup, 0.0, 1.0, warmup) == pytest.approx(1.0)
     assert train.lr_at(steps, 1.0, 1.0, warmup) == pytest.approx(0.02)
     assert train.run_progress(55, steps, warmup, elapsed=90.0, time_limit=100.0) == pytest.approx(0.9)
+
+
+def test_tiny_training_run_with_coverage_and_a_lower_target(tmp_path, monkeypatch):
+    """--coverage and --target-snr reach simulate_frame, the crops' targets come from frame.target,
+    and both are recorded."""
+    simulate = peaknet_serve.training.dataset.simulate_frame
+    seen = []
+
+    def recording(geometry, rng, *args, **kwargs):
+        frame = simulate(geometry, rng, *args, **kwargs)
+        seen.append((kwargs.get("coverage"), kwargs.get("target_snr"), frame.target is not None))
+        return frame
+
+    monkeypatch.setattr(peaknet_serve.training.dataset, "simulate_frame", recording)
+    assert train.main(["--out", str(tmp_path), "--steps", "2", "--batch-size", "4", "--crop", "64",
+                       "--crops-per-frame", "1", "--workers", "0", "--preset", "tiny", "--warmup", "1",
+                       "--device", "cpu", "--coverage", "--target-snr", "4.5"]) == 0
+    history = json.loads((tmp_path / "train_loss.json").read_text())
+    assert history["coverage"] is True and history["target_snr"] == 4.5
+    assert "--coverage" in history["command"]
+    assert seen and all(isinstance(c, Coverage) and t == 4.5 and has for c, t, has in seen)
+    with pytest.raises(SystemExit):
+        train.parse_args(["--out", str(tmp_path), "--target-snr", "0"])

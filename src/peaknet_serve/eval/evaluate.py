@@ -50,6 +50,7 @@ from peaknet_serve.eval.peakfinder8 import (
     baseline_cells,
     baseline_entry,
     describe,
+    model_ms,
     score,
     tune,
 )
@@ -313,8 +314,8 @@ def accuracy_table(report: dict) -> str:
             cells.append(f"{100 * entry['agreement_with_float32'][d]['agreement']:.2f}%")
         if baseline:
             pf8_cells = baseline_cells(entry.get("peakfinder8"))
-            ms = entry["accuracy"][report["reference_dtype"]].get("ms_per_frame")
-            cells += [pf8_cells[0], "—" if ms is None else f"{ms:.0f}", pf8_cells[1]]
+            cells += [pf8_cells[0], model_ms(entry["accuracy"][report["reference_dtype"]],
+                                             report["frames_per_geometry"]), pf8_cells[1]]
         lines.append("| " + " | ".join(cells) + " |")
     frames = report["frames_per_geometry"]
     artefacts = report.get("artefact_probability", 0.0)

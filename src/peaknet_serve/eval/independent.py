@@ -56,6 +56,7 @@ from peaknet_serve.eval.peakfinder8 import (
     baseline_cells,
     baseline_entry,
     describe,
+    model_ms,
     score,
     tune,
 )
@@ -281,10 +282,11 @@ def evaluate(config: Path, geometries: list[str], frames: int, dtypes: list[str]
                     for key, value in false_positive_breakdown(frame, found).items():
                         fps[key] += value
             records.append(record)
-            r = record.get(reference, record.get("peakfinder8"))
+            shown = reference if reference in record else "peakfinder8"
+            r = record[shown]
             print(f"{geometry_name} frame {f_index}: strong {record['strong']}, weak {record['weak']}, "
                   f"background {record['background_photons']:.3g} ph/px, {record['profile']}/{record['streak']}; "
-                  f"{reference} P={r['precision']:.3f} R={r['recall']:.3f} F1={r['f1']:.3f} "
+                  f"{shown} P={r['precision']:.3f} R={r['recall']:.3f} F1={r['f1']:.3f} "
                   f"[{time.perf_counter() - started:.0f} s]", flush=True)
         report["per_geometry"][geometry_name] = {
             "frame_shape": shape,
@@ -339,8 +341,7 @@ def robustness_table(report: dict) -> str:
                  *[f"{entry['accuracy'][d]['f1']:.3f}" for d in others]]
         if baseline:
             pf8_cells = baseline_cells(entry.get("peakfinder8"))
-            ms = a.get("ms_per_frame")
-            cells += [pf8_cells[0], "—" if ms is None else f"{ms:.0f}", pf8_cells[1]]
+            cells += [pf8_cells[0], model_ms(a, report["frames_per_geometry"]), pf8_cells[1]]
         lines.append("| " + " | ".join(cells) + " |")
     bins = list(next(iter(report["per_geometry"].values()))["recall_by_i_over_sigma"])
     lines += ["", (f"Recall of strong peaks by integrated I/sigma ({ref}; strong peaks in brackets), and where "

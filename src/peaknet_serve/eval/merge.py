@@ -18,8 +18,18 @@ import argparse
 import json
 from pathlib import Path
 
-SAME_FRAMES = ("seed", "frames_per_geometry", "first_frame", "input", "artefact_probability", "tune_frames",
-               "crystal_size_nm", "cell", "photon_energy_ev", "match_radius_px")
+SAME_FRAMES = (
+    "seed",
+    "frames_per_geometry",
+    "first_frame",
+    "input",
+    "artefact_probability",
+    "tune_frames",
+    "crystal_size_nm",
+    "cell",
+    "photon_energy_ev",
+    "match_radius_px",
+)
 
 
 def merge_baseline(model: dict, baseline: dict) -> dict:
@@ -34,8 +44,9 @@ def merge_baseline(model: dict, baseline: dict) -> dict:
         if model.get(key) != baseline.get(key):
             raise ValueError(f"the reports differ in {key!r}: {model.get(key)!r} vs {baseline.get(key)!r}")
     if list(model["per_geometry"]) != list(baseline["per_geometry"]):
-        raise ValueError(f"the reports cover different detectors: {list(model['per_geometry'])} vs "
-                         f"{list(baseline['per_geometry'])}")
+        raise ValueError(
+            f"the reports cover different detectors: {list(model['per_geometry'])} vs {list(baseline['per_geometry'])}"
+        )
     merged = json.loads(json.dumps(model))
     merged["peakfinder8"] = {**baseline["peakfinder8"], "command": baseline.get("command")}
     for name, entry in baseline["per_geometry"].items():
@@ -53,8 +64,12 @@ def merge_baseline(model: dict, baseline: dict) -> dict:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--kind", choices=["accuracy", "robustness", "patternsim"], required=True,
-                   help="peaknet-evaluate, peaknet-evaluate-independent or peaknet-evaluate-patternsim")
+    p.add_argument(
+        "--kind",
+        choices=["accuracy", "robustness", "patternsim"],
+        required=True,
+        help="peaknet-evaluate, peaknet-evaluate-independent or peaknet-evaluate-patternsim",
+    )
     p.add_argument("--model", type=Path, required=True, help="the model's report (JSON)")
     p.add_argument("--baseline", type=Path, required=True, help="the --baseline-only report (JSON)")
     p.add_argument("--out", type=Path, required=True, help="folder for <kind>.json and <kind>.md")
@@ -72,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         from peaknet_serve.eval.independent import robustness_table as table
     else:
         from peaknet_serve.eval.patternsim import patternsim_table as table
+
         plot = None
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / f"{args.kind}.json").write_text(json.dumps(merged, indent=1))
@@ -79,8 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         plot(merged, args.out / f"{args.kind}.png")
     commands = [c for c in (merged.get("command"), merged["peakfinder8"].get("command")) if c]
     (args.out / f"{args.kind}.md").write_text(
-        f"{table(merged)}\n\nReproduce: " + " and ".join(f"`{c}`" for c in commands)
-        + f", joined by `peaknet-evaluate-merge --kind {args.kind}`\n")
+        f"{table(merged)}\n\nReproduce: "
+        + " and ".join(f"`{c}`" for c in commands)
+        + f", joined by `peaknet-evaluate-merge --kind {args.kind}`\n"
+    )
     return 0
 
 

@@ -63,12 +63,17 @@ class Peakfinder8Params:
         return group
 
 
-def parameter_grid(minimum_snr: Sequence[float] = (4.0, 5.0, 6.0, 7.0, 8.0, 10.0),
-                   min_pixel_count: Sequence[int] = (1, 2, 3), local_bg_radius: Sequence[int] = (3, 5),
-                   adc_threshold_photons: Sequence[float] = (0.0, 3.0)) -> list[Peakfinder8Params]:
+def parameter_grid(
+    minimum_snr: Sequence[float] = (4.0, 5.0, 6.0, 7.0, 8.0, 10.0),
+    min_pixel_count: Sequence[int] = (1, 2, 3),
+    local_bg_radius: Sequence[int] = (3, 5),
+    adc_threshold_photons: Sequence[float] = (0.0, 3.0),
+) -> list[Peakfinder8Params]:
     """Every combination of the given values (the defaults are :data:`DEFAULT_GRID`)."""
-    return [Peakfinder8Params(minimum_snr=s, min_pixel_count=m, local_bg_radius=r, adc_threshold_photons=a)
-            for s, m, r, a in itertools.product(minimum_snr, min_pixel_count, local_bg_radius, adc_threshold_photons)]
+    return [
+        Peakfinder8Params(minimum_snr=s, min_pixel_count=m, local_bg_radius=r, adc_threshold_photons=a)
+        for s, m, r, a in itertools.product(minimum_snr, min_pixel_count, local_bg_radius, adc_threshold_photons)
+    ]
 
 
 DEFAULT_GRID = parameter_grid()
@@ -110,8 +115,10 @@ def pf8_python() -> Path:
     configured = os.environ.get(PYTHON_ENV)
     path = Path(configured) if configured else DEFAULT_VENV_PYTHON
     if not path.is_file():
-        raise FileNotFoundError(f"peakfinder8's Python {path} does not exist: run `make pf8-venv` (a virtual "
-                                f"environment with ondamonitor and numpy<2) or set {PYTHON_ENV}")
+        raise FileNotFoundError(
+            f"peakfinder8's Python {path} does not exist: run `make pf8-venv` (a virtual "
+            f"environment with ondamonitor and numpy<2) or set {PYTHON_ENV}"
+        )
     return path
 
 
@@ -125,8 +132,9 @@ class Peakfinder8:
     def __init__(self, python: Path | str | None = None) -> None:
         self._python = Path(python) if python is not None else pf8_python()
         self._dir = tempfile.TemporaryDirectory(prefix="peaknet-pf8-")
-        self._process = subprocess.Popen([str(self._python), str(WORKER)], stdin=subprocess.PIPE,
-                                         stdout=subprocess.PIPE, text=True)
+        self._process = subprocess.Popen(
+            [str(self._python), str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
         self._written: set[str] = set()
 
     def __enter__(self) -> Peakfinder8:
@@ -180,10 +188,15 @@ class Peakfinder8:
         slab = (n_panels * n_ss, n_fs)
         data = os.path.join(self._dir.name, "frame.npy")
         np.save(data, np.ascontiguousarray(frame.adu, dtype=np.float32).reshape(slab))
-        request = {"op": "find", "data": data, "mask": self._save(frame.mask.reshape(slab), np.int8),
-                   "radius": self._save(frame.radius.reshape(slab), np.float32),
-                   "layout": {"asic_nx": n_fs, "asic_ny": n_ss, "nasics_x": 1, "nasics_y": n_panels},
-                   "params": [p.for_gain(frame.adu_per_photon) for p in params], "repeat": repeat}
+        request = {
+            "op": "find",
+            "data": data,
+            "mask": self._save(frame.mask.reshape(slab), np.int8),
+            "radius": self._save(frame.radius.reshape(slab), np.float32),
+            "layout": {"asic_nx": n_fs, "asic_ny": n_ss, "nasics_x": 1, "nasics_y": n_panels},
+            "params": [p.for_gain(frame.adu_per_photon) for p in params],
+            "repeat": repeat,
+        }
         results = []
         for answer in self._request(request)["results"]:
             ss = np.asarray(answer["ss"], dtype=np.float64)
@@ -209,8 +222,9 @@ class TuneResult:
         return {"best": asdict(self.best), "tuning_counts": best.as_dict(), "grid_points": len(self.counts)}
 
 
-def tune(finder: Peakfinder8, frames: Sequence[tuple[Pf8Frame, Scorer]],
-         grid: Sequence[Peakfinder8Params] = DEFAULT_GRID) -> TuneResult:
+def tune(
+    finder: Peakfinder8, frames: Sequence[tuple[Pf8Frame, Scorer]], grid: Sequence[Peakfinder8Params] = DEFAULT_GRID
+) -> TuneResult:
     """The grid point of best pooled F1 over ``frames`` (ties: the earlier point)."""
     totals = [MatchCounts() for _ in grid]
     for frame, scorer in frames:
@@ -220,8 +234,9 @@ def tune(finder: Peakfinder8, frames: Sequence[tuple[Pf8Frame, Scorer]],
     return TuneResult(grid[best], list(zip(grid, totals)))
 
 
-def score(finder: Peakfinder8, frame: Pf8Frame, scorer: Scorer, params: Peakfinder8Params, repeat: int = 3
-          ) -> tuple[MatchCounts, Pf8Result]:
+def score(
+    finder: Peakfinder8, frame: Pf8Frame, scorer: Scorer, params: Peakfinder8Params, repeat: int = 3
+) -> tuple[MatchCounts, Pf8Result]:
     """Counts and result of ``params`` on one held-out frame (``ms``: median of ``repeat`` runs)."""
     result = finder.find(frame, [params], repeat=repeat)[0]
     return scorer(result.peaks), result
@@ -242,7 +257,18 @@ def baseline_cells(entry: dict | None) -> list[str]:
     return [f"{a['f1']:.3f} ({a['precision']:.3f} / {a['recall']:.3f})", "—" if ms is None else f"{ms:.0f}"]
 
 
+def model_ms(accuracy: dict, frames: int) -> str:
+    """A model entry's milliseconds per frame as a table cell (from its total seconds where a
+    report predates the per-frame figure)."""
+    ms = accuracy.get("ms_per_frame")
+    if ms is None and "seconds" in accuracy and frames:
+        ms = 1e3 * accuracy["seconds"] / frames
+    return "—" if ms is None else f"{ms:.0f}"
+
+
 def describe(params: dict) -> str:
     """Short text of a tuned parameter set (a report's ``best``)."""
-    return (f"snr {params['minimum_snr']:g}, pixels {params['min_pixel_count']}-{params['max_pixel_count']}, "
-            f"bg radius {params['local_bg_radius']}, ADC {params['adc_threshold_photons']:g} photons")
+    return (
+        f"snr {params['minimum_snr']:g}, pixels {params['min_pixel_count']}-{params['max_pixel_count']}, "
+        f"bg radius {params['local_bg_radius']}, ADC {params['adc_threshold_photons']:g} photons"
+    )

@@ -67,10 +67,16 @@ def _find(request):
             start = time.perf_counter()
             peaks = finder.find_peaks(data=data)
             times.append((time.perf_counter() - start) * 1e3)
-        results.append({"fs": [float(v) for v in peaks["fs"]], "ss": [float(v) for v in peaks["ss"]],
-                        "intensity": [float(v) for v in peaks["intensity"]],
-                        "num_pixels": [int(v) for v in peaks["num_pixels"]],
-                        "snr": [float(v) for v in peaks["snr"]], "ms": float(numpy.median(times))})
+        results.append(
+            {
+                "fs": [float(v) for v in peaks["fs"]],
+                "ss": [float(v) for v in peaks["ss"]],
+                "intensity": [float(v) for v in peaks["intensity"]],
+                "num_pixels": [int(v) for v in peaks["num_pixels"]],
+                "snr": [float(v) for v in peaks["snr"]],
+                "ms": float(numpy.median(times)),
+            }
+        )
     return {"ok": True, "results": results}
 
 

@@ -67,22 +67,43 @@ def crystfel_geometry(geometry: DetectorGeometry, distance: float, photon_energy
     """CrystFEL geometry text of ``geometry``: panels stacked along ss in one (P * ss, fs) slab,
     ``/data/data``, 1 ADU per photon, camera length ``distance`` (m)."""
     n_ss, n_fs = geometry.panel_shape
-    lines = ["adu_per_photon = 1.0", f"photon_energy = {photon_energy_ev:g}", f"clen = {distance:g}",
-             f"res = {1.0 / geometry.pixel_size:.6f}", "data = /data/data", ""]
+    lines = [
+        "adu_per_photon = 1.0",
+        f"photon_energy = {photon_energy_ev:g}",
+        f"clen = {distance:g}",
+        f"res = {1.0 / geometry.pixel_size:.6f}",
+        "data = /data/data",
+        "",
+    ]
     for i in range(geometry.n_panels):
         # corner_x/y: the outer corner of pixel (0, 0), in pixels; corners[] holds its centre.
         corner = geometry.corners[i] / geometry.pixel_size - 0.5 * (geometry.fs_vectors[i] + geometry.ss_vectors[i])
         fs, ss = geometry.fs_vectors[i], geometry.ss_vectors[i]
-        lines += [f"p{i}/min_fs = 0", f"p{i}/max_fs = {n_fs - 1}", f"p{i}/min_ss = {i * n_ss}",
-                  f"p{i}/max_ss = {(i + 1) * n_ss - 1}", f"p{i}/corner_x = {corner[0]:.4f}",
-                  f"p{i}/corner_y = {corner[1]:.4f}", f"p{i}/fs = {fs[0]:+.6f}x {fs[1]:+.6f}y",
-                  f"p{i}/ss = {ss[0]:+.6f}x {ss[1]:+.6f}y", ""]
+        lines += [
+            f"p{i}/min_fs = 0",
+            f"p{i}/max_fs = {n_fs - 1}",
+            f"p{i}/min_ss = {i * n_ss}",
+            f"p{i}/max_ss = {(i + 1) * n_ss - 1}",
+            f"p{i}/corner_x = {corner[0]:.4f}",
+            f"p{i}/corner_y = {corner[1]:.4f}",
+            f"p{i}/fs = {fs[0]:+.6f}x {fs[1]:+.6f}y",
+            f"p{i}/ss = {ss[0]:+.6f}x {ss[1]:+.6f}y",
+            "",
+        ]
     return "\n".join(lines)
 
 
-def run_pattern_sim(geometry: DetectorGeometry, n_frames: int, distance: float, photon_energy_ev: float,
-                    min_size_nm: float, max_size_nm: float, program: str = "pattern_sim",
-                    cell: str = LYSOZYME_CELL, timeout_s: float = 3600.0) -> list[np.ndarray]:
+def run_pattern_sim(
+    geometry: DetectorGeometry,
+    n_frames: int,
+    distance: float,
+    photon_energy_ev: float,
+    min_size_nm: float,
+    max_size_nm: float,
+    program: str = "pattern_sim",
+    cell: str = LYSOZYME_CELL,
+    timeout_s: float = 3600.0,
+) -> list[np.ndarray]:
     """Noise-free spot images of ``n_frames`` randomly oriented crystals of ``min_size_nm`` to
     ``max_size_nm``, each (P, ss, fs) float32 in pattern_sim's photon units (its default
     fluence and uniform intensities; :func:`detector_frame` rescales them).
@@ -95,8 +116,22 @@ def run_pattern_sim(geometry: DetectorGeometry, n_frames: int, distance: float, 
         folder = Path(tmp)
         (folder / "detector.geom").write_text(crystfel_geometry(geometry, distance, photon_energy_ev))
         (folder / "crystal.cell").write_text(cell)
-        command = [program, "-g", "detector.geom", "-p", "crystal.cell", "-o", "frame.h5", "-n", str(n_frames),
-                   "-r", "--no-noise", "--no-fringes", f"--min-size={min_size_nm:g}", f"--max-size={max_size_nm:g}"]
+        command = [
+            program,
+            "-g",
+            "detector.geom",
+            "-p",
+            "crystal.cell",
+            "-o",
+            "frame.h5",
+            "-n",
+            str(n_frames),
+            "-r",
+            "--no-noise",
+            "--no-fringes",
+            f"--min-size={min_size_nm:g}",
+            f"--max-size={max_size_nm:g}",
+        ]
         done = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=timeout_s)
         files = sorted(folder.glob("frame.h5-*.h5"), key=lambda p: int(p.stem.rsplit("-", 1)[1]))
         if done.returncode != 0 or len(files) != n_frames:
@@ -140,8 +175,7 @@ class PatternSimFrame:
     settings: DetectorSettings
 
 
-def radial_background(geometry: DetectorGeometry, distance: float, wavelength_a: float, level: float
-                      ) -> np.ndarray:
+def radial_background(geometry: DetectorGeometry, distance: float, wavelength_a: float, level: float) -> np.ndarray:
     """(P, ss, fs) float32 expected background photons: a water ring at Q = 2.0 1/A over a flat
     floor of 20% and a small-angle term, scaled so the ring's top is ``level``."""
     x, y = geometry.pixel_lab_xy()
@@ -151,8 +185,9 @@ def radial_background(geometry: DetectorGeometry, distance: float, wavelength_a:
     return (level * profile / profile.max() * np.cos(two_theta) ** 3).astype(np.float32)
 
 
-def detector_frame(rng: np.random.Generator, geometry: DetectorGeometry, spots: np.ndarray, distance: float,
-                   wavelength_a: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, DetectorSettings]:
+def detector_frame(
+    rng: np.random.Generator, geometry: DetectorGeometry, spots: np.ndarray, distance: float, wavelength_a: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, DetectorSettings]:
     """Photons and detector response for one noise-free spot image (P, ss, fs).
 
     Returns:
@@ -164,12 +199,13 @@ def detector_frame(rng: np.random.Generator, geometry: DetectorGeometry, spots: 
     level = float(np.exp(rng.uniform(np.log(0.005), np.log(8.0))))
     background = radial_background(geometry, distance, wavelength_a, level)
     photon_kev = 12.398419843 / wavelength_a
-    gain = float(np.exp(rng.uniform(np.log(1.0), np.log(20.0)))) * photon_kev   # ADU per photon
-    read_noise = float(np.exp(rng.uniform(np.log(0.02), np.log(0.3))))        # photons
+    gain = float(np.exp(rng.uniform(np.log(1.0), np.log(20.0)))) * photon_kev  # ADU per photon
+    read_noise = float(np.exp(rng.uniform(np.log(0.02), np.log(0.3))))  # photons
     saturation = float(min(65535.0, gain * np.exp(rng.uniform(np.log(1000.0), np.log(20000.0)))))
     photons = rng.poisson(expected_spots + background).astype(np.float32)
     adu = photons * np.float32(gain) + rng.standard_normal(photons.shape, dtype=np.float32) * np.float32(
-        read_noise * gain)
+        read_noise * gain
+    )
     np.minimum(adu, np.float32(saturation), out=adu)
     mask = geometry.border_mask() == 0
     dead = rng.random(adu.shape, dtype=np.float32) < 3e-4
@@ -178,8 +214,9 @@ def detector_frame(rng: np.random.Generator, geometry: DetectorGeometry, spots: 
     return adu, mask, expected_spots, background, DetectorSettings(brightest, level, gain, read_noise, saturation)
 
 
-def spot_truth(expected_spots: np.ndarray, background: np.ndarray, mask: np.ndarray, read_noise: float
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def spot_truth(
+    expected_spots: np.ndarray, background: np.ndarray, mask: np.ndarray, read_noise: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(strong (K, 3), weak (M, 3), i_over_sigma (K,))`` from the expected photons (module docstring)."""
     components, n = ndimage.label(expected_spots >= SPOT_PIXEL_PHOTONS, structure=_IN_PANEL_8)
     if n == 0:
@@ -194,15 +231,14 @@ def spot_truth(expected_spots: np.ndarray, background: np.ndarray, mask: np.ndar
     box = np.where(components > 0, components, box)
     n_box = ndimage.sum(np.ones_like(background), box, ids)
     b_box = ndimage.sum(background, box, ids)
-    ios = signal / np.sqrt(signal + 1.25 * (b_box + n_box * read_noise ** 2))
+    ios = signal / np.sqrt(signal + 1.25 * (b_box + n_box * read_noise**2))
     b_peak = background[tuple(peak_at.T)]
-    peak_ok = (peak >= PEAK_PIXEL_MIN_PHOTONS) & (peak >= PEAK_PIXEL_SIGMAS * np.sqrt(b_peak + read_noise ** 2))
+    peak_ok = (peak >= PEAK_PIXEL_MIN_PHOTONS) & (peak >= PEAK_PIXEL_SIGMAS * np.sqrt(b_peak + read_noise**2))
     local_max = (expected_spots == ndimage.maximum_filter(expected_spots, footprint=_IN_PANEL_8)) & (components > 0)
     maxima = np.bincount(components[local_max], minlength=n + 1)[1:]
     _, n_ss, n_fs = expected_spots.shape
     slices = ndimage.find_objects(box)
-    on_panel = np.array([s[1].start > 0 and s[2].start > 0 and s[1].stop < n_ss and s[2].stop < n_fs
-                         for s in slices])
+    on_panel = np.array([s[1].start > 0 and s[2].start > 0 and s[1].stop < n_ss and s[2].stop < n_fs for s in slices])
     centre_pixel = np.rint(centre).astype(np.int64)
     good = mask[tuple(centre_pixel.T)].astype(bool)
     strong = (ios >= STRONG_I_OVER_SIGMA) & peak_ok & good & on_panel & (maxima == 1)
@@ -210,8 +246,9 @@ def spot_truth(expected_spots: np.ndarray, background: np.ndarray, mask: np.ndar
     return centre[strong], centre[weak], ios[strong]
 
 
-def build_frame(rng: np.random.Generator, geometry: DetectorGeometry, spots: np.ndarray, distance: float,
-                wavelength_a: float) -> PatternSimFrame:
+def build_frame(
+    rng: np.random.Generator, geometry: DetectorGeometry, spots: np.ndarray, distance: float, wavelength_a: float
+) -> PatternSimFrame:
     """A test frame from one :func:`run_pattern_sim` image."""
     adu, mask, expected_spots, background, settings = detector_frame(rng, geometry, spots, distance, wavelength_a)
     strong, weak, ios = spot_truth(expected_spots, background, mask, settings.read_noise)

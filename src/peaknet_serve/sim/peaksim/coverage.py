@@ -55,8 +55,13 @@ class Coverage:
     min_spot_sigma: float = 0.1
 
     def __post_init__(self) -> None:
-        for name in ("sharp_probability", "read_noise_probability", "background_probability",
-                     "saturation_probability", "gain_switch_probability"):
+        for name in (
+            "sharp_probability",
+            "read_noise_probability",
+            "background_probability",
+            "saturation_probability",
+            "gain_switch_probability",
+        ):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {value}")
@@ -83,13 +88,15 @@ def apply_coverage(rng: np.random.Generator, params: FrameParams, coverage: Cove
     if draws[1] < coverage.read_noise_probability:
         response = replace(response, read_noise_adu=response.read_noise_adu * noise_scale)
     if draws[3] < coverage.saturation_probability:
-        response = replace(response, saturation_adu=min(response.saturation_adu,
-                                                        saturation_photons * response.adu_per_photon))
+        response = replace(
+            response, saturation_adu=min(response.saturation_adu, saturation_photons * response.adu_per_photon)
+        )
     if draws[4] < coverage.gain_switch_probability:
         response = replace(response, gain_switch=switch)
     changes["response"] = response
     if draws[2] < coverage.background_probability:
         b = params.background
-        changes["background"] = replace(b, water=b.water * background_scale, air=b.air * background_scale,
-                                        constant=b.constant * background_scale)
+        changes["background"] = replace(
+            b, water=b.water * background_scale, air=b.air * background_scale, constant=b.constant * background_scale
+        )
     return replace(params, **changes)
