@@ -58,13 +58,31 @@ def main(argv: list[str] | None = None) -> int:
             torch.set_num_threads(threads)
             progress(f"{name} {tuple(frame.shape)}, {threads} thread(s) ...")
             samples = cpu_seconds(lambda panels=panels: pipeline.finder.find(panels), args.repeats)
-            rows.append({"geometry": name, "frame": list(frame.shape), "threads": threads,
-                         "cpu_s": statistics.median(samples), "cpu_s_min": min(samples), "cpu_s_max": max(samples)})
-    table = markdown_table(rows, [("geometry", "detector"), ("frame", "frame (P, H, W)"), ("threads", "torch threads"),
-                                  ("cpu_s", "CPU s per frame"), ("cpu_s_min", "min"), ("cpu_s_max", "max")])
+            rows.append(
+                {
+                    "geometry": name,
+                    "frame": list(frame.shape),
+                    "threads": threads,
+                    "cpu_s": statistics.median(samples),
+                    "cpu_s_min": min(samples),
+                    "cpu_s_max": max(samples),
+                }
+            )
+    table = markdown_table(
+        rows,
+        [
+            ("geometry", "detector"),
+            ("frame", "frame (P, H, W)"),
+            ("threads", "torch threads"),
+            ("cpu_s", "CPU s per frame"),
+            ("cpu_s_min", "min"),
+            ("cpu_s_max", "max"),
+        ],
+    )
     print(table)
-    write_results(args.out, {"environment": environment(device), "model_config": str(args.model_config),
-                             "rows": rows}, table)
+    write_results(
+        args.out, {"environment": environment(device), "model_config": str(args.model_config), "rows": rows}, table
+    )
     return 0
 
 

@@ -57,39 +57,86 @@ VARIANTS = {
 
 def model_config(variant: dict, workers: int, batch_size: int, delay_ms: int, warmup_shape) -> dict:
     handler = {
-        "config": "peaknet.yaml", "precision": "auto", "max_batch_panels": 64,
-        "warmup": True, "warmup_shapes": [list(warmup_shape)], "panel_buckets": [16, 32, 64],
-        "max_frames": 16, "max_pixels": 16 * 16 * 352 * 384, **variant,
+        "config": "peaknet.yaml",
+        "precision": "auto",
+        "max_batch_panels": 64,
+        "warmup": True,
+        "warmup_shapes": [list(warmup_shape)],
+        "panel_buckets": [16, 32, 64],
+        "max_frames": 16,
+        "max_pixels": 16 * 16 * 352 * 384,
+        **variant,
     }
-    return {"minWorkers": workers, "maxWorkers": workers, "batchSize": batch_size,
-            "maxBatchDelay": delay_ms, "responseTimeout": 120, "startupTimeout": 900, "handler": handler}
+    return {
+        "minWorkers": workers,
+        "maxWorkers": workers,
+        "batchSize": batch_size,
+        "maxBatchDelay": delay_ms,
+        "responseTimeout": 120,
+        "startupTimeout": 900,
+        "handler": handler,
+    }
 
 
 def build_echo(store: Path, workers: int = 1, batch_size: int = 4, delay_ms: int = 5) -> None:
     """echo.mar: the echo handler with the same workers and batching as the PeakNet targets."""
     config = store.parent / "echo-config.yaml"
-    config.write_text(yaml.safe_dump({"minWorkers": workers, "maxWorkers": workers,
-                                      "batchSize": batch_size, "maxBatchDelay": delay_ms}))
+    config.write_text(
+        yaml.safe_dump(
+            {"minWorkers": workers, "maxWorkers": workers, "batchSize": batch_size, "maxBatchDelay": delay_ms}
+        )
+    )
     archiver = Path(sys.executable).with_name("torch-model-archiver")
-    subprocess.run([str(archiver) if archiver.exists() else "torch-model-archiver",
-                    "--model-name", "echo", "--version", "1.0",
-                    "--handler", str(ROOT / "benchmarks" / "echo_handler.py"),
-                    "--config-file", str(config), "--export-path", str(store), "--force"], check=True)
+    subprocess.run(
+        [
+            str(archiver) if archiver.exists() else "torch-model-archiver",
+            "--model-name",
+            "echo",
+            "--version",
+            "1.0",
+            "--handler",
+            str(ROOT / "benchmarks" / "echo_handler.py"),
+            "--config-file",
+            str(config),
+            "--export-path",
+            str(store),
+            "--force",
+        ],
+        check=True,
+    )
 
 
-def start(workdir: Path, store: Path, models: list[str], gpus: int,
-          env_extra: dict[str, str]) -> tuple[subprocess.Popen, dict[str, str]]:
+def start(
+    workdir: Path, store: Path, models: list[str], gpus: int, env_extra: dict[str, str]
+) -> tuple[subprocess.Popen, dict[str, str]]:
     """TorchServe in the foreground on free loopback ports, its temp files (Inductor's and Triton's
     caches too) under ``workdir``: every start begins with cold caches except what ``env_extra`` names."""
     # tokens off: the load generator sends no key (a private server on loopback for the length of the run)
-    urls = write_loopback_config(workdir / "config.properties", store, models,
-                                 {"job_queue_size": "1024", "number_of_gpu": str(gpus)}, token_auth=False)
-    env = torchserve_env(workdir / "logs", {"TMPDIR": str(workdir), "TORCHINDUCTOR_CACHE_DIR": str(workdir / "inductor"),
-                                            "TRITON_CACHE_DIR": str(workdir / "triton"), **env_extra})
+    urls = write_loopback_config(
+        workdir / "config.properties",
+        store,
+        models,
+        {"job_queue_size": "1024", "number_of_gpu": str(gpus)},
+        token_auth=False,
+    )
+    env = torchserve_env(
+        workdir / "logs",
+        {
+            "TMPDIR": str(workdir),
+            "TORCHINDUCTOR_CACHE_DIR": str(workdir / "inductor"),
+            "TRITON_CACHE_DIR": str(workdir / "triton"),
+            **env_extra,
+        },
+    )
     with open(workdir / "torchserve.out", "wb") as log:  # the server keeps its own copy
-        process = subprocess.Popen(torchserve_command(workdir / "config.properties", foreground=True),
-                                   cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            torchserve_command(workdir / "config.properties", foreground=True),
+            cwd=workdir,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     return process, urls
 
 
@@ -103,8 +150,9 @@ def stop(server: subprocess.Popen) -> None:
             server.wait(timeout=30)
 
 
-def wait_workers(management_url: str, expected: dict[str, int], started: float, timeout: float,
-                 alive) -> dict[str, list[float]]:
+def wait_workers(
+    management_url: str, expected: dict[str, int], started: float, timeout: float, alive
+) -> dict[str, list[float]]:
     """Poll the management API until every model has ``expected[model]`` READY workers.
 
     Returns:
@@ -112,14 +160,16 @@ def wait_workers(management_url: str, expected: dict[str, int], started: float, 
         first seen READY (polled every 0.5 s), ascending.
     """
     import requests
+
     ready: dict[str, dict[str, float]] = {model: {} for model in expected}
     deadline = started + timeout
     while any(len(ready[m]) < n for m, n in expected.items()):
         if not alive():
             raise RuntimeError("TorchServe exited during start-up")
         if time.monotonic() > deadline:
-            raise TimeoutError(f"workers not ready after {timeout:.0f} s: "
-                               f"{ {m: len(r) for m, r in ready.items()} } of {expected}")
+            raise TimeoutError(
+                f"workers not ready after {timeout:.0f} s: { {m: len(r) for m, r in ready.items()} } of {expected}"
+            )
         for model, seen in ready.items():
             try:
                 workers = requests.get(f"{management_url}/models/{model}", timeout=2).json()[0].get("workers", [])
@@ -134,8 +184,10 @@ def wait_workers(management_url: str, expected: dict[str, int], started: float, 
 
 
 #: the handler's start-up line (serve/handler.py), per worker in model_log.log
-STARTUP_LINE = re.compile(r"W-\d+-(?P<model>.+?)_[^_-]+-stdout.*start-up (?P<total>[\d.]+) s \(load (?P<load>[\d.]+), "
-                          r"tune (?P<tune>[\d.]+), warm-up (?P<warmup>[\d.]+), compile cache (?P<cache>\w+)\)")
+STARTUP_LINE = re.compile(
+    r"W-\d+-(?P<model>.+?)_[^_-]+-stdout.*start-up (?P<total>[\d.]+) s \(load (?P<load>[\d.]+), "
+    r"tune (?P<tune>[\d.]+), warm-up (?P<warmup>[\d.]+), compile cache (?P<cache>\w+)\)"
+)
 
 
 def handler_startups(log_dir: Path) -> dict[str, list[dict]]:
@@ -148,7 +200,8 @@ def handler_startups(log_dir: Path) -> dict[str, list[dict]]:
         if match:
             fields = match.groupdict()
             found.setdefault(fields.pop("model"), []).append(
-                {k: v if k == "cache" else float(v) for k, v in fields.items()})
+                {k: v if k == "cache" else float(v) for k, v in fields.items()}
+            )
     return found
 
 
@@ -156,6 +209,7 @@ def process_tree_cpu(pid: int) -> dict[int, float]:
     """User + system CPU seconds of process ``pid`` and each of its live descendants (the frontend,
     the workers and their HDF5 reader processes), by process id."""
     import psutil
+
     try:
         root = psutil.Process(pid)
         processes = [root, *root.children(recursive=True)]
@@ -175,15 +229,22 @@ def cpu_seconds_between(before: dict[int, float], after: dict[int, float]) -> fl
     return sum(seconds - before.get(pid, 0.0) for pid, seconds in after.items())
 
 
-TS_COUNTERS = ("ts_inference_requests_total", "ts_inference_latency_microseconds",
-               "ts_queue_latency_microseconds")
-HANDLER_COUNTERS = ("PeakNetBatches", "PeakNetHandleMsTotal", "PeakNetDecodeMsTotal", "PeakNetInferenceMsTotal",
-                    "PeakNetPostprocessMsTotal", "PeakNetFramesServed", "PeakNetCappedFrames")
+TS_COUNTERS = ("ts_inference_requests_total", "ts_inference_latency_microseconds", "ts_queue_latency_microseconds")
+HANDLER_COUNTERS = (
+    "PeakNetBatches",
+    "PeakNetHandleMsTotal",
+    "PeakNetDecodeMsTotal",
+    "PeakNetInferenceMsTotal",
+    "PeakNetPostprocessMsTotal",
+    "PeakNetFramesServed",
+    "PeakNetCappedFrames",
+)
 
 
 def metrics_lines(metrics_url: str) -> list[str]:
     """The lines of TorchServe's Prometheus ``/metrics`` page; none when it does not answer."""
     import requests
+
     try:
         return requests.get(f"{metrics_url}/metrics", timeout=10).text.splitlines()
     except requests.RequestException:
@@ -204,8 +265,11 @@ def scrape_counters(metrics_url: str, model: str) -> dict[str, float]:
 def scrape_gauge_max(metrics_url: str, model: str, name: str = "PeakNetGpuMemoryReservedMB") -> float | None:
     """The largest value of the handler's gauge ``name`` over the model's workers (their last
     published values) from /metrics; None when no worker published it (CPU, or no batch yet)."""
-    values = [float(line.rsplit(" ", 1)[1]) for line in metrics_lines(metrics_url)
-              if line.startswith(name + "{") and (f'model_name="{model}"' in line or f'ModelName="{model}"' in line)]
+    values = [
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics_lines(metrics_url)
+        if line.startswith(name + "{") and (f'model_name="{model}"' in line or f'ModelName="{model}"' in line)
+    ]
     return max(values, default=None)
 
 
@@ -218,20 +282,50 @@ def server_side(before: dict[str, float], after: dict[str, float]) -> dict[str, 
     requests_done, batches = delta["ts_inference_requests_total"], delta["PeakNetBatches"]
     per_request = lambda key: delta[key] / requests_done / 1e3 if requests_done > 0 else None  # noqa: E731
     per_batch = lambda key: delta[key] / batches if batches > 0 else None  # noqa: E731
-    return {"server_infer_ms": per_request("ts_inference_latency_microseconds"),
-            "server_queue_ms": per_request("ts_queue_latency_microseconds"),
-            "requests_per_batch": requests_done / batches if batches > 0 else None,
-            "handler_ms_per_batch": per_batch("PeakNetHandleMsTotal"),
-            "handler_infer_ms_per_batch": per_batch("PeakNetInferenceMsTotal")}
+    return {
+        "server_infer_ms": per_request("ts_inference_latency_microseconds"),
+        "server_queue_ms": per_request("ts_queue_latency_microseconds"),
+        "requests_per_batch": requests_done / batches if batches > 0 else None,
+        "handler_ms_per_batch": per_batch("PeakNetHandleMsTotal"),
+        "handler_infer_ms_per_batch": per_batch("PeakNetInferenceMsTotal"),
+    }
 
 
-def loadtest(url: str, model: str, report: Path, args, *, concurrency: int | None = None,
-             rate: float | None = None, encoding: str = "raw") -> dict:
+def loadtest(
+    url: str,
+    model: str,
+    report: Path,
+    args,
+    *,
+    concurrency: int | None = None,
+    rate: float | None = None,
+    encoding: str = "raw",
+) -> dict:
     processes = args.client_processes if rate else min(args.client_processes, concurrency)
-    cmd = [sys.executable, "-m", "peaknet_serve.clients.loadtest.cli", "--url", url, "--model", model,
-           "--geometry", args.geometry, "--dtype", "uint16", "--encoding", encoding,
-           "--duration", str(args.duration), "--warmup", str(args.warmup_s), "--quiet",
-           "--processes", str(processes), "--report", str(report)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "peaknet_serve.clients.loadtest.cli",
+        "--url",
+        url,
+        "--model",
+        model,
+        "--geometry",
+        args.geometry,
+        "--dtype",
+        "uint16",
+        "--encoding",
+        encoding,
+        "--duration",
+        str(args.duration),
+        "--warmup",
+        str(args.warmup_s),
+        "--quiet",
+        "--processes",
+        str(processes),
+        "--report",
+        str(report),
+    ]
     cmd += ["--rate", str(rate)] if rate else ["--concurrency", str(concurrency)]
     subprocess.run(cmd, check=False, cwd=ROOT)
     return json.loads(report.read_text())
@@ -239,6 +333,7 @@ def loadtest(url: str, model: str, report: Path, args, *, concurrency: int | Non
 
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -284,20 +379,27 @@ def build_targets(args, store: Path, gpus: int, warmup_shape) -> list[Target]:
             for workers in args.workers:
                 for batch in args.batch_size:
                     # model_store/peaknet/peaknet.yaml -> peaknet-eager (-w4, -b8 when several counts)
-                    target = (f"{config.parent.name}-{name}" + (f"-w{workers}" if len(args.workers) > 1 else "")
-                              + (f"-b{batch}" if len(args.batch_size) > 1 else ""))
+                    target = (
+                        f"{config.parent.name}-{name}"
+                        + (f"-w{workers}" if len(args.workers) > 1 else "")
+                        + (f"-b{batch}" if len(args.batch_size) > 1 else "")
+                    )
                     if any(t.name == target for t in targets):
                         raise SystemExit(f"two models would be served as {target}: put their YAMLs in distinct folders")
                     cfg = store.parent / f"{target}.yaml"
-                    cfg.write_text(yaml.safe_dump(model_config(VARIANTS[name], per_gpu * workers, batch,
-                                                               args.delay_ms, warmup_shape)))
+                    cfg.write_text(
+                        yaml.safe_dump(
+                            model_config(VARIANTS[name], per_gpu * workers, batch, args.delay_ms, warmup_shape)
+                        )
+                    )
                     build(config, None, cfg, store, model_name=target)
                     targets.append(Target(target, per_gpu * workers, batch))
     return targets
 
 
-def serve_and_measure(args, gpus: int, mps: bool, starts: int, warmup_shape, rows: list[dict],
-                      startups: list[dict], save) -> None:
+def serve_and_measure(
+    args, gpus: int, mps: bool, starts: int, warmup_shape, rows: list[dict], startups: list[dict], save
+) -> None:
     """Build the archives, start TorchServe on ``gpus`` GPUs (under MPS when ``mps``) ``starts``
     times against one compile cache, recording how long its workers took to become READY, and
     load-test every target on the last start; append rows and call ``save()`` after each."""
@@ -317,15 +419,30 @@ def serve_and_measure(args, gpus: int, mps: bool, starts: int, warmup_shape, row
             began = time.monotonic()
             server, urls = start(rundir, store, [t.name for t in targets], gpus, env)
             try:
-                ready = wait_workers(urls["management"], {t.name: t.workers for t in targets}, began, args.ready_timeout,
-                                     alive=lambda server=server: server.poll() is None)
+                ready = wait_workers(
+                    urls["management"],
+                    {t.name: t.workers for t in targets},
+                    began,
+                    args.ready_timeout,
+                    alive=lambda server=server: server.poll() is None,
+                )
                 logged = handler_startups(rundir / "logs")
                 for target in targets:
-                    startups.append({**label, "start": start_index, "target": target.name, "workers": target.workers,
-                                     "first_ready_s": ready[target.name][0], "all_ready_s": ready[target.name][-1],
-                                     "handler": logged.get(target.name, [])})
-                    progress(f"start {start_index}: {target.name} workers READY after "
-                             f"{ready[target.name][0]:.1f}-{ready[target.name][-1]:.1f} s")
+                    startups.append(
+                        {
+                            **label,
+                            "start": start_index,
+                            "target": target.name,
+                            "workers": target.workers,
+                            "first_ready_s": ready[target.name][0],
+                            "all_ready_s": ready[target.name][-1],
+                            "handler": logged.get(target.name, []),
+                        }
+                    )
+                    progress(
+                        f"start {start_index}: {target.name} workers READY after "
+                        f"{ready[target.name][0]:.1f}-{ready[target.name][-1]:.1f} s"
+                    )
                 save()
                 if start_index == starts - 1:
                     measure_targets(args, server, urls, targets, label, rows, save, rundir)
@@ -340,8 +457,16 @@ def serve_and_measure(args, gpus: int, mps: bool, starts: int, warmup_shape, row
             daemon.stop()
 
 
-def measure_targets(args, server: subprocess.Popen, urls: dict[str, str], targets: list[Target], label: dict,
-                    rows: list[dict], save, rundir: Path) -> None:
+def measure_targets(
+    args,
+    server: subprocess.Popen,
+    urls: dict[str, str],
+    targets: list[Target],
+    label: dict,
+    rows: list[dict],
+    save,
+    rundir: Path,
+) -> None:
     """Closed loops at every concurrency and the open loop at ``args.rate`` (raw frames) for every target,
     then closed loops at the largest concurrency for each of ``args.encodings`` on the first PeakNet target."""
     url = urls["inference"]
@@ -356,25 +481,47 @@ def measure_targets(args, server: subprocess.Popen, urls: dict[str, str], target
             progress(f"{target.name}: {loop} loop {concurrency or rate} {encoding} ...")
             before = scrape_counters(urls["metrics"], target.name)
             cpu_before = process_tree_cpu(server.pid)
-            report = loadtest(url, target.name, rundir / f"{target.name}-{loop}-{concurrency or rate}-{encoding}.json",
-                              args, concurrency=concurrency, rate=rate, encoding=encoding)
+            report = loadtest(
+                url,
+                target.name,
+                rundir / f"{target.name}-{loop}-{concurrency or rate}-{encoding}.json",
+                args,
+                concurrency=concurrency,
+                rate=rate,
+                encoding=encoding,
+            )
             cpu_s = cpu_seconds_between(cpu_before, process_tree_cpu(server.pid))
             after = scrape_counters(urls["metrics"], target.name)
             measured = server_side(before, after)
             latency = report["latency_ms"]
             frames = after["PeakNetFramesServed"] - before["PeakNetFramesServed"]  # warm-up included, as cpu_s
-            rows.append({**label, "target": target.name, "workers": target.workers, "batch_size": target.batch_size,
-                         "loop": loop, "concurrency": concurrency, "rate_hz": rate, "encoding": encoding,
-                         "fps": report["fps"], "rps": report["rps"], "mb_per_s": report["mb_per_s"],
-                         "p50_ms": latency.get("p50"), "p99_ms": latency.get("p99"), **measured,
-                         "server_cpu_ms_per_frame": 1e3 * cpu_s / frames if frames > 0 else None,
-                         "capped_fraction": ((after["PeakNetCappedFrames"] - before["PeakNetCappedFrames"]) / frames
-                                             if frames > 0 else None),
-                         "gpu_reserved_mb": scrape_gauge_max(urls["metrics"], target.name),
-                         "error_rate": report["error_rate"],
-                         "fell_behind": report.get("open_loop", {}).get("fell_behind")})
+            rows.append(
+                {
+                    **label,
+                    "target": target.name,
+                    "workers": target.workers,
+                    "batch_size": target.batch_size,
+                    "loop": loop,
+                    "concurrency": concurrency,
+                    "rate_hz": rate,
+                    "encoding": encoding,
+                    "fps": report["fps"],
+                    "rps": report["rps"],
+                    "mb_per_s": report["mb_per_s"],
+                    "p50_ms": latency.get("p50"),
+                    "p99_ms": latency.get("p99"),
+                    **measured,
+                    "server_cpu_ms_per_frame": 1e3 * cpu_s / frames if frames > 0 else None,
+                    "capped_fraction": (
+                        (after["PeakNetCappedFrames"] - before["PeakNetCappedFrames"]) / frames if frames > 0 else None
+                    ),
+                    "gpu_reserved_mb": scrape_gauge_max(urls["metrics"], target.name),
+                    "error_rate": report["error_rate"],
+                    "fell_behind": report.get("open_loop", {}).get("fell_behind"),
+                }
+            )
             progress(f"  {rows[-1]['fps']:.1f} frames/s, p99 {rows[-1]['p99_ms']} ms")
-            save()              # after every row: a run cut short keeps what it measured
+            save()  # after every row: a run cut short keeps what it measured
 
 
 def scaling_efficiency(rows: list[dict]) -> None:
@@ -382,8 +529,11 @@ def scaling_efficiency(rows: list[dict]) -> None:
     = frames/s at N GPUs / (N x frames/s at 1 GPU) for the same target and load, in place."""
     key = lambda r: (r["target"], r["mps"], r["loop"], r["concurrency"], r["rate_hz"], r["encoding"])  # noqa: E731
     single = {key(r): r["fps"] for r in rows if r["gpus"] == 1}
-    echo = {(r["gpus"], r["mps"], r["concurrency"]): r["fps"] for r in rows
-            if r["target"] == "echo" and r["loop"] == "closed" and r["encoding"] == "raw"}
+    echo = {
+        (r["gpus"], r["mps"], r["concurrency"]): r["fps"]
+        for r in rows
+        if r["target"] == "echo" and r["loop"] == "closed" and r["encoding"] == "raw"
+    }
     for row in rows:
         base = single.get(key(row))
         row["scaling_efficiency"] = row["fps"] / (row["gpus"] * base) if base and row["gpus"] > 1 else None
@@ -391,58 +541,127 @@ def scaling_efficiency(rows: list[dict]) -> None:
         row["fraction_of_echo"] = row["fps"] / ceiling if ceiling else None
 
 
-COLUMNS = [("gpus", "GPUs"), ("mps", "MPS"), ("target", "served"), ("workers", "workers"), ("batch_size", "batch"),
-           ("loop", "loop"), ("concurrency", "clients"), ("rate_hz", "rate Hz"), ("encoding", "encoding"),
-           ("fps", "frames/s"), ("p50_ms", "p50 ms"),
-           ("p99_ms", "p99 ms"), ("server_infer_ms", "TS infer ms/req"), ("server_queue_ms", "TS queue ms/req"),
-           ("requests_per_batch", "req/batch"), ("handler_ms_per_batch", "handler ms/batch"),
-           ("handler_infer_ms_per_batch", "of which infer"), ("server_cpu_ms_per_frame", "server CPU ms/frame"),
-           ("capped_fraction", "capped"), ("gpu_reserved_mb", "GPU reserved MB/worker"),
-           ("fraction_of_echo", "÷ echo"),
-           ("scaling_efficiency", "scaling eff."), ("error_rate", "errors"), ("fell_behind", "fell behind")]
-STARTUP_COLUMNS = [("gpus", "GPUs"), ("mps", "MPS"), ("start", "start"), ("target", "served"), ("workers", "workers"),
-                   ("first_ready_s", "first worker READY s"), ("all_ready_s", "all READY s"),
-                   ("handler_s", "handler start-up s"), ("warmup_s", "of which warm-up s"), ("cache", "compile cache")]
+COLUMNS = [
+    ("gpus", "GPUs"),
+    ("mps", "MPS"),
+    ("target", "served"),
+    ("workers", "workers"),
+    ("batch_size", "batch"),
+    ("loop", "loop"),
+    ("concurrency", "clients"),
+    ("rate_hz", "rate Hz"),
+    ("encoding", "encoding"),
+    ("fps", "frames/s"),
+    ("p50_ms", "p50 ms"),
+    ("p99_ms", "p99 ms"),
+    ("server_infer_ms", "TS infer ms/req"),
+    ("server_queue_ms", "TS queue ms/req"),
+    ("requests_per_batch", "req/batch"),
+    ("handler_ms_per_batch", "handler ms/batch"),
+    ("handler_infer_ms_per_batch", "of which infer"),
+    ("server_cpu_ms_per_frame", "server CPU ms/frame"),
+    ("capped_fraction", "capped"),
+    ("gpu_reserved_mb", "GPU reserved MB/worker"),
+    ("fraction_of_echo", "÷ echo"),
+    ("scaling_efficiency", "scaling eff."),
+    ("error_rate", "errors"),
+    ("fell_behind", "fell behind"),
+]
+STARTUP_COLUMNS = [
+    ("gpus", "GPUs"),
+    ("mps", "MPS"),
+    ("start", "start"),
+    ("target", "served"),
+    ("workers", "workers"),
+    ("first_ready_s", "first worker READY s"),
+    ("all_ready_s", "all READY s"),
+    ("handler_s", "handler start-up s"),
+    ("warmup_s", "of which warm-up s"),
+    ("cache", "compile cache"),
+]
 
 
 def startup_table(startups: list[dict]) -> str:
     """The start-up rows with each target's handler figures as ranges over its workers."""
+
     def span(values: list) -> str | None:
         if not values:
             return None
         low, high = min(values), max(values)
         return f"{low:.1f}" if low == high else f"{low:.1f}-{high:.1f}"
 
-    shown = [{**row, "handler_s": span([h["total"] for h in row["handler"]]),
-              "warmup_s": span([h["warmup"] for h in row["handler"]]),
-              "cache": ",".join(sorted({h["cache"] for h in row["handler"]})) or None} for row in startups]
+    shown = [
+        {
+            **row,
+            "handler_s": span([h["total"] for h in row["handler"]]),
+            "warmup_s": span([h["warmup"] for h in row["handler"]]),
+            "cache": ",".join(sorted({h["cache"] for h in row["handler"]})) or None,
+        }
+        for row in startups
+    ]
     return markdown_table(shown, STARTUP_COLUMNS)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model-config", type=Path, nargs="+",
-                        default=[ROOT / "model_store/peaknet/peaknet.yaml"],
-                        help="PeakNet YAMLs to serve (with weights)")
+    parser.add_argument(
+        "--model-config",
+        type=Path,
+        nargs="+",
+        default=[ROOT / "model_store/peaknet/peaknet.yaml"],
+        help="PeakNet YAMLs to serve (with weights)",
+    )
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--workers", type=int, nargs="+", default=[2],
-                        help="workers per GPU (per server on CPU); several values serve one target each")
-    parser.add_argument("--gpus", type=int, nargs="+", default=[1],
-                        help="GPU counts to measure in turn (e.g. 1 2 4); scaling efficiency vs 1")
-    parser.add_argument("--batch-size", type=int, nargs="+", default=[4],
-                        help="requests per TorchServe batch; several values serve one target each")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        nargs="+",
+        default=[2],
+        help="workers per GPU (per server on CPU); several values serve one target each",
+    )
+    parser.add_argument(
+        "--gpus",
+        type=int,
+        nargs="+",
+        default=[1],
+        help="GPU counts to measure in turn (e.g. 1 2 4); scaling efficiency vs 1",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        nargs="+",
+        default=[4],
+        help="requests per TorchServe batch; several values serve one target each",
+    )
     parser.add_argument("--delay-ms", type=int, default=5)
-    parser.add_argument("--mps", choices=("off", "on"), nargs="+", default=["off"],
-                        help="serve without and/or under NVIDIA MPS, one server each, in this order")
-    parser.add_argument("--starts", type=int, default=1,
-                        help="start the first server this many times against one compile cache (the first start "
-                             "finds it empty unless --cache-dir holds artefacts), later ones once; load tests run "
-                             "on each server's last start")
-    parser.add_argument("--cache-dir", type=Path, default=None,
-                        help="compile cache directory (PEAKNET_CACHE_DIR) kept across starts and MPS modes; "
-                             "default: a new empty one; 'none' switches the cache off")
-    parser.add_argument("--encodings", nargs="+", default=["raw"],
-                        help="request encodings (loadtest --encoding) for closed loops on the first PeakNet target")
+    parser.add_argument(
+        "--mps",
+        choices=("off", "on"),
+        nargs="+",
+        default=["off"],
+        help="serve without and/or under NVIDIA MPS, one server each, in this order",
+    )
+    parser.add_argument(
+        "--starts",
+        type=int,
+        default=1,
+        help="start the first server this many times against one compile cache (the first start "
+        "finds it empty unless --cache-dir holds artefacts), later ones once; load tests run "
+        "on each server's last start",
+    )
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=None,
+        help="compile cache directory (PEAKNET_CACHE_DIR) kept across starts and MPS modes; "
+        "default: a new empty one; 'none' switches the cache off",
+    )
+    parser.add_argument(
+        "--encodings",
+        nargs="+",
+        default=["raw"],
+        help="request encodings (loadtest --encoding) for closed loops on the first PeakNet target",
+    )
     parser.add_argument("--ready-timeout", type=float, default=900.0, help="seconds for every worker to be READY")
     parser.add_argument("--logs-dir", type=Path, default=None, help="copy each server's model_log.log here")
     parser.add_argument("--skip-echo", action="store_true", help="do not serve the echo handler (TorchServe's ceiling)")
@@ -451,8 +670,12 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--warmup-s", type=float, default=3.0)
     parser.add_argument("--geometry", default="epix10k2m")
-    parser.add_argument("--client-processes", type=int, default=4,
-                        help="load-test client processes (loadtest.py --processes; at most one per client)")
+    parser.add_argument(
+        "--client-processes",
+        type=int,
+        default=4,
+        help="load-test client processes (loadtest.py --processes; at most one per client)",
+    )
     parser.add_argument("--small", action="store_true", help="tiny model, 2x64x96 frames (CPU smoke run)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/e2e.json")
     args = parser.parse_args()
@@ -469,6 +692,7 @@ def main() -> int:
         args.cache_dir = None
 
     import torch
+
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     rows: list[dict] = []
     startups: list[dict] = []
@@ -479,18 +703,36 @@ def main() -> int:
         if startups:
             table += "\n\nWorker start-up (seconds from the server's start; handler figures per worker):\n\n"
             table += startup_table(startups)
-        write_results(args.out, {"environment": environment(device), "settings": {
-            "workers_per_gpu": args.workers, "gpus": args.gpus, "batch_size": args.batch_size,
-            "delay_ms": args.delay_ms, "mps": args.mps, "starts": args.starts, "geometry": args.geometry,
-            "duration_s": args.duration, "client_processes": args.client_processes,
-            "compile_cache": args.cache_dir is not None}, "rows": rows, "startups": startups}, table)
+        write_results(
+            args.out,
+            {
+                "environment": environment(device),
+                "settings": {
+                    "workers_per_gpu": args.workers,
+                    "gpus": args.gpus,
+                    "batch_size": args.batch_size,
+                    "delay_ms": args.delay_ms,
+                    "mps": args.mps,
+                    "starts": args.starts,
+                    "geometry": args.geometry,
+                    "duration_s": args.duration,
+                    "client_processes": args.client_processes,
+                    "compile_cache": args.cache_dir is not None,
+                },
+                "rows": rows,
+                "startups": startups,
+            },
+            table,
+        )
 
     starts = args.starts
     for gpus in args.gpus:
         for mps in args.mps:
-            progress(f"=== {gpus} GPU(s), MPS {mps}: {args.workers} worker(s) per GPU, batches of {args.batch_size} ===")
+            progress(
+                f"=== {gpus} GPU(s), MPS {mps}: {args.workers} worker(s) per GPU, batches of {args.batch_size} ==="
+            )
             serve_and_measure(args, gpus, mps == "on", starts, warmup_shape, rows, startups, save)
-            starts = 1                  # later servers find the compile cache the first one built
+            starts = 1  # later servers find the compile cache the first one built
     save()
     print(markdown_table(rows, COLUMNS))
     if startups:

@@ -65,8 +65,9 @@ def simulated_frames(frames: int, panels: int, height: int, width: int, seed: in
 VARIANT_MODES = {
     "fp32-eager": ServingMode(torch.float32),
     "bf16-eager": ServingMode(torch.bfloat16, autocast=torch.bfloat16),
-    "bf16-compile": ServingMode(torch.bfloat16, autocast=torch.bfloat16, compile="default", channels_last=True,
-                                depthwise_padding=True),
+    "bf16-compile": ServingMode(
+        torch.bfloat16, autocast=torch.bfloat16, compile="default", channels_last=True, depthwise_padding=True
+    ),
     "bf16-compile-pure": ServingMode(torch.bfloat16, compile="default", channels_last=True, depthwise_padding=True),
 }
 
@@ -77,8 +78,7 @@ def make_finder(model_config: Path, variant: str, device: torch.device, buckets:
     settings = HandlerSettings(config=str(model_config), panel_buckets=buckets, warmup=False)
     if variant == "baseline":
         model = load_network(model_config, None, ServingMode(torch.float32), device)
-        return PanelPeakFinder(model, dtype=torch.float32, device=device,
-                               forward=lambda x: _logit_difference(model, x))
+        return PanelPeakFinder(model, dtype=torch.float32, device=device, forward=lambda x: _logit_difference(model, x))
     mode = VARIANT_MODES[variant] if device.type == "cuda" else ServingMode(torch.float32)
     return build_finder(settings, device, mode=mode).finder
 
@@ -90,8 +90,9 @@ def _logit_difference(model, x: torch.Tensor) -> torch.Tensor:
     return (logits[:, 1:2] - logits[:, 0:1]).float()
 
 
-def run_case(finder: PanelPeakFinder, body: bytes, options: dict[str, str], device: torch.device,
-             warmup: int, repeats: int) -> dict:
+def run_case(
+    finder: PanelPeakFinder, body: bytes, options: dict[str, str], device: torch.device, warmup: int, repeats: int
+) -> dict:
     limits = DecodeLimits(max_frames=64, max_pixels=64 * 16 * 352 * 384, max_body_bytes=2**31)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     decoded = decode_request(body, "application/octet-stream", options, limits)
@@ -113,8 +114,9 @@ def run_case(finder: PanelPeakFinder, body: bytes, options: dict[str, str], devi
 
     def answer(table) -> str:
         frames = peaks_to_frames(table.to_host(), n, p)
-        return json.dumps(json_response(model="m", precision="p", device="d", shape=(n, p, h, w),
-                                        dtype="uint16", frames=frames))
+        return json.dumps(
+            json_response(model="m", precision="p", device="d", shape=(n, p, h, w), dtype="uint16", frames=frames)
+        )
 
     def postprocess():
         answer(result.table)
@@ -125,10 +127,17 @@ def run_case(finder: PanelPeakFinder, body: bytes, options: dict[str, str], devi
     def whole_overlap():
         answer(finder.find_pipelined(PanelSource([decode().array])).table)
 
-    stages = {name: time_ms(fn, device, warmup, repeats)["median_ms"]
-              for name, fn in [("decode", decode), ("h2d", h2d), ("infer", infer),
-                               ("postprocess", postprocess), ("total", whole),
-                               ("total_overlap", whole_overlap)]}
+    stages = {
+        name: time_ms(fn, device, warmup, repeats)["median_ms"]
+        for name, fn in [
+            ("decode", decode),
+            ("h2d", h2d),
+            ("infer", infer),
+            ("postprocess", postprocess),
+            ("total", whole),
+            ("total_overlap", whole_overlap),
+        ]
+    }
     stages["frames_per_s"] = n * 1e3 / stages["total"]
     stages["frames_per_s_overlap"] = n * 1e3 / stages["total_overlap"]
     stages["peaks"] = int(len(host))
@@ -143,7 +152,7 @@ def matched_fraction(a, b, radius: float = 1.0) -> float:
     for i in range(len(b)):
         same = a.image_index == b.image_index[i]
         d2 = (a.ss[same] - b.ss[i]) ** 2 + (a.fs[same] - b.fs[i]) ** 2
-        hits += bool(d2.size and d2.min() <= radius ** 2)
+        hits += bool(d2.size and d2.min() <= radius**2)
     return hits / len(b)
 
 
@@ -179,31 +188,57 @@ def main() -> int:
                 if variant == "fp32-eager":
                     reference[(n, wire)] = host
                     continue
-                rows.append({"variant": variant, "frames": n, "wire": wire, **stages,
-                             "peaks_matched_vs_fp32": matched_fraction(host, reference[(n, wire)])})
+                rows.append(
+                    {
+                        "variant": variant,
+                        "frames": n,
+                        "wire": wire,
+                        **stages,
+                        "peaks_matched_vs_fp32": matched_fraction(host, reference[(n, wire)]),
+                    }
+                )
                 progress(f"  {n} frame(s) {wire}: {stages['frames_per_s']:.1f} frames/s")
     base = {(r["frames"], r["wire"]): r["total"] for r in rows if r["variant"] == "baseline"}
     for row in rows:
         row["speedup_vs_baseline"] = base.get((row["frames"], row["wire"]), float("nan")) / row["total"]
-    columns = [("variant", "variant"), ("frames", "frames/req"), ("wire", "wire dtype"),
-               ("decode", "decode ms"), ("h2d", "H2D ms"), ("infer", "infer ms"),
-               ("postprocess", "post ms"), ("total", "total ms"), ("frames_per_s", "frames/s"),
-               ("total_overlap", "total ms, H2D overlap"), ("frames_per_s_overlap", "frames/s, H2D overlap"),
-               ("speedup_vs_baseline", "× baseline"), ("peaks", "peaks"),
-               ("peaks_matched_vs_fp32", "peaks = fp32")]
+    columns = [
+        ("variant", "variant"),
+        ("frames", "frames/req"),
+        ("wire", "wire dtype"),
+        ("decode", "decode ms"),
+        ("h2d", "H2D ms"),
+        ("infer", "infer ms"),
+        ("postprocess", "post ms"),
+        ("total", "total ms"),
+        ("frames_per_s", "frames/s"),
+        ("total_overlap", "total ms, H2D overlap"),
+        ("frames_per_s_overlap", "frames/s, H2D overlap"),
+        ("speedup_vs_baseline", "× baseline"),
+        ("peaks", "peaks"),
+        ("peaks_matched_vs_fp32", "peaks = fp32"),
+    ]
     table = markdown_table(rows, columns)
     print(table)
-    write_results(args.out, {"environment": environment(device), "model_config": str(args.model_config),
-                             "rows": rows}, table)
+    write_results(
+        args.out, {"environment": environment(device), "model_config": str(args.model_config), "rows": rows}, table
+    )
     plot(rows, args.out.with_suffix(".png"))
     return 0
 
 
 def plot(rows: list[dict], path: Path) -> None:
     """Frames/s per variant, one group per (frames per call, wire dtype)."""
-    plot_rows(rows, path, group=lambda r: f"{r['frames']} frame(s)\n{r['wire']}",
-              series=lambda r: r["variant"], value="frames_per_s",
-              ylabel="frames/s (decode + H2D + infer + peaks + JSON)", title="Handler path", reference=120.0)
+    plot_rows(
+        rows,
+        path,
+        group=lambda r: f"{r['frames']} frame(s)\n{r['wire']}",
+        series=lambda r: r["variant"],
+        value="frames_per_s",
+        ylabel="frames/s (decode + H2D + infer + peaks + JSON)",
+        title="Handler path",
+        reference=120.0,
+    )
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

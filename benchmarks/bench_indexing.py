@@ -75,8 +75,14 @@ INDEXERS = ("taketwo", "asdf")
 SIMULATORS = ("peaksim", "pattern_sim")
 # pattern_sim: crystals of 150-300 nm, no fringes, 2 photons of background per pixel, a fluence that
 # gives tens of spots on every detector with this cell.
-PATTERN_SIM_OPTIONS = ("--random-orientation", "--no-fringes", "--background=2", "--min-size=150", "--max-size=300",
-                       "--nphotons=1e16")
+PATTERN_SIM_OPTIONS = (
+    "--random-orientation",
+    "--no-fringes",
+    "--background=2",
+    "--min-size=150",
+    "--max-size=300",
+    "--nphotons=1e16",
+)
 PF8_MIN_SNR = (4.0, 5.0, 7.0)
 PF8_THRESHOLD_SIGMAS = (3.0, 6.0)
 
@@ -99,13 +105,30 @@ def pattern_sim_run(detector: DetectorGeometry, n_frames: int, folder: Path, cel
     if _finished_run(folder / "run.cxi", n_frames):
         return folder / "run.cxi"
     geometry = folder / "pattern_sim.geom"
-    geometry.write_text(write_geometry(detector, nominal_setup(detector), data_path="/data/data",
-                                       multi_event=False, mask=False, peak_list=False))
+    geometry.write_text(
+        write_geometry(
+            detector, nominal_setup(detector), data_path="/data/data", multi_event=False, mask=False, peak_list=False
+        )
+    )
     images = folder / "images"
     images.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run([str(bin_dir / "pattern_sim"), "-g", str(geometry), "-p", str(cell), "-o",
-                           str(images / "ps"), "-n", str(n_frames), *PATTERN_SIM_OPTIONS],
-                          capture_output=True, text=True, timeout=3600)
+    done = subprocess.run(
+        [
+            str(bin_dir / "pattern_sim"),
+            "-g",
+            str(geometry),
+            "-p",
+            str(cell),
+            "-o",
+            str(images / "ps"),
+            "-n",
+            str(n_frames),
+            *PATTERN_SIM_OPTIONS,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=3600,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"pattern_sim failed: {done.stderr[-2000:]}")
     data, truth = [], []
@@ -151,18 +174,46 @@ def start_server(workdir: Path, max_frames: int) -> tuple[subprocess.Popen, str]
     store = workdir / "model_store"
     store.mkdir(parents=True, exist_ok=True)
     config = workdir / "model-config.yaml"
-    handler = {"config": "peaknet.yaml", "precision": "float32", "model_label": "peaknet-bundled",
-               "max_batch_panels": 16, "warmup": False, "max_frames": max_frames,
-               "max_pixels": max_frames * 8 * 512 * 1024, "max_body_bytes": max_frames * 8 * 512 * 1024 * 4 + 2**20}
-    config.write_text(yaml.safe_dump({"minWorkers": 1, "maxWorkers": 1, "batchSize": 1, "maxBatchDelay": 1,
-                                      "responseTimeout": 1200, "startupTimeout": 600, "handler": handler}))
+    handler = {
+        "config": "peaknet.yaml",
+        "precision": "float32",
+        "model_label": "peaknet-bundled",
+        "max_batch_panels": 16,
+        "warmup": False,
+        "max_frames": max_frames,
+        "max_pixels": max_frames * 8 * 512 * 1024,
+        "max_body_bytes": max_frames * 8 * 512 * 1024 * 4 + 2**20,
+    }
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "minWorkers": 1,
+                "maxWorkers": 1,
+                "batchSize": 1,
+                "maxBatchDelay": 1,
+                "responseTimeout": 1200,
+                "startupTimeout": 600,
+                "handler": handler,
+            }
+        )
+    )
     build(BUNDLED_MODEL_CONFIG, None, config, store)
-    urls = write_loopback_config(workdir / "config.properties", store, ["peaknet"],
-                                 {"max_request_size": str(2**30), "max_response_size": str(2**30)})
+    urls = write_loopback_config(
+        workdir / "config.properties",
+        store,
+        ["peaknet"],
+        {"max_request_size": str(2**30), "max_response_size": str(2**30)},
+    )
     env = torchserve_env(workdir / "logs", {"TMPDIR": str(workdir), "TEMP": str(workdir)})
     with open(workdir / "torchserve.out", "wb") as log:
-        process = subprocess.Popen(torchserve_command(workdir / "config.properties", foreground=True), cwd=workdir,
-                                   env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            torchserve_command(workdir / "config.properties", foreground=True),
+            cwd=workdir,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     wait_ready(urls["inference"], urls["management"], "peaknet", 600, alive=lambda: process.poll() is None)
     return process, urls["inference"]
 
@@ -190,8 +241,12 @@ def post_answer(url: str, run: Path, out: Path, timeout_s: float) -> Path:
         data = h5[DATA_PATH][()]
     frames = data if data.ndim == 4 else data[:, None]
     request = encode_request(frames, "raw")
-    answer = requests.post(f"{url}/predictions/peaknet", data=request.body,
-                           headers={**request.headers, "Accept": "application/x-hdf5"}, timeout=timeout_s)
+    answer = requests.post(
+        f"{url}/predictions/peaknet",
+        data=request.body,
+        headers={**request.headers, "Accept": "application/x-hdf5"},
+        timeout=timeout_s,
+    )
     if answer.status_code != 200:
         raise RuntimeError(f"server answered {answer.status_code}: {answer.text[:300]}")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -204,8 +259,16 @@ def post_answer(url: str, run: Path, out: Path, timeout_s: float) -> Path:
 # --------------------------------------------------------------------------------------------
 
 
-def index_sources(run: Path, detector: DetectorGeometry, simulator: str, url: str, folder: Path, cell: Path,
-                  jobs: int, timeout_s: float) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+def index_sources(
+    run: Path,
+    detector: DetectorGeometry,
+    simulator: str,
+    url: str,
+    folder: Path,
+    cell: Path,
+    jobs: int,
+    timeout_s: float,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Every peak source through both indexers: (result rows, peakfinder8 tuning rows)."""
     with h5py.File(run, "r") as h5:
         n_frames = h5[DATA_PATH].shape[0]
@@ -213,8 +276,9 @@ def index_sources(run: Path, detector: DetectorGeometry, simulator: str, url: st
     geometry = shipped_geometry_path(detector.name)
     client = peakfind.ServerClient(url, timeout_s=timeout_s)
     start = time.perf_counter()
-    summary = peakfind.run([run], folder / "peakfind", client.predict, frames_per_request=2, concurrency=1,
-                           show_progress=False)
+    summary = peakfind.run(
+        [run], folder / "peakfind", client.predict, frames_per_request=2, concurrency=1, show_progress=False
+    )
     if summary.totals()["files_failed"]:  # done now, or skipped: complete from an earlier run in --work
         raise RuntimeError(summary.format())
     peakfind_s = time.perf_counter() - start
@@ -226,11 +290,21 @@ def index_sources(run: Path, detector: DetectorGeometry, simulator: str, url: st
         sources["truth"] = write_truth_peak_file(run, folder / "truth" / "run_peaks.cxi", *detector.frame_shape)
     server_peaks = _mean_peaks(sources["peakfind"])
 
-    def score(name: str, peak_file: Path, indexer: str, peaks: str = "cxi", options: tuple[str, ...] = ()
-              ) -> IndexingScore:
+    def score(
+        name: str, peak_file: Path, indexer: str, peaks: str = "cxi", options: tuple[str, ...] = ()
+    ) -> IndexingScore:
         events = [(peak_file, i) for i in range(n_frames)]
-        result = run_indexamajig(events, geometry, cell, folder / "index", f"{name}-{indexer}", peaks=peaks,
-                                 indexing=indexer, options=options, jobs=jobs)
+        result = run_indexamajig(
+            events,
+            geometry,
+            cell,
+            folder / "index",
+            f"{name}-{indexer}",
+            peaks=peaks,
+            indexing=indexer,
+            options=options,
+            jobs=jobs,
+        )
         if result.returncode != 0:
             raise RuntimeError(f"indexamajig failed for {name}/{indexer}: {result.stderr[-2000:]}")
         return score_run(result, events, {e: truth[e[1]] for e in events})
@@ -247,17 +321,32 @@ def index_sources(run: Path, detector: DetectorGeometry, simulator: str, url: st
             for snr in PF8_MIN_SNR:
                 options = (f"--threshold={k * sigma:.3f}", f"--min-snr={snr}")
                 result = score(f"pf8-t{k:g}-snr{snr:g}", sources["peakfind"], indexer, "peakfinder8", options)
-                grid.append({"indexer": indexer, "threshold_sigmas": k, "threshold": round(k * sigma, 3),
-                             "min_snr": snr, "options": " ".join(options), **_score_row(result)})
+                grid.append(
+                    {
+                        "indexer": indexer,
+                        "threshold_sigmas": k,
+                        "threshold": round(k * sigma, 3),
+                        "min_snr": snr,
+                        "options": " ".join(options),
+                        **_score_row(result),
+                    }
+                )
         best = max(grid, key=lambda r: (r["indexed"], r["true_orientation"], -r["threshold_sigmas"]))
         progress(f"  peakfinder8 tuned for {indexer}: {best['options']}")
         rows.append({**best, "source": "peakfinder8"})
         tuning += grid
     for row in rows:
-        row.update(simulator=simulator, detector=detector.name, server_peaks_per_frame=server_peaks,
-                   peakfind_s=round(peakfind_s, 1), post_s=round(post_s, 1))
-        progress(f"  {row['source']:12s} {row['indexer']:8s} {row['indexed']}/{row['frames']} indexed, "
-                 f"{row['true_orientation']} true, {row['coordinate_warnings']} coordinate warnings")
+        row.update(
+            simulator=simulator,
+            detector=detector.name,
+            server_peaks_per_frame=server_peaks,
+            peakfind_s=round(peakfind_s, 1),
+            post_s=round(post_s, 1),
+        )
+        progress(
+            f"  {row['source']:12s} {row['indexer']:8s} {row['indexed']}/{row['frames']} indexed, "
+            f"{row['true_orientation']} true, {row['coordinate_warnings']} coordinate warnings"
+        )
     for row in tuning:
         row.update(simulator=simulator, detector=detector.name)
     return rows, tuning
@@ -296,8 +385,12 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
             for k, source in enumerate(sources):
                 xs, rate, true = [], [], []
                 for d, detector in enumerate(detectors):
-                    match = [r for r in rows if (r["simulator"], r["detector"], r["indexer"], r["source"])
-                             == (simulator, detector, indexer, source)]
+                    match = [
+                        r
+                        for r in rows
+                        if (r["simulator"], r["detector"], r["indexer"], r["source"])
+                        == (simulator, detector, indexer, source)
+                    ]
                     if match:
                         xs.append(d + (k - (len(sources) - 1) / 2) * width)
                         rate.append(match[0]["rate"])
@@ -317,25 +410,43 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 
 def report(payload: dict[str, Any], out: Path, name: str) -> None:
     rows = payload["rows"]
-    columns = [("simulator", "frames from"), ("detector", "detector"), ("indexer", "indexer"), ("source", "peaks"),
-               ("indexed", "indexed"), ("frames", "of"), ("true_orientation", "true orientation"),
-               ("coordinate_warnings", "coordinate warnings"),
-               ("median_misorientation_deg", "median misorientation °"),
-               ("seconds", "indexamajig s"), ("server_peaks_per_frame", "server peaks/frame")]
+    columns = [
+        ("simulator", "frames from"),
+        ("detector", "detector"),
+        ("indexer", "indexer"),
+        ("source", "peaks"),
+        ("indexed", "indexed"),
+        ("frames", "of"),
+        ("true_orientation", "true orientation"),
+        ("coordinate_warnings", "coordinate warnings"),
+        ("median_misorientation_deg", "median misorientation °"),
+        ("seconds", "indexamajig s"),
+        ("server_peaks_per_frame", "server peaks/frame"),
+    ]
     table = markdown_table(rows, columns)
-    tuning = markdown_table(payload["peakfinder8_tuning"], [
-        ("simulator", "frames from"), ("detector", "detector"), ("indexer", "indexer"),
-        ("threshold", "--threshold (ADU)"), ("min_snr", "--min-snr"), ("indexed", "indexed"),
-        ("true_orientation", "true orientation")])
+    tuning = markdown_table(
+        payload["peakfinder8_tuning"],
+        [
+            ("simulator", "frames from"),
+            ("detector", "detector"),
+            ("indexer", "indexer"),
+            ("threshold", "--threshold (ADU)"),
+            ("min_snr", "--min-snr"),
+            ("indexed", "indexed"),
+            ("true_orientation", "true orientation"),
+        ],
+    )
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{name}.json").write_text(json.dumps(payload, indent=1, default=float))
-    text = (f"# Indexing with CrystFEL {payload['crystfel']}: the server's peaks, peakfinder8 and the truth\n\n"
-            f"{payload['frames']} frames per detector of one lysozyme crystal each (random orientation), in the "
-            f"experiment of the shipped geometry files; server: {payload['server']}. True orientation: within "
-            f"{payload['true_orientation_deg']}° of the simulated one after any re-indexing.\n\n{table}\n\n"
-            f"peakfinder8, tuned on the same frames for each indexer (the row above is the grid's best):"
-            f"\n\n{tuning}\n\n"
-            f"Reproduce: `{payload['command']}`\n")
+    text = (
+        f"# Indexing with CrystFEL {payload['crystfel']}: the server's peaks, peakfinder8 and the truth\n\n"
+        f"{payload['frames']} frames per detector of one lysozyme crystal each (random orientation), in the "
+        f"experiment of the shipped geometry files; server: {payload['server']}. True orientation: within "
+        f"{payload['true_orientation_deg']}° of the simulated one after any re-indexing.\n\n{table}\n\n"
+        f"peakfinder8, tuned on the same frames for each indexer (the row above is the grid's best):"
+        f"\n\n{tuning}\n\n"
+        f"Reproduce: `{payload['command']}`\n"
+    )
     (out / f"{name}.md").write_text(text)
     plot(rows, out / f"{name}.png")
 
@@ -349,8 +460,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--url", help="a running server's inference URL (default: start one with the bundled model)")
     p.add_argument("--jobs", type=int, default=2, help="indexamajig -j (default 2)")
     p.add_argument("--timeout", type=float, default=1200.0, help="per-request timeout in s")
-    p.add_argument("--work", type=Path, help="keep the frames, peak files and streams here (a second run with the "
-                   "same --work and --frames reuses the frames and the server's files)")
+    p.add_argument(
+        "--work",
+        type=Path,
+        help="keep the frames, peak files and streams here (a second run with the "
+        "same --work and --frames reuses the frames and the server's files)",
+    )
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--name", default="indexing_crystfel")
     p.add_argument("--replot", type=Path, metavar="JSON", help="only rewrite the table and plot of a results file")
@@ -388,8 +503,11 @@ def main(argv: list[str] | None = None) -> int:
                 folder.mkdir(parents=True, exist_ok=True)
                 progress(f"{simulator} / {name}: simulating {args.frames} frames ...")
                 seed = args.seed + list(GEOMETRIES).index(name)
-                run = (peaksim_run(detector, args.frames, folder, seed) if simulator == "peaksim"
-                       else pattern_sim_run(detector, args.frames, folder, cell, bin_dir))
+                run = (
+                    peaksim_run(detector, args.frames, folder, seed)
+                    if simulator == "peaksim"
+                    else pattern_sim_run(detector, args.frames, folder, cell, bin_dir)
+                )
                 progress(f"{simulator} / {name}: server, then indexamajig ...")
                 found, tuned = index_sources(run, detector, simulator, url, folder, cell, args.jobs, args.timeout)
                 rows += found
@@ -401,7 +519,8 @@ def main(argv: list[str] | None = None) -> int:
         "command": command_line(),
         "crystfel": version.stdout.split()[1] if version.stdout else "?",
         "server": f"TorchServe, bundled model, float32 on {platform.processor() or platform.machine()} CPU"
-        if args.url is None else args.url,
+        if args.url is None
+        else args.url,
         "frames": args.frames,
         "cell": asdict(LYSOZYME),
         "true_orientation_deg": 1.0,

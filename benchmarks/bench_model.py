@@ -74,10 +74,17 @@ class Mode:
         return self.serving.compile
 
 
-def _mode(name: str, weights: torch.dtype, autocast: torch.dtype | None, lean: bool = False,
-          compile: str | None = None, pad_depthwise: bool = False) -> Mode:
-    return Mode(name, ServingMode(weights, autocast, compile, channels_last=lean, depthwise_padding=pad_depthwise),
-                lean)
+def _mode(
+    name: str,
+    weights: torch.dtype,
+    autocast: torch.dtype | None,
+    lean: bool = False,
+    compile: str | None = None,
+    pad_depthwise: bool = False,
+) -> Mode:
+    return Mode(
+        name, ServingMode(weights, autocast, compile, channels_last=lean, depthwise_padding=pad_depthwise), lean
+    )
 
 
 MODES = {
@@ -87,13 +94,20 @@ MODES = {
     "fp16": _mode("fp16", torch.float16, torch.float16),
     "lean": _mode("lean", torch.bfloat16, torch.bfloat16, lean=True, pad_depthwise=True),
     "fast": _mode("fast", torch.bfloat16, torch.bfloat16, lean=True, compile="default", pad_depthwise=True),
-    "fast_graphs": _mode("fast_graphs", torch.bfloat16, torch.bfloat16, lean=True, compile="reduce-overhead",
-                         pad_depthwise=True),
+    "fast_graphs": _mode(
+        "fast_graphs", torch.bfloat16, torch.bfloat16, lean=True, compile="reduce-overhead", pad_depthwise=True
+    ),
     "fast_pure": _mode("fast_pure", torch.bfloat16, None, lean=True, compile="default", pad_depthwise=True),
     "fast_pure_unpadded": _mode("fast_pure_unpadded", torch.bfloat16, None, lean=True, compile="default"),
     "lean_pure": _mode("lean_pure", torch.bfloat16, None, lean=True, pad_depthwise=True),
-    "fast_autotune": _mode("fast_autotune", torch.bfloat16, torch.bfloat16, lean=True,
-                           compile="max-autotune-no-cudagraphs", pad_depthwise=True),
+    "fast_autotune": _mode(
+        "fast_autotune",
+        torch.bfloat16,
+        torch.bfloat16,
+        lean=True,
+        compile="max-autotune-no-cudagraphs",
+        pad_depthwise=True,
+    ),
 }
 
 DEFAULT_MODES = "fp32,autocast,bf16,fp16,lean,lean_pure,fast,fast_pure,fast_graphs"
@@ -107,10 +121,15 @@ def forward_fn(model: PeakNet, mode: Mode, x: torch.Tensor, device: torch.device
     autocast = mode.serving.autocast
 
     def run() -> torch.Tensor:
-        with torch.inference_mode(), torch.autocast(device.type, dtype=autocast or torch.float32,
-                                                    enabled=autocast is not None and device.type == "cuda"):
+        with (
+            torch.inference_mode(),
+            torch.autocast(
+                device.type, dtype=autocast or torch.float32, enabled=autocast is not None and device.type == "cuda"
+            ),
+        ):
             out = head(x)
             return out[:, 0] > 0 if mode.lean else out.argmax(dim=1) == 1
+
     return run
 
 
@@ -126,22 +145,29 @@ def prepare_mode(config: Path, mode: Mode, base: torch.Tensor, device: torch.dev
     if serving.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     if serving.depthwise_padding and device.type == "cuda":
+
         def features() -> None:
             with torch.autocast("cuda", dtype=serving.autocast or torch.float32, enabled=serving.autocast is not None):
                 model.forward_features(x)
+
         tune_depthwise_padding(model, features)
     return model, x, forward_fn(model, mode, x, device)
 
 
 def depthwise_padded_sizes(model: nn.Module) -> list[list[int]]:
     """``[H, W, H', W']`` for every input size the model's depthwise convs compute padded."""
-    sizes = {(*size, *target) for m in model.modules() if isinstance(m, PaddableDepthwiseConv2d)
-             for size, target in m.compute_sizes.items()}
+    sizes = {
+        (*size, *target)
+        for m in model.modules()
+        if isinstance(m, PaddableDepthwiseConv2d)
+        for size, target in m.compute_sizes.items()
+    }
     return [list(entry) for entry in sorted(sizes)]
 
 
-def bench_case(config: Path, shape: tuple[int, ...], modes: list[str], device: torch.device,
-               warmup: int, repeats: int) -> list[dict]:
+def bench_case(
+    config: Path, shape: tuple[int, ...], modes: list[str], device: torch.device, warmup: int, repeats: int
+) -> list[dict]:
     rows, reference_mask = [], None
     generator = torch.Generator(device="cpu").manual_seed(0)
     base = torch.randn(shape, generator=generator)
@@ -169,17 +195,23 @@ def bench_case(config: Path, shape: tuple[int, ...], modes: list[str], device: t
         if reference_mask is None:
             reference_mask = mask
         weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-        rows.append({
-            "model": config.stem, "shape": list(shape), "mode": name,
-            "ms": timing["median_ms"], "min_ms": timing["min_ms"], "max_ms": timing["max_ms"],
-            "items_per_s": shape[0] * 1e3 / timing["median_ms"],
-            "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
-            "peak_reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30 if device.type == "cuda" else None,
-            "warmup_peak_reserved_gib": warmup_reserved,
-            "weights_gib": weight_bytes / 2**30,
-            "mask_agreement_vs_fp32": float((mask == reference_mask).float().mean()),
-            "depthwise_padded": depthwise_padded_sizes(model),
-        })
+        rows.append(
+            {
+                "model": config.stem,
+                "shape": list(shape),
+                "mode": name,
+                "ms": timing["median_ms"],
+                "min_ms": timing["min_ms"],
+                "max_ms": timing["max_ms"],
+                "items_per_s": shape[0] * 1e3 / timing["median_ms"],
+                "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+                "peak_reserved_gib": torch.cuda.max_memory_reserved(device) / 2**30 if device.type == "cuda" else None,
+                "warmup_peak_reserved_gib": warmup_reserved,
+                "weights_gib": weight_bytes / 2**30,
+                "mask_agreement_vs_fp32": float((mask == reference_mask).float().mean()),
+                "depthwise_padded": depthwise_padded_sizes(model),
+            }
+        )
         del model, x, run
         gc.collect()
         if device.type == "cuda":
@@ -187,8 +219,11 @@ def bench_case(config: Path, shape: tuple[int, ...], modes: list[str], device: t
     baseline = next((r for r in rows if r["mode"] == "autocast"), None)
     for row in rows:
         row["speedup_vs_autocast"] = baseline["ms"] / row["ms"] if baseline else None
-        row["reserved_vs_autocast"] = (row["peak_reserved_gib"] / baseline["peak_reserved_gib"]
-                                       if baseline and baseline.get("peak_reserved_gib") else None)
+        row["reserved_vs_autocast"] = (
+            row["peak_reserved_gib"] / baseline["peak_reserved_gib"]
+            if baseline and baseline.get("peak_reserved_gib")
+            else None
+        )
     return rows
 
 
@@ -200,13 +235,24 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--small", action="store_true", help="tiny model and inputs (CPU smoke run)")
-    parser.add_argument("--configs", nargs="+", type=Path,
-                        default=[ROOT / "configs/peaknet-33m.yaml", ROOT / "configs/peaknet-673m.yaml"])
-    parser.add_argument("--cases", nargs="+", default=["16x1x352x384", "8x1x1920x1920"],
-                        help="input shapes BxCxHxW (the batch is halved for configs over 100M parameters)")
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        type=Path,
+        default=[ROOT / "configs/peaknet-33m.yaml", ROOT / "configs/peaknet-673m.yaml"],
+    )
+    parser.add_argument(
+        "--cases",
+        nargs="+",
+        default=["16x1x352x384", "8x1x1920x1920"],
+        help="input shapes BxCxHxW (the batch is halved for configs over 100M parameters)",
+    )
     parser.add_argument("--modes", default=DEFAULT_MODES, help=f"comma-separated, of {','.join(MODES)}")
-    parser.add_argument("--large-modes", default="fp32,autocast,bf16,fp16,lean",
-                        help="modes for configs over 100M parameters (compiling them costs minutes)")
+    parser.add_argument(
+        "--large-modes",
+        default="fp32,autocast,bf16,fp16,lean",
+        help="modes for configs over 100M parameters (compiling them costs minutes)",
+    )
     add_run_arguments(parser, ROOT / "benchmarks/results/model.json")
     args = parser.parse_args()
     if replot(args, plot):
@@ -234,11 +280,19 @@ def main() -> int:
 
 
 def report(rows: list[dict], device: torch.device, out: Path, show: bool = False) -> None:
-    columns = [("model", "model"), ("shape", "input"), ("mode", "mode"), ("ms", "ms/batch"),
-               ("items_per_s", "items/s"), ("speedup_vs_autocast", "× autocast"),
-               ("peak_gib", "peak GiB"), ("peak_reserved_gib", "peak reserved GiB"),
-               ("reserved_vs_autocast", "reserved ÷ autocast"), ("weights_gib", "weights GiB"),
-               ("mask_agreement_vs_fp32", "mask = fp32")]
+    columns = [
+        ("model", "model"),
+        ("shape", "input"),
+        ("mode", "mode"),
+        ("ms", "ms/batch"),
+        ("items_per_s", "items/s"),
+        ("speedup_vs_autocast", "× autocast"),
+        ("peak_gib", "peak GiB"),
+        ("peak_reserved_gib", "peak reserved GiB"),
+        ("reserved_vs_autocast", "reserved ÷ autocast"),
+        ("weights_gib", "weights GiB"),
+        ("mask_agreement_vs_fp32", "mask = fp32"),
+    ]
     table = markdown_table(rows, columns)
     if show:
         print(table)
@@ -250,15 +304,32 @@ def report(rows: list[dict], device: torch.device, out: Path, show: bool = False
 def plot(rows: list[dict], path: Path) -> None:
     """Speed-up over autocast per mode, one group per (model, input); beside it (``*_memory.png``)
     peak reserved memory over autocast's, where the run recorded it (CUDA)."""
+
     def group(r: dict) -> str:
         return f"{r['model']}\n{'x'.join(map(str, r['shape']))}"
 
-    plot_rows(rows, path, group=group, series=lambda r: r["mode"], value="speedup_vs_autocast",
-              ylabel="speed-up vs fp32 weights + autocast bf16", title="PeakNet model level", reference=1.0)
+    plot_rows(
+        rows,
+        path,
+        group=group,
+        series=lambda r: r["mode"],
+        value="speedup_vs_autocast",
+        ylabel="speed-up vs fp32 weights + autocast bf16",
+        title="PeakNet model level",
+        reference=1.0,
+    )
     if any(r.get("reserved_vs_autocast") is not None for r in rows):
-        plot_rows(rows, path.with_name(path.stem + "_memory.png"), group=group, series=lambda r: r["mode"],
-                  value="reserved_vs_autocast", ylabel="peak reserved memory ÷ autocast's",
-                  title="PeakNet model level: steady-state peak memory (target ≤ 0.5)", reference=0.5)
+        plot_rows(
+            rows,
+            path.with_name(path.stem + "_memory.png"),
+            group=group,
+            series=lambda r: r["mode"],
+            value="reserved_vs_autocast",
+            ylabel="peak reserved memory ÷ autocast's",
+            title="PeakNet model level: steady-state peak memory (target ≤ 0.5)",
+            reference=0.5,
+        )
+
 
 if __name__ == "__main__":
     raise SystemExit(main())

@@ -26,14 +26,21 @@ class EchoToDeviceHandler(BaseHandler):
         for idx, row in enumerate(data):
             body = row.get("body") or row.get("data") or b""
             on_device = torch.frombuffer(bytearray(body), dtype=torch.uint8).to(self.device)
-            headers = {k.lower(): v for k, v in context.get_all_request_header(idx).items()
-                       if isinstance(v, str)}
+            headers = {k.lower(): v for k, v in context.get_all_request_header(idx).items() if isinstance(v, str)}
             shape = [int(s) for s in headers.get("x-shape", "1").split(",")]
             frames = shape[0] if len(shape) == 4 else 1
             context.set_response_content_type(idx, "application/json")
-            answers.append(json.dumps({
-                "model": "echo", "precision": "none", "device": str(self.device),
-                "shape": [frames, *([1] * (4 - len(shape))), *shape[-3:]][-4:],
-                "dtype": headers.get("x-dtype", "uint8"), "bytes": int(on_device.numel()),
-                "frames": [EMPTY_FRAME] * frames}))
+            answers.append(
+                json.dumps(
+                    {
+                        "model": "echo",
+                        "precision": "none",
+                        "device": str(self.device),
+                        "shape": [frames, *([1] * (4 - len(shape))), *shape[-3:]][-4:],
+                        "dtype": headers.get("x-dtype", "uint8"),
+                        "bytes": int(on_device.numel()),
+                        "frames": [EMPTY_FRAME] * frames,
+                    }
+                )
+            )
         return answers

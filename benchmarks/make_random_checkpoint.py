@@ -56,8 +56,12 @@ def main() -> int:
     parser.add_argument("config", type=Path)
     parser.add_argument("out", type=Path)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--mask-fraction", type=float, default=None,
-                        help="calibrate the head so that the peak mask marks this fraction of ePix10k2M pixels")
+    parser.add_argument(
+        "--mask-fraction",
+        type=float,
+        default=None,
+        help="calibrate the head so that the peak mask marks this fraction of ePix10k2M pixels",
+    )
     parser.add_argument("--calibration-frames", type=int, default=4, help="simulated frames for --mask-fraction")
     args = parser.parse_args()
     torch.manual_seed(args.seed)
@@ -71,8 +75,9 @@ def main() -> int:
         measured = calibrate_mask_fraction(model, frames, args.mask_fraction, device)
         note += f", head calibrated: the mask marks {measured:.4%} of {len(frames)} simulated ePix10k2M frames"
     args.out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-              str(args.out / "peaknet.safetensors"))
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(args.out / "peaknet.safetensors")
+    )
     document = yaml.safe_load(args.config.read_text())
     document["model"]["weights_path"] = "peaknet.safetensors"
     (args.out / "peaknet.yaml").write_text(yaml.safe_dump(document, sort_keys=False))

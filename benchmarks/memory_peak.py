@@ -83,13 +83,18 @@ def profile_mode(config: Path, shape: tuple[int, ...], name: str, device: torch.
     by_site: dict[str, list[int]] = defaultdict(list)
     for block in blocks:
         by_site[allocation_site(block.get("frames", []))].append(block["size"])
-    sites = sorted(({"site": site, "blocks": len(sizes), "mib": sum(sizes) / 2**20}
-                    for site, sizes in by_site.items()), key=lambda r: -r["mib"])
+    sites = sorted(
+        ({"site": site, "blocks": len(sizes), "mib": sum(sizes) / 2**20} for site, sizes in by_site.items()),
+        key=lambda r: -r["mib"],
+    )
     result = {
-        "mode": name, "shape": list(shape), "allocated_before_mib": before / 2**20,
+        "mode": name,
+        "shape": list(shape),
+        "allocated_before_mib": before / 2**20,
         "peak_allocated_mib": torch.cuda.max_memory_allocated(device) / 2**20,
         "peak_reserved_mib": torch.cuda.max_memory_reserved(device) / 2**20,
-        "traced_peak_mib": peak / 2**20, "sites": sites[:top],
+        "traced_peak_mib": peak / 2**20,
+        "sites": sites[:top],
     }
     del model, x, run
     gc.collect()
@@ -112,18 +117,31 @@ def main() -> int:
     for name in args.modes:
         progress(f"  {args.config.stem} {shape} {name} ...")
         results.append(profile_mode(args.config, shape, name, device, args.top))
-    rows = [{"mode": r["mode"], "mib": s["mib"], "blocks": s["blocks"], "site": s["site"]}
-            for r in results for s in r["sites"]]
-    table = markdown_table(rows, [("mode", "mode"), ("mib", "MiB live at peak"), ("blocks", "blocks"),
-                                  ("site", "allocated at")])
-    summary = markdown_table(results, [("mode", "mode"), ("allocated_before_mib", "allocated before (weights, input) MiB"),
-                                       ("traced_peak_mib", "peak of the pass's own allocations MiB"),
-                                       ("peak_allocated_mib", "peak allocated MiB"),
-                                       ("peak_reserved_mib", "peak reserved MiB")])
+    rows = [
+        {"mode": r["mode"], "mib": s["mib"], "blocks": s["blocks"], "site": s["site"]}
+        for r in results
+        for s in r["sites"]
+    ]
+    table = markdown_table(
+        rows, [("mode", "mode"), ("mib", "MiB live at peak"), ("blocks", "blocks"), ("site", "allocated at")]
+    )
+    summary = markdown_table(
+        results,
+        [
+            ("mode", "mode"),
+            ("allocated_before_mib", "allocated before (weights, input) MiB"),
+            ("traced_peak_mib", "peak of the pass's own allocations MiB"),
+            ("peak_allocated_mib", "peak allocated MiB"),
+            ("peak_reserved_mib", "peak reserved MiB"),
+        ],
+    )
     print(summary)
     print(table)
-    write_results(args.out, {"environment": environment(device), "config": str(args.config), "results": results},
-                  summary + "\n\n" + table)
+    write_results(
+        args.out,
+        {"environment": environment(device), "config": str(args.config), "results": results},
+        summary + "\n\n" + table,
+    )
     return 0
 
 

@@ -51,12 +51,23 @@ STAGES = ("backbone", "neck", "head")
 KERNEL_KINDS = (
     ("triton", "fused (Inductor/Triton)"),
     ("tensortransform", "cuDNN layout transform"),
-    ("depthwise", "depthwise conv"), ("conv2d_c1_k1", "depthwise conv"),
-    ("dgrad", "convolution"), ("conv", "convolution"), ("implicit", "convolution"), ("xmma", "convolution"),
-    ("gemm", "matrix multiply"), ("cutlass", "matrix multiply"), ("nvjet", "matrix multiply"),
-    ("upsample", "upsample"), ("interpolat", "upsample"),
-    ("reduce", "reduction"), ("norm", "normalisation"),
-    ("copy", "copy / layout"), ("transpose", "copy / layout"), ("nchw", "copy / layout"), ("nhwc", "copy / layout"),
+    ("depthwise", "depthwise conv"),
+    ("conv2d_c1_k1", "depthwise conv"),
+    ("dgrad", "convolution"),
+    ("conv", "convolution"),
+    ("implicit", "convolution"),
+    ("xmma", "convolution"),
+    ("gemm", "matrix multiply"),
+    ("cutlass", "matrix multiply"),
+    ("nvjet", "matrix multiply"),
+    ("upsample", "upsample"),
+    ("interpolat", "upsample"),
+    ("reduce", "reduction"),
+    ("norm", "normalisation"),
+    ("copy", "copy / layout"),
+    ("transpose", "copy / layout"),
+    ("nchw", "copy / layout"),
+    ("nhwc", "copy / layout"),
     ("elementwise", "elementwise"),
 )
 
@@ -68,6 +79,7 @@ def kernel_kind(name: str) -> str:
 
 def stage_functions(model: PeakNet, fast: bool) -> dict[str, Callable]:
     """The three stages as functions: (B, C, H, W) -> maps -> features -> (B, 1 or 2, H, W)."""
+
     def backbone(x):
         return model.backbone(x.to(model.dtype))
 
@@ -95,8 +107,15 @@ def prepare(config: Path, mode: str, device: torch.device) -> tuple[PeakNet, dic
     return model, stages
 
 
-def profile_stages(config: Path, shape: tuple[int, ...], mode: str, device: torch.device,
-                   warmup: int, repeats: int, top_kernels: int = 0) -> tuple[list[dict], list[dict], list[dict]]:
+def profile_stages(
+    config: Path,
+    shape: tuple[int, ...],
+    mode: str,
+    device: torch.device,
+    warmup: int,
+    repeats: int,
+    top_kernels: int = 0,
+) -> tuple[list[dict], list[dict], list[dict]]:
     """Time each stage on its own (inputs computed once), then the three chained; on CUDA, the
     whole pass's kernel time by kind and its ``top_kernels`` longest kernels.
     Returns ``(stage rows, kernel-kind rows, top-kernel rows)``."""
@@ -113,16 +132,18 @@ def profile_stages(config: Path, shape: tuple[int, ...], mode: str, device: torc
         for name in STAGES:
             stage, stage_input = stages[name], inputs[name]
             timing = time_ms(lambda stage=stage, stage_input=stage_input: stage(stage_input), device, warmup, repeats)
-            rows.append({"model": config.stem, "shape": list(shape), "mode": mode, "stage": name,
-                         "ms": timing["median_ms"]})
+            rows.append(
+                {"model": config.stem, "shape": list(shape), "mode": mode, "stage": name, "ms": timing["median_ms"]}
+            )
         backbone, neck, head = stages["backbone"], stages["neck"], stages["head"]
 
         def whole_pass(backbone=backbone, neck=neck, head=head, x=x) -> torch.Tensor:
             return head(neck(backbone(x)))
 
         whole = time_ms(whole_pass, device, warmup, repeats)
-        rows.append({"model": config.stem, "shape": list(shape), "mode": mode, "stage": "whole",
-                     "ms": whole["median_ms"]})
+        rows.append(
+            {"model": config.stem, "shape": list(shape), "mode": mode, "stage": "whole", "ms": whole["median_ms"]}
+        )
         times = kernel_times(whole_pass, device)
     for row in rows:
         row["share"] = row["ms"] / whole["median_ms"]
@@ -132,8 +153,10 @@ def profile_stages(config: Path, shape: tuple[int, ...], mode: str, device: torc
         torch.cuda.empty_cache()
     labels = {"model": config.stem, "shape": list(shape), "mode": mode}
     kinds = [{**labels, "kind": kind, "ms": ms} for kind, ms in by_kind(times).items()]
-    top = [{**labels, "kernel": name[:120], "kind": kernel_kind(name), "ms": ms, "calls": calls}
-           for name, (ms, calls) in list(times.items())[:top_kernels]]
+    top = [
+        {**labels, "kernel": name[:120], "kind": kernel_kind(name), "ms": ms, "calls": calls}
+        for name, (ms, calls) in list(times.items())[:top_kernels]
+    ]
     return rows, kinds, top
 
 
@@ -154,7 +177,7 @@ def kernel_times(fn: Callable, device: torch.device, runs: int = 3) -> dict[str,
     calls: dict[str, int] = defaultdict(int)
     for event in prof.events():
         if event.device_type == torch.autograd.DeviceType.CUDA:
-            ms[event.name] += event.device_time / 1e3 / runs   # us -> ms
+            ms[event.name] += event.device_time / 1e3 / runs  # us -> ms
             calls[event.name] += 1
     return {name: (ms[name], calls[name] / runs) for name in sorted(ms, key=lambda n: -ms[n])}
 
@@ -188,37 +211,71 @@ def main() -> int:
     for case in args.cases:
         for mode in ("autocast", "fast"):
             progress(f"{args.config.stem} {case} {mode} ...")
-            stage_rows, kind_rows, top_rows = profile_stages(args.config, parse_case(case), mode, device,
-                                                             args.warmup, args.repeats, args.top_kernels)
+            stage_rows, kind_rows, top_rows = profile_stages(
+                args.config, parse_case(case), mode, device, args.warmup, args.repeats, args.top_kernels
+            )
             rows += stage_rows
             kinds += kind_rows
             top += top_rows
     base = {(tuple(r["shape"]), r["stage"]): r["ms"] for r in rows if r["mode"] == "autocast"}
     for row in rows:
         row["speedup_vs_autocast"] = base[(tuple(row["shape"]), row["stage"])] / row["ms"]
-    table = markdown_table(rows, [("model", "model"), ("shape", "input"), ("mode", "mode"), ("stage", "stage"),
-                                  ("ms", "ms"), ("share", "share of whole"),
-                                  ("speedup_vs_autocast", "× autocast")])
+    table = markdown_table(
+        rows,
+        [
+            ("model", "model"),
+            ("shape", "input"),
+            ("mode", "mode"),
+            ("stage", "stage"),
+            ("ms", "ms"),
+            ("share", "share of whole"),
+            ("speedup_vs_autocast", "× autocast"),
+        ],
+    )
     if kinds:
         table += "\n\nGPU kernel time of one pass, by kind:\n\n" + markdown_table(
-            kinds, [("model", "model"), ("shape", "input"), ("mode", "mode"), ("kind", "kernel kind"), ("ms", "ms")])
+            kinds, [("model", "model"), ("shape", "input"), ("mode", "mode"), ("kind", "kernel kind"), ("ms", "ms")]
+        )
     if top:
         table += "\n\nLongest GPU kernels of one pass (calls per pass):\n\n" + markdown_table(
-            top, [("shape", "input"), ("mode", "mode"), ("kernel", "kernel"), ("kind", "kind"), ("calls", "calls"),
-                  ("ms", "ms")])
+            top,
+            [
+                ("shape", "input"),
+                ("mode", "mode"),
+                ("kernel", "kernel"),
+                ("kind", "kind"),
+                ("calls", "calls"),
+                ("ms", "ms"),
+            ],
+        )
     print(table)
-    write_results(args.out, {"environment": environment(device), "config": str(args.config),
-                             "rows": rows, "kernel_kinds": kinds, "top_kernels": top}, table)
+    write_results(
+        args.out,
+        {
+            "environment": environment(device),
+            "config": str(args.config),
+            "rows": rows,
+            "kernel_kinds": kinds,
+            "top_kernels": top,
+        },
+        table,
+    )
     plot(rows, args.out.with_suffix(".png"))
     return 0
 
 
 def plot(rows: list[dict], path: Path) -> None:
     """Milliseconds per stage, autocast vs fast, one group per (input, stage)."""
-    plot_rows([r for r in rows if r["stage"] != "whole"], path,
-              group=lambda r: f"{'x'.join(map(str, r['shape']))}\n{r['stage']}",
-              series=lambda r: r["mode"], value="ms", ylabel="ms per batch (CUDA events)",
-              title="PeakNet per stage: autocast vs fast path", log=True)
+    plot_rows(
+        [r for r in rows if r["stage"] != "whole"],
+        path,
+        group=lambda r: f"{'x'.join(map(str, r['shape']))}\n{r['stage']}",
+        series=lambda r: r["mode"],
+        value="ms",
+        ylabel="ms per batch (CUDA events)",
+        title="PeakNet per stage: autocast vs fast path",
+        log=True,
+    )
 
 
 if __name__ == "__main__":

@@ -45,8 +45,13 @@ def command_line() -> str:
 
 def environment(device: torch.device) -> dict[str, Any]:
     """What the numbers were measured on."""
-    info = {"python": platform.python_version(), "torch": torch.__version__, "device": str(device),
-            "host": platform.node(), "command": command_line()}
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": str(device),
+        "host": platform.node(),
+        "command": command_line(),
+    }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
@@ -58,13 +63,13 @@ def environment(device: torch.device) -> dict[str, Any]:
 
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> str:
     """Rows as a markdown table; ``columns`` are (key, header) pairs; floats get 2-3 significant places."""
+
     def fmt(value: Any) -> str:
         if isinstance(value, float):
             return f"{value:.3g}" if abs(value) < 100 else f"{value:.0f}"
         return "—" if value is None else str(value)
 
-    lines = ["| " + " | ".join(h for _, h in columns) + " |",
-             "| " + " | ".join("---" for _ in columns) + " |"]
+    lines = ["| " + " | ".join(h for _, h in columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
     lines += ["| " + " | ".join(fmt(row.get(k)) for k, _ in columns) + " |" for row in rows]
     return "\n".join(lines)
 
@@ -81,10 +86,19 @@ def progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def bar_chart(groups: list[str], series: dict[str, list[float | None]], path: Path, *, ylabel: str,
-              title: str, log: bool = False, reference: float | None = None) -> None:
+def bar_chart(
+    groups: list[str],
+    series: dict[str, list[float | None]],
+    path: Path,
+    *,
+    ylabel: str,
+    title: str,
+    log: bool = False,
+    reference: float | None = None,
+) -> None:
     """Grouped bar chart (one group per case, one bar per series) saved as PNG."""
     import matplotlib  # noqa: PLC0415 - only the report needs it
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
@@ -92,8 +106,9 @@ def bar_chart(groups: list[str], series: dict[str, list[float | None]], path: Pa
     fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(groups) + 2), 4))
     for i, (name, values) in enumerate(series.items()):
         xs = [g + (i - (len(series) - 1) / 2) * width for g in range(len(groups))]
-        ax.bar([x for x, v in zip(xs, values) if v is not None], [v for v in values if v is not None],
-               width, label=name)
+        ax.bar(
+            [x for x, v in zip(xs, values) if v is not None], [v for v in values if v is not None], width, label=name
+        )
     if reference is not None:
         ax.axhline(reference, color="grey", linestyle=":")
     ax.set_xticks(range(len(groups)), groups, fontsize=8)
@@ -106,8 +121,15 @@ def bar_chart(groups: list[str], series: dict[str, list[float | None]], path: Pa
     plt.close(fig)
 
 
-def plot_rows(rows: Sequence[dict[str, Any]], path: Path, *, group: Callable[[dict], str],
-              series: Callable[[dict], str], value: str, **chart: Any) -> None:
+def plot_rows(
+    rows: Sequence[dict[str, Any]],
+    path: Path,
+    *,
+    group: Callable[[dict], str],
+    series: Callable[[dict], str],
+    value: str,
+    **chart: Any,
+) -> None:
     """Pivot result rows into a grouped bar chart: one group per ``group(row)``, one bar per
     ``series(row)``, bar height ``row[value]``; ``chart`` goes to :func:`bar_chart`."""
     groups = list(dict.fromkeys(group(r) for r in rows))

@@ -322,7 +322,9 @@ def test_config_errors(tmp_path: Path, inner_config) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("name", "dtype"), [("bf16", torch.bfloat16), ("half", torch.float16), ("fp32", torch.float32)])
+@pytest.mark.parametrize(
+    ("name", "dtype"), [("bf16", torch.bfloat16), ("half", torch.float16), ("fp32", torch.float32)]
+)
 def test_dtype_conversion_after_loading(name: str, dtype: torch.dtype, state_dict) -> None:
     model = load_peaknet(CONFIG_YAML, dtype=name)
     assert {p.dtype for p in model.parameters()} == {dtype}

@@ -5,9 +5,7 @@ import pytest
 from peaknet_serve.errors import BadRequest, PayloadTooLarge, RequestError, UnsupportedMediaType
 
 
-@pytest.mark.parametrize(
-    ("cls", "status"), [(BadRequest, 400), (PayloadTooLarge, 413), (UnsupportedMediaType, 415)]
-)
+@pytest.mark.parametrize(("cls", "status"), [(BadRequest, 400), (PayloadTooLarge, 413), (UnsupportedMediaType, 415)])
 def test_each_subclass_carries_its_status(cls, status):
     error = cls("some_type", "what was wrong; what is accepted.")
     assert isinstance(error, RequestError)

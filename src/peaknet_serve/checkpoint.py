@@ -119,7 +119,7 @@ def _unwrap(obj: Any, path: Path) -> Mapping[str, Any]:
 def strip_wrapper_prefixes(key: str) -> str:
     """``module._orig_mod.backbone._fsdp_wrapped_module.x`` -> ``backbone.x``."""
     while key.startswith(DATA_PARALLEL_PREFIX):
-        key = key[len(DATA_PARALLEL_PREFIX):]
+        key = key[len(DATA_PARALLEL_PREFIX) :]
     return ".".join(part for part in key.split(".") if part not in WRAPPER_SEGMENTS)
 
 

@@ -65,8 +65,14 @@ class Pipeline:
         return sum(t.numel() * t.element_size() for t in [*self.model.parameters(), *self.model.buffers()])
 
 
-def load_network(config: ConfigSource, weights: str | Path | None, mode: ServingMode, device: torch.device,
-                 *, random_init: bool = False) -> PeakNet:
+def load_network(
+    config: ConfigSource,
+    weights: str | Path | None,
+    mode: ServingMode,
+    device: torch.device,
+    *,
+    random_init: bool = False,
+) -> PeakNet:
     """The checkpoint's network in eval mode, weights in ``mode.dtype`` and memory format on ``device``."""
     model = load_peaknet(config, weights, dtype=mode.dtype, device=device, random_init=random_init)
     if mode.channels_last:
@@ -84,8 +90,14 @@ def network_forward(model: PeakNet, mode: ServingMode, head: str = "score") -> C
     return forward
 
 
-def build_finder(settings: HandlerSettings, device: torch.device, model_dir: Path = Path("."), *,
-                 mode: ServingMode | None = None, random_init: bool = False) -> Pipeline:
+def build_finder(
+    settings: HandlerSettings,
+    device: torch.device,
+    model_dir: Path = Path("."),
+    *,
+    mode: ServingMode | None = None,
+    random_init: bool = False,
+) -> Pipeline:
     """Load, cast, compile, tune and warm up the network as ``settings`` say, on ``device``.
 
     Args:
@@ -98,14 +110,26 @@ def build_finder(settings: HandlerSettings, device: torch.device, model_dir: Pat
     """
     started = time.perf_counter()
     mode = mode or ServingMode.from_settings(settings, device)
-    model = load_network(settings.resolve_path(settings.config, model_dir),
-                         settings.resolve_path(settings.weights, model_dir), mode, device, random_init=random_init)
+    model = load_network(
+        settings.resolve_path(settings.config, model_dir),
+        settings.resolve_path(settings.weights, model_dir),
+        mode,
+        device,
+        random_init=random_init,
+    )
     finder = PanelPeakFinder(
-        model, dtype=mode.dtype, device=device, max_batch_panels=settings.max_batch_panels,
-        threshold=settings.threshold, min_peak_pixels=settings.min_peak_pixels,
-        buckets=settings.buckets() if mode.compile else (), channels_last=mode.channels_last,
-        autocast=mode.autocast is not None, forward=network_forward(model, mode),
-        label_limits=LabelLimits(settings.max_mask_fraction, settings.max_label_iterations))
+        model,
+        dtype=mode.dtype,
+        device=device,
+        max_batch_panels=settings.max_batch_panels,
+        threshold=settings.threshold,
+        min_peak_pixels=settings.min_peak_pixels,
+        buckets=settings.buckets() if mode.compile else (),
+        channels_last=mode.channels_last,
+        autocast=mode.autocast is not None,
+        forward=network_forward(model, mode),
+        label_limits=LabelLimits(settings.max_mask_fraction, settings.max_label_iterations),
+    )
     loaded = time.perf_counter()
     choices: list[PaddingChoice] = []
     cache = serving_cache(settings, mode, model, device)
@@ -117,9 +141,15 @@ def build_finder(settings: HandlerSettings, device: torch.device, model_dir: Pat
             for panels, height, width in settings.warmup_shapes:
                 for choice in finder.tune_depthwise(panels, height, width):
                     choices.append(choice)
-                    log.info("depthwise conv %s x%d: %.3f ms as is; %s", choice.input_shape, choice.modules,
-                             choice.plain_ms, "kept" if choice.compute_size is None else
-                             f"computed at {choice.compute_size}: {choice.chosen_ms:.3f} ms")
+                    log.info(
+                        "depthwise conv %s x%d: %.3f ms as is; %s",
+                        choice.input_shape,
+                        choice.modules,
+                        choice.plain_ms,
+                        "kept"
+                        if choice.compute_size is None
+                        else f"computed at {choice.compute_size}: {choice.chosen_ms:.3f} ms",
+                    )
             if cache is not None:
                 cache.save_tuning({"depthwise_padding": padding_of(model)})
         tuned = time.perf_counter()
@@ -127,6 +157,12 @@ def build_finder(settings: HandlerSettings, device: torch.device, model_dir: Pat
             for panels, height, width in settings.warmup_shapes:
                 finder.warmup(panels, height, width)
     warmed = time.perf_counter()
-    return Pipeline(model, finder, mode, choices, warmed - started,
-                    phases={"load": loaded - started, "tune": tuned - loaded, "warm-up": warmed - tuned},
-                    compile_cache="off" if cache is None else "hit" if cache_hit else "built")
+    return Pipeline(
+        model,
+        finder,
+        mode,
+        choices,
+        warmed - started,
+        phases={"load": loaded - started, "tune": tuned - loaded, "warm-up": warmed - tuned},
+        compile_cache="off" if cache is None else "hit" if cache_hit else "built",
+    )

@@ -14,11 +14,11 @@ DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_MODEL = "peaknet"
 
 # -- request bodies -------------------------------------------------------------------------------
-RAW = "application/octet-stream"          # raw pixels; X-Dtype and X-Shape say what they are
+RAW = "application/octet-stream"  # raw pixels; X-Dtype and X-Shape say what they are
 NPY = "application/x-npy"
 HDF5 = "application/x-hdf5"
-CXI = "application/x-cxi"                  # an alias of HDF5, for requests and answers
-MULTIPART = "multipart/form-data"          # the body in field "data", options as further fields
+CXI = "application/x-cxi"  # an alias of HDF5, for requests and answers
+MULTIPART = "multipart/form-data"  # the body in field "data", options as further fields
 JSON = "application/json"
 
 DTYPE_HEADER = "X-Dtype"

@@ -49,13 +49,32 @@ def test_pattern_sim_run_holds_the_images_and_their_true_orientations(tmp_path):
 def test_small_run_end_to_end(tmp_path):
     """One ePix10k2M frame through a real TorchServe, peakfinder8 and the truth, both indexers."""
     out = tmp_path / "results"
-    subprocess.run([sys.executable, "-m", "benchmarks.bench_indexing", "--frames", "1", "--detectors", "epix10k2m",
-                    "--simulators", "peaksim", "--work", str(tmp_path / "work"), "--out", str(out)],
-                   cwd=ROOT, check=True, capture_output=True, timeout=1200)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.bench_indexing",
+            "--frames",
+            "1",
+            "--detectors",
+            "epix10k2m",
+            "--simulators",
+            "peaksim",
+            "--work",
+            str(tmp_path / "work"),
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=1200,
+    )
     payload = json.loads((out / "indexing_crystfel.json").read_text())
     rows = payload["rows"]
     assert {(r["source"], r["indexer"]) for r in rows} == {
-        (s, i) for s in ("peakfind", "post", "peakfinder8", "truth") for i in ("taketwo", "asdf")}
+        (s, i) for s in ("peakfind", "post", "peakfinder8", "truth") for i in ("taketwo", "asdf")
+    }
     assert all(r["coordinate_warnings"] == 0 for r in rows)
     truth = [r for r in rows if r["source"] == "truth"]
     assert all(r["indexed"] == r["true_orientation"] == 1 for r in truth)

@@ -11,15 +11,25 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("module,extra", [
-    ("benchmarks.bench_model", ["--modes", "fp32,autocast,bf16,lean"]),
-    ("benchmarks.bench_handler", ["--model-config", "tests/fixtures/upstream/peaknet_tiny.yaml",
-                                  "--variants", "baseline,bf16-eager"]),
-])
+@pytest.mark.parametrize(
+    "module,extra",
+    [
+        ("benchmarks.bench_model", ["--modes", "fp32,autocast,bf16,lean"]),
+        (
+            "benchmarks.bench_handler",
+            ["--model-config", "tests/fixtures/upstream/peaknet_tiny.yaml", "--variants", "baseline,bf16-eager"],
+        ),
+    ],
+)
 def test_benchmark_small_cpu_run(tmp_path, module, extra):
     out = tmp_path / "result.json"
-    subprocess.run([sys.executable, "-m", module, "--device", "cpu", "--small", "--out", str(out), *extra],
-                   cwd=ROOT, check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [sys.executable, "-m", module, "--device", "cpu", "--small", "--out", str(out), *extra],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     rows = json.loads(out.read_text())["rows"]
     assert rows and all(r.get("ms", r.get("total", 0)) > 0 for r in rows)
     assert out.with_suffix(".md").read_text().startswith("|")
@@ -30,8 +40,13 @@ def test_benchmark_small_cpu_run(tmp_path, module, extra):
 def test_end_to_end_benchmark_small_cpu_run(tmp_path):
     """A real TorchServe with the echo ceiling and the tiny model, load-tested for a few seconds."""
     out = tmp_path / "e2e.json"
-    subprocess.run([sys.executable, "-m", "benchmarks.bench_e2e", "--small", "--gpus", "1", "--out", str(out)],
-                   cwd=ROOT, check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_e2e", "--small", "--gpus", "1", "--out", str(out)],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     rows = json.loads(out.read_text())["rows"]
     assert {r["target"] for r in rows} == {"echo", "upstream-eager"}
     assert all(r["error_rate"] == 0 and r["fps"] > 0 for r in rows)
@@ -47,8 +62,24 @@ def test_end_to_end_benchmark_small_cpu_run(tmp_path):
 @pytest.mark.slow
 def test_peak_extraction_benchmark_small_cpu_run(tmp_path):
     out = tmp_path / "peaks.json"
-    subprocess.run([sys.executable, "-m", "benchmarks.bench_peaks", "--device", "cpu", "--small", "--network-ms", "50",
-                    "--out", str(out)], cwd=ROOT, check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.bench_peaks",
+            "--device",
+            "cpu",
+            "--small",
+            "--network-ms",
+            "50",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     rows = {(r["mask"], r["limits"]): r for r in json.loads(out.read_text())["rows"]}
     capped = "cap 25%, 64 iterations"
     assert rows[("all ones", "none")]["peaks"] == 4 and rows[("all ones", capped)]["peaks"] == 0  # 4 panels
@@ -58,32 +89,51 @@ def test_peak_extraction_benchmark_small_cpu_run(tmp_path):
     assert out.with_suffix(".png").stat().st_size > 0
 
 
-@pytest.mark.parametrize("name,kind", [
-    # Inductor names list the fused ATen ops, convolutions and dtype conversions included.
-    ("triton_poi_fused__to_copy__unsafe_index_add_clone_convolution_gelu_mul_native_group_norm_sub_view_71",
-     "fused (Inductor/Triton)"),
-    ("triton_red_fused_convolution_native_layer_norm_permute_0", "fused (Inductor/Triton)"),
-    ("sm80_xmma_fprop_implicit_gemm_indexed_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize64x64x64_stage4", "convolution"),
-    ("void tensorTransformGeneric<__nv_bfloat16, __nv_bfloat16, float, true, false, false>", "cuDNN layout transform"),
-    ("conv2d_c1_k1_nhwc_specialized", "depthwise conv"),
-    ("nvjet_sm90_tst_192x192_64x4_2x1_v_bz_coopB_bias_TNN", "matrix multiply"),
-    ("void at::native::(anonymous namespace)::upsample_bilinear2d_nhwc_out_frame<c10::BFloat16, float>", "upsample"),
-    ("void at::native::(anonymous namespace)::vectorized_layer_norm_kernel<c10::BFloat16, float, false>",
-     "normalisation"),
-])
+@pytest.mark.parametrize(
+    "name,kind",
+    [
+        # Inductor names list the fused ATen ops, convolutions and dtype conversions included.
+        (
+            "triton_poi_fused__to_copy__unsafe_index_add_clone_convolution_gelu_mul_native_group_norm_sub_view_71",
+            "fused (Inductor/Triton)",
+        ),
+        ("triton_red_fused_convolution_native_layer_norm_permute_0", "fused (Inductor/Triton)"),
+        (
+            "sm80_xmma_fprop_implicit_gemm_indexed_bf16bf16_bf16f32_f32_nhwckrsc_nhwc_tilesize64x64x64_stage4",
+            "convolution",
+        ),
+        (
+            "void tensorTransformGeneric<__nv_bfloat16, __nv_bfloat16, float, true, false, false>",
+            "cuDNN layout transform",
+        ),
+        ("conv2d_c1_k1_nhwc_specialized", "depthwise conv"),
+        ("nvjet_sm90_tst_192x192_64x4_2x1_v_bz_coopB_bias_TNN", "matrix multiply"),
+        (
+            "void at::native::(anonymous namespace)::upsample_bilinear2d_nhwc_out_frame<c10::BFloat16, float>",
+            "upsample",
+        ),
+        (
+            "void at::native::(anonymous namespace)::vectorized_layer_norm_kernel<c10::BFloat16, float, false>",
+            "normalisation",
+        ),
+    ],
+)
 def test_kernel_kinds_of_real_kernel_names(name, kind):
     from benchmarks.profile_model import kernel_kind
+
     assert kernel_kind(name) == kind
 
 
 def test_command_line_names_the_allocator_setting(monkeypatch):
     from benchmarks import timing
+
     monkeypatch.setattr(sys, "argv", ["benchmarks/bench_model.py", "--device", "cuda"])
     monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
     assert timing.command_line() == "python -m benchmarks.bench_model --device cuda"
     monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
-    assert timing.command_line() == ("PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True "
-                                     "python -m benchmarks.bench_model --device cuda")
+    assert timing.command_line() == (
+        "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True python -m benchmarks.bench_model --device cuda"
+    )
 
 
 def test_performance_doc_is_generated_from_the_committed_results():
@@ -99,8 +149,24 @@ def test_performance_doc_is_generated_from_the_committed_results():
 @pytest.mark.slow
 def test_cpu_benchmark_reports_cpu_seconds_per_frame(tmp_path):
     out = tmp_path / "cpu.json"
-    subprocess.run([sys.executable, "-m", "benchmarks.bench_cpu", "--model-config",
-                    "tests/fixtures/upstream/peaknet_tiny.yaml", "--geometries", "cspad", "--repeats", "1",
-                    "--out", str(out)], cwd=ROOT, check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.bench_cpu",
+            "--model-config",
+            "tests/fixtures/upstream/peaknet_tiny.yaml",
+            "--geometries",
+            "cspad",
+            "--repeats",
+            "1",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     (row,) = json.loads(out.read_text())["rows"]
     assert row["geometry"] == "cspad" and row["frame"] == [32, 185, 388] and row["cpu_s"] > 0

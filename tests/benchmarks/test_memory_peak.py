@@ -14,10 +14,9 @@ def _free(addr, size):
 
 
 def test_live_at_peak_keeps_the_blocks_alive_at_the_highest_total():
-    trace = [_alloc(1, 100), _alloc(2, 50), _free(1, 100), _alloc(3, 120), _alloc(4, 10), _free(3, 120),
-             _alloc(5, 40)]
+    trace = [_alloc(1, 100), _alloc(2, 50), _free(1, 100), _alloc(3, 120), _alloc(4, 10), _free(3, 120), _alloc(5, 40)]
     peak, live = live_at_peak(trace)
-    assert peak == 180                                   # blocks 2, 3 and 4
+    assert peak == 180  # blocks 2, 3 and 4
     assert sorted(b["addr"] for b in live) == [2, 3, 4]
 
 
@@ -31,10 +30,12 @@ def test_allocation_site_names_the_innermost_model_frame(tmp_path):
     generated.parent.mkdir()
     generated.write_text("def call(args):\n    buf0 = empty_strided_cuda((8, 256), (256, 1), torch.float32)  # a|b\n")
     linecache.checkcache(str(generated))
-    frames = [{"filename": "??", "line": 0, "name": "c10::alloc"},
-              {"filename": "/usr/lib/python3/site-packages/torch/_ops.py", "line": 5, "name": "__call__"},
-              {"filename": str(generated), "line": 2, "name": "call"}]
+    frames = [
+        {"filename": "??", "line": 0, "name": "c10::alloc"},
+        {"filename": "/usr/lib/python3/site-packages/torch/_ops.py", "line": 5, "name": "__call__"},
+        {"filename": str(generated), "line": 2, "name": "call"},
+    ]
     site = allocation_site(frames)
     assert site.startswith("cabc.py:2 call: buf0 = empty_strided_cuda((8, 256)")
-    assert "|" not in site                               # safe inside a markdown table
+    assert "|" not in site  # safe inside a markdown table
     assert allocation_site([{"filename": "??", "line": 0, "name": "cudaMalloc"}]).startswith("(no Python frame")

@@ -26,5 +26,11 @@ def threshold_peaks(frames: np.ndarray, threshold: float = 40.0) -> dict:
                     peaks[key].append(value)
         answer_frames.append({"num_peaks": len(peaks["ss"]), **peaks})
     n, p, h, w = frames.shape
-    return {"model": "threshold", "precision": "float64", "device": "cpu", "shape": [n, p, h, w],
-            "dtype": str(frames.dtype), "frames": answer_frames}
+    return {
+        "model": "threshold",
+        "precision": "float64",
+        "device": "cpu",
+        "shape": [n, p, h, w],
+        "dtype": str(frames.dtype),
+        "frames": answer_frames,
+    }

@@ -107,15 +107,28 @@ def test_key_source_rereads_a_rotated_key(tmp_path):
     assert KeySource().headers() == {}
 
 
-CLIENT_MODULES = ["peaknet_serve.clients.client", "peaknet_serve.clients.payloads", "peaknet_serve.clients.loadtest",
-                  "peaknet_serve.clients.peakfind", "peaknet_serve.clients.send", "peaknet_serve.wire",
-                  "peaknet_serve.encode.response", "peaknet_serve.encode.cxi", "peaknet_serve.bridge.cli"]
+CLIENT_MODULES = [
+    "peaknet_serve.clients.client",
+    "peaknet_serve.clients.payloads",
+    "peaknet_serve.clients.loadtest",
+    "peaknet_serve.clients.peakfind",
+    "peaknet_serve.clients.send",
+    "peaknet_serve.wire",
+    "peaknet_serve.encode.response",
+    "peaknet_serve.encode.cxi",
+    "peaknet_serve.bridge.cli",
+]
 
 
 def _run_without_torch(code: str) -> subprocess.CompletedProcess:
     guard = "import sys; sys.modules['torch'] = None; "
-    return subprocess.run([sys.executable, "-c", guard + code], capture_output=True, text=True, timeout=120,
-                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    return subprocess.run(
+        [sys.executable, "-c", guard + code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
 
 
 @pytest.mark.parametrize("module", CLIENT_MODULES)

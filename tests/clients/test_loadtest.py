@@ -178,7 +178,9 @@ def test_parse_fail_on():
     assert parse_fail_on("") == []
 
 
-@pytest.mark.parametrize("spec, message", [("p99>250", "unknown metric"), ("fps=3", "no comparison"), ("fps<fast", "not a number")])
+@pytest.mark.parametrize(
+    "spec, message", [("p99>250", "unknown metric"), ("fps=3", "no comparison"), ("fps<fast", "not a number")]
+)
 def test_parse_fail_on_rejects(spec, message):
     with pytest.raises(ValueError, match=message):
         parse_fail_on(spec)
@@ -196,8 +198,16 @@ def test_violated_thresholds_name_the_measured_value():
 
 
 def test_answer_error():
-    good = json.dumps({"model": "m", "precision": "p", "device": "d", "shape": [1, 1, 4, 4], "dtype": "uint16",
-                       "frames": [{"num_peaks": 0, "panel": [], "ss": [], "fs": [], "npix": [], "intensity": []}]})
+    good = json.dumps(
+        {
+            "model": "m",
+            "precision": "p",
+            "device": "d",
+            "shape": [1, 1, 4, 4],
+            "dtype": "uint16",
+            "frames": [{"num_peaks": 0, "panel": [], "ss": [], "fs": [], "npix": [], "intensity": []}],
+        }
+    )
     assert answer_error(200, "application/json", good.encode(), 1) is None
     assert answer_error(200, "application/json", good.encode(), 2).startswith("schema: shape says 1 frames")
     assert answer_error(200, "text/html", b"<html>", 1) == "schema: content type 'text/html', not JSON"
@@ -250,8 +260,17 @@ class PeakApi(BaseHTTPRequestHandler):
         if self.path.endswith("/short"):
             n -= 1
         frame = {"num_peaks": 1, "panel": [0], "ss": [3.0], "fs": [4.0], "npix": [5], "intensity": [60.0]}
-        self._send(200, {"model": "peaknet", "precision": "float32", "device": "cpu", "shape": [n, 2, 48, 64],
-                         "dtype": "uint16", "frames": [frame] * n})
+        self._send(
+            200,
+            {
+                "model": "peaknet",
+                "precision": "float32",
+                "device": "cpu",
+                "shape": [n, 2, 48, 64],
+                "dtype": "uint16",
+                "frames": [frame] * n,
+            },
+        )
 
 
 @pytest.fixture
@@ -272,8 +291,23 @@ COMMON = ["--geometry", "2,48,64", "--simulator", "spots", "--frames-per-request
 
 def test_closed_loop_run_reports_and_plots(api, tmp_path, capsys):
     report_path, plot_path = tmp_path / "report.json", tmp_path / "latency.png"
-    code = loadtest.main(["--url", api.url, *COMMON, "--concurrency", "3", "--requests", "40",
-                          "--report", str(report_path), "--plot", str(plot_path), "--fail-on", "error_rate>0"])
+    code = loadtest.main(
+        [
+            "--url",
+            api.url,
+            *COMMON,
+            "--concurrency",
+            "3",
+            "--requests",
+            "40",
+            "--report",
+            str(report_path),
+            "--plot",
+            str(plot_path),
+            "--fail-on",
+            "error_rate>0",
+        ]
+    )
     assert code == loadtest.EXIT_OK
     report = json.loads(report_path.read_text())
     assert report["requests"] == 40 and report["ok"] == 40 and report["errors"] == 0
@@ -286,8 +320,21 @@ def test_closed_loop_run_reports_and_plots(api, tmp_path, capsys):
 
 def test_error_answers_are_counted_and_fail_the_run(api, tmp_path):
     report_path = tmp_path / "report.json"
-    code = loadtest.main(["--url", api.url, *COMMON, "--model", "broken", "--requests", "10",
-                          "--report", str(report_path), "--fail-on", "error_rate>0.5"])
+    code = loadtest.main(
+        [
+            "--url",
+            api.url,
+            *COMMON,
+            "--model",
+            "broken",
+            "--requests",
+            "10",
+            "--report",
+            str(report_path),
+            "--fail-on",
+            "error_rate>0.5",
+        ]
+    )
     assert code == loadtest.EXIT_THRESHOLDS
     report = json.loads(report_path.read_text())
     assert report["errors_by_kind"] == {"415": 10}
@@ -302,8 +349,21 @@ def test_wrong_frame_count_is_a_schema_error(api, tmp_path):
 
 def test_open_loop_keeps_up_with_a_fast_server(api, tmp_path):
     report_path = tmp_path / "report.json"
-    code = loadtest.main(["--url", api.url, *COMMON, "--rate", "40", "--duration", "1.5",
-                          "--report", str(report_path), "--fail-on", "dropped>0,error_rate>0"])
+    code = loadtest.main(
+        [
+            "--url",
+            api.url,
+            *COMMON,
+            "--rate",
+            "40",
+            "--duration",
+            "1.5",
+            "--report",
+            str(report_path),
+            "--fail-on",
+            "dropped>0,error_rate>0",
+        ]
+    )
     report = json.loads(report_path.read_text())
     assert code == loadtest.EXIT_OK, report
     assert report["open_loop"]["sent"] == pytest.approx(60, abs=2)
@@ -313,8 +373,23 @@ def test_open_loop_keeps_up_with_a_fast_server(api, tmp_path):
 def test_open_loop_drops_sends_when_the_server_falls_behind(api, tmp_path):
     api.handler.delay_s = 0.25  # 2 in flight at most: 8 Hz, asked for 40 Hz
     report_path = tmp_path / "report.json"
-    code = loadtest.main(["--url", api.url, *COMMON, "--rate", "40", "--max-in-flight", "2", "--duration", "1.0",
-                          "--report", str(report_path), "--fail-on", "dropped>0"])
+    code = loadtest.main(
+        [
+            "--url",
+            api.url,
+            *COMMON,
+            "--rate",
+            "40",
+            "--max-in-flight",
+            "2",
+            "--duration",
+            "1.0",
+            "--report",
+            str(report_path),
+            "--fail-on",
+            "dropped>0",
+        ]
+    )
     report = json.loads(report_path.read_text())
     assert code == loadtest.EXIT_THRESHOLDS
     assert report["open_loop"]["fell_behind"] and report["open_loop"]["dropped"] > 20
@@ -326,8 +401,24 @@ def test_token_from_key_file_is_sent(api, tmp_path):
     key_file = tmp_path / "key_file.json"
     key_file.write_text(json.dumps({"inference": {"key": "secret-key"}}))
     report_path = tmp_path / "report.json"
-    assert loadtest.main(["--url", api.url, *COMMON, "--requests", "3", "--key-file", str(key_file),
-                          "--report", str(report_path), "--fail-on", "errors>0"]) == loadtest.EXIT_OK
+    assert (
+        loadtest.main(
+            [
+                "--url",
+                api.url,
+                *COMMON,
+                "--requests",
+                "3",
+                "--key-file",
+                str(key_file),
+                "--report",
+                str(report_path),
+                "--fail-on",
+                "errors>0",
+            ]
+        )
+        == loadtest.EXIT_OK
+    )
     assert loadtest.main(["--url", api.url, *COMMON, "--requests", "3"]) == loadtest.EXIT_UNREACHABLE
 
 
@@ -346,8 +437,28 @@ def test_frames_from_a_file_are_sent(api, tmp_path):
     with h5py.File(path, "w") as f:
         f["/entry_1/data_1/data"] = np.zeros((5, 96, 64), np.uint16)
     report_path = tmp_path / "report.json"
-    assert loadtest.main(["--url", api.url, "--input", str(path), "--panels", "2", "--frames-per-request", "2",
-                          "--requests", "6", "--warmup", "0", "--quiet", "--report", str(report_path)]) == 0
+    assert (
+        loadtest.main(
+            [
+                "--url",
+                api.url,
+                "--input",
+                str(path),
+                "--panels",
+                "2",
+                "--frames-per-request",
+                "2",
+                "--requests",
+                "6",
+                "--warmup",
+                "0",
+                "--quiet",
+                "--report",
+                str(report_path),
+            ]
+        )
+        == 0
+    )
     report = json.loads(report_path.read_text())
     assert report["ok"] == 6 and report["config"]["request_bytes"] == 2 * 96 * 64 * 2
 
@@ -393,11 +504,23 @@ def test_first_measured_slot():
     assert first_measured_slot(3.0, 1.01) == 4
 
 
-@pytest.mark.parametrize("rate, warmup, processes, requests",
-                         [(50, 0.1, 2, 7), (40, 0.2, 3, 10), (120, 2.0, 4, 501), (30, 0, 2, 1), (7, 0.3, 3, 5)])
+@pytest.mark.parametrize(
+    "rate, warmup, processes, requests",
+    [(50, 0.1, 2, 7), (40, 0.2, 3, 10), (120, 2.0, 4, 501), (30, 0, 2, 1), (7, 0.3, 3, 5)],
+)
 def test_open_loop_split_sends_the_first_measured_slots_once(rate, warmup, processes, requests):
-    args = command_line("--rate", str(rate), "--warmup", str(warmup), "--processes", str(processes),
-                        "--requests", str(requests), "--max-in-flight", "7")
+    args = command_line(
+        "--rate",
+        str(rate),
+        "--warmup",
+        str(warmup),
+        "--processes",
+        str(processes),
+        "--requests",
+        str(requests),
+        "--max-in-flight",
+        "7",
+    )
     shares = split_load(args)
     assert sum(s.max_in_flight for s in shares) == 7
     measured = []
@@ -464,8 +587,23 @@ def test_one_process_starts_no_other(api, tmp_path, monkeypatch):
 
 def test_closed_loop_in_two_processes(api, tmp_path, kept):
     report_path = tmp_path / "report.json"
-    code = loadtest.main(["--url", api.url, *COMMON, "--concurrency", "3", "--processes", "2", "--requests", "40",
-                          "--report", str(report_path), "--fail-on", "error_rate>0"])
+    code = loadtest.main(
+        [
+            "--url",
+            api.url,
+            *COMMON,
+            "--concurrency",
+            "3",
+            "--processes",
+            "2",
+            "--requests",
+            "40",
+            "--report",
+            str(report_path),
+            "--fail-on",
+            "error_rate>0",
+        ]
+    )
     report = json.loads(report_path.read_text())
     assert code == loadtest.EXIT_OK, report
     assert report["requests"] == 40 and report["ok"] == 40 and report["errors"] == 0
@@ -479,8 +617,23 @@ def test_closed_loop_in_two_processes(api, tmp_path, kept):
 
 def test_open_loop_in_two_processes_keeps_the_schedule(api, tmp_path, kept):
     report_path = tmp_path / "report.json"
-    code = loadtest.main(["--url", api.url, *COMMON, "--rate", "40", "--processes", "2", "--duration", "1.5",
-                          "--report", str(report_path), "--fail-on", "dropped>0,error_rate>0"])
+    code = loadtest.main(
+        [
+            "--url",
+            api.url,
+            *COMMON,
+            "--rate",
+            "40",
+            "--processes",
+            "2",
+            "--duration",
+            "1.5",
+            "--report",
+            str(report_path),
+            "--fail-on",
+            "dropped>0,error_rate>0",
+        ]
+    )
     report = json.loads(report_path.read_text())
     assert code == loadtest.EXIT_OK, report
     slots = [send_schedule(40.0, i) for i in range(200) if 0.2 <= send_schedule(40.0, i) < 0.2 + 1.5]
@@ -492,8 +645,23 @@ def test_open_loop_in_two_processes_keeps_the_schedule(api, tmp_path, kept):
 
 def test_open_loop_request_count_in_two_processes(api, tmp_path, kept):
     report_path = tmp_path / "report.json"
-    code = loadtest.main(["--url", api.url, *COMMON, "--warmup", "0.1", "--rate", "50", "--processes", "2",
-                          "--requests", "7", "--report", str(report_path)])
+    code = loadtest.main(
+        [
+            "--url",
+            api.url,
+            *COMMON,
+            "--warmup",
+            "0.1",
+            "--rate",
+            "50",
+            "--processes",
+            "2",
+            "--requests",
+            "7",
+            "--report",
+            str(report_path),
+        ]
+    )
     assert code == loadtest.EXIT_OK
     # slot 5 is the first after the warm-up: process 1 sends 5, 7, 9, 11 and process 0 sends 6, 8, 10
     assert sorted(s.scheduled for s in kept.samples if not s.warmup) == [send_schedule(50.0, i) for i in range(5, 12)]
@@ -502,8 +670,25 @@ def test_open_loop_request_count_in_two_processes(api, tmp_path, kept):
 
 def test_thresholds_apply_to_the_merged_report(api, tmp_path):
     report_path = tmp_path / "report.json"
-    code = loadtest.main(["--url", api.url, *COMMON, "--model", "broken", "--concurrency", "2", "--processes", "2",
-                          "--requests", "10", "--report", str(report_path), "--fail-on", "error_rate>0.5"])
+    code = loadtest.main(
+        [
+            "--url",
+            api.url,
+            *COMMON,
+            "--model",
+            "broken",
+            "--concurrency",
+            "2",
+            "--processes",
+            "2",
+            "--requests",
+            "10",
+            "--report",
+            str(report_path),
+            "--fail-on",
+            "error_rate>0.5",
+        ]
+    )
     assert code == loadtest.EXIT_THRESHOLDS
     assert json.loads(report_path.read_text())["errors_by_kind"] == {"415": 10}
 
@@ -518,8 +703,21 @@ def test_a_client_process_that_dies_fails_the_run(api, tmp_path, monkeypatch, ca
 
     monkeypatch.setattr(loadtest.processes, "run_share", run_or_die)
     report_path = tmp_path / "report.json"
-    code = loadtest.main(["--url", api.url, *COMMON, "--concurrency", "3", "--processes", "2", "--requests", "40",
-                          "--report", str(report_path)])
+    code = loadtest.main(
+        [
+            "--url",
+            api.url,
+            *COMMON,
+            "--concurrency",
+            "3",
+            "--processes",
+            "2",
+            "--requests",
+            "40",
+            "--report",
+            str(report_path),
+        ]
+    )
     assert code == loadtest.EXIT_CLIENT_DIED
     report = json.loads(report_path.read_text())
     assert report["client_failures"] == ["client process 1 exited with code 3 before sending its samples"]
@@ -546,8 +744,21 @@ def test_ctrl_c_reports_what_the_processes_measured(api, tmp_path, capsys, deliv
     threading.Thread(target=press_ctrl_c, daemon=True).start()
     report_path = tmp_path / "report.json"
     started = time.monotonic()
-    code = loadtest.main(["--url", api.url, *COMMON, "--concurrency", "2", "--processes", "2", "--duration", "30",
-                          "--report", str(report_path)])
+    code = loadtest.main(
+        [
+            "--url",
+            api.url,
+            *COMMON,
+            "--concurrency",
+            "2",
+            "--processes",
+            "2",
+            "--duration",
+            "30",
+            "--report",
+            str(report_path),
+        ]
+    )
     assert time.monotonic() - started < 10 and code == loadtest.EXIT_OK
     report = json.loads(report_path.read_text())
     assert report["requests"] > 0 and report["errors"] == 0 and report["window_s"] < 5
@@ -563,8 +774,21 @@ def test_ctrl_c_in_one_process_stops_the_closed_loop_whichever_thread_gets_it(ap
     threading.Thread(target=press_ctrl_c, daemon=True).start()
     report_path = tmp_path / "report.json"
     started = time.monotonic()
-    code = loadtest.main(["--url", api.url, *COMMON, "--concurrency", "2", "--processes", "1", "--duration", "30",
-                          "--report", str(report_path)])
+    code = loadtest.main(
+        [
+            "--url",
+            api.url,
+            *COMMON,
+            "--concurrency",
+            "2",
+            "--processes",
+            "1",
+            "--duration",
+            "30",
+            "--report",
+            str(report_path),
+        ]
+    )
     assert time.monotonic() - started < 10 and code == loadtest.EXIT_OK
     report = json.loads(report_path.read_text())
     assert report["requests"] > 0 and report["errors"] == 0 and report["window_s"] < 5

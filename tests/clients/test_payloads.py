@@ -109,7 +109,9 @@ def test_frames_view(shape, panels, view):
     assert frames_view(shape, panels) == view
 
 
-@pytest.mark.parametrize("shape, panels", [((5, 97, 64), 2), ((5, 2, 48, 64), 3), ((64,), None), ((1, 2, 3, 4, 5), None)])
+@pytest.mark.parametrize(
+    "shape, panels", [((5, 97, 64), 2), ((5, 2, 48, 64), 3), ((64,), None), ((1, 2, 3, 4, 5), None)]
+)
 def test_frames_view_rejects(shape, panels):
     with pytest.raises(ValueError):
         frames_view(shape, panels)
@@ -158,7 +160,9 @@ def _server_decode(request):
         message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
             f"Content-Type: {content_type}\r\n\r\n".encode() + request.body
         )
-        fields = {part.get_param("name", header="content-disposition"): part.get_content() for part in message.iter_parts()}
+        fields = {
+            part.get_param("name", header="content-disposition"): part.get_content() for part in message.iter_parts()
+        }
         data = fields.pop("data")
         options = {k: v.strip() if isinstance(v, str) else v.decode() for k, v in fields.items()}
         return decode_request(data, None, options)
@@ -213,7 +217,14 @@ def _answer(n_frames, peaks=(2, 0)):
         {"num_peaks": k, "panel": [0] * k, "ss": [1.5] * k, "fs": [2.5] * k, "npix": [3] * k, "intensity": [9.0] * k}
         for k in peaks[:n_frames]
     ]
-    return {"model": "m", "precision": "float32", "device": "cpu", "shape": [n_frames, 2, 48, 64], "dtype": "uint16", "frames": frames}
+    return {
+        "model": "m",
+        "precision": "float32",
+        "device": "cpu",
+        "shape": [n_frames, 2, 48, 64],
+        "dtype": "uint16",
+        "frames": frames,
+    }
 
 
 def test_check_prediction_accepts_a_good_answer():

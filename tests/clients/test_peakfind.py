@@ -30,8 +30,16 @@ GEOMETRY = Geometry("test", 2, 64, 80)
 
 
 def write_run(path, n_frames, seed=0, slab=False, spots=6):
-    sim = simulate_frames(GEOMETRY, n_frames, "uint16", spots_per_frame=spots, background=3.0,
-                          spot_photons=(2000, 4000), spot_sigma=(0.7, 1.0), seed=seed)
+    sim = simulate_frames(
+        GEOMETRY,
+        n_frames,
+        "uint16",
+        spots_per_frame=spots,
+        background=3.0,
+        spot_photons=(2000, 4000),
+        spot_sigma=(0.7, 1.0),
+        seed=seed,
+    )
     data = sim.frames.reshape(n_frames, -1, GEOMETRY.width) if slab else sim.frames
     with h5py.File(path, "w") as f:
         f.create_dataset("/entry_1/data_1/data", data=data, chunks=(1, *data.shape[1:]), compression="gzip")
@@ -46,8 +54,9 @@ def test_peak_file_is_complete(tmp_path):
     sim = write_run(source, 3)
     table = cxi_peaks(threshold_peaks(sim.frames)["frames"], GEOMETRY.height)
     out = tmp_path / "out" / "run_peaks.cxi"
-    write_peak_file(out, table, FrameSource(source, "/entry_1/data_1/data", sim.frames.shape),
-                    {"server_model": "threshold"})
+    write_peak_file(
+        out, table, FrameSource(source, "/entry_1/data_1/data", sim.frames.shape), {"server_model": "threshold"}
+    )
     assert is_complete(out, 3) and not is_complete(out, 4)
     assert [p.name for p in out.parent.iterdir()] == ["run_peaks.cxi"]  # no temporary left behind
     with h5py.File(out, "r") as f:
@@ -95,8 +104,15 @@ def test_process_file_finds_the_simulated_spots_in_frame_order(tmp_path):
     source = tmp_path / "run.cxi"
     sim = write_run(source, 7, seed=1)
     seen = []
-    result = process_file(source, tmp_path / "run_peaks.cxi", threshold_peaks, frames_per_request=2,
-                          concurrency=3, min_peaks=6, on_frames=seen.append)
+    result = process_file(
+        source,
+        tmp_path / "run_peaks.cxi",
+        threshold_peaks,
+        frames_per_request=2,
+        concurrency=3,
+        min_peaks=6,
+        on_frames=seen.append,
+    )
     assert result.status == "done" and result.frames == 7 and sum(seen) == 7
     with h5py.File(tmp_path / "run_peaks.cxi", "r") as f:
         n_peaks = f["/entry_1/result_1/nPeaks"][()]

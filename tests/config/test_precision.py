@@ -22,11 +22,21 @@ CPU = torch.device("cpu")
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
-        ("float32", torch.float32), ("fp32", torch.float32), ("float", torch.float32), ("FP32", torch.float32),
-        ("bfloat16", torch.bfloat16), ("bf16", torch.bfloat16), (" BF16 ", torch.bfloat16),
+        ("float32", torch.float32),
+        ("fp32", torch.float32),
+        ("float", torch.float32),
+        ("FP32", torch.float32),
+        ("bfloat16", torch.bfloat16),
+        ("bf16", torch.bfloat16),
+        (" BF16 ", torch.bfloat16),
         ("torch.bfloat16", torch.bfloat16),
-        ("float16", torch.float16), ("fp16", torch.float16), ("half", torch.float16), ("Half", torch.float16),
-        (torch.float16, torch.float16), (torch.bfloat16, torch.bfloat16), (torch.float32, torch.float32),
+        ("float16", torch.float16),
+        ("fp16", torch.float16),
+        ("half", torch.float16),
+        ("Half", torch.float16),
+        (torch.float16, torch.float16),
+        (torch.bfloat16, torch.bfloat16),
+        (torch.float32, torch.float32),
     ],
 )
 def test_parse_dtype_accepts_names_and_aliases(name, expected: torch.dtype) -> None:

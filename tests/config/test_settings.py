@@ -8,19 +8,30 @@ from peaknet_serve.config.settings import HandlerSettings, parse_bool, parse_fra
 
 
 def test_defaults_and_yaml_values():
-    s = HandlerSettings.from_mapping({"max_batch_panels": 32, "threshold": 0.7, "max_frames": 4,
-                                      "panel_buckets": [32, 16, 64]}, env={})
+    s = HandlerSettings.from_mapping(
+        {"max_batch_panels": 32, "threshold": 0.7, "max_frames": 4, "panel_buckets": [32, 16, 64]}, env={}
+    )
     assert s.max_batch_panels == 32 and s.threshold == 0.7 and s.limits.max_frames == 4
     assert s.buckets() == (16, 32)  # buckets above max_batch_panels are dropped
     assert HandlerSettings.from_mapping(None, env={}).config == "peaknet.yaml"
 
 
 def test_env_overrides_yaml():
-    env = {"PEAKNET_CONFIG": "/models/cfg.yaml", "PEAKNET_WEIGHTS": "w.safetensors",
-           "PEAKNET_MAX_BATCH_PANELS": "8", "PEAKNET_THRESHOLD": "0.9", "PEAKNET_COMPILE": "true"}
+    env = {
+        "PEAKNET_CONFIG": "/models/cfg.yaml",
+        "PEAKNET_WEIGHTS": "w.safetensors",
+        "PEAKNET_MAX_BATCH_PANELS": "8",
+        "PEAKNET_THRESHOLD": "0.9",
+        "PEAKNET_COMPILE": "true",
+    }
     s = HandlerSettings.from_mapping({"max_batch_panels": 64, "threshold": 0.5}, env=env)
-    assert (s.config, s.weights, s.max_batch_panels, s.threshold, s.compile) == \
-        ("/models/cfg.yaml", "w.safetensors", 8, 0.9, True)
+    assert (s.config, s.weights, s.max_batch_panels, s.threshold, s.compile) == (
+        "/models/cfg.yaml",
+        "w.safetensors",
+        8,
+        0.9,
+        True,
+    )
     assert HandlerSettings.from_mapping({"threshold": 0.5}, env={"PEAKNET_THRESHOLD": ""}).threshold is None
 
 
@@ -31,9 +42,17 @@ def test_paths_resolve_against_model_dir():
     assert s.resolve_path(None, Path("/m")) is None
 
 
-@pytest.mark.parametrize("section", [{"max_batch_panel": 4}, {"max_batch_panels": 0},
-                                     {"threshold": 1.5}, {"compile": "maybe"},
-                                     {"gpu_memory_fraction": 0}, {"gpu_memory_fraction": 1.5}])
+@pytest.mark.parametrize(
+    "section",
+    [
+        {"max_batch_panel": 4},
+        {"max_batch_panels": 0},
+        {"threshold": 1.5},
+        {"compile": "maybe"},
+        {"gpu_memory_fraction": 0},
+        {"gpu_memory_fraction": 1.5},
+    ],
+)
 def test_bad_values_are_errors(section):
     with pytest.raises(ValueError):
         HandlerSettings.from_mapping(section, env={})
@@ -83,8 +102,13 @@ def test_hit_threshold_and_json_limit_from_yaml_and_env():
         with pytest.raises(ValueError):
             HandlerSettings.from_mapping({"hit_min_peaks": bad}, env={})
     assert HandlerSettings.from_mapping({"max_json_bytes": 1024}, env={}).limits.max_json_bytes == 1024
+
+
 def test_model_label_from_env():
-    assert HandlerSettings.from_mapping({"model_label": "peaknet-sim"}, env={"PEAKNET_MODEL_LABEL": "mine"}).model_label == "mine"
+    assert (
+        HandlerSettings.from_mapping({"model_label": "peaknet-sim"}, env={"PEAKNET_MODEL_LABEL": "mine"}).model_label
+        == "mine"
+    )
     assert HandlerSettings.from_mapping({"model_label": "peaknet-sim"}, env={}).model_label == "peaknet-sim"
 
 

@@ -34,8 +34,16 @@ def test_wire_name_is_found_in_both_byte_orders(name):
 
 @pytest.mark.parametrize(
     "dtype",
-    [np.dtype("O"), np.dtype([("a", "<u2")]), np.dtype("U4"), np.dtype("V8"), np.dtype("i8"),
-     np.dtype("?"), np.dtype(("u2", (2,))), np.dtype("u2", metadata={"enum": {"a": 1}})],
+    [
+        np.dtype("O"),
+        np.dtype([("a", "<u2")]),
+        np.dtype("U4"),
+        np.dtype("V8"),
+        np.dtype("i8"),
+        np.dtype("?"),
+        np.dtype(("u2", (2,))),
+        np.dtype("u2", metadata={"enum": {"a": 1}}),
+    ],
 )
 def test_non_pixel_dtypes_have_no_wire_name(dtype):
     assert wire_dtype_name(dtype) is None

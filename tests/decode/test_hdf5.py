@@ -79,6 +79,7 @@ def frames(seed: int, shape, dtype) -> np.ndarray:
 
 # --- round trips -----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
     ("shape", "frames_shape"),
@@ -94,10 +95,17 @@ def test_round_trip_every_dtype_and_layout(read, dtype, shape, frames_shape):
 
 @pytest.mark.parametrize(
     "compression",
-    [dict(compression="gzip", compression_opts=6), dict(compression="gzip", shuffle=True),
-     dict(compression="lzf"), dict(**hdf5plugin.LZ4()), dict(**hdf5plugin.Bitshuffle()),
-     dict(**hdf5plugin.Bitshuffle(cname="zstd")), dict(**hdf5plugin.Zstd()), dict(**hdf5plugin.Blosc()),
-     dict(fletcher32=True)],
+    [
+        dict(compression="gzip", compression_opts=6),
+        dict(compression="gzip", shuffle=True),
+        dict(compression="lzf"),
+        dict(**hdf5plugin.LZ4()),
+        dict(**hdf5plugin.Bitshuffle()),
+        dict(**hdf5plugin.Bitshuffle(cname="zstd")),
+        dict(**hdf5plugin.Zstd()),
+        dict(**hdf5plugin.Blosc()),
+        dict(fletcher32=True),
+    ],
     ids=["gzip", "shuffle+gzip", "lzf", "lz4", "bitshuffle+lz4", "bitshuffle+zstd", "zstd", "blosc", "fletcher32"],
 )
 def test_compressed_chunked_datasets_decode(read, compression):
@@ -141,6 +149,7 @@ def test_soft_links_inside_the_file_are_followed(read):
 
 
 # --- hostile files: nothing outside the request is ever opened -----------------------------
+
 
 def test_the_sentinel_detects_an_open(tmp_path):
     """Positive control: plain h5py reading external storage does open the sentinel."""
@@ -194,8 +203,9 @@ def test_virtual_datasets_are_refused_unopened(read, tmp_path, unlimited):
 
 def test_filters_that_are_not_installed_are_refused(read):
     def fill(file):
-        dataset = file.create_dataset(DEFAULT_DATASET, shape=(1, 8, 8), dtype="u2", chunks=(1, 8, 8),
-                                      compression=31999, allow_unknown_filter=True)
+        dataset = file.create_dataset(
+            DEFAULT_DATASET, shape=(1, 8, 8), dtype="u2", chunks=(1, 8, 8), compression=31999, allow_unknown_filter=True
+        )
         dataset.id.write_direct_chunk((0, 0, 0), bytes(128))
 
     with pytest.raises(BadRequest) as info:
@@ -205,11 +215,13 @@ def test_filters_that_are_not_installed_are_refused(read):
 
 # --- sizes: checked before anything is allocated or decompressed --------------------------
 
+
 def test_decompression_bomb_is_413_before_reading(read):
     # 64 x 16 x 8192 x 8192 float64 zeros: 550 GB declared, a few kB on the wire
     def fill(file):
-        dataset = file.create_dataset(DEFAULT_DATASET, shape=(64, 16, 8192, 8192), dtype="f8",
-                                      chunks=(1, 1, 1024, 1024), compression="gzip")
+        dataset = file.create_dataset(
+            DEFAULT_DATASET, shape=(64, 16, 8192, 8192), dtype="f8", chunks=(1, 1, 1024, 1024), compression="gzip"
+        )
         dataset[0, 0, :1024, :1024] = 0.0
 
     body = hdf5_file(fill)
@@ -223,8 +235,14 @@ def test_decompression_bomb_is_413_before_reading(read):
 
 def test_a_chunk_larger_than_the_pixel_budget_is_413(read):
     def fill(file):
-        file.create_dataset(DEFAULT_DATASET, shape=(1, 1, 8, 8), maxshape=(None, None, None, None),
-                            dtype="u1", chunks=(1, 1, 8192, 8192), compression="gzip")
+        file.create_dataset(
+            DEFAULT_DATASET,
+            shape=(1, 1, 8, 8),
+            maxshape=(None, None, None, None),
+            dtype="u1",
+            chunks=(1, 1, 8192, 8192),
+            compression="gzip",
+        )
 
     with pytest.raises(PayloadTooLarge) as info:
         read(memoryview(hdf5_file(fill)), None, DecodeLimits())
@@ -239,16 +257,19 @@ def test_a_stack_of_too_many_frames_is_413(read):
 
 # --- malformed or unsupported content ---------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     "make",
-    [lambda f: f.create_dataset(DEFAULT_DATASET, data=np.array([["a", "b"], ["c", "d"]], dtype="S1")),
-     lambda f: f.create_dataset(DEFAULT_DATASET, data=np.zeros((2, 2), [("a", "u2"), ("b", "f4")])),
-     lambda f: f.create_dataset(DEFAULT_DATASET, data=np.zeros((2, 2), bool)),
-     lambda f: f.create_dataset(DEFAULT_DATASET, data=np.zeros((2, 2), np.int64)),
-     lambda f: f.create_dataset(DEFAULT_DATASET, data=np.zeros((2, 2), np.int8)),
-     lambda f: f.create_dataset(DEFAULT_DATASET, data=np.zeros((2, 2), np.complex64)),
-     lambda f: f.create_dataset(DEFAULT_DATASET, shape=(2, 2), dtype=h5py.enum_dtype({"a": 0, "b": 1}, "u1")),
-     lambda f: f.create_dataset(DEFAULT_DATASET, shape=(2, 2), dtype=h5py.string_dtype())],
+    [
+        lambda f: f.create_dataset(DEFAULT_DATASET, data=np.array([["a", "b"], ["c", "d"]], dtype="S1")),
+        lambda f: f.create_dataset(DEFAULT_DATASET, data=np.zeros((2, 2), [("a", "u2"), ("b", "f4")])),
+        lambda f: f.create_dataset(DEFAULT_DATASET, data=np.zeros((2, 2), bool)),
+        lambda f: f.create_dataset(DEFAULT_DATASET, data=np.zeros((2, 2), np.int64)),
+        lambda f: f.create_dataset(DEFAULT_DATASET, data=np.zeros((2, 2), np.int8)),
+        lambda f: f.create_dataset(DEFAULT_DATASET, data=np.zeros((2, 2), np.complex64)),
+        lambda f: f.create_dataset(DEFAULT_DATASET, shape=(2, 2), dtype=h5py.enum_dtype({"a": 0, "b": 1}, "u1")),
+        lambda f: f.create_dataset(DEFAULT_DATASET, shape=(2, 2), dtype=h5py.string_dtype()),
+    ],
     ids=["bytes", "compound", "bool", "int64", "int8", "complex", "enum", "vlen-string"],
 )
 def test_non_numeric_or_unsupported_dtypes_are_refused(read, make):
@@ -258,8 +279,14 @@ def test_non_numeric_or_unsupported_dtypes_are_refused(read, make):
 
 
 @pytest.mark.parametrize(
-    "data", [np.uint16(3), np.arange(5, dtype=np.uint16), np.zeros((1, 1, 1, 2, 2), np.uint16),
-             np.zeros((0, 4), np.uint16), h5py.Empty("u2")],
+    "data",
+    [
+        np.uint16(3),
+        np.arange(5, dtype=np.uint16),
+        np.zeros((1, 1, 1, 2, 2), np.uint16),
+        np.zeros((0, 4), np.uint16),
+        h5py.Empty("u2"),
+    ],
     ids=["scalar", "1d", "5d", "zero-size", "null-dataspace"],
 )
 def test_unreadable_shapes_are_bad_shape(read, data):

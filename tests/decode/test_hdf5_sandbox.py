@@ -101,8 +101,11 @@ def test_a_reader_that_takes_too_long_is_killed_and_replaced():
         with pytest.raises(Hdf5ReaderFailure, match="timed out") as info:
             impatient.decode(body, None, DecodeLimits())
         assert isinstance(info.value, ServerFault) and not isinstance(info.value, RequestError)
-        assert info.value.to_json()["error"] | {"message": ""} == {"type": "hdf5_reader_failed", "status": 500,
-                                                                  "message": ""}
+        assert info.value.to_json()["error"] | {"message": ""} == {
+            "type": "hdf5_reader_failed",
+            "status": 500,
+            "message": "",
+        }
         assert impatient.restarts == 1 and impatient.pid is None
         impatient.timeout_s = 30
         np.testing.assert_array_equal(impatient.decode(body, None, DecodeLimits()), big)

@@ -20,9 +20,14 @@ def test_shapes_within_every_limit_pass():
 
 @pytest.mark.parametrize(
     ("shape", "mentions"),
-    [((5, 1, 10, 10), "frames"), ((1, 4, 10, 10), "panels"), ((1, 1, 101, 10), "per side"),
-     ((1, 1, 10, 101), "per side"), ((4, 3, 30, 30), "pixels"),
-     ((1, 1, 10**30, 10**30), "per side")],
+    [
+        ((5, 1, 10, 10), "frames"),
+        ((1, 4, 10, 10), "panels"),
+        ((1, 1, 101, 10), "per side"),
+        ((1, 1, 10, 101), "per side"),
+        ((4, 3, 30, 30), "pixels"),
+        ((1, 1, 10**30, 10**30), "per side"),
+    ],
 )
 def test_each_exceeded_limit_is_a_413_naming_it(shape, mentions):
     with pytest.raises(PayloadTooLarge) as info:

@@ -31,10 +31,20 @@ def hdf5_bytes(userblock_size: int = 0) -> bytes:
 
 @pytest.mark.parametrize(
     ("content_type", "encoding"),
-    [("application/octet-stream", "raw"), ("application/x-npy", "npy"), ("application/npy", "npy"),
-     ("application/x-hdf5", "hdf5"), ("application/x-hdf", "hdf5"), ("application/x-cxi", "hdf5"),
-     ("Application/X-HDF5; charset=binary", "hdf5"), (b"application/x-npy", "npy"),
-     ("multipart/form-data; boundary=xyz", None), (None, None), ("", None), ("  ;q=1", None)],
+    [
+        ("application/octet-stream", "raw"),
+        ("application/x-npy", "npy"),
+        ("application/npy", "npy"),
+        ("application/x-hdf5", "hdf5"),
+        ("application/x-hdf", "hdf5"),
+        ("application/x-cxi", "hdf5"),
+        ("Application/X-HDF5; charset=binary", "hdf5"),
+        (b"application/x-npy", "npy"),
+        ("multipart/form-data; boundary=xyz", None),
+        (None, None),
+        ("", None),
+        ("  ;q=1", None),
+    ],
 )
 def test_declared_encoding(content_type, encoding):
     assert declared_encoding(content_type) == encoding
@@ -80,8 +90,12 @@ def test_no_declared_type_sniffs():
 
 @pytest.mark.parametrize(
     ("declared", "body", "hint"),
-    [("npy", hdf5_bytes(), "application/x-hdf5"), ("hdf5", npy_bytes(), "application/x-npy"),
-     ("npy", b"\x00" * 64, ""), ("hdf5", NPY_MAGIC[:3], "")],
+    [
+        ("npy", hdf5_bytes(), "application/x-hdf5"),
+        ("hdf5", npy_bytes(), "application/x-npy"),
+        ("npy", b"\x00" * 64, ""),
+        ("hdf5", NPY_MAGIC[:3], ""),
+    ],
 )
 def test_declared_type_and_magic_bytes_must_agree(declared, body, hint):
     with pytest.raises(BadRequest) as info:

@@ -78,10 +78,14 @@ class _Evil:
 
 @pytest.mark.parametrize(
     ("array", "words"),
-    [(np.zeros((2, 2), dtype=[("a", "<u2"), ("b", "<f4")]), "structured"),
-     (np.zeros((2, 2), dtype=">u2"), "big-endian"), (np.zeros((2, 2), dtype="<i8"), "not supported"),
-     (np.zeros((2, 2), dtype="<U3"), "not supported"), (np.zeros((2, 2), dtype="?"), "not supported"),
-     (np.zeros((2, 2), dtype="<c8"), "not supported")],
+    [
+        (np.zeros((2, 2), dtype=[("a", "<u2"), ("b", "<f4")]), "structured"),
+        (np.zeros((2, 2), dtype=">u2"), "big-endian"),
+        (np.zeros((2, 2), dtype="<i8"), "not supported"),
+        (np.zeros((2, 2), dtype="<U3"), "not supported"),
+        (np.zeros((2, 2), dtype="?"), "not supported"),
+        (np.zeros((2, 2), dtype="<c8"), "not supported"),
+    ],
 )
 def test_non_pixel_dtypes_are_refused(array, words):
     with pytest.raises(BadRequest) as info:
@@ -112,13 +116,20 @@ def test_a_tiny_file_declaring_a_huge_array_is_413_before_allocation():
 
 @pytest.mark.parametrize(
     "header",
-    ["{'descr': '<u2', 'fortran_order': False}", "{'descr': '<u2', 'fortran_order': False, 'shape': (2, 2), 'x': 1}",
-     "[1, 2, 3]", "{'descr': '<u2', 'fortran_order': 0, 'shape': (2, 2)}",
-     "{'descr': '<u2', 'fortran_order': False, 'shape': (2, -2)}",
-     "{'descr': '<u2', 'fortran_order': False, 'shape': (2, True)}",
-     "{'descr': '<u2', 'fortran_order': False, 'shape': [2, 2]}",
-     "{'descr': 'not a dtype', 'fortran_order': False, 'shape': (2, 2)}",
-     "__import__('os').system('true')", "{'descr': " + "(" * 500, "\x00\x01", "{" * 200 + "}" * 200],
+    [
+        "{'descr': '<u2', 'fortran_order': False}",
+        "{'descr': '<u2', 'fortran_order': False, 'shape': (2, 2), 'x': 1}",
+        "[1, 2, 3]",
+        "{'descr': '<u2', 'fortran_order': 0, 'shape': (2, 2)}",
+        "{'descr': '<u2', 'fortran_order': False, 'shape': (2, -2)}",
+        "{'descr': '<u2', 'fortran_order': False, 'shape': (2, True)}",
+        "{'descr': '<u2', 'fortran_order': False, 'shape': [2, 2]}",
+        "{'descr': 'not a dtype', 'fortran_order': False, 'shape': (2, 2)}",
+        "__import__('os').system('true')",
+        "{'descr': " + "(" * 500,
+        "\x00\x01",
+        "{" * 200 + "}" * 200,
+    ],
 )
 def test_malformed_headers_are_bad_npy(header):
     with pytest.raises(BadRequest) as info:

@@ -83,8 +83,12 @@ def test_limits_are_checked_before_the_size():
 
 @pytest.mark.parametrize(
     ("dtype", "shape", "kind"),
-    [("int64", "2,2", "unsupported_dtype"), ("uint16", "2", "bad_shape"), ("uint16", "0,4", "bad_shape"),
-     ("uint16", "two,2", "bad_shape")],
+    [
+        ("int64", "2,2", "unsupported_dtype"),
+        ("uint16", "2", "bad_shape"),
+        ("uint16", "0,4", "bad_shape"),
+        ("uint16", "two,2", "bad_shape"),
+    ],
 )
 def test_bad_dtype_or_shape(dtype, shape, kind):
     with pytest.raises(BadRequest) as info:

@@ -28,10 +28,13 @@ def hdf5_body(array=FRAME, path="/entry_1/data_1/data") -> bytes:
 
 @pytest.mark.parametrize(
     ("body", "content_type", "options", "encoding"),
-    [(FRAME.tobytes(), "application/octet-stream", RAW_OPTIONS, "raw"),
-     (FRAME.tobytes(), None, {"dtype": "uint16", "shape": "2,4,6"}, "raw"),
-     (npy_body(), "application/x-npy", {}, "npy"), (npy_body(), None, {}, "npy"),
-     (npy_body(), "application/npy; q=1", {}, "npy")],
+    [
+        (FRAME.tobytes(), "application/octet-stream", RAW_OPTIONS, "raw"),
+        (FRAME.tobytes(), None, {"dtype": "uint16", "shape": "2,4,6"}, "raw"),
+        (npy_body(), "application/x-npy", {}, "npy"),
+        (npy_body(), None, {}, "npy"),
+        (npy_body(), "application/npy; q=1", {}, "npy"),
+    ],
 )
 def test_raw_and_npy_encodings_give_the_same_frames_as_zero_copy_views(body, content_type, options, encoding):
     decoded = decode_request(body, content_type, options)
@@ -111,8 +114,11 @@ def test_non_binary_bodies_are_400(body):
 
 def test_every_error_serialises_to_the_documented_json():
     bad_requests = [
-        (b"x", "text/csv", {}), (b"", None, {}), (b"\x00" * 3, None, {"dtype": "uint16", "shape": "2"}),
-        (b"\x00" * 3, None, {"dtype": "uint16"}), (b"\x93NUMPY\x01\x00\x02\x00{}", None, {}),
+        (b"x", "text/csv", {}),
+        (b"", None, {}),
+        (b"\x00" * 3, None, {"dtype": "uint16", "shape": "2"}),
+        (b"\x00" * 3, None, {"dtype": "uint16"}),
+        (b"\x93NUMPY\x01\x00\x02\x00{}", None, {}),
         (b"\x89HDF\r\n\x1a\n" + bytes(64), None, {}),
     ]
     for body, content_type, options in bad_requests:

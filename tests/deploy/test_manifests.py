@@ -94,7 +94,7 @@ def test_deployment_env_is_what_the_entrypoint_reads():
     # the /ping probe carries no key: token authorisation must be off where it is a plain httpGet
     env = container_of(objects()["Deployment"])["env"]
     assert {"name": "PEAKNET_DISABLE_TOKEN_AUTH", "value": "true"} in env
-    assert {"name": "PEAKNET_METRICS_BIND_ADDRESS", "value": "0.0.0.0"} in env   # scraped on the pod IP
+    assert {"name": "PEAKNET_METRICS_BIND_ADDRESS", "value": "0.0.0.0"} in env  # scraped on the pod IP
 
 
 def test_service_and_policy_select_the_pods():
@@ -108,7 +108,11 @@ def test_service_and_policy_select_the_pods():
 
 def test_hpa_scales_the_deployment_on_the_adapter_metric():
     hpa, deployment = objects()["HorizontalPodAutoscaler"], objects()["Deployment"]
-    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": deployment["metadata"]["name"]}
+    assert hpa["spec"]["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": deployment["metadata"]["name"],
+    }
     (metric,) = hpa["spec"]["metrics"]
     assert metric["type"] == "Pods"
     rules = yaml.safe_load(objects()["ConfigMap"]["data"]["config.yaml"])["rules"]

@@ -57,8 +57,9 @@ def test_matches_full_logits_path(model, panels):
 
 def test_micro_batch_size_and_buckets_do_not_change_results(model, panels):
     whole = PanelPeakFinder(model, dtype=torch.float32, device=CPU, max_batch_panels=64).find(panels)
-    bucketed = PanelPeakFinder(model, dtype=torch.float32, device=CPU, max_batch_panels=4,
-                               buckets=(4,)).find(panels)   # 5 panels -> 4 + (1 padded to 4)
+    bucketed = PanelPeakFinder(model, dtype=torch.float32, device=CPU, max_batch_panels=4, buckets=(4,)).find(
+        panels
+    )  # 5 panels -> 4 + (1 padded to 4)
     assert as_rows(whole.table) == as_rows(bucketed.table)
 
 
@@ -69,7 +70,7 @@ def test_depthwise_tuning_runs_the_served_batch_and_keeps_the_peaks(panels):
     model = load_peaknet(FIXTURE)
     finder = PanelPeakFinder(model, dtype=torch.float32, device=CPU, max_batch_panels=4, buckets=(2, 4))
     before = as_rows(finder.find(panels).table)
-    choices = finder.tune_depthwise(3, 60, 90)                  # 3 panels -> bucket 4; 60x90 -> 64x96
+    choices = finder.tune_depthwise(3, 60, 90)  # 3 panels -> bucket 4; 60x90 -> 64x96
     convs = [m for m in model.modules() if isinstance(m, PaddableDepthwiseConv2d)]
     assert sum(choice.modules for choice in choices) == len(convs)
     assert choices[0].input_shape[0] == 4 and choices[0].input_shape[-2:] == (16, 24)
@@ -95,8 +96,9 @@ def test_out_of_memory_splits_the_micro_batch(model, panels):
             raise torch.OutOfMemoryError("CUDA out of memory (simulated device limit of 2 panels)")
         return model.forward_peak_score(x)
 
-    limited = PanelPeakFinder(model, dtype=torch.float32, device=CPU, max_batch_panels=8,
-                              forward=forward_fitting_two).find(panels)
+    limited = PanelPeakFinder(
+        model, dtype=torch.float32, device=CPU, max_batch_panels=8, forward=forward_fitting_two
+    ).find(panels)
     plain = PanelPeakFinder(model, dtype=torch.float32, device=CPU).find(panels)
     assert as_rows(limited.table) == as_rows(plain.table)
     assert calls[0] == 5 and max(c for c in calls[1:]) <= 3
@@ -118,6 +120,7 @@ def counting(source: PanelSource) -> list[tuple[int, int]]:
     def recorded(start, stop, *args, **kwargs):
         calls.append((start, stop))
         return upload(start, stop, *args, **kwargs)
+
     source.upload = recorded
     return calls
 
@@ -142,11 +145,12 @@ def test_pipelined_upload_survives_out_of_memory_splits(model, panels):
 
     source = PanelSource([panels.numpy()[None]])
     uploads = counting(source)
-    limited = PanelPeakFinder(model, dtype=torch.float32, device=CPU, max_batch_panels=4,
-                              forward=forward_fitting_one).find_pipelined(source)
+    limited = PanelPeakFinder(
+        model, dtype=torch.float32, device=CPU, max_batch_panels=4, forward=forward_fitting_one
+    ).find_pipelined(source)
     plain = PanelPeakFinder(model, dtype=torch.float32, device=CPU).find(panels)
     assert as_rows(limited.table) == as_rows(plain.table)
-    assert uploads == [(0, 4), (4, 5)]                       # each range uploaded exactly once
+    assert uploads == [(0, 4), (4, 5)]  # each range uploaded exactly once
 
 
 def test_capped_panels_are_reported_in_panel_order_across_micro_batches(model, panels):
@@ -167,9 +171,12 @@ def test_capped_panels_are_reported_in_panel_order_across_micro_batches(model, p
             raise torch.OutOfMemoryError("CUDA out of memory (simulated device limit of 2 panels)")
         return model.forward_peak_score(x)
 
-    for finder in (PanelPeakFinder(model, dtype=torch.float32, device=CPU, max_batch_panels=2, label_limits=limits),
-                   PanelPeakFinder(model, dtype=torch.float32, device=CPU, max_batch_panels=8, label_limits=limits,
-                                   forward=forward_fitting_two)):
+    for finder in (
+        PanelPeakFinder(model, dtype=torch.float32, device=CPU, max_batch_panels=2, label_limits=limits),
+        PanelPeakFinder(
+            model, dtype=torch.float32, device=CPU, max_batch_panels=8, label_limits=limits, forward=forward_fitting_two
+        ),
+    ):
         result = finder.find(panels)
         assert result.capped.tolist() == expected
         kept = [row for row in as_rows(plain.table) if not expected[row[0]]]
@@ -212,9 +219,9 @@ def test_real_gpu_out_of_memory_splits_and_keeps_the_peaks(gpu_model, epix_panel
     finder = PanelPeakFinder(gpu_model, dtype=torch.bfloat16, device=cuda, max_batch_panels=32)
     reference = set(as_rows(finder.find(epix_panels).table))
     _, per_panel = per_panel_bytes(finder, epix_panels)
-    assert per_panel > 2**20, per_panel                      # activations grow with the batch
+    assert per_panel > 2**20, per_panel  # activations grow with the batch
     with caplog.at_level("WARNING", logger="peaknet_serve.device.finder"), allocator_cap(4 * per_panel):
-        capped = set(as_rows(finder.find(epix_panels).table))   # 32 panels need ~32 x per_panel
+        capped = set(as_rows(finder.find(epix_panels).table))  # 32 panels need ~32 x per_panel
     assert "out of memory at 32 panels" in caplog.text
     assert len(reference) > 100
     assert len(capped & reference) / len(capped | reference) >= 0.99
@@ -227,10 +234,10 @@ def test_real_gpu_out_of_memory_for_one_panel_raises_insufficient_memory(gpu_mod
     finder = PanelPeakFinder(gpu_model, dtype=torch.bfloat16, device=cuda)
     _, per_panel = per_panel_bytes(finder, epix_panels)
     before = as_rows(finder.find(epix_panels[:4]).table)
-    huge = torch.zeros((2, 2816, 2816), dtype=torch.uint16, device=cuda)   # 64 ePix panels' pixels each
+    huge = torch.zeros((2, 2816, 2816), dtype=torch.uint16, device=cuda)  # 64 ePix panels' pixels each
     with allocator_cap(8 * per_panel), pytest.raises(InsufficientMemory):
         finder.find(huge)
-    assert as_rows(finder.find(epix_panels[:4]).table) == before and before   # the same finder works on
+    assert as_rows(finder.find(epix_panels[:4]).table) == before and before  # the same finder works on
 
 
 @pytest.mark.gpu

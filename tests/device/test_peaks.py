@@ -41,15 +41,10 @@ def scipy_peaks(mask: np.ndarray, image: np.ndarray) -> dict[str, np.ndarray]:
         if count == 0:
             continue
         ids = np.arange(1, count + 1)
-        centres = np.array(ndimage.center_of_mass(mask[b].astype(float), labels, ids)).reshape(
-            -1, 2
-        )
+        centres = np.array(ndimage.center_of_mass(mask[b].astype(float), labels, ids)).reshape(-1, 2)
         npix = ndimage.sum(np.ones_like(labels), labels, ids)
         intensity = ndimage.sum(image[b].astype(np.float64), labels, ids)
-        rows += [
-            (b, ss, fs, n, i, label)
-            for (ss, fs), n, i, label in zip(centres, npix, intensity, ids, strict=True)
-        ]
+        rows += [(b, ss, fs, n, i, label) for (ss, fs), n, i, label in zip(centres, npix, intensity, ids, strict=True)]
     rows.sort(key=lambda r: (r[0], r[1], r[2], r[5]))
     table = np.array(rows, dtype=np.float64).reshape(-1, 6)
     return {
@@ -282,9 +277,7 @@ def test_find_peaks_equals_scipy(shape, density):
 )
 def test_find_peaks_equals_scipy_on_structured_masks(mask):
     image = np.random.default_rng(1).integers(0, 4000, mask.shape).astype(np.int32)
-    assert_table_equals_scipy(
-        find_peaks(torch.from_numpy(mask), torch.from_numpy(image)), mask, image
-    )
+    assert_table_equals_scipy(find_peaks(torch.from_numpy(mask), torch.from_numpy(image)), mask, image)
 
 
 @pytest.mark.parametrize("dtype", [np.uint16, np.uint32])
@@ -342,22 +335,16 @@ def test_max_peaks_per_image_keeps_the_brightest():
     mask = random_mask((3, 50, 50), 0.1, seed=6)
     image = np.random.default_rng(6).exponential(50.0, mask.shape)
     every = find_peaks(torch.from_numpy(mask), torch.from_numpy(image), min_pixels=2).to_host()
-    capped = find_peaks(
-        torch.from_numpy(mask), torch.from_numpy(image), min_pixels=2, max_peaks_per_image=5
-    )
+    capped = find_peaks(torch.from_numpy(mask), torch.from_numpy(image), min_pixels=2, max_peaks_per_image=5)
     capped = capped.to_host()
     for b in range(3):
         mine = every.image_index == b
         brightest = np.sort(every.intensity[mine])[::-1][:5]
-        np.testing.assert_array_equal(
-            np.sort(capped.intensity[capped.image_index == b])[::-1], brightest
-        )
+        np.testing.assert_array_equal(np.sort(capped.intensity[capped.image_index == b])[::-1], brightest)
     assert np.all(capped.npix >= 2)
     order = np.lexsort((capped.fs, capped.ss, capped.image_index))
     np.testing.assert_array_equal(order, np.arange(len(capped)))
-    assert (
-        len(find_peaks(torch.from_numpy(mask), torch.from_numpy(image), max_peaks_per_image=0)) == 0
-    )
+    assert len(find_peaks(torch.from_numpy(mask), torch.from_numpy(image), max_peaks_per_image=0)) == 0
 
 
 def test_find_peaks_rejects_mismatched_shapes():
@@ -499,8 +486,9 @@ def test_peaks_to_frames_panel_is_relative_to_first_image():
 
 def test_bounded_components_label_uncapped_panels_exactly():
     """Panels under the cap are labelled as without limits; the panel over it is left out."""
-    mask = np.stack([blobs((1, 96, 128), 20, seed=4)[0], random_mask((1, 96, 128), 0.6, seed=5)[0],
-                     serpentine(96, 128)])
+    mask = np.stack(
+        [blobs((1, 96, 128), 20, seed=4)[0], random_mask((1, 96, 128), 0.6, seed=5)[0], serpentine(96, 128)]
+    )
     fractions = mask.mean(axis=(1, 2))
     limits = LabelLimits(max_panel_fraction=0.55, max_iterations=None)
     assert fractions[0] < 0.55 < fractions[1] and fractions[2] < 0.55
@@ -509,7 +497,7 @@ def test_bounded_components_label_uncapped_panels_exactly():
     image = np.random.default_rng(7).integers(0, 4000, mask.shape).astype(np.uint16)
     table = find_peaks(torch.from_numpy(mask), torch.from_numpy(image), components=components)
     kept = mask.copy()
-    kept[1] = False                                           # the capped panel reports nothing
+    kept[1] = False  # the capped panel reports nothing
     assert_table_equals_scipy(table, kept, image)
 
 
@@ -523,7 +511,7 @@ def test_all_ones_is_capped_before_any_labelling():
 
 def test_fraction_cap_is_inclusive_and_none_disables_it():
     mask = torch.zeros(2, 10, 10, dtype=torch.bool)
-    mask[0, :5] = True                                        # exactly half
+    mask[0, :5] = True  # exactly half
     mask[1, :6] = True
     assert bounded_components(mask, LabelLimits(0.5, None)).capped.tolist() == [False, True]
     assert not bounded_components(mask, LabelLimits(None, None)).capped.any()
@@ -552,8 +540,7 @@ def test_components_must_match_the_mask():
         find_peaks(torch.zeros(2, 8, 9, dtype=torch.bool), torch.zeros(2, 8, 9), components=components)
 
 
-@pytest.mark.parametrize("kwargs", [{"max_panel_fraction": 1.5}, {"max_panel_fraction": -0.1},
-                                    {"max_iterations": 0}])
+@pytest.mark.parametrize("kwargs", [{"max_panel_fraction": 1.5}, {"max_panel_fraction": -0.1}, {"max_iterations": 0}])
 def test_label_limits_reject_bad_values(kwargs):
     with pytest.raises(ValueError):
         LabelLimits(**kwargs)

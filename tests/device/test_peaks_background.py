@@ -70,16 +70,23 @@ def test_annulus_offsets_are_the_ring():
 def test_local_background_equals_numpy(seed, with_valid):
     mask, image, valid = blob_frame(seed)
     valid = valid if with_valid else np.ones_like(valid)
-    table = find_peaks(torch.from_numpy(mask), torch.from_numpy(image), valid=torch.from_numpy(valid) if with_valid
-                       else None).to_host()
+    table = find_peaks(
+        torch.from_numpy(mask), torch.from_numpy(image), valid=torch.from_numpy(valid) if with_valid else None
+    ).to_host()
     assert len(table) > 5
-    expected, counts = numpy_background(mask, image, valid, table.image_index, table.ss, table.fs,
-                                        BACKGROUND_INNER_RADIUS, BACKGROUND_OUTER_RADIUS)
+    expected, counts = numpy_background(
+        mask, image, valid, table.image_index, table.ss, table.fs, BACKGROUND_INNER_RADIUS, BACKGROUND_OUTER_RADIUS
+    )
     np.testing.assert_allclose(table.background, expected, rtol=1e-12, atol=1e-9)
     np.testing.assert_allclose(table.intensity, table.intensity_raw - table.npix * expected, rtol=1e-12, atol=1e-6)
-    _, got_counts = local_background(torch.from_numpy(mask), torch.from_numpy(image),
-                                     torch.from_numpy(table.image_index), torch.from_numpy(table.ss),
-                                     torch.from_numpy(table.fs), torch.from_numpy(valid) if with_valid else None)
+    _, got_counts = local_background(
+        torch.from_numpy(mask),
+        torch.from_numpy(image),
+        torch.from_numpy(table.image_index),
+        torch.from_numpy(table.ss),
+        torch.from_numpy(table.fs),
+        torch.from_numpy(valid) if with_valid else None,
+    )
     np.testing.assert_array_equal(got_counts.numpy(), counts)
     assert (counts > 0).all()
 
@@ -114,8 +121,16 @@ def test_background_reads_every_dtype(dtype):
     image = np.clip(image, 0, 60000)
     typed = torch.from_numpy(image).to(dtype)
     table = find_peaks(torch.from_numpy(mask), typed).to_host()
-    expected, _ = numpy_background(mask, typed.to(torch.float64).numpy(), np.ones_like(mask), table.image_index,
-                                   table.ss, table.fs, BACKGROUND_INNER_RADIUS, BACKGROUND_OUTER_RADIUS)
+    expected, _ = numpy_background(
+        mask,
+        typed.to(torch.float64).numpy(),
+        np.ones_like(mask),
+        table.image_index,
+        table.ss,
+        table.fs,
+        BACKGROUND_INNER_RADIUS,
+        BACKGROUND_OUTER_RADIUS,
+    )
     np.testing.assert_allclose(table.background, expected, rtol=1e-12)
 
 

@@ -9,7 +9,7 @@ from peaknet_serve.device.transfer import PanelSource, as_tensor, upload_panels
 
 def test_single_request_on_cpu_is_zero_copy():
     body = np.arange(2 * 3 * 4 * 5, dtype=np.uint16).tobytes()
-    frames = np.frombuffer(body, dtype=np.uint16).reshape(2, 3, 4, 5)   # read-only view of bytes
+    frames = np.frombuffer(body, dtype=np.uint16).reshape(2, 3, 4, 5)  # read-only view of bytes
     panels = upload_panels([frames], torch.device("cpu"))
     assert panels.shape == (6, 4, 5) and panels.dtype == torch.uint16
     assert panels.data_ptr() == frames.__array_interface__["data"][0]
@@ -47,7 +47,7 @@ def test_panel_source_ranges_cross_request_boundaries():
         panels, copied = source.upload(start, stop, torch.device("cpu"))
         assert copied is None and np.array_equal(panels.numpy(), whole[start:stop])
     assert [p.shape[0] for p in source.pieces(2, 6)] == [1, 3]
-    inside, _ = source.upload(3, 5, torch.device("cpu"))           # within one request: no copy
+    inside, _ = source.upload(3, 5, torch.device("cpu"))  # within one request: no copy
     assert inside.data_ptr() == b.__array_interface__["data"][0]
 
 

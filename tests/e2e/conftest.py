@@ -42,12 +42,21 @@ START_TIMEOUT = float(os.environ.get("PEAKNET_E2E_START_TIMEOUT", "180"))
 pytestmark = pytest.mark.e2e
 
 TEST_MODEL_CONFIG = {
-    "minWorkers": 1, "maxWorkers": 1, "batchSize": 4, "maxBatchDelay": 100,
-    "responseTimeout": 120, "startupTimeout": 300,
+    "minWorkers": 1,
+    "maxWorkers": 1,
+    "batchSize": 4,
+    "maxBatchDelay": 100,
+    "responseTimeout": 120,
+    "startupTimeout": 300,
     "handler": {
-        "config": "peaknet.yaml", "model_label": "peaknet-tiny-fixture", "max_batch_panels": 16,
-        "warmup": True, "warmup_shapes": [[2, 64, 96]],
-        "max_frames": 8, "max_pixels": 4 * 16 * 352 * 384, "max_body_bytes": 64 * 2**20,
+        "config": "peaknet.yaml",
+        "model_label": "peaknet-tiny-fixture",
+        "max_batch_panels": 16,
+        "warmup": True,
+        "warmup_shapes": [[2, 64, 96]],
+        "max_frames": 8,
+        "max_pixels": 4 * 16 * 352 * 384,
+        "max_body_bytes": 64 * 2**20,
         # the fixture's weights are random: its masks mark about half of every panel, over the default cap
         "max_mask_fraction": None,
     },
@@ -85,23 +94,44 @@ def model_store(tmp_path_factory) -> Path:
 
 def _spawn(workdir: Path, env: dict[str, str]) -> subprocess.Popen:
     log = open(workdir / "torchserve.out", "ab")
-    return subprocess.Popen(torchserve_command(workdir / "config.properties", foreground=True), cwd=workdir, env=env,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    return subprocess.Popen(
+        torchserve_command(workdir / "config.properties", foreground=True),
+        cwd=workdir,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
-def _launch(workdir: Path, store: Path, env_extra: dict[str, str], token_auth: bool = False,
-            props: dict[str, str] | None = None, config_writer=None) -> Server:
+def _launch(
+    workdir: Path,
+    store: Path,
+    env_extra: dict[str, str],
+    token_auth: bool = False,
+    props: dict[str, str] | None = None,
+    config_writer=None,
+) -> Server:
     (workdir / "tmp").mkdir(parents=True, exist_ok=True)
     config = workdir / "config.properties"
     if config_writer is not None:
         urls = config_writer(config, store)
     else:
-        urls = write_loopback_config(config, store, ["peaknet"], {"max_request_size": "134217728", **(props or {})},
-                                     token_auth=token_auth)
+        urls = write_loopback_config(
+            config, store, ["peaknet"], {"max_request_size": "134217728", **(props or {})}, token_auth=token_auth
+        )
     log_dir = workdir / "logs"
     env = torchserve_env(log_dir, {"TMPDIR": str(workdir / "tmp"), **env_extra})
-    server = Server(urls["inference"], urls["management"], urls["metrics"], log_dir, _spawn(workdir, env),
-                    workdir=workdir, env=env, key_file=workdir / "key_file.json" if token_auth else None)
+    server = Server(
+        urls["inference"],
+        urls["management"],
+        urls["metrics"],
+        log_dir,
+        _spawn(workdir, env),
+        workdir=workdir,
+        env=env,
+        key_file=workdir / "key_file.json" if token_auth else None,
+    )
     _wait(server)
     return server
 
@@ -118,12 +148,17 @@ def _wait(server: Server) -> None:
     """Wait until the model answers; with tokens on, read the (new) keys into the server's headers."""
     process, workdir, log_dir = server.process, server.workdir, server.log_dir
     try:
-        wait_ready(server.inference_url, server.management_url, "peaknet", START_TIMEOUT,
-                   alive=lambda: process.poll() is None, key_file=server.key_file)
+        wait_ready(
+            server.inference_url,
+            server.management_url,
+            "peaknet",
+            START_TIMEOUT,
+            alive=lambda: process.poll() is None,
+            key_file=server.key_file,
+        )
     except (TimeoutError, RuntimeError) as exc:
         _stop(server)
-        pytest.fail(f"{exc}\n{(workdir / 'torchserve.out').read_text(errors='replace')[-3000:]}\n"
-                    f"{log_tail(log_dir)}")
+        pytest.fail(f"{exc}\n{(workdir / 'torchserve.out').read_text(errors='replace')[-3000:]}\n{log_tail(log_dir)}")
     if server.key_file is not None:
         keys = read_keys(server.key_file)
         server.headers, server.management_headers = bearer(keys["inference"]), bearer(keys["management"])
@@ -149,10 +184,16 @@ def start_server(tmp_path_factory, model_store):
     """
     started: list[Server] = []
 
-    def _start(store: Path | None = None, token_auth: bool = False, props: dict[str, str] | None = None,
-               config_writer=None, **env: str) -> Server:
-        server = _launch(tmp_path_factory.mktemp("torchserve"), store or model_store, env, token_auth, props,
-                         config_writer)
+    def _start(
+        store: Path | None = None,
+        token_auth: bool = False,
+        props: dict[str, str] | None = None,
+        config_writer=None,
+        **env: str,
+    ) -> Server:
+        server = _launch(
+            tmp_path_factory.mktemp("torchserve"), store or model_store, env, token_auth, props, config_writer
+        )
         started.append(server)
         return server
 

@@ -26,8 +26,11 @@ from peaknet_serve.launch.archive import build
 from peaknet_serve.resources import BUNDLED_MODEL_CONFIG
 from tests.e2e.conftest import TEST_MODEL_CONFIG, _launch, _stop
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow,
-              pytest.mark.skipif(crystfel_bin() is None, reason="CrystFEL not found (CRYSTFEL_BIN, PATH, ../shared)")]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.slow,
+    pytest.mark.skipif(crystfel_bin() is None, reason="CrystFEL not found (CRYSTFEL_BIN, PATH, ../shared)"),
+]
 
 # Four ePix10k2M modules around the beam, close enough for lysozyme spots out to ~3.5 A.
 DETECTOR = grid_geometry("four-module", 2, 2, (352, 384), 100e-6, gap=1.0e-3)
@@ -61,8 +64,9 @@ def run_folder(tmp_path_factory):
 
 def index_and_score(peak_file, folder, name):
     events = [(peak_file, i) for i in range(N_FRAMES)]
-    result = run_indexamajig(events, folder / "four-module.geom", folder / "lysozyme.cell", folder / "index", name,
-                             indexing="asdf", jobs=2)
+    result = run_indexamajig(
+        events, folder / "four-module.geom", folder / "lysozyme.cell", folder / "index", name, indexing="asdf", jobs=2
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     truth = read_truth_orientations(folder / "raw" / "run.cxi")
     return result, score_run(result, events, {e: truth[e[1]] for e in events})
@@ -72,8 +76,23 @@ def test_peakfind_files_index_with_the_true_orientation(bundled_server, run_fold
     folder, strong = run_folder
     assert min(strong) >= 40, "every frame has enough strong spots to index"
     out = folder / "peaks"
-    assert peakfind.main([str(folder / "raw"), "-o", str(out), "--url", bundled_server.inference_url,
-                          "--frames-per-request", "1", "--concurrency", "1", "--quiet"]) == 0
+    assert (
+        peakfind.main(
+            [
+                str(folder / "raw"),
+                "-o",
+                str(out),
+                "--url",
+                bundled_server.inference_url,
+                "--frames-per-request",
+                "1",
+                "--concurrency",
+                "1",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     result, score = index_and_score(out / "run_peaks.cxi", folder, "peakfind")
     assert score.coordinate_warnings == 0, result.coordinate_warnings[:5]
     assert score.indexed >= N_FRAMES - 1, result.stderr[-3000:]
@@ -85,8 +104,12 @@ def test_http_cxi_answer_joined_to_its_frames_indexes_the_same(bundled_server, r
     with h5py.File(folder / "raw" / "run.cxi", "r") as h5:
         frames = h5[DATA_PATH][()]
     request = encode_request(frames, "raw")
-    answer = requests.post(bundled_server.predict_url, data=request.body,
-                           headers={**request.headers, "Accept": "application/x-hdf5"}, timeout=600)
+    answer = requests.post(
+        bundled_server.predict_url,
+        data=request.body,
+        headers={**request.headers, "Accept": "application/x-hdf5"},
+        timeout=600,
+    )
     assert answer.status_code == 200, answer.text[:500]
     (folder / "answers").mkdir(exist_ok=True)
     path = folder / "answers" / "run_answer.cxi"

@@ -20,8 +20,11 @@ from tests.e2e.conftest import ROOT
 from tests.frames import spot_frames
 from tests.gpu_memory import peak_bytes
 
-pytestmark = [pytest.mark.e2e, pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+]
 
 BUNDLED = ROOT / "model_store" / "peaknet" / "peaknet.yaml"
 TIMEOUT_S = 120
@@ -33,7 +36,7 @@ def one_panel_bytes() -> int:
     model = load_peaknet(BUNDLED, dtype=torch.bfloat16, device=cuda)
     finder = PanelPeakFinder(model, dtype=torch.bfloat16, device=cuda)
     panel = torch.from_numpy(spot_frames(1, 1, 352, 384)[0]).to(cuda)
-    finder.find(panel)                                  # cuDNN/cuBLAS set-up outside the measurement
+    finder.find(panel)  # cuDNN/cuBLAS set-up outside the measurement
     peak = peak_bytes(finder, panel)
     del model, finder, panel
     torch.cuda.empty_cache()
@@ -41,14 +44,24 @@ def one_panel_bytes() -> int:
 
 
 def post_raw(server, frames: np.ndarray) -> requests.Response:
-    return requests.post(server.predict_url, data=frames.tobytes(), timeout=TIMEOUT_S,
-                         headers={"Content-Type": "application/octet-stream", "X-Dtype": "uint16",
-                                  "X-Shape": ",".join(map(str, frames.shape))})
+    return requests.post(
+        server.predict_url,
+        data=frames.tobytes(),
+        timeout=TIMEOUT_S,
+        headers={
+            "Content-Type": "application/octet-stream",
+            "X-Dtype": "uint16",
+            "X-Shape": ",".join(map(str, frames.shape)),
+        },
+    )
 
 
 def peak_rows(answer: dict) -> set:
-    return {(i, p, round(s, 2), round(f, 2)) for i, frame in enumerate(answer["frames"])
-            for p, s, f in zip(frame["panel"], frame["ss"], frame["fs"])}
+    return {
+        (i, p, round(s, 2), round(f, 2))
+        for i, frame in enumerate(answer["frames"])
+        for p, s, f in zip(frame["panel"], frame["ss"], frame["fs"])
+    }
 
 
 def worker_pid(server) -> int:
@@ -76,7 +89,7 @@ def test_out_of_memory_in_a_capped_worker_splits_or_answers_503(start_server):
     assert "out of memory at 16 panels" in log
 
     pid = worker_pid(capped)
-    huge = spot_frames(1, 1, 2816, 2816, seed=5, spots=10)     # 64x the pixels of one ePix panel
+    huge = spot_frames(1, 1, 2816, 2816, seed=5, spots=10)  # 64x the pixels of one ePix panel
     refused = post_raw(capped, huge)
     assert refused.status_code == 503, refused.text[:300]
     assert refused.headers["Content-Type"].startswith("application/json")
@@ -84,4 +97,4 @@ def test_out_of_memory_in_a_capped_worker_splits_or_answers_503(start_server):
     again = post_raw(capped, frame)
     assert again.status_code == 200
     assert len(peak_rows(again.json()) & reference) / len(peak_rows(again.json()) | reference) >= 0.99
-    assert worker_pid(capped) == pid                             # no restart: the worker survived
+    assert worker_pid(capped) == pid  # no restart: the worker survived

@@ -38,15 +38,22 @@ def hdf5_bytes(array: np.ndarray, dataset: str = "/entry_1/data_1/data", **kwarg
 
 def post(server, body, content_type, headers=None, files=None, data=None):
     if files is not None:
-        return requests.post(server.predict_url, files=files, data=data, timeout=TIMEOUT,
-                             headers={**server.headers, **(headers or {})})
-    return requests.post(server.predict_url, data=body, timeout=TIMEOUT,
-                         headers={**server.headers, "Content-Type": content_type, **(headers or {})})
+        return requests.post(
+            server.predict_url, files=files, data=data, timeout=TIMEOUT, headers={**server.headers, **(headers or {})}
+        )
+    return requests.post(
+        server.predict_url,
+        data=body,
+        timeout=TIMEOUT,
+        headers={**server.headers, "Content-Type": content_type, **(headers or {})},
+    )
 
 
 def peak_signature(answer: dict) -> list:
-    return [(f["num_peaks"], f["panel"], np.round(f["ss"], 4).tolist(), np.round(f["fs"], 4).tolist(),
-             f["npix"]) for f in answer["frames"]]
+    return [
+        (f["num_peaks"], f["panel"], np.round(f["ss"], 4).tolist(), np.round(f["fs"], 4).tolist(), f["npix"])
+        for f in answer["frames"]
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +71,12 @@ def expected(frames) -> dict:
 
 
 def test_raw_uint16_matches_in_process_model(served, frames, expected):
-    response = post(served, frames.tobytes(), "application/octet-stream",
-                    {"X-Dtype": "uint16", "X-Shape": ",".join(map(str, frames.shape))})
+    response = post(
+        served,
+        frames.tobytes(),
+        "application/octet-stream",
+        {"X-Dtype": "uint16", "X-Shape": ",".join(map(str, frames.shape))},
+    )
     assert response.status_code == 200, response.text
     answer = response.json()
     assert answer["shape"] == list(frames.shape)
@@ -81,21 +92,31 @@ def test_raw_uint16_matches_in_process_model(served, frames, expected):
 
 
 def test_every_encoding_gives_the_same_peaks(served, frames):
-    hdf5plugin = pytest.importorskip("hdf5plugin")       # a declared dependency; absent on bare GPU images
+    hdf5plugin = pytest.importorskip("hdf5plugin")  # a declared dependency; absent on bare GPU images
     shape = ",".join(map(str, frames.shape))
     answers = {
         "raw": post(served, frames.tobytes(), "application/octet-stream", {"X-Dtype": "uint16", "X-Shape": shape}),
-        "raw-float32": post(served, frames.astype(np.float32).tobytes(), "application/octet-stream",
-                            {"X-Dtype": "float32", "X-Shape": shape}),
+        "raw-float32": post(
+            served,
+            frames.astype(np.float32).tobytes(),
+            "application/octet-stream",
+            {"X-Dtype": "float32", "X-Shape": shape},
+        ),
         "npy": post(served, npy_bytes(frames), "application/x-npy"),
         "hdf5-gzip": post(served, hdf5_bytes(frames, compression="gzip"), "application/x-hdf5"),
         "hdf5-zstd": post(served, hdf5_bytes(frames, **hdf5plugin.Zstd()), "application/x-hdf5"),
         "hdf5-bitshuffle-lz4": post(served, hdf5_bytes(frames, **hdf5plugin.Bitshuffle()), "application/x-hdf5"),
-        "hdf5-other-dataset": post(served, hdf5_bytes(frames, "/data/frames"), "application/x-hdf5",
-                                   {"X-Dataset": "/data/frames"}),
+        "hdf5-other-dataset": post(
+            served, hdf5_bytes(frames, "/data/frames"), "application/x-hdf5", {"X-Dataset": "/data/frames"}
+        ),
         "multipart-npy": post(served, None, None, files={"data": ("frame.npy", npy_bytes(frames))}),
-        "multipart-raw": post(served, None, None, files={"data": ("frame.bin", frames.tobytes())},
-                              data={"dtype": "uint16", "shape": shape}),
+        "multipart-raw": post(
+            served,
+            None,
+            None,
+            files={"data": ("frame.bin", frames.tobytes())},
+            data={"dtype": "uint16", "shape": shape},
+        ),
         "multipart-hdf5": post(served, None, None, files={"data": ("frame.h5", hdf5_bytes(frames))}),
     }
     for name, response in answers.items():
@@ -155,18 +176,34 @@ def test_bad_requests_batched_with_good_ones(served, frames):
 
 
 def test_handler_metrics_are_published(served, frames):
-    post(served, frames.tobytes(), "application/octet-stream",
-         {"X-Dtype": "uint16", "X-Shape": ",".join(map(str, frames.shape))})
+    post(
+        served,
+        frames.tobytes(),
+        "application/octet-stream",
+        {"X-Dtype": "uint16", "X-Shape": ",".join(map(str, frames.shape))},
+    )
     post(served, b"", "application/octet-stream", {"X-Dtype": "uint16", "X-Shape": "1,64,96"})
     text = requests.get(f"{served.metrics_url}/metrics", timeout=10).text
-    for name in ("PeakNetFramesServed", "PeakNetPanelsServed", "PeakNetBadRequests", "PeakNetDecodeMs",
-                 "PeakNetInferenceMs", "PeakNetPeaksPerFrame", "PeakNetBatchRequests",
-                 "PeakNetInferenceMsTotal", "PeakNetHandleMsTotal", "PeakNetBatches"):
+    for name in (
+        "PeakNetFramesServed",
+        "PeakNetPanelsServed",
+        "PeakNetBadRequests",
+        "PeakNetDecodeMs",
+        "PeakNetInferenceMs",
+        "PeakNetPeaksPerFrame",
+        "PeakNetBatchRequests",
+        "PeakNetInferenceMsTotal",
+        "PeakNetHandleMsTotal",
+        "PeakNetBatches",
+    ):
         assert name in text, f"{name} missing from /metrics"
     served_lines = [line for line in text.splitlines() if line.startswith("PeakNetFramesServed")]
     assert float(served_lines[0].rsplit(" ", 1)[1]) >= frames.shape[0]
-    totals = {line.split("{")[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-              if line.startswith(("PeakNetHandleMsTotal{", "PeakNetInferenceMsTotal{", "PeakNetBatches{"))}
+    totals = {
+        line.split("{")[0]: float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith(("PeakNetHandleMsTotal{", "PeakNetInferenceMsTotal{", "PeakNetBatches{"))
+    }
     assert totals["PeakNetBatches"] >= 1
     assert totals["PeakNetHandleMsTotal"] >= totals["PeakNetInferenceMsTotal"] > 0
 

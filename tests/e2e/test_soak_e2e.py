@@ -76,8 +76,12 @@ def test_soak_with_bad_requests_and_a_killed_worker(start_server):
             if rng.random() < 0.3:
                 body, content_type, headers, status = rng.choice(BAD_REQUESTS)
                 try:
-                    r = requests.post(server.predict_url, data=body, timeout=CLIENT_TIMEOUT_S,
-                                      headers={"Content-Type": content_type, **headers})
+                    r = requests.post(
+                        server.predict_url,
+                        data=body,
+                        timeout=CLIENT_TIMEOUT_S,
+                        headers={"Content-Type": content_type, **headers},
+                    )
                 except requests.RequestException as exc:
                     with lock:
                         counts["bad_connection_error"] += 1
@@ -133,8 +137,11 @@ def test_soak_with_bad_requests_and_a_killed_worker(start_server):
     new_pid = worker_pid(server)
 
     report = {
-        "duration_s": SOAK_S, "clients": len(threads), **counts,
-        "worker_killed": 1, "recovery_s": (recovered_at[0] - killed_at[0]) if recovered_at else None,
+        "duration_s": SOAK_S,
+        "clients": len(threads),
+        **counts,
+        "worker_killed": 1,
+        "recovery_s": (recovered_at[0] - killed_at[0]) if recovered_at else None,
         "worker_rss_mib": {"start": rss_start, "steady_end": rss_steady},
         "device": first["device"],
         "worker_gpu_reserved_mib": {"start": gpu_start, "steady_end": gpu_steady} if on_gpu else None,
@@ -147,7 +154,7 @@ def test_soak_with_bad_requests_and_a_killed_worker(start_server):
     assert counts["good"] > counts["good_at_kill"] > 10 and counts["bad"] > 5
     assert recovered_at and recovered_at[0] - killed_at[0] < RECOVERY_LIMIT_S
     assert ping["status"] == "Healthy" and new_pid != pid
-    assert rss_steady < rss_start * 1.15 + 32, report["worker_rss_mib"]   # no growth under load
+    assert rss_steady < rss_start * 1.15 + 32, report["worker_rss_mib"]  # no growth under load
     if on_gpu:
         assert gpu_start is not None and gpu_steady is not None, "no PeakNetGpuMemoryReservedMB published"
         assert gpu_steady <= gpu_start * 1.10 + 64, report["worker_gpu_reserved_mib"]

@@ -68,7 +68,6 @@ def crystfel_read_peaks(
     return peaks
 
 
-
 def test_cxi_layout_dtypes_and_padding():
     n_frames, panels, height, width = 3, 4, 30, 26
     frames = detector_frames(n_frames, panels, height, width, seed=2)
@@ -86,12 +85,8 @@ def test_cxi_layout_dtypes_and_padding():
             k = n_peaks[i]
             np.testing.assert_array_equal(group["peakXPosRaw"][i, :k], np.float32(f["fs"]))
             expected_y = np.array(f["panel"]) * height + np.array(f["ss"])
-            np.testing.assert_array_equal(
-                group["peakYPosRaw"][i, :k], expected_y.astype(np.float32)
-            )
-            np.testing.assert_array_equal(
-                group["peakTotalIntensity"][i, :k], np.float32(f["intensity"])
-            )
+            np.testing.assert_array_equal(group["peakYPosRaw"][i, :k], expected_y.astype(np.float32))
+            np.testing.assert_array_equal(group["peakTotalIntensity"][i, :k], np.float32(f["intensity"]))
             np.testing.assert_array_equal(group["peakNPixels"][i, :k], np.float32(f["npix"]))
             for name in PEAK_ARRAYS:
                 assert not group[name][i, k:].any()
@@ -167,8 +162,9 @@ def test_cxi_answer_says_it_has_no_frames_and_keeps_both_intensities():
 
 def write_frames(path, data, mask=None, mask_name="/entry_1/data_1/mask"):
     with h5py.File(path, "w") as f:
-        f.create_dataset(DATA_PATH, data=data, chunks=(1, *data.shape[1:]) if data.ndim > 2 else None,
-                         compression="gzip")
+        f.create_dataset(
+            DATA_PATH, data=data, chunks=(1, *data.shape[1:]) if data.ndim > 2 else None, compression="gzip"
+        )
         if mask is not None:
             f[mask_name] = mask
 
@@ -184,8 +180,11 @@ def test_four_d_frames_become_a_slab_and_survive_moving_the_run(tmp_path, dtype)
     run = tmp_path / "run"
     (run / "raw").mkdir(parents=True)
     write_frames(run / "raw" / "r1.cxi", data)
-    out = write_peak_file(run / "peaks" / "r1_peaks.cxi", peaks_for(n, p, h, w),
-                          FrameSource(run / "raw" / "r1.cxi", DATA_PATH, (n, p, h, w)))
+    out = write_peak_file(
+        run / "peaks" / "r1_peaks.cxi",
+        peaks_for(n, p, h, w),
+        FrameSource(run / "raw" / "r1.cxi", DATA_PATH, (n, p, h, w)),
+    )
     moved = tmp_path / "elsewhere" / "run"
     shutil.copytree(run, moved)
     shutil.rmtree(run)
@@ -205,20 +204,24 @@ def test_slab_and_single_panel_inputs_are_referenced_as_they_are(tmp_path):
     write_frames(tmp_path / "slab.h5", slab)
     single = rng.random((1, 16, 16)).astype(np.float32)[0]
     write_frames(tmp_path / "single.h5", single)
-    out = write_peak_file(tmp_path / "a.cxi", peaks_for(2, 3, 8, 9), FrameSource(tmp_path / "slab.h5", DATA_PATH,
-                                                                                  (2, 3, 8, 9)))
+    out = write_peak_file(
+        tmp_path / "a.cxi", peaks_for(2, 3, 8, 9), FrameSource(tmp_path / "slab.h5", DATA_PATH, (2, 3, 8, 9))
+    )
     with h5py.File(out) as f:
         np.testing.assert_array_equal(f[DATA_PATH][()], slab)
-    out = write_peak_file(tmp_path / "b.cxi", peaks_for(1, 1, 16, 16), FrameSource(tmp_path / "single.h5", DATA_PATH,
-                                                                                    (1, 1, 16, 16)))
+    out = write_peak_file(
+        tmp_path / "b.cxi", peaks_for(1, 1, 16, 16), FrameSource(tmp_path / "single.h5", DATA_PATH, (1, 1, 16, 16))
+    )
     with h5py.File(out) as f:
         np.testing.assert_array_equal(f[DATA_PATH][()], single[None])
     with pytest.raises(ValueError, match="is not"):
-        write_peak_file(tmp_path / "c.cxi", peaks_for(2, 3, 8, 10), FrameSource(tmp_path / "slab.h5", DATA_PATH,
-                                                                                 (2, 3, 8, 10)))
+        write_peak_file(
+            tmp_path / "c.cxi", peaks_for(2, 3, 8, 10), FrameSource(tmp_path / "slab.h5", DATA_PATH, (2, 3, 8, 10))
+        )
     with pytest.raises(ValueError, match="do not match"):
-        write_peak_file(tmp_path / "d.cxi", peaks_for(3, 3, 8, 9), FrameSource(tmp_path / "slab.h5", DATA_PATH,
-                                                                                (2, 3, 8, 9)))
+        write_peak_file(
+            tmp_path / "d.cxi", peaks_for(3, 3, 8, 9), FrameSource(tmp_path / "slab.h5", DATA_PATH, (2, 3, 8, 9))
+        )
     assert not (tmp_path / "c.cxi").exists() and not (tmp_path / "d.cxi").exists()
 
 
@@ -231,12 +234,14 @@ def test_the_inputs_mask_comes_along_static_or_per_frame(tmp_path):
     write_frames(tmp_path / "static.cxi", data, static * 7)  # any non-zero value is good
     write_frames(tmp_path / "frames.cxi", data, per_frame)
     peaks = peaks_for(n, p, h, w)
-    with h5py.File(write_peak_file(tmp_path / "s_peaks.cxi", peaks, FrameSource(tmp_path / "static.cxi", DATA_PATH,
-                                                                                 (n, p, h, w)))) as f:
+    with h5py.File(
+        write_peak_file(tmp_path / "s_peaks.cxi", peaks, FrameSource(tmp_path / "static.cxi", DATA_PATH, (n, p, h, w)))
+    ) as f:
         np.testing.assert_array_equal(f[MASK_PATH][()], static.reshape(p * h, w))
         assert f[MASK_PATH].attrs["from_input"] == 1
-    with h5py.File(write_peak_file(tmp_path / "f_peaks.cxi", peaks, FrameSource(tmp_path / "frames.cxi", DATA_PATH,
-                                                                                 (n, p, h, w)))) as f:
+    with h5py.File(
+        write_peak_file(tmp_path / "f_peaks.cxi", peaks, FrameSource(tmp_path / "frames.cxi", DATA_PATH, (n, p, h, w)))
+    ) as f:
         assert f[MASK_PATH].is_virtual
         np.testing.assert_array_equal(f[MASK_PATH][()], per_frame.reshape(n, p * h, w))
 
@@ -249,8 +254,9 @@ def test_attach_frames_turns_an_answer_into_the_file_peakfind_writes(tmp_path):
     answer = tmp_path / "answer.cxi"
     answer.write_bytes(cxi_response(frames, (n, p, h, w)))
     attach_frames(answer, tmp_path / "sent.h5")
-    direct = write_peak_file(tmp_path / "direct.cxi", cxi_peaks(frames, h),
-                             FrameSource(tmp_path / "sent.h5", DATA_PATH, (n, p, h, w)))
+    direct = write_peak_file(
+        tmp_path / "direct.cxi", cxi_peaks(frames, h), FrameSource(tmp_path / "sent.h5", DATA_PATH, (n, p, h, w))
+    )
     with h5py.File(answer) as a, h5py.File(direct) as d:
         assert a.attrs["frames_included"] == 1
         for name in ("nPeaks", *PEAK_ARRAYS):

@@ -19,13 +19,35 @@ TINY = ROOT / "tests" / "fixtures" / "upstream" / "peaknet_tiny.yaml"  # small r
 def test_bundled_model_finds_peaks_of_a_held_out_epix_frame(tmp_path):
     # Frame 1 of the ePix10k2M held-out sequence has 39 strong peaks.
     seed, frame_index = 20240, 1
-    truth = simulate_frame(get_geometry("epix10k2m"),
-                           np.random.default_rng([seed, evaluate.GEOMETRY_INDEX["epix10k2m"], frame_index]))
+    truth = simulate_frame(
+        get_geometry("epix10k2m"), np.random.default_rng([seed, evaluate.GEOMETRY_INDEX["epix10k2m"], frame_index])
+    )
     n_strong = int(truth.peaks.strong.sum())
     assert n_strong > 10
-    assert evaluate.main(["--config", str(BUNDLED), "--geometries", "epix10k2m", "--frames", "1",
-                          "--first-frame", str(frame_index), "--dtypes", "float32", "bfloat16",
-                          "--device", "cpu", "--seed", str(seed), "--out", str(tmp_path)]) == 0
+    assert (
+        evaluate.main(
+            [
+                "--config",
+                str(BUNDLED),
+                "--geometries",
+                "epix10k2m",
+                "--frames",
+                "1",
+                "--first-frame",
+                str(frame_index),
+                "--dtypes",
+                "float32",
+                "bfloat16",
+                "--device",
+                "cpu",
+                "--seed",
+                str(seed),
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     report = json.loads((tmp_path / "accuracy.json").read_text())
     accuracy = report["per_geometry"]["epix10k2m"]["accuracy"]
     for name in ("float32", "bfloat16"):
@@ -45,9 +67,30 @@ def test_artefact_probability_reaches_the_frames_and_the_report(tmp_path, monkey
         return frame
 
     monkeypatch.setattr(evaluate, "simulate_frame", recording)
-    assert evaluate.main(["--config", str(TINY), "--geometries", "cspad", "--frames", "1", "--first-frame", "1",
-                          "--dtypes", "float32", "bfloat16", "--device", "cpu", "--artefact-probability", "1",
-                          "--out", str(tmp_path)]) == 0
+    assert (
+        evaluate.main(
+            [
+                "--config",
+                str(TINY),
+                "--geometries",
+                "cspad",
+                "--frames",
+                "1",
+                "--first-frame",
+                "1",
+                "--dtypes",
+                "float32",
+                "bfloat16",
+                "--device",
+                "cpu",
+                "--artefact-probability",
+                "1",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     report = json.loads((tmp_path / "accuracy.json").read_text())
     assert report["artefact_probability"] == 1.0
     assert [p for p, _ in seen] == [1.0] and seen[0][1].params.artefacts.any

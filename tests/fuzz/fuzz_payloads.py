@@ -39,8 +39,11 @@ class FuzzStats:
             "hdf5_sandbox_restarts": self.sandbox_restarts,
             "fuzz_scale": FUZZ_SCALE,
             "by_target": {
-                name: {"inputs": self.inputs[name], "rejected_with_4xx": self.rejected[name],
-                       "failures": self.failures[name]}
+                name: {
+                    "inputs": self.inputs[name],
+                    "rejected_with_4xx": self.rejected[name],
+                    "failures": self.failures[name],
+                }
                 for name in sorted(self.inputs)
             },
         }
@@ -67,6 +70,7 @@ def run_counted(target: str, call):
     except Exception:  # not BaseException: Hypothesis steers examples with BaseException subclasses
         FUZZ_STATS.failures[target] += 1
         raise
+
 
 HDF5_COMPRESSIONS: dict[str, dict] = {
     "plain": {},

@@ -74,8 +74,11 @@ def find_bitshuffle_crasher(seed: int = 0, tries: int = 20_000) -> bytes | None:
 
 def _survives(bodies: list[bytes]) -> bool:
     result = subprocess.run(
-        [sys.executable, "-c", _DECODE_EACH], input=pickle.dumps(bodies), cwd=ROOT,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [sys.executable, "-c", _DECODE_EACH],
+        input=pickle.dumps(bodies),
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     return result.returncode == 0
 
@@ -89,17 +92,25 @@ def entries() -> list[tuple[str, bytes, str | None, dict, dict]]:
         return {"status": status, "type": kind}
 
     def bomb(file):
-        dataset = file.create_dataset(DEFAULT_DATASET, shape=(64, 16, 8192, 8192), dtype="f8",
-                                      chunks=(1, 1, 1024, 1024), compression="gzip")
+        dataset = file.create_dataset(
+            DEFAULT_DATASET, shape=(64, 16, 8192, 8192), dtype="f8", chunks=(1, 1, 1024, 1024), compression="gzip"
+        )
         dataset[0, 0, :1024, :1024] = 0.0
 
     def chunk_bomb(file):
-        file.create_dataset(DEFAULT_DATASET, shape=(1, 1, 8, 8), maxshape=(None, None, None, None),
-                            dtype="u1", chunks=(1, 1, 8192, 8192), compression="gzip")
+        file.create_dataset(
+            DEFAULT_DATASET,
+            shape=(1, 1, 8, 8),
+            maxshape=(None, None, None, None),
+            dtype="u1",
+            chunks=(1, 1, 8192, 8192),
+            compression="gzip",
+        )
 
     def unknown_filter(file):
-        dataset = file.create_dataset(DEFAULT_DATASET, shape=(1, 8, 8), dtype="u2", chunks=(1, 8, 8),
-                                      compression=31999, allow_unknown_filter=True)
+        dataset = file.create_dataset(
+            DEFAULT_DATASET, shape=(1, 8, 8), dtype="u2", chunks=(1, 8, 8), compression=31999, allow_unknown_filter=True
+        )
         dataset.id.write_direct_chunk((0, 0, 0), bytes(128))
 
     def vds(file):
@@ -116,8 +127,9 @@ def entries() -> list[tuple[str, bytes, str | None, dict, dict]]:
 
     def external_storage(target, shape=(2, 4, 4)):
         nbytes = int(np.prod(shape))
-        return h5(lambda file: file.create_dataset(
-            DEFAULT_DATASET, shape=shape, dtype="u1", external=[(target, 0, nbytes)]))
+        return h5(
+            lambda file: file.create_dataset(DEFAULT_DATASET, shape=shape, dtype="u1", external=[(target, 0, nbytes)])
+        )
 
     def soft_to_external(file):
         file["/outside"] = h5py.ExternalLink("/etc/passwd", "/x")
@@ -132,50 +144,101 @@ def entries() -> list[tuple[str, bytes, str | None, dict, dict]]:
         ("hdf5_bitshuffle.h5", hdf5_bytes(u16, "bitshuffle"), None, {}, ok),
         ("hdf5_zstd_named.h5", hdf5_bytes(u16, "zstd", "/data"), HDF5, {"dataset": "/data"}, ok),
         # raw
-        ("raw_absurd_shape.bin", bytes(16), OCTET, {"X-Dtype": "float64", "X-Shape": "1000000,1000000"},
-         err(413, "too_large")),
-        ("raw_size_mismatch.bin", bytes(23), OCTET, {"X-Dtype": "uint16", "X-Shape": "2,3,4"},
-         err(400, "size_mismatch")),
-        ("raw_wrong_dtype.bin", bytes(24), OCTET, {"X-Dtype": "complex128", "X-Shape": "3"},
-         err(400, "unsupported_dtype")),
+        (
+            "raw_absurd_shape.bin",
+            bytes(16),
+            OCTET,
+            {"X-Dtype": "float64", "X-Shape": "1000000,1000000"},
+            err(413, "too_large"),
+        ),
+        (
+            "raw_size_mismatch.bin",
+            bytes(23),
+            OCTET,
+            {"X-Dtype": "uint16", "X-Shape": "2,3,4"},
+            err(400, "size_mismatch"),
+        ),
+        (
+            "raw_wrong_dtype.bin",
+            bytes(24),
+            OCTET,
+            {"X-Dtype": "complex128", "X-Shape": "3"},
+            err(400, "unsupported_dtype"),
+        ),
         ("raw_no_shape.bin", bytes(24), OCTET, {"X-Dtype": "uint8"}, err(400, "missing_option")),
         ("raw_empty.bin", b"", OCTET, {"X-Dtype": "uint8", "X-Shape": "1,1"}, err(400, "empty_body")),
         ("raw_text_type.bin", b"hello", "text/plain", {}, err(415, "unsupported_media_type")),
         # npy
-        ("npy_pickle.npy", npy_bytes(np.array([[{"a": 1}]], dtype=object), allow_pickle=True), NPY, {},
-         err(400, "unsupported_dtype")),
-        ("npy_structured.npy", npy_bytes(np.zeros((2, 2), [("a", "<u2"), ("b", "<f4")])), NPY, {},
-         err(400, "unsupported_dtype")),
+        (
+            "npy_pickle.npy",
+            npy_bytes(np.array([[{"a": 1}]], dtype=object), allow_pickle=True),
+            NPY,
+            {},
+            err(400, "unsupported_dtype"),
+        ),
+        (
+            "npy_structured.npy",
+            npy_bytes(np.zeros((2, 2), [("a", "<u2"), ("b", "<f4")])),
+            NPY,
+            {},
+            err(400, "unsupported_dtype"),
+        ),
         ("npy_big_endian.npy", npy_bytes(u16.astype(">u2")), NPY, {}, err(400, "unsupported_dtype")),
-        ("npy_bomb_header.npy", npy_header("{'descr': '<f8', 'fortran_order': False, 'shape': (100000, 100000), }\n"),
-         NPY, {}, err(413, "too_large")),
+        (
+            "npy_bomb_header.npy",
+            npy_header("{'descr': '<f8', 'fortran_order': False, 'shape': (100000, 100000), }\n"),
+            NPY,
+            {},
+            err(413, "too_large"),
+        ),
         ("npy_truncated.npy", npy_bytes(u16)[:-5], NPY, {}, err(400, "size_mismatch")),
-        ("npy_code_header.npy", npy_header("__import__('os').system('touch /tmp/peaknet_pwned')", bytes(8)), NPY, {},
-         err(400, "bad_npy")),
+        (
+            "npy_code_header.npy",
+            npy_header("__import__('os').system('touch /tmp/peaknet_pwned')", bytes(8)),
+            NPY,
+            {},
+            err(400, "bad_npy"),
+        ),
         ("npy_huge_header_len.npy", b"\x93NUMPY\x02\x00\xff\xff\xff\xff{", NPY, {}, err(400, "bad_npy")),
         ("npy_nested_header.npy", npy_header("{'descr': " + "(" * 300 + "}"), NPY, {}, err(400, "bad_npy")),
         ("npy_as_hdf5.npy", npy_bytes(u16), HDF5, {}, err(400, "content_type_mismatch")),
         # hdf5
         ("hdf5_external_link.h5", external_link("/etc/passwd"), HDF5, {}, err(400, "hdf5_external_link")),
-        ("hdf5_external_link_relative.h5", external_link(SENTINEL, "/entry_1"), HDF5, {},
-         err(400, "hdf5_external_link")),
+        (
+            "hdf5_external_link_relative.h5",
+            external_link(SENTINEL, "/entry_1"),
+            HDF5,
+            {},
+            err(400, "hdf5_external_link"),
+        ),
         ("hdf5_soft_to_external.h5", h5(soft_to_external), HDF5, {}, err(400, "hdf5_external_link")),
         ("hdf5_external_storage.h5", external_storage(SENTINEL), HDF5, {}, err(400, "hdf5_external_storage")),
-        ("hdf5_external_storage_passwd.h5", external_storage("/etc/passwd", (1, 4, 4)), HDF5, {},
-         err(400, "hdf5_external_storage")),
+        (
+            "hdf5_external_storage_passwd.h5",
+            external_storage("/etc/passwd", (1, 4, 4)),
+            HDF5,
+            {},
+            err(400, "hdf5_external_storage"),
+        ),
         ("hdf5_vds.h5", h5(vds), HDF5, {}, err(400, "hdf5_virtual_dataset")),
         ("hdf5_unknown_filter.h5", h5(unknown_filter), HDF5, {}, err(400, "hdf5_unsupported_filter")),
         ("hdf5_bomb.h5", h5(bomb), HDF5, {}, err(413, "too_large")),
         ("hdf5_chunk_bomb.h5", h5(chunk_bomb), HDF5, {}, err(413, "too_large")),
         ("hdf5_soft_loop.h5", h5(soft_loop), HDF5, {}, err(400, "bad_hdf5")),
-        ("hdf5_strings.h5", h5(lambda f: f.create_dataset(DEFAULT_DATASET, data=np.array([[b"ab"]]))), HDF5, {},
-         err(400, "unsupported_dtype")),
+        (
+            "hdf5_strings.h5",
+            h5(lambda f: f.create_dataset(DEFAULT_DATASET, data=np.array([[b"ab"]]))),
+            HDF5,
+            {},
+            err(400, "unsupported_dtype"),
+        ),
         ("hdf5_truncated.h5", hdf5_bytes(u16, "gzip")[:700], HDF5, {}, err(400, "bad_hdf5")),
     ]
     crasher = find_bitshuffle_crasher()
     if crasher is not None:
-        seeds.append(("hdf5_bitshuffle_segfault.h5", crasher, HDF5, {},
-                      {**err(400, "bad_hdf5"), "crashes_hdf5_filter": True}))
+        seeds.append(
+            ("hdf5_bitshuffle_segfault.h5", crasher, HDF5, {}, {**err(400, "bad_hdf5"), "crashes_hdf5_filter": True})
+        )
     return seeds
 
 

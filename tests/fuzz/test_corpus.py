@@ -43,9 +43,7 @@ def test_replay(entry, tmp_path, monkeypatch):
         for name, reader in readers.items():
             outcome = run_counted(
                 "corpus",
-                lambda reader=reader: decode_request(
-                    body, entry["content_type"], entry["options"], hdf5_reader=reader
-                ),
+                lambda reader=reader: decode_request(body, entry["content_type"], entry["options"], hdf5_reader=reader),
             )
             if expect["status"] == 200:
                 assert isinstance(outcome, DecodedFrames), (name, outcome)
@@ -68,13 +66,19 @@ def _run_python(script: str, body: bytes) -> subprocess.CompletedProcess:
 def test_crashers_kill_hdf5s_own_filters_but_not_our_reader(entry):
     """HDF5's pipeline (h5py reading the dataset) segfaults on this file; our reader answers 400 in-process."""
     body = (CORPUS / entry["file"]).read_bytes()
-    plain = _run_python("import io, sys, h5py, hdf5plugin\n"
-                        "h5py.File(io.BytesIO(sys.stdin.buffer.read()), 'r')['/entry_1/data_1/data'][...]", body)
+    plain = _run_python(
+        "import io, sys, h5py, hdf5plugin\n"
+        "h5py.File(io.BytesIO(sys.stdin.buffer.read()), 'r')['/entry_1/data_1/data'][...]",
+        body,
+    )
     assert plain.returncode < 0, plain.stderr[-300:]  # killed by a signal
-    ours = _run_python("import sys; from peaknet_serve.decode import decode_hdf5, DecodeLimits\n"
-                       "from peaknet_serve.errors import RequestError\n"
-                       "try:\n    decode_hdf5(memoryview(sys.stdin.buffer.read()), None, DecodeLimits())\n"
-                       "except RequestError as error:\n    print(error.status, error.type)", body)
+    ours = _run_python(
+        "import sys; from peaknet_serve.decode import decode_hdf5, DecodeLimits\n"
+        "from peaknet_serve.errors import RequestError\n"
+        "try:\n    decode_hdf5(memoryview(sys.stdin.buffer.read()), None, DecodeLimits())\n"
+        "except RequestError as error:\n    print(error.status, error.type)",
+        body,
+    )
     assert ours.returncode == 0 and ours.stdout.split() == [b"400", b"bad_hdf5"], ours.stderr[-300:]
 
 

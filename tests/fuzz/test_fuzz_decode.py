@@ -31,16 +31,34 @@ from tests.decode.hdf5_hostile import FILTERS, encoded_chunk, with_chunks
 CORPUS = Path(__file__).resolve().parent / "corpus"
 SEEDS = [(CORPUS / entry["file"]).read_bytes() for entry in json.loads((CORPUS / "manifest.json").read_text())]
 DTYPES = ["uint8", "uint16", "int16", "int32", "uint32", "float16", "float32", "float64"]
-CONTENT_TYPES = [None, "", "application/octet-stream", "application/x-npy", "application/npy",
-                 "application/x-hdf5", "application/x-cxi", "application/x-hdf", "multipart/form-data",
-                 "text/plain", "application/json", "application/x-hdf5; charset=utf-8", "\x00;;", "a" * 300]
-SMALL_LIMITS = DecodeLimits(max_body_bytes=1 << 20, max_pixels=1 << 16, max_frames=8,
-                            max_panels_per_frame=8, max_side=512)
+CONTENT_TYPES = [
+    None,
+    "",
+    "application/octet-stream",
+    "application/x-npy",
+    "application/npy",
+    "application/x-hdf5",
+    "application/x-cxi",
+    "application/x-hdf",
+    "multipart/form-data",
+    "text/plain",
+    "application/json",
+    "application/x-hdf5; charset=utf-8",
+    "\x00;;",
+    "a" * 300,
+]
+SMALL_LIMITS = DecodeLimits(
+    max_body_bytes=1 << 20, max_pixels=1 << 16, max_frames=8, max_panels_per_frame=8, max_side=512
+)
 
 
 def fuzz_settings(count: int):
-    return settings(max_examples=examples(count), deadline=None, database=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    return settings(
+        max_examples=examples(count),
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    )
 
 
 def check_decoded(outcome) -> None:
@@ -62,7 +80,7 @@ def mutate(data: st.DataObject, body: bytes) -> bytes:
         if mutable:
             mutable[data.draw(st.integers(0, len(mutable) - 1))] = data.draw(st.integers(0, 255))
     if mutable and data.draw(st.booleans(), label="cut"):
-        del mutable[data.draw(st.integers(0, len(mutable) - 1)):]
+        del mutable[data.draw(st.integers(0, len(mutable) - 1)) :]
     if data.draw(st.booleans(), label="insert"):
         at = data.draw(st.integers(0, len(mutable)))
         mutable[at:at] = data.draw(st.binary(max_size=64))
@@ -77,21 +95,28 @@ option_values = st.one_of(
 )
 options_strategy = st.dictionaries(
     st.sampled_from(["X-Dtype", "x-shape", "X-Dataset", "dtype", "shape", "dataset", "Content-Type", "other"]),
-    option_values, max_size=5,
+    option_values,
+    max_size=5,
 )
 
 
 @fuzz_settings(1000)
 @given(body=st.binary(max_size=4096), content_type=st.sampled_from(CONTENT_TYPES), options=options_strategy)
 def test_random_requests_raise_only_request_errors(sandbox, body, content_type, options):
-    outcome = run_counted("random_request", lambda: decode_request(
-        body, content_type, options, SMALL_LIMITS, hdf5_reader=sandbox.decode))
+    outcome = run_counted(
+        "random_request", lambda: decode_request(body, content_type, options, SMALL_LIMITS, hdf5_reader=sandbox.decode)
+    )
     check_decoded(outcome)
 
 
 @fuzz_settings(400)
-@given(options=st.dictionaries(st.one_of(st.text(max_size=12), st.sampled_from(["X-Shape", "DTYPE"])),
-                               st.one_of(option_values, st.integers(), st.none()), max_size=6))
+@given(
+    options=st.dictionaries(
+        st.one_of(st.text(max_size=12), st.sampled_from(["X-Shape", "DTYPE"])),
+        st.one_of(option_values, st.integers(), st.none()),
+        max_size=6,
+    )
+)
 def test_random_options_raise_only_request_errors(options):
     run_counted("options", lambda: normalise_options(options))
 
@@ -109,8 +134,13 @@ def test_raw_round_trip_is_exact(dtype, shape, data):
 
 
 @fuzz_settings(300)
-@given(dtype=st.sampled_from(DTYPES), shape=st.lists(st.integers(1, 9), min_size=2, max_size=4),
-       fortran=st.booleans(), version=st.sampled_from([(1, 0), (2, 0), (3, 0)]), data=st.data())
+@given(
+    dtype=st.sampled_from(DTYPES),
+    shape=st.lists(st.integers(1, 9), min_size=2, max_size=4),
+    fortran=st.booleans(),
+    version=st.sampled_from([(1, 0), (2, 0), (3, 0)]),
+    data=st.data(),
+)
 def test_npy_round_trip_is_exact(dtype, shape, fortran, version, data):
     array = data.draw(hnp.arrays(dtype, tuple(shape)))
     array = np.asfortranarray(array) if fortran else array
@@ -130,16 +160,48 @@ def test_mutated_npy_raises_only_request_errors(dtype, data):
     check_decoded(outcome)
 
 
-header_fragments = st.sampled_from([
-    "{", "}", "(", ")", "[", "]", ",", ":", " ", "'descr'", "'fortran_order'", "'shape'", "'<u2'", "'|u1'",
-    "'>f8'", "'O'", "True", "False", "None", "0", "1", "-1", "99999999999", "1e308", "b'x'", "\\x00",
-    "__import__('os')", "lambda: 0", "[('a', '<u2')]", "'\\u1234'",
-])
+header_fragments = st.sampled_from(
+    [
+        "{",
+        "}",
+        "(",
+        ")",
+        "[",
+        "]",
+        ",",
+        ":",
+        " ",
+        "'descr'",
+        "'fortran_order'",
+        "'shape'",
+        "'<u2'",
+        "'|u1'",
+        "'>f8'",
+        "'O'",
+        "True",
+        "False",
+        "None",
+        "0",
+        "1",
+        "-1",
+        "99999999999",
+        "1e308",
+        "b'x'",
+        "\\x00",
+        "__import__('os')",
+        "lambda: 0",
+        "[('a', '<u2')]",
+        "'\\u1234'",
+    ]
+)
 
 
 @fuzz_settings(400)
-@given(header=st.one_of(st.lists(header_fragments, max_size=30).map("".join), st.text(max_size=200)),
-       version=st.sampled_from([1, 2, 3]), data_bytes=st.binary(max_size=64))
+@given(
+    header=st.one_of(st.lists(header_fragments, max_size=30).map("".join), st.text(max_size=200)),
+    version=st.sampled_from([1, 2, 3]),
+    data_bytes=st.binary(max_size=64),
+)
 def test_random_npy_headers_raise_only_request_errors(header, version, data_bytes):
     text = header.encode("utf-8")
     width = 2 if version == 1 else 4
@@ -150,45 +212,55 @@ def test_random_npy_headers_raise_only_request_errors(header, version, data_byte
 
 
 @fuzz_settings(100)
-@given(dtype=st.sampled_from(DTYPES), shape=st.lists(st.integers(1, 6), min_size=2, max_size=4),
-       compression=st.sampled_from(sorted(HDF5_COMPRESSIONS)), data=st.data())
+@given(
+    dtype=st.sampled_from(DTYPES),
+    shape=st.lists(st.integers(1, 6), min_size=2, max_size=4),
+    compression=st.sampled_from(sorted(HDF5_COMPRESSIONS)),
+    data=st.data(),
+)
 def test_hdf5_round_trip_is_exact(sandbox, dtype, shape, compression, data):
     array = data.draw(hnp.arrays(dtype, tuple(shape)))
     body = hdf5_bytes(array, compression)
-    outcome = run_counted("hdf5_round_trip", lambda: decode_request(
-        body, "application/x-hdf5", {}, hdf5_reader=sandbox.decode))
+    outcome = run_counted(
+        "hdf5_round_trip", lambda: decode_request(body, "application/x-hdf5", {}, hdf5_reader=sandbox.decode)
+    )
     assert isinstance(outcome, DecodedFrames), outcome
     expected = array.reshape(array.shape[0], 1, *array.shape[1:]) if array.ndim == 3 else array
     np.testing.assert_array_equal(outcome.array.reshape(expected.shape), expected)
 
 
-HDF5_BASES = [hdf5_bytes(np.arange(3 * 8 * 8, dtype=np.uint16).reshape(3, 8, 8), name)
-              for name in sorted(HDF5_COMPRESSIONS)]
+HDF5_BASES = [
+    hdf5_bytes(np.arange(3 * 8 * 8, dtype=np.uint16).reshape(3, 8, 8), name) for name in sorted(HDF5_COMPRESSIONS)
+]
 
 
 @fuzz_settings(1000)
 @given(base=st.sampled_from(HDF5_BASES + [s for s in SEEDS if s.startswith(b"\x89HDF")]), data=st.data())
 def test_mutated_hdf5_raises_only_request_errors(sandbox, base, data):
     body = mutate(data, base)
-    outcome = run_counted("hdf5_mutated", lambda: decode_request(
-        body, "application/x-hdf5", {}, SMALL_LIMITS, hdf5_reader=sandbox.decode))
+    outcome = run_counted(
+        "hdf5_mutated", lambda: decode_request(body, "application/x-hdf5", {}, SMALL_LIMITS, hdf5_reader=sandbox.decode)
+    )
     check_decoded(outcome)
 
 
 @fuzz_settings(400)
-@given(seed=st.sampled_from(SEEDS), content_type=st.sampled_from(CONTENT_TYPES), options=options_strategy,
-       data=st.data())
+@given(
+    seed=st.sampled_from(SEEDS), content_type=st.sampled_from(CONTENT_TYPES), options=options_strategy, data=st.data()
+)
 def test_mutated_corpus_seeds_raise_only_request_errors(sandbox, seed, content_type, options, data):
     body = mutate(data, seed)
-    outcome = run_counted("corpus_mutated", lambda: decode_request(
-        body, content_type, options, SMALL_LIMITS, hdf5_reader=sandbox.decode))
+    outcome = run_counted(
+        "corpus_mutated", lambda: decode_request(body, content_type, options, SMALL_LIMITS, hdf5_reader=sandbox.decode)
+    )
     check_decoded(outcome)
 
 
 def _answer(sandbox, body: bytes):
     """The sandbox's answer to ``body`` as comparable bytes: the frames, or the error's status and type."""
-    outcome = run_counted("hdf5_chunks", lambda: decode_request(
-        body, "application/x-hdf5", {}, SMALL_LIMITS, hdf5_reader=sandbox.decode))
+    outcome = run_counted(
+        "hdf5_chunks", lambda: decode_request(body, "application/x-hdf5", {}, SMALL_LIMITS, hdf5_reader=sandbox.decode)
+    )
     check_decoded(outcome)
     if isinstance(outcome, RequestError):
         return (outcome.status, outcome.type)
@@ -199,12 +271,16 @@ CHUNK_DTYPES = ["uint8", "uint16", "int32", "float32", "float64"]
 
 
 @fuzz_settings(800)
-@given(name=st.sampled_from(sorted(FILTERS)), dtype=st.sampled_from(CHUNK_DTYPES),
-       chunk=st.tuples(st.integers(1, 24), st.integers(1, 24)) | st.tuples(st.integers(1, 4), st.integers(1, 24),
-                                                                            st.integers(1, 24)),
-       data=st.data())
+@given(
+    name=st.sampled_from(sorted(FILTERS)),
+    dtype=st.sampled_from(CHUNK_DTYPES),
+    chunk=st.tuples(st.integers(1, 24), st.integers(1, 24))
+    | st.tuples(st.integers(1, 4), st.integers(1, 24), st.integers(1, 24)),
+    data=st.data(),
+)
 def test_random_and_mutated_chunk_bytes_of_every_filter_give_frames_or_4xx_deterministically(
-        sandbox, name, dtype, chunk, data):
+    sandbox, name, dtype, chunk, data
+):
     itemsize = np.dtype(dtype).itemsize
     chunk_bytes = int(np.prod(chunk)) * itemsize
     kind = data.draw(st.sampled_from(["random", "mutated", "valid"]), label="kind")

@@ -91,8 +91,27 @@ def test_grid_option_rebuilds_a_known_layout(tmp_path):
     np.testing.assert_allclose(grid.corners, epix.corners, atol=1e-12)
     setup = ExperimentSetup(clen_m=0.1, photon_energy_ev=12000.0, adu_per_photon=150.0, beam_offset_m=(1e-3, 0.0))
     expected = write_geometry(grid, setup, title="grid 4x4: 16 panel(s) of 352 x 384 pixels")
-    args = ["--grid", "4x4", "--panel-shape", "352x384", "--pixel-size", "100", "--gap", "2", "--clen", "0.1",
-            "--energy", "12", "--adu-per-photon", "150", "--beam-offset", "1", "0", "-o", str(tmp_path / "g.geom")]
+    args = [
+        "--grid",
+        "4x4",
+        "--panel-shape",
+        "352x384",
+        "--pixel-size",
+        "100",
+        "--gap",
+        "2",
+        "--clen",
+        "0.1",
+        "--energy",
+        "12",
+        "--adu-per-photon",
+        "150",
+        "--beam-offset",
+        "1",
+        "0",
+        "-o",
+        str(tmp_path / "g.geom"),
+    ]
     assert geometry_main(args) == 0
     assert (tmp_path / "g.geom").read_text() == expected
     moved = parse_geometry(expected)["p0"]
@@ -113,8 +132,13 @@ def test_crystfel_reads_the_shipped_file_and_indexes_truth_peaks_with_the_true_o
     peaks = write_truth_peak_file(run, tmp_path / "peaks" / "run_peaks.cxi", *detector.frame_shape)
     geometry = shipped_geometry_path(name)
     (tmp_path / "files.lst").write_text(f"{peaks}\n")
-    listed = subprocess.run([str(CRYSTFEL / "list_events"), "-i", "files.lst", "-g", str(geometry), "-o", "events.lst"],
-                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    listed = subprocess.run(
+        [str(CRYSTFEL / "list_events"), "-i", "files.lst", "-g", str(geometry), "-o", "events.lst"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+    )
     assert listed.returncode == 0, listed.stderr
     assert (tmp_path / "events.lst").read_text().split() == [str(peaks), "//0", str(peaks), "//1"]
     cell = LYSOZYME.write(tmp_path / "lyso.cell")

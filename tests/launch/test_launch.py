@@ -18,14 +18,24 @@ def test_archive_holds_the_server_package_model_and_config(tmp_path):
     mar = build(TINY, None, ROOT / "model-config.yaml", tmp_path, model_name="peaknet")
     with zipfile.ZipFile(mar) as archive:
         names = set(archive.namelist())
-        assert {"handler.py", "peaknet_serve/__init__.py", "peaknet_serve/decode/__init__.py",
-                "peaknet_serve/model/peaknet.py", "peaknet_serve/serve/handler.py", "peaknet.yaml", "peaknet_tiny.pt",
-                "MAR-INF/MANIFEST.json"} <= names
+        assert {
+            "handler.py",
+            "peaknet_serve/__init__.py",
+            "peaknet_serve/decode/__init__.py",
+            "peaknet_serve/model/peaknet.py",
+            "peaknet_serve/serve/handler.py",
+            "peaknet.yaml",
+            "peaknet_tiny.pt",
+            "MAR-INF/MANIFEST.json",
+        } <= names
         assert not any("__pycache__" in n for n in names)
         # the worker needs the server modules only: no clients, simulators or tools in the archive
-        assert not any(n.startswith(("peaknet_serve/clients/", "peaknet_serve/bridge/", "peaknet_serve/sim/",
-                                     "peaknet_serve/launch/"))
-                       for n in names)
+        assert not any(
+            n.startswith(
+                ("peaknet_serve/clients/", "peaknet_serve/bridge/", "peaknet_serve/sim/", "peaknet_serve/launch/")
+            )
+            for n in names
+        )
         packed = yaml.safe_load(archive.read("peaknet.yaml"))
     assert packed["model"]["weights_path"] == "peaknet_tiny.pt"
     assert packed["model"]["peaknet_config"] == yaml.safe_load(TINY.read_text())["model"]["peaknet_config"]
@@ -40,8 +50,15 @@ def _fake_java_home(root: Path, version_line: str) -> Path:
     return root
 
 
-@pytest.mark.parametrize("line, major", [('openjdk version "17.0.9" 2023-10-17', 17), ('java version "1.8.0_392"', 8),
-                                         ('openjdk version "21" 2023-09-19', 21), ("no version here", None)])
+@pytest.mark.parametrize(
+    "line, major",
+    [
+        ('openjdk version "17.0.9" 2023-10-17', 17),
+        ('java version "1.8.0_392"', 8),
+        ('openjdk version "21" 2023-09-19', 21),
+        ("no version here", None),
+    ],
+)
 def test_java_major_version_reads_old_and_new_version_strings(tmp_path, line, major):
     home = _fake_java_home(tmp_path / "jdk", line)
     assert java_major_version(str(home / "bin" / "java")) == major
@@ -52,7 +69,7 @@ def test_java_home_skips_a_java_older_than_17(tmp_path, monkeypatch):
     new = _fake_java_home(tmp_path / "jdk17", 'openjdk version "17.0.9" 2023-10-17')
     monkeypatch.setenv("PATH", f"{new / 'bin'}:/usr/bin:/bin")
     monkeypatch.setenv("JAVA_HOME", str(old))
-    assert find_java_home() == str(new)          # JAVA_HOME too old: the java on PATH is used
+    assert find_java_home() == str(new)  # JAVA_HOME too old: the java on PATH is used
     monkeypatch.setenv("JAVA_HOME", str(new))
     assert find_java_home() == str(new)
 
@@ -61,7 +78,7 @@ def test_root_config_is_loopback_with_explicit_auth_choice():
     props = read_properties(ROOT / "config.properties")
     for key in ("inference_address", "management_address", "metrics_address"):
         assert props[key].startswith("http://127.0.0.1:")
-    assert props["disable_token_authorization"] == "false"   # no local user may scale or load without a key
+    assert props["disable_token_authorization"] == "false"  # no local user may scale or load without a key
     assert props["enable_model_api"] == "false" and props["allowed_urls"] == "^$"
     assert int(props["max_request_size"]) >= 16 * 16 * 352 * 384 * 4
     assert props["load_models"] == "peaknet.mar" and props["model_store"] == "model_store"

@@ -110,8 +110,14 @@ def test_extra_configs_cover_what_they_claim() -> None:
 
 def test_structure_follows_config() -> None:
     config = PeakNetConfig(
-        num_channels=3, num_classes=4, backbone_hidden_sizes=(8, 16, 24, 32), backbone_depths=(1, 2, 3, 1),
-        bifpn_num_blocks=3, bifpn_num_features=16, seg_out_channels=64, uses_learned_upsample=True,
+        num_channels=3,
+        num_classes=4,
+        backbone_hidden_sizes=(8, 16, 24, 32),
+        backbone_depths=(1, 2, 3, 1),
+        bifpn_num_blocks=3,
+        bifpn_num_features=16,
+        seg_out_channels=64,
+        uses_learned_upsample=True,
     )
     state = PeakNet(config).state_dict()
     assert state["backbone.embeddings.patch_embeddings.weight"].shape == (8, 3, 4, 4)
@@ -140,17 +146,19 @@ def test_shipped_configs_have_their_advertised_size(path: str, expected_millions
 @pytest.mark.parametrize("shape", [(1, 1, 64, 64), (2, 1, 32, 96), (1, 1, 128, 32)])
 def test_output_and_feature_shapes(shape: tuple[int, ...], learned: bool) -> None:
     config = PeakNetConfig(
-        backbone_hidden_sizes=(8, 16, 16, 32), backbone_depths=(1, 1, 1, 1),
-        bifpn_num_blocks=2, bifpn_num_features=16, seg_out_channels=32, uses_learned_upsample=learned,
+        backbone_hidden_sizes=(8, 16, 16, 32),
+        backbone_depths=(1, 1, 1, 1),
+        bifpn_num_blocks=2,
+        bifpn_num_features=16,
+        seg_out_channels=32,
+        uses_learned_upsample=learned,
     )
     model = PeakNet(config).eval()
     x = torch.randn(shape)
     batch, _, height, width = shape
     with torch.no_grad():
         features = model.forward_features(x)
-        assert [tuple(f.shape) for f in features] == [
-            (batch, 16, height // s, width // s) for s in (4, 8, 16, 32)
-        ]
+        assert [tuple(f.shape) for f in features] == [(batch, 16, height // s, width // s) for s in (4, 8, 16, 32)]
         assert model.forward_head(features, upsample=False).shape == (batch, 2, height // 4, width // 4)
         assert model(x).shape == (batch, 2, height, width)
         assert model.forward_peak_score(x).shape == (batch, 1, height, width)
@@ -185,8 +193,16 @@ def test_peak_score_agrees_with_argmax(folder: Path, name: str) -> None:
 
 
 def test_peak_score_needs_two_classes() -> None:
-    model = PeakNet(PeakNetConfig(num_classes=3, backbone_hidden_sizes=(8, 8, 8, 8), backbone_depths=(1, 1, 1, 1),
-                                  bifpn_num_blocks=1, bifpn_num_features=8, seg_out_channels=32))
+    model = PeakNet(
+        PeakNetConfig(
+            num_classes=3,
+            backbone_hidden_sizes=(8, 8, 8, 8),
+            backbone_depths=(1, 1, 1, 1),
+            bifpn_num_blocks=1,
+            bifpn_num_features=8,
+            seg_out_channels=32,
+        )
+    )
     with pytest.raises(ValueError, match="2-class"):
         model.forward_peak_score(torch.zeros(1, 1, 32, 32))
 

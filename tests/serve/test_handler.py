@@ -27,10 +27,13 @@ make_frames = spot_frames
 
 def make_context(model_dir: Path, handler_section: dict | None = None) -> Context:
     # max_mask_fraction None: the fixture's random weights mark about half of every panel, over the default cap
-    section = {"warmup_shapes": [[1, 64, 96]], "model_label": "tiny", "max_mask_fraction": None,
-               **(handler_section or {})}
-    return Context("peaknet", str(model_dir), {}, 4, None, "0.12.0",
-                   model_yaml_config={"handler": section})
+    section = {
+        "warmup_shapes": [[1, 64, 96]],
+        "model_label": "tiny",
+        "max_mask_fraction": None,
+        **(handler_section or {}),
+    }
+    return Context("peaknet", str(model_dir), {}, 4, None, "0.12.0", model_yaml_config={"handler": section})
 
 
 @pytest.fixture(scope="module")
@@ -50,10 +53,16 @@ def run_batch(handler, context, requests: list[tuple[dict, dict]]):
 
 
 def raw_request(frames: np.ndarray, **headers) -> tuple[dict, dict]:
-    return ({"body": bytearray(frames.tobytes())},
-            {"Content-Type": "application/octet-stream", "X-Dtype": str(frames.dtype),
-             "X-Shape": ",".join(map(str, frames.shape)), "body": {"content-type": "application/octet-stream"},
-             **headers})
+    return (
+        {"body": bytearray(frames.tobytes())},
+        {
+            "Content-Type": "application/octet-stream",
+            "X-Dtype": str(frames.dtype),
+            "X-Shape": ",".join(map(str, frames.shape)),
+            "body": {"content-type": "application/octet-stream"},
+            **headers,
+        },
+    )
 
 
 def expected_peaks(frames: np.ndarray, threshold: float | None = None):
@@ -65,13 +74,19 @@ def expected_peaks(frames: np.ndarray, threshold: float | None = None):
 def test_good_and_bad_requests_in_one_batch(handler, model_dir):
     frames = make_frames(n=2)
     context = make_context(model_dir)
-    statuses, bodies, types = run_batch(handler, context, [
-        raw_request(frames),
-        ({"body": bytearray(b"\x00" * 10)}, {"Content-Type": "application/octet-stream",
-                                            "X-Dtype": "uint16", "X-Shape": "2,2,64,96"}),
-        ({"body": bytearray(b"x")}, {"Content-Type": "text/csv"}),
-        raw_request(frames),
-    ])
+    statuses, bodies, types = run_batch(
+        handler,
+        context,
+        [
+            raw_request(frames),
+            (
+                {"body": bytearray(b"\x00" * 10)},
+                {"Content-Type": "application/octet-stream", "X-Dtype": "uint16", "X-Shape": "2,2,64,96"},
+            ),
+            ({"body": bytearray(b"x")}, {"Content-Type": "text/csv"}),
+            raw_request(frames),
+        ],
+    )
     assert statuses == [200, 400, 415, 200]
     assert all(t == "application/json" for t in types)
     good, bad, unsupported, good_again = (json.loads(b) for b in bodies)
@@ -90,8 +105,9 @@ def test_good_and_bad_requests_in_one_batch(handler, model_dir):
 def test_requests_of_different_shapes_and_dtypes_share_a_batch(handler, model_dir):
     small, large = make_frames(n=1, h=64, w=96, seed=1), make_frames(n=1, p=1, h=70, w=100, seed=2)
     context = make_context(model_dir)
-    statuses, bodies, _ = run_batch(handler, context, [
-        raw_request(small), raw_request(large), raw_request(small.astype(np.float32))])
+    statuses, bodies, _ = run_batch(
+        handler, context, [raw_request(small), raw_request(large), raw_request(small.astype(np.float32))]
+    )
     assert statuses == [200, 200, 200]
     a, b, c = (json.loads(x) for x in bodies)
     assert b["shape"] == [1, 1, 70, 100]  # padded to 96x128 internally, cropped back
@@ -117,13 +133,19 @@ def test_multipart_form_fields(handler, model_dir):
     buffer = io.BytesIO()
     np.save(buffer, frames)
     context = make_context(model_dir)
-    multipart = {"Content-Type": "multipart/form-data; boundary=xyz",
-                 "data": {"content-type": "application/octet-stream"}}
-    statuses, bodies, _ = run_batch(handler, context, [
-        ({"data": bytearray(buffer.getvalue())}, multipart),
-        ({"data": bytearray(frames.tobytes()), "dtype": bytearray(b"uint16"), "shape": "1,2,64,96"}, multipart),
-        raw_request(frames),
-    ])
+    multipart = {
+        "Content-Type": "multipart/form-data; boundary=xyz",
+        "data": {"content-type": "application/octet-stream"},
+    }
+    statuses, bodies, _ = run_batch(
+        handler,
+        context,
+        [
+            ({"data": bytearray(buffer.getvalue())}, multipart),
+            ({"data": bytearray(frames.tobytes()), "dtype": bytearray(b"uint16"), "shape": "1,2,64,96"}, multipart),
+            raw_request(frames),
+        ],
+    )
     assert statuses == [200, 200, 200]
     answers = [json.loads(b) for b in bodies]
     assert answers[0]["frames"] == answers[1]["frames"] == answers[2]["frames"]
@@ -167,6 +189,7 @@ def test_model_config_yaml_is_valid_for_the_handler():
     root = Path(__file__).resolve().parents[2]
     section = yaml.safe_load((root / "model-config.yaml").read_text())["handler"]
     from peaknet_serve.config.settings import HandlerSettings
+
     settings = HandlerSettings.from_mapping(section, env={})
     assert settings.limits.max_frames == 16 and settings.max_batch_panels == 64
 
@@ -177,15 +200,21 @@ def test_per_request_threshold_header_and_form_field(handler, model_dir):
     frames = make_frames(n=1, seed=11)
     buffer = io.BytesIO()
     np.save(buffer, frames)
-    multipart = {"Content-Type": "multipart/form-data; boundary=xyz",
-                 "data": {"content-type": "application/octet-stream"}}
-    statuses, bodies, _ = run_batch(handler, make_context(model_dir), [
-        raw_request(frames),
-        raw_request(frames, **{"X-Peak-Threshold": "0.9"}),
-        ({"data": bytearray(buffer.getvalue()), "threshold": bytearray(b"0.05")}, multipart),
-        raw_request(frames, **{"X-Peak-Threshold": "1.5"}),
-        raw_request(frames, **{"X-Peak-Threshold": "0.9"}),
-    ])
+    multipart = {
+        "Content-Type": "multipart/form-data; boundary=xyz",
+        "data": {"content-type": "application/octet-stream"},
+    }
+    statuses, bodies, _ = run_batch(
+        handler,
+        make_context(model_dir),
+        [
+            raw_request(frames),
+            raw_request(frames, **{"X-Peak-Threshold": "0.9"}),
+            ({"data": bytearray(buffer.getvalue()), "threshold": bytearray(b"0.05")}, multipart),
+            raw_request(frames, **{"X-Peak-Threshold": "1.5"}),
+            raw_request(frames, **{"X-Peak-Threshold": "0.9"}),
+        ],
+    )
     assert statuses == [200, 200, 200, 400, 200]
     default, strict, loose, bad, strict_again = (json.loads(b) for b in bodies)
     assert default["threshold"] is None and strict["threshold"] == 0.9 and loose["threshold"] == 0.05
@@ -204,8 +233,9 @@ def test_deployment_threshold_is_echoed(model_dir):
     h = PeakNetHandler()
     h.initialize(make_context(model_dir, {"threshold": 0.3}))
     frames = make_frames(n=1, seed=12)
-    statuses, bodies, _ = run_batch(h, make_context(model_dir), [
-        raw_request(frames), raw_request(frames, **{"X-Peak-Threshold": "0.7"})])
+    statuses, bodies, _ = run_batch(
+        h, make_context(model_dir), [raw_request(frames), raw_request(frames, **{"X-Peak-Threshold": "0.7"})]
+    )
     assert statuses == [200, 200]
     deployment, request = (json.loads(b) for b in bodies)
     assert deployment["threshold"] == 0.3 and request["threshold"] == 0.7

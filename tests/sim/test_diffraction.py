@@ -33,7 +33,7 @@ def test_random_cells_stay_in_range():
 
 
 def _crystal(rotation_seed: int = 1) -> CrystalState:
-    cell = UnitCell(79.0, 79.0, 38.0)                       # lysozyme-like
+    cell = UnitCell(79.0, 79.0, 38.0)  # lysozyme-like
     recip = reciprocal_matrix(cell.real_space_matrix()) @ random_rotation(np.random.default_rng(rotation_seed)).T
     return CrystalState(recip, mosaicity_rad=np.deg2rad(0.1), domain_size=1000.0, d_min=2.0)
 
@@ -60,8 +60,9 @@ def test_ewald_enumeration_matches_brute_force():
     qn = np.linalg.norm(q, axis=1)
     s = q + [0.0, 0.0, 1.0 / wavelength]
     eps = np.linalg.norm(s, axis=1) - 1.0 / wavelength
-    sigma = np.sqrt((crystal.mosaicity_rad * qn) ** 2 + (1.0 / crystal.domain_size) ** 2
-                    + (0.003 * qn ** 2 * wavelength / 2) ** 2)
+    sigma = np.sqrt(
+        (crystal.mosaicity_rad * qn) ** 2 + (1.0 / crystal.domain_size) ** 2 + (0.003 * qn**2 * wavelength / 2) ** 2
+    )
     keep = (qn > 0) & (qn <= 1 / crystal.d_min) & (np.abs(eps) <= 3.5 * sigma) & (s[:, 2] > 0)
     brute = {tuple(r) for r in grid[keep]}
     assert {tuple(r) for r in fast.hkl} == brute
@@ -72,5 +73,5 @@ def test_wilson_intensities_follow_b_factor_falloff():
     d_low, d_high = np.full(20000, 10.0), np.full(20000, 2.0)
     b = 40.0
     ratio = wilson_intensities(rng, d_high, b).mean() / wilson_intensities(rng, d_low, b).mean()
-    expected = np.exp(-b / (2 * 2.0 ** 2)) / np.exp(-b / (2 * 10.0 ** 2))
+    expected = np.exp(-b / (2 * 2.0**2)) / np.exp(-b / (2 * 10.0**2))
     assert abs(ratio / expected - 1) < 0.05

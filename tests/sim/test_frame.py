@@ -46,7 +46,7 @@ def test_frame_dtypes_and_shapes(name):
     assert frame.adu.shape == geometry.frame_shape and frame.adu.dtype == np.float32
     assert frame.uint16.dtype == np.uint16 and frame.mask.dtype == np.uint8
     assert set(np.unique(frame.mask)) <= {0, 1}
-    assert not frame.mask[:, 0, :].any()                       # panel borders are masked
+    assert not frame.mask[:, 0, :].any()  # panel borders are masked
 
 
 def test_truth_and_segmentation_mask_agree(epix_frames_any):
@@ -56,8 +56,8 @@ def test_truth_and_segmentation_mask_agree(epix_frames_any):
         assert not np.any(p.strong & p.weak)
         assert np.all(p.snr[p.strong] >= STRONG_SNR) and np.all(p.snr[p.weak] >= WEAK_SNR)
         centre = (p.panel, np.rint(p.ss).astype(int), np.rint(p.fs).astype(int))
-        assert np.all(frame.label[centre][p.strong] == 1)         # every strong spot is labelled
-        assert np.all(frame.mask[centre][p.strong] == 1)          # ... on a good pixel
+        assert np.all(frame.label[centre][p.strong] == 1)  # every strong spot is labelled
+        assert np.all(frame.mask[centre][p.strong] == 1)  # ... on a good pixel
         assert not np.any(frame.label.astype(bool) & frame.ignore)
         # every labelled pixel lies within 3 sigma (<= 3 * 3 px) of some strong spot
         lp, ls, lf = np.nonzero(frame.label)
@@ -75,7 +75,7 @@ def test_strong_spots_are_brighter_than_their_surroundings(epix_frames_any):
     bright = p.strong & (p.photons > 200)
     for i in np.flatnonzero(bright)[:20]:
         s, f = int(round(p.ss[i])), int(round(p.fs[i]))
-        patch = frame.adu[p.panel[i], max(0, s - 1):s + 2, max(0, f - 1):f + 2]
+        patch = frame.adu[p.panel[i], max(0, s - 1) : s + 2, max(0, f - 1) : f + 2]
         assert patch.sum() / gain > 0.2 * p.photons[i]
 
 
@@ -88,14 +88,19 @@ def test_sampled_parameters_cover_the_requested_ranges():
     gains = [p.response.adu_per_photon for p in params]
     assert 6.0 <= min(energies) and max(energies) <= 12.0
     assert min(sigmas) < 0.7 and max(sigmas) > 2.3
-    assert min(gains) < 10 and max(gains) > 100                  # ePix10k medium .. high gain
+    assert min(gains) < 10 and max(gains) > 100  # ePix10k medium .. high gain
     assert any(len(p.crystals) == 0 for p in params) and any(len(p.crystals) == 2 for p in params)
 
 
 @pytest.mark.parametrize("compression", [None, "gzip"])
 def test_cxi_layout_round_trip(tmp_path, epix_frames, compression):
-    path = write_cxi(tmp_path / "frames.cxi", epix_frames, as_uint16=compression is not None,
-                     compression=compression, detector="epix10k2m")
+    path = write_cxi(
+        tmp_path / "frames.cxi",
+        epix_frames,
+        as_uint16=compression is not None,
+        compression=compression,
+        detector="epix10k2m",
+    )
     with h5py.File(path, "r") as h5:
         data = h5["entry_1/data_1/data"]
         assert data.shape == (2, 16, 352, 384)
@@ -109,9 +114,10 @@ def test_cxi_layout_round_trip(tmp_path, epix_frames, compression):
             assert result[key].shape == (2, n.max())
         first = epix_frames[0].peaks
         strong = np.flatnonzero(first.strong)
-        np.testing.assert_allclose(result["peakXPosRaw"][0, :n[0]], first.fs[strong], rtol=1e-6)
-        np.testing.assert_allclose(result["peakYPosRaw"][0, :n[0]], first.panel[strong] * 352 + first.ss[strong],
-                                   rtol=1e-6)
+        np.testing.assert_allclose(result["peakXPosRaw"][0, : n[0]], first.fs[strong], rtol=1e-6)
+        np.testing.assert_allclose(
+            result["peakYPosRaw"][0, : n[0]], first.panel[strong] * 352 + first.ss[strong], rtol=1e-6
+        )
     strong_peaks, weak_peaks = read_truth(path, 1)
     assert len(strong_peaks.panel) == epix_frames[1].peaks.strong.sum()
     assert len(weak_peaks.panel) == epix_frames[1].peaks.weak.sum()
@@ -144,7 +150,10 @@ def test_perfect_segmentations_score_f1_one(name, artefact_probability):
     for seed in range(6 if artefact_probability == 0 else 3):
         frame = simulate_frame(geometry, np.random.default_rng([99, seed]), artefact_probability=artefact_probability)
         assert frame.params.artefacts.any == (artefact_probability > 0)
-        for answer, mask in (("label", frame.label.astype(bool)), ("label|ignore", frame.label.astype(bool) | frame.ignore)):
+        for answer, mask in (
+            ("label", frame.label.astype(bool)),
+            ("label|ignore", frame.label.astype(bool) | frame.ignore),
+        ):
             counts = _score(frame, mask)
             assert counts.fp == 0 and counts.fn == 0, (seed, answer, counts)
         assert not np.any(frame.peaks.strong & frame.peaks.merged)
@@ -157,7 +166,7 @@ def test_merged_spots_need_another_spot_in_the_blob():
     peaks = frame.peaks
     assert peaks.merged.sum() > 0 and peaks.strong.sum() > 0
     in_panel = np.zeros((3, 3, 3), dtype=bool)
-    in_panel[1] = True                            # 8-connected within a panel
+    in_panel[1] = True  # 8-connected within a panel
     blobs = ndimage.label(frame.label.astype(bool) | frame.ignore, structure=in_panel)[0]
     centre = blobs[peaks.panel, np.rint(peaks.ss).astype(int), np.rint(peaks.fs).astype(int)]
     visible = peaks.strong | peaks.weak
@@ -167,24 +176,24 @@ def test_merged_spots_need_another_spot_in_the_blob():
 
 def test_two_touching_bright_spots_merge_into_one_excused_blob():
     label = np.zeros((2, 20, 20), dtype=np.uint8)
-    label[0, 5:8, 5:12] = 1                       # one blob holding spots at fs 6 and 10
-    label[1, 3, 3] = 1                            # a lone spot on the other panel
+    label[0, 5:8, 5:12] = 1  # one blob holding spots at fs 6 and 10
+    label[1, 3, 3] = 1  # a lone spot on the other panel
     ignore = np.zeros(label.shape, dtype=bool)
     panel, ss, fs = np.array([0, 0, 1, 0]), np.array([6.0, 6.0, 3.0, 15.0]), np.array([6.0, 10.0, 3.0, 15.0])
     strong = np.array([True, True, True, False])
     merged, blobs, region = merged_spots(label, ignore, panel, ss, fs, strong, np.zeros(4, dtype=bool))
     assert merged.tolist() == [True, True, False, False]
-    assert region.sum() == 21 and region[0, 5:8, 5:12].all()     # the blob; not the lone spot
-    assert np.allclose(blobs, [[0, 6.0, 8.0], [0, 6.0, 8.0]])   # the blob, and the same label component
+    assert region.sum() == 21 and region[0, 5:8, 5:12].all()  # the blob; not the lone spot
+    assert np.allclose(blobs, [[0, 6.0, 8.0], [0, 6.0, 8.0]])  # the blob, and the same label component
 
 
 def test_a_bright_spot_touching_a_weak_one_is_excused_with_its_blob():
     label = np.zeros((1, 20, 20), dtype=np.uint8)
-    label[0, 5:8, 5:8] = 1                        # strong spot at (6, 6)
-    label[0, 14, 14] = 1                          # strong spot at (14, 14), alone
+    label[0, 5:8, 5:8] = 1  # strong spot at (6, 6)
+    label[0, 14, 14] = 1  # strong spot at (14, 14), alone
     ignore = np.zeros(label.shape, dtype=bool)
-    ignore[0, 5:8, 8:11] = True                   # weak spot at (6, 9), its ellipse touching the first
-    ignore[0, 1:3, 16:19] = True                  # weak spot at (2, 17), alone
+    ignore[0, 5:8, 8:11] = True  # weak spot at (6, 9), its ellipse touching the first
+    ignore[0, 1:3, 16:19] = True  # weak spot at (2, 17), alone
     panel = np.zeros(4, dtype=int)
     ss, fs = np.array([6.0, 14.0, 6.0, 2.0]), np.array([6.0, 14.0, 9.0, 17.0])
     strong, weak = np.array([True, True, False, False]), np.array([False, False, True, True])
@@ -202,9 +211,9 @@ def test_detections_on_merged_blobs_count_neither_way_and_on_background_count_as
     frame = simulate_frame(get_geometry("epix10k2m"), np.random.default_rng([99, 1]))
     strong, excused = frame.scoring_points()
     region = frame.excused_region
-    far = np.ones(region.shape, dtype=bool)                       # pixels > 2 px from every point
+    far = np.ones(region.shape, dtype=bool)  # pixels > 2 px from every point
     for panel, ss, fs in np.concatenate([strong, excused]):
-        far[int(panel), max(0, int(ss) - 3):int(ss) + 4, max(0, int(fs) - 3):int(fs) + 4] = False
+        far[int(panel), max(0, int(ss) - 3) : int(ss) + 4, max(0, int(fs) - 3) : int(fs) + 4] = False
     on_region = np.argwhere(region & far)[:5].astype(float)
     on_background = np.argwhere(~region & far & ~frame.label.astype(bool) & ~frame.ignore)[:5].astype(float)
     assert len(on_region) == 5 and len(on_background) == 5

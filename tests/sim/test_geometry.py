@@ -27,8 +27,9 @@ def test_lab_to_panel_inverts_pixel_positions(name):
     p = rng.integers(geometry.n_panels, size=50)
     ss = rng.integers(geometry.panel_shape[0], size=50)
     fs = rng.integers(geometry.panel_shape[1], size=50)
-    panel, ss_back, fs_back = geometry.lab_to_panel(x[p, ss, fs].astype(np.float64),
-                                                   y[p, ss, fs].astype(np.float64), offset)
+    panel, ss_back, fs_back = geometry.lab_to_panel(
+        x[p, ss, fs].astype(np.float64), y[p, ss, fs].astype(np.float64), offset
+    )
     np.testing.assert_array_equal(panel, p)
     np.testing.assert_allclose(ss_back, ss, atol=1e-3)
     np.testing.assert_allclose(fs_back, fs, atol=1e-3)
@@ -46,7 +47,7 @@ def test_border_mask_marks_edges_and_asic_seams():
     border = geometry.border_mask()
     assert border.shape == geometry.frame_shape
     assert border[:, 0, :].all() and border[:, -1, :].all() and border[:, :, 0].all()
-    assert border[:, 175, 10].all() and border[:, 176, 10].all()      # ASIC seam rows
+    assert border[:, 175, 10].all() and border[:, 176, 10].all()  # ASIC seam rows
     assert not border[:, 100, 100].any()
 
 

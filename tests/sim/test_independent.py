@@ -13,8 +13,12 @@ from peaknet_serve.sim import independent as sim
 
 ROOT = Path(__file__).resolve().parents[2]
 BUNDLED = ROOT / "model_store" / "peaknet" / "peaknet.yaml"
-SHAPES = {"epix10k2m": (16, 352, 384), "jungfrau4m": (8, 512, 1024), "cspad": (32, 185, 388),
-          "rayonix": (1, 1920, 1920)}
+SHAPES = {
+    "epix10k2m": (16, 352, 384),
+    "jungfrau4m": (8, 512, 1024),
+    "cspad": (32, 185, 388),
+    "rayonix": (1, 1920, 1920),
+}
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +94,9 @@ def test_layouts_do_not_overlap_and_invert():
         # No pixel centre of one panel lies on another panel (overlap would map to the first).
         corners = np.array([[0, 0], [0, -1], [-1, 0], [-1, -1]])
         for k in range(det.frame_shape[0]):
-            panel, _, _ = sim.xy_to_panel(det, x[k][corners[:, 0], corners[:, 1]], y[k][corners[:, 0], corners[:, 1]],
-                                          beam)
+            panel, _, _ = sim.xy_to_panel(
+                det, x[k][corners[:, 0], corners[:, 1]], y[k][corners[:, 0], corners[:, 1]], beam
+            )
             assert (panel == k).all()
     # fast axes point in several lab directions (unlike a plain grid).
     assert len({tuple(np.round(v, 6)) for v in sim.detector("epix10k2m").fs_dirs}) == 4
@@ -100,8 +105,9 @@ def test_layouts_do_not_overlap_and_invert():
 def test_ewald_intersection_finds_every_reflection_a_brute_force_search_finds():
     det = sim.detector("epix10k2m")
     params = sim.sample_params(det, np.random.default_rng(11))
-    crystal = sim.Crystal("triclinic", (31.0, 37.0, 44.0, 80.0, 100.0, 95.0), sim.random_rotation(np.random.default_rng(3)),
-                          100.0)
+    crystal = sim.Crystal(
+        "triclinic", (31.0, 37.0, 44.0, 80.0, 100.0, 95.0), sim.random_rotation(np.random.default_rng(3)), 100.0
+    )
     params = dataclasses.replace(params, mosaicity_rad=math.radians(0.3), crystals=(crystal,))
     s_max = 0.35
     hkl, g, _ = sim.ewald_reflections(crystal, params, s_max)
@@ -128,9 +134,20 @@ def test_spot_profiles_are_centred_and_conserve_photons():
     ss, fs = rng.uniform(20, 330, n), rng.uniform(20, 360, n)
     minor = rng.uniform(0.55, 2.0, n)
     angle = rng.uniform(0, np.pi, n)
-    spots = sim.Spots(np.arange(n), ss, fs, np.full(n, 500.0), np.clip(minor * rng.uniform(1, 3, n), minor, 3.5),
-                      minor, np.cos(angle), np.sin(angle), np.zeros((n, 3), np.int64), np.zeros(n, np.int64), np.ones(n))
-    yy, xx = np.mgrid[:shape[1], :shape[2]]
+    spots = sim.Spots(
+        np.arange(n),
+        ss,
+        fs,
+        np.full(n, 500.0),
+        np.clip(minor * rng.uniform(1, 3, n), minor, 3.5),
+        minor,
+        np.cos(angle),
+        np.sin(angle),
+        np.zeros((n, 3), np.int64),
+        np.zeros(n, np.int64),
+        np.ones(n),
+    )
+    yy, xx = np.mgrid[: shape[1], : shape[2]]
     for kind, shape_param in (("moffat", 2.5), ("pvoigt", 0.4)):
         params = dataclasses.replace(base, profile=kind, profile_shape=shape_param)
         out = sim.render_spots(spots, params, shape, np.zeros(shape, np.float32), np.ones(shape, np.float32))
@@ -155,22 +172,22 @@ def _box_measurements(f, which, clean_radius=10.0):
     rows = []
     for i in np.flatnonzero(which):
         panel, s, q = t.panel[i], round(t.ss[i]), round(t.fs[i])
-        h = int(sim.integration_half_size(t.sigma_major[i:i + 1])[0])
+        h = int(sim.integration_half_size(t.sigma_major[i : i + 1])[0])
         outer = math.ceil((math.sqrt(5.0) * (2 * h + 1) - 1) / 2)
         if not (outer <= s < img.shape[1] - outer and outer <= q < img.shape[2] - outer):
             continue
         same = pts[pts[:, 0] == panel]
         if (np.hypot(same[:, 1] - t.ss[i], same[:, 2] - t.fs[i]) < clean_radius).sum() > 1:
             continue
-        region = img[panel, s - outer:s + outer + 1, q - outer:q + outer + 1]
-        if not f.mask[panel, s - outer:s + outer + 1, q - outer:q + outer + 1].all() or region.max() >= saturated:
+        region = img[panel, s - outer : s + outer + 1, q - outer : q + outer + 1]
+        if not f.mask[panel, s - outer : s + outer + 1, q - outer : q + outer + 1].all() or region.max() >= saturated:
             continue
         inner = np.zeros(region.shape, dtype=bool)
-        inner[outer - h:outer + h + 1, outer - h:outer + h + 1] = True
+        inner[outer - h : outer + h + 1, outer - h : outer + h + 1] = True
         n = inner.sum()
         b = region[~inner].mean()
         signal = region[inner].sum() - n * b
-        sigma = math.sqrt(max(signal, 0.0) + 1.25 * n * (max(b, 0.0) + p.read_noise ** 2))
+        sigma = math.sqrt(max(signal, 0.0) + 1.25 * n * (max(b, 0.0) + p.read_noise**2))
         rows.append((i, signal, sigma))
     out = np.array(rows).reshape(-1, 3)
     return out[:, 0].astype(np.int64), out[:, 1], out[:, 2]
@@ -182,10 +199,24 @@ def test_strong_spots_stand_out_and_weak_ones_are_dimmer():
     rng = np.random.default_rng([61, 2])
     params = sim.sample_params(det, rng)
     crystal = sim.Crystal("orthorhombic", (120.0, 140.0, 160.0, 90.0, 90.0, 90.0), params.crystals[0].rotation, 300.0)
-    params = dataclasses.replace(params, crystals=(crystal,), background_level=2.0, jet=None, d_limit_a=2.0,
-                                 distance_mm=200.0, wavelength_a=1.3, common_mode=0.0, panel_offset=0.0,
-                                 read_noise=0.1, panel_gain_rms=0.0, pixel_gain_rms=0.005, width_px=1.0,
-                                 streak="round", profile="pvoigt", profile_shape=0.1)
+    params = dataclasses.replace(
+        params,
+        crystals=(crystal,),
+        background_level=2.0,
+        jet=None,
+        d_limit_a=2.0,
+        distance_mm=200.0,
+        wavelength_a=1.3,
+        common_mode=0.0,
+        panel_offset=0.0,
+        read_noise=0.1,
+        panel_gain_rms=0.0,
+        pixel_gain_rms=0.005,
+        width_px=1.0,
+        streak="round",
+        profile="pvoigt",
+        profile_shape=0.1,
+    )
     f = sim.simulate("epix10k2m", rng, params)
     t = f.truth
     _, signal, sigma = _box_measurements(f, t.strong)
@@ -214,8 +245,25 @@ def test_evaluate_independent_smoke(tmp_path):
     from peaknet_serve.eval import independent as ev
 
     frame = sim.simulate("cspad", ev.frame_rng(5, "cspad", 0))
-    assert ev.main(["--config", str(BUNDLED), "--geometries", "cspad", "--frames", "1", "--device", "cpu",
-                    "--seed", "5", "--out", str(tmp_path)]) == 0
+    assert (
+        ev.main(
+            [
+                "--config",
+                str(BUNDLED),
+                "--geometries",
+                "cspad",
+                "--frames",
+                "1",
+                "--device",
+                "cpu",
+                "--seed",
+                "5",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     report = json.loads((tmp_path / "robustness.json").read_text())
     acc = report["per_geometry"]["cspad"]["accuracy"]["float32"]
     assert acc["tp"] + acc["fn"] == int(frame.truth.strong.sum())

@@ -21,8 +21,8 @@ def test_perfect_and_empty_cases():
 def test_radius_and_panel_are_respected():
     truth = pts((0, 10, 10))
     assert match_peaks(pts((0, 11.9, 10)), truth).tp == 1
-    assert match_peaks(pts((0, 11.5, 11.5)), truth).tp == 0          # 2.12 px away
-    assert match_peaks(pts((1, 10, 10)), truth).tp == 0              # same spot, other panel
+    assert match_peaks(pts((0, 11.5, 11.5)), truth).tp == 0  # 2.12 px away
+    assert match_peaks(pts((1, 10, 10)), truth).tp == 0  # same spot, other panel
 
 
 def test_one_to_one_assignment_maximises_matches():
@@ -45,7 +45,7 @@ def test_detections_near_weak_peaks_are_excused():
     strong, weak = pts((0, 10, 10)), pts((0, 50, 50))
     counts = match_peaks(pts((0, 10, 10), (0, 51, 50), (0, 80, 80)), strong, weak)
     assert (counts.tp, counts.fp, counts.fn, counts.excused) == (1, 1, 0, 1)
-    missed_weak = match_peaks(pts((0, 10, 10)), strong, weak)         # not finding weak is fine
+    missed_weak = match_peaks(pts((0, 10, 10)), strong, weak)  # not finding weak is fine
     assert (missed_weak.fn, missed_weak.f1) == (0, 1.0)
 
 
@@ -66,13 +66,17 @@ def test_detections_on_the_excused_region_count_neither_way():
     region = np.zeros((2, 10, 10), dtype=bool)
     region[1, 2:5, 2:5] = True
     strong = np.array([[0, 5.0, 5.0]])
-    found = np.array([[0, 5.2, 5.1],          # matched
-                      [1, 3.4, 2.4],          # on the region (nearest pixel (3, 2))
-                      [1, 4.6, 4.0],          # nearest pixel (5, 4): off the region
-                      [0, 3.0, 3.0],          # same pixel on the other panel: off the region
-                      [1, 12.0, 3.0]])        # outside the frame
+    found = np.array(
+        [
+            [0, 5.2, 5.1],  # matched
+            [1, 3.4, 2.4],  # on the region (nearest pixel (3, 2))
+            [1, 4.6, 4.0],  # nearest pixel (5, 4): off the region
+            [0, 3.0, 3.0],  # same pixel on the other panel: off the region
+            [1, 12.0, 3.0],
+        ]
+    )  # outside the frame
     counts = match_peaks(found, strong, None, excused_region=region)
     assert (counts.tp, counts.fp, counts.fn, counts.excused) == (1, 3, 0, 1)
-    weak = np.array([[1, 4.5, 4.5]])          # excused by the weak point first, counted once
+    weak = np.array([[1, 4.5, 4.5]])  # excused by the weak point first, counted once
     counts = match_peaks(found, strong, weak, excused_region=region)
     assert (counts.tp, counts.fp, counts.excused) == (1, 2, 2)

@@ -20,7 +20,7 @@ def test_writes_the_frames_of_the_seed_with_their_truth(tmp_path):
         np.testing.assert_array_equal(data[1], expected.uint16)
     strong, _ = read_truth(out, 1)
     assert len(strong.ss) == int(expected.peaks.strong.sum())
-    frames = read_frames(out, n_frames=2)                      # what peakfind/loadtest read
+    frames = read_frames(out, n_frames=2)  # what peakfind/loadtest read
     assert frames.shape == (2, *expected.uint16.shape)
 
 

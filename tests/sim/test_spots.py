@@ -28,8 +28,9 @@ def test_rendered_spot_conserves_photons_and_centroid():
 
 def test_spots_at_panel_edge_lose_photons_off_panel():
     shape = (1, 20, 20)
-    flat, mass, sid = spot_footprints(np.array([0]), np.array([0.0]), np.array([10.0]),
-                                      np.array([1.0]), np.array([1.0]), shape)
+    flat, mass, sid = spot_footprints(
+        np.array([0]), np.array([0.0]), np.array([10.0]), np.array([1.0]), np.array([1.0]), shape
+    )
     image = render_spots(np.array([100.0]), flat, mass, sid, shape)
     assert 50.0 < image.sum() < 75.0
 
@@ -41,7 +42,7 @@ def test_water_ring_peaks_at_its_q():
     params = BackgroundParams(water=10.0, water_q=2.0, water_width=0.3, air=0.0, air_q=1.0, constant=0.0)
     bg = background_photons(params, q, cos2t, pol)
     q_at_max = q.ravel()[np.argmax(bg.ravel())]
-    assert 1.7 < q_at_max < 2.05           # obliquity and polarisation pull it slightly inwards
+    assert 1.7 < q_at_max < 2.05  # obliquity and polarisation pull it slightly inwards
 
 
 def test_poisson_statistics_and_gain():
@@ -49,8 +50,13 @@ def test_poisson_statistics_and_gain():
     expected = np.full((1, 300, 300), 4.0)
     photons = poisson_photons(rng, expected)
     assert abs(photons.mean() - 4.0) < 0.03 and abs(photons.var() - 4.0) < 0.1
-    response = DetectorResponse(adu_per_photon=20.0, read_noise_adu=3.0, panel_offset_adu=np.zeros(1),
-                                panel_gain=np.ones(1), saturation_adu=65535.0)
+    response = DetectorResponse(
+        adu_per_photon=20.0,
+        read_noise_adu=3.0,
+        panel_offset_adu=np.zeros(1),
+        panel_gain=np.ones(1),
+        saturation_adu=65535.0,
+    )
     adu = photons_to_adu(rng, photons, response)
     assert adu.dtype == np.float32
     assert abs(adu.mean() - 80.0) < 0.6

@@ -23,12 +23,12 @@ def test_focal_loss_with_gamma_zero_is_cross_entropy():
 
 def test_focal_loss_ignores_weak_pixels_and_down_weights_easy_ones():
     logits = torch.zeros(1, 2, 4, 4)
-    logits[:, 0] = 4.0                                  # confident background everywhere
+    logits[:, 0] = 4.0  # confident background everywhere
     target = torch.zeros(1, 4, 4, dtype=torch.uint8)
     target[0, 0, 0] = IGNORE_INDEX
     base = train.focal_loss(logits, target)
     target_wrong = target.clone()
-    target_wrong[0, 0, 0] = 1                           # the same pixel, now a (missed) peak
+    target_wrong[0, 0, 0] = 1  # the same pixel, now a (missed) peak
     assert train.focal_loss(logits, target_wrong) > 10 * base
     focal = train.focal_loss(logits, torch.zeros_like(target))
     ce = F.cross_entropy(logits, torch.zeros(1, 4, 4, dtype=torch.long))
@@ -36,8 +36,29 @@ def test_focal_loss_ignores_weak_pixels_and_down_weights_easy_ones():
 
 
 def test_tiny_training_run_writes_a_loadable_model(tmp_path):
-    assert train.main(["--out", str(tmp_path), "--steps", "2", "--batch-size", "2", "--crop", "64",
-                       "--workers", "0", "--preset", "tiny", "--warmup", "1", "--device", "cpu"]) == 0
+    assert (
+        train.main(
+            [
+                "--out",
+                str(tmp_path),
+                "--steps",
+                "2",
+                "--batch-size",
+                "2",
+                "--crop",
+                "64",
+                "--workers",
+                "0",
+                "--preset",
+                "tiny",
+                "--warmup",
+                "1",
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     history = json.loads((tmp_path / "train_loss.json").read_text())
     assert history["steps_done"] == 2 and len(history["loss"]) == 2
     assert (tmp_path / "train_loss.png").stat().st_size > 0
@@ -57,9 +78,33 @@ def test_tiny_training_run_with_artefacts(tmp_path, monkeypatch):
         return frame
 
     monkeypatch.setattr(peaknet_serve.training.dataset, "simulate_frame", recording)
-    assert train.main(["--out", str(tmp_path), "--steps", "2", "--batch-size", "4", "--crop", "64",
-                       "--crops-per-frame", "1", "--workers", "0", "--preset", "tiny", "--warmup", "1",
-                       "--device", "cpu", "--artefact-probability", "0.5"]) == 0
+    assert (
+        train.main(
+            [
+                "--out",
+                str(tmp_path),
+                "--steps",
+                "2",
+                "--batch-size",
+                "4",
+                "--crop",
+                "64",
+                "--crops-per-frame",
+                "1",
+                "--workers",
+                "0",
+                "--preset",
+                "tiny",
+                "--warmup",
+                "1",
+                "--device",
+                "cpu",
+                "--artefact-probability",
+                "0.5",
+            ]
+        )
+        == 0
+    )
     history = json.loads((tmp_path / "train_loss.json").read_text())
     assert history["artefact_probability"] == 0.5 and history["steps_done"] == 2
     assert len(frames) >= 8 and all(p == 0.5 for p, _ in frames)
@@ -92,9 +137,34 @@ def test_tiny_training_run_with_coverage_and_a_lower_target(tmp_path, monkeypatc
         return frame
 
     monkeypatch.setattr(peaknet_serve.training.dataset, "simulate_frame", recording)
-    assert train.main(["--out", str(tmp_path), "--steps", "2", "--batch-size", "4", "--crop", "64",
-                       "--crops-per-frame", "1", "--workers", "0", "--preset", "tiny", "--warmup", "1",
-                       "--device", "cpu", "--coverage", "--target-snr", "4.5"]) == 0
+    assert (
+        train.main(
+            [
+                "--out",
+                str(tmp_path),
+                "--steps",
+                "2",
+                "--batch-size",
+                "4",
+                "--crop",
+                "64",
+                "--crops-per-frame",
+                "1",
+                "--workers",
+                "0",
+                "--preset",
+                "tiny",
+                "--warmup",
+                "1",
+                "--device",
+                "cpu",
+                "--coverage",
+                "--target-snr",
+                "4.5",
+            ]
+        )
+        == 0
+    )
     history = json.loads((tmp_path / "train_loss.json").read_text())
     assert history["coverage"] is True and history["target_snr"] == 4.5
     assert "--coverage" in history["command"]

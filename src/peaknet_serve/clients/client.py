@@ -81,9 +81,16 @@ class PeakNetClient:
         retries: further attempts after a 503 or a connection error (back-off 0.5 s, doubling, at most 10 s).
     """
 
-    def __init__(self, url: str = DEFAULT_URL, model: str = DEFAULT_MODEL, encoding: str = "raw",
-                 token: str | None = None, key_file: str | Path | None = None, timeout_s: float = 120.0,
-                 retries: int = 4):
+    def __init__(
+        self,
+        url: str = DEFAULT_URL,
+        model: str = DEFAULT_MODEL,
+        encoding: str = "raw",
+        token: str | None = None,
+        key_file: str | Path | None = None,
+        timeout_s: float = 120.0,
+        retries: int = 4,
+    ):
         self.base_url = url.rstrip("/")
         self.url = f"{self.base_url}/predictions/{model}"
         self.encoding, self.timeout_s, self.retries = encoding, timeout_s, retries
@@ -102,8 +109,9 @@ class PeakNetClient:
         except requests.RequestException as err:
             raise ServerError(f"server at {self.base_url} does not answer: {err}") from err
         if answer.status_code != 200:
-            raise ServerError(f"{self.base_url}/ping answered {answer.status_code}: {answer.text[:200]}",
-                              answer.status_code)
+            raise ServerError(
+                f"{self.base_url}/ping answered {answer.status_code}: {answer.text[:200]}", answer.status_code
+            )
 
     def predict(self, frames: np.ndarray, headers: dict[str, str] | None = None) -> dict[str, Any]:
         """Peaks of ``(N, P, H, W)`` (or ``(P, H, W)``, ``(H, W)``) frames: the JSON answer, schema-checked."""
@@ -120,16 +128,18 @@ class PeakNetClient:
         request = encode_request(frames, self.encoding)
         answer = self._post(request.body, {**request.headers, **(headers or {}), "Accept": HDF5})
         if answer.headers.get("Content-Type", "").split(";")[0].strip() not in (HDF5, CXI):
-            raise ServerError(f"expected an HDF5 answer, got {answer.headers.get('Content-Type')!r}",
-                              answer.status_code)
+            raise ServerError(
+                f"expected an HDF5 answer, got {answer.headers.get('Content-Type')!r}", answer.status_code
+            )
         return answer.content
 
     def _post(self, body: bytes, headers: dict[str, str]) -> requests.Response:
         for attempt in range(self.retries + 1):
             last = attempt == self.retries
             try:
-                answer = self._session().post(self.url, data=body, headers={**headers, **self.auth.headers()},
-                                              timeout=self.timeout_s)
+                answer = self._session().post(
+                    self.url, data=body, headers={**headers, **self.auth.headers()}, timeout=self.timeout_s
+                )
             except requests.RequestException as err:
                 if last:
                     raise ServerError(f"no answer from {self.url}: {err}") from err
@@ -137,7 +147,8 @@ class PeakNetClient:
                 if answer.status_code == 200:
                     return answer
                 if answer.status_code != 503 or last:
-                    raise ServerError(f"server answered {answer.status_code}: {error_message(answer.content)}",
-                                      answer.status_code)
+                    raise ServerError(
+                        f"server answered {answer.status_code}: {error_message(answer.content)}", answer.status_code
+                    )
             time.sleep(min(0.5 * 2**attempt, 10.0))
         raise AssertionError("unreachable")

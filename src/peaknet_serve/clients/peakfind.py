@@ -236,7 +236,9 @@ class RunSummary:
             f" {t['peaks_per_frame']:.1f} peaks/frame",
         ]
         if t["truncated_frames"]:
-            lines.append(f"note    {t['truncated_frames']} frames had more than {CXI_MAX_PEAKS} peaks (kept the brightest)")
+            lines.append(
+                f"note    {t['truncated_frames']} frames had more than {CXI_MAX_PEAKS} peaks (kept the brightest)"
+            )
         lines.extend(f"FAILED  {f.source}: {f.error}" for f in self.files if f.status == "failed")
         return "\n".join(lines)
 
@@ -300,7 +302,9 @@ def write_list_file(output_dir: Path, outputs: Sequence[Path]) -> Path:
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("inputs", nargs="+", help="CXI/HDF5 files or folders of them")
     p.add_argument("-o", "--output-dir", default="peaks", help="where peak files go (default ./peaks)")
     p.add_argument("--url", default=DEFAULT_URL, help=f"inference address (default {DEFAULT_URL})")

@@ -40,11 +40,12 @@ def main() -> int:
     pixels = frame.uint16 if args.dtype == "uint16" else frame.adu.astype(np.float32)
     request = encode_request(pixels[None], args.encoding)
     headers = {**request.headers, **KeySource(args.token, args.key_file).headers()}
-    print(f"sending one {args.geometry} frame {pixels.shape} {args.dtype} as {args.encoding} "
-          f"({len(request.body) / 1e6:.1f} MB) to {args.url}/predictions/{args.model}")
+    print(
+        f"sending one {args.geometry} frame {pixels.shape} {args.dtype} as {args.encoding} "
+        f"({len(request.body) / 1e6:.1f} MB) to {args.url}/predictions/{args.model}"
+    )
     started = time.perf_counter()
-    response = requests.post(f"{args.url}/predictions/{args.model}", data=request.body,
-                             headers=headers, timeout=120)
+    response = requests.post(f"{args.url}/predictions/{args.model}", data=request.body, headers=headers, timeout=120)
     elapsed_ms = 1e3 * (time.perf_counter() - started)
     if response.status_code != 200:
         print(f"HTTP {response.status_code}: {response.text}", file=sys.stderr)
@@ -55,14 +56,17 @@ def main() -> int:
     print(f"{found['num_peaks']} peaks; the 10 brightest (panel, ss, fs, pixels, intensity ADU):")
     order = np.argsort(found["intensity"])[::-1][:10]
     for i in order:
-        print(f"  {found['panel'][i]:3d} {found['ss'][i]:8.2f} {found['fs'][i]:8.2f} "
-              f"{found['npix'][i]:4d} {found['intensity'][i]:12.0f}")
+        print(
+            f"  {found['panel'][i]:3d} {found['ss'][i]:8.2f} {found['fs'][i]:8.2f} "
+            f"{found['npix'][i]:4d} {found['intensity'][i]:12.0f}"
+        )
 
-    points = np.stack([found["panel"], found["ss"], found["fs"]], axis=1) if found["num_peaks"] \
-        else np.zeros((0, 3))
+    points = np.stack([found["panel"], found["ss"], found["fs"]], axis=1) if found["num_peaks"] else np.zeros((0, 3))
     counts = frame.score(points)
-    print(f"against the simulator's truth ({int(frame.peaks.strong.sum())} strong spots): "
-          f"precision {counts.precision:.3f}, recall {counts.recall:.3f}, F1 {counts.f1:.3f}")
+    print(
+        f"against the simulator's truth ({int(frame.peaks.strong.sum())} strong spots): "
+        f"precision {counts.precision:.3f}, recall {counts.recall:.3f}, F1 {counts.f1:.3f}"
+    )
     return 0
 
 

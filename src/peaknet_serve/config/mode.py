@@ -40,8 +40,9 @@ class ServingMode:
     depthwise_padding: bool = False
 
     @classmethod
-    def from_settings(cls, settings: HandlerSettings, device: torch.device,
-                      env: Mapping[str, str] = os.environ) -> ServingMode:
+    def from_settings(
+        cls, settings: HandlerSettings, device: torch.device, env: Mapping[str, str] = os.environ
+    ) -> ServingMode:
         """The handler's mode: precision resolved against the device (``PEAKNET_PRECISION`` in ``env``
         first); compile and depthwise padding only on CUDA; autocast only for a reduced dtype on CUDA."""
         dtype = resolve_precision(settings.precision, device, env)
@@ -56,8 +57,11 @@ class ServingMode:
 
     def describe(self) -> str:
         """One line for logs: ``bfloat16, autocast bfloat16, compiled (default), channels_last``."""
-        parts = [dtype_name(self.dtype), f"autocast {dtype_name(self.autocast)}" if self.autocast else "no autocast",
-                 f"compiled ({self.compile})" if self.compile else "eager"]
+        parts = [
+            dtype_name(self.dtype),
+            f"autocast {dtype_name(self.autocast)}" if self.autocast else "no autocast",
+            f"compiled ({self.compile})" if self.compile else "eager",
+        ]
         if self.channels_last:
             parts.append("channels_last")
         if self.depthwise_padding:

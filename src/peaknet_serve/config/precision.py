@@ -76,9 +76,7 @@ def parse_dtype(name: str | torch.dtype) -> torch.dtype:
     try:
         return _ALIASES[key]
     except KeyError:
-        raise ValueError(
-            f"unknown precision {name!r}; accepted: {', '.join(ACCEPTED_NAMES)} (or 'auto')"
-        ) from None
+        raise ValueError(f"unknown precision {name!r}; accepted: {', '.join(ACCEPTED_NAMES)} (or 'auto')") from None
 
 
 def dtype_name(dtype: torch.dtype) -> str:

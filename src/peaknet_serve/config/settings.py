@@ -71,36 +71,35 @@ class HandlerSettings:
     unless absolute.
     """
 
-    precision: str | None = None            # None/"auto": bf16 on CUDA (fp16 on old GPUs), fp32 on CPU
-    config: str = "peaknet.yaml"            # PeakNet YAML in the public pipeline's layout
-    weights: str | None = None              # overrides the YAML's weights_path
-    model_label: str = "peaknet"            # name reported in responses
-    max_batch_panels: int = 64              # panels per GPU micro-batch
-    threshold: float | None = None          # None: argmax; else P(peak) >= threshold
-    min_peak_pixels: int = 1                # smaller connected components are dropped
+    precision: str | None = None  # None/"auto": bf16 on CUDA (fp16 on old GPUs), fp32 on CPU
+    config: str = "peaknet.yaml"  # PeakNet YAML in the public pipeline's layout
+    weights: str | None = None  # overrides the YAML's weights_path
+    model_label: str = "peaknet"  # name reported in responses
+    max_batch_panels: int = 64  # panels per GPU micro-batch
+    threshold: float | None = None  # None: argmax; else P(peak) >= threshold
+    min_peak_pixels: int = 1  # smaller connected components are dropped
     max_peaks_per_frame: int = CXI_MAX_PEAKS  # width of CXI answers (brightest kept); JSON lists are not capped
     warmup: bool = True
     warmup_shapes: tuple[tuple[int, int, int], ...] = ((16, 352, 384),)  # (panels, H, W)
-    compile: bool = False                   # torch.compile (CUDA only; shape buckets are warmed up)
-    compile_mode: str = "default"           # "default" | "reduce-overhead" (CUDA graphs) | "max-autotune"
-    panel_buckets: tuple[int, ...] = ()     # compiled micro-batch sizes; () = max_batch_panels only
+    compile: bool = False  # torch.compile (CUDA only; shape buckets are warmed up)
+    compile_mode: str = "default"  # "default" | "reduce-overhead" (CUDA graphs) | "max-autotune"
+    panel_buckets: tuple[int, ...] = ()  # compiled micro-batch sizes; () = max_batch_panels only
     channels_last: bool = False
-    autocast: bool = True                   # bf16/fp16 on CUDA under torch.autocast; False: pure weights dtype
-    h2d_overlap: bool = False               # upload micro-batch i+1 on a side stream while i computes
-    torch_threads: int | None = None        # CPU threads per worker; None: 1 on a GPU (workers share the host)
+    autocast: bool = True  # bf16/fp16 on CUDA under torch.autocast; False: pure weights dtype
+    h2d_overlap: bool = False  # upload micro-batch i+1 on a side stream while i computes
+    torch_threads: int | None = None  # CPU threads per worker; None: 1 on a GPU (workers share the host)
     gpu_memory_fraction: float | None = None  # cap per worker (several workers share a GPU); None = no cap
     max_mask_fraction: float | None = 0.25  # capped above this peak-mask fraction per panel; None = never
-    max_label_iterations: int | None = 64   # labelling iterations per micro-batch before unsettled panels are capped
-    compile_cache: bool = True              # compiled artefacts saved after warm-up and loaded at start (CUDA)
-    compile_cache_dir: str | None = None    # None: $XDG_CACHE_HOME/peaknet-serve (~/.cache/peaknet-serve)
-    depthwise_padding: bool = True          # CUDA: per warm-up shape, run depthwise convs padded where measured faster
-    batch_time_fraction: float = 0.5        # per-batch work budget (serve.budget); 0 = admit everything
-    hit_min_peaks: int = 10                 # a frame with at least this many peaks counts as a hit (metrics)
+    max_label_iterations: int | None = 64  # labelling iterations per micro-batch before unsettled panels are capped
+    compile_cache: bool = True  # compiled artefacts saved after warm-up and loaded at start (CUDA)
+    compile_cache_dir: str | None = None  # None: $XDG_CACHE_HOME/peaknet-serve (~/.cache/peaknet-serve)
+    depthwise_padding: bool = True  # CUDA: per warm-up shape, run depthwise convs padded where measured faster
+    batch_time_fraction: float = 0.5  # per-batch work budget (serve.budget); 0 = admit everything
+    hit_min_peaks: int = 10  # a frame with at least this many peaks counts as a hit (metrics)
     limits: DecodeLimits = field(default_factory=DecodeLimits)
 
     @classmethod
-    def from_mapping(cls, section: Mapping[str, Any] | None,
-                     env: Mapping[str, str] = os.environ) -> HandlerSettings:
+    def from_mapping(cls, section: Mapping[str, Any] | None, env: Mapping[str, str] = os.environ) -> HandlerSettings:
         """Build settings from the YAML ``handler:`` section, then apply env overrides.
 
         Raises:
@@ -158,7 +157,9 @@ class HandlerSettings:
             "channels_last": parse_bool,
             "autocast": parse_bool,
             "h2d_overlap": parse_bool,
-            "torch_threads": lambda v: None if v is None or str(v).lower() in ("", "auto", "none") else _positive_int(v),
+            "torch_threads": lambda v: None
+            if v is None or str(v).lower() in ("", "auto", "none")
+            else _positive_int(v),
             "gpu_memory_fraction": parse_fraction,
             "depthwise_padding": parse_bool,
             "batch_time_fraction": parse_unit_interval,

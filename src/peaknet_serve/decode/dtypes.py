@@ -8,8 +8,7 @@ from ..errors import BadRequest
 
 # Name -> numpy dtype in native byte order. The order is the order used in error messages.
 WIRE_DTYPES: dict[str, np.dtype] = {
-    name: np.dtype(name)
-    for name in ("uint8", "uint16", "int16", "int32", "uint32", "float16", "float32", "float64")
+    name: np.dtype(name) for name in ("uint8", "uint16", "int16", "int32", "uint32", "float16", "float32", "float64")
 }
 
 ACCEPTED_DTYPES_TEXT = ", ".join(WIRE_DTYPES)

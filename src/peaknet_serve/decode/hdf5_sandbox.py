@@ -127,9 +127,7 @@ class Hdf5Sandbox:
             except (SandboxFailure, OSError, ValueError, TypeError, KeyError) as failure:
                 self._stop()
                 self.restarts += 1
-                raise Hdf5ReaderFailure(
-                    f"the HDF5 reader failed and was restarted ({_describe(failure)})"
-                ) from None
+                raise Hdf5ReaderFailure(f"the HDF5 reader failed and was restarted ({_describe(failure)})") from None
         return pixels
 
     def start(self) -> None:
@@ -235,8 +233,9 @@ def serve(memory_limit_bytes: int = 0) -> None:
         if pixels is None:
             _write_frame(replies, {**reply, "memory": memory})
         else:
-            _write_frame(replies, {"ok": True, "dtype": pixels.dtype.name, "shape": list(pixels.shape),
-                                   "memory": memory})
+            _write_frame(
+                replies, {"ok": True, "dtype": pixels.dtype.name, "shape": list(pixels.shape), "memory": memory}
+            )
             _write_all(replies, memoryview(pixels).cast("B"))
         del pixels
         _trim_heap()

@@ -35,9 +35,7 @@ def frames_shape(shape: Sequence[int], *, stack_is_frames: bool = False) -> Fram
     accepted = HDF5_LAYOUTS_TEXT if stack_is_frames else LAYOUTS_TEXT
     dims = tuple(int(d) for d in shape)
     if not 2 <= len(dims) <= 4:
-        raise BadRequest(
-            "bad_shape", f"shape {dims} has {len(dims)} dimensions; accepted layouts: {accepted}."
-        )
+        raise BadRequest("bad_shape", f"shape {dims} has {len(dims)} dimensions; accepted layouts: {accepted}.")
     if any(d <= 0 for d in dims):
         raise BadRequest("bad_shape", f"shape {dims} has an empty or negative dimension.")
     if len(dims) == 2:

@@ -140,8 +140,7 @@ def _pixel_dtype(descr: object) -> np.dtype:
     if dtype.hasobject:
         raise BadRequest(
             "unsupported_dtype",
-            "object (pickled) .npy arrays are never loaded; save a numeric array "
-            f"({ACCEPTED_DTYPES_TEXT}).",
+            f"object (pickled) .npy arrays are never loaded; save a numeric array ({ACCEPTED_DTYPES_TEXT}).",
         )
     name = wire_dtype_name(dtype)
     if name is None:

@@ -62,8 +62,11 @@ def parse_threshold(text: str) -> float:
         value = math.nan
     if not 0.0 < value < 1.0:
         shown = text if len(text) <= 40 else text[:40] + "..."
-        raise BadRequest("bad_option", f"threshold {shown!r} is not a number strictly between 0 and 1 "
-                                       "(the probability a pixel must reach to count as a peak pixel).")
+        raise BadRequest(
+            "bad_option",
+            f"threshold {shown!r} is not a number strictly between 0 and 1 "
+            "(the probability a pixel must reach to count as a peak pixel).",
+        )
     return value
 
 
@@ -91,8 +94,7 @@ def parse_shape(text: str) -> tuple[int, ...]:
         shown = text if len(text) <= 40 else text[:40] + "..."
         raise BadRequest(
             "bad_shape",
-            f"shape {shown!r} is not a comma-separated list of non-negative integers "
-            "such as '16,352,384'.",
+            f"shape {shown!r} is not a comma-separated list of non-negative integers such as '16,352,384'.",
         )
     dims = next(group for group in match.groups() if group is not None)
     return tuple(int(d) for d in re.split(r"\s*[,x]\s*", dims))

@@ -108,6 +108,9 @@ def _sandboxed_hdf5(view: memoryview, opts: Mapping[str, str], limits: DecodeLim
     except BadRequest:
         if sandbox.restarts == restarts:
             raise
-        raise ServerFault("hdf5_reader_failed", "the HDF5 reader process died, hung or broke its protocol on this "
-                          "request and was restarted; retry once (a file that fails this way again is a server "
-                          "bug worth reporting).") from None
+        raise ServerFault(
+            "hdf5_reader_failed",
+            "the HDF5 reader process died, hung or broke its protocol on this "
+            "request and was restarted; retry once (a file that fails this way again is a server "
+            "bug worth reporting).",
+        ) from None

@@ -244,15 +244,24 @@ def apply_padding(model: torch.nn.Module, padding: dict[str, list[list[int]]]) -
         module.compute_sizes = {(h, w): (th, tw) for h, w, th, tw in padding.get(name, [])}
 
 
-def serving_cache(settings: HandlerSettings, mode: ServingMode, model: PeakNet, device: torch.device
-                  ) -> CompileCache | None:
+def serving_cache(
+    settings: HandlerSettings, mode: ServingMode, model: PeakNet, device: torch.device
+) -> CompileCache | None:
     """The compiled artefacts' cache of ``model`` served in ``mode`` on ``device``; None when nothing
     is compiled (eager mode, CPU) or the cache is off (``compile_cache``)."""
     if mode.compile is None or not settings.compile_cache or device.type != "cuda":
         return None
     directory = Path(settings.compile_cache_dir).expanduser() if settings.compile_cache_dir else default_cache_dir()
     return CompileCache.for_model(
-        directory, settings.model_label, device, architecture=model.config.as_mapping(), dtype=str(mode.dtype),
-        autocast=str(mode.autocast), compile_mode=mode.compile, channels_last=mode.channels_last,
-        buckets=list(settings.buckets()), warmup_shapes=[list(shape) for shape in settings.warmup_shapes],
-        depthwise_padding=mode.depthwise_padding)
+        directory,
+        settings.model_label,
+        device,
+        architecture=model.config.as_mapping(),
+        dtype=str(mode.dtype),
+        autocast=str(mode.autocast),
+        compile_mode=mode.compile,
+        channels_last=mode.channels_last,
+        buckets=list(settings.buckets()),
+        warmup_shapes=[list(shape) for shape in settings.warmup_shapes],
+        depthwise_padding=mode.depthwise_padding,
+    )

@@ -98,11 +98,22 @@ class PanelPeakFinder:
             and the head's pyramid stay float32 (twice the memory) although the weights are bf16.
     """
 
-    def __init__(self, model: nn.Module, *, dtype: torch.dtype, device: torch.device,
-                 max_batch_panels: int = 64, threshold: float | None = None,
-                 min_peak_pixels: int = 1, max_peaks_per_image: int | None = None,
-                 buckets: tuple[int, ...] = (), channels_last: bool = False,
-                 autocast: bool = True, forward=None, label_limits: LabelLimits = UNBOUNDED) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        dtype: torch.dtype,
+        device: torch.device,
+        max_batch_panels: int = 64,
+        threshold: float | None = None,
+        min_peak_pixels: int = 1,
+        max_peaks_per_image: int | None = None,
+        buckets: tuple[int, ...] = (),
+        channels_last: bool = False,
+        autocast: bool = True,
+        forward=None,
+        label_limits: LabelLimits = UNBOUNDED,
+    ) -> None:
         self.model = model
         self.dtype = dtype
         self.device = device
@@ -158,8 +169,9 @@ class PanelPeakFinder:
         bounds = [(s, min(s + self.max_batch_panels, total)) for s in range(0, total, self.max_batch_panels)]
         return self._collect(self._uploaded_chunks(source, bounds))
 
-    def _uploaded_chunks(self, source: PanelSource, bounds: list[tuple[int, int]]
-                         ) -> Iterator[tuple[int, torch.Tensor, Callable[[], None]]]:
+    def _uploaded_chunks(
+        self, source: PanelSource, bounds: list[tuple[int, int]]
+    ) -> Iterator[tuple[int, torch.Tensor, Callable[[], None]]]:
         """``(start, chunk on the device, prefetch)`` per range; ``prefetch`` uploads the next range
         (called once the chunk's network is launched), which the next step then waits for."""
         arrived = [source.upload(*bounds[0], self.device, self._copy_stream)]
@@ -181,7 +193,7 @@ class PanelPeakFinder:
                 tables.append(table)
                 offsets.append(start + sub_start)
                 nonfinite.append(nf)
-                capped.append(cap)                     # micro-batches arrive in panel order
+                capped.append(cap)  # micro-batches arrive in panel order
         return BatchPeaks(concat_tables(tables, offsets), torch.stack(nonfinite).sum(), torch.cat(capped))
 
     def warmup(self, panels: int, height: int, width: int, dtype: torch.dtype = torch.uint16) -> None:
@@ -213,7 +225,7 @@ class PanelPeakFinder:
     @staticmethod
     def _chunks(panels: torch.Tensor, size: int) -> Iterator[tuple[int, torch.Tensor]]:
         for start in range(0, panels.shape[0], size):
-            yield start, panels[start:start + size]
+            yield start, panels[start : start + size]
 
     def _on_compute_stream(self, panels: torch.Tensor, copied: torch.cuda.Event | None) -> torch.Tensor:
         """Make the current stream wait for a side-stream copy and own its memory from now on."""
@@ -223,8 +235,9 @@ class PanelPeakFinder:
             panels.record_stream(current)
         return panels
 
-    def _run_with_oom_split(self, chunk: torch.Tensor, after_launch: Callable[[], None] | None = None
-                            ) -> Iterator[tuple[int, PeakTable, torch.Tensor, torch.Tensor]]:
+    def _run_with_oom_split(
+        self, chunk: torch.Tensor, after_launch: Callable[[], None] | None = None
+    ) -> Iterator[tuple[int, PeakTable, torch.Tensor, torch.Tensor]]:
         try:
             yield 0, *self._run(chunk, after_launch)
             return
@@ -232,24 +245,29 @@ class PanelPeakFinder:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
             if chunk.shape[0] == 1:
-                raise InsufficientMemory(
-                    f"one {tuple(chunk.shape[1:])} panel does not fit in device memory") from None
+                raise InsufficientMemory(f"one {tuple(chunk.shape[1:])} panel does not fit in device memory") from None
         half = (chunk.shape[0] + 1) // 2
         log.warning("out of memory at %d panels; retrying as micro-batches of %d", chunk.shape[0], half)
         for start, sub in self._chunks(chunk, half):
             for sub_start, *result in self._run_with_oom_split(sub, after_launch):
                 yield start + sub_start, *result
 
-    def _run(self, chunk: torch.Tensor, after_launch: Callable[[], None] | None = None
-             ) -> tuple[PeakTable, torch.Tensor, torch.Tensor]:
-        image, nonfinite = sanitize(chunk)                       # (b, H, W) float32
-        score = self._score(image)                               # (b, H, W) float, launched
+    def _run(
+        self, chunk: torch.Tensor, after_launch: Callable[[], None] | None = None
+    ) -> tuple[PeakTable, torch.Tensor, torch.Tensor]:
+        image, nonfinite = sanitize(chunk)  # (b, H, W) float32
+        score = self._score(image)  # (b, H, W) float, launched
         if after_launch is not None:
-            after_launch()                                       # host work while the device computes
-        mask = peak_mask_from_score(score, self.threshold)       # (b, H, W) bool
+            after_launch()  # host work while the device computes
+        mask = peak_mask_from_score(score, self.threshold)  # (b, H, W) bool
         components = bounded_components(mask, self.label_limits)
-        table = find_peaks(mask, image, min_pixels=self.min_peak_pixels,
-                           max_peaks_per_image=self.max_peaks_per_image, components=components)
+        table = find_peaks(
+            mask,
+            image,
+            min_pixels=self.min_peak_pixels,
+            max_peaks_per_image=self.max_peaks_per_image,
+            components=components,
+        )
         return table, nonfinite, components.capped
 
     def _score(self, image: torch.Tensor) -> torch.Tensor:
@@ -262,7 +280,7 @@ class PanelPeakFinder:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with self._autocast():
-            score = self._forward(x)                              # (bucket, 1, Hp, Wp)
+            score = self._forward(x)  # (bucket, 1, Hp, Wp)
         return score[:b, 0, :h, :w]
 
     def _bucket(self, size: int) -> int:
@@ -286,4 +304,5 @@ def _once(action: Callable[[], None]) -> Callable[[], None]:
         if not done:
             done = True
             action()
+
     return run

@@ -150,8 +150,9 @@ def _propagate_step(parent: Tensor, neighbours: Tensor, jumps: int) -> None:
         body.copy_(parent[body])
 
 
-def _component_roots(mask: Tensor, check_every: int = 4, jumps: int = 2,
-                     max_iterations: int | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
+def _component_roots(
+    mask: Tensor, check_every: int = 4, jumps: int = 2, max_iterations: int | None = None
+) -> tuple[Tensor, Tensor, Tensor | None]:
     """8-connected components of a bool ``(B, H, W)`` mask as a forest over its foreground pixels.
 
     The foreground pixels, in raster order over the whole batch, are nodes ``0 .. K-1``; edges join
@@ -263,8 +264,9 @@ class Components:
         return labels
 
 
-def bounded_components(mask: Tensor, limits: LabelLimits = UNBOUNDED, check_every: int = 4,
-                       jumps: int = 2) -> Components:
+def bounded_components(
+    mask: Tensor, limits: LabelLimits = UNBOUNDED, check_every: int = 4, jumps: int = 2
+) -> Components:
     """8-connected components of each panel of ``mask``, with the labelling work bounded by ``limits``.
 
     Panels over ``limits.max_panel_fraction`` are dropped from the mask before labelling (one
@@ -416,10 +418,7 @@ def find_peaks(
         intensities in float64, so centroids match SciPy to float64 rounding.
     """
     if mask.shape != image.shape or mask.dim() != 3:
-        raise ValueError(
-            "mask and image must both be (B, H, W), "
-            f"got {tuple(mask.shape)} and {tuple(image.shape)}"
-        )
+        raise ValueError(f"mask and image must both be (B, H, W), got {tuple(mask.shape)} and {tuple(image.shape)}")
     if max_peaks_per_image is not None and max_peaks_per_image < 0:
         raise ValueError("max_peaks_per_image must be >= 0")
     _, height, width = mask.shape
@@ -440,12 +439,8 @@ def find_peaks(
     row = torch.div(within, width, rounding_mode="floor")
     col = within - row * width
     npix = torch.bincount(component, minlength=count)
-    sum_row = torch.zeros(count, dtype=torch.int64, device=mask.device).index_add_(
-        0, component, row
-    )
-    sum_col = torch.zeros(count, dtype=torch.int64, device=mask.device).index_add_(
-        0, component, col
-    )
+    sum_row = torch.zeros(count, dtype=torch.int64, device=mask.device).index_add_(0, component, row)
+    sum_col = torch.zeros(count, dtype=torch.int64, device=mask.device).index_add_(0, component, col)
     values = _pixel_values(image, pixel)
     intensity_raw = torch.zeros(count, dtype=torch.float64, device=mask.device)
     intensity_raw.index_add_(0, component, values)
@@ -457,10 +452,7 @@ def find_peaks(
 
     keep = (npix >= min_pixels) & ~components.capped[image_index]
     if max_peaks_per_image is not None:
-        keep &= (
-            _rank_within_image(image_index, torch.where(keep, intensity, -math.inf))
-            < max_peaks_per_image
-        )
+        keep &= _rank_within_image(image_index, torch.where(keep, intensity, -math.inf)) < max_peaks_per_image
     columns = (image_index, ss, fs, npix, intensity, intensity_raw, background)
     image_index, ss, fs, npix, intensity, intensity_raw, background = (t[keep] for t in columns)
 

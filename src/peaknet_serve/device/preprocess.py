@@ -100,8 +100,9 @@ def network_input(image: torch.Tensor, dtype: torch.dtype, multiple: int = NETWO
     return pad_to_multiple(normalize_images(image), multiple).unsqueeze(1).to(dtype)
 
 
-def prepare_panels(raw: torch.Tensor, dtype: torch.dtype,
-                   multiple: int = NETWORK_STRIDE) -> tuple[torch.Tensor, torch.Tensor]:
+def prepare_panels(
+    raw: torch.Tensor, dtype: torch.dtype, multiple: int = NETWORK_STRIDE
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Turn raw panels into network input.
 
     Args:

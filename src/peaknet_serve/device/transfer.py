@@ -76,8 +76,9 @@ class PanelSource:
                 out.append(panels[lo:hi])
         return out
 
-    def upload(self, start: int, stop: int, device: torch.device,
-               stream: torch.cuda.Stream | None = None) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+    def upload(
+        self, start: int, stop: int, device: torch.device, stream: torch.cuda.Stream | None = None
+    ) -> tuple[torch.Tensor, torch.cuda.Event | None]:
         """Panels ``[start, stop)`` on ``device`` in the wire dtype.
 
         On CUDA they are staged in pinned memory and copied on ``stream`` (the current stream when
@@ -91,7 +92,7 @@ class PanelSource:
         staging = torch.empty((stop - start, h, w), dtype=as_tensor(pieces[0][:0]).dtype, pin_memory=True)
         offset = 0
         for piece in pieces:
-            staging[offset:offset + piece.shape[0]].copy_(as_tensor(piece))
+            staging[offset : offset + piece.shape[0]].copy_(as_tensor(piece))
             offset += piece.shape[0]
         stream = stream if stream is not None else torch.cuda.current_stream(device)
         with torch.cuda.stream(stream):

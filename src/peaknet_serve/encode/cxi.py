@@ -277,8 +277,12 @@ def _copy_mask(h5: h5py.File, src: h5py.File, source: FrameSource, relative: str
         if not isinstance(mask, h5py.Dataset):
             continue
         if mask.size == panels * height * width:
-            h5.create_dataset(MASK_PATH, data=(mask[()].reshape(panels * height, width) != 0).astype(np.uint8),
-                              compression="gzip", shuffle=True)
+            h5.create_dataset(
+                MASK_PATH,
+                data=(mask[()].reshape(panels * height, width) != 0).astype(np.uint8),
+                compression="gzip",
+                shuffle=True,
+            )
         elif mask.shape[0] == n and mask.size == n * panels * height * width:
             h5.create_virtual_dataset(MASK_PATH, _slab_layout(source, mask, name, relative), fillvalue=0)
         else:
@@ -300,8 +304,10 @@ def write_peak_file(
     """
     path = Path(path)
     if peaks.n_peaks.shape[0] != source.view[0] or peaks.panel_height != source.view[2]:
-        raise ValueError(f"peaks of {peaks.n_peaks.shape[0]} frames of panel height {peaks.panel_height} "
-                         f"do not match frames {source.view}")
+        raise ValueError(
+            f"peaks of {peaks.n_peaks.shape[0]} frames of panel height {peaks.panel_height} "
+            f"do not match frames {source.view}"
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
     try:

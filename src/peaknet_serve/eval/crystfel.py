@@ -62,15 +62,32 @@ def _runs(program: Path) -> bool:
         return False
 
 
-def write_cell_file(path: str | Path, a: float, b: float, c: float, alpha: float = 90.0, beta: float = 90.0,
-                    gamma: float = 90.0, lattice_type: str = "triclinic", centering: str = "P",
-                    unique_axis: str | None = None) -> Path:
+def write_cell_file(
+    path: str | Path,
+    a: float,
+    b: float,
+    c: float,
+    alpha: float = 90.0,
+    beta: float = 90.0,
+    gamma: float = 90.0,
+    lattice_type: str = "triclinic",
+    centering: str = "P",
+    unique_axis: str | None = None,
+) -> Path:
     """A CrystFEL unit-cell file (lengths in Angstrom, angles in degrees)."""
     lines = ["CrystFEL unit cell file version 1.0", "", f"lattice_type = {lattice_type}", f"centering = {centering}"]
     if unique_axis:
         lines.append(f"unique_axis = {unique_axis}")
-    lines += ["", f"a = {a:.4f} A", f"b = {b:.4f} A", f"c = {c:.4f} A",
-              f"al = {alpha:.4f} deg", f"be = {beta:.4f} deg", f"ga = {gamma:.4f} deg", ""]
+    lines += [
+        "",
+        f"a = {a:.4f} A",
+        f"b = {b:.4f} A",
+        f"c = {c:.4f} A",
+        f"al = {alpha:.4f} deg",
+        f"be = {beta:.4f} deg",
+        f"ga = {gamma:.4f} deg",
+        "",
+    ]
     path = Path(path)
     path.write_text("\n".join(lines))
     return path
@@ -137,10 +154,10 @@ def misorientation_deg(found: np.ndarray, true: np.ndarray) -> float:
     transform = np.rint(found @ np.linalg.inv(true))
     if abs(abs(np.linalg.det(transform)) - 1.0) > 1e-6:
         return float("inf")
-    rotation = np.linalg.solve(transform @ true, found)          # found = (T true) R
+    rotation = np.linalg.solve(transform @ true, found)  # found = (T true) R
     u, _, vt = np.linalg.svd(rotation)
     nearest = u @ vt
-    if np.linalg.det(nearest) < 0:                                # a mirror image: another hand
+    if np.linalg.det(nearest) < 0:  # a mirror image: another hand
         return float("inf")
     cosine = (np.trace(nearest) - 1.0) / 2.0
     return float(np.degrees(np.arccos(np.clip(cosine, -1.0, 1.0))))
@@ -173,8 +190,22 @@ def run_indexamajig(
     listing = out_dir / f"{name}.lst"
     listing.write_text("".join(f"{Path(f).resolve()} //{int(i)}\n" for f, i in events))
     stream = out_dir / f"{name}.stream"
-    command = [str(folder / "indexamajig"), "-i", str(listing), "-g", str(geometry), "-p", str(cell),
-               "-o", str(stream), f"--peaks={peaks}", f"--indexing={indexing}", "-j", str(jobs), *options]
+    command = [
+        str(folder / "indexamajig"),
+        "-i",
+        str(listing),
+        "-g",
+        str(geometry),
+        "-p",
+        str(cell),
+        "-o",
+        str(stream),
+        f"--peaks={peaks}",
+        f"--indexing={indexing}",
+        "-j",
+        str(jobs),
+        *options,
+    ]
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s, cwd=out_dir)
     seconds = time.perf_counter() - start

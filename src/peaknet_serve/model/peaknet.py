@@ -69,8 +69,14 @@ class PeakNetConfig:
             value = getattr(self, name)
             if len(value) != NUM_STAGES or not all(_is_positive_int(v) for v in value):
                 raise ValueError(f"{name} must be {NUM_STAGES} positive integers, got {list(value)}")
-        for name in ("image_size", "num_channels", "num_classes", "bifpn_num_blocks",
-                     "bifpn_num_features", "seg_out_channels"):
+        for name in (
+            "image_size",
+            "num_channels",
+            "num_classes",
+            "bifpn_num_blocks",
+            "bifpn_num_features",
+            "seg_out_channels",
+        ):
             if not _is_positive_int(getattr(self, name)):
                 raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         for name in ("uses_learned_upsample", "from_scratch"):

@@ -121,8 +121,9 @@ class PeakNetHandler(BaseHandler):
         pipeline = build_finder(settings, self.device, model_dir)
         self.mode, self.model, self.finder = pipeline.mode, pipeline.model, pipeline.finder
         self.dtype = pipeline.mode.dtype
-        self.budget = WorkBudget(float(yaml_config.get("responseTimeout", DEFAULT_RESPONSE_TIMEOUT_S)),
-                                 settings.batch_time_fraction)
+        self.budget = WorkBudget(
+            float(yaml_config.get("responseTimeout", DEFAULT_RESPONSE_TIMEOUT_S)), settings.batch_time_fraction
+        )
         if self.budget.fraction > 0 and settings.warmup_shapes:
             self._calibrate(*settings.warmup_shapes[0])
         if not mark_repeated_fields():
@@ -130,11 +131,21 @@ class PeakNetHandler(BaseHandler):
         default_sandbox().start()  # the HDF5 reader process: the first HDF5 request should not pay for it
 
         params = sum(p.numel() for p in self.model.parameters())
-        log.info("PeakNet ready: %s, %.2fM parameters, %s on %s, weights %.1f MiB, max_batch_panels=%d, "
-                 "start-up %.1f s (load %.1f, tune %.1f, warm-up %.1f, compile cache %s)", settings.model_label,
-                 params / 1e6, pipeline.mode.describe(), self.device, pipeline.weight_bytes / 2**20,
-                 settings.max_batch_panels, pipeline.startup_s, pipeline.phases["load"], pipeline.phases["tune"],
-                 pipeline.phases["warm-up"], pipeline.compile_cache)
+        log.info(
+            "PeakNet ready: %s, %.2fM parameters, %s on %s, weights %.1f MiB, max_batch_panels=%d, "
+            "start-up %.1f s (load %.1f, tune %.1f, warm-up %.1f, compile cache %s)",
+            settings.model_label,
+            params / 1e6,
+            pipeline.mode.describe(),
+            self.device,
+            pipeline.weight_bytes / 2**20,
+            settings.max_batch_panels,
+            pipeline.startup_s,
+            pipeline.phases["load"],
+            pipeline.phases["tune"],
+            pipeline.phases["warm-up"],
+            pipeline.compile_cache,
+        )
         self.initialized = True
 
     def _calibrate(self, panels: int, height: int, width: int) -> None:
@@ -147,9 +158,15 @@ class PeakNetHandler(BaseHandler):
             self.finder.find(zeros).table.to_host()
             runs.append((count * height * width, time.perf_counter() - started))
         self.budget.calibrate(runs)
-        log.info("work budget: %.3g s + %.3g s per Mpixel on %s, %.1f s per batch (%.0f%% of responseTimeout %.0f s)",
-                 self.budget.overhead_s, 1e6 * self.budget.seconds_per_pixel, self.device, self.budget.budget_s,
-                 100 * self.budget.fraction, self.budget.response_timeout_s)
+        log.info(
+            "work budget: %.3g s + %.3g s per Mpixel on %s, %.1f s per batch (%.0f%% of responseTimeout %.0f s)",
+            self.budget.overhead_s,
+            1e6 * self.budget.seconds_per_pixel,
+            self.device,
+            self.budget.budget_s,
+            100 * self.budget.fraction,
+            self.budget.response_timeout_s,
+        )
 
     # -- serving ---------------------------------------------------------------------------
     def handle(self, data: list[Mapping[str, Any]], context: Any) -> list[Any]:
@@ -187,12 +204,20 @@ class PeakNetHandler(BaseHandler):
 
     def model_metadata(self) -> dict[str, Any]:
         """The Open Inference Protocol's model metadata of the served model."""
-        return model_metadata(self.model_name, self.model_version, parameters={
-            "model": self.settings.model_label, "precision": dtype_name(self.dtype), "device": str(self.device),
-            "hit_min_peaks": self.settings.hit_min_peaks})
+        return model_metadata(
+            self.model_name,
+            self.model_version,
+            parameters={
+                "model": self.settings.model_label,
+                "precision": dtype_name(self.dtype),
+                "device": str(self.device),
+                "hit_min_peaks": self.settings.hit_min_peaks,
+            },
+        )
 
-    def _decode_all(self, data: list[Mapping[str, Any]], context: Any,
-                    answers: dict[int, Answer], protocols: dict[int, str]) -> list[Decoded]:
+    def _decode_all(
+        self, data: list[Mapping[str, Any]], context: Any, answers: dict[int, Answer], protocols: dict[int, str]
+    ) -> list[Decoded]:
         decoded = []
         for idx, row in enumerate(data):
             try:
@@ -234,8 +259,9 @@ class PeakNetHandler(BaseHandler):
                 answers[item.idx] = server_error(413, "too_large", message)
                 self.metrics.count("PeakNetBadRequests", 1, ErrorType="too_large")
             else:
-                answers[item.idx] = server_error(503, "busy", self.budget.busy_message(pixels),
-                                                 retry_after_s=self.budget.retry_after_s())
+                answers[item.idx] = server_error(
+                    503, "busy", self.budget.busy_message(pixels), retry_after_s=self.budget.retry_after_s()
+                )
                 self.metrics.count("PeakNetBusy", 1)
         return admitted
 
@@ -245,7 +271,7 @@ class PeakNetHandler(BaseHandler):
         finder = self.finder.with_threshold(members[0].threshold)
         try:
             arrays = [m.frames.array for m in members]
-            if self.settings.h2d_overlap:               # copies overlap compute: timed with it
+            if self.settings.h2d_overlap:  # copies overlap compute: timed with it
                 started = time.perf_counter()
                 result = finder.find_pipelined(PanelSource(arrays))
             else:
@@ -254,26 +280,31 @@ class PeakNetHandler(BaseHandler):
                 self.metrics.timing("PeakNetH2DMs", 1e3 * (time.perf_counter() - started), "h2d")
                 started = time.perf_counter()
                 result = finder.find(panels)
-            table = result.table.to_host()                      # the one device-to-host copy
+            table = result.table.to_host()  # the one device-to-host copy
             nonfinite = int(result.nonfinite)
             capped = result.capped.cpu().numpy()
             self.metrics.timing("PeakNetInferenceMs", 1e3 * (time.perf_counter() - started), "inference")
             self.budget.observe(sum(a.size for a in arrays), time.perf_counter() - group_started)
         except InsufficientMemory as exc:
             log.warning("%s", exc)
-            return {m.idx: server_error(503, "insufficient_memory", f"{exc}; retry, or send fewer frames per request",
-                                        retry_after_s=1) for m in members}
+            return {
+                m.idx: server_error(
+                    503, "insufficient_memory", f"{exc}; retry, or send fewer frames per request", retry_after_s=1
+                )
+                for m in members
+            }
         except Exception as exc:  # noqa: BLE001 - this group's requests fail, the rest go on
             log.exception("inference failed for %d request(s)", len(members))
             self.metrics.count("PeakNetServerErrors", len(members), ErrorType="inference")
-            return {m.idx: server_error(500, "inference_failed", f"{type(exc).__name__}: {exc}")
-                    for m in members}
+            return {m.idx: server_error(500, "inference_failed", f"{type(exc).__name__}: {exc}") for m in members}
 
         started = time.perf_counter()
         answers, first_image, peaks_per_frame, capped_frames = {}, 0, [], 0
         for member in members:
             n, p, h, w = member.frames.array.shape
-            frames = mark_capped(peaks_to_frames(table, n, p, first_image), capped[first_image:first_image + n * p], p)
+            frames = mark_capped(
+                peaks_to_frames(table, n, p, first_image), capped[first_image : first_image + n * p], p
+            )
             capped_frames += sum(f["capped"] for f in frames)
             first_image += n * p
             peaks_per_frame += [f["num_peaks"] for f in frames]
@@ -291,30 +322,47 @@ class PeakNetHandler(BaseHandler):
             self.metrics.count("PeakNetCappedFrames", capped_frames)
             self.metrics.count("PeakNetCappedPanels", int(capped.sum()))
         if self.device.type == "cuda":
-            self.metrics.gauge("PeakNetGpuMemoryAllocatedMB",
-                               torch.cuda.memory_allocated(self.device) / 2**20, unit="MB")
-            self.metrics.gauge("PeakNetGpuMemoryReservedMB",
-                               torch.cuda.memory_reserved(self.device) / 2**20, unit="MB")
+            self.metrics.gauge(
+                "PeakNetGpuMemoryAllocatedMB", torch.cuda.memory_allocated(self.device) / 2**20, unit="MB"
+            )
+            self.metrics.gauge("PeakNetGpuMemoryReservedMB", torch.cuda.memory_reserved(self.device) / 2**20, unit="MB")
         return answers
 
     def _success(self, member: Decoded, frames: list[dict], threshold: float | None) -> Answer:
         shape = tuple(int(s) for s in member.frames.array.shape)
         if member.oip is not None:
             encoded = oip_response(
-                peak_outputs(frames), member.oip.outputs, model_name=self.model_name,
-                model_version=self.model_version, request_id=member.oip.id,
-                parameters={"model": self.settings.model_label, "precision": dtype_name(self.dtype),
-                            "device": str(self.device), "shape": list(shape)})
-            headers = {} if encoded.header_length is None else {
-                "Inference-Header-Content-Length": str(encoded.header_length)}
+                peak_outputs(frames),
+                member.oip.outputs,
+                model_name=self.model_name,
+                model_version=self.model_version,
+                request_id=member.oip.id,
+                parameters={
+                    "model": self.settings.model_label,
+                    "precision": dtype_name(self.dtype),
+                    "device": str(self.device),
+                    "shape": list(shape),
+                },
+            )
+            headers = (
+                {} if encoded.header_length is None else {"Inference-Header-Content-Length": str(encoded.header_length)}
+            )
             return Answer(200, encoded.body, encoded.content_type, headers)
         if member.cxi:
             body = cxi_response(frames, shape, max_peaks=self.settings.max_peaks_per_frame)
             return Answer(200, body, "application/x-hdf5")
-        return Answer(200, json_response(
-            model=self.settings.model_label, precision=dtype_name(self.dtype),
-            device=str(self.device), shape=shape, dtype=member.frames.dtype_name, frames=frames,
-            extra={"threshold": threshold}))
+        return Answer(
+            200,
+            json_response(
+                model=self.settings.model_label,
+                precision=dtype_name(self.dtype),
+                device=str(self.device),
+                shape=shape,
+                dtype=member.frames.dtype_name,
+                frames=frames,
+                extra={"threshold": threshold},
+            ),
+        )
 
     @staticmethod
     def _respond(context: Any, idx: int, answer: Answer) -> Any:
@@ -325,4 +373,3 @@ class PeakNetHandler(BaseHandler):
         if isinstance(answer.body, (bytes, bytearray)):
             return bytes(answer.body)
         return json.dumps(answer.body)
-

@@ -33,8 +33,7 @@ REPEATED_FIELDS = ("peaknet_serve", "repeated_fields")
 # headers the handler reads; two spellings of one of them with different values are a conflict
 _READ_HEADERS = ("content-type", "accept", "x-dtype", "x-shape", "x-dataset")
 # multipart parts whose declared type names an encoding; anything else is sniffed by magic bytes
-_PART_TYPES = {"application/x-npy", "application/npy", "application/x-hdf5", "application/x-cxi",
-               "application/x-hdf"}
+_PART_TYPES = {"application/x-npy", "application/npy", "application/x-hdf5", "application/x-cxi", "application/x-hdf"}
 _OPTION_FIELDS = ("dtype", "shape", "dataset", "threshold")
 
 
@@ -89,8 +88,9 @@ def media_type(content_type: str | None) -> str:
     return (content_type or "").split(";")[0].strip().lower()
 
 
-def request_payload(row: Mapping[str, Any], headers: Mapping[str, str],
-                    field_types: Mapping[str, str]) -> tuple[bytes | bytearray, str | None, dict[str, str]]:
+def request_payload(
+    row: Mapping[str, Any], headers: Mapping[str, str], field_types: Mapping[str, str]
+) -> tuple[bytes | bytearray, str | None, dict[str, str]]:
     """Body bytes, content type and X-* options of one TorchServe request row.
 
     A plain POST arrives as field ``body`` with the request's Content-Type. A multipart form was
@@ -151,6 +151,8 @@ def _quality(offer: str, ranges: list[tuple[str, float]]) -> tuple[float, int]:
         if specificity > best[1]:
             best = (quality, specificity)
     return best
+
+
 def on_predictions_route(headers: Mapping[str, str]) -> bool:
     """True for a request to ``/predictions/{model}``: TorchServe 0.12's frontend adds the header
     ``url_path`` to those only (not to ``/v2/models/{model}/infer``). Such requests use the native API."""
@@ -176,8 +178,11 @@ def wants_cxi(headers: Mapping[str, str]) -> bool:
     cxi_rank = max((_quality(media, ranges) for media in CXI_MEDIA_TYPES), key=lambda rank: (rank[1], rank[0]))
     if json_rank[0] <= 0.0 and cxi_rank[0] <= 0.0:
         shown = accept if len(accept) <= 80 else accept[:80] + "..."
-        raise NotAcceptable("not_acceptable", f"Accept: {shown!r} rules out every format this server answers in; "
-                            f"accept {JSON_MEDIA_TYPE} (peak lists) or {CXI_MEDIA_TYPES[0]} (a CXI file).")
+        raise NotAcceptable(
+            "not_acceptable",
+            f"Accept: {shown!r} rules out every format this server answers in; "
+            f"accept {JSON_MEDIA_TYPE} (peak lists) or {CXI_MEDIA_TYPES[0]} (a CXI file).",
+        )
     return cxi_rank > json_rank
 
 
@@ -244,5 +249,12 @@ class Decoded:
         return h, w, self.frames.array.dtype.str, self.threshold
 
 
-HTTP_PHRASES = {200: "OK", 400: "Bad Request", 406: "Not Acceptable", 413: "Payload Too Large",
-                415: "Unsupported Media Type", 500: "Internal Server Error", 503: "Service Unavailable"}
+HTTP_PHRASES = {
+    200: "OK",
+    400: "Bad Request",
+    406: "Not Acceptable",
+    413: "Payload Too Large",
+    415: "Unsupported Media Type",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}

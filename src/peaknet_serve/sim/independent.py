@@ -121,8 +121,9 @@ def _rotation2(degrees: float) -> np.ndarray:
     return np.array([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]])
 
 
-def _panel(corner_mm: tuple[float, float], fs_dir: tuple[float, float], ss_dir: tuple[float, float],
-           pixel_mm: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _panel(
+    corner_mm: tuple[float, float], fs_dir: tuple[float, float], ss_dir: tuple[float, float], pixel_mm: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Panel whose rectangle starts at ``corner_mm`` (the outer corner of pixel (0, 0)).
 
     Returns:
@@ -132,8 +133,9 @@ def _panel(corner_mm: tuple[float, float], fs_dir: tuple[float, float], ss_dir: 
     return np.asarray(corner_mm, float) + 0.5 * pixel_mm * (fs + ss), fs, ss
 
 
-def _pinwheel(quad: list[tuple[np.ndarray, np.ndarray, np.ndarray]], shift_mm: tuple[float, float]
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _pinwheel(
+    quad: list[tuple[np.ndarray, np.ndarray, np.ndarray]], shift_mm: tuple[float, float]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Four copies of one quadrant's panels rotated by 0/90/180/270 degrees about the beam.
 
     ``quad`` is laid out in the first quadrant from (0, 0); ``shift_mm = (a, b)`` moves it to
@@ -155,8 +157,7 @@ def _epix10k2m() -> Detector:
     p, h, w, gap = 0.1, 352 * 0.1, 384 * 0.1, 0.6
     quad = [_panel((c * (w + gap), r * (h + gap)), (1, 0), (0, 1), p) for r in range(2) for c in range(2)]
     origins, fs, ss = _pinwheel(quad, (1.6, -1.0))
-    return Detector("epix10k2m", (352, 384), p, origins, fs, ss, (176, 192), 16, (10.0, 60.0), (0.03, 0.2), 4000.0,
-                    1.0)
+    return Detector("epix10k2m", (352, 384), p, origins, fs, ss, (176, 192), 16, (10.0, 60.0), (0.03, 0.2), 4000.0, 1.0)
 
 
 def _jungfrau4m() -> Detector:
@@ -171,8 +172,9 @@ def _jungfrau4m() -> Detector:
         # Rotated by 180 degrees: pixel (0, 0) sits at the module's top-right corner.
         modules.append(_panel((col_gap / 2 + w, y0 + h), (-1, 0), (0, -1), p))
     origins, fs, ss = (np.array([m[i] for m in modules]) for i in range(3))
-    return Detector("jungfrau4m", (512, 1024), p, origins, fs, ss, (256, 256), 32, (6.0, 12.5), (0.03, 0.15),
-                    12000.0, 0.5)
+    return Detector(
+        "jungfrau4m", (512, 1024), p, origins, fs, ss, (256, 256), 32, (6.0, 12.5), (0.03, 0.15), 12000.0, 0.5
+    )
 
 
 def _cspad() -> Detector:
@@ -190,8 +192,7 @@ def _cspad() -> Detector:
                 else:  # fs along +y, sensors stacked along x (ss points to -x)
                     quad.append(_panel((x0 + 2 * h + gap - k * (h + gap), y0), (0, 1), (-1, 0), p))
     origins, fs, ss = _pinwheel(quad, (1.2, -0.8))
-    return Detector("cspad", (185, 388), p, origins, fs, ss, (185, 194), 185, (20.0, 40.0), (0.06, 0.25), 450.0,
-                    1.0)
+    return Detector("cspad", (185, 388), p, origins, fs, ss, (185, 194), 185, (20.0, 40.0), (0.06, 0.25), 450.0, 1.0)
 
 
 def _rayonix() -> Detector:
@@ -228,8 +229,9 @@ def pixel_xy(det: Detector, beam_mm: tuple[float, float]) -> tuple[np.ndarray, n
     return x, y
 
 
-def xy_to_panel(det: Detector, x: np.ndarray, y: np.ndarray, beam_mm: tuple[float, float]
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def xy_to_panel(
+    det: Detector, x: np.ndarray, y: np.ndarray, beam_mm: tuple[float, float]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Detector-plane points (mm relative to the actual beam) -> ``(panel, ss, fs)``.
 
     Args:
@@ -277,30 +279,30 @@ class FrameParams:
     distance_mm: float
     beam_mm: tuple[float, float]
     crystals: tuple[Crystal, ...]
-    wilson_b: float           # A^2
-    d_limit_a: float          # soft diffraction limit, A
-    mosaicity_rad: float      # half-width
-    bandwidth: float          # relative rms
-    domain_a: float           # mosaic block size, A
-    profile: str              # "moffat" or "pvoigt"
-    profile_shape: float      # Moffat beta or pseudo-Voigt Cauchy fraction
-    width_px: float           # typical minor-axis sigma-equivalent width
-    streak: str               # "round", "radial", "azimuthal", "random"
-    elongation: float         # maximal major/minor ratio - 1
-    background_level: float   # photons/pixel at the profile's maximum
+    wilson_b: float  # A^2
+    d_limit_a: float  # soft diffraction limit, A
+    mosaicity_rad: float  # half-width
+    bandwidth: float  # relative rms
+    domain_a: float  # mosaic block size, A
+    profile: str  # "moffat" or "pvoigt"
+    profile_shape: float  # Moffat beta or pseudo-Voigt Cauchy fraction
+    width_px: float  # typical minor-axis sigma-equivalent width
+    streak: str  # "round", "radial", "azimuthal", "random"
+    elongation: float  # maximal major/minor ratio - 1
+    background_level: float  # photons/pixel at the profile's maximum
     background_weights: tuple[float, float, float, float]  # water, air, slope, small-angle
-    water_q: tuple[float, float, float, float, float]       # q1, w1, q2, w2, amp2 (1/A)
+    water_q: tuple[float, float, float, float, float]  # q1, w1, q2, w2, amp2 (1/A)
     air_q: float
     slope_q: float
     sas_q: float
     jet: tuple[float, float, float, float] | None  # angle rad, amplitude, width mm, decay mm
-    beamstop: tuple[float, float, float, float]     # radius mm, arm angle rad, arm width mm, transmission
-    gain: float               # ADU/photon
+    beamstop: tuple[float, float, float, float]  # radius mm, arm angle rad, arm width mm, transmission
+    gain: float  # ADU/photon
     panel_gain_rms: float
     pixel_gain_rms: float
-    read_noise: float         # photons
-    common_mode: float        # photons rms per block
-    panel_offset: float       # photons rms per panel
+    read_noise: float  # photons
+    common_mode: float  # photons rms per block
+    panel_offset: float  # photons rms per panel
     dead_fraction: float
     hot_fraction: float
     hot_masked_fraction: float
@@ -312,15 +314,20 @@ class FrameParams:
     def as_dict(self) -> dict:
         """JSON-friendly summary."""
         d = asdict(self)
-        d["crystals"] = [{"system": c.system, "cell": list(c.cell), "photons_scale": c.photons_scale}
-                         for c in self.crystals]
+        d["crystals"] = [
+            {"system": c.system, "cell": list(c.cell), "photons_scale": c.photons_scale} for c in self.crystals
+        ]
         return d
 
 
 def _random_cell(rng: np.random.Generator, max_edge: float) -> tuple[str, tuple[float, ...]]:
     """A random lattice system and cell (edges log-uniform in 30-``max_edge`` A, angles degrees)."""
-    system = str(rng.choice(["triclinic", "monoclinic", "orthorhombic", "tetragonal", "hexagonal", "cubic"],
-                            p=[0.08, 0.27, 0.3, 0.15, 0.12, 0.08]))
+    system = str(
+        rng.choice(
+            ["triclinic", "monoclinic", "orthorhombic", "tetragonal", "hexagonal", "cubic"],
+            p=[0.08, 0.27, 0.3, 0.15, 0.12, 0.08],
+        )
+    )
     a, b, c = (_log_uniform(rng, 30.0, max_edge) for _ in range(3))
     alpha = beta = gamma = 90.0
     if system == "triclinic":
@@ -341,9 +348,13 @@ def random_rotation(rng: np.random.Generator) -> np.ndarray:
     w, x, y, z = rng.normal(size=4)
     n = math.sqrt(w * w + x * x + y * y + z * z)
     w, x, y, z = w / n, x / n, y / n, z / n
-    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-                     [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-                     [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)]])
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
 
 
 def sample_params(det: Detector, rng: np.random.Generator) -> FrameParams:
@@ -367,8 +378,13 @@ def sample_params(det: Detector, rng: np.random.Generator) -> FrameParams:
     profile_shape = rng.uniform(1.6, 4.5) if profile == "moffat" else rng.uniform(0.05, 0.6)
     streak = str(rng.choice(["round", "radial", "azimuthal", "random"], p=[0.3, 0.3, 0.2, 0.2]))
     weights = rng.dirichlet([1.0, 1.0, 1.0, 0.5])
-    water = (rng.uniform(1.85, 2.1), rng.uniform(0.25, 0.4), rng.uniform(2.75, 3.1), rng.uniform(0.3, 0.5),
-             rng.uniform(0.3, 0.7))
+    water = (
+        rng.uniform(1.85, 2.1),
+        rng.uniform(0.25, 0.4),
+        rng.uniform(2.75, 3.1),
+        rng.uniform(0.3, 0.5),
+        rng.uniform(0.3, 0.7),
+    )
     jet = None
     if rng.random() < 0.4:
         jet = (rng.uniform(0.0, math.pi), rng.uniform(0.3, 3.0), rng.uniform(0.2, 0.8), rng.uniform(5.0, 40.0))
@@ -378,18 +394,37 @@ def sample_params(det: Detector, rng: np.random.Generator) -> FrameParams:
         gain = HC_KEV_ANGSTROM / wavelength  # 1 ADU = 1 keV
     read_noise = _log_uniform(rng, *det.read_noise_range)
     return FrameParams(
-        detector=det.name, wavelength_a=wavelength, distance_mm=distance,
-        beam_mm=(rng.uniform(-1.5, 1.5), rng.uniform(-1.5, 1.5)), crystals=tuple(crystals),
-        wilson_b=rng.uniform(5.0, 60.0), d_limit_a=_log_uniform(rng, 1.5, 5.0),
-        mosaicity_rad=math.radians(_log_uniform(rng, 0.02, 0.3)), bandwidth=_log_uniform(rng, 5e-4, 4e-3),
-        domain_a=_log_uniform(rng, 3000.0, 30000.0), profile=profile, profile_shape=float(profile_shape),
-        width_px=_log_uniform(rng, 0.6, 1.8), streak=streak, elongation=rng.uniform(0.3, 2.5),
-        background_level=_log_uniform(rng, 0.002, 30.0), background_weights=tuple(float(v) for v in weights),
-        water_q=tuple(float(v) for v in water), air_q=rng.uniform(0.3, 2.0), slope_q=rng.uniform(2.0, 6.0),
-        sas_q=rng.uniform(0.05, 0.3), jet=jet, beamstop=beamstop, gain=gain,
-        panel_gain_rms=rng.uniform(0.0, 0.06), pixel_gain_rms=rng.uniform(0.005, 0.03), read_noise=read_noise,
-        common_mode=rng.uniform(0.0, det.common_mode_max) * read_noise, panel_offset=rng.uniform(0.0, 0.4),
-        dead_fraction=_log_uniform(rng, 1e-5, 1e-3), hot_fraction=_log_uniform(rng, 1e-6, 2e-5),
+        detector=det.name,
+        wavelength_a=wavelength,
+        distance_mm=distance,
+        beam_mm=(rng.uniform(-1.5, 1.5), rng.uniform(-1.5, 1.5)),
+        crystals=tuple(crystals),
+        wilson_b=rng.uniform(5.0, 60.0),
+        d_limit_a=_log_uniform(rng, 1.5, 5.0),
+        mosaicity_rad=math.radians(_log_uniform(rng, 0.02, 0.3)),
+        bandwidth=_log_uniform(rng, 5e-4, 4e-3),
+        domain_a=_log_uniform(rng, 3000.0, 30000.0),
+        profile=profile,
+        profile_shape=float(profile_shape),
+        width_px=_log_uniform(rng, 0.6, 1.8),
+        streak=streak,
+        elongation=rng.uniform(0.3, 2.5),
+        background_level=_log_uniform(rng, 0.002, 30.0),
+        background_weights=tuple(float(v) for v in weights),
+        water_q=tuple(float(v) for v in water),
+        air_q=rng.uniform(0.3, 2.0),
+        slope_q=rng.uniform(2.0, 6.0),
+        sas_q=rng.uniform(0.05, 0.3),
+        jet=jet,
+        beamstop=beamstop,
+        gain=gain,
+        panel_gain_rms=rng.uniform(0.0, 0.06),
+        pixel_gain_rms=rng.uniform(0.005, 0.03),
+        read_noise=read_noise,
+        common_mode=rng.uniform(0.0, det.common_mode_max) * read_noise,
+        panel_offset=rng.uniform(0.0, 0.4),
+        dead_fraction=_log_uniform(rng, 1e-5, 1e-3),
+        hot_fraction=_log_uniform(rng, 1e-6, 2e-5),
         hot_masked_fraction=0.8,
     )
 
@@ -415,8 +450,9 @@ def rocking_width(g: np.ndarray, params: FrameParams) -> np.ndarray:
     return 1.0 / params.domain_a + params.mosaicity_rad * g + 0.5 * params.bandwidth * params.wavelength_a * g * g
 
 
-def ewald_reflections(crystal: Crystal, params: FrameParams, s_max: float, max_window: int = 12
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def ewald_reflections(
+    crystal: Crystal, params: FrameParams, s_max: float, max_window: int = 12
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Reflections of ``crystal`` near the Ewald sphere, up to ``|g| <= s_max`` (1/A).
 
     For every pair of indices on the two reciprocal axes least parallel to the beam, the lattice row
@@ -435,8 +471,7 @@ def ewald_reflections(crystal: Crystal, params: FrameParams, s_max: float, max_w
     il = int(np.argmax(along_beam))
     ih, ik = [i for i in range(3) if i != il]
     limits = np.floor(s_max * np.linalg.norm(real, axis=1)).astype(np.int64)
-    hh, kk = np.meshgrid(np.arange(-limits[ih], limits[ih] + 1), np.arange(-limits[ik], limits[ik] + 1),
-                         indexing="ij")
+    hh, kk = np.meshgrid(np.arange(-limits[ih], limits[ih] + 1), np.arange(-limits[ik], limits[ik] + 1), indexing="ij")
     hh, kk = hh.ravel(), kk.ravel()
     u = hh[:, None] * recip[ih] + kk[:, None] * recip[ik]  # (M, 3)
     v = recip[il]
@@ -460,8 +495,12 @@ def ewald_reflections(crystal: Crystal, params: FrameParams, s_max: float, max_w
         offsets = np.arange(-window, window + 2)
         ll = np.floor(root)[:, None].astype(np.int64) + offsets[None, :]
         keep = np.abs(ll - root[:, None]) <= half[:, None] + 1
-        rows.append(np.stack([np.broadcast_to(hh[:, None], ll.shape)[keep],
-                              np.broadcast_to(kk[:, None], ll.shape)[keep], ll[keep]], axis=1))
+        rows.append(
+            np.stack(
+                [np.broadcast_to(hh[:, None], ll.shape)[keep], np.broadcast_to(kk[:, None], ll.shape)[keep], ll[keep]],
+                axis=1,
+            )
+        )
     idx = np.unique(np.concatenate(rows), axis=0)
     hkl = np.zeros_like(idx)
     hkl[:, ih], hkl[:, ik], hkl[:, il] = idx[:, 0], idx[:, 1], idx[:, 2]
@@ -472,8 +511,9 @@ def ewald_reflections(crystal: Crystal, params: FrameParams, s_max: float, max_w
     return hkl[keep], g[keep], excitation[keep]
 
 
-def reflection_photons(rng: np.random.Generator, crystal: Crystal, g: np.ndarray, excitation: np.ndarray,
-                       params: FrameParams) -> np.ndarray:
+def reflection_photons(
+    rng: np.random.Generator, crystal: Crystal, g: np.ndarray, excitation: np.ndarray, params: FrameParams
+) -> np.ndarray:
     """Expected photons of each reflection (N,) float64: Wilson-exponential amplitude x B-factor
     falloff x soft diffraction limit x partiality x polarisation (beam polarised along x)."""
     s = np.linalg.norm(g, axis=1)
@@ -542,8 +582,19 @@ def lattice_spots(det: Detector, params: FrameParams, rng: np.random.Generator) 
         y = params.distance_mm * kout[:, 1] / np.where(forward, kout[:, 2], 1.0)
         panel, ss, fs = xy_to_panel(det, x, y, params.beam_mm)
         keep = forward & (panel >= 0) & (photons >= MIN_RENDER_PHOTONS)
-        parts.append((panel[keep], ss[keep], fs[keep], photons[keep], hkl[keep], np.full(keep.sum(), index),
-                      1.0 / np.linalg.norm(g[keep], axis=1), x[keep], y[keep]))
+        parts.append(
+            (
+                panel[keep],
+                ss[keep],
+                fs[keep],
+                photons[keep],
+                hkl[keep],
+                np.full(keep.sum(), index),
+                1.0 / np.linalg.norm(g[keep], axis=1),
+                x[keep],
+                y[keep],
+            )
+        )
     panel, ss, fs, photons, hkl, lattice, d_a, x, y = (np.concatenate([p[i] for p in parts]) for i in range(9))
     n = len(panel)
     minor = np.clip(params.width_px * np.exp(rng.normal(0.0, 0.12, n)), 0.55, 3.0)
@@ -565,12 +616,24 @@ def lattice_spots(det: Detector, params: FrameParams, rng: np.random.Generator) 
     major = np.clip(minor * ratio, minor, 3.5)
     dir_ss = np.einsum("ij,ij->i", lab_dir, det.ss_dirs[panel])
     dir_fs = np.einsum("ij,ij->i", lab_dir, det.fs_dirs[panel])
-    return Spots(panel.astype(np.int64), ss, fs, photons, major, minor, dir_ss, dir_fs,
-                 hkl.astype(np.int64), lattice.astype(np.int64), d_a)
+    return Spots(
+        panel.astype(np.int64),
+        ss,
+        fs,
+        photons,
+        major,
+        minor,
+        dir_ss,
+        dir_fs,
+        hkl.astype(np.int64),
+        lattice.astype(np.int64),
+        d_a,
+    )
 
 
-def profile_density(du: np.ndarray, dv: np.ndarray, sigma_u: np.ndarray, sigma_v: np.ndarray,
-                    kind: str, shape: float) -> np.ndarray:
+def profile_density(
+    du: np.ndarray, dv: np.ndarray, sigma_u: np.ndarray, sigma_v: np.ndarray, kind: str, shape: float
+) -> np.ndarray:
     """Normalised 2-D spot density (per px^2) at offsets ``du`` (major axis), ``dv`` (minor axis).
 
     ``kind="moffat"``: ``(beta - 1) / (pi a_u a_v) (1 + (u/a_u)^2 + (v/a_v)^2)^-beta`` with
@@ -618,8 +681,14 @@ def integration_half_size(sigma_major: np.ndarray) -> np.ndarray:
     return np.clip(np.ceil(2.0 * sigma_major), 1, 5).astype(np.int64)
 
 
-def render_spots(spots: Spots, params: FrameParams, shape: tuple[int, int, int], background: np.ndarray,
-                 transmission: np.ndarray, chunk: int = 1024) -> RenderedSpots:
+def render_spots(
+    spots: Spots,
+    params: FrameParams,
+    shape: tuple[int, int, int],
+    background: np.ndarray,
+    transmission: np.ndarray,
+    chunk: int = 1024,
+) -> RenderedSpots:
     """Integrate every spot's profile over pixels and add them up.
 
     Each spot occupies a (2R+1)^2 box, ``R = clip(ceil(3.5 sigma_major), 3, 12)``; the density is
@@ -647,7 +716,7 @@ def render_spots(spots: Spots, params: FrameParams, shape: tuple[int, int, int],
         o = (np.arange(k) + 0.5) / k - 0.5
         members = np.flatnonzero(reach * 8 + sub == key)
         for start in range(0, len(members), chunk):
-            sel = members[start:start + chunk]
+            sel = members[start : start + chunk]
             c_ss, c_fs = np.rint(spots.ss[sel]).astype(np.int64), np.rint(spots.fs[sel]).astype(np.int64)
             pix_ss = c_ss[:, None, None] + grid[None, :, None]  # (m, B, 1)
             pix_fs = c_fs[:, None, None] + grid[None, None, :]  # (m, 1, B)
@@ -656,25 +725,32 @@ def render_spots(spots: Spots, params: FrameParams, shape: tuple[int, int, int],
             a_ss, a_fs = spots.dir_ss[sel, None, None, None, None], spots.dir_fs[sel, None, None, None, None]
             du = d_ss * a_ss + d_fs * a_fs
             dv = -d_ss * a_fs + d_fs * a_ss
-            dens = profile_density(du, dv, spots.sigma_major[sel, None, None, None, None],
-                                   spots.sigma_minor[sel, None, None, None, None], params.profile,
-                                   params.profile_shape).mean(axis=(-2, -1))  # (m, B, B)
+            dens = profile_density(
+                du,
+                dv,
+                spots.sigma_major[sel, None, None, None, None],
+                spots.sigma_minor[sel, None, None, None, None],
+                params.profile,
+                params.profile_shape,
+            ).mean(axis=(-2, -1))  # (m, B, B)
             dens /= dens.sum(axis=(1, 2), keepdims=True)
             on = (pix_ss >= 0) & (pix_ss < n_ss) & (pix_fs >= 0) & (pix_fs < n_fs)  # (m, B, B)
             index = (spots.panel[sel, None, None] * n_ss + pix_ss.clip(0, n_ss - 1)) * n_fs + pix_fs.clip(0, n_fs - 1)
             values = np.where(on, dens * spots.photons[sel, None, None] * tr_flat[index], 0.0)
             flat += np.bincount(index[on], weights=values[on], minlength=flat.size)
             bg = np.where(on, bg_flat[index], 0.0)
-            inbox = on & (np.abs(grid)[None, :, None] <= half[sel, None, None]) \
+            inbox = (
+                on
+                & (np.abs(grid)[None, :, None] <= half[sel, None, None])
                 & (np.abs(grid)[None, None, :] <= half[sel, None, None])
+            )
             box_photons[sel] = np.where(inbox, values, 0.0).sum(axis=(1, 2))
             box_background[sel] = np.where(inbox, bg, 0.0).sum(axis=(1, 2))
             box_pixels[sel] = inbox.sum(axis=(1, 2))
             brightest = values.reshape(len(sel), -1).argmax(axis=1)
             peak_photons[sel] = values.reshape(len(sel), -1)[np.arange(len(sel)), brightest]
             peak_background[sel] = bg.reshape(len(sel), -1)[np.arange(len(sel)), brightest]
-    return RenderedSpots(flat.reshape(shape), box_photons, box_background, box_pixels, peak_photons,
-                         peak_background)
+    return RenderedSpots(flat.reshape(shape), box_photons, box_background, box_pixels, peak_photons, peak_background)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -704,10 +780,13 @@ def background_photons(x: np.ndarray, y: np.ndarray, params: FrameParams) -> np.
     q = 4.0 * math.pi * np.sqrt(0.5 * (1.0 - cos2t)) / params.wavelength_a
     q1, w1, q2, w2, a2 = params.water_q
     ww, wa, wsl, wsas = params.background_weights
-    profile = (ww * (np.exp(-0.5 * ((q - q1) / w1) ** 2) + a2 * np.exp(-0.5 * ((q - q2) / w2) ** 2))
-               + wa * np.exp(-q / params.air_q) + wsl * np.clip(1.0 - q / params.slope_q, 0.0, None)
-               + wsas / (1.0 + (q / params.sas_q) ** 2))
-    profile *= (1.0 - x * x / (r2 + d * d)) * cos2t ** 3
+    profile = (
+        ww * (np.exp(-0.5 * ((q - q1) / w1) ** 2) + a2 * np.exp(-0.5 * ((q - q2) / w2) ** 2))
+        + wa * np.exp(-q / params.air_q)
+        + wsl * np.clip(1.0 - q / params.slope_q, 0.0, None)
+        + wsas / (1.0 + (q / params.sas_q) ** 2)
+    )
+    profile *= (1.0 - x * x / (r2 + d * d)) * cos2t**3
     bg = profile * (params.background_level / max(float(profile.max()), 1e-12))
     if params.jet is not None:
         angle, amplitude, width, decay = params.jet
@@ -739,12 +818,13 @@ def saturation_adu(det: Detector, params: FrameParams, offset: int) -> float:
 def uint16_offset(params: FrameParams) -> int:
     """ADU added before the uint16 cast: 6 sigma of the electronic noise (read noise, common mode,
     panel offsets) plus 8, so the background sits above zero."""
-    noise = math.sqrt(params.read_noise ** 2 + params.common_mode ** 2 + params.panel_offset ** 2)
+    noise = math.sqrt(params.read_noise**2 + params.common_mode**2 + params.panel_offset**2)
     return math.ceil(6.0 * noise * params.gain) + 8
 
 
-def detector_response(rng: np.random.Generator, det: Detector, params: FrameParams, expected: np.ndarray
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def detector_response(
+    rng: np.random.Generator, det: Detector, params: FrameParams, expected: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Photons -> calibrated ADU.
 
     ``adu = poisson(expected) * gain_pixel + N(0, read_noise * gain) + common_mode + panel_offset``,
@@ -760,8 +840,9 @@ def detector_response(rng: np.random.Generator, det: Detector, params: FramePara
     n_panels, n_ss, n_fs = shape
     g = params.gain
     panel_gain = g * np.clip(1.0 + params.panel_gain_rms * rng.standard_normal(n_panels), 0.8, 1.2)
-    pixel_gain = (panel_gain[:, None, None]
-                  * (1.0 + params.pixel_gain_rms * rng.standard_normal(shape, dtype=np.float32)))
+    pixel_gain = panel_gain[:, None, None] * (
+        1.0 + params.pixel_gain_rms * rng.standard_normal(shape, dtype=np.float32)
+    )
     photons = rng.poisson(expected).astype(np.float32)
     adu = photons * pixel_gain.astype(np.float32)
     adu += rng.standard_normal(shape, dtype=np.float32) * np.float32(params.read_noise * g)
@@ -778,8 +859,9 @@ def detector_response(rng: np.random.Generator, det: Detector, params: FramePara
     hot_index = rng.choice(size, size=rng.binomial(size, params.hot_fraction), replace=False)
     hot[hot_index] = True
     flat = adu.reshape(-1)
-    flat[hot_index] = np.minimum(rng.uniform(5.0, 300.0, len(hot_index)) * g,
-                                 saturation_adu(det, params, uint16_offset(params)))
+    flat[hot_index] = np.minimum(
+        rng.uniform(5.0, 300.0, len(hot_index)) * g, saturation_adu(det, params, uint16_offset(params))
+    )
     flat[dead] = 0.0
     return adu, dead.reshape(shape), hot.reshape(shape)
 
@@ -835,12 +917,13 @@ class SpotTruth:
         return np.stack([self.panel[which], self.ss[which], self.fs[which]], axis=1).astype(np.float64)
 
 
-def integrated_i_over_sigma(box_photons: np.ndarray, box_background: np.ndarray, box_pixels: np.ndarray,
-                            read_noise: float) -> np.ndarray:
+def integrated_i_over_sigma(
+    box_photons: np.ndarray, box_background: np.ndarray, box_pixels: np.ndarray, read_noise: float
+) -> np.ndarray:
     """``S / sqrt(S + (1 + 1/4) (B + n r^2))``: box sum with Poisson + read noise, background estimated
     from 4x as many pixels (all (S,) float64, photons)."""
     extra = 1.0 + 1.0 / BACKGROUND_REGION_FACTOR
-    variance = box_photons + extra * (box_background + box_pixels * read_noise ** 2)
+    variance = box_photons + extra * (box_background + box_pixels * read_noise**2)
     return box_photons / np.sqrt(np.maximum(variance, 1e-12))
 
 
@@ -866,9 +949,10 @@ def unresolved(spots: Spots, brightness: np.ndarray, visible: np.ndarray) -> np.
 def classify_spots(spots: Spots, rendered: RenderedSpots, mask: np.ndarray, read_noise: float) -> SpotTruth:
     """Strong / weak truth (module docstring)."""
     ios = integrated_i_over_sigma(rendered.box_photons, rendered.box_background, rendered.box_pixels, read_noise)
-    peak_noise = np.sqrt(rendered.peak_background + read_noise ** 2)
-    peak_ok = (rendered.peak_photons >= PEAK_PIXEL_MIN_PHOTONS) & \
-        (rendered.peak_photons >= PEAK_PIXEL_SIGMAS * peak_noise)
+    peak_noise = np.sqrt(rendered.peak_background + read_noise**2)
+    peak_ok = (rendered.peak_photons >= PEAK_PIXEL_MIN_PHOTONS) & (
+        rendered.peak_photons >= PEAK_PIXEL_SIGMAS * peak_noise
+    )
     _, n_ss, n_fs = mask.shape
     c_ss = np.clip(np.rint(spots.ss).astype(np.int64), 0, n_ss - 1)
     c_fs = np.clip(np.rint(spots.fs).astype(np.int64), 0, n_fs - 1)
@@ -877,9 +961,25 @@ def classify_spots(spots: Spots, rendered: RenderedSpots, mask: np.ndarray, read
     blended = unresolved(spots, rendered.box_photons, visible)
     strong = (ios >= STRONG_I_OVER_SIGMA) & peak_ok & centre_good & ~blended
     weak = visible & ~strong
-    return SpotTruth(spots.panel, spots.ss, spots.fs, spots.photons, rendered.box_photons, rendered.box_background,
-                     rendered.box_pixels, ios, rendered.peak_photons, peak_noise,
-                     spots.sigma_major, spots.sigma_minor, spots.hkl, spots.lattice, spots.d_a, strong, weak)
+    return SpotTruth(
+        spots.panel,
+        spots.ss,
+        spots.fs,
+        spots.photons,
+        rendered.box_photons,
+        rendered.box_background,
+        rendered.box_pixels,
+        ios,
+        rendered.peak_photons,
+        peak_noise,
+        spots.sigma_major,
+        spots.sigma_minor,
+        spots.hkl,
+        spots.lattice,
+        spots.d_a,
+        strong,
+        weak,
+    )
 
 
 # ------------------------------------------------------------------------------------------------

@@ -25,12 +25,21 @@ from peaknet_serve.sim.peaksim.frame import simulate_frame
 from peaknet_serve.sim.peaksim.geometry import GEOMETRIES, get_geometry
 
 
-def simulate_file(path: Path, geometry: str, frames: int, seed: int = 0, as_uint16: bool = False,
-                  artefact_probability: float = 0.0, compression: str | None = None) -> Path:
+def simulate_file(
+    path: Path,
+    geometry: str,
+    frames: int,
+    seed: int = 0,
+    as_uint16: bool = False,
+    artefact_probability: float = 0.0,
+    compression: str | None = None,
+) -> Path:
     """Simulate ``frames`` frames of ``geometry`` and write them, with their truth, to ``path``."""
     detector = get_geometry(geometry)
-    simulated = [simulate_frame(detector, np.random.default_rng([seed, i]), artefact_probability=artefact_probability)
-                 for i in range(frames)]
+    simulated = [
+        simulate_frame(detector, np.random.default_rng([seed, i]), artefact_probability=artefact_probability)
+        for i in range(frames)
+    ]
     return write_cxi(path, simulated, as_uint16=as_uint16, compression=compression, detector=geometry)
 
 
@@ -42,13 +51,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--uint16", action="store_true", help="store raw-like uint16 instead of float32 ADU")
     parser.add_argument("--compression", choices=["gzip", "lzf"], default=None)
-    parser.add_argument("--artefact-probability", type=float, default=0.0,
-                        help="chance per frame of a jet streak, a beamstop arm and common-mode offsets each")
+    parser.add_argument(
+        "--artefact-probability",
+        type=float,
+        default=0.0,
+        help="chance per frame of a jet streak, a beamstop arm and common-mode offsets each",
+    )
     args = parser.parse_args(argv)
     if args.frames < 1:
         parser.error("--frames must be at least 1")
-    path = simulate_file(args.output, args.geometry, args.frames, args.seed, args.uint16, args.artefact_probability,
-                         args.compression)
+    path = simulate_file(
+        args.output, args.geometry, args.frames, args.seed, args.uint16, args.artefact_probability, args.compression
+    )
     print(f"wrote {args.frames} {args.geometry} frame(s) to {path}")
     return 0
 

@@ -56,8 +56,8 @@ def _crop_origin(rng: np.random.Generator, size: int, crop: int, around: float |
 def _cut(array: np.ndarray, top: int, left: int, crop: int, fill: float) -> np.ndarray:
     """``crop x crop`` window of a 2-D array, padded with ``fill`` where the array ends."""
     out = np.full((crop, crop), fill, dtype=array.dtype)
-    piece = array[top:top + crop, left:left + crop]
-    out[:piece.shape[0], :piece.shape[1]] = piece
+    piece = array[top : top + crop, left : left + crop]
+    out[: piece.shape[0], : piece.shape[1]] = piece
     return out
 
 
@@ -71,9 +71,14 @@ def _dihedral(image: np.ndarray, target: np.ndarray, code: int) -> tuple[np.ndar
     return np.ascontiguousarray(image), np.ascontiguousarray(target)
 
 
-def frame_crops(rng: np.random.Generator, frame: SimulatedFrame, crop: int, n_crops: int,
-                peak_fraction: float = 0.7, uint16_probability: float = 0.3
-                ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def frame_crops(
+    rng: np.random.Generator,
+    frame: SimulatedFrame,
+    crop: int,
+    n_crops: int,
+    peak_fraction: float = 0.7,
+    uint16_probability: float = 0.3,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield ``(image (crop, crop) float32, target (crop, crop) uint8)`` crops of one frame."""
     raw = frame.uint16.astype(np.float32) if rng.random() < uint16_probability else frame.adu
     target = frame_target(frame)
@@ -89,13 +94,14 @@ def frame_crops(rng: np.random.Generator, frame: SimulatedFrame, crop: int, n_cr
         if panel not in cache:
             image = normalized_panel(raw[panel])
             padded_target = np.zeros(image.shape, dtype=np.uint8)
-            padded_target[:target.shape[1], :target.shape[2]] = target[panel]
+            padded_target[: target.shape[1], : target.shape[2]] = target[panel]
             cache[panel] = (image, padded_target)
         image, padded_target = cache[panel]
         top = _crop_origin(rng, image.shape[0], crop, around[0])
         left = _crop_origin(rng, image.shape[1], crop, around[1])
-        yield _dihedral(_cut(image, top, left, crop, 0.0), _cut(padded_target, top, left, crop, 0),
-                        int(rng.integers(8)))
+        yield _dihedral(
+            _cut(image, top, left, crop, 0.0), _cut(padded_target, top, left, crop, 0), int(rng.integers(8))
+        )
 
 
 @dataclass
@@ -131,7 +137,12 @@ class SimulatedCrops(IterableDataset):
         geometries: dict[str, DetectorGeometry] = {n: get_geometry(n) for n in names}
         while True:
             name = names[rng.choice(len(names), p=probs / probs.sum())]
-            frame = simulate_frame(geometries[name], rng, artefact_probability=self.artefact_probability,
-                                   coverage=self.coverage, target_snr=self.target_snr)
+            frame = simulate_frame(
+                geometries[name],
+                rng,
+                artefact_probability=self.artefact_probability,
+                coverage=self.coverage,
+                target_snr=self.target_snr,
+            )
             for image, target in frame_crops(rng, frame, self.crop, self.crops_per_frame):
                 yield torch.from_numpy(image)[None], torch.from_numpy(target)

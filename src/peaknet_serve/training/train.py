@@ -57,16 +57,31 @@ FOCAL_GAMMA = 2.0
 
 MODEL_PRESETS = {
     # Two BiFPN blocks of 128 features: ~3.5 M parameters, ~14 MB in float32 safetensors.
-    "compact": {"backbone_hidden_sizes": [32, 64, 128, 256], "backbone_depths": [2, 2, 6, 2],
-                "bifpn_num_blocks": 2, "bifpn_num_features": 128, "seg_out_channels": 128},
+    "compact": {
+        "backbone_hidden_sizes": [32, 64, 128, 256],
+        "backbone_depths": [2, 2, 6, 2],
+        "bifpn_num_blocks": 2,
+        "bifpn_num_features": 128,
+        "seg_out_channels": 128,
+    },
     # For CPU smoke runs only.
-    "tiny": {"backbone_hidden_sizes": [16, 32, 64, 128], "backbone_depths": [1, 1, 2, 1],
-             "bifpn_num_blocks": 1, "bifpn_num_features": 32, "seg_out_channels": 32},
+    "tiny": {
+        "backbone_hidden_sizes": [16, 32, 64, 128],
+        "backbone_depths": [1, 1, 2, 1],
+        "bifpn_num_blocks": 1,
+        "bifpn_num_features": 32,
+        "seg_out_channels": 32,
+    },
 }
 
 
-def focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = FOCAL_ALPHA,
-               gamma: float = FOCAL_GAMMA, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+def focal_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    alpha: float = FOCAL_ALPHA,
+    gamma: float = FOCAL_GAMMA,
+    ignore_index: int = IGNORE_INDEX,
+) -> torch.Tensor:
     """Categorical focal loss ``-alpha (1 - p_t)^gamma log p_t``, averaged over non-ignored pixels.
 
     Args:
@@ -85,8 +100,14 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = FOCAL_
 
 
 def model_config(preset: str, crop: int) -> dict:
-    return {"image_size": crop, "num_channels": 1, "num_classes": 2, "from_scratch": True,
-            "uses_learned_upsample": False, **MODEL_PRESETS[preset]}
+    return {
+        "image_size": crop,
+        "num_channels": 1,
+        "num_classes": 2,
+        "from_scratch": True,
+        "uses_learned_upsample": False,
+        **MODEL_PRESETS[preset],
+    }
 
 
 def lr_at(step: int, progress: float, peak: float, warmup: int) -> float:
@@ -119,6 +140,7 @@ def save_model(model: PeakNet, config: dict, out: Path, stem: str = "peaknet") -
 
 def plot_loss(history: dict, path: Path) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -128,7 +150,7 @@ def plot_loss(history: dict, path: Path) -> None:
     smooth = np.convolve(loss, np.ones(window) / window, mode="valid")
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.semilogy(steps, loss, alpha=0.3, lw=0.7, label="per step")
-    ax.semilogy(steps[window - 1:], smooth, lw=1.5, label=f"mean of {window}")
+    ax.semilogy(steps[window - 1 :], smooth, lw=1.5, label=f"mean of {window}")
     ax.set_xlabel("step")
     ax.set_ylabel(f"focal loss (alpha={FOCAL_ALPHA}, gamma={FOCAL_GAMMA})")
     ax.set_title("PeakNet on simulated SFX frames (peaknet_serve.sim.peaksim)")
@@ -153,18 +175,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--grad-clip", type=float, default=1.0)
     p.add_argument("--preset", choices=sorted(MODEL_PRESETS), default="compact")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--init", type=Path, default=None,
-                   help="start from these weights (safetensors of the same preset) instead of from scratch")
+    p.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        help="start from these weights (safetensors of the same preset) instead of from scratch",
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-amp", action="store_true", help="train in float32 instead of bf16 autocast")
-    p.add_argument("--artefact-probability", type=float, default=0.0,
-                   help="chance per frame of each simulated artefact (jet streak, beamstop arm, common mode; "
-                        "peaknet_serve.sim.peaksim.artefacts); 0 gives the frames of earlier runs")
-    p.add_argument("--coverage", action="store_true",
-                   help="wider frame conditions: sub-pixel spots, photon counting, extreme backgrounds, saturation, "
-                        "gain switching (peaknet_serve.sim.peaksim.coverage)")
-    p.add_argument("--target-snr", type=float, default=None,
-                   help="integrated-SNR bar of the peaks to learn (default: the truth's strong rule, 6)")
+    p.add_argument(
+        "--artefact-probability",
+        type=float,
+        default=0.0,
+        help="chance per frame of each simulated artefact (jet streak, beamstop arm, common mode; "
+        "peaknet_serve.sim.peaksim.artefacts); 0 gives the frames of earlier runs",
+    )
+    p.add_argument(
+        "--coverage",
+        action="store_true",
+        help="wider frame conditions: sub-pixel spots, photon counting, extreme backgrounds, saturation, "
+        "gain switching (peaknet_serve.sim.peaksim.coverage)",
+    )
+    p.add_argument(
+        "--target-snr",
+        type=float,
+        default=None,
+        help="integrated-SNR bar of the peaks to learn (default: the truth's strong rule, 6)",
+    )
     args = p.parse_args(argv)
     if not 0.0 <= args.artefact_probability <= 1.0:
         p.error(f"--artefact-probability must be in [0, 1], got {args.artefact_probability}")
@@ -190,13 +227,27 @@ def main(argv: list[str] | None = None) -> int:
 
     decay = [p for n, p in model.named_parameters() if p.ndim > 1]
     no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=args.lr, betas=(0.9, 0.99))
-    crops = SimulatedCrops(args.seed, args.crop, args.crops_per_frame, artefact_probability=args.artefact_probability,
-                           coverage=Coverage() if args.coverage else None, target_snr=args.target_snr)
-    loader = DataLoader(crops, batch_size=args.batch_size,
-                        num_workers=args.workers, pin_memory=device.type == "cuda",
-                        persistent_workers=args.workers > 0, prefetch_factor=4 if args.workers else None)
+    optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": args.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=args.lr,
+        betas=(0.9, 0.99),
+    )
+    crops = SimulatedCrops(
+        args.seed,
+        args.crop,
+        args.crops_per_frame,
+        artefact_probability=args.artefact_probability,
+        coverage=Coverage() if args.coverage else None,
+        target_snr=args.target_snr,
+    )
+    loader = DataLoader(
+        crops,
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=args.workers > 0,
+        prefetch_factor=4 if args.workers else None,
+    )
     use_amp = not args.no_amp
     history: dict[str, list] = {"step": [], "loss": [], "lr": [], "seconds": [], "peak_fraction": []}
     start = time.perf_counter()
@@ -229,22 +280,40 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"time limit reached at step {step}", flush=True)
                 break
     elapsed = time.perf_counter() - start
-    del batches, loader            # stop the simulation workers before saving and exiting
+    del batches, loader  # stop the simulation workers before saving and exiting
     model.eval()
     config_path, weights = save_model(model, config, args.out)
-    history.update({"preset": args.preset, "config": config, "batch_size": args.batch_size, "crop": args.crop,
-                    "seed": args.seed, "steps_done": history["step"][-1] + 1, "train_seconds": elapsed,
-                    "focal_alpha": FOCAL_ALPHA, "focal_gamma": FOCAL_GAMMA, "device": str(device),
-                    "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-                    "amp": "bf16" if use_amp else "none", "torch": torch.__version__,
-                    "init": str(args.init) if args.init else None,
-                    "crops_per_frame": args.crops_per_frame, "workers": args.workers,
-                    "artefact_probability": args.artefact_probability, "coverage": args.coverage,
-                    "target_snr": args.target_snr, "command": " ".join(["peaknet-train", *(argv or sys.argv[1:])])})
+    history.update(
+        {
+            "preset": args.preset,
+            "config": config,
+            "batch_size": args.batch_size,
+            "crop": args.crop,
+            "seed": args.seed,
+            "steps_done": history["step"][-1] + 1,
+            "train_seconds": elapsed,
+            "focal_alpha": FOCAL_ALPHA,
+            "focal_gamma": FOCAL_GAMMA,
+            "device": str(device),
+            "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "amp": "bf16" if use_amp else "none",
+            "torch": torch.__version__,
+            "init": str(args.init) if args.init else None,
+            "crops_per_frame": args.crops_per_frame,
+            "workers": args.workers,
+            "artefact_probability": args.artefact_probability,
+            "coverage": args.coverage,
+            "target_snr": args.target_snr,
+            "command": " ".join(["peaknet-train", *(argv or sys.argv[1:])]),
+        }
+    )
     (args.out / "train_loss.json").write_text(json.dumps(history))
     plot_loss(history, args.out / "train_loss.png")
-    print(f"saved {config_path} and {weights} ({weights.stat().st_size / 1e6:.1f} MB) after "
-          f"{history['steps_done']} steps in {elapsed:.0f} s", flush=True)
+    print(
+        f"saved {config_path} and {weights} ({weights.stat().st_size / 1e6:.1f} MB) after "
+        f"{history['steps_done']} steps in {elapsed:.0f} s",
+        flush=True,
+    )
     return 0
 
 

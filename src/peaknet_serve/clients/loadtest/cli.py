@@ -73,7 +73,9 @@ def check_ready(base_url: str, auth: KeySource, timeout_s: float = 10.0) -> str 
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--url", default=DEFAULT_URL, help=f"inference address (default {DEFAULT_URL})")
     p.add_argument("--model", default="peaknet", help="model name (default peaknet)")
     p.add_argument("--token", help="inference key (TorchServe token authorisation)")
@@ -81,8 +83,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     src = p.add_argument_group("payload")
     src.add_argument("--geometry", default="epix10k2m", help=f"{', '.join(GEOMETRIES)} or P,H,W (default epix10k2m)")
     src.add_argument("--dtype", default="uint16", help="simulated pixel dtype (default uint16)")
-    src.add_argument("--simulator", default="auto", choices=SIMULATORS,
-                     help="peaksim (physical SFX frames), spots (Gaussian spots), auto: peaksim if importable")
+    src.add_argument(
+        "--simulator",
+        default="auto",
+        choices=SIMULATORS,
+        help="peaksim (physical SFX frames), spots (Gaussian spots), auto: peaksim if importable",
+    )
     src.add_argument("--input", help="send frames from this HDF5/CXI file instead of simulated ones")
     src.add_argument("--dataset", default=DEFAULT_DATASET, help=f"frames in --input (default {DEFAULT_DATASET})")
     src.add_argument("--panels", type=int, help="split each --input slab (N, P*H, W) into P panels")
@@ -99,9 +105,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     load.add_argument("--requests", type=int, help="measured requests")
     load.add_argument("--warmup", type=float, default=2.0, help="seconds of warm-up, not measured (default 2)")
     load.add_argument("--timeout", type=float, default=60.0, help="per-request timeout in s (default 60)")
-    load.add_argument("--processes", type=int, default=1,
-                      help="client processes to spread the load over (default 1): one Python process can limit "
-                           "the rate of large requests; the progress line then has no latency")
+    load.add_argument(
+        "--processes",
+        type=int,
+        default=1,
+        help="client processes to spread the load over (default 1): one Python process can limit "
+        "the rate of large requests; the progress line then has no latency",
+    )
     out = p.add_argument_group("output")
     out.add_argument("--report", help="write the JSON report here")
     out.add_argument("--plot", help="write a PNG of latency over time and its histogram here")
@@ -199,8 +209,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"FAIL {failure}: its requests are missing from the report", file=sys.stderr)
         return EXIT_CLIENT_DIED
     if report["requests"] == 0:
-        print("FAIL no request was measured: every request outlasted the run; raise --duration "
-              "or --timeout, or lower --warmup", file=sys.stderr)
+        print(
+            "FAIL no request was measured: every request outlasted the run; raise --duration "
+            "or --timeout, or lower --warmup",
+            file=sys.stderr,
+        )
         return EXIT_NOTHING_MEASURED
     broken = violated(args.thresholds, report)
     for line in broken:

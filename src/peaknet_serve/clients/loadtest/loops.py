@@ -55,7 +55,9 @@ class Recorder:
             self.samples.append(sample)
 
 
-def run_closed_loop(target: Target, plan: RunPlan, concurrency: int, recorder: Recorder, clock: Callable[[], float]) -> None:
+def run_closed_loop(
+    target: Target, plan: RunPlan, concurrency: int, recorder: Recorder, clock: Callable[[], float]
+) -> None:
     """``concurrency`` clients, each with its own connection, send back to back until the plan stops."""
 
     def client() -> None:
@@ -64,7 +66,9 @@ def run_closed_loop(target: Target, plan: RunPlan, concurrency: int, recorder: R
                 index, warmup = ticket
                 recorder.begin()
                 payload = target.payloads[index % len(target.payloads)]
-                recorder.end(post_request(session, target.url, payload, target.auth, target.timeout_s, clock, warmup=warmup))
+                recorder.end(
+                    post_request(session, target.url, payload, target.auth, target.timeout_s, clock, warmup=warmup)
+                )
 
     threads = [threading.Thread(target=client, name=f"client-{i}", daemon=True) for i in range(concurrency)]
     for thread in threads:
@@ -94,7 +98,9 @@ def run_open_loop(
     def send(payload: EncodedRequest, scheduled: float, warmup: bool) -> None:
         if not hasattr(local, "session"):
             local.session = requests.Session()
-        sample = post_request(local.session, target.url, payload, target.auth, target.timeout_s, clock, scheduled, warmup)
+        sample = post_request(
+            local.session, target.url, payload, target.auth, target.timeout_s, clock, scheduled, warmup
+        )
         recorder.end(sample)
 
     with ThreadPoolExecutor(max_workers=max_in_flight, thread_name_prefix="sender") as pool:
@@ -110,7 +116,9 @@ def run_open_loop(
             payload = target.payloads[index % len(target.payloads)]
             if recorder.in_flight >= max_in_flight:
                 now = clock()
-                recorder.drop(Sample(scheduled, now, now, -1, "dropped: in-flight bound", payload.n_frames, 0, 0, warmup))
+                recorder.drop(
+                    Sample(scheduled, now, now, -1, "dropped: in-flight bound", payload.n_frames, 0, 0, warmup)
+                )
                 continue
             recorder.begin()
             pool.submit(send, payload, scheduled, warmup)

@@ -71,8 +71,10 @@ def split_load(args: argparse.Namespace) -> list[Share]:
     else:  # the process of the first measured slot sends the first of them, and so on
         counts, first = split_count(args.requests, n), first_measured_slot(args.rate, args.warmup)
         requests = [counts[(k - first) % n] for k in range(n)]
-    return [Share(first_slot=k, slot_step=n, max_in_flight=m, n_requests=r)
-            for k, (m, r) in enumerate(zip(in_flight, requests))]
+    return [
+        Share(first_slot=k, slot_step=n, max_in_flight=m, n_requests=r)
+        for k, (m, r) in enumerate(zip(in_flight, requests))
+    ]
 
 
 def run_share(

@@ -103,12 +103,18 @@ def format_report(report: dict[str, Any]) -> str:
     """Human-readable summary of :func:`summarize`'s report."""
     lat = report["latency_ms"]
     lines = [
-        (f"requests   {report['requests']} ({report['ok']} ok, {report['errors']} errors,"
-         f" error rate {report['error_rate']:.2%}) in {report['window_s']:.1f} s"),
-        (f"throughput {report['rps']:.1f} req/s, {report['fps']:.1f} frames/s,"
-         f" {report['mb_per_s']:.1f} MB/s sent ({report['frame_mb_per_s']:.1f} MB/s of frames)"),
-        (f"latency    p50 {lat['p50']:.1f} ms, p90 {lat['p90']:.1f} ms, p99 {lat['p99']:.1f} ms,"
-         f" max {lat['max']:.1f} ms"),
+        (
+            f"requests   {report['requests']} ({report['ok']} ok, {report['errors']} errors,"
+            f" error rate {report['error_rate']:.2%}) in {report['window_s']:.1f} s"
+        ),
+        (
+            f"throughput {report['rps']:.1f} req/s, {report['fps']:.1f} frames/s,"
+            f" {report['mb_per_s']:.1f} MB/s sent ({report['frame_mb_per_s']:.1f} MB/s of frames)"
+        ),
+        (
+            f"latency    p50 {lat['p50']:.1f} ms, p90 {lat['p90']:.1f} ms, p99 {lat['p99']:.1f} ms,"
+            f" max {lat['max']:.1f} ms"
+        ),
     ]
     if report["errors_by_kind"]:
         kinds = ", ".join(f"{k}: {n}" for k, n in report["errors_by_kind"].items())

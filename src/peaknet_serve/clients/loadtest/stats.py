@@ -149,8 +149,18 @@ _OPERATORS: dict[str, Callable[[float, float], bool]] = {
 }
 OPEN_LOOP_METRICS = ("late_fraction", "dropped", "lag_p99_ms", "answered_hz")
 FAIL_ON_METRICS = (
-    "rps", "fps", "mb_per_s", "error_rate", "errors", "requests",
-    "p50_ms", "p90_ms", "p99_ms", "max_ms", "mean_ms", "min_ms",
+    "rps",
+    "fps",
+    "mb_per_s",
+    "error_rate",
+    "errors",
+    "requests",
+    "p50_ms",
+    "p90_ms",
+    "p99_ms",
+    "max_ms",
+    "mean_ms",
+    "min_ms",
     *OPEN_LOOP_METRICS,
 )
 

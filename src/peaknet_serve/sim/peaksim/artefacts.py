@@ -36,11 +36,11 @@ SHADOW_TRANSMISSION = 0.01
 # Share of frames with an arm whose mask covers it.
 ARM_MASKED_PROBABILITY = 0.5
 
-JET_PEAK_RANGE = (0.3, 3.0)           # x the water ring's peak photons, log-uniform
-JET_SIGMA_PX_RANGE = (1.0, 3.0)       # Gaussian sigma across the streak, pixels
-JET_OFFSET_SIGMA_PX = 3.0             # rms distance of the streak's line from the beam, pixels
-JET_DECAY_RANGE = (5.0e-3, 50.0e-3)   # metres along the streak to half intensity, log-uniform
-ARM_WIDTH_RANGE = (1.5e-3, 4.0e-3)    # metres
+JET_PEAK_RANGE = (0.3, 3.0)  # x the water ring's peak photons, log-uniform
+JET_SIGMA_PX_RANGE = (1.0, 3.0)  # Gaussian sigma across the streak, pixels
+JET_OFFSET_SIGMA_PX = 3.0  # rms distance of the streak's line from the beam, pixels
+JET_DECAY_RANGE = (5.0e-3, 50.0e-3)  # metres along the streak to half intensity, log-uniform
+ARM_WIDTH_RANGE = (1.5e-3, 4.0e-3)  # metres
 COMMON_MODE_SIGMA_RANGE = (0.3, 1.5)  # x the read noise
 
 
@@ -114,8 +114,9 @@ def _log_uniform(rng: np.random.Generator, lo: float, hi: float) -> float:
     return float(np.exp(rng.uniform(np.log(lo), np.log(hi))))
 
 
-def common_mode_blocks(n_ss: int, n_fs: int, asic_shape: tuple[int, int], block_rows: int
-                       ) -> tuple[np.ndarray, np.ndarray]:
+def common_mode_blocks(
+    n_ss: int, n_fs: int, asic_shape: tuple[int, int], block_rows: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Block index of every row and ASIC index of every column of a panel.
 
     Returns:
@@ -139,8 +140,13 @@ def sample_common_mode(rng: np.random.Generator, geometry: DetectorGeometry, rea
     return CommonMode(block_rows, asic, offsets, sigma)
 
 
-def sample_artefacts(rng: np.random.Generator, geometry: DetectorGeometry, probability: float,
-                     water_photons: float, read_noise_adu: float) -> Artefacts:
+def sample_artefacts(
+    rng: np.random.Generator,
+    geometry: DetectorGeometry,
+    probability: float,
+    water_photons: float,
+    read_noise_adu: float,
+) -> Artefacts:
     """Each artefact kind with ``probability``, its parameters from the ranges above.
 
     Args:
@@ -151,15 +157,19 @@ def sample_artefacts(rng: np.random.Generator, geometry: DetectorGeometry, proba
     pixel = geometry.pixel_size
     jet = arm = cm = None
     if has_jet:
-        jet = JetStreak(angle=float(rng.uniform(0.0, math.pi)),
-                        offset=float(rng.normal(0.0, JET_OFFSET_SIGMA_PX)) * pixel,
-                        sigma=float(rng.uniform(*JET_SIGMA_PX_RANGE)) * pixel,
-                        peak=water_photons * _log_uniform(rng, *JET_PEAK_RANGE),
-                        decay=_log_uniform(rng, *JET_DECAY_RANGE))
+        jet = JetStreak(
+            angle=float(rng.uniform(0.0, math.pi)),
+            offset=float(rng.normal(0.0, JET_OFFSET_SIGMA_PX)) * pixel,
+            sigma=float(rng.uniform(*JET_SIGMA_PX_RANGE)) * pixel,
+            peak=water_photons * _log_uniform(rng, *JET_PEAK_RANGE),
+            decay=_log_uniform(rng, *JET_DECAY_RANGE),
+        )
     if has_arm:
-        arm = BeamstopArm(angle=float(rng.uniform(0.0, 2.0 * math.pi)),
-                          width=float(rng.uniform(*ARM_WIDTH_RANGE)),
-                          masked=bool(rng.random() < ARM_MASKED_PROBABILITY))
+        arm = BeamstopArm(
+            angle=float(rng.uniform(0.0, 2.0 * math.pi)),
+            width=float(rng.uniform(*ARM_WIDTH_RANGE)),
+            masked=bool(rng.random() < ARM_MASKED_PROBABILITY),
+        )
     if has_cm:
         cm = sample_common_mode(rng, geometry, read_noise_adu)
     return Artefacts(jet, arm, cm)
@@ -179,7 +189,7 @@ def jet_streak_photons(x: np.ndarray, y: np.ndarray, cos2t: np.ndarray, jet: Jet
     across = (c * y - s * x - np.float32(jet.offset)) / np.float32(jet.sigma)
     along = np.abs(c * x + s * y) / np.float32(jet.decay)
     streak = np.float32(jet.peak) * np.exp(np.float32(-0.5) * across * across) / (1.0 + along)
-    return (streak * cos2t ** 3).astype(np.float32)
+    return (streak * cos2t**3).astype(np.float32)
 
 
 def arm_shadow(x: np.ndarray, y: np.ndarray, arm: BeamstopArm) -> np.ndarray:

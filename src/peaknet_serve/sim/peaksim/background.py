@@ -36,15 +36,16 @@ class BackgroundParams:
     constant: float
 
 
-def scattering_geometry(x: np.ndarray, y: np.ndarray, distance: float, wavelength: float
-                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def scattering_geometry(
+    x: np.ndarray, y: np.ndarray, distance: float, wavelength: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-pixel ``(Q, cos(2 theta), polarisation)`` for pixel-centre lab coordinates (metres).
 
     Returns:
         Three arrays of the shape of ``x`` (float32); Q in 1/Angstrom including 4 pi.
     """
     r2 = x.astype(np.float64) ** 2 + y.astype(np.float64) ** 2
-    norm = np.sqrt(r2 + distance ** 2)
+    norm = np.sqrt(r2 + distance**2)
     cos2t = distance / norm
     sin_t = np.sqrt(np.clip((1.0 - cos2t) / 2.0, 0.0, 1.0))
     q = 4.0 * np.pi * sin_t / wavelength
@@ -52,13 +53,16 @@ def scattering_geometry(x: np.ndarray, y: np.ndarray, distance: float, wavelengt
     return q.astype(np.float32), cos2t.astype(np.float32), polarization.astype(np.float32)
 
 
-def background_photons(params: BackgroundParams, q: np.ndarray, cos2t: np.ndarray,
-                       polarization: np.ndarray) -> np.ndarray:
+def background_photons(
+    params: BackgroundParams, q: np.ndarray, cos2t: np.ndarray, polarization: np.ndarray
+) -> np.ndarray:
     """Expected background photons per pixel (same shape as ``q``, float32)."""
-    water = params.water * (np.exp(-0.5 * ((q - params.water_q) / params.water_width) ** 2)
-                            + 0.35 * np.exp(-0.5 * ((q - WATER_Q2) / (1.4 * params.water_width)) ** 2))
+    water = params.water * (
+        np.exp(-0.5 * ((q - params.water_q) / params.water_width) ** 2)
+        + 0.35 * np.exp(-0.5 * ((q - WATER_Q2) / (1.4 * params.water_width)) ** 2)
+    )
     air = params.air * np.exp(-q / params.air_q)
-    obliquity = cos2t ** 3
+    obliquity = cos2t**3
     return ((water + air) * polarization * obliquity + params.constant).astype(np.float32)
 
 

@@ -45,12 +45,18 @@ class CxiPeaks:
 def _padded(rows: Sequence[np.ndarray], width: int, dtype) -> np.ndarray:
     out = np.zeros((len(rows), width), dtype=dtype)
     for i, row in enumerate(rows):
-        out[i, :len(row)] = row
+        out[i, : len(row)] = row
     return out
 
 
-def write_cxi(path: str | Path, frames: Sequence[SimulatedFrame], *, as_uint16: bool = False,
-              compression: str | None = None, detector: str = "") -> Path:
+def write_cxi(
+    path: str | Path,
+    frames: Sequence[SimulatedFrame],
+    *,
+    as_uint16: bool = False,
+    compression: str | None = None,
+    detector: str = "",
+) -> Path:
     """Write frames and their truth to a CXI-layout HDF5 file.
 
     Args:
@@ -90,25 +96,38 @@ def write_cxi(path: str | Path, frames: Sequence[SimulatedFrame], *, as_uint16: 
         fs = [f.peaks.fs[s] for f, s in zip(frames, strong)]
         gains = [f.params.response.adu_per_photon for f in frames]
         result.create_dataset("peakXPosRaw", data=_padded(fs, width, np.float32))
-        result.create_dataset("peakYPosRaw", data=_padded([p * n_ss + s for p, s in zip(panels, ss)], width, np.float32))
-        result.create_dataset("peakTotalIntensity", data=_padded(
-            [f.peaks.photons[s] * g for f, s, g in zip(frames, strong, gains)], width, np.float32))
+        result.create_dataset(
+            "peakYPosRaw", data=_padded([p * n_ss + s for p, s in zip(panels, ss)], width, np.float32)
+        )
+        result.create_dataset(
+            "peakTotalIntensity",
+            data=_padded([f.peaks.photons[s] * g for f, s, g in zip(frames, strong, gains)], width, np.float32),
+        )
         result.create_dataset("peakPanel", data=_padded(panels, width, np.int32))
         result.create_dataset("peakSs", data=_padded(ss, width, np.float32))
         result.create_dataset("peakFs", data=_padded(fs, width, np.float32))
         result.create_dataset("peakStrong", data=_padded([np.ones(len(s)) for s in strong], width, np.uint8))
         weak_group = result.create_group("weak")
         weak_group.create_dataset("nPeaks", data=np.array([len(w) for w in weak], dtype=np.int32))
-        weak_group.create_dataset("peakPanel", data=_padded([f.peaks.panel[w] for f, w in zip(frames, weak)], width_weak, np.int32))
-        weak_group.create_dataset("peakSs", data=_padded([f.peaks.ss[w] for f, w in zip(frames, weak)], width_weak, np.float32))
-        weak_group.create_dataset("peakFs", data=_padded([f.peaks.fs[w] for f, w in zip(frames, weak)], width_weak, np.float32))
+        weak_group.create_dataset(
+            "peakPanel", data=_padded([f.peaks.panel[w] for f, w in zip(frames, weak)], width_weak, np.int32)
+        )
+        weak_group.create_dataset(
+            "peakSs", data=_padded([f.peaks.ss[w] for f, w in zip(frames, weak)], width_weak, np.float32)
+        )
+        weak_group.create_dataset(
+            "peakFs", data=_padded([f.peaks.fs[w] for f, w in zip(frames, weak)], width_weak, np.float32)
+        )
     return path
 
 
 def _read_peak_rows(group: h5py.Group, index: int) -> CxiPeaks:
     n = int(group["nPeaks"][index])
-    return CxiPeaks(group["peakPanel"][index, :n].astype(np.int64), group["peakSs"][index, :n].astype(np.float64),
-                    group["peakFs"][index, :n].astype(np.float64))
+    return CxiPeaks(
+        group["peakPanel"][index, :n].astype(np.int64),
+        group["peakSs"][index, :n].astype(np.float64),
+        group["peakFs"][index, :n].astype(np.float64),
+    )
 
 
 def read_truth(path: str | Path, index: int) -> tuple[CxiPeaks, CxiPeaks]:

@@ -66,7 +66,7 @@ def photons_to_adu(rng: np.random.Generator, photons: np.ndarray, response: Dete
     switch = response.gain_switch
     if switch is not None:
         switched = photons > switch.switch_photons
-        extra = response.read_noise_adu * np.sqrt(max(switch.ratio ** 2 - 1.0, 0.0))
+        extra = response.read_noise_adu * np.sqrt(max(switch.ratio**2 - 1.0, 0.0))
         adu[switched] += np.float32(extra) * rng.standard_normal(int(switched.sum()), dtype=np.float32)
     return np.minimum(adu, np.float32(response.saturation_adu))
 
@@ -86,8 +86,9 @@ class BadPixels:
         return (~bad).astype(np.uint8)
 
 
-def sample_bad_pixels(rng: np.random.Generator, border: np.ndarray, beamstop: np.ndarray,
-                      response: DetectorResponse) -> tuple[BadPixels, np.ndarray]:
+def sample_bad_pixels(
+    rng: np.random.Generator, border: np.ndarray, beamstop: np.ndarray, response: DetectorResponse
+) -> tuple[BadPixels, np.ndarray]:
     """Random dead and hot pixels on top of the fixed border and beamstop masks.
 
     Returns:
@@ -101,8 +102,9 @@ def sample_bad_pixels(rng: np.random.Generator, border: np.ndarray, beamstop: np
     return BadPixels(dead, hot, border, beamstop), hot_masked
 
 
-def apply_bad_pixels(rng: np.random.Generator, adu: np.ndarray, bad: BadPixels,
-                     response: DetectorResponse) -> np.ndarray:
+def apply_bad_pixels(
+    rng: np.random.Generator, adu: np.ndarray, bad: BadPixels, response: DetectorResponse
+) -> np.ndarray:
     """Dead pixels read 0; hot pixels read a large, pixel-specific level (float32, in place)."""
     adu[bad.dead] = 0.0
     n_hot = int(bad.hot.sum())

@@ -61,8 +61,7 @@ class Reflections:
         return Reflections(self.hkl[keep], self.q[keep], self.s[keep], self.partiality[keep], self.d[keep])
 
 
-def excitation_width(q_norm: np.ndarray, crystal: CrystalState, wavelength: float,
-                     bandwidth: float) -> np.ndarray:
+def excitation_width(q_norm: np.ndarray, crystal: CrystalState, wavelength: float, bandwidth: float) -> np.ndarray:
     """Gaussian sigma (1/Angstrom) of the excitation error a reflection tolerates.
 
     Three independent broadenings in quadrature: mosaic spread (``eta * |q|``), finite domain
@@ -70,8 +69,8 @@ def excitation_width(q_norm: np.ndarray, crystal: CrystalState, wavelength: floa
     """
     mosaic = crystal.mosaicity_rad * q_norm
     domain = np.full_like(q_norm, 1.0 / crystal.domain_size)
-    band = bandwidth * q_norm ** 2 * wavelength / 2.0
-    return np.sqrt(mosaic ** 2 + domain ** 2 + band ** 2)
+    band = bandwidth * q_norm**2 * wavelength / 2.0
+    return np.sqrt(mosaic**2 + domain**2 + band**2)
 
 
 def _longest_axis_last(reciprocal: np.ndarray) -> np.ndarray:
@@ -87,7 +86,7 @@ def _row_sphere_roots(u: np.ndarray, c: np.ndarray, radius: float) -> tuple[np.n
     """
     cc = c @ c
     cu = u @ c
-    disc = cu ** 2 - cc * (np.einsum("ij,ij->i", u, u) - radius ** 2)
+    disc = cu**2 - cc * (np.einsum("ij,ij->i", u, u) - radius**2)
     root = np.sqrt(np.clip(disc, 0.0, None))
     return (-cu - root) / cc, (-cu + root) / cc, disc >= 0
 
@@ -101,8 +100,9 @@ def _integers_in(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return rows, first[rows] + offsets
 
 
-def ewald_reflections(crystal: CrystalState, wavelength: float, bandwidth: float = 0.003,
-                      max_sigmas: float = 3.5) -> Reflections:
+def ewald_reflections(
+    crystal: CrystalState, wavelength: float, bandwidth: float = 0.003, max_sigmas: float = 3.5
+) -> Reflections:
     """All reflections within ``max_sigmas`` excitation widths of the Ewald sphere.
 
     Vectorised and exact: for every (h, k) pair of the two densest indices, the lattice row
@@ -123,7 +123,7 @@ def ewald_reflections(crystal: CrystalState, wavelength: float, bandwidth: float
     hh, kk = np.meshgrid(np.arange(-limits[0], limits[0] + 1), np.arange(-limits[1], limits[1] + 1), indexing="ij")
     hh, kk = hh.ravel(), kk.ravel()
     k0 = np.array([0.0, 0.0, radius])
-    u = hh[:, None] * recip[0] + kk[:, None] * recip[1] + k0        # (M, 3)
+    u = hh[:, None] * recip[0] + kk[:, None] * recip[1] + k0  # (M, 3)
     shell = max_sigmas * float(excitation_width(np.array([q_max]), crystal, wavelength, bandwidth)[0])
     out_lo, out_hi, out_hit = _row_sphere_roots(u, recip[2], radius + shell)
     in_lo, in_hi, in_hit = _row_sphere_roots(u, recip[2], max(radius - shell, 0.0))
@@ -150,8 +150,9 @@ def ewald_reflections(crystal: CrystalState, wavelength: float, bandwidth: float
     return Reflections(hkl[keep][:, inverse], q[keep], s[keep], partiality, 1.0 / q_norm[keep])
 
 
-def wilson_intensities(rng: np.random.Generator, d: np.ndarray, b_factor: float,
-                       centric_fraction: float = 0.1) -> np.ndarray:
+def wilson_intensities(
+    rng: np.random.Generator, d: np.ndarray, b_factor: float, centric_fraction: float = 0.1
+) -> np.ndarray:
     """Relative reflection intensities drawn from Wilson statistics with a B-factor falloff.
 
     Acentric ``|F|^2`` are exponential, centric ones ``chi^2_1``-distributed, both with mean
@@ -160,7 +161,7 @@ def wilson_intensities(rng: np.random.Generator, d: np.ndarray, b_factor: float,
     Returns:
         (N,) float64 intensities, mean 1 at d -> infinity.
     """
-    mean = np.exp(-b_factor / (2.0 * d ** 2))
+    mean = np.exp(-b_factor / (2.0 * d**2))
     acentric = rng.exponential(1.0, size=d.shape)
     centric = rng.normal(size=d.shape) ** 2
     is_centric = rng.random(d.shape) < centric_fraction

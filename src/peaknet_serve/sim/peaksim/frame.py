@@ -127,11 +127,13 @@ def sample_crystal(rng: np.random.Generator, cell_range: tuple[float, float] = (
     )
 
 
-def sample_response(rng: np.random.Generator, geometry: DetectorGeometry, photon_energy_kev: float
-                    ) -> DetectorResponse:
+def sample_response(rng: np.random.Generator, geometry: DetectorGeometry, photon_energy_kev: float) -> DetectorResponse:
     """Gain and noise of this frame from the detector's typical ranges, widened for robustness."""
-    adu_per_kev = _log_uniform(rng, *geometry.adu_per_kev_range) if geometry.adu_per_kev_range[0] < \
-        geometry.adu_per_kev_range[1] else geometry.adu_per_kev_range[0]
+    adu_per_kev = (
+        _log_uniform(rng, *geometry.adu_per_kev_range)
+        if geometry.adu_per_kev_range[0] < geometry.adu_per_kev_range[1]
+        else geometry.adu_per_kev_range[0]
+    )
     adu_per_kev *= _log_uniform(rng, 0.7, 1.4)
     gain = adu_per_kev * photon_energy_kev
     read_noise_kev = _log_uniform(rng, *geometry.read_noise_kev_range) * _log_uniform(rng, 0.5, 2.0)
@@ -166,13 +168,25 @@ def resolvable_distance(max_cell_edge: float, wavelength: float, pixel_size: flo
 def _scaled_cell(crystal: CrystalParams, factor: float) -> CrystalParams:
     cell = crystal.cell
     scaled = UnitCell(cell.a * factor, cell.b * factor, cell.c * factor, cell.alpha, cell.beta, cell.gamma)
-    return CrystalParams(scaled, crystal.rotation, crystal.mosaicity_deg, crystal.domain_size, crystal.d_min,
-                         crystal.b_factor, crystal.photons_per_reflection)
+    return CrystalParams(
+        scaled,
+        crystal.rotation,
+        crystal.mosaicity_deg,
+        crystal.domain_size,
+        crystal.d_min,
+        crystal.b_factor,
+        crystal.photons_per_reflection,
+    )
 
 
-def sample_frame_params(rng: np.random.Generator, geometry: DetectorGeometry,
-                        blank_probability: float = 0.06, multi_crystal_probability: float = 0.15,
-                        artefact_probability: float = 0.0, coverage: Coverage | None = None) -> FrameParams:
+def sample_frame_params(
+    rng: np.random.Generator,
+    geometry: DetectorGeometry,
+    blank_probability: float = 0.06,
+    multi_crystal_probability: float = 0.15,
+    artefact_probability: float = 0.0,
+    coverage: Coverage | None = None,
+) -> FrameParams:
     """Draw a full parameter set for one frame on ``geometry``.
 
     The distance is drawn from the detector's range but no shorter than
@@ -216,9 +230,12 @@ def sample_frame_params(rng: np.random.Generator, geometry: DetectorGeometry,
     if coverage is not None:
         params = apply_coverage(rng, params, coverage)
     if artefact_probability > 0.0:
-        params = replace(params, artefacts=sample_artefacts(rng, geometry, artefact_probability,
-                                                            params.background.water,
-                                                            params.response.read_noise_adu))
+        params = replace(
+            params,
+            artefacts=sample_artefacts(
+                rng, geometry, artefact_probability, params.background.water, params.response.read_noise_adu
+            ),
+        )
     return params
 
 
@@ -234,8 +251,9 @@ class Spots:
     sigma_fs: np.ndarray
 
 
-def crystal_spots(rng: np.random.Generator, crystal: CrystalParams, params: FrameParams,
-                  geometry: DetectorGeometry) -> Spots:
+def crystal_spots(
+    rng: np.random.Generator, crystal: CrystalParams, params: FrameParams, geometry: DetectorGeometry
+) -> Spots:
     """Reflections of one crystal projected onto the detector, with photons and widths."""
     state = CrystalState(
         reciprocal=reciprocal_matrix(crystal.cell.real_space_matrix()) @ crystal.rotation.T,
@@ -253,8 +271,14 @@ def crystal_spots(rng: np.random.Generator, crystal: CrystalParams, params: Fram
     n = int(keep.sum())
     base = params.spot_sigma * (1.0 + params.spot_sigma_jitter * rng.uniform(-1.0, 1.0, size=n))
     stretch = np.exp(params.spot_anisotropy * rng.uniform(-1.0, 1.0, size=n))
-    return Spots(panel[keep], ss[keep], fs[keep], photons[keep],
-                 np.clip(base * stretch, params.min_spot_sigma, 3.0), np.clip(base / stretch, params.min_spot_sigma, 3.0))
+    return Spots(
+        panel[keep],
+        ss[keep],
+        fs[keep],
+        photons[keep],
+        np.clip(base * stretch, params.min_spot_sigma, 3.0),
+        np.clip(base / stretch, params.min_spot_sigma, 3.0),
+    )
 
 
 def _concat_spots(spots: list[Spots]) -> Spots:
@@ -302,6 +326,7 @@ class SimulatedFrame:
 
         def points(which: np.ndarray) -> np.ndarray:
             return np.stack([p.panel[which], p.ss[which], p.fs[which]], axis=1).astype(np.float64)
+
         return points(p.strong), np.concatenate([points(p.weak), self.blobs.reshape(-1, 3)])
 
     def score(self, found: np.ndarray, radius: float = MATCH_RADIUS) -> MatchCounts:
@@ -317,9 +342,14 @@ class SimulatedFrame:
         return to_uint16(self.adu)
 
 
-def simulate_frame(geometry: DetectorGeometry, rng: np.random.Generator,
-                   params: FrameParams | None = None, artefact_probability: float = 0.0,
-                   coverage: Coverage | None = None, target_snr: float | None = None) -> SimulatedFrame:
+def simulate_frame(
+    geometry: DetectorGeometry,
+    rng: np.random.Generator,
+    params: FrameParams | None = None,
+    artefact_probability: float = 0.0,
+    coverage: Coverage | None = None,
+    target_snr: float | None = None,
+) -> SimulatedFrame:
     """Simulate one frame on ``geometry``; parameters are sampled from ``rng`` unless given.
 
     ``artefact_probability`` is passed to :func:`sample_frame_params` (ignored when ``params`` are
@@ -357,7 +387,7 @@ def simulate_frame(geometry: DetectorGeometry, rng: np.random.Generator,
     background = background_photons(params.background, q, cos2t, pol)
     if artefacts.jet is not None:
         background += jet_streak_photons(x, y, cos2t, artefacts.jet)
-    beamstop = (x.astype(np.float64) ** 2 + y.astype(np.float64) ** 2) < params.beamstop_radius ** 2
+    beamstop = (x.astype(np.float64) ** 2 + y.astype(np.float64) ** 2) < params.beamstop_radius**2
     expected = render_spots(spots.photons, flat, mass, spot_id, shape) + background
     expected[beamstop] *= SHADOW_TRANSMISSION
     shadow = None
@@ -380,8 +410,9 @@ def simulate_frame(geometry: DetectorGeometry, rng: np.random.Generator,
     read_noise = params.read_noise_photons
     centre = (spots.panel, np.rint(spots.ss).astype(np.int64), np.rint(spots.fs).astype(np.int64))
     centre = (centre[0], centre[1].clip(0, shape[1] - 1), centre[2].clip(0, shape[2] - 1))
-    findable = mask[centre].astype(bool) & inside_panel(spots.ss, spots.fs, spots.sigma_ss, spots.sigma_fs,
-                                                         shape[1], shape[2])
+    findable = mask[centre].astype(bool) & inside_panel(
+        spots.ss, spots.fs, spots.sigma_ss, spots.sigma_fs, shape[1], shape[2]
+    )
     photons, peak_photons, seen_mass, seen_background = spots.photons, spots.photons, mass, background
     if shadow is not None:
         transmission = np.where(shadow, np.float32(SHADOW_TRANSMISSION), np.float32(1.0))
@@ -389,25 +420,51 @@ def simulate_frame(geometry: DetectorGeometry, rng: np.random.Generator,
         photons = spots.photons * transmitted_fraction(mass, seen_mass, spot_id, len(spots.photons))
         peak_photons = spots.photons * transmission[centre]
         seen_background = background * transmission
-        findable &= ~straddles(shadow, flat, spot_id, spots.ss, spots.fs, spots.sigma_ss, spots.sigma_fs,
-                               len(spots.photons))
+        findable &= ~straddles(
+            shadow, flat, spot_id, spots.ss, spots.fs, spots.sigma_ss, spots.sigma_fs, len(spots.photons)
+        )
     b_centre = seen_background[centre].astype(np.float64)
     snr = integrated_snr(photons, spots.sigma_ss, spots.sigma_fs, b_centre, read_noise)
-    peak_snr = peak_pixel_snr(peak_photons, spots.ss, spots.fs, spots.sigma_ss, spots.sigma_fs,
-                              b_centre, read_noise)
+    peak_snr = peak_pixel_snr(peak_photons, spots.ss, spots.fs, spots.sigma_ss, spots.sigma_fs, b_centre, read_noise)
     strong, weak = classify_peaks(photons, snr, peak_snr, findable)
-    label, ignore = segmentation_maps(shape, flat, seen_mass, spot_id, spots.photons, spots.panel, spots.ss,
-                                      spots.fs, spots.sigma_ss, spots.sigma_fs, strong, weak,
-                                      seen_background, read_noise)
+    label, ignore = segmentation_maps(
+        shape,
+        flat,
+        seen_mass,
+        spot_id,
+        spots.photons,
+        spots.panel,
+        spots.ss,
+        spots.fs,
+        spots.sigma_ss,
+        spots.sigma_fs,
+        strong,
+        weak,
+        seen_background,
+        read_noise,
+    )
     merged, blobs, excused_region = merged_spots(label, ignore, spots.panel, spots.ss, spots.fs, strong, weak)
-    truth = PeakTruth(spots.panel, spots.ss, spots.fs, photons, snr, peak_snr, strong & ~merged,
-                      weak | merged, merged)
+    truth = PeakTruth(spots.panel, spots.ss, spots.fs, photons, snr, peak_snr, strong & ~merged, weak | merged, merged)
     target = None
     if target_snr is not None:
-        t_strong, t_weak = classify_peaks(photons, snr, peak_snr, findable, strong_snr=target_snr,
-                                          strong_peak_snr=TARGET_PEAK_PIXEL_SNR)
-        t_label, t_ignore = segmentation_maps(shape, flat, seen_mass, spot_id, spots.photons, spots.panel, spots.ss,
-                                              spots.fs, spots.sigma_ss, spots.sigma_fs, t_strong, t_weak,
-                                              seen_background, read_noise)
+        t_strong, t_weak = classify_peaks(
+            photons, snr, peak_snr, findable, strong_snr=target_snr, strong_peak_snr=TARGET_PEAK_PIXEL_SNR
+        )
+        t_label, t_ignore = segmentation_maps(
+            shape,
+            flat,
+            seen_mass,
+            spot_id,
+            spots.photons,
+            spots.panel,
+            spots.ss,
+            spots.fs,
+            spots.sigma_ss,
+            spots.sigma_fs,
+            t_strong,
+            t_weak,
+            seen_background,
+            read_noise,
+        )
         target = np.where(t_ignore, np.uint8(TARGET_IGNORE), t_label)
     return SimulatedFrame(adu, mask, label, ignore, truth, params, blobs, excused_region, target)

@@ -72,14 +72,23 @@ class DetectorGeometry:
         n_ss, n_fs = self.panel_shape
         ss = np.arange(n_ss, dtype=np.float64)[:, None] * self.pixel_size
         fs = np.arange(n_fs, dtype=np.float64)[None, :] * self.pixel_size
-        x = (self.corners[:, 0, None, None] - beam_offset[0]
-             + ss * self.ss_vectors[:, 0, None, None] + fs * self.fs_vectors[:, 0, None, None])
-        y = (self.corners[:, 1, None, None] - beam_offset[1]
-             + ss * self.ss_vectors[:, 1, None, None] + fs * self.fs_vectors[:, 1, None, None])
+        x = (
+            self.corners[:, 0, None, None]
+            - beam_offset[0]
+            + ss * self.ss_vectors[:, 0, None, None]
+            + fs * self.fs_vectors[:, 0, None, None]
+        )
+        y = (
+            self.corners[:, 1, None, None]
+            - beam_offset[1]
+            + ss * self.ss_vectors[:, 1, None, None]
+            + fs * self.fs_vectors[:, 1, None, None]
+        )
         return x.astype(np.float32), y.astype(np.float32)
 
-    def lab_to_panel(self, x: np.ndarray, y: np.ndarray,
-                     beam_offset: tuple[float, float] = (0.0, 0.0)) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def lab_to_panel(
+        self, x: np.ndarray, y: np.ndarray, beam_offset: tuple[float, float] = (0.0, 0.0)
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Map lab (x, y) points (metres, relative to the beam) to ``(panel, ss, fs)``.
 
         Args:
@@ -115,8 +124,9 @@ class DetectorGeometry:
         return np.broadcast_to(edge, self.frame_shape).copy()
 
 
-def _grid_layout(n_rows: int, n_cols: int, panel_shape: tuple[int, int], pixel_size: float,
-                 gap: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _grid_layout(
+    n_rows: int, n_cols: int, panel_shape: tuple[int, int], pixel_size: float, gap: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Panels on an ``n_rows x n_cols`` grid centred on the beam, ss along +y and fs along +x."""
     height = panel_shape[0] * pixel_size
     width = panel_shape[1] * pixel_size
@@ -141,9 +151,19 @@ def epix10k2m() -> DetectorGeometry:
     photon is ~130-160 ADU); medium/low gain are ~3x/~100x less. Noise ~ 0.1-0.3 keV rms.
     """
     corners, fsv, ssv = _grid_layout(4, 4, (352, 384), 100e-6, gap=2.0e-3)
-    return DetectorGeometry("epix10k2m", (352, 384), 100e-6, corners, fsv, ssv, asic_shape=(176, 192),
-                            distance_range=(0.08, 0.30), adu_per_kev_range=(0.5, 17.0),
-                            read_noise_kev_range=(0.1, 0.4), common_mode_rows=(1, 8, 16, 176))
+    return DetectorGeometry(
+        "epix10k2m",
+        (352, 384),
+        100e-6,
+        corners,
+        fsv,
+        ssv,
+        asic_shape=(176, 192),
+        distance_range=(0.08, 0.30),
+        adu_per_kev_range=(0.5, 17.0),
+        read_noise_kev_range=(0.1, 0.4),
+        common_mode_rows=(1, 8, 16, 176),
+    )
 
 
 def jungfrau4m() -> DetectorGeometry:
@@ -153,9 +173,19 @@ def jungfrau4m() -> DetectorGeometry:
     (artefact frames) per 1, 16, 32 or 256 rows of each chip.
     """
     corners, fsv, ssv = _grid_layout(4, 2, (512, 1024), 75e-6, gap=1.5e-3)
-    return DetectorGeometry("jungfrau4m", (512, 1024), 75e-6, corners, fsv, ssv, asic_shape=(256, 256),
-                            distance_range=(0.06, 0.20), adu_per_kev_range=(1.0, 1.0),
-                            read_noise_kev_range=(0.08, 0.3), common_mode_rows=(1, 16, 32, 256))
+    return DetectorGeometry(
+        "jungfrau4m",
+        (512, 1024),
+        75e-6,
+        corners,
+        fsv,
+        ssv,
+        asic_shape=(256, 256),
+        distance_range=(0.06, 0.20),
+        adu_per_kev_range=(1.0, 1.0),
+        read_noise_kev_range=(0.08, 0.3),
+        common_mode_rows=(1, 16, 32, 256),
+    )
 
 
 def cspad() -> DetectorGeometry:
@@ -165,10 +195,20 @@ def cspad() -> DetectorGeometry:
     (artefact frames) per 1, 37 or 185 rows of each ASIC.
     """
     corners, fsv, ssv = _grid_layout(8, 4, (185, 388), 110e-6, gap=1.0e-3)
-    return DetectorGeometry("cspad", (185, 388), 110e-6, corners, fsv, ssv, asic_shape=(185, 194),
-                            distance_range=(0.08, 0.20), adu_per_kev_range=(2.5, 4.5),
-                            read_noise_kev_range=(0.4, 1.0), saturation_adu=16383.0,
-                            common_mode_rows=(1, 37, 185))
+    return DetectorGeometry(
+        "cspad",
+        (185, 388),
+        110e-6,
+        corners,
+        fsv,
+        ssv,
+        asic_shape=(185, 194),
+        distance_range=(0.08, 0.20),
+        adu_per_kev_range=(2.5, 4.5),
+        read_noise_kev_range=(0.4, 1.0),
+        saturation_adu=16383.0,
+        common_mode_rows=(1, 37, 185),
+    )
 
 
 def rayonix() -> DetectorGeometry:
@@ -178,9 +218,19 @@ def rayonix() -> DetectorGeometry:
     row across the image (CCD line noise).
     """
     corners, fsv, ssv = _grid_layout(1, 1, (1920, 1920), 177.08e-6, gap=0.0)
-    return DetectorGeometry("rayonix", (1920, 1920), 177.08e-6, corners, fsv, ssv, asic_shape=None,
-                            distance_range=(0.10, 0.30), adu_per_kev_range=(0.8, 2.5),
-                            read_noise_kev_range=(0.5, 3.0), common_mode_rows=(1,))
+    return DetectorGeometry(
+        "rayonix",
+        (1920, 1920),
+        177.08e-6,
+        corners,
+        fsv,
+        ssv,
+        asic_shape=None,
+        distance_range=(0.10, 0.30),
+        adu_per_kev_range=(0.8, 2.5),
+        read_noise_kev_range=(0.5, 3.0),
+        common_mode_rows=(1,),
+    )
 
 
 GEOMETRIES = {"epix10k2m": epix10k2m, "jungfrau4m": jungfrau4m, "cspad": cspad, "rayonix": rayonix}

@@ -28,7 +28,7 @@ class UnitCell:
         b_vec = np.array([self.b * np.cos(ga), self.b * np.sin(ga), 0.0])
         cx = self.c * np.cos(be)
         cy = self.c * (np.cos(al) - np.cos(be) * np.cos(ga)) / np.sin(ga)
-        cz = np.sqrt(max(self.c ** 2 - cx ** 2 - cy ** 2, 1e-12))
+        cz = np.sqrt(max(self.c**2 - cx**2 - cy**2, 1e-12))
         return np.stack([a_vec, b_vec, np.array([cx, cy, cz])])
 
     @property
@@ -49,11 +49,13 @@ def random_rotation(rng: np.random.Generator) -> np.ndarray:
     w, x, y, z = rng.normal(size=4) / 1.0
     n = np.sqrt(w * w + x * x + y * y + z * z)
     w, x, y, z = w / n, x / n, y / n, z / n
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])
+    return np.array(
+        [
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
+        ]
+    )
 
 
 def random_unit_cell(rng: np.random.Generator, length_range: tuple[float, float] = (30.0, 250.0)) -> UnitCell:

@@ -47,8 +47,15 @@ class MatchCounts:
         return 2 * p * r / (p + r) if p + r else 0.0
 
     def as_dict(self) -> dict[str, float]:
-        return {"tp": self.tp, "fp": self.fp, "fn": self.fn, "excused": self.excused,
-                "precision": self.precision, "recall": self.recall, "f1": self.f1}
+        return {
+            "tp": self.tp,
+            "fp": self.fp,
+            "fn": self.fn,
+            "excused": self.excused,
+            "precision": self.precision,
+            "recall": self.recall,
+            "f1": self.f1,
+        }
 
 
 def _as_points(points: np.ndarray) -> np.ndarray:
@@ -56,8 +63,9 @@ def _as_points(points: np.ndarray) -> np.ndarray:
     return points
 
 
-def assign_within_radius(found: np.ndarray, truth: np.ndarray, radius: float = MATCH_RADIUS
-                         ) -> tuple[np.ndarray, np.ndarray]:
+def assign_within_radius(
+    found: np.ndarray, truth: np.ndarray, radius: float = MATCH_RADIUS
+) -> tuple[np.ndarray, np.ndarray]:
     """One-to-one assignment of points within ``radius`` on the same panel.
 
     Args:
@@ -103,8 +111,13 @@ def _inside(points: np.ndarray, region: np.ndarray) -> np.ndarray:
     return inside
 
 
-def match_peaks(found: np.ndarray, strong: np.ndarray, weak: np.ndarray | None = None,
-                radius: float = MATCH_RADIUS, excused_region: np.ndarray | None = None) -> MatchCounts:
+def match_peaks(
+    found: np.ndarray,
+    strong: np.ndarray,
+    weak: np.ndarray | None = None,
+    radius: float = MATCH_RADIUS,
+    excused_region: np.ndarray | None = None,
+) -> MatchCounts:
     """Score one frame.
 
     Args:

@@ -32,9 +32,14 @@ def pixel_masses(center: np.ndarray, sigma: np.ndarray, half_window: int) -> tup
     return index, 0.5 * (erf(hi) - erf(lo))
 
 
-def spot_footprints(panel: np.ndarray, ss: np.ndarray, fs: np.ndarray, sigma_ss: np.ndarray,
-                    sigma_fs: np.ndarray, frame_shape: tuple[int, int, int]
-                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def spot_footprints(
+    panel: np.ndarray,
+    ss: np.ndarray,
+    fs: np.ndarray,
+    sigma_ss: np.ndarray,
+    sigma_fs: np.ndarray,
+    frame_shape: tuple[int, int, int],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pixel footprints of all spots: flat frame indices, pixel mass fractions, spot ids.
 
     Spots are grouped by window size so narrow spots do not pay for the widest one. Pixels that
@@ -51,9 +56,8 @@ def spot_footprints(panel: np.ndarray, ss: np.ndarray, fs: np.ndarray, sigma_ss:
         ids = np.flatnonzero(halves == half)
         i_ss, m_ss = pixel_masses(ss[ids], sigma_ss[ids], int(half))
         i_fs, m_fs = pixel_masses(fs[ids], sigma_fs[ids], int(half))
-        mass = m_ss[:, :, None] * m_fs[:, None, :]                       # (S, W, W)
-        valid = (((i_ss >= 0) & (i_ss < n_ss))[:, :, None]
-                 & ((i_fs >= 0) & (i_fs < n_fs))[:, None, :] & (mass > 1e-7))
+        mass = m_ss[:, :, None] * m_fs[:, None, :]  # (S, W, W)
+        valid = ((i_ss >= 0) & (i_ss < n_ss))[:, :, None] & ((i_fs >= 0) & (i_fs < n_fs))[:, None, :] & (mass > 1e-7)
         flat = (panel[ids, None, None] * n_ss + i_ss[:, :, None]) * n_fs + i_fs[:, None, :]
         spot_id = np.broadcast_to(ids[:, None, None], mass.shape)
         parts.append((flat[valid], mass[valid], spot_id[valid]))
@@ -63,8 +67,13 @@ def spot_footprints(panel: np.ndarray, ss: np.ndarray, fs: np.ndarray, sigma_ss:
     return tuple(np.concatenate(column) for column in zip(*parts))  # type: ignore[return-value]
 
 
-def render_spots(photons: np.ndarray, flat_index: np.ndarray, mass: np.ndarray, spot_id: np.ndarray,
-                 frame_shape: tuple[int, int, int]) -> np.ndarray:
+def render_spots(
+    photons: np.ndarray,
+    flat_index: np.ndarray,
+    mass: np.ndarray,
+    spot_id: np.ndarray,
+    frame_shape: tuple[int, int, int],
+) -> np.ndarray:
     """Expected photons per pixel from all spots.
 
     Args:

@@ -79,32 +79,50 @@ class PeakTruth:
     merged: np.ndarray
 
 
-def integrated_snr(photons: np.ndarray, sigma_ss: np.ndarray, sigma_fs: np.ndarray,
-                   background: np.ndarray, read_noise: float) -> np.ndarray:
+def integrated_snr(
+    photons: np.ndarray, sigma_ss: np.ndarray, sigma_fs: np.ndarray, background: np.ndarray, read_noise: float
+) -> np.ndarray:
     """Integrated SNR of spots inside their 2-sigma ellipse (photon units, all (S,))."""
     area = np.maximum(4.0 * np.pi * sigma_ss * sigma_fs, 1.0)
     signal = ELLIPSE_2SIGMA_FRACTION * photons
-    return signal / np.sqrt(signal + area * (background + read_noise ** 2) + 1e-12)
+    return signal / np.sqrt(signal + area * (background + read_noise**2) + 1e-12)
 
 
-def peak_pixel_snr(photons: np.ndarray, ss: np.ndarray, fs: np.ndarray, sigma_ss: np.ndarray,
-                   sigma_fs: np.ndarray, background: np.ndarray, read_noise: float) -> np.ndarray:
+def peak_pixel_snr(
+    photons: np.ndarray,
+    ss: np.ndarray,
+    fs: np.ndarray,
+    sigma_ss: np.ndarray,
+    sigma_fs: np.ndarray,
+    background: np.ndarray,
+    read_noise: float,
+) -> np.ndarray:
     """SNR of each spot's brightest pixel (the one holding its centre)."""
     _, m_ss = pixel_masses(ss, sigma_ss, 0)
     _, m_fs = pixel_masses(fs, sigma_fs, 0)
     signal = photons * m_ss[:, 0] * m_fs[:, 0]
-    return signal / np.sqrt(signal + background + read_noise ** 2 + 1e-12)
+    return signal / np.sqrt(signal + background + read_noise**2 + 1e-12)
 
 
-def inside_panel(ss: np.ndarray, fs: np.ndarray, sigma_ss: np.ndarray, sigma_fs: np.ndarray,
-                 n_ss: int, n_fs: int, sigmas: float = 2.0) -> np.ndarray:
+def inside_panel(
+    ss: np.ndarray,
+    fs: np.ndarray,
+    sigma_ss: np.ndarray,
+    sigma_fs: np.ndarray,
+    n_ss: int,
+    n_fs: int,
+    sigmas: float = 2.0,
+) -> np.ndarray:
     """(S,) bool: the spot's ``sigmas``-sigma box lies on the panel (pixel centres 0 .. n-1)."""
-    return ((ss - sigmas * sigma_ss >= -0.5) & (ss + sigmas * sigma_ss <= n_ss - 0.5)
-            & (fs - sigmas * sigma_fs >= -0.5) & (fs + sigmas * sigma_fs <= n_fs - 0.5))
+    return (
+        (ss - sigmas * sigma_ss >= -0.5)
+        & (ss + sigmas * sigma_ss <= n_ss - 0.5)
+        & (fs - sigmas * sigma_fs >= -0.5)
+        & (fs + sigmas * sigma_fs <= n_fs - 0.5)
+    )
 
 
-def transmitted_fraction(mass: np.ndarray, seen_mass: np.ndarray, spot_id: np.ndarray, n_spots: int
-                         ) -> np.ndarray:
+def transmitted_fraction(mass: np.ndarray, seen_mass: np.ndarray, spot_id: np.ndarray, n_spots: int) -> np.ndarray:
     """(S,) float64 share of each spot's on-panel photons that reaches the detector.
 
     Args:
@@ -117,8 +135,17 @@ def transmitted_fraction(mass: np.ndarray, seen_mass: np.ndarray, spot_id: np.nd
     return np.where(total > 0, seen / np.where(total > 0, total, 1.0), 1.0)
 
 
-def straddles(shadow: np.ndarray, flat: np.ndarray, spot_id: np.ndarray, ss: np.ndarray, fs: np.ndarray,
-              sigma_ss: np.ndarray, sigma_fs: np.ndarray, n_spots: int, sigmas: float = 2.0) -> np.ndarray:
+def straddles(
+    shadow: np.ndarray,
+    flat: np.ndarray,
+    spot_id: np.ndarray,
+    ss: np.ndarray,
+    fs: np.ndarray,
+    sigma_ss: np.ndarray,
+    sigma_fs: np.ndarray,
+    n_spots: int,
+    sigmas: float = 2.0,
+) -> np.ndarray:
     """(S,) bool: the spot's ``sigmas``-sigma ellipse holds pixels both inside and outside ``shadow``.
 
     Args:
@@ -134,9 +161,14 @@ def straddles(shadow: np.ndarray, flat: np.ndarray, spot_id: np.ndarray, ss: np.
     return (n_dark > 0) & (n_dark < n_inside)
 
 
-def classify_peaks(photons: np.ndarray, snr: np.ndarray, peak_snr: np.ndarray,
-                   centre_good: np.ndarray, strong_snr: float = STRONG_SNR,
-                   strong_peak_snr: float = STRONG_PEAK_PIXEL_SNR) -> tuple[np.ndarray, np.ndarray]:
+def classify_peaks(
+    photons: np.ndarray,
+    snr: np.ndarray,
+    peak_snr: np.ndarray,
+    centre_good: np.ndarray,
+    strong_snr: float = STRONG_SNR,
+    strong_peak_snr: float = STRONG_PEAK_PIXEL_SNR,
+) -> tuple[np.ndarray, np.ndarray]:
     """``(strong, weak)`` bool (S,) from the SNRs and ``centre_good``: the centre pixel is good and the
     spot lies on its panel (see :func:`inside_panel`). ``strong_snr`` and ``strong_peak_snr`` are the
     integrated and peak-pixel SNR bars of strong spots (:data:`STRONG_SNR` and
@@ -146,19 +178,39 @@ def classify_peaks(photons: np.ndarray, snr: np.ndarray, peak_snr: np.ndarray,
     return strong, weak
 
 
-def _mahalanobis(flat: np.ndarray, spot_id: np.ndarray, ss: np.ndarray, fs: np.ndarray,
-                 sigma_ss: np.ndarray, sigma_fs: np.ndarray, n_ss: int, n_fs: int) -> np.ndarray:
+def _mahalanobis(
+    flat: np.ndarray,
+    spot_id: np.ndarray,
+    ss: np.ndarray,
+    fs: np.ndarray,
+    sigma_ss: np.ndarray,
+    sigma_fs: np.ndarray,
+    n_ss: int,
+    n_fs: int,
+) -> np.ndarray:
     pix_ss = (flat // n_fs) % n_ss
     pix_fs = flat % n_fs
-    return np.sqrt(((pix_ss - ss[spot_id]) / sigma_ss[spot_id]) ** 2
-                   + ((pix_fs - fs[spot_id]) / sigma_fs[spot_id]) ** 2)
+    return np.sqrt(
+        ((pix_ss - ss[spot_id]) / sigma_ss[spot_id]) ** 2 + ((pix_fs - fs[spot_id]) / sigma_fs[spot_id]) ** 2
+    )
 
 
-def segmentation_maps(frame_shape: tuple[int, int, int], flat: np.ndarray, mass: np.ndarray,
-                      spot_id: np.ndarray, photons: np.ndarray, panel: np.ndarray, ss: np.ndarray,
-                      fs: np.ndarray, sigma_ss: np.ndarray, sigma_fs: np.ndarray, strong: np.ndarray,
-                      weak: np.ndarray, background: np.ndarray, read_noise: float
-                      ) -> tuple[np.ndarray, np.ndarray]:
+def segmentation_maps(
+    frame_shape: tuple[int, int, int],
+    flat: np.ndarray,
+    mass: np.ndarray,
+    spot_id: np.ndarray,
+    photons: np.ndarray,
+    panel: np.ndarray,
+    ss: np.ndarray,
+    fs: np.ndarray,
+    sigma_ss: np.ndarray,
+    sigma_fs: np.ndarray,
+    strong: np.ndarray,
+    weak: np.ndarray,
+    background: np.ndarray,
+    read_noise: float,
+) -> tuple[np.ndarray, np.ndarray]:
     """Segmentation mask of strong spots and ignore map of weak ones.
 
     Args:
@@ -176,7 +228,7 @@ def segmentation_maps(frame_shape: tuple[int, int, int], flat: np.ndarray, mass:
     ignore = np.zeros(label.shape, dtype=bool)
     distance = _mahalanobis(flat, spot_id, ss, fs, sigma_ss, sigma_fs, n_ss, n_fs)
     signal = photons[spot_id] * mass
-    pixel_snr = signal / np.sqrt(signal + background.ravel()[flat] + read_noise ** 2 + 1e-12)
+    pixel_snr = signal / np.sqrt(signal + background.ravel()[flat] + read_noise**2 + 1e-12)
     in_strong = strong[spot_id]
     label[flat[in_strong & (pixel_snr >= MASK_PIXEL_SNR) & (distance <= MASK_MAX_MAHALANOBIS)]] = 1
     centres = (panel * n_ss + np.rint(ss).astype(np.int64)) * n_fs + np.rint(fs).astype(np.int64)
@@ -198,8 +250,9 @@ def _blob_centroids(components: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return np.stack([np.bincount(which, weights=c) / size for c in coords], axis=1)
 
 
-def _shared_components(mask: np.ndarray, panel: np.ndarray, ss: np.ndarray, fs: np.ndarray,
-                       counted: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _shared_components(
+    mask: np.ndarray, panel: np.ndarray, ss: np.ndarray, fs: np.ndarray, counted: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Components of ``mask`` holding the centres of two or more ``counted`` spots.
 
     Returns:
@@ -208,14 +261,22 @@ def _shared_components(mask: np.ndarray, panel: np.ndarray, ss: np.ndarray, fs: 
     """
     components, _ = ndimage.label(mask, structure=_IN_PANEL_8_CONNECTED)
     _, n_ss, n_fs = mask.shape
-    centre = components[panel, np.clip(np.rint(ss).astype(np.int64), 0, n_ss - 1),
-                        np.clip(np.rint(fs).astype(np.int64), 0, n_fs - 1)]
+    centre = components[
+        panel, np.clip(np.rint(ss).astype(np.int64), 0, n_ss - 1), np.clip(np.rint(fs).astype(np.int64), 0, n_fs - 1)
+    ]
     ids, counts = np.unique(centre[counted], return_counts=True)
     return components, centre, ids[(counts > 1) & (ids > 0)]
 
 
-def merged_spots(label: np.ndarray, ignore: np.ndarray, panel: np.ndarray, ss: np.ndarray, fs: np.ndarray,
-                 strong: np.ndarray, weak: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def merged_spots(
+    label: np.ndarray,
+    ignore: np.ndarray,
+    panel: np.ndarray,
+    ss: np.ndarray,
+    fs: np.ndarray,
+    strong: np.ndarray,
+    weak: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Strong spots that share a blob with another spot, so no peak finder can report them alone.
 
     A blob is a connected component of the spot mask ``label | ignore``: the strong spots'
