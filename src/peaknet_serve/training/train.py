@@ -15,7 +15,7 @@ Example (GPU)::
 
 ``--artefact-probability p`` adds, to each frame with probability p per kind, a liquid-jet streak,
 a beamstop support arm and common-mode offsets (:mod:`peaknet_serve.sim.peaksim.artefacts`); the default 0 simulates
-exactly the frames earlier runs were trained on.
+clean frames (no artefact random numbers drawn).
 
 ``--coverage`` adds the wider conditions of :mod:`peaknet_serve.sim.peaksim.coverage` (sub-pixel
 spots, photon-counting and noisy detectors, very low and high background, saturation, gain
@@ -188,7 +188,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         default=0.0,
         help="chance per frame of each simulated artefact (jet streak, beamstop arm, common mode; "
-        "peaknet_serve.sim.peaksim.artefacts); 0 gives the frames of earlier runs",
+        "peaknet_serve.sim.peaksim.artefacts); 0: clean frames",
     )
     p.add_argument(
         "--coverage",

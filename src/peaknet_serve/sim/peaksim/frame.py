@@ -5,7 +5,7 @@ from a seeded ``np.random.Generator``; the same seed gives the same frame bit fo
 
 Artefacts of real frames (liquid-jet streak, beamstop support arm, common-mode offsets; see
 :mod:`peaknet_serve.sim.peaksim.artefacts`) are added only when ``artefact_probability > 0``; with the default 0 no
-extra random numbers are drawn and frames are exactly those of earlier versions. Likewise the wider
+extra random numbers are drawn, so a seed gives the same frame with and without them. Likewise the wider
 conditions of :mod:`peaknet_serve.sim.peaksim.coverage` (sharp spots, photon counting, extreme
 backgrounds, saturation, gain switching) apply only when a :class:`Coverage` is given.
 """
