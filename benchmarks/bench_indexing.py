@@ -203,6 +203,7 @@ def start_server(workdir: Path, max_frames: int) -> tuple[subprocess.Popen, str]
         store,
         ["peaknet"],
         {"max_request_size": str(2**30), "max_response_size": str(2**30)},
+        token_auth=False,  # a private server on free loopback ports for this benchmark's own client
     )
     env = torchserve_env(workdir / "logs", {"TMPDIR": str(workdir), "TEMP": str(workdir)})
     with open(workdir / "torchserve.out", "wb") as log:
