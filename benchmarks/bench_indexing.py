@@ -52,6 +52,7 @@ import yaml
 
 from benchmarks.timing import command_line, markdown_table, progress
 from peaknet_serve.clients import peakfind
+from peaknet_serve.clients.client import PeakNetClient
 from peaknet_serve.clients.payloads import encode_request
 from peaknet_serve.encode.cxi import DATA_PATH, attach_frames
 from peaknet_serve.eval.crystfel import crystfel_bin, run_indexamajig
@@ -275,7 +276,7 @@ def index_sources(
         n_frames = h5[DATA_PATH].shape[0]
         truth = h5[TRUTH_PATH][()]
     geometry = shipped_geometry_path(detector.name)
-    client = peakfind.ServerClient(url, timeout_s=timeout_s)
+    client = PeakNetClient(url, timeout_s=timeout_s)
     start = time.perf_counter()
     summary = peakfind.run(
         [run], folder / "peakfind", client.predict, frames_per_request=2, concurrency=1, show_progress=False
