@@ -52,6 +52,7 @@ format: install
 
 test: install pf8-venv
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-unit: install
