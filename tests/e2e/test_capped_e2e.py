@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import requests
@@ -28,13 +30,19 @@ def test_capped_frames_are_flagged_and_counted(start_server):
     for frame in answer.json()["frames"]:
         assert frame["capped"] is True and frame["capped_panels"] == [0, 1]
         assert frame["num_peaks"] == 0 and frame["ss"] == []
-    text = requests.get(f"{server.metrics_url}/metrics", timeout=10).text
-    counters = {
-        line.split("{")[0]: float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith(("PeakNetCappedFrames{", "PeakNetCappedPanels{"))
-    }
-    assert counters == {"PeakNetCappedFrames": 2.0, "PeakNetCappedPanels": 4.0}
+    expected = {"PeakNetCappedFrames": 2.0, "PeakNetCappedPanels": 4.0}
+    deadline = time.monotonic() + 30  # the frontend collects the worker's metrics a moment after the answer
+    while True:
+        text = requests.get(f"{server.metrics_url}/metrics", timeout=10).text
+        counters = {
+            line.split("{")[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith(("PeakNetCappedFrames{", "PeakNetCappedPanels{"))
+        }
+        if counters == expected or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert counters == expected
 
 
 def test_uncapped_frames_say_so(served):
