@@ -289,27 +289,26 @@ def api():
 COMMON = ["--geometry", "2,48,64", "--simulator", "spots", "--frames-per-request", "2", "--quiet", "--warmup", "0.2"]
 
 
-def test_closed_loop_run_reports_and_plots(api, tmp_path, capsys):
-    report_path, plot_path = tmp_path / "report.json", tmp_path / "latency.png"
-    code = loadtest.main(
-        [
-            "--url",
-            api.url,
-            *COMMON,
-            "--concurrency",
-            "3",
-            "--requests",
-            "40",
-            "--report",
-            str(report_path),
-            "--plot",
-            str(plot_path),
-            "--fail-on",
-            "error_rate>0",
-        ]
+@pytest.fixture
+def run_client(api, tmp_path):
+    """``run_client(*argv, common=COMMON)``: the client's ``main`` against the loopback API with
+    ``common`` then ``argv`` (the later of repeated options wins) and a report file; returns the
+    exit code and the report."""
+
+    def run(*argv: str, common: list[str] = COMMON) -> tuple[int, dict]:
+        path = tmp_path / "report.json"
+        code = loadtest.main(["--url", api.url, *common, *argv, "--report", str(path)])
+        return code, json.loads(path.read_text())
+
+    return run
+
+
+def test_closed_loop_run_reports_and_plots(run_client, tmp_path, capsys):
+    plot_path = tmp_path / "latency.png"
+    code, report = run_client(
+        "--concurrency", "3", "--requests", "40", "--plot", str(plot_path), "--fail-on", "error_rate>0"
     )
     assert code == loadtest.EXIT_OK
-    report = json.loads(report_path.read_text())
     assert report["requests"] == 40 and report["ok"] == 40 and report["errors"] == 0
     assert report["fps"] == pytest.approx(2 * report["rps"])
     assert report["config"]["mode"] == "closed" and report["config"]["request_bytes"] == 2 * 2 * 48 * 64 * 2
@@ -318,107 +317,39 @@ def test_closed_loop_run_reports_and_plots(api, tmp_path, capsys):
     assert "40 ok" in capsys.readouterr().out
 
 
-def test_error_answers_are_counted_and_fail_the_run(api, tmp_path):
-    report_path = tmp_path / "report.json"
-    code = loadtest.main(
-        [
-            "--url",
-            api.url,
-            *COMMON,
-            "--model",
-            "broken",
-            "--requests",
-            "10",
-            "--report",
-            str(report_path),
-            "--fail-on",
-            "error_rate>0.5",
-        ]
-    )
+def test_error_answers_are_counted_and_fail_the_run(run_client):
+    code, report = run_client("--model", "broken", "--requests", "10", "--fail-on", "error_rate>0.5")
     assert code == loadtest.EXIT_THRESHOLDS
-    report = json.loads(report_path.read_text())
     assert report["errors_by_kind"] == {"415": 10}
     assert report["first_errors"] == ["http 415: unsupported_media_type: send raw"]
 
 
-def test_wrong_frame_count_is_a_schema_error(api, tmp_path):
-    report_path = tmp_path / "report.json"
-    loadtest.main(["--url", api.url, *COMMON, "--model", "short", "--requests", "5", "--report", str(report_path)])
-    assert json.loads(report_path.read_text())["errors_by_kind"] == {"schema": 5}
+def test_wrong_frame_count_is_a_schema_error(run_client):
+    _, report = run_client("--model", "short", "--requests", "5")
+    assert report["errors_by_kind"] == {"schema": 5}
 
 
-def test_open_loop_keeps_up_with_a_fast_server(api, tmp_path):
-    report_path = tmp_path / "report.json"
-    code = loadtest.main(
-        [
-            "--url",
-            api.url,
-            *COMMON,
-            "--rate",
-            "40",
-            "--duration",
-            "1.5",
-            "--report",
-            str(report_path),
-            "--fail-on",
-            "dropped>0,error_rate>0",
-        ]
-    )
-    report = json.loads(report_path.read_text())
+def test_open_loop_keeps_up_with_a_fast_server(run_client):
+    code, report = run_client("--rate", "40", "--duration", "1.5", "--fail-on", "dropped>0,error_rate>0")
     assert code == loadtest.EXIT_OK, report
     assert report["open_loop"]["sent"] == pytest.approx(60, abs=2)
     assert report["open_loop"]["dropped"] == 0
 
 
-def test_open_loop_drops_sends_when_the_server_falls_behind(api, tmp_path):
+def test_open_loop_drops_sends_when_the_server_falls_behind(run_client, api):
     api.handler.delay_s = 0.25  # 2 in flight at most: 8 Hz, asked for 40 Hz
-    report_path = tmp_path / "report.json"
-    code = loadtest.main(
-        [
-            "--url",
-            api.url,
-            *COMMON,
-            "--rate",
-            "40",
-            "--max-in-flight",
-            "2",
-            "--duration",
-            "1.0",
-            "--report",
-            str(report_path),
-            "--fail-on",
-            "dropped>0",
-        ]
-    )
-    report = json.loads(report_path.read_text())
+    code, report = run_client("--rate", "40", "--max-in-flight", "2", "--duration", "1.0", "--fail-on", "dropped>0")
     assert code == loadtest.EXIT_THRESHOLDS
     assert report["open_loop"]["fell_behind"] and report["open_loop"]["dropped"] > 20
     assert report["errors_by_kind"]["dropped"] == report["open_loop"]["dropped"]
 
 
-def test_token_from_key_file_is_sent(api, tmp_path):
+def test_token_from_key_file_is_sent(run_client, api, tmp_path):
     api.handler.token = "secret-key"
     key_file = tmp_path / "key_file.json"
     key_file.write_text(json.dumps({"inference": {"key": "secret-key"}}))
-    report_path = tmp_path / "report.json"
-    assert (
-        loadtest.main(
-            [
-                "--url",
-                api.url,
-                *COMMON,
-                "--requests",
-                "3",
-                "--key-file",
-                str(key_file),
-                "--report",
-                str(report_path),
-                "--fail-on",
-                "errors>0",
-            ]
-        )
-        == loadtest.EXIT_OK
-    )
+    code, _ = run_client("--requests", "3", "--key-file", str(key_file), "--fail-on", "errors>0")
+    assert code == loadtest.EXIT_OK
     assert loadtest.main(["--url", api.url, *COMMON, "--requests", "3"]) == loadtest.EXIT_UNREACHABLE
 
 
@@ -430,36 +361,15 @@ def test_unreachable_server_exits_before_sending(api, capsys):
     assert "server not ready" in capsys.readouterr().err
 
 
-def test_frames_from_a_file_are_sent(api, tmp_path):
+def test_frames_from_a_file_are_sent(run_client, tmp_path):
     import h5py
 
     path = tmp_path / "run.cxi"
     with h5py.File(path, "w") as f:
         f["/entry_1/data_1/data"] = np.zeros((5, 96, 64), np.uint16)
-    report_path = tmp_path / "report.json"
-    assert (
-        loadtest.main(
-            [
-                "--url",
-                api.url,
-                "--input",
-                str(path),
-                "--panels",
-                "2",
-                "--frames-per-request",
-                "2",
-                "--requests",
-                "6",
-                "--warmup",
-                "0",
-                "--quiet",
-                "--report",
-                str(report_path),
-            ]
-        )
-        == 0
-    )
-    report = json.loads(report_path.read_text())
+    common = ["--input", str(path), "--panels", "2", "--frames-per-request", "2", "--warmup", "0", "--quiet"]
+    code, report = run_client("--requests", "6", common=common)
+    assert code == 0
     assert report["ok"] == 6 and report["config"]["request_bytes"] == 2 * 96 * 64 * 2
 
 
@@ -471,11 +381,11 @@ def test_command_line_rejects_open_loop_metrics_in_a_closed_loop():
     assert loadtest.parse_args([]).duration == 10.0
 
 
-def test_a_run_that_measured_nothing_fails(api, tmp_path):
+def test_a_run_that_measured_nothing_fails(run_client, api):
     api.handler.delay_s = 1.0  # every request outlasts warm-up + duration
-    code = loadtest.main(["--url", api.url, *COMMON, "--duration", "0.3", "--report", str(tmp_path / "r.json")])
+    code, report = run_client("--duration", "0.3")
     assert code == loadtest.EXIT_NOTHING_MEASURED
-    assert json.loads((tmp_path / "r.json").read_text())["requests"] == 0
+    assert report["requests"] == 0
 
 
 # ---------------------------------------------------------------------------- several client processes
@@ -580,31 +490,13 @@ def kept(monkeypatch):
     return kept
 
 
-def test_one_process_starts_no_other(api, tmp_path, monkeypatch):
+def test_one_process_starts_no_other(run_client, monkeypatch):
     monkeypatch.setattr(loadtest.cli, "measure_in_processes", lambda *args: pytest.fail("started client processes"))
-    assert loadtest.main(["--url", api.url, *COMMON, "--requests", "5", "--processes", "1"]) == loadtest.EXIT_OK
+    assert run_client("--requests", "5", "--processes", "1")[0] == loadtest.EXIT_OK
 
 
-def test_closed_loop_in_two_processes(api, tmp_path, kept):
-    report_path = tmp_path / "report.json"
-    code = loadtest.main(
-        [
-            "--url",
-            api.url,
-            *COMMON,
-            "--concurrency",
-            "3",
-            "--processes",
-            "2",
-            "--requests",
-            "40",
-            "--report",
-            str(report_path),
-            "--fail-on",
-            "error_rate>0",
-        ]
-    )
-    report = json.loads(report_path.read_text())
+def test_closed_loop_in_two_processes(run_client, api, kept):
+    code, report = run_client("--concurrency", "3", "--processes", "2", "--requests", "40", "--fail-on", "error_rate>0")
     assert code == loadtest.EXIT_OK, report
     assert report["requests"] == 40 and report["ok"] == 40 and report["errors"] == 0
     assert report["fps"] == pytest.approx(2 * report["rps"]) and report["latency_ms"]["p99"] > 0
@@ -615,26 +507,10 @@ def test_closed_loop_in_two_processes(api, tmp_path, kept):
     assert any(s.warmup for s in kept.samples)
 
 
-def test_open_loop_in_two_processes_keeps_the_schedule(api, tmp_path, kept):
-    report_path = tmp_path / "report.json"
-    code = loadtest.main(
-        [
-            "--url",
-            api.url,
-            *COMMON,
-            "--rate",
-            "40",
-            "--processes",
-            "2",
-            "--duration",
-            "1.5",
-            "--report",
-            str(report_path),
-            "--fail-on",
-            "dropped>0,error_rate>0",
-        ]
+def test_open_loop_in_two_processes_keeps_the_schedule(run_client, kept):
+    code, report = run_client(
+        "--rate", "40", "--processes", "2", "--duration", "1.5", "--fail-on", "dropped>0,error_rate>0"
     )
-    report = json.loads(report_path.read_text())
     assert code == loadtest.EXIT_OK, report
     slots = [send_schedule(40.0, i) for i in range(200) if 0.2 <= send_schedule(40.0, i) < 0.2 + 1.5]
     assert sorted(s.scheduled for s in kept.samples if not s.warmup) == slots  # each slot once
@@ -643,57 +519,23 @@ def test_open_loop_in_two_processes_keeps_the_schedule(api, tmp_path, kept):
     assert report["config"]["processes"] == 2 and report["config"]["mode"] == "open"
 
 
-def test_open_loop_request_count_in_two_processes(api, tmp_path, kept):
-    report_path = tmp_path / "report.json"
-    code = loadtest.main(
-        [
-            "--url",
-            api.url,
-            *COMMON,
-            "--warmup",
-            "0.1",
-            "--rate",
-            "50",
-            "--processes",
-            "2",
-            "--requests",
-            "7",
-            "--report",
-            str(report_path),
-        ]
-    )
+def test_open_loop_request_count_in_two_processes(run_client, kept):
+    code, report = run_client("--warmup", "0.1", "--rate", "50", "--processes", "2", "--requests", "7")
     assert code == loadtest.EXIT_OK
     # slot 5 is the first after the warm-up: process 1 sends 5, 7, 9, 11 and process 0 sends 6, 8, 10
     assert sorted(s.scheduled for s in kept.samples if not s.warmup) == [send_schedule(50.0, i) for i in range(5, 12)]
-    assert json.loads(report_path.read_text())["requests"] == 7
+    assert report["requests"] == 7
 
 
-def test_thresholds_apply_to_the_merged_report(api, tmp_path):
-    report_path = tmp_path / "report.json"
-    code = loadtest.main(
-        [
-            "--url",
-            api.url,
-            *COMMON,
-            "--model",
-            "broken",
-            "--concurrency",
-            "2",
-            "--processes",
-            "2",
-            "--requests",
-            "10",
-            "--report",
-            str(report_path),
-            "--fail-on",
-            "error_rate>0.5",
-        ]
+def test_thresholds_apply_to_the_merged_report(run_client):
+    code, report = run_client(
+        "--model", "broken", "--concurrency", "2", "--processes", "2", "--requests", "10", "--fail-on", "error_rate>0.5"
     )
     assert code == loadtest.EXIT_THRESHOLDS
-    assert json.loads(report_path.read_text())["errors_by_kind"] == {"415": 10}
+    assert report["errors_by_kind"] == {"415": 10}
 
 
-def test_a_client_process_that_dies_fails_the_run(api, tmp_path, monkeypatch, capsys):
+def test_a_client_process_that_dies_fails_the_run(run_client, monkeypatch, capsys):
     run_share = loadtest.run_share
 
     def run_or_die(target, plan, share, *rest):
@@ -702,31 +544,15 @@ def test_a_client_process_that_dies_fails_the_run(api, tmp_path, monkeypatch, ca
         run_share(target, plan, share, *rest)
 
     monkeypatch.setattr(loadtest.processes, "run_share", run_or_die)
-    report_path = tmp_path / "report.json"
-    code = loadtest.main(
-        [
-            "--url",
-            api.url,
-            *COMMON,
-            "--concurrency",
-            "3",
-            "--processes",
-            "2",
-            "--requests",
-            "40",
-            "--report",
-            str(report_path),
-        ]
-    )
+    code, report = run_client("--concurrency", "3", "--processes", "2", "--requests", "40")
     assert code == loadtest.EXIT_CLIENT_DIED
-    report = json.loads(report_path.read_text())
     assert report["client_failures"] == ["client process 1 exited with code 3 before sending its samples"]
     assert report["requests"] == 14 + 13  # the share of the process that lived: 2 of the 3 clients
     assert "FAIL client process 1 exited with code 3" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("delivery", ["process", "other thread"])
-def test_ctrl_c_reports_what_the_processes_measured(api, tmp_path, capsys, delivery):
+def test_ctrl_c_reports_what_the_processes_measured(run_client, capsys, delivery):
     """The kernel hands a process-directed SIGINT to any thread; delivered to one that is not the
     main thread, it must still stop the run (CI once waited out the whole 30 s)."""
     before = signal.getsignal(signal.SIGINT)
@@ -742,55 +568,23 @@ def test_ctrl_c_reports_what_the_processes_measured(api, tmp_path, capsys, deliv
             signal.pthread_kill(threading.get_ident(), signal.SIGINT)
 
     threading.Thread(target=press_ctrl_c, daemon=True).start()
-    report_path = tmp_path / "report.json"
     started = time.monotonic()
-    code = loadtest.main(
-        [
-            "--url",
-            api.url,
-            *COMMON,
-            "--concurrency",
-            "2",
-            "--processes",
-            "2",
-            "--duration",
-            "30",
-            "--report",
-            str(report_path),
-        ]
-    )
+    code, report = run_client("--concurrency", "2", "--processes", "2", "--duration", "30")
     assert time.monotonic() - started < 10 and code == loadtest.EXIT_OK
-    report = json.loads(report_path.read_text())
     assert report["requests"] > 0 and report["errors"] == 0 and report["window_s"] < 5
     assert "interrupted: reporting what was measured" in capsys.readouterr().err
     assert signal.getsignal(signal.SIGINT) is before
 
 
-def test_ctrl_c_in_one_process_stops_the_closed_loop_whichever_thread_gets_it(api, tmp_path, capsys):
+def test_ctrl_c_in_one_process_stops_the_closed_loop_whichever_thread_gets_it(run_client, capsys):
     def press_ctrl_c():  # after the 0.2 s warm-up, from a thread that is not the main one
         time.sleep(1.0)
         signal.pthread_kill(threading.get_ident(), signal.SIGINT)
 
     threading.Thread(target=press_ctrl_c, daemon=True).start()
-    report_path = tmp_path / "report.json"
     started = time.monotonic()
-    code = loadtest.main(
-        [
-            "--url",
-            api.url,
-            *COMMON,
-            "--concurrency",
-            "2",
-            "--processes",
-            "1",
-            "--duration",
-            "30",
-            "--report",
-            str(report_path),
-        ]
-    )
+    code, report = run_client("--concurrency", "2", "--processes", "1", "--duration", "30")
     assert time.monotonic() - started < 10 and code == loadtest.EXIT_OK
-    report = json.loads(report_path.read_text())
     assert report["requests"] > 0 and report["errors"] == 0 and report["window_s"] < 5
     assert "interrupted: reporting what was measured" in capsys.readouterr().err
 

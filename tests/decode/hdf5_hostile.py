@@ -1,4 +1,5 @@
-"""Builders of hostile HDF5 request files: filter bombs, chunk-index bombs, short and corrupt chunks.
+"""Builders of hostile HDF5 request files: filter bombs, chunk-index bombs, short and corrupt chunks;
+and a watched host file that such a file may try to open.
 
 Every file is a real HDF5 file written by h5py (+ hdf5plugin's filters); hostile chunk bytes are
 put in place with ``write_direct_chunk``, exactly as a client could.
@@ -8,6 +9,9 @@ from __future__ import annotations
 
 import bz2
 import io
+import os
+import threading
+import time
 import zlib
 
 import blosc
@@ -42,6 +46,37 @@ def hdf5_file(fill, userblock_size: int = 0) -> bytes:
     with h5py.File(buffer, "w", userblock_size=userblock_size) as file:
         fill(file)
     return buffer.getvalue()
+
+
+class OpenSentinel:
+    """A named pipe standing in for a host file: records whether anyone ever opens it.
+
+    A thread blocks opening the FIFO for writing; that returns only once somebody opens it for
+    reading (HDF5 following a link, reading external storage, ...).
+    """
+
+    def __init__(self, path) -> None:
+        self.path = str(path)
+        os.mkfifo(self.path)
+        self.opened = threading.Event()
+        self._closing = False
+        self._thread = threading.Thread(target=self._wait_for_reader, daemon=True)
+        self._thread.start()
+
+    def _wait_for_reader(self) -> None:
+        fd = os.open(self.path, os.O_WRONLY)
+        if not self._closing:
+            self.opened.set()
+        os.close(fd)
+
+    def was_opened(self) -> bool:
+        """Stop watching; True when someone other than us opened the file."""
+        time.sleep(0.05)
+        self._closing = True
+        fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)  # releases the waiting thread
+        self._thread.join(timeout=5)
+        os.close(fd)
+        return self.opened.is_set()
 
 
 def with_chunks(

@@ -1,8 +1,6 @@
 """HDF5 decoding with real files written by h5py, through the in-process reader and the sandbox."""
 
 import io
-import os
-import threading
 import time
 
 import h5py
@@ -14,6 +12,8 @@ from peaknet_serve.decode.hdf5 import DEFAULT_DATASET, decode_hdf5
 from peaknet_serve.decode.hdf5_sandbox import Hdf5Sandbox
 from peaknet_serve.decode.limits import DecodeLimits
 from peaknet_serve.errors import BadRequest, PayloadTooLarge, RequestError
+
+from .hdf5_hostile import OpenSentinel, hdf5_file
 
 DTYPES = ["uint8", "uint16", "int16", "int32", "uint32", "float16", "float32", "float64"]
 
@@ -30,47 +30,8 @@ def read(request, sandbox):
     return decode_hdf5 if request.param == "in_process" else sandbox.decode
 
 
-def hdf5_file(fill, userblock_size: int = 0) -> bytes:
-    """The bytes of an HDF5 file written by ``fill(h5py.File)``, entirely in memory."""
-    buffer = io.BytesIO()
-    with h5py.File(buffer, "w", userblock_size=userblock_size) as file:
-        fill(file)
-    return buffer.getvalue()
-
-
 def with_dataset(array, path: str = DEFAULT_DATASET, **kwargs) -> bytes:
     return hdf5_file(lambda file: file.create_dataset(path, data=array, **kwargs))
-
-
-class OpenSentinel:
-    """A named pipe standing in for a host file: records whether anyone ever opens it.
-
-    A thread blocks opening the FIFO for writing; that open returns only once somebody opens
-    it for reading (HDF5 following a link, reading external storage, ...).
-    """
-
-    def __init__(self, path) -> None:
-        self.path = str(path)
-        os.mkfifo(self.path)
-        self.opened = threading.Event()
-        self._closing = False
-        self._thread = threading.Thread(target=self._wait_for_reader, daemon=True)
-        self._thread.start()
-
-    def _wait_for_reader(self) -> None:
-        fd = os.open(self.path, os.O_WRONLY)
-        if not self._closing:
-            self.opened.set()
-        os.close(fd)
-
-    def was_opened(self) -> bool:
-        """Stop watching; True when someone other than us opened the file."""
-        time.sleep(0.05)
-        self._closing = True
-        fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)  # releases the waiting thread
-        self._thread.join(timeout=5)
-        os.close(fd)
-        return self.opened.is_set()
 
 
 def frames(seed: int, shape, dtype) -> np.ndarray:

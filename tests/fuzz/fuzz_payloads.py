@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import threading
-import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 
@@ -101,34 +99,3 @@ def hdf5_bytes(array: np.ndarray, compression: str = "plain", path: str = DEFAUL
         chunks = (*([1] * (array.ndim - 2)), *array.shape[-2:]) if options else None
         file.create_dataset(path, data=array, chunks=chunks, **options)
     return buffer.getvalue()
-
-
-class OpenSentinel:
-    """A named pipe standing in for a host file: records whether anyone ever opens it.
-
-    A thread blocks opening the FIFO for writing; that returns only once somebody opens it for
-    reading (HDF5 following a link, reading external storage, ...).
-    """
-
-    def __init__(self, path) -> None:
-        self.path = str(path)
-        os.mkfifo(self.path)
-        self.opened = threading.Event()
-        self._closing = False
-        self._thread = threading.Thread(target=self._wait_for_reader, daemon=True)
-        self._thread.start()
-
-    def _wait_for_reader(self) -> None:
-        fd = os.open(self.path, os.O_WRONLY)
-        if not self._closing:
-            self.opened.set()
-        os.close(fd)
-
-    def was_opened(self) -> bool:
-        """Stop watching; True when someone other than us opened the file."""
-        time.sleep(0.05)
-        self._closing = True
-        fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK)  # releases the waiting thread
-        self._thread.join(timeout=5)
-        os.close(fd)
-        return self.opened.is_set()

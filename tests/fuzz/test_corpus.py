@@ -9,11 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fuzz_payloads import OpenSentinel, run_counted
+from fuzz_payloads import run_counted
 
 from peaknet_serve.decode import DecodedFrames, decode_hdf5, decode_request
 from peaknet_serve.decode.hdf5_sandbox import Hdf5Sandbox
 from peaknet_serve.errors import RequestError
+from tests.decode.hdf5_hostile import OpenSentinel
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 MANIFEST = json.loads((CORPUS / "manifest.json").read_text())

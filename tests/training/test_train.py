@@ -35,31 +35,34 @@ def test_focal_loss_ignores_weak_pixels_and_down_weights_easy_ones():
     assert focal < 0.01 * ce
 
 
+TINY_RUN = ["--steps", "2", "--crop", "64", "--workers", "0", "--preset", "tiny", "--warmup", "1", "--device", "cpu"]
+
+
+def tiny_run(out, *options: str) -> dict:
+    """A 2-step CPU training run of the tiny preset into ``out`` with ``options``; returns its
+    ``train_loss.json``."""
+    assert train.main(["--out", str(out), *TINY_RUN, *options]) == 0
+    return json.loads((out / "train_loss.json").read_text())
+
+
+@pytest.fixture
+def simulated(monkeypatch):
+    """``(keyword arguments, artefacts, has a target)`` of each ``simulate_frame`` call the training's
+    crops make (not the frames themselves: they are large)."""
+    simulate = peaknet_serve.training.dataset.simulate_frame
+    seen = []
+
+    def recording(geometry, rng, *args, **kwargs):
+        frame = simulate(geometry, rng, *args, **kwargs)
+        seen.append((kwargs, frame.params.artefacts, frame.target is not None))
+        return frame
+
+    monkeypatch.setattr(peaknet_serve.training.dataset, "simulate_frame", recording)
+    return seen
+
+
 def test_tiny_training_run_writes_a_loadable_model(tmp_path):
-    assert (
-        train.main(
-            [
-                "--out",
-                str(tmp_path),
-                "--steps",
-                "2",
-                "--batch-size",
-                "2",
-                "--crop",
-                "64",
-                "--workers",
-                "0",
-                "--preset",
-                "tiny",
-                "--warmup",
-                "1",
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
-    history = json.loads((tmp_path / "train_loss.json").read_text())
+    history = tiny_run(tmp_path, "--batch-size", "2")
     assert history["steps_done"] == 2 and len(history["loss"]) == 2
     assert (tmp_path / "train_loss.png").stat().st_size > 0
     model = load_peaknet(tmp_path / "peaknet.yaml", dtype="float32", device="cpu")
@@ -67,45 +70,10 @@ def test_tiny_training_run_writes_a_loadable_model(tmp_path):
     assert out.shape == (1, 2, 64, 96)
 
 
-def test_tiny_training_run_with_artefacts(tmp_path, monkeypatch):
+def test_tiny_training_run_with_artefacts(tmp_path, simulated):
     """--artefact-probability reaches simulate_frame through SimulatedCrops and is recorded."""
-    simulate = peaknet_serve.training.dataset.simulate_frame
-    frames = []
-
-    def recording(geometry, rng, *args, **kwargs):
-        frame = simulate(geometry, rng, *args, **kwargs)
-        frames.append((kwargs.get("artefact_probability"), frame.params.artefacts))
-        return frame
-
-    monkeypatch.setattr(peaknet_serve.training.dataset, "simulate_frame", recording)
-    assert (
-        train.main(
-            [
-                "--out",
-                str(tmp_path),
-                "--steps",
-                "2",
-                "--batch-size",
-                "4",
-                "--crop",
-                "64",
-                "--crops-per-frame",
-                "1",
-                "--workers",
-                "0",
-                "--preset",
-                "tiny",
-                "--warmup",
-                "1",
-                "--device",
-                "cpu",
-                "--artefact-probability",
-                "0.5",
-            ]
-        )
-        == 0
-    )
-    history = json.loads((tmp_path / "train_loss.json").read_text())
+    history = tiny_run(tmp_path, "--batch-size", "4", "--crops-per-frame", "1", "--artefact-probability", "0.5")
+    frames = [(kwargs.get("artefact_probability"), artefacts) for kwargs, artefacts, _ in simulated]
     assert history["artefact_probability"] == 0.5 and history["steps_done"] == 2
     assert len(frames) >= 8 and all(p == 0.5 for p, _ in frames)
     assert any(a.any for _, a in frames)
@@ -125,47 +93,11 @@ def test_learning_rate_schedule(steps, warmup):
     assert train.run_progress(55, steps, warmup, elapsed=90.0, time_limit=100.0) == pytest.approx(0.9)
 
 
-def test_tiny_training_run_with_coverage_and_a_lower_target(tmp_path, monkeypatch):
+def test_tiny_training_run_with_coverage_and_a_lower_target(tmp_path, simulated):
     """--coverage and --target-snr reach simulate_frame, the crops' targets come from frame.target,
     and both are recorded."""
-    simulate = peaknet_serve.training.dataset.simulate_frame
-    seen = []
-
-    def recording(geometry, rng, *args, **kwargs):
-        frame = simulate(geometry, rng, *args, **kwargs)
-        seen.append((kwargs.get("coverage"), kwargs.get("target_snr"), frame.target is not None))
-        return frame
-
-    monkeypatch.setattr(peaknet_serve.training.dataset, "simulate_frame", recording)
-    assert (
-        train.main(
-            [
-                "--out",
-                str(tmp_path),
-                "--steps",
-                "2",
-                "--batch-size",
-                "4",
-                "--crop",
-                "64",
-                "--crops-per-frame",
-                "1",
-                "--workers",
-                "0",
-                "--preset",
-                "tiny",
-                "--warmup",
-                "1",
-                "--device",
-                "cpu",
-                "--coverage",
-                "--target-snr",
-                "4.5",
-            ]
-        )
-        == 0
-    )
-    history = json.loads((tmp_path / "train_loss.json").read_text())
+    history = tiny_run(tmp_path, "--batch-size", "4", "--crops-per-frame", "1", "--coverage", "--target-snr", "4.5")
+    seen = [(kwargs.get("coverage"), kwargs.get("target_snr"), has) for kwargs, _, has in simulated]
     assert history["coverage"] is True and history["target_snr"] == 4.5
     assert "--coverage" in history["command"]
     assert seen and all(isinstance(c, Coverage) and t == 4.5 and has for c, t, has in seen)

@@ -31,74 +31,33 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from peaknet_serve.config.mode import ServingMode
-from peaknet_serve.config.settings import HandlerSettings
-from peaknet_serve.device.finder import PanelPeakFinder
-from peaknet_serve.eval.peakfinder8 import (
-    DEFAULT_GRID,
-    Peakfinder8,
-    Pf8Frame,
-    baseline_cells,
-    baseline_entry,
-    describe,
-    model_ms,
-    score,
-    tune,
+from peaknet_serve.eval.peakfinder8 import Peakfinder8, Pf8Frame
+from peaknet_serve.eval.runner import (
+    AGREEMENT_RADIUS,
+    DTYPES,
+    BaselineScores,
+    ModelOptions,
+    ModelScores,
+    add_peakfinder8_args,
+    agreement_columns,
+    check_baseline_only,
+    detector_table,
+    device_fields,
+    evaluation_parser,
+    f1_columns,
+    per_frame_cell,
+    reference_dtype,
+    run_evaluation,
+    save_figure,
+    tuning_note,
 )
-from peaknet_serve.pipeline import build_finder
-from peaknet_serve.resources import BUNDLED_MODEL_CONFIG
 from peaknet_serve.sim.peaksim.frame import SimulatedFrame, simulate_frame
 from peaknet_serve.sim.peaksim.geometry import GEOMETRIES, DetectorGeometry, get_geometry
-from peaknet_serve.sim.peaksim.matching import MATCH_RADIUS, MatchCounts, assign_within_radius
-
-DEFAULT_CONFIG = BUNDLED_MODEL_CONFIG
-AGREEMENT_RADIUS = 1.0
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def evaluation_finder(
-    config: Path, dtype: str, device: torch.device, threshold: float | None, max_batch: int
-) -> PanelPeakFinder:
-    """The server's finder (:func:`~peaknet_serve.pipeline.build_finder`) in precision ``dtype``:
-    what is scored is what is served (autocast on CUDA, eager; ``PEAKNET_PRECISION`` is not read)."""
-    settings = HandlerSettings(
-        config=str(config), precision=dtype, threshold=threshold, max_batch_panels=max_batch, warmup=False
-    )
-    return build_finder(settings, device, mode=ServingMode.from_settings(settings, device, env={})).finder
-
-
-def find_frame_peaks(finder: PanelPeakFinder, raw: np.ndarray) -> np.ndarray:
-    """Peaks of one frame as the server finds them.
-
-    Args:
-        raw: (P, H, W) frame in its stored dtype (float32 ADU or uint16).
-
-    Returns:
-        (K, 3) float64 rows (panel, ss, fs).
-    """
-    panels = torch.from_numpy(np.ascontiguousarray(raw)).to(finder.device)
-    table = finder.find(panels).table.to_host()
-    return np.stack([table.image_index, table.ss, table.fs], axis=1).astype(np.float64)
-
-
-def agreement_counts(reference: np.ndarray, other: np.ndarray, radius: float = AGREEMENT_RADIUS) -> dict[str, int]:
-    """Matched / only-in-reference / only-in-other peak counts of two peak lists."""
-    matched = len(assign_within_radius(reference, other, radius)[0])
-    return {"matched": matched, "only_reference": len(reference) - matched, "only_other": len(other) - matched}
-
-
-def agreement_summary(counts: dict[str, int]) -> dict[str, float]:
-    union = counts["matched"] + counts["only_reference"] + counts["only_other"]
-    return {**counts, "agreement": counts["matched"] / union if union else 1.0}
+from peaknet_serve.sim.peaksim.matching import MATCH_RADIUS
 
 
 def pf8_frame(frame: SimulatedFrame, geometry: DetectorGeometry, as_uint16: bool = False) -> Pf8Frame:
@@ -111,14 +70,7 @@ def pf8_frame(frame: SimulatedFrame, geometry: DetectorGeometry, as_uint16: bool
 
 
 def evaluate(
-    config: Path,
-    geometries: list[str],
-    frames: int,
-    dtypes: list[str],
-    device: torch.device,
-    seed: int,
-    threshold: float | None,
-    max_batch: int,
+    options: ModelOptions,
     as_uint16: bool,
     first_frame: int = 0,
     artefact_probability: float = 0.0,
@@ -126,14 +78,13 @@ def evaluate(
     pf8_tune_frames: int = 3,
     pf8_tune_first_frame: int = 5000,
 ) -> dict:
-    finders = {name: evaluation_finder(config, name, device, threshold, max_batch) for name in dtypes}
-    reference = dtypes[0] if dtypes else "float32"  # no dtypes: peakfinder8 alone
+    finders = options.finders()
+    config, frames, dtypes, seed = options.config, options.frames, options.dtypes, options.seed
+    reference = reference_dtype(dtypes)
     report: dict = {
         "config": str(config),
-        "device": str(device),
-        "torch": torch.__version__,
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "threshold": threshold,
+        **device_fields(options.device),
+        "threshold": options.threshold,
         "match_radius_px": MATCH_RADIUS,
         "agreement_radius_px": AGREEMENT_RADIUS,
         "frames_per_geometry": frames,
@@ -144,14 +95,9 @@ def evaluate(
         "reference_dtype": reference,
         "per_geometry": {},
     }
-    if peakfinder8 is not None:
-        report["peakfinder8"] = {
-            **peakfinder8.version(),
-            "tune_frames": pf8_tune_frames,
-            "tune_first_frame": pf8_tune_first_frame,
-            "grid_points": len(DEFAULT_GRID),
-        }
-    pf8_total = MatchCounts()
+    baseline = BaselineScores(peakfinder8)
+    if (header := baseline.header(pf8_tune_frames, pf8_tune_first_frame)) is not None:
+        report["peakfinder8"] = header
 
     def simulate(geometry_name: str, f_index: int) -> SimulatedFrame:
         return simulate_frame(
@@ -160,85 +106,38 @@ def evaluate(
             artefact_probability=artefact_probability,
         )
 
-    totals = {name: MatchCounts() for name in dtypes}
-    total_agree = {name: {"matched": 0, "only_reference": 0, "only_other": 0} for name in dtypes[1:]}
-    for geometry_name in geometries:
+    totals = ModelScores(dtypes)
+    for geometry_name in options.geometries:
         geometry = get_geometry(geometry_name)
-        counts = {name: MatchCounts() for name in dtypes}
-        agree = {name: {"matched": 0, "only_reference": 0, "only_other": 0} for name in dtypes[1:]}
-        frame_f1 = {name: [] for name in dtypes}
+        model = ModelScores(dtypes)
         strong_per_frame = []
-        seconds = {name: 0.0 for name in dtypes}
-        tuned, pf8_counts, pf8_ms = None, MatchCounts(), []
-        if peakfinder8 is not None:
-            tuning = [
-                simulate(geometry_name, i) for i in range(pf8_tune_first_frame, pf8_tune_first_frame + pf8_tune_frames)
-            ]
-            tuned = tune(peakfinder8, [(pf8_frame(f, geometry, as_uint16), f.score) for f in tuning])
-            print(f"{geometry_name}: peakfinder8 tuned ({describe(tuned.as_dict()['best'])})", flush=True)
+        tuning = (
+            simulate(geometry_name, i) for i in range(pf8_tune_first_frame, pf8_tune_first_frame + pf8_tune_frames)
+        )
+        baseline.start(geometry_name, ((pf8_frame(f, geometry, as_uint16), f.score) for f in tuning))
         for f_index in range(first_frame, first_frame + frames):
             frame = simulate(geometry_name, f_index)
-            raw = frame.uint16 if as_uint16 else frame.adu
-            if tuned is not None:
-                result, found_pf8 = score(peakfinder8, pf8_frame(frame, geometry, as_uint16), frame.score, tuned.best)
-                pf8_counts = pf8_counts + result
-                pf8_ms.append(found_pf8.ms)
+            if baseline.active:
+                baseline.score(pf8_frame(frame, geometry, as_uint16), frame.score)
             strong = frame.peaks.strong
             strong_per_frame.append(int(strong.sum()))
-            found = {}
-            for name in dtypes:
-                t0 = time.perf_counter()
-                found[name] = find_frame_peaks(finders[name], raw)
-                seconds[name] += time.perf_counter() - t0
-                result = frame.score(found[name])
-                counts[name] = counts[name] + result
-                if strong.any():  # a frame without strong peaks has F1 0 at its first false positive
-                    frame_f1[name].append(result.f1)
-            for name in dtypes[1:]:
-                for key, value in agreement_counts(found[reference], found[name]).items():
-                    agree[name][key] += value
-        report["per_geometry"][geometry_name] = {
+            # a frame without strong peaks has F1 0 at its first false positive: it does not count in mean_frame_f1
+            model.score(finders, frame.uint16 if as_uint16 else frame.adu, frame.score, keep_f1=bool(strong.any()))
+        entry = {
             "frame_shape": list(geometry.frame_shape),
             "strong_peaks_per_frame": float(np.mean(strong_per_frame)),
             "frames_with_strong_peaks": int(np.count_nonzero(strong_per_frame)),
-            "accuracy": {
-                name: {
-                    **counts[name].as_dict(),
-                    "mean_frame_f1": float(np.mean(frame_f1[name])) if frame_f1[name] else None,
-                    "seconds": seconds[name],
-                    "ms_per_frame": 1e3 * seconds[name] / max(frames, 1),
-                }
-                for name in dtypes
-            },
-            "agreement_with_" + reference: {name: agreement_summary(agree[name]) for name in dtypes[1:]},
+            "accuracy": model.accuracy(frames, mean_frame_f1=True),
+            "agreement_with_" + reference: model.agreement(),
         }
-        if tuned is not None:
-            report["per_geometry"][geometry_name]["peakfinder8"] = baseline_entry(tuned, pf8_counts, pf8_ms)
-            pf8_total = pf8_total + pf8_counts
-        for name in dtypes:
-            totals[name] = totals[name] + counts[name]
-        for name in dtypes[1:]:
-            for key in agree[name]:
-                total_agree[name][key] += agree[name][key]
-        print(
-            f"{geometry_name}: "
-            + ", ".join(
-                f"{n} F1={counts[n].f1:.4f} (P={counts[n].precision:.4f} R={counts[n].recall:.4f})" for n in dtypes
-            )
-            + "".join(f"; {n} agreement={agreement_summary(agree[n])['agreement']:.4f}" for n in dtypes[1:])
-            + (
-                f"; peakfinder8 F1={pf8_counts.f1:.4f} (P={pf8_counts.precision:.4f} R={pf8_counts.recall:.4f})"
-                if tuned is not None
-                else ""
-            ),
-            flush=True,
-        )
-    report["overall"] = {
-        "accuracy": {name: totals[name].as_dict() for name in dtypes},
-        "agreement_with_" + reference: {name: agreement_summary(total_agree[name]) for name in dtypes[1:]},
-    }
-    if peakfinder8 is not None:
-        report["overall"]["peakfinder8"] = {"accuracy": pf8_total.as_dict()}
+        if (pf8_entry := baseline.finish()) is not None:
+            entry["peakfinder8"] = pf8_entry
+        report["per_geometry"][geometry_name] = entry
+        totals.add(model)
+        print(f"{geometry_name}: {model.summary(agreement=True)}{baseline.summary()}", flush=True)
+    report["overall"] = {"accuracy": totals.accuracy(), "agreement_with_" + reference: totals.agreement()}
+    if (pf8_overall := baseline.overall()) is not None:
+        report["overall"]["peakfinder8"] = pf8_overall
     return report
 
 
@@ -292,33 +191,25 @@ def plot_report(report: dict, path: Path) -> None:
     ax.axhline(0.99, color="k", lw=0.6, ls="--")
     ax.set_title("peak-list agreement")
     ax.legend(fontsize=8)
-    fig.suptitle(
+    save_figure(
+        fig,
         f"PeakNet on held-out peaknet_serve.sim.peaksim frames ({report['frames_per_geometry']} per detector, "
         f"{report['device_name']})",
-        fontsize=10,
+        path,
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="PeakNet YAML (public pipeline layout)")
-    p.add_argument("--geometries", nargs="+", default=sorted(GEOMETRIES), choices=sorted(GEOMETRIES))
-    p.add_argument("--frames", type=int, default=20, help="frames per geometry")
-    p.add_argument("--first-frame", type=int, default=0, help="index of the first frame of each geometry")
-    p.add_argument(
-        "--dtypes",
-        nargs="+",
-        default=list(DTYPES),
-        choices=list(DTYPES),
-        help="the first is the reference for agreement",
+    p = evaluation_parser(
+        __doc__,
+        GEOMETRIES,
+        frames=20,
+        frames_help="frames per geometry",
+        dtypes=list(DTYPES),
+        dtypes_help="the first is the reference for agreement",
+        seed=20240,
     )
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--seed", type=int, default=20240)
-    p.add_argument("--threshold", type=float, default=None, help="P(peak) threshold; default argmax")
-    p.add_argument("--max-batch", type=int, default=16, help="panels per forward pass")
+    p.add_argument("--first-frame", type=int, default=0, help="index of the first frame of each geometry")
     p.add_argument("--uint16", action="store_true", help="feed uint16 frames instead of float32 ADU")
     p.add_argument(
         "--artefact-probability",
@@ -336,73 +227,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def add_peakfinder8_args(p: argparse.ArgumentParser) -> None:
-    """The baseline's options, shared by the evaluations."""
-    p.add_argument(
-        "--peakfinder8",
-        action="store_true",
-        help="score OM's peakfinder8 beside the model (needs `make pf8-venv` or $PEAKNET_PF8_PYTHON)",
-    )
-    p.add_argument("--pf8-tune-frames", type=int, default=3, help="frames per detector for peakfinder8's grid search")
-    p.add_argument(
-        "--pf8-tune-first-frame",
-        type=int,
-        default=5000,
-        help="index of the first tuning frame (disjoint from the scored frames)",
-    )
-    p.add_argument("--pf8-python", type=Path, default=None, help="Python of peakfinder8's environment")
-    p.add_argument(
-        "--baseline-only",
-        action="store_true",
-        help="score peakfinder8 alone (no model) and write <report>_peakfinder8.json, for "
-        "peaknet-evaluate-merge to join with a model's report on the same frames",
-    )
-
-
-def check_baseline_only(p: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """``--baseline-only`` needs ``--peakfinder8`` and runs no model."""
-    if args.baseline_only:
-        if not args.peakfinder8:
-            p.error("--baseline-only needs --peakfinder8")
-        args.dtypes = []
-
-
 def accuracy_table(report: dict) -> str:
     """The report as a markdown table: per geometry and overall, F1/precision/recall per dtype and
     the peak-list agreement of each reduced precision with the reference dtype."""
     dtypes = list(report["overall"]["accuracy"])
-    reduced = [d for d in dtypes if d != report["reference_dtype"]]
-    baseline = "peakfinder8" in report
-    header = (
-        ["detector", "strong peaks/frame"]
-        + [f"F1 {d} (P / R)" for d in dtypes]
-        + [f"{d} = {report['reference_dtype']}" for d in reduced]
-        + (
-            ["F1 peakfinder8 (P / R)", f"ms/frame {report['reference_dtype']}", "ms/frame peakfinder8"]
-            if baseline
-            else []
-        )
+    lines = detector_table(
+        report,
+        [
+            ("strong peaks/frame", per_frame_cell("strong_peaks_per_frame")),
+            *f1_columns(dtypes),
+            *agreement_columns(dtypes, report["reference_dtype"]),
+        ],
     )
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    rows = [(name, entry) for name, entry in report["per_geometry"].items()] + [("overall", report["overall"])]
-    for name, entry in rows:
-        cells = [
-            f"**{name}**" if name == "overall" else name,
-            f"{entry['strong_peaks_per_frame']:.1f}" if "strong_peaks_per_frame" in entry else "—",
-        ]
-        for d in dtypes:
-            a = entry["accuracy"][d]
-            cells.append(f"{a['f1']:.3f} ({a['precision']:.3f} / {a['recall']:.3f})")
-        for d in reduced:
-            cells.append(f"{100 * entry['agreement_with_float32'][d]['agreement']:.2f}%")
-        if baseline:
-            pf8_cells = baseline_cells(entry.get("peakfinder8"))
-            cells += [
-                pf8_cells[0],
-                model_ms(entry["accuracy"][report["reference_dtype"]], report["frames_per_geometry"]),
-                pf8_cells[1],
-            ]
-        lines.append("| " + " | ".join(cells) + " |")
     frames = report["frames_per_geometry"]
     artefacts = report.get("artefact_probability", 0.0)
     lines.append(
@@ -410,17 +246,9 @@ def accuracy_table(report: dict) -> str:
         + (f"artefact probability {artefacts:g}, " if artefacts else "")
         + f"on {report['device_name']}; matches within {report['match_radius_px']} px."
     )
-    if baseline:
-        pf8 = report["peakfinder8"]
+    if "peakfinder8" in report:
         lines.append(
-            f"peakfinder8: OM {pf8['om']}, tuned per detector on {pf8['tune_frames']} frames (indices "
-            f"{pf8['tune_first_frame']}+) over {pf8['grid_points']} parameter sets, best pooled F1: "
-            + "; ".join(
-                f"{g} {describe(e['peakfinder8']['best'])}"
-                for g, e in report["per_geometry"].items()
-                if "peakfinder8" in e
-            )
-            + ". Milliseconds per frame: the model end to end on the device above (preprocessing, "
+            tuning_note(report) + ". Milliseconds per frame: the model end to end on the device above (preprocessing, "
             "forward, peak extraction), peakfinder8 inside its worker on one CPU core."
         )
     return "\n".join(lines)
@@ -428,37 +256,19 @@ def accuracy_table(report: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    with contextlib.ExitStack() as stack:
-        finder = stack.enter_context(Peakfinder8(args.pf8_python)) if args.peakfinder8 else None
-        report = evaluate(
-            args.config,
-            args.geometries,
-            args.frames,
-            args.dtypes,
-            torch.device(args.device),
-            args.seed,
-            args.threshold,
-            args.max_batch,
+
+    def run(options: ModelOptions, worker: Peakfinder8 | None) -> dict:
+        return evaluate(
+            options,
             args.uint16,
             args.first_frame,
             args.artefact_probability,
-            finder,
+            worker,
             args.pf8_tune_frames,
             args.pf8_tune_first_frame,
         )
-    command = " ".join(["peaknet-evaluate", *(argv if argv is not None else sys.argv[1:])])
-    report["command"] = command
-    if args.baseline_only:
-        (args.out / "accuracy_peakfinder8.json").write_text(json.dumps(report, indent=1))
-        return 0
-    (args.out / "accuracy.json").write_text(json.dumps(report, indent=1))
-    plot_report(report, args.out / "accuracy.png")
-    (args.out / "accuracy.md").write_text(f"{accuracy_table(report)}\n\nReproduce: `{command}`\n")
-    overall = report["overall"]
-    print(json.dumps(overall, indent=1))
-    return 0
+
+    return run_evaluation("peaknet-evaluate", args, argv, "accuracy", run, accuracy_table, plot_report)
 
 
 if __name__ == "__main__":

@@ -29,36 +29,30 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import hashlib
 import itertools
-import json
-import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from peaknet_serve.checkpoint import load_config
-from peaknet_serve.eval.evaluate import (
-    DEFAULT_CONFIG,
-    DTYPES,
+from peaknet_serve.eval.peakfinder8 import Peakfinder8, Pf8Frame
+from peaknet_serve.eval.runner import (
+    BaselineScores,
+    ModelOptions,
+    ModelScores,
     add_peakfinder8_args,
     check_baseline_only,
-    evaluation_finder,
-    find_frame_peaks,
-)
-from peaknet_serve.eval.peakfinder8 import (
-    DEFAULT_GRID,
-    Peakfinder8,
-    Pf8Frame,
-    baseline_cells,
-    baseline_entry,
-    describe,
-    model_ms,
-    score,
-    tune,
+    detector_table,
+    device_fields,
+    evaluation_parser,
+    per_frame_cell,
+    reference_dtype,
+    run_evaluation,
+    save_figure,
+    tuning_note,
 )
 from peaknet_serve.sim.independent import (
     DETECTOR_NAMES,
@@ -71,12 +65,7 @@ from peaknet_serve.sim.independent import (
     pixel_xy,
     simulate,
 )
-from peaknet_serve.sim.peaksim.matching import (
-    MATCH_RADIUS,
-    MatchCounts,
-    assign_within_radius,
-    match_peaks,
-)
+from peaknet_serve.sim.peaksim.matching import MATCH_RADIUS, assign_within_radius, match_peaks
 
 SEED_TAG = 0x1D5
 DETECTOR_INDEX = {name: i for i, name in enumerate(sorted(DETECTOR_NAMES))}
@@ -243,32 +232,24 @@ def _scorer(frame: IndependentFrame):
 
 
 def evaluate(
-    config: Path,
-    geometries: list[str],
-    frames: int,
-    dtypes: list[str],
-    device: torch.device,
-    seed: int,
-    threshold: float | None,
-    max_batch: int,
+    options: ModelOptions,
     as_uint16: bool,
     first_frame: int = 0,
     peakfinder8: Peakfinder8 | None = None,
     pf8_tune_frames: int = 3,
     pf8_tune_first_frame: int = 5000,
 ) -> dict:
-    finders = {name: evaluation_finder(config, name, device, threshold, max_batch) for name in dtypes}
-    reference = dtypes[0] if dtypes else "float32"  # no dtypes: peakfinder8 alone
+    finders = options.finders()
+    config, frames, dtypes, seed = options.config, options.frames, options.dtypes, options.seed
+    reference = reference_dtype(dtypes)
     weights, digest = weights_digest(config)
     report: dict = {
         "simulator": "peaknet_serve/sim/independent.py",
         "config": str(config),
         "weights": weights,
         "weights_sha256_16": digest,
-        "device": str(device),
-        "torch": torch.__version__,
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "threshold": threshold,
+        **device_fields(options.device),
+        "threshold": options.threshold,
         "match_radius_px": MATCH_RADIUS,
         "frames_per_geometry": frames,
         "first_frame": first_frame,
@@ -285,60 +266,37 @@ def evaluate(
         ),
         "per_geometry": {},
     }
-    if peakfinder8 is not None:
-        report["peakfinder8"] = {
-            **peakfinder8.version(),
-            "tune_frames": pf8_tune_frames,
-            "tune_first_frame": pf8_tune_first_frame,
-            "grid_points": len(DEFAULT_GRID),
-        }
-    pf8_total = MatchCounts()
-    totals = {name: MatchCounts() for name in dtypes}
-    all_frame_f1 = {name: [] for name in dtypes}
+    baseline = BaselineScores(peakfinder8)
+    if (header := baseline.header(pf8_tune_frames, pf8_tune_first_frame)) is not None:
+        report["peakfinder8"] = header
+    totals = ModelScores(dtypes)
     started = time.perf_counter()
-    for geometry_name in geometries:
-        counts = {name: MatchCounts() for name in dtypes}
-        frame_f1 = {name: [] for name in dtypes}
-        seconds = {name: 0.0 for name in dtypes}
+    for geometry_name in options.geometries:
+        model = ModelScores(dtypes)
         sim_seconds = 0.0
         ios = {bin_label(lo, hi): [0, 0] for lo, hi in itertools.pairwise(IOS_BINS)}
         fps = dict.fromkeys(FP_CATEGORIES, 0)
         records, shape = [], None
-        tuned, pf8_counts, pf8_ms = None, MatchCounts(), []
-        if peakfinder8 is not None:
-            tuning = [
-                simulate(geometry_name, frame_rng(seed, geometry_name, i))
-                for i in range(pf8_tune_first_frame, pf8_tune_first_frame + pf8_tune_frames)
-            ]
-            tuned = tune(peakfinder8, [(pf8_frame(f, as_uint16), _scorer(f)) for f in tuning])
-            print(f"{geometry_name}: peakfinder8 tuned ({describe(tuned.as_dict()['best'])})", flush=True)
+        tuning = (
+            simulate(geometry_name, frame_rng(seed, geometry_name, i))
+            for i in range(pf8_tune_first_frame, pf8_tune_first_frame + pf8_tune_frames)
+        )
+        baseline.start(geometry_name, ((pf8_frame(f, as_uint16), _scorer(f)) for f in tuning))
         for f_index in range(first_frame, first_frame + frames):
             t0 = time.perf_counter()
             frame = simulate(geometry_name, frame_rng(seed, geometry_name, f_index))
             sim_seconds += time.perf_counter() - t0
             shape = list(frame.adu.shape)
-            raw = frame.uint16 if as_uint16 else frame.adu
-            strong, weak = frame.strong_points, frame.weak_points
             record = {"frame": f_index, **frame_summary(frame)}
-            if tuned is not None:
-                result, found_pf8 = score(peakfinder8, pf8_frame(frame, as_uint16), _scorer(frame), tuned.best)
-                pf8_counts = pf8_counts + result
-                pf8_ms.append(found_pf8.ms)
-                record["peakfinder8"] = result.as_dict()
-            for name in dtypes:
-                t0 = time.perf_counter()
-                found = find_frame_peaks(finders[name], raw)
-                seconds[name] += time.perf_counter() - t0
-                result = match_peaks(found, strong, weak)
-                counts[name] = counts[name] + result
-                frame_f1[name].append(result.f1)
-                record[name] = result.as_dict()
-                if name == reference:
-                    for key, (n, k) in recall_by_ios(frame, found).items():
-                        ios[key][0] += n
-                        ios[key][1] += k
-                    for key, value in false_positive_breakdown(frame, found).items():
-                        fps[key] += value
+            if baseline.active:
+                baseline.score(pf8_frame(frame, as_uint16), _scorer(frame), record)
+            found = model.score(finders, frame.uint16 if as_uint16 else frame.adu, _scorer(frame), record=record)
+            if reference in found:
+                for key, (n, k) in recall_by_ios(frame, found[reference]).items():
+                    ios[key][0] += n
+                    ios[key][1] += k
+                for key, value in false_positive_breakdown(frame, found[reference]).items():
+                    fps[key] += value
             records.append(record)
             shown = reference if reference in record else "peakfinder8"
             r = record[shown]
@@ -349,19 +307,11 @@ def evaluate(
                 f"[{time.perf_counter() - started:.0f} s]",
                 flush=True,
             )
-        report["per_geometry"][geometry_name] = {
+        entry = {
             "frame_shape": shape,
             "strong_peaks_per_frame": float(np.mean([r["strong"] for r in records])),
             "weak_peaks_per_frame": float(np.mean([r["weak"] for r in records])),
-            "accuracy": {
-                name: {
-                    **counts[name].as_dict(),
-                    "mean_frame_f1": float(np.mean(frame_f1[name])),
-                    "seconds": seconds[name],
-                    "ms_per_frame": 1e3 * seconds[name] / max(frames, 1),
-                }
-                for name in dtypes
-            },
+            "accuracy": model.accuracy(frames, mean_frame_f1=True),
             "recall_by_i_over_sigma": {
                 k: {"strong": n, "found": m, "recall": m / n if n else None} for k, (n, m) in ios.items()
             },
@@ -369,31 +319,14 @@ def evaluate(
             "simulation_seconds": sim_seconds,
             "frames": records,
         }
-        if tuned is not None:
-            report["per_geometry"][geometry_name]["peakfinder8"] = baseline_entry(tuned, pf8_counts, pf8_ms)
-            pf8_total = pf8_total + pf8_counts
-        for name in dtypes:
-            totals[name] = totals[name] + counts[name]
-            all_frame_f1[name] += frame_f1[name]
-        print(
-            f"{geometry_name}: "
-            + ", ".join(
-                f"{n} F1={counts[n].f1:.4f} (P={counts[n].precision:.4f} R={counts[n].recall:.4f})" for n in dtypes
-            )
-            + (
-                f"; peakfinder8 F1={pf8_counts.f1:.4f} (P={pf8_counts.precision:.4f} R={pf8_counts.recall:.4f})"
-                if tuned is not None
-                else ""
-            ),
-            flush=True,
-        )
-    report["overall"] = {
-        "accuracy": {
-            name: {**totals[name].as_dict(), "mean_frame_f1": float(np.mean(all_frame_f1[name]))} for name in dtypes
-        }
-    }
-    if peakfinder8 is not None:
-        report["overall"]["peakfinder8"] = {"accuracy": pf8_total.as_dict()}
+        if (pf8_entry := baseline.finish()) is not None:
+            entry["peakfinder8"] = pf8_entry
+        report["per_geometry"][geometry_name] = entry
+        totals.add(model)
+        print(f"{geometry_name}: {model.summary()}{baseline.summary()}", flush=True)
+    report["overall"] = {"accuracy": totals.accuracy(mean_frame_f1=True)}
+    if (pf8_overall := baseline.overall()) is not None:
+        report["overall"]["peakfinder8"] = pf8_overall
     report["wall_seconds"] = time.perf_counter() - started
     return report
 
@@ -403,37 +336,26 @@ def robustness_table(report: dict) -> str:
     then recall per I/sigma bin and where the false positives lie."""
     dtypes = list(report["overall"]["accuracy"])
     ref = report["reference_dtype"]
-    others = dtypes[1:]
-    baseline = "peakfinder8" in report
-    header = [
-        "detector",
-        "strong peaks/frame",
-        "weak/frame",
-        f"P {ref}",
-        f"R {ref}",
-        f"F1 {ref}",
-        "mean frame F1",
-        *[f"F1 {d}" for d in others],
-        *(["F1 peakfinder8 (P / R)", f"ms/frame {ref}", "ms/frame peakfinder8"] if baseline else []),
-    ]
-    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    rows = list(report["per_geometry"].items()) + [("overall", report["overall"])]
-    for name, entry in rows:
-        a = entry["accuracy"][ref]
-        cells = [
-            f"**{name}**" if name == "overall" else name,
-            f"{entry['strong_peaks_per_frame']:.1f}" if "strong_peaks_per_frame" in entry else "—",
-            f"{entry['weak_peaks_per_frame']:.1f}" if "weak_peaks_per_frame" in entry else "—",
-            f"{a['precision']:.3f}",
-            f"{a['recall']:.3f}",
-            f"{a['f1']:.3f}",
-            f"{a['mean_frame_f1']:.3f}" if "mean_frame_f1" in a else "—",
-            *[f"{entry['accuracy'][d]['f1']:.3f}" for d in others],
-        ]
-        if baseline:
-            pf8_cells = baseline_cells(entry.get("peakfinder8"))
-            cells += [pf8_cells[0], model_ms(a, report["frames_per_geometry"]), pf8_cells[1]]
-        lines.append("| " + " | ".join(cells) + " |")
+
+    def ref_cell(metric: str) -> Callable[[dict], str]:
+        return lambda entry: f"{entry['accuracy'][ref][metric]:.3f}"
+
+    def mean_f1_cell(entry: dict) -> str:
+        mean = entry["accuracy"][ref].get("mean_frame_f1")
+        return "—" if mean is None else f"{mean:.3f}"
+
+    lines = detector_table(
+        report,
+        [
+            ("strong peaks/frame", per_frame_cell("strong_peaks_per_frame")),
+            ("weak/frame", per_frame_cell("weak_peaks_per_frame")),
+            (f"P {ref}", ref_cell("precision")),
+            (f"R {ref}", ref_cell("recall")),
+            (f"F1 {ref}", ref_cell("f1")),
+            ("mean frame F1", mean_f1_cell),
+            *[(f"F1 {d}", lambda entry, d=d: f"{entry['accuracy'][d]['f1']:.3f}") for d in dtypes[1:]],
+        ],
+    )
     bins = list(next(iter(report["per_geometry"].values()))["recall_by_i_over_sigma"])
     lines += [
         "",
@@ -466,18 +388,10 @@ def robustness_table(report: dict) -> str:
         f"{report['strong_rule']}. Weights SHA-256 {report['weights_sha256_16']}…; "
         f"wall time {report['wall_seconds']:.0f} s."
     )
-    if baseline:
-        pf8 = report["peakfinder8"]
+    if "peakfinder8" in report:
         lines.append(
-            f"peakfinder8: OM {pf8['om']}, tuned per detector on {pf8['tune_frames']} frames (indices "
-            f"{pf8['tune_first_frame']}+) over {pf8['grid_points']} parameter sets, best pooled F1: "
-            + "; ".join(
-                f"{g} {describe(e['peakfinder8']['best'])}"
-                for g, e in report["per_geometry"].items()
-                if "peakfinder8" in e
-            )
-            + ". Milliseconds per frame: the model end to end on the device above, peakfinder8 inside "
-            "its worker on one CPU core."
+            tuning_note(report) + ". Milliseconds per frame: the model end to end on the device above, peakfinder8 "
+            "inside its worker on one CPU core."
         )
     return "\n".join(lines)
 
@@ -543,33 +457,25 @@ def plot_report(report: dict, path: Path) -> None:
     ax.set_ylim(-0.02, 1.02)
     ax.set_title("per-frame F1 vs background (size: strong peaks)")
     ax.legend(fontsize=7)
-    fig.suptitle(
+    save_figure(
+        fig,
         f"PeakNet on frames of an independent simulator ({report['frames_per_geometry']} per detector, "
         f"{report['device_name']})",
-        fontsize=10,
+        path,
     )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="PeakNet YAML (public pipeline layout)")
-    p.add_argument("--geometries", nargs="+", default=sorted(DETECTOR_NAMES), choices=sorted(DETECTOR_NAMES))
-    p.add_argument("--frames", type=int, default=8, help="frames per detector")
-    p.add_argument("--first-frame", type=int, default=0, help="index of the first frame of each detector")
-    p.add_argument(
-        "--dtypes",
-        nargs="+",
-        default=["float32"],
-        choices=list(DTYPES),
-        help="model precisions; the first is the reference for the diagnostics",
+    p = evaluation_parser(
+        __doc__,
+        DETECTOR_NAMES,
+        frames=8,
+        frames_help="frames per detector",
+        dtypes=["float32"],
+        dtypes_help="model precisions; the first is the reference for the diagnostics",
+        seed=31337,
     )
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--seed", type=int, default=31337)
-    p.add_argument("--threshold", type=float, default=None, help="P(peak) threshold; default argmax")
-    p.add_argument("--max-batch", type=int, default=16, help="panels per forward pass")
+    p.add_argument("--first-frame", type=int, default=0, help="index of the first frame of each detector")
     p.add_argument("--uint16", action="store_true", help="feed uint16 frames instead of float32 ADU")
     add_peakfinder8_args(p)
     p.add_argument("--out", type=Path, required=True, help="folder for robustness.{json,md,png}")
@@ -580,35 +486,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(0)
-    with contextlib.ExitStack() as stack:
-        finder = stack.enter_context(Peakfinder8(args.pf8_python)) if args.peakfinder8 else None
-        report = evaluate(
-            args.config,
-            args.geometries,
-            args.frames,
-            args.dtypes,
-            torch.device(args.device),
-            args.seed,
-            args.threshold,
-            args.max_batch,
-            args.uint16,
-            args.first_frame,
-            finder,
-            args.pf8_tune_frames,
-            args.pf8_tune_first_frame,
-        )
-    command = " ".join(["peaknet-evaluate-independent", *(argv if argv is not None else sys.argv[1:])])
-    report["command"] = command
-    if args.baseline_only:
-        (args.out / "robustness_peakfinder8.json").write_text(json.dumps(report, indent=1))
-        return 0
-    (args.out / "robustness.json").write_text(json.dumps(report, indent=1))
-    plot_report(report, args.out / "robustness.png")
-    (args.out / "robustness.md").write_text(f"{robustness_table(report)}\n\nReproduce: `{command}`\n")
-    print(json.dumps(report["overall"], indent=1))
-    return 0
+
+    def run(options: ModelOptions, worker: Peakfinder8 | None) -> dict:
+        return evaluate(options, args.uint16, args.first_frame, worker, args.pf8_tune_frames, args.pf8_tune_first_frame)
+
+    return run_evaluation("peaknet-evaluate-independent", args, argv, "robustness", run, robustness_table, plot_report)
 
 
 if __name__ == "__main__":

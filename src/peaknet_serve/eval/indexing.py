@@ -9,7 +9,7 @@ response.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import h5py
@@ -40,37 +40,21 @@ MIN_SPOT_PHOTONS_PER_REFLECTION = 100.0
 
 
 @dataclass(frozen=True)
-class KnownCell:
-    """A unit cell (Angstrom, degrees) and its CrystFEL lattice description."""
+class KnownCell(UnitCell):
+    """A unit cell (Angstrom, degrees) with its CrystFEL lattice description."""
 
-    a: float
-    b: float
-    c: float
-    alpha: float = 90.0
-    beta: float = 90.0
-    gamma: float = 90.0
     lattice_type: str = "triclinic"
     centering: str = "P"
     unique_axis: str | None = None
 
     @property
     def unit_cell(self) -> UnitCell:
+        """The cell alone, as peaksim's crystals hold it."""
         return UnitCell(self.a, self.b, self.c, self.alpha, self.beta, self.gamma)
 
     def write(self, path: str | Path) -> Path:
         """The CrystFEL cell file (``-p``)."""
-        return write_cell_file(
-            path,
-            self.a,
-            self.b,
-            self.c,
-            self.alpha,
-            self.beta,
-            self.gamma,
-            self.lattice_type,
-            self.centering,
-            self.unique_axis,
-        )
+        return write_cell_file(path, **asdict(self))
 
 
 LYSOZYME = KnownCell(79.1, 79.1, 38.0, lattice_type="tetragonal", unique_axis="c")
