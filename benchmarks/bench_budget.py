@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import time
 from pathlib import Path
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         max_batch_panels=args.max_batch_panels,
         **({"max_mask_fraction": None} if args.no_mask_cap else {}),
     )
+    load_before = os.getloadavg()[0]
     progress(f"building the finder, warm-up {tuple(args.warmup_shape)} ...")
     pipeline = build_finder(settings, device)
     budget = WorkBudget()
@@ -99,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
                 "one_batch_estimate_s": small_rate * panels.numel(),
             }
         )
+    load = [load_before, os.getloadavg()[0]]
     calibration = {
         "shapes": [list(shape) for shape, _ in timed],
         "median_s": [seconds for _, seconds in timed],
@@ -111,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Calibration ({args.model_config.name}, warm-up {'x'.join(map(str, args.warmup_shape))}, "
         f"max_batch_panels {args.max_batch_panels}, {torch.get_num_threads()} torch threads): {runs} (medians of up to 3 runs) "
         f"-> {budget.overhead_s:.3g} s + {calibration['seconds_per_mpixel']:.3g} s per Mpixel; "
-        f"calibration took {calibration_s:.1f} s.\n\n"
+        f"calibration took {calibration_s:.1f} s. Host load average (1 min) {load[0]:.1f} before, "
+        f"{load[1]:.1f} after, on {os.cpu_count()} cores.\n\n"
     ) + markdown_table(
         rows,
         [
@@ -131,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         "model_config": str(args.model_config),
         "settings": {"warmup_shape": args.warmup_shape, "max_batch_panels": args.max_batch_panels},
         "calibration": calibration,
+        "load_average_1min": load,
         "rows": rows,
     }
     write_results(args.out, payload, table)
