@@ -10,13 +10,16 @@ measured and scored is what is served::
 Steps, in order: load and cast the weights (:func:`load_network`), lay them out, wrap the forward in
 ``torch.compile`` (:func:`network_forward`), build the :class:`~peaknet_serve.device.finder.PanelPeakFinder`,
 tune the depthwise-conv padding at every warm-up shape (before the first compiled run: a compiled graph
-keeps the padding it was traced with), then warm up every micro-batch bucket.
+keeps the padding it was traced with), then warm up every micro-batch bucket. The handler's work budget
+is calibrated on the warmed-up finder here too (:func:`calibrate_budget`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -32,6 +35,7 @@ from peaknet_serve.device.finder import PanelPeakFinder
 from peaknet_serve.device.peaks import LabelLimits
 from peaknet_serve.model.depthwise import PaddingChoice
 from peaknet_serve.model.peaknet import PeakNet
+from peaknet_serve.serve.budget import Shape, WorkBudget, calibration_shapes
 
 log = logging.getLogger(__name__)
 
@@ -166,3 +170,44 @@ def build_finder(
         phases={"load": loaded - started, "tune": tuned - loaded, "warm-up": warmed - tuned},
         compile_cache="off" if cache is None else "hit" if cache_hit else "built",
     )
+
+
+def batch_seconds(finder: PanelPeakFinder, shape: Shape) -> float:
+    """Wall seconds of one :meth:`~PanelPeakFinder.find` of a zero uint16 ``(panels, H, W)`` batch on the
+    finder's device, peak table copied to the host (so that a GPU's work is included)."""
+    panels = torch.zeros(shape, dtype=torch.uint16, device=finder.device)
+    started = time.perf_counter()
+    finder.find(panels).table.to_host()
+    return time.perf_counter() - started
+
+
+def repeated_seconds(run: Callable[[], float], repeats: int, enough_s: float) -> list[float]:
+    """Seconds of calls of ``run`` (which returns the seconds it took): ``repeats`` of them, or fewer
+    once they add up to ``enough_s`` (a long run is not repeated: one sample of it is noisy only
+    relative to short spikes, which repeats would filter)."""
+    samples = [run()]
+    while len(samples) < repeats and sum(samples) < enough_s:
+        samples.append(run())
+    return samples
+
+
+def calibrate_budget(
+    budget: WorkBudget, finder: PanelPeakFinder, settings: HandlerSettings, repeats: int = 3, enough_s: float = 1.0
+) -> list[tuple[Shape, float]]:
+    """Fit ``budget``'s fixed and per-pixel costs on the warmed-up ``finder``: each batch of
+    :func:`~peaknet_serve.serve.budget.calibration_shapes` (from ``settings.warmup_shapes`` and
+    ``settings.max_batch_panels``) timed up to ``repeats`` times (:func:`repeated_seconds`), the
+    medians fitted with :meth:`WorkBudget.calibrate`.
+
+    Returns:
+        ``[(shape, median seconds), ...]``, what was measured (ascending in pixels).
+    """
+    timed = [
+        (
+            shape,
+            statistics.median(repeated_seconds(lambda shape=shape: batch_seconds(finder, shape), repeats, enough_s)),
+        )
+        for shape in calibration_shapes(settings.warmup_shapes, settings.max_batch_panels)
+    ]
+    budget.calibrate([(math.prod(shape), seconds) for shape, seconds in timed])
+    return timed

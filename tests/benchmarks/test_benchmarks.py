@@ -170,3 +170,41 @@ def test_cpu_benchmark_reports_cpu_seconds_per_frame(tmp_path):
     )
     (row,) = json.loads(out.read_text())["rows"]
     assert row["geometry"] == "cspad" and row["frame"] == [32, 185, 388] and row["cpu_s"] > 0
+
+
+@pytest.mark.slow
+def test_budget_benchmark_compares_the_calibrated_estimate_with_a_measured_batch(tmp_path):
+    out = tmp_path / "budget.json"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.bench_budget",
+            "--model-config",
+            "tests/fixtures/upstream/peaknet_tiny.yaml",
+            "--warmup-shape",
+            "2",
+            "64",
+            "96",
+            "--max-batch-panels",
+            "16",
+            "--no-mask-cap",
+            "--frames",
+            "1",
+            "--repeats",
+            "1",
+            "--out",
+            str(out),
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
+    result = json.loads(out.read_text())
+    assert result["calibration"]["shapes"] == [[1, 64, 96], [8, 64, 96]]
+    assert result["calibration"]["seconds_per_mpixel"] > 0
+    (row,) = result["rows"]
+    assert row["panels"] == [16, 352, 384] and row["measured_s"] > 0
+    assert row["estimate_over_measured"] == pytest.approx(row["estimate_s"] / row["measured_s"])
+    assert out.with_suffix(".md").read_text().count("|") > 10

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
-from peaknet_serve.serve.budget import Verdict, WorkBudget
+from peaknet_serve.serve.budget import Verdict, WorkBudget, calibration_shapes, fit_cost
 
 MPIX = 1_000_000
 EPIX_FRAME = 16 * 352 * 384
@@ -49,11 +51,76 @@ def test_calibration_fits_overhead_and_per_pixel_cost():
     budget.calibrate([(MPIX, 0.3 + 1.0), (4 * MPIX, 0.3 + 4.0)])
     assert budget.overhead_s == pytest.approx(0.3) and budget.seconds_per_pixel == pytest.approx(1e-6)
     assert budget.estimate_s(2 * MPIX) == pytest.approx(2.3)
-    # noise that would make a cost negative: proportional fit instead
-    budget.calibrate([(MPIX, 2.0), (2 * MPIX, 1.9)])
-    assert budget.overhead_s == 0.0 and budget.seconds_per_pixel == pytest.approx(3.9 / (3 * MPIX))
     budget.calibrate([(MPIX, 0.0), (0, 1.0)])  # nothing usable: unchanged
-    assert budget.seconds_per_pixel == pytest.approx(3.9 / (3 * MPIX))
+    assert budget.overhead_s == pytest.approx(0.3) and budget.seconds_per_pixel == pytest.approx(1e-6)
+
+
+def test_fit_is_least_squares_over_several_runs():
+    # 0.2 s + 2 s per Mpixel, the middle run 0.1 s slow: the line moves by a third of it at most
+    overhead, slope = fit_cost([(MPIX, 2.2), (2 * MPIX, 4.3), (3 * MPIX, 6.2)])
+    assert slope == pytest.approx(2e-6) and overhead == pytest.approx(0.2 + 0.1 / 3)
+
+
+def test_fit_clamps_noise_instead_of_extrapolating_it():
+    # the larger batch was not slower: no slope to trust, the largest batch's seconds per pixel
+    assert fit_cost([(MPIX, 2.0), (2 * MPIX, 1.9)]) == (0.0, pytest.approx(1.9 / (2 * MPIX)))
+    assert fit_cost([(MPIX, 1.0), (2 * MPIX, 1.0)]) == (0.0, pytest.approx(0.5e-6))
+    # a negative overhead: 0, the slope refitted through the origin (least squares)
+    assert fit_cost([(MPIX, 0.5), (2 * MPIX, 2.0)]) == (0.0, pytest.approx(4.5 / 5 / MPIX))
+    # one run, or several of the same size: proportional
+    assert fit_cost([(2 * MPIX, 1.0)]) == (0.0, pytest.approx(0.5e-6))
+    assert fit_cost([(2 * MPIX, 1.0), (2 * MPIX, 3.0)]) == (0.0, pytest.approx(1.5e-6))
+    assert fit_cost([(0, 1.0), (MPIX, float("inf")), (MPIX, -1.0)]) is None
+
+
+def test_calibration_shapes_separate_the_fixed_cost_within_a_micro_batch():
+    # the default warm-up: an eighth of it and the warm-up shape itself
+    assert calibration_shapes([(16, 352, 384)], 64) == [(2, 352, 384), (16, 352, 384)]
+    # a small warm-up shape is raised to 8x the small batch's pixels, within max_batch_panels
+    assert calibration_shapes([(2, 64, 96)], 16) == [(1, 64, 96), (8, 64, 96)]
+    assert calibration_shapes([(2, 64, 96)], 4) == [(1, 64, 96), (4, 64, 96)]
+    # a warm-up shape past one micro-batch is timed as one micro-batch
+    assert calibration_shapes([(64, 352, 384)], 16) == [(2, 352, 384), (16, 352, 384)]
+    # several warm-up shapes: the smallest for the small batch, the largest for the large one
+    assert calibration_shapes([(16, 352, 384), (1, 1920, 1920), (2, 64, 96)], 64) == [(1, 64, 96), (1, 1920, 1920)]
+    # one panel per micro-batch: the cost is proportional to the panels, one shape is enough
+    assert calibration_shapes([(4, 512, 1024)], 1) == [(1, 512, 1024)]
+    assert calibration_shapes([], 64) == []
+
+
+def test_small_and_large_calibration_predict_a_large_batch_of_a_linear_cost():
+    """A device costing 7.5 ms per batch + 1.35 s per Mpixel (the tiny test model on this CPU), timed on
+    the e2e tests' warm-up shape with 5 % noise in the worst direction (small run slow, large run
+    fast): the estimate of 4 ePix10k2M frames is within 10 % of the truth, where a slope from the small
+    batch alone would be about twice too high."""
+
+    def cost(pixels: int) -> float:
+        return 7.5e-3 + 1.35e-6 * pixels
+
+    small, large = (math.prod(shape) for shape in calibration_shapes([(2, 64, 96)], 16))
+    budget = WorkBudget(120.0)
+    budget.calibrate([(small, 1.05 * cost(small)), (large, 0.95 * cost(large))])
+    pixels = 4 * EPIX_FRAME
+    assert budget.estimate_s(pixels) == pytest.approx(cost(pixels), rel=0.1)
+    assert 1.05 * cost(small) / small * pixels > 1.8 * cost(pixels)
+    assert budget.plan([pixels]) == [Verdict.RUN]  # about 11.7 s of a 60 s budget
+
+
+def test_a_fixed_cost_that_hides_the_pixel_cost_gives_a_cautious_estimate():
+    """0.3 s per batch + 1.3 s per Mpixel timed on batches whose pixels cost a fifth of that: 5 % noise
+    would turn the slope to less than half the truth, so the largest run's rate is used: an estimate
+    above the truth, never below."""
+
+    def cost(pixels: int) -> float:
+        return 0.3 + 1.3e-6 * pixels
+
+    small, large = 6144, 49152
+    overhead, slope = fit_cost([(small, 1.05 * cost(small)), (large, 0.95 * cost(large))])
+    assert overhead == 0.0 and slope == pytest.approx(0.95 * cost(large) / large)
+    assert cost(4 * EPIX_FRAME) < overhead + slope * 4 * EPIX_FRAME
+    # the same device timed on panels large enough for the pixels to show: fitted as a line
+    overhead, slope = fit_cost([(EPIX_FRAME // 8, cost(EPIX_FRAME // 8)), (EPIX_FRAME, cost(EPIX_FRAME))])
+    assert overhead == pytest.approx(0.3) and slope == pytest.approx(1.3e-6)
 
 
 def test_load_rises_fast_and_falls_slowly():

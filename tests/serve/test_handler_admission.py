@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from peaknet_serve.pipeline import repeated_seconds
 from peaknet_serve.serve.budget import WorkBudget
 from peaknet_serve.serve.handler import PeakNetHandler
 from tests.serve.test_handler import make_context, make_frames, raw_request, run_batch
@@ -24,8 +25,16 @@ def error(body: str) -> str:
 
 
 def test_the_handler_calibrates_its_budget_at_start_up(handler):  # runs first: the others replace the budget
-    assert handler.budget.enabled and handler.budget.seconds_per_pixel > 0
+    assert handler.budget.enabled and handler.budget.seconds_per_pixel > 0 and handler.budget.overhead_s >= 0
     assert handler.budget.response_timeout_s == 120.0 and handler.budget.budget_s == 60.0
+
+
+def test_calibration_times_each_batch_a_few_times_unless_it_is_long():
+    durations = iter([0.2, 0.3, 0.1, 0.4])
+    assert repeated_seconds(lambda: next(durations), 3, 1.0) == [0.2, 0.3, 0.1]
+    durations = iter([0.7, 0.6, 0.5])
+    assert repeated_seconds(lambda: next(durations), 3, 1.0) == [0.7, 0.6]  # 1.3 s: enough
+    assert repeated_seconds(lambda: 5.0, 3, 1.0) == [5.0]
 
 
 def test_batch_mates_past_the_budget_are_503_with_retry_after(handler, model_dir):

@@ -11,9 +11,13 @@ against a budget of ``fraction * responseTimeout`` seconds of estimated compute:
   start-up: **503** ``busy`` with ``Retry-After``.
 
 The estimate of a batch is ``load * (overhead_s + pixels * seconds_per_pixel)``: the two costs are
-fitted on the worker's device at start-up (:meth:`WorkBudget.calibrate`, two batch sizes), and
-``load`` follows every batch measured since (up quickly, down slowly), so the estimate tracks the
-device actually in use, its precision and how busy the host is. Torch-free.
+fitted on the worker's device at start-up, and ``load`` follows every batch measured since (up
+quickly, down slowly), so the estimate tracks the device actually in use, its precision and how busy
+the host is. The start-up fit needs two batch sizes far enough apart that the fixed cost separates
+from the per-pixel one (:func:`calibration_shapes`: a small batch and one at least
+``CALIBRATION_RATIO`` times its pixels, up to a full micro-batch), each timed as the median of a few
+runs, then a line through them (:func:`fit_cost`); a slope from one small batch alone would charge
+the fixed cost to every pixel and refuse large requests that run well inside the timeout. Torch-free.
 """
 
 from __future__ import annotations
@@ -25,6 +29,61 @@ from enum import Enum
 
 # TorchServe's responseTimeout when neither the archive nor config.properties sets one
 DEFAULT_RESPONSE_TIMEOUT_S = 120.0
+# the large calibration batch holds at least this many times the small one's pixels
+CALIBRATION_RATIO = 8
+# below this share of the largest calibration run, a fitted per-pixel cost is lost in the noise of the fixed one
+MIN_PIXEL_SHARE = 0.25
+
+Shape = tuple[int, int, int]  # (panels, H, W)
+
+
+def calibration_shapes(
+    warmup_shapes: Sequence[Shape], max_batch_panels: int, ratio: int = CALIBRATION_RATIO
+) -> list[Shape]:
+    """The (panels, H, W) batches the start-up fit times, ascending in pixels.
+
+    Small: the smallest warm-up shape with a ``ratio``-th of its panels (at least one, within one
+    micro-batch). Large: the largest warm-up shape with its panels raised until it holds ``ratio``
+    times the small batch's pixels, but at most ``max_batch_panels`` (a request of more panels runs
+    micro-batch after micro-batch, so its cost grows linearly from there). One shape only when the
+    two coincide (``max_batch_panels`` 1: the cost is proportional to the panels anyway).
+    """
+    if not warmup_shapes:
+        return []
+    smallest = min(warmup_shapes, key=math.prod)
+    largest = max(warmup_shapes, key=math.prod)
+    small = (max(1, min(smallest[0], max_batch_panels) // ratio), smallest[1], smallest[2])
+    panel_pixels = largest[1] * largest[2]
+    wanted = max(largest[0], math.ceil(ratio * math.prod(small) / panel_pixels))
+    large = (min(wanted, max_batch_panels), largest[1], largest[2])
+    return [small] if math.prod(large) <= math.prod(small) else [small, large]
+
+
+def fit_cost(runs: Sequence[tuple[int, float]]) -> tuple[float, float] | None:
+    """``(overhead_s, seconds_per_pixel)`` of the least-squares line through ``(pixels, seconds)`` runs;
+    ``None`` when no run is usable (pixels and seconds must be positive and finite).
+
+    Noise is clamped, never extrapolated: a slope that is not positive, or one that explains less than
+    ``MIN_PIXEL_SHARE`` of the largest run (the fixed cost dominates and a few percent of noise would
+    change the slope several-fold), falls back to the largest run's seconds per pixel (cautious: it
+    charges that run's fixed cost to its pixels, and is the run that cost distorts least); a negative
+    overhead is clamped to 0 with the slope refitted through the origin. One run gives the
+    proportional fit.
+    """
+    runs = [(p, t) for p, t in runs if p > 0 and t > 0 and math.isfinite(t)]
+    if not runs:
+        return None
+    mean_p = sum(p for p, _ in runs) / len(runs)
+    mean_t = sum(t for _, t in runs) / len(runs)
+    spread = sum((p - mean_p) ** 2 for p, _ in runs)
+    slope = sum((p - mean_p) * (t - mean_t) for p, t in runs) / spread if spread > 0 else 0.0
+    pixels, seconds = max(runs)
+    if slope * pixels < MIN_PIXEL_SHARE * seconds:
+        return 0.0, seconds / pixels
+    overhead = mean_t - slope * mean_p
+    if overhead < 0:
+        return 0.0, sum(p * t for p, t in runs) / sum(p * p for p, _ in runs)
+    return overhead, slope
 
 
 class Verdict(Enum):
@@ -71,20 +130,12 @@ class WorkBudget:
         return self.fraction * self.response_timeout_s
 
     def calibrate(self, runs: Sequence[tuple[int, float]]) -> None:
-        """Fit ``overhead_s`` and ``seconds_per_pixel`` to ``(pixels, seconds)`` runs (least squares);
-        costs that come out negative (noise) fall back to a proportional fit."""
-        runs = [(p, t) for p, t in runs if p > 0 and t > 0 and math.isfinite(t)]
-        if not runs:
-            return
-        pixels = [p for p, _ in runs]
-        mean_p = sum(pixels) / len(runs)
-        mean_t = sum(t for _, t in runs) / len(runs)
-        spread = sum((p - mean_p) ** 2 for p in pixels)
-        slope = sum((p - mean_p) * (t - mean_t) for p, t in runs) / spread if spread > 0 else 0.0
-        overhead = mean_t - slope * mean_p
-        if slope <= 0 or overhead < 0:
-            slope, overhead = sum(t for _, t in runs) / sum(pixels), 0.0
-        self.overhead_s, self.seconds_per_pixel, self.load = overhead, slope, 1.0
+        """Set ``overhead_s`` and ``seconds_per_pixel`` from ``(pixels, seconds)`` runs (:func:`fit_cost`)
+        and ``load`` to 1; unchanged when no run is usable."""
+        fitted = fit_cost(runs)
+        if fitted is not None:
+            self.overhead_s, self.seconds_per_pixel = fitted
+            self.load = 1.0
 
     def estimate_s(self, pixels: int) -> float:
         """Estimated compute seconds of a batch of ``pixels`` input pixels."""

@@ -48,7 +48,7 @@ from peaknet_serve.encode.cxi import cxi_response
 from peaknet_serve.encode.oip import model_metadata, oip_response, peak_outputs
 from peaknet_serve.encode.response import json_response
 from peaknet_serve.errors import RequestError, ServerFault
-from peaknet_serve.pipeline import build_finder
+from peaknet_serve.pipeline import build_finder, calibrate_budget
 from peaknet_serve.serve.budget import DEFAULT_RESPONSE_TIMEOUT_S, Verdict, WorkBudget
 from peaknet_serve.serve.http import (
     HTTP_PHRASES,
@@ -125,7 +125,7 @@ class PeakNetHandler(BaseHandler):
             float(yaml_config.get("responseTimeout", DEFAULT_RESPONSE_TIMEOUT_S)), settings.batch_time_fraction
         )
         if self.budget.fraction > 0 and settings.warmup_shapes:
-            self._calibrate(*settings.warmup_shapes[0])
+            self._calibrate()
         if not mark_repeated_fields():
             log.warning("repeated form fields cannot be detected in this TorchServe")
         default_sandbox().start()  # the HDF5 reader process: the first HDF5 request should not pay for it
@@ -148,18 +148,12 @@ class PeakNetHandler(BaseHandler):
         )
         self.initialized = True
 
-    def _calibrate(self, panels: int, height: int, width: int) -> None:
-        """Time runs of a quarter of ``panels`` and of ``panels`` (H, W) panels (after warm-up): the
-        work budget's fixed and per-pixel costs on this device."""
-        runs = []
-        for count in sorted({max(1, panels // 4), panels}):
-            zeros = torch.zeros((count, height, width), dtype=torch.uint16, device=self.device)
-            started = time.perf_counter()
-            self.finder.find(zeros).table.to_host()
-            runs.append((count * height * width, time.perf_counter() - started))
-        self.budget.calibrate(runs)
+    def _calibrate(self) -> None:
+        """The work budget's fixed and per-pixel costs on this device, from timed runs after warm-up."""
+        timed = calibrate_budget(self.budget, self.finder, self.settings)
         log.info(
-            "work budget: %.3g s + %.3g s per Mpixel on %s, %.1f s per batch (%.0f%% of responseTimeout %.0f s)",
+            "work budget: %s -> %.3g s + %.3g s per Mpixel on %s, %.1f s per batch (%.0f%% of responseTimeout %.0f s)",
+            ", ".join(f"{'x'.join(map(str, shape))} panels in {seconds:.3g} s" for shape, seconds in timed),
             self.budget.overhead_s,
             1e6 * self.budget.seconds_per_pixel,
             self.device,
