@@ -60,7 +60,7 @@ case $PHASE in
     timeout "${AOTI_BENCH_S:-900}" "${E2E[@]}" --cache-dir "$AOTI_CACHE" \
       --model-config "$MODELS/p33-trained-like/peaknet.yaml" --workers 4 --batch-size 4 --mps off \
       --compile-backend ${BACKENDS:-inductor aoti} --starts "${STARTS:-3}" --skip-echo --concurrency 16 \
-      --rate 0 --out "$RESULTS/e2e_33m_aoti${BACKENDS:+_${BACKENDS// /_}}_h200.json"
+      --rate 0 --ready-timeout "${READY_TIMEOUT_S:-560}" --out "$RESULTS/e2e_33m_aoti${BACKENDS:+_${BACKENDS// /_}}_h200.json"
     ls -l "$AOTI_CACHE"
     ;;
   *) echo "unknown phase $PHASE" >&2; exit 2 ;;
