@@ -341,7 +341,7 @@ def plot(rows: list[dict], path: Path) -> None:
     several = len({r.get("gpus", 1) for r in closed}) > 1
 
     def label(row: dict) -> str:
-        name = row["target"] + (" MPS" if row.get("mps") else "")
+        name = row["target"] + (" MPS" if row.get("mps") else "") + (" AOT" if row.get("backend") == "aoti" else "")
         return f"{name} ({row.get('gpus', 1)} GPU)" if several else name
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
@@ -398,11 +398,20 @@ def build_targets(args, store: Path, gpus: int, warmup_shape) -> list[Target]:
 
 
 def serve_and_measure(
-    args, gpus: int, mps: bool, starts: int, warmup_shape, rows: list[dict], startups: list[dict], save
+    args,
+    gpus: int,
+    mps: bool,
+    starts: int,
+    warmup_shape,
+    rows: list[dict],
+    startups: list[dict],
+    save,
+    backend: str = "inductor",
 ) -> None:
-    """Build the archives, start TorchServe on ``gpus`` GPUs (under MPS when ``mps``) ``starts``
-    times against one compile cache, recording how long its workers took to become READY, and
-    load-test every target on the last start; append rows and call ``save()`` after each."""
+    """Build the archives, start TorchServe on ``gpus`` GPUs (under MPS when ``mps``, compiling with
+    ``compile_backend: backend``) ``starts`` times against one compile cache, recording how long its
+    workers took to become READY, and load-test every target on the last start; append rows and
+    call ``save()`` after each."""
     workdir = Path(tempfile.mkdtemp(prefix="peaknet-e2e-"))
     store = workdir / "store"
     store.mkdir()
@@ -411,7 +420,8 @@ def serve_and_measure(
     daemon = MpsDaemon.start(workdir / "mps") if mps else None
     if daemon is not None:
         env.update(daemon.env)
-    label = {"gpus": gpus, "mps": mps}
+    env["PEAKNET_COMPILE_BACKEND"] = backend
+    label = {"gpus": gpus, "mps": mps, "backend": backend}
     try:
         for start_index in range(starts):
             rundir = workdir / f"start{start_index}"
@@ -451,7 +461,9 @@ def serve_and_measure(
                 logs = rundir / "logs" / "model_log.log"
                 if logs.exists() and args.logs_dir is not None:
                     args.logs_dir.mkdir(parents=True, exist_ok=True)
-                    shutil.copy(logs, args.logs_dir / f"model_log_{gpus}gpu_mps{int(mps)}_start{start_index}.log")
+                    shutil.copy(
+                        logs, args.logs_dir / f"model_log_{gpus}gpu_mps{int(mps)}_{backend}_start{start_index}.log"
+                    )
     finally:
         if daemon is not None:
             daemon.stop()
@@ -527,23 +539,36 @@ def measure_targets(
 def scaling_efficiency(rows: list[dict]) -> None:
     """Add ``fraction_of_echo`` (same GPU count and clients) and ``scaling_efficiency``
     = frames/s at N GPUs / (N x frames/s at 1 GPU) for the same target and load, in place."""
-    key = lambda r: (r["target"], r["mps"], r["loop"], r["concurrency"], r["rate_hz"], r["encoding"])  # noqa: E731
+    key = lambda r: (  # noqa: E731
+        r["target"],
+        r["mps"],
+        r.get("backend"),
+        r["loop"],
+        r["concurrency"],
+        r["rate_hz"],
+        r["encoding"],
+    )
     single = {key(r): r["fps"] for r in rows if r["gpus"] == 1}
     echo = {
-        (r["gpus"], r["mps"], r["concurrency"]): r["fps"]
+        (r["gpus"], r["mps"], r.get("backend"), r["concurrency"]): r["fps"]
         for r in rows
         if r["target"] == "echo" and r["loop"] == "closed" and r["encoding"] == "raw"
     }
     for row in rows:
         base = single.get(key(row))
         row["scaling_efficiency"] = row["fps"] / (row["gpus"] * base) if base and row["gpus"] > 1 else None
-        ceiling = echo.get((row["gpus"], row["mps"], row["concurrency"])) if row["encoding"] == "raw" else None
+        ceiling = (
+            echo.get((row["gpus"], row["mps"], row.get("backend"), row["concurrency"]))
+            if row["encoding"] == "raw"
+            else None
+        )
         row["fraction_of_echo"] = row["fps"] / ceiling if ceiling else None
 
 
 COLUMNS = [
     ("gpus", "GPUs"),
     ("mps", "MPS"),
+    ("backend", "compile backend"),
     ("target", "served"),
     ("workers", "workers"),
     ("batch_size", "batch"),
@@ -570,6 +595,7 @@ COLUMNS = [
 STARTUP_COLUMNS = [
     ("gpus", "GPUs"),
     ("mps", "MPS"),
+    ("backend", "compile backend"),
     ("start", "start"),
     ("target", "served"),
     ("workers", "workers"),
@@ -640,6 +666,14 @@ def main() -> int:
         nargs="+",
         default=["off"],
         help="serve without and/or under NVIDIA MPS, one server each, in this order",
+    )
+    parser.add_argument(
+        "--compile-backend",
+        choices=("inductor", "aoti"),
+        nargs="+",
+        default=["inductor"],
+        help="compile_backend of the compiled variants (PEAKNET_COMPILE_BACKEND), one series of "
+        "servers each, in this order; each series' first server starts --starts times",
     )
     parser.add_argument(
         "--starts",
@@ -713,6 +747,7 @@ def main() -> int:
                     "batch_size": args.batch_size,
                     "delay_ms": args.delay_ms,
                     "mps": args.mps,
+                    "compile_backend": args.compile_backend,
                     "starts": args.starts,
                     "geometry": args.geometry,
                     "duration_s": args.duration,
@@ -725,14 +760,16 @@ def main() -> int:
             table,
         )
 
-    starts = args.starts
-    for gpus in args.gpus:
-        for mps in args.mps:
-            progress(
-                f"=== {gpus} GPU(s), MPS {mps}: {args.workers} worker(s) per GPU, batches of {args.batch_size} ==="
-            )
-            serve_and_measure(args, gpus, mps == "on", starts, warmup_shape, rows, startups, save)
-            starts = 1  # later servers find the compile cache the first one built
+    for backend in args.compile_backend:
+        starts = args.starts  # each backend's first server finds its own artefacts absent (cold start)
+        for gpus in args.gpus:
+            for mps in args.mps:
+                progress(
+                    f"=== {gpus} GPU(s), MPS {mps}, compile backend {backend}: {args.workers} worker(s) per GPU, "
+                    f"batches of {args.batch_size} ==="
+                )
+                serve_and_measure(args, gpus, mps == "on", starts, warmup_shape, rows, startups, save, backend)
+                starts = 1  # later servers find the compile cache the first one built
     save()
     print(markdown_table(rows, COLUMNS))
     if startups:

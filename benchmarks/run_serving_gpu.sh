@@ -8,13 +8,16 @@
 #                                                 # bundled model vs echo, compressed input
 #   bash benchmarks/run_serving_gpu.sh mps-models # peak extraction per mask; 33M trained-like and random,
 #                                                 # 4 workers x batch 4, under MPS and without
+#   bash benchmarks/run_serving_gpu.sh aoti       # 33M trained-like, 4 workers x batch 4: a cold start and
+#                                                 # warm restarts with torch.compile + its cache, then the
+#                                                 # same with AOTInductor packages (compile_backend: aoti)
 #
 # The 33M checkpoints have random weights (configs/peaknet-33m.yaml); "trained-like" is the same
 # draw with its head calibrated to mark 0.5% of the pixels of simulated ePix10k2M frames
 # (benchmarks/make_random_checkpoint.py --mask-fraction), as a trained model's masks do.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
-PHASE=${1:?usage: run_serving_gpu.sh mps|models|mps-models}
+PHASE=${1:?usage: run_serving_gpu.sh mps|models|mps-models|aoti}
 RESULTS=${OUT:-benchmarks/results}
 MODELS=${MODELS_DIR:-/tmp/peaknet-models}
 CACHE=${PEAKNET_CACHE_DIR:-/tmp/peaknet-compile-cache}
@@ -49,6 +52,16 @@ case $PHASE in
     timeout "${MPS_BENCH_S:-330}" "${E2E[@]}" --model-config "$MODELS/p33-trained-like/peaknet.yaml" \
       "$MODELS/p33-random/peaknet.yaml" --workers 4 --batch-size 4 --mps ${MPS_MODES:-on off} --skip-echo \
       --out "$RESULTS/e2e_33m_mps_models_h200.json"
+    ;;
+  aoti)
+    # A fresh cache directory: each backend's first start is cold, the later ones warm restarts.
+    # BACKENDS=aoti (or inductor) runs one series alone where a command's time is limited.
+    AOTI_CACHE=$(mktemp -d /tmp/peaknet-aoti-cache.XXXXXX)
+    timeout "${AOTI_BENCH_S:-900}" "${E2E[@]}" --cache-dir "$AOTI_CACHE" \
+      --model-config "$MODELS/p33-trained-like/peaknet.yaml" --workers 4 --batch-size 4 --mps off \
+      --compile-backend ${BACKENDS:-inductor aoti} --starts "${STARTS:-3}" --skip-echo --concurrency 16 \
+      --rate 0 --ready-timeout "${READY_TIMEOUT_S:-560}" --out "$RESULTS/e2e_33m_aoti${BACKENDS:+_${BACKENDS// /_}}_h200.json"
+    ls -l "$AOTI_CACHE"
     ;;
   *) echo "unknown phase $PHASE" >&2; exit 2 ;;
 esac

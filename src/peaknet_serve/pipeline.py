@@ -10,8 +10,11 @@ measured and scored is what is served::
 Steps, in order: load and cast the weights (:func:`load_network`), lay them out, wrap the forward in
 ``torch.compile`` (:func:`network_forward`), build the :class:`~peaknet_serve.device.finder.PanelPeakFinder`,
 tune the depthwise-conv padding at every warm-up shape (before the first compiled run: a compiled graph
-keeps the padding it was traced with), then warm up every micro-batch bucket. The handler's work budget
-is calibrated on the warmed-up finder here too (:func:`calibrate_budget`).
+keeps the padding it was traced with), then warm up every micro-batch bucket. With
+``compile_backend: aoti`` the tuned network is exported per bucket into AOTInductor packages
+(:mod:`peaknet_serve.device.aot_packages`), or the packages a former start built are loaded, and the
+finder calls them instead of the ``torch.compile`` forward. The handler's work budget is calibrated
+on the warmed-up finder here too (:func:`calibrate_budget`).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import torch
 from peaknet_serve.checkpoint import ConfigSource, load_peaknet
 from peaknet_serve.config.mode import ServingMode
 from peaknet_serve.config.settings import HandlerSettings
+from peaknet_serve.device.aot_packages import AotPackages, PackagedForward, ScoreModule, serving_packages
 from peaknet_serve.device.compile_cache import apply_padding, padding_of, serving_cache
 from peaknet_serve.device.finder import PanelPeakFinder
 from peaknet_serve.device.peaks import LabelLimits
@@ -51,9 +55,14 @@ class Pipeline:
         depthwise_choices: the padding tuner's measurement for each depthwise-conv input size.
         startup_s: seconds from the start of loading to the end of warm-up.
         phases: ``load``, ``tune`` and ``warm-up`` seconds of ``startup_s`` (``tune`` includes waiting
-            for the compile cache's lock while another worker builds it).
+            for the compile cache's lock while another worker builds it, and with AOT packages
+            building or loading them and their first calls).
         compile_cache: ``off`` (nothing compiled, or the cache is off), ``hit`` (artefacts loaded) or
-            ``built`` (this process compiled and saved them).
+            ``built`` (this process compiled and saved them); with ``compile_backend: aoti``, ``aot_hit``
+            (every bucket's AOTInductor package loaded), ``aot_built`` (some built here) or
+            ``aot_fallback`` (some bucket runs under torch.compile: its package failed).
+        packages: per AOTInductor package, its input ``shape`` and ``build_s``, ``load_s`` and
+            ``first_call_s`` seconds (:meth:`~peaknet_serve.device.aot_packages.AotPackages.prepare`).
     """
 
     model: PeakNet
@@ -63,6 +72,7 @@ class Pipeline:
     startup_s: float = 0.0
     phases: dict[str, float] = field(default_factory=dict)
     compile_cache: str = "off"
+    packages: list[dict] = field(default_factory=list)
 
     @property
     def weight_bytes(self) -> int:
@@ -92,6 +102,27 @@ def network_forward(model: PeakNet, mode: ServingMode, head: str = "score") -> C
     if mode.compile:
         forward = torch.compile(forward, mode=mode.compile, dynamic=False)
     return forward
+
+
+def use_packages(
+    packages: AotPackages,
+    finder: PanelPeakFinder,
+    mode: ServingMode,
+    warmup_shapes: tuple[tuple[int, int, int], ...],
+    tune: Callable[[], object],
+) -> tuple[str, list[dict]]:
+    """Make ``finder`` run its network through AOTInductor packages, one per (bucket, H, W) of
+    ``warmup_shapes`` (loaded, or tuned by ``tune`` and built), and through its ``torch.compile``
+    forward for any other input. Returns :meth:`AotPackages.prepare`'s outcome and timings."""
+    examples = [
+        finder.network_example(size, height, width)
+        for panels, height, width in warmup_shapes
+        for size in finder.warmup_sizes(panels)
+    ]
+    module = ScoreModule(finder.model, mode.autocast, finder.device.type)
+    runners, outcome, timings = packages.prepare(module, examples, tune)
+    finder.set_forward(PackagedForward(runners, fallback=finder.forward))
+    return outcome, timings
 
 
 def build_finder(
@@ -136,30 +167,44 @@ def build_finder(
     )
     loaded = time.perf_counter()
     choices: list[PaddingChoice] = []
-    cache = serving_cache(settings, mode, model, device)
-    with cache.compiling() if cache is not None else contextlib.nullcontext(False) as cache_hit:
-        tuning = cache.load_tuning() if cache_hit else None
-        if tuning is not None:  # the padding the cached graphs were traced with
-            apply_padding(model, tuning["depthwise_padding"])
-        elif mode.depthwise_padding:
-            for panels, height, width in settings.warmup_shapes:
-                for choice in finder.tune_depthwise(panels, height, width):
-                    choices.append(choice)
-                    log.info(
-                        "depthwise conv %s x%d: %.3f ms as is; %s",
-                        choice.input_shape,
-                        choice.modules,
-                        choice.plain_ms,
-                        "kept"
-                        if choice.compute_size is None
-                        else f"computed at {choice.compute_size}: {choice.chosen_ms:.3f} ms",
-                    )
-            if cache is not None:
-                cache.save_tuning({"depthwise_padding": padding_of(model)})
+
+    def tune() -> None:
+        for panels, height, width in settings.warmup_shapes if mode.depthwise_padding else ():
+            for choice in finder.tune_depthwise(panels, height, width):
+                choices.append(choice)
+                log.info(
+                    "depthwise conv %s x%d: %.3f ms as is; %s",
+                    choice.input_shape,
+                    choice.modules,
+                    choice.plain_ms,
+                    "kept"
+                    if choice.compute_size is None
+                    else f"computed at {choice.compute_size}: {choice.chosen_ms:.3f} ms",
+                )
+
+    packages = serving_packages(settings, mode, model, device)
+    package_timings: list[dict] = []
+    cache = serving_cache(settings, mode, model, device) if packages is None else None
+    if packages is not None:
+        outcome, package_timings = use_packages(packages, finder, mode, settings.warmup_shapes, tune)
         tuned = time.perf_counter()
         if settings.warmup:
             for panels, height, width in settings.warmup_shapes:
                 finder.warmup(panels, height, width)
+    else:
+        with cache.compiling() if cache is not None else contextlib.nullcontext(False) as cache_hit:
+            tuning = cache.load_tuning() if cache_hit else None
+            if tuning is not None:  # the padding the cached graphs were traced with
+                apply_padding(model, tuning["depthwise_padding"])
+            else:
+                tune()
+                if cache is not None and mode.depthwise_padding:
+                    cache.save_tuning({"depthwise_padding": padding_of(model)})
+            tuned = time.perf_counter()
+            if settings.warmup:
+                for panels, height, width in settings.warmup_shapes:
+                    finder.warmup(panels, height, width)
+        outcome = "off" if cache is None else "hit" if cache_hit else "built"
     warmed = time.perf_counter()
     return Pipeline(
         model,
@@ -168,7 +213,8 @@ def build_finder(
         choices,
         warmed - started,
         phases={"load": loaded - started, "tune": tuned - loaded, "warm-up": warmed - tuned},
-        compile_cache="off" if cache is None else "hit" if cache_hit else "built",
+        compile_cache=outcome,
+        packages=package_timings,
     )
 
 

@@ -131,3 +131,12 @@ def test_compile_cache_on_by_default_with_env_directory():
     env = {"PEAKNET_COMPILE_CACHE": "false", "PEAKNET_CACHE_DIR": "/var/cache/peaknet"}
     settings = HandlerSettings.from_mapping({"compile_cache_dir": "/elsewhere"}, env=env)
     assert settings.compile_cache is False and settings.compile_cache_dir == "/var/cache/peaknet"
+
+
+def test_compile_backend_inductor_by_default_aoti_by_yaml_or_env():
+    assert HandlerSettings().compile_backend == "inductor"
+    assert HandlerSettings.from_mapping({"compile_backend": "AOTI"}, env={}).compile_backend == "aoti"
+    env = {"PEAKNET_COMPILE_BACKEND": "inductor"}
+    assert HandlerSettings.from_mapping({"compile_backend": "aoti"}, env=env).compile_backend == "inductor"
+    with pytest.raises(ValueError, match="compile_backend"):
+        HandlerSettings.from_mapping({"compile_backend": "tensorrt"}, env={})

@@ -32,7 +32,7 @@ import os
 import platform
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,8 +99,7 @@ class CompileCache:
         """The cache of a model served as ``parts`` say (architecture, dtype, compile mode, shapes ...)
         on ``device`` with this torch build."""
         description = {**build_description(device), **parts}
-        safe_label = "".join(c if c.isalnum() or c in "-_." else "_" for c in label) or "model"
-        return cls(Path(directory), safe_label, cache_key(description), description)
+        return cls(Path(directory), safe_label(label), cache_key(description), description)
 
     @property
     def artefacts_path(self) -> Path:
@@ -127,6 +126,10 @@ class CompileCache:
         except OSError as exc:
             log.warning("compile cache: cannot write %s (%s)", self.tuning_path, exc)
 
+    @property
+    def lock_path(self) -> Path:
+        return self.directory / f"{self.label}-{self.key}.lock"
+
     @contextlib.contextmanager
     def compiling(self) -> Iterator[bool]:
         """Around a worker's first compiled runs: load the artefacts before, save them after.
@@ -135,21 +138,14 @@ class CompileCache:
         wait and then load), only while loading otherwise. Yields whether artefacts were loaded.
         Cache errors (unreadable file, full disk) are logged and never fail the start-up.
         """
-        try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            lock = open(self.directory / f"{self.label}-{self.key}.lock", "a+b")  # noqa: SIM115 - held across the yield
-        except OSError as exc:
-            log.warning("compile cache %s unusable (%s): compiling without it", self.directory, exc)
-            yield False
-            return
-        with lock:
-            waited = time.perf_counter()
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            waited = time.perf_counter() - waited
+        with held_lock(self.lock_path) as release:
+            if release is None:
+                yield False
+                return
             loaded = self.load()
             if loaded:
-                fcntl.flock(lock, fcntl.LOCK_UN)
-                log.info("compile cache: loaded %s (waited %.1f s for the lock)", self.artefacts_path.name, waited)
+                release()
+                log.info("compile cache: loaded %s", self.artefacts_path.name)
             yield loaded
             self.save()
 
@@ -203,14 +199,49 @@ class CompileCache:
         return self.artefacts_path
 
     def _write(self, path: Path, data: bytes) -> None:
-        descriptor, temporary = tempfile.mkstemp(dir=self.directory, prefix=f".{path.name}.")
-        try:
-            with os.fdopen(descriptor, "wb") as handle:
-                handle.write(data)
-            os.replace(temporary, path)
-        except BaseException:
-            Path(temporary).unlink(missing_ok=True)
-            raise
+        write_atomic(path, data)
+
+
+@contextlib.contextmanager
+def held_lock(path: Path) -> Iterator[Callable[[], None] | None]:
+    """An exclusive ``flock`` on ``path`` (created with its directory) for the block.
+
+    Yields ``release``, which lets the lock go early (a worker that found what it needs lets the
+    others in), or None when the lock file cannot be created (the caller goes on unlocked). Waiting
+    for the lock is logged when it takes more than a second (another worker is building).
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(path, "a+b")  # noqa: SIM115 - held across the yield
+    except OSError as exc:
+        log.warning("compile cache %s unusable (%s): going on without it", path.parent, exc)
+        yield None
+        return
+    with lock:
+        waited = time.perf_counter()
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        waited = time.perf_counter() - waited
+        if waited > 1.0:
+            log.info("compile cache: waited %.1f s for %s", waited, path.name)
+        yield lambda: fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file in its directory renamed into place, so
+    that a reader sees the old file or the whole new one, never a part."""
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def safe_label(label: str) -> str:
+    """``label`` with every character but letters, digits and ``-_.`` replaced by ``_`` (a file name prefix)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in label) or "model"
 
 
 def _entries(info: Any) -> frozenset[tuple[str, str]]:
@@ -248,8 +279,8 @@ def serving_cache(
     settings: HandlerSettings, mode: ServingMode, model: PeakNet, device: torch.device
 ) -> CompileCache | None:
     """The compiled artefacts' cache of ``model`` served in ``mode`` on ``device``; None when nothing
-    is compiled (eager mode, CPU) or the cache is off (``compile_cache``)."""
-    if mode.compile is None or not settings.compile_cache or device.type != "cuda":
+    is compiled (eager mode: the handler compiles on CUDA only) or the cache is off (``compile_cache``)."""
+    if mode.compile is None or not settings.compile_cache:
         return None
     directory = Path(settings.compile_cache_dir).expanduser() if settings.compile_cache_dir else default_cache_dir()
     return CompileCache.for_model(

@@ -196,10 +196,31 @@ class PanelPeakFinder:
                 capped.append(cap)  # micro-batches arrive in panel order
         return BatchPeaks(concat_tables(tables, offsets), torch.stack(nonfinite).sum(), torch.cat(capped))
 
+    def warmup_sizes(self, panels: int) -> tuple[int, ...]:
+        """The micro-batch sizes a warm-up for ``panels`` panels runs: every bucket, or without
+        buckets the one micro-batch that ``panels`` fill."""
+        return self.buckets or (min(panels, self.max_batch_panels),)
+
+    def network_example(self, size: int, height: int, width: int) -> torch.Tensor:
+        """Zero panels as the network sees them: (size, 1, Hp, Wp) in ``dtype`` and the served memory
+        format, Hp and Wp the (H, W) padded to the network's multiple."""
+        image = torch.zeros((size, height, width), dtype=torch.float32, device=self.device)
+        x = network_input(image, self.dtype)
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    @property
+    def forward(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """What runs the network: (b, 1, Hp, Wp) -> (b, 1, Hp, Wp) score."""
+        return self._forward
+
+    def set_forward(self, forward: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Run the network through ``forward`` from now on: (b, 1, Hp, Wp) -> (b, 1, Hp, Wp) score,
+        called under the finder's autocast."""
+        self._forward = forward
+
     def warmup(self, panels: int, height: int, width: int, dtype: torch.dtype = torch.uint16) -> None:
         """Run every micro-batch bucket once for (H, W) so that no request pays for compilation."""
-        sizes = self.buckets or (min(panels, self.max_batch_panels),)
-        for size in sizes:
+        for size in self.warmup_sizes(panels):
             dummy = torch.zeros((size, height, width), dtype=dtype, device=self.device)
             self.find(dummy)
         if self.device.type == "cuda":
@@ -209,11 +230,7 @@ class PanelPeakFinder:
         """:func:`~peaknet_serve.model.depthwise.tune_depthwise_padding` for (H, W) panels, eagerly, at the
         largest micro-batch (bucket) that ``panels`` panels fill, in the served dtype, memory
         format and autocast. Call before the compiled network's first run."""
-        size = self._bucket(min(panels, self.max_batch_panels))
-        image = torch.zeros((size, height, width), dtype=torch.float32, device=self.device)
-        x = network_input(image, self.dtype)
-        if self.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = self.network_example(self._bucket(min(panels, self.max_batch_panels)), height, width)
 
         def run() -> None:
             with self._autocast():

@@ -1,0 +1,276 @@
+"""AOTInductor packages: the network compiled ahead of time, one package per input shape, built once
+per host and loaded by every later worker start without tracing anything.
+
+With ``compile_backend: aoti`` the network's peak-score forward is exported (``torch.export``) at
+each micro-batch bucket's (B, 1, Hp, Wp) input and compiled by AOTInductor
+(``torch._inductor.aoti_compile_and_package``) into a ``.pt2`` package, which a later start loads
+(``torch._inductor.aoti_load_package``) and calls directly: neither Dynamo nor Inductor run. The
+weights are baked into each package as constants, so a package is keyed by their SHA-256 (of the
+cast weights, :func:`weights_sha256`) besides the serving mode, the shape and memory layout, the
+depthwise convs' padding (exported as chosen, :func:`~peaknet_serve.device.compile_cache.padding_of`)
+and the torch, Python, CUDA and GPU versions. A package for one GPU keeps its own copy of the
+weights on that GPU, one copy per bucket.
+
+Files in the compile cache's directory (:class:`~peaknet_serve.device.compile_cache.CompileCache`
+keeps the set's tuning and lock, as for torch.compile's artefacts)::
+
+    <label>-<set>.tuning.json   the depthwise padding the packages were exported with
+    <label>-<set>.lock          held while a worker loads, or builds and saves, the packages
+    <label>-<key>.pt2           one package per network input (``key`` = set, shape, strides, padding)
+    <label>-<key>.json          what it was built for and how long the build took (for people)
+
+Every failure (export, compilation, a corrupt or foreign package) is logged as a warning and leaves
+that shape to ``torch.compile``; a package that fails to load is removed so that the next start
+builds it again. A worker never dies of its packages.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from peaknet_serve.config.mode import ServingMode
+from peaknet_serve.config.settings import HandlerSettings
+from peaknet_serve.device.compile_cache import (
+    CompileCache,
+    apply_padding,
+    cache_key,
+    default_cache_dir,
+    held_lock,
+    padding_of,
+    write_atomic,
+)
+from peaknet_serve.model.peaknet import PeakNet
+
+log = logging.getLogger(__name__)
+
+__all__ = ["AotPackages", "PackagedForward", "ScoreModule", "serving_packages", "weights_sha256"]
+
+Signature = tuple[tuple[int, ...], tuple[int, ...]]  # (shape, strides) of a network input
+
+
+def signature(x: torch.Tensor) -> Signature:
+    """The shape and strides a package was compiled for (it assumes both)."""
+    return tuple(x.shape), tuple(x.stride())
+
+
+def weights_sha256(model: nn.Module) -> str:
+    """SHA-256 (hex) of ``model``'s state dict: every entry's name, dtype, shape and bytes, in order."""
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        flat = tensor.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{name}:{flat.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+class ScoreModule(nn.Module):
+    """What a package holds: ``forward_peak_score`` (B, 1, H, W) -> (B, 1, H, W), under
+    ``torch.autocast(device_type, autocast)`` when ``autocast`` is set (as the finder serves it)."""
+
+    def __init__(self, model: PeakNet, autocast: torch.dtype | None, device_type: str) -> None:
+        super().__init__()
+        self.model = model
+        self.autocast = autocast
+        self.device_type = device_type
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.autocast is None:
+            return self.model.forward_peak_score(x)
+        with torch.autocast(self.device_type, dtype=self.autocast):
+            return self.model.forward_peak_score(x)
+
+
+class PackagedForward:
+    """The network's forward by input: the loaded package compiled for its shape and strides, else
+    ``fallback`` (the ``torch.compile`` forward). (b, 1, Hp, Wp) -> (b, 1, Hp, Wp)."""
+
+    def __init__(self, runners: Mapping[Signature, Callable[[torch.Tensor], torch.Tensor]], fallback: Callable) -> None:
+        self.runners = dict(runners)
+        self.fallback = fallback
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        runner = self.runners.get(signature(x))
+        return runner(x) if runner is not None else self.fallback(x)
+
+
+@dataclass
+class AotPackages:
+    """One model's AOTInductor packages; ``store`` is the set's cache entry (directory, label, key of
+    everything but the input, tuning file, lock)."""
+
+    store: CompileCache
+
+    @classmethod
+    def for_model(cls, directory: Path, label: str, device: torch.device, **parts: Any) -> AotPackages:
+        """The packages of a model served as ``parts`` say (weights' SHA-256, architecture, mode ...)."""
+        return cls(CompileCache.for_model(directory, label, device, backend="aoti", **parts))
+
+    def package_path(self, example: torch.Tensor, padding: Mapping[str, Any]) -> Path:
+        """Where the package for inputs like ``example`` with the depthwise ``padding`` lives."""
+        shape, strides = signature(example)
+        key = cache_key({"set": self.store.key, "shape": shape, "strides": strides, "padding": padding})
+        return self.store.directory / f"{self.store.label}-{key}.pt2"
+
+    def prepare(
+        self, module: nn.Module, examples: Sequence[torch.Tensor], tune: Callable[[], object]
+    ) -> tuple[dict[Signature, Callable], str, list[dict[str, Any]]]:
+        """Load, or build, save and load, a package of ``module`` (a :class:`ScoreModule` when serving)
+        for each of ``examples`` (its inputs).
+
+        Under the set's lock: the depthwise padding is taken from the set's tuning file, or chosen by
+        ``tune()`` (which sets the convs' ``compute_sizes``) and saved, before anything is exported.
+        The lock is let go as soon as every package loaded; otherwise it is held while this worker
+        builds the missing ones, so that workers started together build each package once.
+
+        Returns:
+            The loaded packages by input signature; ``aot_hit`` (all loaded), ``aot_built`` (some
+            built here) or ``aot_fallback`` (some input has none: ``torch.compile`` runs it); and per
+            example its ``shape`` and the seconds its ``build_s`` (0 when loaded), ``load_s`` and
+            ``first_call_s`` took (None where that step did not happen or failed).
+        """
+        with held_lock(self.store.lock_path) as release:
+            tuning = self.store.load_tuning()
+            if tuning is not None:
+                apply_padding(module, tuning["depthwise_padding"])
+            else:
+                tune()
+                self.store.save_tuning({"depthwise_padding": padding_of(module)})
+            padding = padding_of(module)
+            runners: dict[Signature, Callable] = {}
+            timings = []
+            missing = []
+            for example in examples:
+                path = self.package_path(example, padding)
+                if not path.exists():
+                    missing.append(example)
+                    continue
+                runner, timing = load_package(path, example)
+                timings.append({"shape": list(example.shape), "build_s": 0.0, **timing})
+                if runner is not None:
+                    runners[signature(example)] = runner
+            if not missing:
+                if release is not None:
+                    release()
+                return runners, "aot_hit" if len(runners) == len(examples) else "aot_fallback", timings
+            for example in missing:
+                path = self.package_path(example, padding)
+                started = time.perf_counter()
+                built = self.build(module, example, path)
+                timing = {"build_s": time.perf_counter() - started, "load_s": None, "first_call_s": None}
+                if built:
+                    runner, loading = load_package(path, example)
+                    timing.update(loading)
+                    if runner is not None:
+                        runners[signature(example)] = runner
+                timings.append({"shape": list(example.shape), **timing})
+        return runners, "aot_built" if len(runners) == len(examples) else "aot_fallback", timings
+
+    def build(self, module: nn.Module, example: torch.Tensor, path: Path) -> bool:
+        """Export ``module`` at ``example``, compile it into the package ``path`` (atomically) and write
+        the ``.json`` beside it; False (and a warning) when any step fails."""
+        started = time.perf_counter()
+        temporary = None
+        try:
+            with torch.no_grad():
+                exported = torch.export.export(module, (example,), strict=False)
+            descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".pt2")
+            os.close(descriptor)
+            torch._inductor.aoti_compile_and_package(exported, package_path=temporary)
+            os.replace(temporary, path)
+        except Exception as exc:  # noqa: BLE001 - an unexportable model or a failed compile must not stop a worker
+            log.warning(
+                "AOT package for %s not built (%s: %s): torch.compile runs it",
+                tuple(example.shape),
+                type(exc).__name__,
+                exc,
+            )
+            if temporary is not None:
+                Path(temporary).unlink(missing_ok=True)
+            return False
+        seconds = time.perf_counter() - started
+        shape, strides = signature(example)
+        described = {
+            **self.store.description,
+            "input_shape": list(shape),
+            "input_strides": list(strides),
+            "input_dtype": str(example.dtype),
+            "depthwise_padding": padding_of(module),
+            "build_s": round(seconds, 2),
+            "bytes": path.stat().st_size,
+            "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        try:
+            write_atomic(path.with_suffix(".json"), json.dumps(described, indent=1).encode())
+        except OSError as exc:
+            log.warning("AOT packages: cannot write %s (%s)", path.with_suffix(".json"), exc)
+        log.info("AOT package built for %s in %.1f s: %s", shape, seconds, path.name)
+        return True
+
+
+def load_package(
+    path: Path, example: torch.Tensor
+) -> tuple[Callable[[torch.Tensor], torch.Tensor] | None, dict[str, float | None]]:
+    """The package at ``path``, loaded onto ``example``'s device and run once on it (its first call),
+    with the seconds ``load_s`` and ``first_call_s`` took; None (a warning, and the file removed so
+    that the next start rebuilds it) when either fails."""
+    device = example.device
+    timing: dict[str, float | None] = {"load_s": None, "first_call_s": None}
+    try:
+        started = time.perf_counter()
+        if device.type == "cuda":
+            runner = torch._inductor.aoti_load_package(str(path), device_index=device.index or 0)
+        else:
+            runner = torch._inductor.aoti_load_package(str(path))
+        timing["load_s"] = time.perf_counter() - started
+        started = time.perf_counter()
+        with torch.inference_mode():
+            runner(example)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        timing["first_call_s"] = time.perf_counter() - started
+    except Exception as exc:  # noqa: BLE001 - a corrupt or foreign package must not stop a worker
+        log.warning(
+            "AOT package %s not loadable (%s: %s): torch.compile runs %s; removed",
+            path.name,
+            type(exc).__name__,
+            str(exc)[:300],
+            tuple(example.shape),
+        )
+        path.unlink(missing_ok=True)
+        return None, timing
+    return runner, timing
+
+
+def serving_packages(
+    settings: HandlerSettings, mode: ServingMode, model: PeakNet, device: torch.device
+) -> AotPackages | None:
+    """The AOTInductor packages of ``model`` served in ``mode`` on ``device``; None unless the network
+    is compiled (``mode.compile``) with ``compile_backend: aoti`` and the compile cache is on."""
+    if mode.compile is None or settings.compile_backend != "aoti" or not settings.compile_cache:
+        return None
+    directory = Path(settings.compile_cache_dir).expanduser() if settings.compile_cache_dir else default_cache_dir()
+    return AotPackages.for_model(
+        directory,
+        settings.model_label,
+        device,
+        weights_sha256=weights_sha256(model),
+        architecture=model.config.as_mapping(),
+        dtype=str(mode.dtype),
+        autocast=str(mode.autocast),
+        compile_mode=mode.compile,
+        channels_last=mode.channels_last,
+        depthwise_padding=mode.depthwise_padding,
+        warmup_shapes=[list(shape) for shape in settings.warmup_shapes],
+    )
