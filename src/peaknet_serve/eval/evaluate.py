@@ -58,7 +58,13 @@ from peaknet_serve.pipeline import build_finder
 from peaknet_serve.resources import BUNDLED_MODEL_CONFIG
 from peaknet_serve.sim.peaksim.frame import SimulatedFrame, simulate_frame
 from peaknet_serve.sim.peaksim.geometry import GEOMETRIES, DetectorGeometry, get_geometry
-from peaknet_serve.sim.peaksim.matching import MATCH_RADIUS, MatchCounts, assign_within_radius
+from peaknet_serve.sim.peaksim.matching import (
+    MATCH_RADIUS,
+    MatchCounts,
+    assign_within_radius,
+    position_errors,
+    position_summary,
+)
 
 DEFAULT_CONFIG = BUNDLED_MODEL_CONFIG
 AGREEMENT_RADIUS = 1.0
@@ -152,6 +158,7 @@ def evaluate(
             "grid_points": len(DEFAULT_GRID),
         }
     pf8_total = MatchCounts()
+    pf8_total_errors: list[np.ndarray] = []
 
     def simulate(geometry_name: str, f_index: int) -> SimulatedFrame:
         return simulate_frame(
@@ -161,12 +168,15 @@ def evaluate(
         )
 
     totals = {name: MatchCounts() for name in dtypes}
+    total_errors: dict[str, list[np.ndarray]] = {name: [] for name in dtypes}
     total_agree = {name: {"matched": 0, "only_reference": 0, "only_other": 0} for name in dtypes[1:]}
     for geometry_name in geometries:
         geometry = get_geometry(geometry_name)
         counts = {name: MatchCounts() for name in dtypes}
         agree = {name: {"matched": 0, "only_reference": 0, "only_other": 0} for name in dtypes[1:]}
         frame_f1 = {name: [] for name in dtypes}
+        errors: dict[str, list[np.ndarray]] = {name: [] for name in dtypes}
+        pf8_errors: list[np.ndarray] = []
         strong_per_frame = []
         seconds = {name: 0.0 for name in dtypes}
         tuned, pf8_counts, pf8_ms = None, MatchCounts(), []
@@ -184,6 +194,9 @@ def evaluate(
                 pf8_counts = pf8_counts + result
                 pf8_ms.append(found_pf8.ms)
             strong = frame.peaks.strong
+            strong_points = frame.scoring_points()[0]
+            if tuned is not None:
+                pf8_errors.append(position_errors(found_pf8.peaks, strong_points))
             strong_per_frame.append(int(strong.sum()))
             found = {}
             for name in dtypes:
@@ -192,6 +205,7 @@ def evaluate(
                 seconds[name] += time.perf_counter() - t0
                 result = frame.score(found[name])
                 counts[name] = counts[name] + result
+                errors[name].append(position_errors(found[name], strong_points))
                 if strong.any():  # a frame without strong peaks has F1 0 at its first false positive
                     frame_f1[name].append(result.f1)
             for name in dtypes[1:]:
@@ -205,6 +219,7 @@ def evaluate(
                 name: {
                     **counts[name].as_dict(),
                     "mean_frame_f1": float(np.mean(frame_f1[name])) if frame_f1[name] else None,
+                    "position_error_px": position_summary(np.concatenate([np.zeros(0), *errors[name]])),
                     "seconds": seconds[name],
                     "ms_per_frame": 1e3 * seconds[name] / max(frames, 1),
                 }
@@ -213,33 +228,62 @@ def evaluate(
             "agreement_with_" + reference: {name: agreement_summary(agree[name]) for name in dtypes[1:]},
         }
         if tuned is not None:
-            report["per_geometry"][geometry_name]["peakfinder8"] = baseline_entry(tuned, pf8_counts, pf8_ms)
+            report["per_geometry"][geometry_name]["peakfinder8"] = {
+                **baseline_entry(tuned, pf8_counts, pf8_ms),
+                "position_error_px": position_summary(np.concatenate([np.zeros(0), *pf8_errors])),
+            }
             pf8_total = pf8_total + pf8_counts
+            pf8_total_errors += pf8_errors
         for name in dtypes:
             totals[name] = totals[name] + counts[name]
+            total_errors[name] += errors[name]
         for name in dtypes[1:]:
             for key in agree[name]:
                 total_agree[name][key] += agree[name][key]
         print(
             f"{geometry_name}: "
             + ", ".join(
-                f"{n} F1={counts[n].f1:.4f} (P={counts[n].precision:.4f} R={counts[n].recall:.4f})" for n in dtypes
+                f"{n} F1={counts[n].f1:.4f} (P={counts[n].precision:.4f} R={counts[n].recall:.4f}, "
+                f"median position error {error_text(errors[n])})"
+                for n in dtypes
             )
             + "".join(f"; {n} agreement={agreement_summary(agree[n])['agreement']:.4f}" for n in dtypes[1:])
             + (
-                f"; peakfinder8 F1={pf8_counts.f1:.4f} (P={pf8_counts.precision:.4f} R={pf8_counts.recall:.4f})"
+                f"; peakfinder8 F1={pf8_counts.f1:.4f} (P={pf8_counts.precision:.4f} R={pf8_counts.recall:.4f}, "
+                f"median position error {error_text(pf8_errors)})"
                 if tuned is not None
                 else ""
             ),
             flush=True,
         )
     report["overall"] = {
-        "accuracy": {name: totals[name].as_dict() for name in dtypes},
+        "accuracy": {
+            name: {
+                **totals[name].as_dict(),
+                "position_error_px": position_summary(np.concatenate([np.zeros(0), *total_errors[name]])),
+            }
+            for name in dtypes
+        },
         "agreement_with_" + reference: {name: agreement_summary(total_agree[name]) for name in dtypes[1:]},
     }
     if peakfinder8 is not None:
-        report["overall"]["peakfinder8"] = {"accuracy": pf8_total.as_dict()}
+        report["overall"]["peakfinder8"] = {
+            "accuracy": pf8_total.as_dict(),
+            "position_error_px": position_summary(np.concatenate([np.zeros(0), *pf8_total_errors])),
+        }
     return report
+
+
+def error_text(errors: list[np.ndarray]) -> str:
+    """Median of the position errors of a list of frames, for a progress line."""
+    median = position_summary(np.concatenate([np.zeros(0), *errors]))["median"]
+    return "—" if median is None else f"{median:.3f} px"
+
+
+def median_error_cell(entry: dict) -> str:
+    """The median position error (px) of an accuracy entry, a dash where it has none."""
+    median = entry.get("position_error_px", {}).get("median")
+    return "—" if median is None else f"{median:.3f}"
 
 
 GEOMETRY_INDEX = {name: i for i, name in enumerate(sorted(GEOMETRIES))}
@@ -377,6 +421,8 @@ def accuracy_table(report: dict) -> str:
         ["detector", "strong peaks/frame"]
         + [f"F1 {d} (P / R)" for d in dtypes]
         + [f"{d} = {report['reference_dtype']}" for d in reduced]
+        + [f"position error px {report['reference_dtype']}"]
+        + (["position error px peakfinder8"] if baseline else [])
         + (
             ["F1 peakfinder8 (P / R)", f"ms/frame {report['reference_dtype']}", "ms/frame peakfinder8"]
             if baseline
@@ -395,7 +441,9 @@ def accuracy_table(report: dict) -> str:
             cells.append(f"{a['f1']:.3f} ({a['precision']:.3f} / {a['recall']:.3f})")
         for d in reduced:
             cells.append(f"{100 * entry['agreement_with_float32'][d]['agreement']:.2f}%")
+        cells.append(median_error_cell(entry["accuracy"][report["reference_dtype"]]))
         if baseline:
+            cells.append(median_error_cell(entry.get("peakfinder8") or {}))
             pf8_cells = baseline_cells(entry.get("peakfinder8"))
             cells += [
                 pf8_cells[0],
@@ -408,7 +456,8 @@ def accuracy_table(report: dict) -> str:
     lines.append(
         f"\n{frames} held-out frames per detector (seed {report['seed']}), {report['input']}, "
         + (f"artefact probability {artefacts:g}, " if artefacts else "")
-        + f"on {report['device_name']}; matches within {report['match_radius_px']} px."
+        + f"on {report['device_name']}; matches within {report['match_radius_px']} px; position error: median "
+        "distance of the matched peaks from the simulated spot centres."
     )
     if baseline:
         pf8 = report["peakfinder8"]
