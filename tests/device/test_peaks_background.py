@@ -18,7 +18,7 @@ from peaknet_serve.device.peaks import (
 
 def numpy_background(mask, image, valid, image_index, ss, fs, inner, outer):
     """Loop-per-peak reference: mean over pixels at distance (inner, outer] from the rounded
-    centroid, inside the image, outside every peak, and good in ``valid``."""
+    centre (the unweighted centre of the peak's pixels), inside the image, outside every peak, and good in ``valid``."""
     _, height, width = mask.shape
     out = np.zeros(len(image_index))
     counts = np.zeros(len(image_index), np.int64)
@@ -33,6 +33,25 @@ def numpy_background(mask, image, valid, image_index, ss, fs, inner, outer):
         counts[k] = len(picked)
         out[k] = np.mean(picked) if picked else 0.0
     return out, counts
+
+
+def mask_centres(mask, table):
+    """(image_index, ss, fs) (K,) each: the unweighted centre of each peak's component, the
+    annulus centre, in the order of ``table`` (a HostPeaks; rows are matched to components by
+    their raw sum and pixel count)."""
+    centres = {}
+    for b in range(mask.shape[0]):
+        labels, count = ndimage.label(mask[b], structure=np.ones((3, 3)))
+        ids = np.arange(1, count + 1)
+        for (ss, fs), n in zip(ndimage.center_of_mass(mask[b], labels, ids), ndimage.sum(mask[b], labels, ids)):
+            centres.setdefault((b, int(n)), []).append((ss, fs))
+    rows = []
+    for b, n, ss, fs in zip(table.image_index, table.npix, table.ss, table.fs):
+        candidates = np.array(centres[(int(b), int(n))])
+        nearest = candidates[np.argmin(np.hypot(candidates[:, 0] - ss, candidates[:, 1] - fs))]
+        rows.append((b, *nearest))
+    rows = np.array(rows).reshape(-1, 3)
+    return rows[:, 0].astype(np.int64), rows[:, 1], rows[:, 2]
 
 
 def blob_frame(seed, shape=(3, 40, 48), n=14, level=100.0):
@@ -74,17 +93,18 @@ def test_local_background_equals_numpy(seed, with_valid):
         torch.from_numpy(mask), torch.from_numpy(image), valid=torch.from_numpy(valid) if with_valid else None
     ).to_host()
     assert len(table) > 5
+    image_index, ss, fs = mask_centres(mask, table)
     expected, counts = numpy_background(
-        mask, image, valid, table.image_index, table.ss, table.fs, BACKGROUND_INNER_RADIUS, BACKGROUND_OUTER_RADIUS
+        mask, image, valid, image_index, ss, fs, BACKGROUND_INNER_RADIUS, BACKGROUND_OUTER_RADIUS
     )
     np.testing.assert_allclose(table.background, expected, rtol=1e-12, atol=1e-9)
     np.testing.assert_allclose(table.intensity, table.intensity_raw - table.npix * expected, rtol=1e-12, atol=1e-6)
     _, got_counts = local_background(
         torch.from_numpy(mask),
         torch.from_numpy(image),
-        torch.from_numpy(table.image_index),
-        torch.from_numpy(table.ss),
-        torch.from_numpy(table.fs),
+        torch.from_numpy(image_index),
+        torch.from_numpy(ss),
+        torch.from_numpy(fs),
         torch.from_numpy(valid) if with_valid else None,
     )
     np.testing.assert_array_equal(got_counts.numpy(), counts)
@@ -125,9 +145,7 @@ def test_background_reads_every_dtype(dtype):
         mask,
         typed.to(torch.float64).numpy(),
         np.ones_like(mask),
-        table.image_index,
-        table.ss,
-        table.fs,
+        *mask_centres(mask, table),
         BACKGROUND_INNER_RADIUS,
         BACKGROUND_OUTER_RADIUS,
     )

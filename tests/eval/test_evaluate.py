@@ -53,6 +53,9 @@ def test_bundled_model_finds_peaks_of_a_held_out_epix_frame(tmp_path):
     for name in ("float32", "bfloat16"):
         assert accuracy[name]["tp"] + accuracy[name]["fn"] == n_strong
         assert accuracy[name]["f1"] >= 0.8
+        position = accuracy[name]["position_error_px"]
+        assert position["pairs"] == accuracy[name]["tp"]  # one distance per matched strong peak
+        assert 0 < position["median"] <= position["p90"] <= 2.0
     assert report["overall"]["agreement_with_float32"]["bfloat16"]["agreement"] >= 0.9
     assert (tmp_path / "accuracy.png").stat().st_size > 0
 

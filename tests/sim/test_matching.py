@@ -2,7 +2,14 @@
 
 import numpy as np
 
-from peaknet_serve.sim.peaksim.matching import MatchCounts, assign_within_radius, match_peaks, peak_list_agreement
+from peaknet_serve.sim.peaksim.matching import (
+    MatchCounts,
+    assign_within_radius,
+    match_peaks,
+    peak_list_agreement,
+    position_errors,
+    position_summary,
+)
 
 
 def pts(*rows):
@@ -80,3 +87,15 @@ def test_detections_on_the_excused_region_count_neither_way():
     weak = np.array([[1, 4.5, 4.5]])  # excused by the weak point first, counted once
     counts = match_peaks(found, strong, weak, excused_region=region)
     assert (counts.tp, counts.fp, counts.excused) == (1, 2, 2)
+
+
+def test_position_errors_are_the_distances_of_assigned_pairs():
+    found = pts((0, 10.3, 10.4), (0, 30, 30), (1, 5, 5.5), (0, 20, 21.9))
+    truth = pts((0, 10, 10), (1, 5, 5), (0, 20, 20), (0, 50, 50))
+    errors = position_errors(found, truth)
+    np.testing.assert_allclose(np.sort(errors), [0.5, 0.5, 1.9])
+    assert position_errors(pts(), truth).shape == (0,)
+    summary = position_summary(errors)
+    assert summary["pairs"] == 3
+    np.testing.assert_allclose([summary["median"], summary["mean"]], [0.5, 2.9 / 3])
+    assert position_summary(np.zeros(0)) == {"pairs": 0, "median": None, "mean": None, "p90": None}

@@ -5,16 +5,18 @@ Pipeline (all tensors stay on the input device until :meth:`PeakTable.to_host`):
 1. :func:`peak_mask` / :func:`peak_mask_from_score`: 2-class logits (or their difference) -> mask.
 2. :func:`bounded_components`: 8-connected component labelling, data-parallel (no SciPy/CuPy),
    with its work bounded (:class:`LabelLimits`).
-3. :func:`find_peaks`: per component centre of mass, pixel count and integrated intensity (raw,
-   and less the local background of :func:`local_background`), as a :class:`PeakTable` sorted by
-   ``(image_index, ss, fs)``.
+3. :func:`find_peaks`: per component the position (:func:`weighted_centroids`: the centroid of
+   the pixel values above the local background of :func:`local_background`, as peakfinder8
+   reports it), pixel count and integrated intensity (raw, and less the local background), as a
+   :class:`PeakTable` sorted by ``(image_index, ss, fs)``.
 4. :func:`peaks_to_frames`: one device->host copy, then python lists per detector frame.
 
 Coordinates are pixel-index coordinates of the panel: the centre of pixel ``[ss, fs]`` is at
 ``(ss, fs)`` (the convention of ``scipy.ndimage.center_of_mass`` and of Cheetah/psocake CXI peak
-lists). Centroids, sizes and ``intensity_raw`` equal ``scipy.ndimage.label(mask,
-structure=np.ones((3, 3)))`` followed by ``center_of_mass``, ``sum`` of ones and ``sum`` of the
-image (see ``tests/device/test_peaks.py``).
+lists). Components, sizes and ``intensity_raw`` equal ``scipy.ndimage.label(mask,
+structure=np.ones((3, 3)))`` followed by ``sum`` of ones and ``sum`` of the image, positions
+``center_of_mass`` of the background-subtracted image clipped at 0 (see
+``tests/device/test_peaks.py``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ __all__ = [
     "PeakTable",
     "bounded_components",
     "find_peaks",
+    "weighted_centroids",
     "local_background",
     "peak_mask",
     "peak_mask_from_score",
@@ -307,7 +310,8 @@ class PeakTable:
 
     Attributes:
         image_index: int64, which of the B images (panels) the peak is on.
-        ss: float64, unweighted centre of mass along slow scan (row), pixel-index coordinates.
+        ss: float64, position along slow scan (row), pixel-index coordinates: the centroid of the
+            peak's pixel values above ``background`` (:func:`weighted_centroids`).
         fs: float64, same along fast scan (column).
         npix: int64, number of pixels of the peak.
         intensity: float64, ``intensity_raw - npix * background``: the peak's signal above its local
@@ -392,6 +396,55 @@ def _pixel_values(image: Tensor, pixel: Tensor) -> Tensor:
     return flat[pixel].to(torch.float64)
 
 
+def _mean_positions(component: Tensor, row: Tensor, col: Tensor, npix: Tensor) -> tuple[Tensor, Tensor]:
+    """Unweighted centre of mass of each component's pixels.
+
+    Args:
+        component: int64 ``(N,)`` component id ``0 .. C-1`` of each foreground pixel.
+        row, col: int64 ``(N,)`` the pixel's row (ss) and column (fs) in its panel.
+        npix: int64 ``(C,)`` pixels per component (all > 0).
+
+    Returns:
+        ``(ss, fs)``: float64 ``(C,)`` each. Coordinate sums are int64 (exact).
+    """
+    sums = torch.zeros(2, npix.numel(), dtype=torch.int64, device=row.device)
+    sums[0].index_add_(0, component, row)
+    sums[1].index_add_(0, component, col)
+    mean = sums.to(torch.float64) / npix
+    return mean[0], mean[1]
+
+
+def weighted_centroids(
+    component: Tensor, row: Tensor, col: Tensor, signal: Tensor, mean_ss: Tensor, mean_fs: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Intensity-weighted centroid of each component, as peakfinder8 reports a peak's position.
+
+    Each pixel weighs ``max(signal, 0)``, its value above the peak's local background; a
+    non-finite signal weighs 0. A component whose weights are all 0 (nothing above the
+    background) takes its unweighted centre ``(mean_ss, mean_fs)``.
+
+    Args:
+        component: int64 ``(N,)`` component id ``0 .. C-1`` of each foreground pixel.
+        row, col: int64 ``(N,)`` the pixel's row (ss) and column (fs) in its panel.
+        signal: float64 ``(N,)`` the pixel's value less its component's background (ADU).
+        mean_ss, mean_fs: float64 ``(C,)`` unweighted centres of the components.
+
+    Returns:
+        ``(ss, fs)``: float64 ``(C,)`` each, pixel-index coordinates.
+    """
+    zero = torch.zeros((), dtype=torch.float64, device=signal.device)
+    weight = torch.where(torch.isfinite(signal) & (signal > 0), signal, zero)
+    sums = torch.zeros(3, mean_ss.numel(), dtype=torch.float64, device=signal.device)
+    sums[0].index_add_(0, component, weight)
+    sums[1].index_add_(0, component, weight * row)
+    sums[2].index_add_(0, component, weight * col)
+    weighted = sums[0] > 0
+    total = torch.where(weighted, sums[0], torch.ones((), dtype=torch.float64, device=signal.device))
+    ss = torch.where(weighted, sums[1] / total, mean_ss)
+    fs = torch.where(weighted, sums[2] / total, mean_fs)
+    return ss, fs
+
+
 def find_peaks(
     mask: Tensor,
     image: Tensor,
@@ -400,7 +453,7 @@ def find_peaks(
     valid: Tensor | None = None,
     components: Components | None = None,
 ) -> PeakTable:
-    """Connected components of ``mask`` as peaks with centroid, size and integrated intensity.
+    """Connected components of ``mask`` as peaks with position, size and integrated intensity.
 
     Args:
         mask: bool ``(B, H, W)`` peak mask (see :func:`peak_mask`).
@@ -414,8 +467,11 @@ def find_peaks(
 
     Returns:
         :class:`PeakTable` sorted by ``(image_index, ss, fs)``, exact ties by raster order of the
-        component's first pixel. Pixel counts and coordinate sums are accumulated in int64 (exact),
-        intensities in float64, so centroids match SciPy to float64 rounding.
+        component's first pixel. The local background's annulus is centred on the component's
+        unweighted centre (which does not depend on the background); the reported position is the
+        centroid of the pixel values above that background (:func:`weighted_centroids`). Pixel
+        counts are accumulated in int64 (exact), intensities and weighted sums in float64, so
+        positions match SciPy's ``center_of_mass`` to float64 rounding.
     """
     if mask.shape != image.shape or mask.dim() != 3:
         raise ValueError(f"mask and image must both be (B, H, W), got {tuple(mask.shape)} and {tuple(image.shape)}")
@@ -439,16 +495,14 @@ def find_peaks(
     row = torch.div(within, width, rounding_mode="floor")
     col = within - row * width
     npix = torch.bincount(component, minlength=count)
-    sum_row = torch.zeros(count, dtype=torch.int64, device=mask.device).index_add_(0, component, row)
-    sum_col = torch.zeros(count, dtype=torch.int64, device=mask.device).index_add_(0, component, col)
     values = _pixel_values(image, pixel)
     intensity_raw = torch.zeros(count, dtype=torch.float64, device=mask.device)
     intensity_raw.index_add_(0, component, values)
     image_index = torch.div(first_pixel, num_pixels, rounding_mode="floor")
-    ss = sum_row.to(torch.float64) / npix
-    fs = sum_col.to(torch.float64) / npix
-    background, _ = local_background(mask.bool(), image, image_index, ss, fs, valid)
+    mean_ss, mean_fs = _mean_positions(component, row, col, npix)
+    background, _ = local_background(mask.bool(), image, image_index, mean_ss, mean_fs, valid)
     intensity = intensity_raw - npix * background
+    ss, fs = weighted_centroids(component, row, col, values - background[component], mean_ss, mean_fs)
 
     keep = (npix >= min_pixels) & ~components.capped[image_index]
     if max_peaks_per_image is not None:
@@ -501,7 +555,8 @@ def local_background(
 ) -> tuple[Tensor, Tensor]:
     """Mean background per pixel in an annulus around each peak, as peakfinder8 estimates it.
 
-    The annulus is centred on the peak's centroid rounded to the nearest pixel and holds the
+    The annulus is centred on ``(ss, fs)`` rounded to the nearest pixel (:func:`find_peaks` passes
+    the unweighted centre of the peak's pixels) and holds the
     pixels at a distance in ``(inner, outer]`` pixels; pixels of any peak (``mask``), pixels that
     ``valid`` marks bad and pixels outside the peak's own image (panel) are left out.
 

@@ -50,6 +50,7 @@ from peaknet_serve.eval.runner import (
     evaluation_parser,
     f1_columns,
     per_frame_cell,
+    position_error_columns,
     reference_dtype,
     run_evaluation,
     save_figure,
@@ -117,12 +118,19 @@ def evaluate(
         baseline.start(geometry_name, ((pf8_frame(f, geometry, as_uint16), f.score) for f in tuning))
         for f_index in range(first_frame, first_frame + frames):
             frame = simulate(geometry_name, f_index)
+            strong_centres = frame.scoring_points()[0]
             if baseline.active:
-                baseline.score(pf8_frame(frame, geometry, as_uint16), frame.score)
+                baseline.score(pf8_frame(frame, geometry, as_uint16), frame.score, truth=strong_centres)
             strong = frame.peaks.strong
             strong_per_frame.append(int(strong.sum()))
             # a frame without strong peaks has F1 0 at its first false positive: it does not count in mean_frame_f1
-            model.score(finders, frame.uint16 if as_uint16 else frame.adu, frame.score, keep_f1=bool(strong.any()))
+            model.score(
+                finders,
+                frame.uint16 if as_uint16 else frame.adu,
+                frame.score,
+                keep_f1=bool(strong.any()),
+                truth=strong_centres,
+            )
         entry = {
             "frame_shape": list(geometry.frame_shape),
             "strong_peaks_per_frame": float(np.mean(strong_per_frame)),
@@ -237,6 +245,7 @@ def accuracy_table(report: dict) -> str:
             ("strong peaks/frame", per_frame_cell("strong_peaks_per_frame")),
             *f1_columns(dtypes),
             *agreement_columns(dtypes, report["reference_dtype"]),
+            *position_error_columns(report["reference_dtype"], "peakfinder8" in report),
         ],
     )
     frames = report["frames_per_geometry"]
@@ -244,7 +253,8 @@ def accuracy_table(report: dict) -> str:
     lines.append(
         f"\n{frames} held-out frames per detector (seed {report['seed']}), {report['input']}, "
         + (f"artefact probability {artefacts:g}, " if artefacts else "")
-        + f"on {report['device_name']}; matches within {report['match_radius_px']} px."
+        + f"on {report['device_name']}; matches within {report['match_radius_px']} px; position error: median "
+        "distance of the matched peaks from the simulated spot centres."
     )
     if "peakfinder8" in report:
         lines.append(

@@ -40,7 +40,7 @@ from peaknet_serve.eval.peakfinder8 import (
 )
 from peaknet_serve.pipeline import build_finder
 from peaknet_serve.resources import BUNDLED_MODEL_CONFIG
-from peaknet_serve.sim.peaksim.matching import MatchCounts, assign_within_radius
+from peaknet_serve.sim.peaksim.matching import MatchCounts, assign_within_radius, position_errors, position_summary
 
 DEFAULT_CONFIG = BUNDLED_MODEL_CONFIG
 AGREEMENT_RADIUS = 1.0
@@ -142,6 +142,28 @@ def reference_dtype(dtypes: Sequence[str]) -> str:
     return dtypes[0] if dtypes else "float32"
 
 
+def median_error_text(errors: list[np.ndarray]) -> str:
+    """``, median position error 0.123 px`` of a list of (K,) position errors; empty without any."""
+    if not errors:
+        return ""
+    median = position_summary(np.concatenate(errors))["median"]
+    return ", median position error —" if median is None else f", median position error {median:.3f} px"
+
+
+def position_error_columns(reference: str, baseline: bool) -> list[Column]:
+    """``position error px <reference>`` (and ``... peakfinder8`` with a baseline): the median distance
+    of the matched peaks from the truth centres, a dash where an entry has none."""
+
+    def cell(entry: dict | None) -> str:
+        median = ((entry or {}).get("position_error_px") or {}).get("median")
+        return "—" if median is None else f"{median:.3f}"
+
+    columns: list[Column] = [(f"position error px {reference}", lambda entry: cell(entry["accuracy"][reference]))]
+    if baseline:
+        columns.append(("position error px peakfinder8", lambda entry: cell(entry.get("peakfinder8"))))
+    return columns
+
+
 class ModelScores:
     """The model's scores in each precision: pooled counts, seconds in the finder, per-frame F1 and
     the agreement of each reduced precision's peak lists with the reference's.
@@ -156,6 +178,7 @@ class ModelScores:
         self.seconds = dict.fromkeys(self.dtypes, 0.0)
         self.frame_f1: dict[str, list[float]] = {name: [] for name in self.dtypes}
         self.agree = {name: {"matched": 0, "only_reference": 0, "only_other": 0} for name in self.dtypes[1:]}
+        self.position_errors: dict[str, list[np.ndarray]] = {name: [] for name in self.dtypes}
 
     def score(
         self,
@@ -164,6 +187,7 @@ class ModelScores:
         scorer: Scorer,
         keep_f1: bool = True,
         record: dict | None = None,
+        truth: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
         """Run one frame through each precision's finder and score it.
 
@@ -172,6 +196,8 @@ class ModelScores:
             scorer: the frame's rule, (K, 3) float64 peaks -> counts.
             keep_f1: count the frame's F1 in ``mean_frame_f1``.
             record: where each precision's counts of this frame go, when given.
+            truth: (M, 3) float64 truth peak centres (panel, ss, fs); when given, the distances of
+                the found peaks assigned to them are kept (:func:`position_errors`).
 
         Returns:
             Each precision's (K, 3) float64 peaks (panel, ss, fs).
@@ -187,6 +213,8 @@ class ModelScores:
                 self.frame_f1[name].append(result.f1)
             if record is not None:
                 record[name] = result.as_dict()
+            if truth is not None:
+                self.position_errors[name].append(position_errors(found[name], truth))
         for name in self.dtypes[1:]:
             for key, value in agreement_counts(found[self.dtypes[0]], found[name]).items():
                 self.agree[name][key] += value
@@ -198,18 +226,22 @@ class ModelScores:
             self.counts[name] = self.counts[name] + other.counts[name]
             self.seconds[name] += other.seconds[name]
             self.frame_f1[name] += other.frame_f1[name]
+            self.position_errors[name] += other.position_errors[name]
         for name in self.dtypes[1:]:
             for key, value in other.agree[name].items():
                 self.agree[name][key] += value
 
     def accuracy(self, frames: int | None = None, mean_frame_f1: bool = False) -> dict[str, dict]:
         """Per precision: the counts, then ``mean_frame_f1`` (None without frames) where asked, then
+        ``position_error_px`` (:func:`position_summary`) where truth centres were given, then
         ``seconds`` and ``ms_per_frame`` over ``frames`` where given."""
         out = {}
         for name in self.dtypes:
             entry: dict = self.counts[name].as_dict()
             if mean_frame_f1:
                 entry["mean_frame_f1"] = float(np.mean(self.frame_f1[name])) if self.frame_f1[name] else None
+            if self.position_errors[name]:
+                entry["position_error_px"] = position_summary(np.concatenate(self.position_errors[name]))
             if frames is not None:
                 entry["seconds"] = self.seconds[name]
                 entry["ms_per_frame"] = 1e3 * self.seconds[name] / max(frames, 1)
@@ -223,7 +255,8 @@ class ModelScores:
     def summary(self, agreement: bool = False) -> str:
         """One line of text: F1 (P, R) per precision, and the agreements where asked."""
         text = ", ".join(
-            f"{n} F1={self.counts[n].f1:.4f} (P={self.counts[n].precision:.4f} R={self.counts[n].recall:.4f})"
+            f"{n} F1={self.counts[n].f1:.4f} (P={self.counts[n].precision:.4f} R={self.counts[n].recall:.4f}"
+            f"{median_error_text(self.position_errors[n])})"
             for n in self.dtypes
         )
         if agreement:
@@ -245,6 +278,8 @@ class BaselineScores:
         self.tuned: TuneResult | None = None
         self.counts = MatchCounts()
         self.ms: list[float] = []
+        self.position_errors: list[np.ndarray] = []
+        self.total_position_errors: list[np.ndarray] = []
 
     @property
     def active(self) -> bool:
@@ -264,16 +299,21 @@ class BaselineScores:
 
     def start(self, detector: str, tuning: Iterable[tuple[Pf8Frame, Scorer]]) -> None:
         """Begin a detector: tune on ``tuning`` (read only with a worker, so it may be lazy)."""
-        self.tuned, self.counts, self.ms = None, MatchCounts(), []
+        self.tuned, self.counts, self.ms, self.position_errors = None, MatchCounts(), [], []
         if self.finder is not None:
             self.tuned = tune(self.finder, list(tuning))
             print(f"{detector}: peakfinder8 tuned ({describe(self.tuned.as_dict()['best'])})", flush=True)
 
-    def score(self, frame: Pf8Frame, scorer: Scorer, record: dict | None = None) -> MatchCounts:
-        """Score one held-out frame with the tuned parameters (only while :attr:`active`)."""
+    def score(
+        self, frame: Pf8Frame, scorer: Scorer, record: dict | None = None, truth: np.ndarray | None = None
+    ) -> MatchCounts:
+        """Score one held-out frame with the tuned parameters (only while :attr:`active`); with
+        ``truth`` (M, 3) centres, keep the position errors of its peaks as :class:`ModelScores` does."""
         result, found = score(self.finder, frame, scorer, self.tuned.best)
         self.counts = self.counts + result
         self.ms.append(found.ms)
+        if truth is not None:
+            self.position_errors.append(position_errors(found.peaks, truth))
         if record is not None:
             record["peakfinder8"] = result.as_dict()
         return result
@@ -284,18 +324,30 @@ class BaselineScores:
         if self.tuned is None:
             return None
         self.total = self.total + self.counts
-        return baseline_entry(self.tuned, self.counts, self.ms)
+        self.total_position_errors += self.position_errors
+        entry = baseline_entry(self.tuned, self.counts, self.ms)
+        if self.position_errors:
+            entry["position_error_px"] = position_summary(np.concatenate(self.position_errors))
+        return entry
 
     def summary(self) -> str:
         """The detector's ``; peakfinder8 F1=... (P=... R=...)`` text (empty without a worker)."""
         if self.tuned is None:
             return ""
         c = self.counts
-        return f"; peakfinder8 F1={c.f1:.4f} (P={c.precision:.4f} R={c.recall:.4f})"
+        return (
+            f"; peakfinder8 F1={c.f1:.4f} (P={c.precision:.4f} R={c.recall:.4f}"
+            f"{median_error_text(self.position_errors)})"
+        )
 
     def overall(self) -> dict | None:
         """The report's ``overall.peakfinder8`` entry (None without a worker)."""
-        return None if self.finder is None else {"accuracy": self.total.as_dict()}
+        if self.finder is None:
+            return None
+        entry: dict = {"accuracy": self.total.as_dict()}
+        if self.total_position_errors:
+            entry["position_error_px"] = position_summary(np.concatenate(self.total_position_errors))
+        return entry
 
 
 def evaluation_parser(

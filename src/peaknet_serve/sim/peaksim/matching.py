@@ -150,6 +150,34 @@ def match_peaks(
     return MatchCounts(tp=tp, fp=len(unmatched) - n_excused, fn=len(strong) - tp, excused=n_excused)
 
 
+def position_errors(found: np.ndarray, truth: np.ndarray, radius: float = MATCH_RADIUS) -> np.ndarray:
+    """Distances (pixels) between the found peaks and the truth peaks they are assigned to.
+
+    Args:
+        found: (N, 3) detected peaks (panel, ss, fs).
+        truth: (M, 3) truth peaks (panel, ss, fs), e.g. the strong ones of a frame.
+
+    Returns:
+        (K,) float64, one per pair of :func:`assign_within_radius` (each at most ``radius``).
+    """
+    found, truth = _as_points(found), _as_points(truth)
+    f_idx, t_idx = assign_within_radius(found, truth, radius)
+    return np.hypot(found[f_idx, 1] - truth[t_idx, 1], found[f_idx, 2] - truth[t_idx, 2])
+
+
+def position_summary(errors: np.ndarray) -> dict[str, float | int | None]:
+    """``pairs``, ``median``, ``mean`` and ``p90`` of (K,) position errors (pixels; None when K = 0)."""
+    errors = np.asarray(errors, dtype=np.float64).reshape(-1)
+    if errors.size == 0:
+        return {"pairs": 0, "median": None, "mean": None, "p90": None}
+    return {
+        "pairs": int(errors.size),
+        "median": float(np.median(errors)),
+        "mean": float(errors.mean()),
+        "p90": float(np.quantile(errors, 0.9)),
+    }
+
+
 def peak_list_agreement(a: np.ndarray, b: np.ndarray, radius: float = 1.0) -> float:
     """Share of peaks two finders agree on: matched pairs / size of the union (1 if both empty).
 
