@@ -109,7 +109,7 @@ def backend(start_server) -> Server:  # noqa: F811
     return start_server(token_auth=True)
 
 
-def start_proxy(server: Server, prefix: Path) -> Nginx:
+def start_proxy(server: Server, prefix: Path, metrics: str | None = None) -> Nginx:
     """nginx for ``server``, configured from its config.properties, with the short test timeouts."""
     settings = settings_from_properties(
         read_properties(server.workdir / "config.properties"),
@@ -121,6 +121,7 @@ def start_proxy(server: Server, prefix: Path) -> Nginx:
         connections_per_client=CONNECTIONS_PER_CLIENT,
         body_buffer="16k",
         worker_processes="1",
+        metrics=metrics,
     )
     return Nginx(prefix, settings)
 
@@ -302,6 +303,22 @@ def test_token_renewal_management_and_internal_routes_are_not_served(backend, pr
         assert answer.status_code == 404 and error_of(answer)["type"] == "not_found", (path, answer.text)
     models = requests.get(f"{proxy.url}/models", headers=backend.management_headers, timeout=30)
     assert models.status_code == 401  # the management key is not an inference key, and 8081 is not proxied
+    metrics = requests.get(f"{proxy.url}/metrics", headers=backend.headers, timeout=30)
+    assert metrics.status_code == 404 and "ts_inference_requests_total" not in metrics.text  # the inference port's
+
+
+@pytest.mark.e2e
+@needs_nginx
+def test_metrics_are_served_only_when_asked_and_behind_the_key(backend, tmp_path):
+    assert "ts_inference_requests_total" in requests.get(f"{backend.metrics_url}/metrics", timeout=30).text
+    with_metrics = start_proxy(backend, tmp_path, metrics=urlsplit(backend.metrics_url).netloc)
+    try:
+        answer = requests.get(f"{with_metrics.url}/metrics", headers=backend.headers, timeout=30)
+        assert answer.status_code == 200 and "ts_inference_requests_total" in answer.text
+        refused = requests.get(f"{with_metrics.url}/metrics", timeout=30)
+        assert refused.status_code == 401 and error_of(refused)["type"] == "unauthorized"
+    finally:
+        with_metrics.stop()
 
 
 @pytest.mark.e2e
