@@ -38,7 +38,7 @@ from peaknet_serve.launch.proxy import (
     settings_from_properties,
 )
 from peaknet_serve.launch.server import free_port, read_properties
-from tests.e2e.conftest import Server, _stop, model_store, start_server  # noqa: F401  (fixtures)
+from tests.e2e.conftest import TINY_MODEL, Server, _stop, model_store, start_server  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parents[2]
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
@@ -55,7 +55,7 @@ RAW = {"Content-Type": "application/octet-stream", "X-Dtype": "uint16", "X-Shape
 
 
 class Nginx:
-    """nginx in the foreground under ``prefix`` with ``conf``; ``url`` is its address."""
+    """nginx in the foreground under ``prefix``, configured by ``settings``; ``url`` is its address."""
 
     def __init__(self, prefix: Path, settings: ProxySettings):
         (prefix / "logs").mkdir(parents=True, exist_ok=True)
@@ -195,11 +195,14 @@ def test_the_shipped_configuration_is_the_generators_output_for_the_shipped_conf
     )
 
 
-def test_the_docker_entrypoints_config_gives_the_same_proxy_configuration(tmp_path, model_store):  # noqa: F811
+def test_the_docker_entrypoints_config_gives_the_same_proxy_configuration(tmp_path):
+    from peaknet_serve.launch.archive import build
+
+    archive = build(TINY_MODEL, None, ROOT / "model-config.yaml", tmp_path / "store")
     environment = {
         "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-        "PEAKNET_HOME": str(tmp_path),
-        "PEAKNET_MODEL_ARCHIVE": str(model_store / "peaknet.mar"),
+        "PEAKNET_HOME": str(tmp_path / "home"),
+        "PEAKNET_MODEL_ARCHIVE": str(archive),
         "PEAKNET_PYTHON": sys.executable,
         "PEAKNET_GPUS": "0",
     }
@@ -207,7 +210,7 @@ def test_the_docker_entrypoints_config_gives_the_same_proxy_configuration(tmp_pa
         ["bash", str(ENTRYPOINT), "--print-config"], env=environment, capture_output=True, timeout=60
     )
     assert result.returncode == 0, result.stderr
-    settings = settings_from_properties(read_properties(tmp_path / "config.properties"), "0.0.0.0:8000")
+    settings = settings_from_properties(read_properties(tmp_path / "home" / "config.properties"), "0.0.0.0:8000")
     assert render(settings, TEMPLATE.read_text()) == SHIPPED.read_text()
 
 
