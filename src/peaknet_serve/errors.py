@@ -37,6 +37,20 @@ wrong and what is accepted instead. The types raised by :mod:`peaknet_serve.deco
 Faults of the server, not of the request, are :class:`ServerFault` (a 5xx with the same body):
 ``hdf5_reader_failed`` (500: the HDF5 reader process died or hung on this request),
 ``busy`` and ``insufficient_memory`` (503, with ``Retry-After``) come from the handler.
+
+The reverse proxy in front of TorchServe (``deploy/nginx``, :mod:`peaknet_serve.launch.proxy`)
+answers some requests itself, with the same body; :func:`proxy_errors` holds its types:
+
+=====  ===========================  ========================================================
+ 400   bad_request                  nginx could not parse the request line or headers
+ 400   bad_multipart                ``multipart/form-data`` without a non-empty ``boundary``
+ 401   unauthorized                 no inference key, or a wrong or expired one
+ 404   not_found                    a route the proxy does not serve (``/token``)
+ 413   too_large                    the body is over TorchServe's ``max_request_size``
+ 429   too_many_connections         the client address has as many requests in flight as allowed
+ 502   upstream_unavailable         TorchServe is not reachable or closed the connection
+ 504   upstream_timeout             TorchServe did not answer within the proxy's read timeout
+=====  ===========================  ========================================================
 """
 
 from __future__ import annotations
@@ -91,6 +105,24 @@ class UnsupportedMediaType(RequestError):
     status = 415
 
 
+class Unauthorized(RequestError):
+    """401: the request carries no valid key (answered by the reverse proxy, see :func:`proxy_errors`)."""
+
+    status = 401
+
+
+class NotFound(RequestError):
+    """404: a route that is not served (answered by the reverse proxy)."""
+
+    status = 404
+
+
+class TooManyRequests(RequestError):
+    """429: the client has too many requests in flight (answered by the reverse proxy)."""
+
+    status = 429
+
+
 class ServerFault(Exception):
     """A request the server failed to serve through no fault of the request (a 5xx).
 
@@ -109,3 +141,45 @@ class ServerFault(Exception):
     def to_json(self) -> dict[str, Any]:
         """The response body: ``{"error": {"type", "message", "status"}}``, as for client errors."""
         return {"error": {"type": self.type, "message": self.message, "status": self.status}}
+
+
+def proxy_errors(
+    max_body_bytes: int, connections_per_client: int, read_timeout_s: int
+) -> list[RequestError | ServerFault]:
+    """The answers the reverse proxy gives itself, one per type, in the table's order.
+
+    Args:
+        max_body_bytes: the largest body the proxy (and TorchServe's ``max_request_size``) admits.
+        connections_per_client: requests one client address may have in flight.
+        read_timeout_s: seconds the proxy waits for TorchServe's answer.
+    """
+    return [
+        BadRequest("bad_request", "the request line or headers could not be parsed."),
+        BadRequest(
+            "bad_multipart",
+            "multipart/form-data needs a non-empty boundary parameter (multipart/form-data; boundary=...); "
+            "or send the frames as the whole body "
+            "(application/octet-stream with X-Dtype and X-Shape, application/x-npy, application/x-hdf5).",
+        ),
+        Unauthorized(
+            "unauthorized",
+            "no valid inference key: send the header Authorization: Bearer KEY with the inference key "
+            "from key_file.json of the server (keys change when the server restarts or renews them).",
+        ),
+        NotFound("not_found", "this route is not served through the proxy."),
+        PayloadTooLarge("too_large", f"the body is over the limit of {max_body_bytes} bytes of this server."),
+        TooManyRequests(
+            "too_many_connections",
+            f"this address already has {connections_per_client} requests in flight; retry when one has finished.",
+        ),
+        ServerFault(
+            "upstream_unavailable",
+            "the model server is not reachable or closed the connection; retry later.",
+            502,
+        ),
+        ServerFault(
+            "upstream_timeout",
+            f"the model server did not answer within {read_timeout_s} s; retry later, or with fewer frames.",
+            504,
+        ),
+    ]
