@@ -1,6 +1,7 @@
-"""Which answers are retried, the back-off, and giving up on a server that never comes back.
+"""Giving up on a server that never comes back, stopping, the bridge's failure reasons, key files.
 
-The server-side behaviour (a real TorchServe restarted under a stream) is tested end to end in
+Which answers are retried and the back-off are the policy's (tests/clients/test_retry.py). The
+server-side behaviour (a real TorchServe restarted under a stream) is tested end to end in
 tests/e2e/test_bridge_e2e.py; here the server is a closed port.
 """
 
@@ -13,38 +14,16 @@ import time
 
 import numpy as np
 import pytest
+import requests
 
-from peaknet_serve.bridge.sender import PeakServer, RetryPolicy, SendFailed, is_unavailable
+from peaknet_serve.bridge.sender import PeakServer, RetryPolicy, SendFailed, send_failure
+from peaknet_serve.clients.retry import GaveUp
 
 
 def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
-
-
-@pytest.mark.parametrize(
-    "status, text, key_file, retried",
-    [
-        (503, "Model peaknet has no worker to serve inference request", False, True),
-        (502, "", False, True),
-        (504, "", False, True),
-        (429, "", False, True),
-        (400, '{"error": "X-Shape 1,2,3 does not match 10 bytes"}', False, False),
-        (413, "", False, False),
-        (500, "internal error", False, False),
-        (400, "Token Authorization failed. Token either incorrect, expired, or not provided correctly", False, False),
-        (400, "Token Authorization failed. Token either incorrect, expired, or not provided correctly", True, True),
-        (401, "Token Authorization failed", True, True),
-    ],
-)
-def test_what_counts_as_unavailable(status, text, key_file, retried):
-    assert is_unavailable(status, text, key_file) is retried
-
-
-def test_backoff_doubles_up_to_its_cap():
-    policy = RetryPolicy(retry_for_s=60, first_backoff_s=0.25, max_backoff_s=2.0)
-    assert [policy.delay(i) for i in range(6)] == [0.25, 0.5, 1.0, 2.0, 2.0, 2.0]
 
 
 def test_gives_up_after_the_retry_budget():
@@ -86,3 +65,14 @@ def test_key_file_is_re_read_when_it_changes(tmp_path):
     assert server.auth_headers() == {"Authorization": "Bearer second"}
     assert PeakServer("http://127.0.0.1:1", token="t").auth_headers() == {"Authorization": "Bearer t"}
     assert PeakServer("http://127.0.0.1:1").auth_headers() == {}
+
+
+def test_failure_reasons_say_why_the_request_was_given_up():
+    final = requests.Response()
+    final.status_code, final._content, final.encoding = 400, b"X-Shape is 3 numbers", "utf-8"
+    refused = requests.ConnectionError("refused")
+    assert send_failure(GaveUp("final", "HTTP 400", 1, 0.0, final, None)) == "HTTP 400: X-Shape is 3 numbers"
+    exhausted = GaveUp("exhausted", "no answer: ConnectionError", 40, 299.6, None, refused)
+    assert send_failure(exhausted) == "server unavailable for 300 s (no answer: ConnectionError)"
+    stopped = GaveUp("stopped", "HTTP 503", 3, 0.75, None, None)
+    assert send_failure(stopped) == "stopped while retrying (HTTP 503)"

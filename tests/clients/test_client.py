@@ -112,6 +112,7 @@ CLIENT_MODULES = [
     "peaknet_serve.clients.payloads",
     "peaknet_serve.clients.loadtest",
     "peaknet_serve.clients.peakfind",
+    "peaknet_serve.clients.retry",
     "peaknet_serve.clients.send",
     "peaknet_serve.wire",
     "peaknet_serve.encode.response",

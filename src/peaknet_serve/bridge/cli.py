@@ -25,10 +25,11 @@ from pathlib import Path
 
 from peaknet_serve.bridge.cxi import FRAME_COMPRESSIONS, CxiSink
 from peaknet_serve.bridge.messages import PAD_STYLES
-from peaknet_serve.bridge.sender import TOKEN_REJECTED, PeakServer, RetryPolicy
+from peaknet_serve.bridge.sender import PeakServer
 from peaknet_serve.bridge.stats import format_summary, summary
 from peaknet_serve.bridge.stream import Bridge, StreamConfig
 from peaknet_serve.clients.payloads import ENCODINGS
+from peaknet_serve.clients.retry import TOKEN_REJECTED, RetryPolicy
 from peaknet_serve.wire import DEFAULT_URL
 
 

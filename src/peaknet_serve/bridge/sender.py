@@ -7,15 +7,14 @@ it fails with :class:`SendFailed`. TorchServe answers 500 "Worker died." to the 
 whose worker was killed (a server being stopped, a crash): those are retried ``worker_died_retries``
 times only, since a request that itself kills the worker would otherwise do so again and again.
 Any other answer (a 4xx about the frames, another 500) fails at once: resending the same bytes
-would get the same answer.
+would get the same answer. The decisions are :class:`peaknet_serve.clients.retry.RetryPolicy`'s,
+with its defaults; :class:`peaknet_serve.clients.client.PeakNetClient` shares that policy.
 """
 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +23,9 @@ import requests
 
 from peaknet_serve.clients.client import KeySource
 from peaknet_serve.clients.payloads import check_prediction, encode_request
+from peaknet_serve.clients.retry import GaveUp, RetryPolicy, post_with_retries
 
-RETRY_STATUSES = frozenset({429, 502, 503, 504})
-TOKEN_REJECTED = "Token Authorization failed"
-WORKER_DIED = "Worker died"
+__all__ = ["PeakServer", "RetryPolicy", "SendFailed"]
 
 
 class SendFailed(RuntimeError):
@@ -36,27 +34,6 @@ class SendFailed(RuntimeError):
     def __init__(self, reason: str, attempts: int):
         super().__init__(reason)
         self.reason, self.attempts = reason, attempts
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How long and how often an unavailable server is retried."""
-
-    retry_for_s: float = 300.0
-    first_backoff_s: float = 0.25
-    max_backoff_s: float = 5.0
-    worker_died_retries: int = 2
-
-    def delay(self, attempt: int) -> float:
-        """Seconds to wait before retry number ``attempt`` (0-based)."""
-        return min(self.first_backoff_s * 2.0**attempt, self.max_backoff_s)
-
-
-def is_unavailable(status: int, text: str, key_file_in_use: bool) -> bool:
-    """Whether an HTTP answer means "try again later" rather than "these frames are bad"."""
-    if status in RETRY_STATUSES:
-        return True
-    return key_file_in_use and status in (400, 401, 403) and TOKEN_REJECTED in text
 
 
 class PeakServer:
@@ -115,37 +92,24 @@ class PeakServer:
             SendFailed: a non-retryable answer, or the server stayed unavailable past the policy.
         """
         request = encode_request(frames, self.encoding)
-        attempt, first_failure, worker_deaths = 0, None, 0
-        while True:
-            attempt += 1
-            try:
-                answer = self._session().post(
-                    self.url,
-                    data=request.body,
-                    headers={**request.headers, **self.auth_headers(), "Accept": "application/json"},
-                    timeout=self.timeout_s,
-                )
-            except requests.RequestException as err:
-                reason = f"no answer: {type(err).__name__}"
-            else:
-                if answer.status_code == 200:
-                    return self._checked(answer, request.n_frames, attempt)
-                died = answer.status_code == 500 and WORKER_DIED in answer.text
-                worker_deaths += died
-                retry = (died and worker_deaths <= self.policy.worker_died_retries) or is_unavailable(
-                    answer.status_code, answer.text, self.auth.key_file is not None
-                )
-                if not retry:
-                    raise SendFailed(f"HTTP {answer.status_code}: {answer.text[:300]}", attempt)
-                reason = f"HTTP {answer.status_code}" + (" worker died" if died else "")
-            now = time.monotonic()
-            first_failure = now if first_failure is None else first_failure
-            delay = self.policy.delay(attempt - 1)
-            if now + delay - first_failure > self.policy.retry_for_s:
-                raise SendFailed(f"server unavailable for {now - first_failure:.0f} s ({reason})", attempt)
-            self.on_retry(reason)
-            if self.stop.wait(delay):
-                raise SendFailed(f"stopped while retrying ({reason})", attempt)
+        headers = {**request.headers, "Accept": "application/json"}
+
+        def post() -> requests.Response:
+            return self._session().post(
+                self.url, data=request.body, headers={**headers, **self.auth_headers()}, timeout=self.timeout_s
+            )
+
+        try:
+            answer, attempts = post_with_retries(
+                post,
+                self.policy,
+                key_file_in_use=self.auth.key_file is not None,
+                wait=self.stop.wait,
+                on_retry=self.on_retry,
+            )
+        except GaveUp as failure:
+            raise SendFailed(send_failure(failure), failure.attempts) from None
+        return self._checked(answer, request.n_frames, attempts)
 
     @staticmethod
     def _checked(answer: requests.Response, n_frames: int, attempt: int) -> dict[str, Any]:
@@ -157,3 +121,12 @@ class PeakServer:
         if problems:
             raise SendFailed(f"malformed answer: {'; '.join(problems[:3])}", attempt)
         return document
+
+
+def send_failure(failure: GaveUp) -> str:
+    """The bridge's reason for a request given up: the final answer, the budget spent, or a stop."""
+    if failure.why == "stopped":
+        return f"stopped while retrying ({failure.reason})"
+    if failure.why == "final" and failure.answer is not None:
+        return f"HTTP {failure.answer.status_code}: {failure.answer.text[:300]}"
+    return f"server unavailable for {failure.elapsed_s:.0f} s ({failure.reason})"

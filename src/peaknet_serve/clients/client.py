@@ -6,7 +6,8 @@
     cxi = client.predict_cxi(frames)         # -> the CXI peak file's bytes (CrystFEL --peaks=cxi)
 
 Connection errors and 503 (TorchServe's queue is full, or a worker is restarting) are retried with
-exponential back-off; any other error status raises :class:`ServerError` with the server's message.
+exponential back-off (:data:`peaknet_serve.clients.retry.CLIENT_POLICY`); any other error status
+raises :class:`ServerError` with the server's message.
 Each thread gets its own HTTP connection. A key file is re-read when it changes (TorchServe rotates
 keys through its management API).
 """
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import json
 import threading
-import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ import numpy as np
 import requests
 
 from peaknet_serve.clients.payloads import check_prediction, encode_request
+from peaknet_serve.clients.retry import CLIENT_POLICY, GaveUp, post_with_retries
 from peaknet_serve.wire import CXI, DEFAULT_MODEL, DEFAULT_URL, HDF5, JSON, read_inference_key
 
 
@@ -78,7 +80,8 @@ class PeakNetClient:
         encoding: request encoding (:data:`peaknet_serve.clients.payloads.ENCODINGS`).
         token, key_file: inference token, or TorchServe's ``key_file.json`` to read it from.
         timeout_s: per-request timeout.
-        retries: further attempts after a 503 or a connection error (back-off 0.5 s, doubling, at most 10 s).
+        retries: further attempts after a 503 or a connection error (back-off 0.5 s, doubling, at most 10 s):
+            the ``max_retries`` of :data:`~peaknet_serve.clients.retry.CLIENT_POLICY`.
     """
 
     def __init__(
@@ -94,6 +97,7 @@ class PeakNetClient:
         self.base_url = url.rstrip("/")
         self.url = f"{self.base_url}/predictions/{model}"
         self.encoding, self.timeout_s, self.retries = encoding, timeout_s, retries
+        self.policy = replace(CLIENT_POLICY, max_retries=retries)
         self.auth = KeySource(token, key_file)
         self._local = threading.local()
 
@@ -134,21 +138,15 @@ class PeakNetClient:
         return answer.content
 
     def _post(self, body: bytes, headers: dict[str, str]) -> requests.Response:
-        for attempt in range(self.retries + 1):
-            last = attempt == self.retries
-            try:
-                answer = self._session().post(
-                    self.url, data=body, headers={**headers, **self.auth.headers()}, timeout=self.timeout_s
-                )
-            except requests.RequestException as err:
-                if last:
-                    raise ServerError(f"no answer from {self.url}: {err}") from err
-            else:
-                if answer.status_code == 200:
-                    return answer
-                if answer.status_code != 503 or last:
-                    raise ServerError(
-                        f"server answered {answer.status_code}: {error_message(answer.content)}", answer.status_code
-                    )
-            time.sleep(min(0.5 * 2**attempt, 10.0))
-        raise AssertionError("unreachable")
+        def post() -> requests.Response:
+            return self._session().post(
+                self.url, data=body, headers={**headers, **self.auth.headers()}, timeout=self.timeout_s
+            )
+
+        try:
+            return post_with_retries(post, self.policy, key_file_in_use=self.auth.key_file is not None)[0]
+        except GaveUp as failure:
+            if failure.answer is None:
+                raise ServerError(f"no answer from {self.url}: {failure.error}") from failure.error
+            status = failure.answer.status_code
+            raise ServerError(f"server answered {status}: {error_message(failure.answer.content)}", status) from None
