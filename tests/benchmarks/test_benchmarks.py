@@ -10,6 +10,11 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def run_benchmark(module: str, *args: str) -> None:
+    """``python -m <module> <args>`` from the repository root; fails the test when it fails."""
+    subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, check=True, capture_output=True, timeout=600)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "module,extra",
@@ -23,13 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 )
 def test_benchmark_small_cpu_run(tmp_path, module, extra):
     out = tmp_path / "result.json"
-    subprocess.run(
-        [sys.executable, "-m", module, "--device", "cpu", "--small", "--out", str(out), *extra],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
+    run_benchmark(module, "--device", "cpu", "--small", "--out", str(out), *extra)
     rows = json.loads(out.read_text())["rows"]
     assert rows and all(r.get("ms", r.get("total", 0)) > 0 for r in rows)
     assert out.with_suffix(".md").read_text().startswith("|")
@@ -40,13 +39,7 @@ def test_benchmark_small_cpu_run(tmp_path, module, extra):
 def test_end_to_end_benchmark_small_cpu_run(tmp_path):
     """A real TorchServe with the echo ceiling and the tiny model, load-tested for a few seconds."""
     out = tmp_path / "e2e.json"
-    subprocess.run(
-        [sys.executable, "-m", "benchmarks.bench_e2e", "--small", "--gpus", "1", "--out", str(out)],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
+    run_benchmark("benchmarks.bench_e2e", "--small", "--gpus", "1", "--out", str(out))
     rows = json.loads(out.read_text())["rows"]
     assert {r["target"] for r in rows} == {"echo", "upstream-eager"}
     assert all(r["error_rate"] == 0 and r["fps"] > 0 for r in rows)
@@ -62,24 +55,7 @@ def test_end_to_end_benchmark_small_cpu_run(tmp_path):
 @pytest.mark.slow
 def test_peak_extraction_benchmark_small_cpu_run(tmp_path):
     out = tmp_path / "peaks.json"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.bench_peaks",
-            "--device",
-            "cpu",
-            "--small",
-            "--network-ms",
-            "50",
-            "--out",
-            str(out),
-        ],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        timeout=600,
-    )
+    run_benchmark("benchmarks.bench_peaks", "--device", "cpu", "--small", "--network-ms", "50", "--out", str(out))
     rows = {(r["mask"], r["limits"]): r for r in json.loads(out.read_text())["rows"]}
     capped = "cap 25%, 64 iterations"
     assert rows[("all ones", "none")]["peaks"] == 4 and rows[("all ones", capped)]["peaks"] == 0  # 4 panels
@@ -149,24 +125,16 @@ def test_performance_doc_is_generated_from_the_committed_results():
 @pytest.mark.slow
 def test_cpu_benchmark_reports_cpu_seconds_per_frame(tmp_path):
     out = tmp_path / "cpu.json"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.bench_cpu",
-            "--model-config",
-            "tests/fixtures/upstream/peaknet_tiny.yaml",
-            "--geometries",
-            "cspad",
-            "--repeats",
-            "1",
-            "--out",
-            str(out),
-        ],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        timeout=600,
+    run_benchmark(
+        "benchmarks.bench_cpu",
+        "--model-config",
+        "tests/fixtures/upstream/peaknet_tiny.yaml",
+        "--geometries",
+        "cspad",
+        "--repeats",
+        "1",
+        "--out",
+        str(out),
     )
     (row,) = json.loads(out.read_text())["rows"]
     assert row["geometry"] == "cspad" and row["frame"] == [32, 185, 388] and row["cpu_s"] > 0
@@ -175,31 +143,23 @@ def test_cpu_benchmark_reports_cpu_seconds_per_frame(tmp_path):
 @pytest.mark.slow
 def test_budget_benchmark_compares_the_calibrated_estimate_with_a_measured_batch(tmp_path):
     out = tmp_path / "budget.json"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.bench_budget",
-            "--model-config",
-            "tests/fixtures/upstream/peaknet_tiny.yaml",
-            "--warmup-shape",
-            "2",
-            "64",
-            "96",
-            "--max-batch-panels",
-            "16",
-            "--no-mask-cap",
-            "--frames",
-            "1",
-            "--repeats",
-            "1",
-            "--out",
-            str(out),
-        ],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        timeout=600,
+    run_benchmark(
+        "benchmarks.bench_budget",
+        "--model-config",
+        "tests/fixtures/upstream/peaknet_tiny.yaml",
+        "--warmup-shape",
+        "2",
+        "64",
+        "96",
+        "--max-batch-panels",
+        "16",
+        "--no-mask-cap",
+        "--frames",
+        "1",
+        "--repeats",
+        "1",
+        "--out",
+        str(out),
     )
     result = json.loads(out.read_text())
     assert result["calibration"]["shapes"] == [[1, 64, 96], [8, 64, 96]]

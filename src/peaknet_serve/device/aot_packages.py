@@ -45,8 +45,8 @@ from peaknet_serve.config.settings import HandlerSettings
 from peaknet_serve.device.compile_cache import (
     CompileCache,
     apply_padding,
+    cache_directory,
     cache_key,
-    default_cache_dir,
     held_lock,
     padding_of,
     write_atomic,
@@ -260,7 +260,7 @@ def serving_packages(
     is compiled (``mode.compile``) with ``compile_backend: aoti`` and the compile cache is on."""
     if mode.compile is None or settings.compile_backend != "aoti" or not settings.compile_cache:
         return None
-    directory = Path(settings.compile_cache_dir).expanduser() if settings.compile_cache_dir else default_cache_dir()
+    directory = cache_directory(settings)
     return AotPackages.for_model(
         directory,
         settings.model_label,

@@ -275,6 +275,11 @@ def apply_padding(model: torch.nn.Module, padding: dict[str, list[list[int]]]) -
         module.compute_sizes = {(h, w): (th, tw) for h, w, th, tw in padding.get(name, [])}
 
 
+def cache_directory(settings: HandlerSettings) -> Path:
+    """Where the compiled artefacts of ``settings`` live: ``compile_cache_dir``, else :func:`default_cache_dir`."""
+    return Path(settings.compile_cache_dir).expanduser() if settings.compile_cache_dir else default_cache_dir()
+
+
 def serving_cache(
     settings: HandlerSettings, mode: ServingMode, model: PeakNet, device: torch.device
 ) -> CompileCache | None:
@@ -282,7 +287,7 @@ def serving_cache(
     is compiled (eager mode: the handler compiles on CUDA only) or the cache is off (``compile_cache``)."""
     if mode.compile is None or not settings.compile_cache:
         return None
-    directory = Path(settings.compile_cache_dir).expanduser() if settings.compile_cache_dir else default_cache_dir()
+    directory = cache_directory(settings)
     return CompileCache.for_model(
         directory,
         settings.model_label,
