@@ -53,8 +53,9 @@ def scipy_peaks(mask: np.ndarray, image: np.ndarray) -> dict[str, np.ndarray]:
     """Expected peak table, sorted like find_peaks: (image, ss, fs), ties by SciPy label.
 
     Positions: SciPy's ``center_of_mass`` of the image less each peak's annulus background,
-    clipped at 0 (the unweighted centre where nothing is above the background); the annulus is
-    centred on the unweighted centre."""
+    clipped at 0 (the unweighted centre where nothing is above the background, or where the
+    weighted one lies more than ``MAX_CENTROID_SHIFT_PX`` from it); the annulus is centred on the
+    unweighted centre."""
     rows = []
     for b in range(mask.shape[0]):
         labels, count = ndimage.label(mask[b], structure=EIGHT_CONNECTED)
@@ -69,7 +70,8 @@ def scipy_peaks(mask: np.ndarray, image: np.ndarray) -> dict[str, np.ndarray]:
         total = ndimage.sum(weight, labels, ids)
         with np.errstate(invalid="ignore", divide="ignore"):
             weighted = np.array(ndimage.center_of_mass(weight, labels, ids)).reshape(-1, 2)
-        centres = np.where((total > 0)[:, None], weighted, plain)
+        near = np.hypot(*(np.nan_to_num(weighted) - plain).T) <= postprocess.MAX_CENTROID_SHIFT_PX
+        centres = np.where(((total > 0) & near)[:, None], weighted, plain)
         npix = ndimage.sum(np.ones_like(labels), labels, ids)
         intensity = ndimage.sum(image[b].astype(np.float64), labels, ids)
         rows += [(b, ss, fs, n, i, label) for (ss, fs), n, i, label in zip(centres, npix, intensity, ids, strict=True)]

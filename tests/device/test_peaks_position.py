@@ -118,6 +118,36 @@ def test_non_finite_pixels_weigh_nothing():
     assert error(expected, position(mask, (spot + 100.0).astype(np.float32))) > 5e-3  # those pixels matter
 
 
+def test_an_unmasked_hot_pixel_in_a_spot_does_not_pull_its_position():
+    """A pixel 40x the spot's peak at the edge of its mask would move the weighted centroid by
+    ~2.5 px: the peak keeps its unweighted centre instead, within half a pixel of the truth."""
+    spot, mask = gaussian_spot()
+    spot[12, 22] = 80_000.0
+    image = spot + 100.0
+    assert error(position(mask, image)) < 0.5
+    rows, cols = np.nonzero(mask)
+    weights = np.maximum(image[rows, cols] - 100.0, 0.0)
+    assert error((np.average(rows, weights=weights), np.average(cols, weights=weights))) > 1.5
+
+
+def test_a_masked_pixel_weighs_nothing_in_the_position():
+    """A hot pixel marked bad (``valid`` False) is left out of the weights: the position is the
+    centroid of the other pixels above the background."""
+    spot, mask = gaussian_spot()
+    spot[11, 21] = 80_000.0
+    valid = np.ones(spot.shape, dtype=bool)
+    valid[11, 21] = False
+    image = spot + 100.0
+    table = find_peaks(torch.from_numpy(mask)[None], torch.from_numpy(image)[None], valid=torch.from_numpy(valid)[None])
+    rows, cols = np.nonzero(mask & valid)
+    weights = np.maximum(image[rows, cols] - 100.0, 0.0)
+    expected = (np.average(rows, weights=weights), np.average(cols, weights=weights))
+    assert (table.ss.item(), table.fs.item()) == pytest.approx(
+        expected, abs=1e-3
+    )  # the annulus holds a trace of the spot
+    assert error(expected) < 0.2
+
+
 def test_weighted_centroids_on_hand_made_components():
     """Component 0: weights 1 and 3 at fs 0 and 4 -> 3; component 1: all at or below 0 -> mean."""
     component = torch.tensor([0, 0, 1, 1, 1])

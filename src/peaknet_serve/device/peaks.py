@@ -414,14 +414,26 @@ def _mean_positions(component: Tensor, row: Tensor, col: Tensor, npix: Tensor) -
     return mean[0], mean[1]
 
 
+MAX_CENTROID_SHIFT_PX = 1.0
+
+
 def weighted_centroids(
-    component: Tensor, row: Tensor, col: Tensor, signal: Tensor, mean_ss: Tensor, mean_fs: Tensor
+    component: Tensor,
+    row: Tensor,
+    col: Tensor,
+    signal: Tensor,
+    mean_ss: Tensor,
+    mean_fs: Tensor,
+    max_shift: float = MAX_CENTROID_SHIFT_PX,
 ) -> tuple[Tensor, Tensor]:
     """Intensity-weighted centroid of each component, as peakfinder8 reports a peak's position.
 
     Each pixel weighs ``max(signal, 0)``, its value above the peak's local background; a
-    non-finite signal weighs 0. A component whose weights are all 0 (nothing above the
-    background) takes its unweighted centre ``(mean_ss, mean_fs)``.
+    non-finite signal (e.g. a masked pixel) weighs 0. A component whose weights are all 0
+    (nothing above the background) takes its unweighted centre ``(mean_ss, mean_fs)``, and so does
+    one whose weighted centroid lies more than ``max_shift`` pixels from that centre: one pixel
+    far above the rest (an unmasked hot pixel inside a spot) or the brighter of two touching spots
+    dominates its weights, and the unweighted centre is the better position there.
 
     Args:
         component: int64 ``(N,)`` component id ``0 .. C-1`` of each foreground pixel.
@@ -440,9 +452,9 @@ def weighted_centroids(
     sums[2].index_add_(0, component, weight * col)
     weighted = sums[0] > 0
     total = torch.where(weighted, sums[0], torch.ones((), dtype=torch.float64, device=signal.device))
-    ss = torch.where(weighted, sums[1] / total, mean_ss)
-    fs = torch.where(weighted, sums[2] / total, mean_fs)
-    return ss, fs
+    ss, fs = sums[1] / total, sums[2] / total
+    weighted &= torch.hypot(ss - mean_ss, fs - mean_fs) <= max_shift
+    return torch.where(weighted, ss, mean_ss), torch.where(weighted, fs, mean_fs)
 
 
 def find_peaks(
@@ -461,7 +473,8 @@ def find_peaks(
         min_pixels: drop components with fewer pixels.
         max_peaks_per_image: keep at most this many peaks per image, the brightest (largest
             background-subtracted ``intensity``; ties to the earlier component in raster order).
-        valid: bool ``(B, H, W)`` good pixels for the background annulus, or None (all good).
+        valid: bool ``(B, H, W)`` good pixels for the background annulus and the position's
+            weights, or None (all good).
         components: ``mask``'s components from :func:`bounded_components` (capped panels report
             no peaks); ``None`` labels ``mask`` without limits.
 
@@ -502,7 +515,10 @@ def find_peaks(
     mean_ss, mean_fs = _mean_positions(component, row, col, npix)
     background, _ = local_background(mask.bool(), image, image_index, mean_ss, mean_fs, valid)
     intensity = intensity_raw - npix * background
-    ss, fs = weighted_centroids(component, row, col, values - background[component], mean_ss, mean_fs)
+    signal = values - background[component]
+    if valid is not None:  # a masked pixel weighs nothing in the position either
+        signal = torch.where(_pixel_values(valid, pixel) > 0, signal, torch.full_like(signal, math.nan))
+    ss, fs = weighted_centroids(component, row, col, signal, mean_ss, mean_fs)
 
     keep = (npix >= min_pixels) & ~components.capped[image_index]
     if max_peaks_per_image is not None:

@@ -301,9 +301,9 @@ class SimulatedFrame:
         params: what produced the frame.
         blobs: (K, 3) float64 (panel, ss, fs) centroids of blobs holding a bright spot together
             with another spot (``peaks.merged``): a detection there counts neither way.
-        excused_region: (P, ss, fs) bool pixels of the blobs (segmentation mask together with the
-            weak spots' ignore ellipses) that are not one resolved strong spot's: weak spots and
-            merged groups. A detection on them counts neither way.
+        excused_region: (P, ss, fs) bool bounding boxes of the blobs (segmentation mask together
+            with the weak spots' ignore ellipses) that are not one resolved strong spot's: weak spots
+            and merged groups. An unmatched detection in them counts neither way.
         target: (P, ss, fs) uint8 training target under a lower strong bar (0 background, 1 peak
             pixel, :data:`TARGET_IGNORE` ignored), or None: see :func:`simulate_frame`'s ``target_snr``.
     """

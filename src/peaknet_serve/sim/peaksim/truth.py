@@ -298,12 +298,27 @@ def merged_spots(
         and blobs of weak spots only, whose centroid moves away from the centre when touching weak
         ellipses join or a panel edge cuts one), and of the components of ``label`` alone that
         hold two or more strong spots (what a network marking only the strong spots reports);
-        and the (P, ss, fs) bool pixels of those blobs: a detection on them is a detection on weak
-        or merged spots.
+        and the (P, ss, fs) bool pixel bounding boxes of those blobs: a detection in them is a
+        detection on weak or merged spots.
     """
     blobs, centre, shared = _shared_components(label.astype(bool) | ignore, panel, ss, fs, strong | weak)
     merged = strong & np.isin(centre, shared)
     excused = np.setdiff1d(np.arange(1, blobs.max() + 1), centre[strong & ~merged])
     strong_only, _, strong_shared = _shared_components(label.astype(bool), panel, ss, fs, strong)
     centroids = np.concatenate([_blob_centroids(blobs, excused), _blob_centroids(strong_only, strong_shared)])
-    return merged, centroids, np.isin(blobs, excused)
+    return merged, centroids, _bounding_boxes(blobs, excused)
+
+
+def _bounding_boxes(components: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """(P, ss, fs) bool: the pixel bounding boxes (within its panel) of each component in ``ids``.
+
+    A finder's peak on a component lies at a weighted mean of its pixels (unweighted, or by
+    background-subtracted intensity), which can fall off the component when it is not convex, but
+    never outside its bounding box: its nearest pixel is always in this region."""
+    region = np.zeros(components.shape, dtype=bool)
+    wanted = np.zeros(int(components.max()) + 1, dtype=bool)
+    wanted[ids] = True
+    for label, box in enumerate(ndimage.find_objects(components), start=1):
+        if box is not None and wanted[label]:
+            region[box] = True
+    return region
