@@ -23,10 +23,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -40,7 +38,8 @@ from benchmarks.timing import environment, markdown_table, progress, write_resul
 from peaknet_serve.launch.archive import build
 from peaknet_serve.launch.mps import MpsDaemon
 from peaknet_serve.launch.server import (
-    torchserve_command,
+    spawn_foreground,
+    stop_foreground,
     torchserve_env,
     write_loopback_config,
 )
@@ -128,26 +127,7 @@ def start(
             **env_extra,
         },
     )
-    with open(workdir / "torchserve.out", "wb") as log:  # the server keeps its own copy
-        process = subprocess.Popen(
-            torchserve_command(workdir / "config.properties", foreground=True),
-            cwd=workdir,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    return process, urls
-
-
-def stop(server: subprocess.Popen) -> None:
-    if server.poll() is None:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(timeout=30)
+    return spawn_foreground(workdir, env), urls
 
 
 def wait_workers(
@@ -457,7 +437,7 @@ def serve_and_measure(
                 if start_index == starts - 1:
                     measure_targets(args, server, urls, targets, label, rows, save, rundir)
             finally:
-                stop(server)
+                stop_foreground(server)
                 logs = rundir / "logs" / "model_log.log"
                 if logs.exists() and args.logs_dir is not None:
                     args.logs_dir.mkdir(parents=True, exist_ok=True)

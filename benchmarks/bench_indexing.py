@@ -33,10 +33,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -67,7 +65,13 @@ from peaknet_serve.eval.indexing import (
 )
 from peaknet_serve.geometry import nominal_setup, shipped_geometry_path, write_geometry
 from peaknet_serve.launch.archive import build
-from peaknet_serve.launch.server import torchserve_command, torchserve_env, wait_ready, write_loopback_config
+from peaknet_serve.launch.server import (
+    spawn_foreground,
+    stop_foreground,
+    torchserve_env,
+    wait_ready,
+    write_loopback_config,
+)
 from peaknet_serve.resources import BUNDLED_MODEL_CONFIG
 from peaknet_serve.sim.peaksim.geometry import GEOMETRIES, DetectorGeometry, get_geometry
 
@@ -207,27 +211,9 @@ def start_server(workdir: Path, max_frames: int) -> tuple[subprocess.Popen, str]
         token_auth=False,  # a private server on free loopback ports for this benchmark's own client
     )
     env = torchserve_env(workdir / "logs", {"TMPDIR": str(workdir), "TEMP": str(workdir)})
-    with open(workdir / "torchserve.out", "wb") as log:
-        process = subprocess.Popen(
-            torchserve_command(workdir / "config.properties", foreground=True),
-            cwd=workdir,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    process = spawn_foreground(workdir, env)
     wait_ready(urls["inference"], urls["management"], "peaknet", 600, alive=lambda: process.poll() is None)
     return process, urls["inference"]
-
-
-def stop_server(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def post_answer(url: str, run: Path, out: Path, timeout_s: float) -> Path:
@@ -516,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
                 tuning += tuned
     finally:
         if process is not None:
-            stop_server(process)
+            stop_foreground(process)
     payload = {
         "command": command_line(),
         "crystfel": version.stdout.split()[1] if version.stdout else "?",

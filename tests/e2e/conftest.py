@@ -14,7 +14,6 @@ tests can call them plainly; the security tests start their own with tokens on.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -29,7 +28,8 @@ from peaknet_serve.launch.server import (
     bearer,
     log_tail,
     read_keys,
-    torchserve_command,
+    spawn_foreground,
+    stop_foreground,
     torchserve_env,
     wait_ready,
     write_loopback_config,
@@ -92,18 +92,6 @@ def model_store(tmp_path_factory) -> Path:
     return store
 
 
-def _spawn(workdir: Path, env: dict[str, str]) -> subprocess.Popen:
-    log = open(workdir / "torchserve.out", "ab")
-    return subprocess.Popen(
-        torchserve_command(workdir / "config.properties", foreground=True),
-        cwd=workdir,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-
 def _launch(
     workdir: Path,
     store: Path,
@@ -127,7 +115,7 @@ def _launch(
         urls["management"],
         urls["metrics"],
         log_dir,
-        _spawn(workdir, env),
+        spawn_foreground(workdir, env),
         workdir=workdir,
         env=env,
         key_file=workdir / "key_file.json" if token_auth else None,
@@ -140,7 +128,7 @@ def restart_server(server: Server, down_s: float = 0.0) -> None:
     """Stop ``server``, wait ``down_s`` seconds, start it again on the same ports; returns once it is ready."""
     _stop(server)
     time.sleep(down_s)
-    server.process = _spawn(server.workdir, server.env)
+    server.process = spawn_foreground(server.workdir, server.env)
     _wait(server)
 
 
@@ -165,13 +153,7 @@ def _wait(server: Server) -> None:
 
 
 def _stop(server: Server) -> None:
-    if server.process.poll() is None:
-        os.killpg(server.process.pid, signal.SIGTERM)
-        try:
-            server.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.process.pid, signal.SIGKILL)
-            server.process.wait()
+    stop_foreground(server.process, timeout_s=30)
 
 
 @pytest.fixture(scope="session")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -150,6 +151,34 @@ def torchserve_command(config: Path, model_store: Path | None = None, *, foregro
     if foreground:
         cmd.append("--foreground")
     return cmd
+
+
+def spawn_foreground(workdir: Path, env: dict[str, str]) -> subprocess.Popen:
+    """TorchServe of ``workdir/config.properties`` in the foreground, from ``workdir``, in a process
+    group of its own (:func:`stop_foreground` ends all of it); its output is appended to
+    ``workdir/torchserve.out``."""
+    with open(workdir / "torchserve.out", "ab") as log:  # the server keeps its own copy
+        return subprocess.Popen(
+            torchserve_command(workdir / "config.properties", foreground=True),
+            cwd=workdir,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+
+def stop_foreground(process: subprocess.Popen, timeout_s: float = 60.0) -> None:
+    """End a :func:`spawn_foreground` server's process group: SIGTERM, then SIGKILL after
+    ``timeout_s`` seconds."""
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def wait_ready(
