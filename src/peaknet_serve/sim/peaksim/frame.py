@@ -427,30 +427,10 @@ def simulate_frame(
     snr = integrated_snr(photons, spots.sigma_ss, spots.sigma_fs, b_centre, read_noise)
     peak_snr = peak_pixel_snr(peak_photons, spots.ss, spots.fs, spots.sigma_ss, spots.sigma_fs, b_centre, read_noise)
     strong, weak = classify_peaks(photons, snr, peak_snr, findable)
-    label, ignore = segmentation_maps(
-        shape,
-        flat,
-        seen_mass,
-        spot_id,
-        spots.photons,
-        spots.panel,
-        spots.ss,
-        spots.fs,
-        spots.sigma_ss,
-        spots.sigma_fs,
-        strong,
-        weak,
-        seen_background,
-        read_noise,
-    )
-    merged, blobs, excused_region = merged_spots(label, ignore, spots.panel, spots.ss, spots.fs, strong, weak)
-    truth = PeakTruth(spots.panel, spots.ss, spots.fs, photons, snr, peak_snr, strong & ~merged, weak | merged, merged)
-    target = None
-    if target_snr is not None:
-        t_strong, t_weak = classify_peaks(
-            photons, snr, peak_snr, findable, strong_snr=target_snr, strong_peak_snr=TARGET_PEAK_PIXEL_SNR
-        )
-        t_label, t_ignore = segmentation_maps(
+
+    def maps(strong: np.ndarray, weak: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(label, ignore) of this frame's spots under the ``strong`` / ``weak`` split."""
+        return segmentation_maps(
             shape,
             flat,
             seen_mass,
@@ -461,10 +441,20 @@ def simulate_frame(
             spots.fs,
             spots.sigma_ss,
             spots.sigma_fs,
-            t_strong,
-            t_weak,
+            strong,
+            weak,
             seen_background,
             read_noise,
         )
+
+    label, ignore = maps(strong, weak)
+    merged, blobs, excused_region = merged_spots(label, ignore, spots.panel, spots.ss, spots.fs, strong, weak)
+    truth = PeakTruth(spots.panel, spots.ss, spots.fs, photons, snr, peak_snr, strong & ~merged, weak | merged, merged)
+    target = None
+    if target_snr is not None:
+        t_strong, t_weak = classify_peaks(
+            photons, snr, peak_snr, findable, strong_snr=target_snr, strong_peak_snr=TARGET_PEAK_PIXEL_SNR
+        )
+        t_label, t_ignore = maps(t_strong, t_weak)
         target = np.where(t_ignore, np.uint8(TARGET_IGNORE), t_label)
     return SimulatedFrame(adu, mask, label, ignore, truth, params, blobs, excused_region, target)
