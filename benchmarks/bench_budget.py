@@ -2,11 +2,12 @@
 """How well the work budget's start-up calibration predicts real batches: estimate vs measured time.
 
     python -m benchmarks.bench_budget --out benchmarks/results/budget_cpu.json
+    python -m benchmarks.bench_budget --device cuda --frames 1 4 8 --out benchmarks/results/budget_h200.json
     python -m benchmarks.bench_budget --model-config tests/fixtures/upstream/peaknet_tiny.yaml \\
         --warmup-shape 2 64 96 --max-batch-panels 16 --no-mask-cap --out benchmarks/results/budget_cpu_tiny.json
 
 Builds the server's finder (:func:`peaknet_serve.pipeline.build_finder`, warm-up included) on this
-host's CPU, calibrates a :class:`~peaknet_serve.serve.budget.WorkBudget` exactly as a worker does at
+host's CPU (or ``--device``), calibrates a :class:`~peaknet_serve.serve.budget.WorkBudget` exactly as a worker does at
 start-up (:func:`peaknet_serve.pipeline.calibrate_budget`), then runs batches of 1, 4, ... simulated
 ePix10k2M frames (16 x 352 x 384 uint16, with peaks) through the same finder and compares the budget's
 estimate with the measured wall time (median of ``--repeats``). The "one batch only" column is what a
@@ -61,11 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, nargs="+", default=[1, 4])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N] (the network as the handler runs it there)")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device("cpu")
+    device = torch.device(args.device)
     settings = HandlerSettings(
         config=str(args.model_config),
         warmup_shapes=(tuple(args.warmup_shape),),
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     progress(f"calibrated in {calibration_s:.1f} s: {timed}")
     rows = []
     for frames in args.frames:
-        panels = epix_panels(frames)
+        panels = epix_panels(frames).to(device)
         progress(f"{frames} ePix10k2M frame(s) {tuple(panels.shape)} ...")
         samples = wall_seconds(pipeline.finder, panels, args.repeats)
         measured = statistics.median(samples)

@@ -228,9 +228,11 @@ def batch_seconds(finder: PanelPeakFinder, shape: Shape) -> float:
 
 
 def repeated_seconds(run: Callable[[], float], repeats: int, enough_s: float) -> list[float]:
-    """Seconds of calls of ``run`` (which returns the seconds it took): ``repeats`` of them, or fewer
-    once they add up to ``enough_s`` (a long run is not repeated: one sample of it is noisy only
-    relative to short spikes, which repeats would filter)."""
+    """Seconds of calls of ``run`` (which returns the seconds it took) after one untimed call (a
+    shape's first batch pays one-time costs: cuDNN's algorithm search, the allocator's growth):
+    ``repeats`` of them, or fewer once they add up to ``enough_s`` (a long run is not repeated: one
+    sample of it is noisy only relative to short spikes, which repeats would filter)."""
+    run()
     samples = [run()]
     while len(samples) < repeats and sum(samples) < enough_s:
         samples.append(run())

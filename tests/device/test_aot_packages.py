@@ -6,6 +6,7 @@ PeakNet): the conv net carries the locking and keying tests, the tiny PeakNet th
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -19,10 +20,12 @@ import torch
 
 from peaknet_serve.config.mode import ServingMode
 from peaknet_serve.config.settings import HandlerSettings
+from peaknet_serve.device import aot_packages
 from peaknet_serve.device.aot_packages import (
     AotPackages,
     PackagedForward,
     ScoreModule,
+    load_package,
     serving_packages,
     weights_sha256,
 )
@@ -99,6 +102,29 @@ def test_a_corrupt_package_falls_back_to_torch_compile_with_a_warning(built, tmp
     x = torch.randn(SHAPE)
     with torch.inference_mode():
         torch.testing.assert_close(PackagedForward(runners, fallback=compiled)(x), net(x))
+
+
+def test_a_worker_that_finds_every_package_loads_with_the_lock_let_go(built, tmp_path, monkeypatch):
+    directory = copy_of(built, tmp_path)
+    packages = packages_of(directory, conv_net())
+    lock_states = []
+
+    def load_and_probe_the_lock(path, example):
+        with open(packages.store.lock_path, "a+b") as other:
+            try:
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                lock_states.append("held")
+            else:
+                lock_states.append("free")
+                fcntl.flock(other, fcntl.LOCK_UN)
+        return load_package(path, example)
+
+    monkeypatch.setattr(aot_packages, "load_package", load_and_probe_the_lock)
+    net = conv_net()
+    runners, outcome, _ = packages.prepare(net, [torch.zeros(SHAPE)], nothing_to_tune)
+    assert outcome == "aot_hit" and len(runners) == 1
+    assert lock_states == ["free"]  # other workers load side by side
 
 
 # Two workers started together: each prepares the same package in its own process.

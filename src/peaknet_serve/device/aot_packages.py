@@ -15,7 +15,7 @@ Files in the compile cache's directory (:class:`~peaknet_serve.device.compile_ca
 keeps the set's tuning and lock, as for torch.compile's artefacts)::
 
     <label>-<set>.tuning.json   the depthwise padding the packages were exported with
-    <label>-<set>.lock          held while a worker loads, or builds and saves, the packages
+    <label>-<set>.lock          held while a worker reads the tuning, or builds and saves packages
     <label>-<key>.pt2           one package per network input (``key`` = set, shape, strides, padding)
     <label>-<key>.json          what it was built for and how long the build took (for people)
 
@@ -131,8 +131,9 @@ class AotPackages:
 
         Under the set's lock: the depthwise padding is taken from the set's tuning file, or chosen by
         ``tune()`` (which sets the convs' ``compute_sizes``) and saved, before anything is exported.
-        The lock is let go as soon as every package loaded; otherwise it is held while this worker
-        builds the missing ones, so that workers started together build each package once.
+        When every package exists the lock is let go before loading, so that workers started
+        together load side by side; otherwise it is held while this worker loads the present ones
+        and builds the missing ones, so that workers started together build each package once.
 
         Returns:
             The loaded packages by input signature; ``aot_hit`` (all loaded), ``aot_built`` (some
@@ -148,24 +149,21 @@ class AotPackages:
                 tune()
                 self.store.save_tuning({"depthwise_padding": padding_of(module)})
             padding = padding_of(module)
+            paths = [(example, self.package_path(example, padding)) for example in examples]
+            missing = [(example, path) for example, path in paths if not path.exists()]
+            if not missing and release is not None:
+                release()
             runners: dict[Signature, Callable] = {}
             timings = []
-            missing = []
-            for example in examples:
-                path = self.package_path(example, padding)
-                if not path.exists():
-                    missing.append(example)
-                    continue
-                runner, timing = load_package(path, example)
-                timings.append({"shape": list(example.shape), "build_s": 0.0, **timing})
-                if runner is not None:
-                    runners[signature(example)] = runner
+            for example, path in paths:
+                if path.exists():
+                    runner, timing = load_package(path, example)
+                    timings.append({"shape": list(example.shape), "build_s": 0.0, **timing})
+                    if runner is not None:
+                        runners[signature(example)] = runner
             if not missing:
-                if release is not None:
-                    release()
                 return runners, "aot_hit" if len(runners) == len(examples) else "aot_fallback", timings
-            for example in missing:
-                path = self.package_path(example, padding)
+            for example, path in missing:
                 started = time.perf_counter()
                 built = self.build(module, example, path)
                 timing = {"build_s": time.perf_counter() - started, "load_s": None, "first_call_s": None}

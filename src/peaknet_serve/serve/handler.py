@@ -68,6 +68,11 @@ from peaknet_serve.serve.metrics import HandlerMetrics
 log = logging.getLogger(__name__)
 
 
+def _seconds(value: float | None) -> str:
+    """``value`` seconds for a log line, ``-`` when that step did not happen."""
+    return "-" if value is None else f"{value:.1f}"
+
+
 def select_device(gpu_id: Any) -> torch.device:
     """The worker's device: ``cuda:<gpu_id>`` when TorchServe assigned a GPU and CUDA works, else CPU."""
     if gpu_id is not None and str(gpu_id) != "" and torch.cuda.is_available():
@@ -146,6 +151,14 @@ class PeakNetHandler(BaseHandler):
             pipeline.phases["warm-up"],
             pipeline.compile_cache,
         )
+        for package in pipeline.packages:
+            log.info(
+                "AOT package for %s: built in %s s, loaded in %s s, first call %s s",
+                tuple(package["shape"]),
+                _seconds(package["build_s"]),
+                _seconds(package["load_s"]),
+                _seconds(package["first_call_s"]),
+            )
         self.initialized = True
 
     def _calibrate(self) -> None:
