@@ -73,6 +73,7 @@ from peaknet_serve.launch.server import (
     write_loopback_config,
 )
 from peaknet_serve.resources import BUNDLED_MODEL_CONFIG
+from peaknet_serve.results import write_report
 from peaknet_serve.sim.peaksim.geometry import GEOMETRIES, DetectorGeometry, get_geometry
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -356,7 +357,9 @@ def _mean_peaks(peak_file: Path) -> float:
 # --------------------------------------------------------------------------------------------
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
+def plot(payload: dict[str, Any], path: Path) -> None:
+    """Indexed and true-orientation fractions of ``payload["rows"]``, one panel per simulator and indexer (PNG)."""
+    rows = payload["rows"]
     import matplotlib
 
     matplotlib.use("Agg")
@@ -424,19 +427,15 @@ def report(payload: dict[str, Any], out: Path, name: str) -> None:
             ("true_orientation", "true orientation"),
         ],
     )
-    out.mkdir(parents=True, exist_ok=True)
-    (out / f"{name}.json").write_text(json.dumps(payload, indent=1, default=float))
     text = (
         f"# Indexing with CrystFEL {payload['crystfel']}: the server's peaks, peakfinder8 and the truth\n\n"
         f"{payload['frames']} frames per detector of one lysozyme crystal each (random orientation), in the "
         f"experiment of the shipped geometry files; server: {payload['server']}. True orientation: within "
         f"{payload['true_orientation_deg']}° of the simulated one after any re-indexing.\n\n{table}\n\n"
         f"peakfinder8, tuned on the same frames for each indexer (the row above is the grid's best):"
-        f"\n\n{tuning}\n\n"
-        f"Reproduce: `{payload['command']}`\n"
+        f"\n\n{tuning}"
     )
-    (out / f"{name}.md").write_text(text)
-    plot(rows, out / f"{name}.png")
+    write_report(out, name, payload, text, f"`{payload['command']}`", plot=plot, json_default=float)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

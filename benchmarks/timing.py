@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 
+from peaknet_serve.results import write_report
 from peaknet_serve.timing import time_samples_ms
 
 
@@ -76,10 +77,8 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, 
 
 def write_results(path: Path, payload: dict[str, Any], table: str) -> None:
     """``path`` (.json) and the same stem with .md holding the table and the command."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=1))
     command = payload.get("environment", {}).get("command", "")
-    path.with_suffix(".md").write_text(f"{table}\n\nReproduce: `{command}`\n")
+    write_report(path.parent, path.stem, payload, table, f"`{command}`")
 
 
 def progress(message: str) -> None:

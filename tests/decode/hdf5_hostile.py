@@ -151,6 +151,46 @@ def bomb(filter_name: str, decoded_bytes: int, chunk=(1, 256, 256)) -> bytes:
     return with_chunks(chunk, "u2", chunk, filter_name, {(0,) * len(chunk): inflating(filter_name, decoded_bytes)})
 
 
+def declared_bomb() -> bytes:
+    """A gzip float64 dataset declared ``(64, 16, 8192, 8192)`` (550 GB) with one zero chunk stored: a few kB."""
+
+    def fill(file):
+        dataset = file.create_dataset(
+            DATASET, shape=(64, 16, 8192, 8192), dtype="f8", chunks=(1, 1, 1024, 1024), compression="gzip"
+        )
+        dataset[0, 0, :1024, :1024] = 0.0
+
+    return hdf5_file(fill)
+
+
+def oversized_chunks(side: int) -> bytes:
+    """A resizable ``(1, 1, 8, 8)`` uint8 gzip dataset declaring ``(1, 1, side, side)`` chunks, none stored."""
+
+    def fill(file):
+        file.create_dataset(
+            DATASET,
+            shape=(1, 1, 8, 8),
+            maxshape=(None, None, None, None),
+            dtype="u1",
+            chunks=(1, 1, side, side),
+            compression="gzip",
+        )
+
+    return hdf5_file(fill)
+
+
+def unknown_filter(filter_id: int = 31999) -> bytes:
+    """A ``(1, 8, 8)`` uint16 dataset whose one stored chunk (128 zero bytes) names filter ``filter_id``."""
+
+    def fill(file):
+        dataset = file.create_dataset(
+            DATASET, shape=(1, 8, 8), dtype="u2", chunks=(1, 8, 8), compression=filter_id, allow_unknown_filter=True
+        )
+        dataset.id.write_direct_chunk((0, 0, 0), bytes(128))
+
+    return hdf5_file(fill)
+
+
 def chunk_index_bomb(shape=(4, 352, 384), filter_name: str | None = "gzip") -> bytes:
     """A dataset cut into 1-element chunks, none of them allocated: a few KB on the wire."""
     return with_chunks(shape, "u2", (1,) * len(shape), filter_name, {})

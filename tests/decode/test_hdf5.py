@@ -13,7 +13,7 @@ from peaknet_serve.decode.hdf5_sandbox import Hdf5Sandbox
 from peaknet_serve.decode.limits import DecodeLimits
 from peaknet_serve.errors import BadRequest, PayloadTooLarge, RequestError
 
-from .hdf5_hostile import OpenSentinel, hdf5_file
+from .hdf5_hostile import OpenSentinel, declared_bomb, hdf5_file, oversized_chunks, unknown_filter
 
 DTYPES = ["uint8", "uint16", "int16", "int32", "uint32", "float16", "float32", "float64"]
 
@@ -163,14 +163,8 @@ def test_virtual_datasets_are_refused_unopened(read, tmp_path, unlimited):
 
 
 def test_filters_that_are_not_installed_are_refused(read):
-    def fill(file):
-        dataset = file.create_dataset(
-            DEFAULT_DATASET, shape=(1, 8, 8), dtype="u2", chunks=(1, 8, 8), compression=31999, allow_unknown_filter=True
-        )
-        dataset.id.write_direct_chunk((0, 0, 0), bytes(128))
-
     with pytest.raises(BadRequest) as info:
-        read(memoryview(hdf5_file(fill)), None, DecodeLimits())
+        read(memoryview(unknown_filter(31999)), None, DecodeLimits())
     assert info.value.type == "hdf5_unsupported_filter" and "31999" in info.value.message
 
 
@@ -178,14 +172,7 @@ def test_filters_that_are_not_installed_are_refused(read):
 
 
 def test_decompression_bomb_is_413_before_reading(read):
-    # 64 x 16 x 8192 x 8192 float64 zeros: 550 GB declared, a few kB on the wire
-    def fill(file):
-        dataset = file.create_dataset(
-            DEFAULT_DATASET, shape=(64, 16, 8192, 8192), dtype="f8", chunks=(1, 1, 1024, 1024), compression="gzip"
-        )
-        dataset[0, 0, :1024, :1024] = 0.0
-
-    body = hdf5_file(fill)
+    body = declared_bomb()
     assert len(body) < 100_000
     started = time.monotonic()
     with pytest.raises(PayloadTooLarge) as info:
@@ -195,18 +182,8 @@ def test_decompression_bomb_is_413_before_reading(read):
 
 
 def test_a_chunk_larger_than_the_pixel_budget_is_413(read):
-    def fill(file):
-        file.create_dataset(
-            DEFAULT_DATASET,
-            shape=(1, 1, 8, 8),
-            maxshape=(None, None, None, None),
-            dtype="u1",
-            chunks=(1, 1, 8192, 8192),
-            compression="gzip",
-        )
-
     with pytest.raises(PayloadTooLarge) as info:
-        read(memoryview(hdf5_file(fill)), None, DecodeLimits())
+        read(memoryview(oversized_chunks(8192)), None, DecodeLimits())
     assert "chunks" in info.value.message
 
 

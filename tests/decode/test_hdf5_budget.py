@@ -21,7 +21,17 @@ from peaknet_serve.decode.hdf5_sandbox import Hdf5Sandbox
 from peaknet_serve.decode.limits import DecodeLimits
 from peaknet_serve.errors import BadRequest, RequestError
 
-from .hdf5_hostile import DATASET, FILTERS, MiB, bomb, chunk_index_bomb, encoded, hdf5_file, with_chunks
+from .hdf5_hostile import (
+    DATASET,
+    FILTERS,
+    MiB,
+    bomb,
+    chunk_index_bomb,
+    encoded,
+    hdf5_file,
+    oversized_chunks,
+    with_chunks,
+)
 
 SIXTY_FOUR_FRAMES = DecodeLimits(max_frames=64, max_pixels=64 * 16 * 352 * 384, max_body_bytes=1 << 30)
 """Limits that admit 64 frames (the shipped defaults admit 16)."""
@@ -128,17 +138,7 @@ def test_a_bomb_larger_than_any_encoding_of_its_chunk_is_refused_before_decoding
 
 
 def test_a_chunk_declared_larger_than_the_frames_is_413(read):
-    def fill(file):
-        file.create_dataset(
-            DATASET,
-            shape=(1, 1, 8, 8),
-            maxshape=(None, None, None, None),
-            dtype="u1",
-            chunks=(1, 1, 4096, 4096),
-            compression="gzip",
-        )
-
-    error = refused(read, hdf5_file(fill))
+    error = refused(read, oversized_chunks(4096))
     assert error.status == 413 and "chunks" in error.message and 4096 * 4096 > 64 + CHUNK_SLACK_BYTES
 
 

@@ -373,13 +373,13 @@ def _free_port() -> int:
 def test_entrypoint_starts_torchserve_with_token_auth(tmp_path, archive):
     """The entrypoint as the container runs it (bound to loopback here): the key file appears,
     /ping needs the key, the health check passes, and the load-test client gets answers."""
-    import signal
     import time
 
     import requests
 
     from peaknet_serve.clients import loadtest
     from peaknet_serve.launch.java import find_java_home
+    from peaknet_serve.launch.server import stop_foreground
 
     java_home = find_java_home()
     if java_home is None:
@@ -468,10 +468,4 @@ def test_entrypoint_starts_torchserve_with_token_auth(tmp_path, archive):
         assert code == loadtest.EXIT_OK, report.read_text()
         assert json.loads(report.read_text())["ok"] == 6
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        stop_foreground(process, timeout_s=30)

@@ -38,7 +38,7 @@ from peaknet_serve.launch.proxy import (
     settings_from_properties,
 )
 from peaknet_serve.launch.server import free_port, read_properties
-from tests.e2e.conftest import TINY_MODEL, Server, _stop, model_store, start_server  # noqa: F401  (fixtures)
+from tests.e2e.conftest import TINY_MODEL, Server, model_store, start_server  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parents[2]
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
@@ -295,7 +295,7 @@ def test_without_token_authorisation_the_proxy_asks_for_no_key(start_server, tmp
             assert [a.status_code for a in answers] == [200, 200] and answers[0].json() == answers[1].json()
     finally:
         open_proxy.stop()
-        _stop(open_server)
+        open_server.stop()
 
 
 @pytest.mark.e2e
@@ -424,6 +424,6 @@ def test_a_torchserve_that_does_not_answer_is_a_json_504(backend, proxy):
 @needs_nginx
 def test_a_stopped_torchserve_is_a_json_502(backend, proxy):
     """Last in this file: it stops the module's TorchServe."""
-    _stop(backend)
+    backend.stop()
     for answer in (predict(proxy.url, {**backend.headers, **RAW}), requests.get(f"{proxy.url}/ping", timeout=30)):
         assert answer.status_code == 502 and error_of(answer)["type"] == "upstream_unavailable", answer.text

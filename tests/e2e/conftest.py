@@ -80,6 +80,10 @@ class Server:
     def predict_url(self) -> str:
         return f"{self.inference_url}/predictions/peaknet"
 
+    def stop(self) -> None:
+        """End the server's process group: SIGTERM, then SIGKILL after 30 s (:func:`stop_foreground`)."""
+        stop_foreground(self.process, timeout_s=30)
+
 
 @pytest.fixture(scope="session")
 def model_store(tmp_path_factory) -> Path:
@@ -92,7 +96,7 @@ def model_store(tmp_path_factory) -> Path:
     return store
 
 
-def _launch(
+def launch_server(
     workdir: Path,
     store: Path,
     env_extra: dict[str, str],
@@ -100,6 +104,13 @@ def _launch(
     props: dict[str, str] | None = None,
     config_writer=None,
 ) -> Server:
+    """A TorchServe of the archives in ``store`` on free loopback ports, run from ``workdir``; returns
+    once its model answers.
+
+    ``env_extra`` is added to the server's environment (``TMPDIR`` is ``workdir/tmp``); ``props`` are
+    extra config.properties entries; ``config_writer(path, store) -> urls`` writes the whole
+    config.properties instead. The caller stops it (:meth:`Server.stop`).
+    """
     (workdir / "tmp").mkdir(parents=True, exist_ok=True)
     config = workdir / "config.properties"
     if config_writer is not None:
@@ -126,7 +137,7 @@ def _launch(
 
 def restart_server(server: Server, down_s: float = 0.0) -> None:
     """Stop ``server``, wait ``down_s`` seconds, start it again on the same ports; returns once it is ready."""
-    _stop(server)
+    server.stop()
     time.sleep(down_s)
     server.process = spawn_foreground(server.workdir, server.env)
     _wait(server)
@@ -145,15 +156,11 @@ def _wait(server: Server) -> None:
             key_file=server.key_file,
         )
     except (TimeoutError, RuntimeError) as exc:
-        _stop(server)
+        server.stop()
         pytest.fail(f"{exc}\n{(workdir / 'torchserve.out').read_text(errors='replace')[-3000:]}\n{log_tail(log_dir)}")
     if server.key_file is not None:
         keys = read_keys(server.key_file)
         server.headers, server.management_headers = bearer(keys["inference"]), bearer(keys["management"])
-
-
-def _stop(server: Server) -> None:
-    stop_foreground(server.process, timeout_s=30)
 
 
 @pytest.fixture(scope="session")
@@ -173,7 +180,7 @@ def start_server(tmp_path_factory, model_store):
         config_writer=None,
         **env: str,
     ) -> Server:
-        server = _launch(
+        server = launch_server(
             tmp_path_factory.mktemp("torchserve"), store or model_store, env, token_auth, props, config_writer
         )
         started.append(server)
@@ -181,7 +188,7 @@ def start_server(tmp_path_factory, model_store):
 
     yield _start
     for server in started:
-        _stop(server)
+        server.stop()
 
 
 @pytest.fixture(scope="session")

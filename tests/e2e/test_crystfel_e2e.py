@@ -24,7 +24,7 @@ from peaknet_serve.eval.indexing import (
 from peaknet_serve.geometry import ExperimentSetup, grid_geometry, write_geometry
 from peaknet_serve.launch.archive import build
 from peaknet_serve.resources import BUNDLED_MODEL_CONFIG
-from tests.e2e.conftest import TEST_MODEL_CONFIG, _launch, _stop
+from tests.e2e.conftest import TEST_MODEL_CONFIG, launch_server
 
 pytestmark = [
     pytest.mark.e2e,
@@ -46,9 +46,9 @@ def bundled_server(tmp_path_factory):
     handler = {**TEST_MODEL_CONFIG["handler"], "model_label": "peaknet-bundled", "warmup": False}
     config.write_text(yaml.safe_dump({**TEST_MODEL_CONFIG, "responseTimeout": 600, "handler": handler}))
     build(BUNDLED_MODEL_CONFIG, None, config, store)
-    server = _launch(tmp_path_factory.mktemp("torchserve_bundled"), store, {"PEAKNET_PRECISION": "float32"})
+    server = launch_server(tmp_path_factory.mktemp("torchserve_bundled"), store, {"PEAKNET_PRECISION": "float32"})
     yield server
-    _stop(server)
+    server.stop()
 
 
 @pytest.fixture(scope="module")

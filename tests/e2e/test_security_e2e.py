@@ -13,7 +13,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -35,7 +34,7 @@ from peaknet_serve.launch.server import (
     read_properties,
     wait_ready,
 )
-from tests.e2e.conftest import Server, _stop
+from tests.e2e.conftest import Server
 
 pytestmark = pytest.mark.e2e
 
@@ -113,18 +112,12 @@ def docker(tmp_path_factory, model_store):
             key_file=home / "key_file.json",
         )
     except (TimeoutError, RuntimeError) as exc:
-        _stop(server)
+        server.stop()
         pytest.fail(f"{exc}\n{(home / 'entrypoint.out').read_text(errors='replace')[-3000:]}")
     keys = read_keys(home / "key_file.json")
     server.headers, server.management_headers = bearer(keys["inference"]), bearer(keys["management"])
     yield server
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+    server.stop()
 
 
 @pytest.fixture(scope="module", params=["local", "docker"])

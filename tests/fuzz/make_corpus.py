@@ -6,12 +6,11 @@ options to send it with and the outcome it must get (an HTTP status and error ty
 paths use ``/etc/passwd`` or the relative name ``sentinel.fifo`` (the replay puts a watched named
 pipe there).
 
-Run from the repository root:  .venv/bin/python tests/fuzz/make_corpus.py
+Run from the repository root:  PYTHONPATH=. .venv/bin/python tests/fuzz/make_corpus.py
 """
 
 from __future__ import annotations
 
-import io
 import json
 import pickle
 import random
@@ -23,6 +22,8 @@ import h5py
 import numpy as np
 from fuzz_payloads import DEFAULT_DATASET, hdf5_bytes, npy_bytes
 
+from tests.decode.hdf5_hostile import declared_bomb, hdf5_file, oversized_chunks, unknown_filter
+
 CORPUS = Path(__file__).resolve().parent / "corpus"
 ROOT = Path(__file__).resolve().parents[2]
 SENTINEL = "sentinel.fifo"
@@ -33,13 +34,6 @@ def npy_header(header: str, data: bytes = b"", version: int = 1) -> bytes:
     text = header.encode("latin1")
     width = 2 if version == 1 else 4
     return b"\x93NUMPY" + bytes([version, 0]) + len(text).to_bytes(width, "little") + text + data
-
-
-def h5(fill) -> bytes:
-    buffer = io.BytesIO()
-    with h5py.File(buffer, "w") as file:
-        fill(file)
-    return buffer.getvalue()
 
 
 # Reads each pickled body with HDF5's own filter pipeline (plain h5py); the exit status says whether
@@ -91,28 +85,6 @@ def entries() -> list[tuple[str, bytes, str | None, dict, dict]]:
     def err(status: int, kind: str) -> dict:
         return {"status": status, "type": kind}
 
-    def bomb(file):
-        dataset = file.create_dataset(
-            DEFAULT_DATASET, shape=(64, 16, 8192, 8192), dtype="f8", chunks=(1, 1, 1024, 1024), compression="gzip"
-        )
-        dataset[0, 0, :1024, :1024] = 0.0
-
-    def chunk_bomb(file):
-        file.create_dataset(
-            DEFAULT_DATASET,
-            shape=(1, 1, 8, 8),
-            maxshape=(None, None, None, None),
-            dtype="u1",
-            chunks=(1, 1, 8192, 8192),
-            compression="gzip",
-        )
-
-    def unknown_filter(file):
-        dataset = file.create_dataset(
-            DEFAULT_DATASET, shape=(1, 8, 8), dtype="u2", chunks=(1, 8, 8), compression=31999, allow_unknown_filter=True
-        )
-        dataset.id.write_direct_chunk((0, 0, 0), bytes(128))
-
     def vds(file):
         layout = h5py.VirtualLayout(shape=(2, 4, 4), dtype="u2")
         layout[:] = h5py.VirtualSource(SENTINEL, "data", shape=(2, 4, 4))
@@ -123,11 +95,11 @@ def entries() -> list[tuple[str, bytes, str | None, dict, dict]]:
         file["/loop"] = h5py.SoftLink("/entry_1")
 
     def external_link(target, link_at=DEFAULT_DATASET):
-        return h5(lambda file: file.__setitem__(link_at, h5py.ExternalLink(target, link_at)))
+        return hdf5_file(lambda file: file.__setitem__(link_at, h5py.ExternalLink(target, link_at)))
 
     def external_storage(target, shape=(2, 4, 4)):
         nbytes = int(np.prod(shape))
-        return h5(
+        return hdf5_file(
             lambda file: file.create_dataset(DEFAULT_DATASET, shape=shape, dtype="u1", external=[(target, 0, nbytes)])
         )
 
@@ -211,7 +183,7 @@ def entries() -> list[tuple[str, bytes, str | None, dict, dict]]:
             {},
             err(400, "hdf5_external_link"),
         ),
-        ("hdf5_soft_to_external.h5", h5(soft_to_external), HDF5, {}, err(400, "hdf5_external_link")),
+        ("hdf5_soft_to_external.h5", hdf5_file(soft_to_external), HDF5, {}, err(400, "hdf5_external_link")),
         ("hdf5_external_storage.h5", external_storage(SENTINEL), HDF5, {}, err(400, "hdf5_external_storage")),
         (
             "hdf5_external_storage_passwd.h5",
@@ -220,14 +192,14 @@ def entries() -> list[tuple[str, bytes, str | None, dict, dict]]:
             {},
             err(400, "hdf5_external_storage"),
         ),
-        ("hdf5_vds.h5", h5(vds), HDF5, {}, err(400, "hdf5_virtual_dataset")),
-        ("hdf5_unknown_filter.h5", h5(unknown_filter), HDF5, {}, err(400, "hdf5_unsupported_filter")),
-        ("hdf5_bomb.h5", h5(bomb), HDF5, {}, err(413, "too_large")),
-        ("hdf5_chunk_bomb.h5", h5(chunk_bomb), HDF5, {}, err(413, "too_large")),
-        ("hdf5_soft_loop.h5", h5(soft_loop), HDF5, {}, err(400, "bad_hdf5")),
+        ("hdf5_vds.h5", hdf5_file(vds), HDF5, {}, err(400, "hdf5_virtual_dataset")),
+        ("hdf5_unknown_filter.h5", unknown_filter(31999), HDF5, {}, err(400, "hdf5_unsupported_filter")),
+        ("hdf5_bomb.h5", declared_bomb(), HDF5, {}, err(413, "too_large")),
+        ("hdf5_chunk_bomb.h5", oversized_chunks(8192), HDF5, {}, err(413, "too_large")),
+        ("hdf5_soft_loop.h5", hdf5_file(soft_loop), HDF5, {}, err(400, "bad_hdf5")),
         (
             "hdf5_strings.h5",
-            h5(lambda f: f.create_dataset(DEFAULT_DATASET, data=np.array([[b"ab"]]))),
+            hdf5_file(lambda f: f.create_dataset(DEFAULT_DATASET, data=np.array([[b"ab"]]))),
             HDF5,
             {},
             err(400, "unsupported_dtype"),

@@ -18,6 +18,8 @@ import argparse
 import json
 from pathlib import Path
 
+from peaknet_serve.results import write_report
+
 SAME_FRAMES = (
     "seed",
     "frames_per_geometry",
@@ -89,16 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         from peaknet_serve.eval.patternsim import patternsim_table as table
 
         plot = None
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.kind}.json").write_text(json.dumps(merged, indent=1))
-    if plot is not None:
-        plot(merged, args.out / f"{args.kind}.png")
     commands = [c for c in (merged.get("command"), merged["peakfinder8"].get("command")) if c]
-    (args.out / f"{args.kind}.md").write_text(
-        f"{table(merged)}\n\nReproduce: "
-        + " and ".join(f"`{c}`" for c in commands)
-        + f", joined by `peaknet-evaluate-merge --kind {args.kind}`\n"
-    )
+    reproduce = " and ".join(f"`{c}`" for c in commands) + f", joined by `peaknet-evaluate-merge --kind {args.kind}`"
+    write_report(args.out, args.kind, merged, table(merged), reproduce, plot)
     return 0
 
 

@@ -40,6 +40,7 @@ from peaknet_serve.eval.peakfinder8 import (
 )
 from peaknet_serve.pipeline import build_finder
 from peaknet_serve.resources import BUNDLED_MODEL_CONFIG
+from peaknet_serve.results import write_report
 from peaknet_serve.sim.peaksim.matching import MatchCounts, assign_within_radius, position_errors, position_summary
 
 DEFAULT_CONFIG = BUNDLED_MODEL_CONFIG
@@ -430,10 +431,7 @@ def run_evaluation(
     if args.baseline_only:
         (args.out / f"{name}_peakfinder8.json").write_text(json.dumps(report, indent=1))
         return 0
-    (args.out / f"{name}.json").write_text(json.dumps(report, indent=1))
-    if plot is not None:
-        plot(report, args.out / f"{name}.png")
-    (args.out / f"{name}.md").write_text(f"{table(report)}\n\nReproduce: `{command}`\n")
+    write_report(args.out, name, report, table(report), f"`{command}`", plot)
     print(json.dumps(report["overall"], indent=1))
     return 0
 
