@@ -39,6 +39,10 @@ SECTIONS = [
         "e2e_33m_mps_onoff_h200.md",
         "End to end (H200), 33M trained-like, 4 workers × batch 4: NVIDIA MPS on vs off in one run, then a warm restart",
     ),
+    (
+        "e2e_33m_aoti_aoti_h200.md",
+        "End to end (H200), 33M trained-like, 4 workers × batch 4: AOTInductor packages, cold start then a warm restart",
+    ),
     ("peaks_cap25_h200.md", "Peak extraction per mask (H200): bounded labelling with the default 25% cap"),
     ("e2e_alloc_default_h200.md", "End to end (H200): worker GPU memory with the default CUDA allocator ..."),
     ("e2e_alloc_expandable_h200.md", "... and with expandable segments (the next command, a fresh server)"),

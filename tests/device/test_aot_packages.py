@@ -25,7 +25,9 @@ from peaknet_serve.device.aot_packages import (
     AotPackages,
     PackagedForward,
     ScoreModule,
+    cpu_vector_flags,
     load_package,
+    open_package,
     serving_packages,
     weights_sha256,
 )
@@ -87,6 +89,38 @@ def test_a_package_loads_answers_as_torch_compile_and_a_key_change_rebuilds(buil
     assert outcome == "aot_built" and len(list(directory.glob("*.pt2"))) == 2
     with torch.inference_mode():
         torch.testing.assert_close(next(iter(runners.values()))(x), net(x))
+
+
+def test_the_direct_loader_and_torch_public_one_give_the_same_answers(built, tmp_path, monkeypatch):
+    (package,) = copy_of(built, tmp_path).glob("*.pt2")
+    x = torch.randn(SHAPE)
+    with torch.inference_mode():
+        direct = open_package(package, CPU)(x)
+        public = torch._inductor.aoti_load_package(str(package))(x)
+        torch.testing.assert_close(direct, public, rtol=0, atol=0)
+        torch.testing.assert_close(direct, conv_net()(x))
+        assert aot_packages.package_loader_classes() is not None  # this torch: the direct loader
+        monkeypatch.setattr(aot_packages, "package_loader_classes", lambda: None)  # a torch without it
+        torch.testing.assert_close(open_package(package, CPU)(x), direct, rtol=0, atol=0)
+
+
+def test_cpu_vector_flags_come_from_the_first_flags_line():
+    x86 = "processor\t: 0\nflags\t\t: fpu sse4_2 avx avx2 fma avx512f avx512_bf16 amx_tile ht\nprocessor\t: 1\n"
+    assert cpu_vector_flags(x86) == ["amx_tile", "avx", "avx2", "avx512_bf16", "avx512f", "fma", "sse4_2"]
+    arm = "processor\t: 0\nFeatures\t: fp asimd evtstrm aes sve i8mm bf16\n"
+    assert cpu_vector_flags(arm) == ["asimd", "bf16", "i8mm", "sve"]
+    assert cpu_vector_flags("processor\t: 0\n") == []
+
+
+def test_packages_built_for_another_cpu_are_not_this_hosts(built):
+    net = conv_net()
+    here = packages_of(built, net)
+    elsewhere = AotPackages.for_model(
+        built, "net", CPU, weights_sha256=weights_sha256(net), architecture="conv-gelu-conv", cpu_vector_flags=["avx2"]
+    )
+    assert here.store.description["cpu_vector_flags"] == cpu_vector_flags()
+    if cpu_vector_flags() != ["avx2"]:
+        assert elsewhere.store.key != here.store.key
 
 
 def test_a_corrupt_package_falls_back_to_torch_compile_with_a_warning(built, tmp_path, caplog):

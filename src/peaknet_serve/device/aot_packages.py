@@ -4,11 +4,12 @@ per host and loaded by every later worker start without tracing anything.
 With ``compile_backend: aoti`` the network's peak-score forward is exported (``torch.export``) at
 each micro-batch bucket's (B, 1, Hp, Wp) input and compiled by AOTInductor
 (``torch._inductor.aoti_compile_and_package``) into a ``.pt2`` package, which a later start loads
-(``torch._inductor.aoti_load_package``) and calls directly: neither Dynamo nor Inductor run. The
+(:func:`open_package`) and calls directly: neither Dynamo nor Inductor run. The
 weights are baked into each package as constants, so a package is keyed by their SHA-256 (of the
 cast weights, :func:`weights_sha256`) besides the serving mode, the shape and memory layout, the
 depthwise convs' padding (exported as chosen, :func:`~peaknet_serve.device.compile_cache.padding_of`)
-and the torch, Python, CUDA and GPU versions. A package for one GPU keeps its own copy of the
+the torch, Python, CUDA and GPU versions and the host CPU's vector-instruction flags
+(:func:`cpu_vector_flags`: the package's C++ wrapper is compiled for them). A package for one GPU keeps its own copy of the
 weights on that GPU, one copy per bucket.
 
 Files in the compile cache's directory (:class:`~peaknet_serve.device.compile_cache.CompileCache`
@@ -55,7 +56,15 @@ from peaknet_serve.model.peaknet import PeakNet
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AotPackages", "PackagedForward", "ScoreModule", "serving_packages", "weights_sha256"]
+__all__ = [
+    "AotPackages",
+    "PackagedForward",
+    "ScoreModule",
+    "cpu_vector_flags",
+    "open_package",
+    "serving_packages",
+    "weights_sha256",
+]
 
 Signature = tuple[tuple[int, ...], tuple[int, ...]]  # (shape, strides) of a network input
 
@@ -114,7 +123,9 @@ class AotPackages:
 
     @classmethod
     def for_model(cls, directory: Path, label: str, device: torch.device, **parts: Any) -> AotPackages:
-        """The packages of a model served as ``parts`` say (weights' SHA-256, architecture, mode ...)."""
+        """The packages of a model served as ``parts`` say (weights' SHA-256, architecture, mode ...)
+        on this host's CPU (:func:`cpu_vector_flags`, unless ``parts`` name ``cpu_vector_flags``)."""
+        parts = {"cpu_vector_flags": cpu_vector_flags(), **parts}
         return cls(CompileCache.for_model(directory, label, device, backend="aoti", **parts))
 
     def package_path(self, example: torch.Tensor, padding: Mapping[str, Any]) -> Path:
@@ -217,6 +228,63 @@ class AotPackages:
         return True
 
 
+#: CPU feature flags (as Linux's /proc/cpuinfo names them) that decide which vector instructions
+#: compiled C++ may use.
+VECTOR_FLAGS = frozenset(
+    {
+        "sse4_2", "avx", "avx2", "fma", "f16c",
+        "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni", "avx512_bf16", "avx512_fp16",
+        "amx_tile", "amx_bf16", "amx_int8", "amx_fp16",
+        "asimd", "asimdhp", "bf16", "sve", "sve2", "i8mm",
+    }
+)  # fmt: skip
+
+
+def cpu_vector_flags(cpuinfo: str | None = None) -> list[str]:
+    """The :data:`VECTOR_FLAGS` of this host's CPU, sorted, from ``cpuinfo`` (the text of
+    /proc/cpuinfo, read when None; its first ``flags`` or ``Features`` line); [] where unreadable."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return []
+    for line in cpuinfo.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() in ("flags", "Features"):
+            return sorted(VECTOR_FLAGS.intersection(value.split()))
+    return []
+
+
+def open_package(path: Path, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The AOTInductor package at ``path`` as a callable on ``device``, through AOTInductor's package
+    loader itself.
+
+    ``torch._inductor.aoti_load_package`` first gathers the host's device information to compare it
+    with the package's, for a warning only; that includes choosing the CPU's vector ISA, which
+    compiles and runs a test program per candidate ISA in child processes, once per process and
+    under a file lock shared by the host's processes. The packages' key already holds what they
+    were built for (versions, GPU, :func:`cpu_vector_flags`), so the loader is built directly; the
+    public function is the fallback where this torch lacks the loader class.
+    """
+    index = (device.index or 0) if device.type == "cuda" else -1
+    classes = package_loader_classes()
+    if classes is None:
+        return torch._inductor.aoti_load_package(str(path), device_index=index)
+    compiled_model, loader = classes
+    return compiled_model(loader(str(path), "model", False, 1, index))
+
+
+def package_loader_classes() -> tuple[type, type] | None:
+    """AOTInductor's ``(AOTICompiledModel, AOTIModelPackageLoader)``, or None where this torch has
+    them elsewhere (then :func:`open_package` uses the public function)."""
+    try:
+        from torch.export.pt2_archive._package import AOTICompiledModel
+
+        return AOTICompiledModel, torch._C._aoti.AOTIModelPackageLoader
+    except (ImportError, AttributeError):
+        return None
+
+
 def load_package(
     path: Path, example: torch.Tensor
 ) -> tuple[Callable[[torch.Tensor], torch.Tensor] | None, dict[str, float | None]]:
@@ -227,10 +295,7 @@ def load_package(
     timing: dict[str, float | None] = {"load_s": None, "first_call_s": None}
     try:
         started = time.perf_counter()
-        if device.type == "cuda":
-            runner = torch._inductor.aoti_load_package(str(path), device_index=device.index or 0)
-        else:
-            runner = torch._inductor.aoti_load_package(str(path))
+        runner = open_package(path, device)
         timing["load_s"] = time.perf_counter() - started
         started = time.perf_counter()
         with torch.inference_mode():
