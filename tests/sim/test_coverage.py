@@ -17,6 +17,7 @@ ONLY = dict(
     background_probability=0.0,
     saturation_probability=0.0,
     gain_switch_probability=0.0,
+    point_probability=0.0,
 )
 
 
@@ -65,6 +66,7 @@ def test_each_condition_applies_with_probability_one():
         background_probability=1.0,
         saturation_probability=1.0,
         gain_switch_probability=1.0,
+        point_probability=0.0,
     )
     params = sample_frame_params(np.random.default_rng(3), geometry, coverage=coverage)
     assert params.spot_sigma <= 0.5
@@ -94,6 +96,56 @@ def test_gain_switch_raises_the_noise_of_bright_pixels_only():
     residual = adu - photons * 100.0
     assert np.std(residual[0, 100:]) == pytest.approx(5.0, rel=0.05)  # not switched
     assert np.std(residual[0, :100]) == pytest.approx(50.0, rel=0.05)  # ratio x the read noise
+
+
+def test_point_spots_are_bright_one_pixel_targets_on_a_nearly_empty_frame():
+    geometry = get_geometry("epix10k2m")
+    coverage = Coverage(**{**ONLY, "point_probability": 1.0})
+    for seed in range(6):
+        base = sample_frame_params(np.random.default_rng(seed), geometry, coverage=Coverage(**ONLY))
+        params = sample_frame_params(np.random.default_rng(seed), geometry, coverage=coverage)
+        if params.crystals:
+            break
+    assert 0.08 <= params.spot_sigma <= 0.3 and params.min_spot_sigma == 0.08
+    scale = params.background.constant / base.background.constant
+    assert 0.005 <= scale <= 0.3 and params.background.water == pytest.approx(base.background.water * scale)
+    assert params.response.hot_fraction == pytest.approx(0.02 * base.response.hot_fraction)
+    brightness = params.crystals[0].photons_per_reflection / base.crystals[0].photons_per_reflection
+    assert 1.0 <= brightness <= 10.0
+    assert all(
+        c.photons_per_reflection == pytest.approx(b.photons_per_reflection * brightness)
+        for c, b in zip(params.crystals, base.crystals)
+    )
+
+    frame = simulate_frame(geometry, np.random.default_rng(2), params=params, target_snr=4.5)
+    p = frame.peaks
+    bright = np.flatnonzero(p.strong & (p.photons > 100))
+    assert len(bright) > 5
+    gain = params.response.adu_per_photon
+    shares = []
+    for i in bright:
+        s, f = int(round(p.ss[i])), int(round(p.fs[i]))
+        if not 2 <= s < geometry.panel_shape[0] - 2 or not 2 <= f < geometry.panel_shape[1] - 2:
+            continue
+        patch = frame.adu[p.panel[i], s - 2 : s + 3, f - 2 : f + 3] / gain
+        shares.append((patch.max() / patch.sum(), np.sort(patch, axis=None)[-4:].sum() / patch.sum()))
+        assert frame.target[p.panel[i], s, f] == 1  # a peak to learn
+    shares = np.array(shares)
+    assert np.median(shares[:, 0]) > 0.45  # about half or more of a spot in its brightest pixel
+    assert np.quantile(shares[:, 1], 0.05) > 0.9  # and nearly all of it in four
+    centre = (p.panel, np.rint(p.ss).astype(int), np.rint(p.fs).astype(int))
+    on_panel = (centre[1] >= 0) & (centre[1] < geometry.panel_shape[0]) & (centre[2] >= 0)
+    on_panel &= centre[2] < geometry.panel_shape[1]
+    targets = int((frame.target[tuple(c[on_panel] for c in centre)] == 1).sum())
+    assert (frame.target == 1).sum() <= 4 * targets  # each target of one to four pixels
+
+
+def test_without_point_spots_no_point_numbers_are_drawn():
+    geometry = get_geometry("cspad")
+    plain, covered = np.random.default_rng(8), np.random.default_rng(8)
+    sample_frame_params(plain, geometry, coverage=Coverage(point_probability=0.0))
+    sample_frame_params(covered, geometry, coverage=Coverage(point_probability=0.5))
+    assert covered.random() == plain.random(5)[4]  # the point condition always draws four numbers
 
 
 @pytest.mark.parametrize("value", [-0.1, 1.5])

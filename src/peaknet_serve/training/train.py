@@ -19,7 +19,7 @@ clean frames (no artefact random numbers drawn).
 
 ``--coverage`` adds the wider conditions of :mod:`peaknet_serve.sim.peaksim.coverage` (sub-pixel
 spots, photon-counting and noisy detectors, very low and high background, saturation, gain
-switching); ``--target-snr s`` makes every spot of integrated SNR >= ``s`` (and a peak pixel of
+switching, bright point spots on nearly empty frames); ``--target-snr s`` makes every spot of integrated SNR >= ``s`` (and a peak pixel of
 SNR >= 1) a peak to learn, below the truth's bars of 6 and 2, so the model learns what a local-SNR peak
 finder tuned for recall reports (:func:`peaknet_serve.sim.peaksim.frame.simulate_frame`).
 
@@ -194,7 +194,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--coverage",
         action="store_true",
         help="wider frame conditions: sub-pixel spots, photon counting, extreme backgrounds, saturation, "
-        "gain switching (peaknet_serve.sim.peaksim.coverage)",
+        "gain switching, bright point spots on nearly empty frames (peaknet_serve.sim.peaksim.coverage)",
     )
     p.add_argument(
         "--target-snr",

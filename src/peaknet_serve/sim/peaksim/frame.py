@@ -7,7 +7,7 @@ Artefacts of real frames (liquid-jet streak, beamstop support arm, common-mode o
 :mod:`peaknet_serve.sim.peaksim.artefacts`) are added only when ``artefact_probability > 0``; with the default 0 no
 extra random numbers are drawn, so a seed gives the same frame with and without them. Likewise the wider
 conditions of :mod:`peaknet_serve.sim.peaksim.coverage` (sharp spots, photon counting, extreme
-backgrounds, saturation, gain switching) apply only when a :class:`Coverage` is given.
+backgrounds, saturation, gain switching, point spots) apply only when a :class:`Coverage` is given.
 """
 
 from __future__ import annotations
