@@ -96,10 +96,17 @@ def test_learning_rate_schedule(steps, warmup):
 def test_tiny_training_run_with_coverage_and_a_lower_target(tmp_path, simulated):
     """--coverage and --target-snr reach simulate_frame, the crops' targets come from frame.target,
     and both are recorded."""
-    history = tiny_run(tmp_path, "--batch-size", "4", "--crops-per-frame", "1", "--coverage", "--target-snr", "4.5")
+    history = tiny_run(
+        tmp_path, "--batch-size", "4", "--crops-per-frame", "1", "--coverage", "--point-probability", "0.5",
+        "--target-snr", "4.5",
+    )  # fmt: skip
     seen = [(kwargs.get("coverage"), kwargs.get("target_snr"), has) for kwargs, _, has in simulated]
-    assert history["coverage"] is True and history["target_snr"] == 4.5
+    assert history["coverage"] is True and history["target_snr"] == 4.5 and history["point_probability"] == 0.5
     assert "--coverage" in history["command"]
-    assert seen and all(isinstance(c, Coverage) and t == 4.5 and has for c, t, has in seen)
+    assert seen and all(
+        isinstance(c, Coverage) and c.point_probability == 0.5 and t == 4.5 and has for c, t, has in seen
+    )
     with pytest.raises(SystemExit):
         train.parse_args(["--out", str(tmp_path), "--target-snr", "0"])
+    with pytest.raises(SystemExit):
+        train.parse_args(["--out", str(tmp_path), "--point-probability", "1.5"])

@@ -197,6 +197,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "gain switching, bright point spots on nearly empty frames (peaknet_serve.sim.peaksim.coverage)",
     )
     p.add_argument(
+        "--point-probability",
+        type=float,
+        default=Coverage.point_probability,
+        help="with --coverage: chance per frame of bright point spots on a nearly empty frame "
+        f"(default {Coverage.point_probability})",
+    )
+    p.add_argument(
         "--target-snr",
         type=float,
         default=None,
@@ -205,6 +212,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not 0.0 <= args.artefact_probability <= 1.0:
         p.error(f"--artefact-probability must be in [0, 1], got {args.artefact_probability}")
+    if not 0.0 <= args.point_probability <= 1.0:
+        p.error(f"--point-probability must be in [0, 1], got {args.point_probability}")
     if args.target_snr is not None and not args.target_snr > 0.0:
         p.error(f"--target-snr must be > 0, got {args.target_snr}")
     return args
@@ -237,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         args.crop,
         args.crops_per_frame,
         artefact_probability=args.artefact_probability,
-        coverage=Coverage() if args.coverage else None,
+        coverage=Coverage(point_probability=args.point_probability) if args.coverage else None,
         target_snr=args.target_snr,
     )
     loader = DataLoader(
@@ -303,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
             "workers": args.workers,
             "artefact_probability": args.artefact_probability,
             "coverage": args.coverage,
+            "point_probability": args.point_probability if args.coverage else None,
             "target_snr": args.target_snr,
             "command": " ".join(["peaknet-train", *(argv or sys.argv[1:])]),
         }
