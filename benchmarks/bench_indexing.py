@@ -15,16 +15,19 @@ direct ``POST`` of the frames with ``Accept: application/x-hdf5`` gives the peak
 :func:`~peaknet_serve.encode.cxi.attach_frames` joins to the frames. Then ``indexamajig`` indexes,
 with TakeTwo and with asdf and otherwise default options, the frames through
 
-* ``peakfind`` / ``post``: ``--peaks=cxi`` on the server's files;
+* ``peakfind`` / ``post``: ``--peaks=cxi`` on the server's files, at its default threshold (the headline);
+* ``post T=…`` (with ``--thresholds``): the frames posted again with ``X-Peak-Threshold: T``, and the
+  ``server tuned`` row per indexer: the best of the default and these thresholds on these very frames,
+  chosen exactly as peakfinder8's grid value is (:func:`best_of`);
 * ``peakfinder8``: CrystFEL's own search (``--peaks=peakfinder8``) on the same frames (the peakfind
   file: same data, same mask), its ``--threshold``/``--min-snr`` tuned on these very frames for each
-  indexer (the grid value that indexes most);
+  indexer (the grid value that indexes most, :func:`best_of`);
 * ``truth``: ``--peaks=cxi`` on the simulator's strong spots (peaksim only).
 
 Reported per source: frames indexed, and how many of them have the true orientation (within 1 degree
 after any re-indexing), CrystFEL's warnings about peak coordinates, and wall time.
 
-    python -m benchmarks.bench_indexing --frames 8 --out benchmarks/results
+    python -m benchmarks.bench_indexing --frames 8 --thresholds 0.35 0.45 --out benchmarks/results
 
 CPU runs: the model runs on the CPU of the server; keep ``--frames`` small.
 """
@@ -89,8 +92,17 @@ PATTERN_SIM_OPTIONS = (
     "--max-size=300",
     "--nphotons=1e16",
 )
+# peakfinder8's grid, each ascending: the order of preference on ties (best_of)
 PF8_MIN_SNR = (4.0, 5.0, 7.0)
 PF8_THRESHOLD_SIGMAS = (3.0, 6.0)
+# the plot's bars and their labels; the tuned rows are chosen on the frames they are scored on
+PLOT_SOURCES = {
+    "peakfind": "peakfind (default threshold)",
+    "post": "post (default threshold)",
+    "server tuned": "server, threshold tuned",
+    "peakfinder8": "peakfinder8, tuned",
+    "truth": "truth",
+}
 
 
 # --------------------------------------------------------------------------------------------
@@ -217,9 +229,12 @@ def start_server(workdir: Path, max_frames: int) -> tuple[subprocess.Popen, str]
     return process, urls["inference"]
 
 
-def post_answer(url: str, run: Path, out: Path, timeout_s: float) -> Path:
+def post_answer(url: str, run: Path, out: Path, timeout_s: float, threshold: float | None = None) -> Path:
     """One ``POST`` of all frames of ``run`` for a CXI answer, joined to the frames (an earlier
-    joined answer at ``out`` is kept)."""
+    joined answer at ``out`` is kept, so give each ``threshold`` its own ``out``).
+
+    ``threshold``: sent as ``X-Peak-Threshold`` (the P(peak) a pixel must reach); None: the server's
+    default."""
     try:
         with h5py.File(out, "r") as h5:
             if h5.attrs.get("frames_included") == 1 and h5.attrs.get("complete"):
@@ -230,10 +245,13 @@ def post_answer(url: str, run: Path, out: Path, timeout_s: float) -> Path:
         data = h5[DATA_PATH][()]
     frames = data if data.ndim == 4 else data[:, None]
     request = encode_request(frames, "raw")
+    headers = {**request.headers, "Accept": "application/x-hdf5"}
+    if threshold is not None:
+        headers["X-Peak-Threshold"] = f"{threshold:g}"
     answer = requests.post(
         f"{url}/predictions/peaknet",
         data=request.body,
-        headers={**request.headers, "Accept": "application/x-hdf5"},
+        headers=headers,
         timeout=timeout_s,
     )
     if answer.status_code != 200:
@@ -248,6 +266,14 @@ def post_answer(url: str, run: Path, out: Path, timeout_s: float) -> Path:
 # --------------------------------------------------------------------------------------------
 
 
+def best_of(grid: list[dict[str, Any]]) -> dict[str, Any]:
+    """The tuned setting of a grid of score rows (dicts with ``indexed`` and ``true_orientation``):
+    the one that indexes most frames, then has most true orientations; ties go to the earlier row,
+    so a grid is listed in the order of preference (peakfinder8: the lower threshold first; the
+    server: its default first, then the lower threshold)."""
+    return max(grid, key=lambda r: (r["indexed"], r["true_orientation"]))
+
+
 def index_sources(
     run: Path,
     detector: DetectorGeometry,
@@ -257,8 +283,11 @@ def index_sources(
     cell: Path,
     jobs: int,
     timeout_s: float,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Every peak source through both indexers: (result rows, peakfinder8 tuning rows)."""
+    thresholds: tuple[float, ...] = (),
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every peak source through both indexers: (result rows, peakfinder8 tuning rows, server
+    threshold rows). ``thresholds``: ``X-Peak-Threshold`` values to post the frames at besides the
+    default; with none, no ``server tuned`` row and no threshold rows."""
     with h5py.File(run, "r") as h5:
         n_frames = h5[DATA_PATH].shape[0]
         truth = h5[TRUTH_PATH][()]
@@ -278,6 +307,10 @@ def index_sources(
     if simulator == "peaksim":
         sources["truth"] = write_truth_peak_file(run, folder / "truth" / "run_peaks.cxi", *detector.frame_shape)
     server_peaks = _mean_peaks(sources["peakfind"])
+    # the server's threshold grid, in the order of preference on ties: its default, then the lower threshold
+    threshold_files = {None: sources["post"]}
+    for t in sorted(thresholds):
+        threshold_files[t] = post_answer(url, run, folder / f"post-t{t:g}" / "answer.cxi", timeout_s, t)
 
     def score(
         name: str, peak_file: Path, indexer: str, peaks: str = "cxi", options: tuple[str, ...] = ()
@@ -298,13 +331,30 @@ def index_sources(
             raise RuntimeError(f"indexamajig failed for {name}/{indexer}: {result.stderr[-2000:]}")
         return score_run(result, events, {e: truth[e[1]] for e in events})
 
-    # peakfinder8, tuned on these frames for each indexer: the grid value that indexes most (ties: more true
-    # orientations, then the lower threshold); its row is that run
+    # peakfinder8 and the server's threshold, tuned on these frames for each indexer (best_of); the tuned
+    # row is that run
     sigma = noise_sigma(run)
-    rows, tuning = [], []
+    rows, tuning, server_tuning = [], [], []
     for indexer in INDEXERS:
+        scored = {}
         for name, peak_file in sources.items():
-            rows.append({"source": name, "indexer": indexer, **_score_row(score(name, peak_file, indexer))})
+            scored[name] = {"source": name, "indexer": indexer, **_score_row(score(name, peak_file, indexer))}
+            rows.append(scored[name])
+        if thresholds:
+            grid = [
+                {
+                    **(scored["post"] if t is None else _score_row(score(f"post-t{t:g}", answer, indexer))),
+                    "source": "post" if t is None else f"post T={t:g}",
+                    "indexer": indexer,
+                    "server_threshold": t,
+                    "server_peaks_per_frame": _mean_peaks(answer),
+                }
+                for t, answer in threshold_files.items()
+            ]
+            best = best_of(grid)
+            progress(f"  server tuned for {indexer}: threshold {best['server_threshold'] or 'default'}")
+            rows.append({**best, "source": "server tuned"})
+            server_tuning += grid
         grid = []
         for k in PF8_THRESHOLD_SIGMAS:
             for snr in PF8_MIN_SNR:
@@ -320,25 +370,22 @@ def index_sources(
                         **_score_row(result),
                     }
                 )
-        best = max(grid, key=lambda r: (r["indexed"], r["true_orientation"], -r["threshold_sigmas"]))
+        best = best_of(grid)
         progress(f"  peakfinder8 tuned for {indexer}: {best['options']}")
         rows.append({**best, "source": "peakfinder8"})
         tuning += grid
     for row in rows:
+        row.setdefault("server_peaks_per_frame", server_peaks)
         row.update(
-            simulator=simulator,
-            detector=detector.name,
-            server_peaks_per_frame=server_peaks,
-            peakfind_s=round(peakfind_s, 1),
-            post_s=round(post_s, 1),
+            simulator=simulator, detector=detector.name, peakfind_s=round(peakfind_s, 1), post_s=round(post_s, 1)
         )
         progress(
             f"  {row['source']:12s} {row['indexer']:8s} {row['indexed']}/{row['frames']} indexed, "
             f"{row['true_orientation']} true, {row['coordinate_warnings']} coordinate warnings"
         )
-    for row in tuning:
+    for row in tuning + server_tuning:
         row.update(simulator=simulator, detector=detector.name)
-    return rows, tuning
+    return rows, tuning, server_tuning
 
 
 def _score_row(score: IndexingScore) -> dict[str, Any]:
@@ -366,7 +413,7 @@ def plot(payload: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     simulators = sorted({r["simulator"] for r in rows}, key=SIMULATORS.index)
-    sources = [s for s in ("peakfind", "post", "peakfinder8", "truth") if any(r["source"] == s for r in rows)]
+    sources = [s for s in PLOT_SOURCES if any(r["source"] == s for r in rows)]
     fig, axes = plt.subplots(len(simulators), len(INDEXERS), figsize=(12, 3.6 * len(simulators)), squeeze=False)
     for i, simulator in enumerate(simulators):
         detectors = [d for d in GEOMETRIES if any(r["detector"] == d and r["simulator"] == simulator for r in rows)]
@@ -386,7 +433,7 @@ def plot(payload: dict[str, Any], path: Path) -> None:
                         xs.append(d + (k - (len(sources) - 1) / 2) * width)
                         rate.append(match[0]["rate"])
                         true.append(match[0]["true_orientation"] / match[0]["frames"])
-                bars = ax.bar(xs, rate, width, label=source, alpha=0.45)
+                bars = ax.bar(xs, rate, width, label=PLOT_SOURCES[source], alpha=0.45)
                 ax.bar(xs, true, width, color=bars.patches[0].get_facecolor()[:3] if bars.patches else None)
             ax.set_xticks(range(len(detectors)), detectors)
             ax.set_ylim(0, 1.05)
@@ -399,13 +446,24 @@ def plot(payload: dict[str, Any], path: Path) -> None:
     plt.close(fig)
 
 
+def tuned_setting(row: dict[str, Any]) -> str:
+    """What a result row was tuned to on its own frames: peakfinder8's options, the server's
+    ``X-Peak-Threshold`` (or ``default`` when no threshold beat it); "—" for the untuned rows."""
+    if row["source"] == "peakfinder8":
+        return row["options"]
+    if row["source"] == "server tuned":
+        return "default" if row["server_threshold"] is None else f"X-Peak-Threshold {row['server_threshold']:g}"
+    return "—"
+
+
 def report(payload: dict[str, Any], out: Path, name: str) -> None:
-    rows = payload["rows"]
+    rows = [{**r, "tuned": tuned_setting(r)} for r in payload["rows"]]
     columns = [
         ("simulator", "frames from"),
         ("detector", "detector"),
         ("indexer", "indexer"),
         ("source", "peaks"),
+        ("tuned", "tuned on these frames"),
         ("indexed", "indexed"),
         ("frames", "of"),
         ("true_orientation", "true orientation"),
@@ -427,14 +485,39 @@ def report(payload: dict[str, Any], out: Path, name: str) -> None:
             ("true_orientation", "true orientation"),
         ],
     )
+    server_grid = payload.get("server_threshold_tuning", [])
+    thresholds = markdown_table(
+        [
+            {**r, "threshold": "default (argmax)" if r["server_threshold"] is None else r["server_threshold"]}
+            for r in server_grid
+        ],
+        [
+            ("simulator", "frames from"),
+            ("detector", "detector"),
+            ("indexer", "indexer"),
+            ("threshold", "X-Peak-Threshold"),
+            ("server_peaks_per_frame", "server peaks/frame"),
+            ("indexed", "indexed"),
+            ("true_orientation", "true orientation"),
+            ("median_misorientation_deg", "median misorientation °"),
+        ],
+    )
     text = (
         f"# Indexing with CrystFEL {payload['crystfel']}: the server's peaks, peakfinder8 and the truth\n\n"
         f"{payload['frames']} frames per detector of one lysozyme crystal each (random orientation), in the "
         f"experiment of the shipped geometry files; server: {payload['server']}. True orientation: within "
-        f"{payload['true_orientation_deg']}° of the simulated one after any re-indexing.\n\n{table}\n\n"
+        f"{payload['true_orientation_deg']}° of the simulated one after any re-indexing. The headline is the "
+        f'server at its default threshold (peakfind, post); the rows with a setting under "tuned on these '
+        f'frames" were chosen on the very frames they are scored on (most frames indexed, then most true '
+        f"orientations).\n\n{table}\n\n"
         f"peakfinder8, tuned on the same frames for each indexer (the row above is the grid's best):"
         f"\n\n{tuning}"
     )
+    if server_grid:
+        text += (
+            f'\n\nThe server\'s threshold, tuned on the same frames for each indexer (the "server tuned" row '
+            f"above is the best of these, ties to the default, then the lower threshold):\n\n{thresholds}"
+        )
     write_report(out, name, payload, text, f"`{payload['command']}`", plot=plot, json_default=float)
 
 
@@ -448,6 +531,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=2, help="indexamajig -j (default 2)")
     p.add_argument("--timeout", type=float, default=1200.0, help="per-request timeout in s")
     p.add_argument(
+        "--thresholds",
+        type=float,
+        nargs="+",
+        default=[],
+        metavar="T",
+        help="also post the frames with X-Peak-Threshold T (each in (0, 1)) and report a 'server tuned' row: "
+        "the best of the default and these thresholds on the same frames, per indexer",
+    )
+    p.add_argument(
         "--work",
         type=Path,
         help="keep the frames, peak files and streams here (a second run with the "
@@ -459,6 +551,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not 1 <= args.frames <= 16:
         p.error("--frames must be in 1..16 (one request carries a whole run)")
+    if not all(0.0 < t < 1.0 for t in args.thresholds) or len(set(args.thresholds)) != len(args.thresholds):
+        p.error("--thresholds must be distinct numbers strictly between 0 and 1")
     return args
 
 
@@ -482,6 +576,7 @@ def main(argv: list[str] | None = None) -> int:
         process, url = start_server(work / "server", args.frames)
     rows: list[dict[str, Any]] = []
     tuning: list[dict[str, Any]] = []
+    server_tuning: list[dict[str, Any]] = []
     try:
         for simulator in args.simulators:
             for name in args.detectors:
@@ -496,9 +591,12 @@ def main(argv: list[str] | None = None) -> int:
                     else pattern_sim_run(detector, args.frames, folder, cell, bin_dir)
                 )
                 progress(f"{simulator} / {name}: server, then indexamajig ...")
-                found, tuned = index_sources(run, detector, simulator, url, folder, cell, args.jobs, args.timeout)
+                found, tuned, thresholds = index_sources(
+                    run, detector, simulator, url, folder, cell, args.jobs, args.timeout, tuple(args.thresholds)
+                )
                 rows += found
                 tuning += tuned
+                server_tuning += thresholds
     finally:
         if process is not None:
             stop_foreground(process)
@@ -515,6 +613,8 @@ def main(argv: list[str] | None = None) -> int:
         "setups": {n: asdict(nominal_setup(get_geometry(n))) for n in args.detectors},
         "rows": rows,
         "peakfinder8_tuning": tuning,
+        "server_thresholds": sorted(args.thresholds),
+        "server_threshold_tuning": server_tuning,
         "host": platform.node(),
     }
     report(payload, args.out, args.name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import h5py
 import numpy as np
 import pytest
 
-from benchmarks.bench_indexing import noise_sigma, pattern_sim_run
+from benchmarks.bench_indexing import best_of, main, noise_sigma, parse_args, pattern_sim_run, tuned_setting
 from peaknet_serve.encode.cxi import DATA_PATH
 from peaknet_serve.eval.crystfel import crystfel_bin
 from peaknet_serve.eval.indexing import LYSOZYME, TRUTH_PATH
@@ -31,6 +32,50 @@ def test_noise_sigma_is_the_robust_spread_of_the_frames(tmp_path):
     assert noise_sigma(tmp_path / "run.cxi") == pytest.approx(5.0, rel=0.05)
 
 
+def _scored(indexed: int, true: int, **setting: object) -> dict:
+    return {"indexed": indexed, "true_orientation": true, **setting}
+
+
+def test_best_of_indexes_most_then_finds_most_true_orientations():
+    grid = [_scored(2, 2, t=0.5), _scored(3, 1, t=0.45), _scored(3, 3, t=0.35), _scored(1, 1, t=0.2)]
+    assert best_of(grid)["t"] == 0.35
+    assert best_of(grid[:2])["t"] == 0.45  # more frames indexed beats more true orientations
+
+
+def test_best_of_gives_ties_to_the_earlier_row():
+    grid = [_scored(3, 3, t=None), _scored(3, 3, t=0.35), _scored(3, 3, t=0.45)]
+    assert best_of(grid)["t"] is None
+    assert best_of(grid[1:])["t"] == 0.35
+
+
+def test_tuned_setting_names_what_a_row_was_tuned_to():
+    assert tuned_setting({"source": "peakfinder8", "options": "--threshold=12.000 --min-snr=5.0"}) == (
+        "--threshold=12.000 --min-snr=5.0"
+    )
+    assert tuned_setting({"source": "server tuned", "server_threshold": 0.35}) == "X-Peak-Threshold 0.35"
+    assert tuned_setting({"source": "server tuned", "server_threshold": None}) == "default"
+    assert tuned_setting({"source": "post"}) == "—"
+
+
+@pytest.mark.parametrize("bad", [["0"], ["1"], ["1.5"], ["0.3", "0.3"]])
+def test_thresholds_must_be_distinct_probabilities(bad):
+    with pytest.raises(SystemExit):
+        parse_args(["--thresholds", *bad])
+    assert parse_args(["--thresholds", "0.45", "0.35"]).thresholds == [0.45, 0.35]
+
+
+def test_replot_rewrites_the_committed_results(tmp_path):
+    """The committed results file, with or without the server's threshold rows, replots to a table and a PNG."""
+    committed = ROOT / "benchmarks" / "results" / "indexing_crystfel.json"
+    shutil.copy(committed, tmp_path / "indexing_crystfel.json")
+    assert main(["--replot", str(tmp_path / "indexing_crystfel.json")]) == 0
+    text = (tmp_path / "indexing_crystfel.md").read_text()
+    assert "tuned on these frames" in text and "| peakfinder8 | --threshold=" in text
+    assert (tmp_path / "indexing_crystfel.png").stat().st_size > 0
+    assert json.loads((tmp_path / "indexing_crystfel.json").read_text()) == json.loads(committed.read_text())
+    assert ("X-Peak-Threshold" in text) == bool(json.loads(committed.read_text()).get("server_threshold_tuning"))
+
+
 @needs_crystfel
 def test_pattern_sim_run_holds_the_images_and_their_true_orientations(tmp_path):
     detector = grid_geometry("two", 1, 2, (96, 96), 100e-6, gap=1e-3)
@@ -43,11 +88,19 @@ def test_pattern_sim_run_holds_the_images_and_their_true_orientations(tmp_path):
     assert not np.allclose(reciprocal[0], reciprocal[1])  # a new orientation per image
 
 
+def _peak_pixels(answer: Path) -> float:
+    with h5py.File(answer, "r") as h5:
+        counts = h5["/entry_1/result_1/nPeaks"][()]
+        pixels = h5["/entry_1/result_1/peakNPixels"][()]
+    return float(sum(pixels[i, :n].sum() for i, n in enumerate(counts)))
+
+
 @needs_crystfel
 @pytest.mark.e2e
 @pytest.mark.slow
 def test_small_run_end_to_end(tmp_path):
-    """One ePix10k2M frame through a real TorchServe, peakfinder8 and the truth, both indexers."""
+    """One ePix10k2M frame through a real TorchServe at its default threshold and at 0.3, peakfinder8
+    and the truth, both indexers."""
     out = tmp_path / "results"
     subprocess.run(
         [
@@ -64,6 +117,8 @@ def test_small_run_end_to_end(tmp_path):
             str(tmp_path / "work"),
             "--out",
             str(out),
+            "--thresholds",
+            "0.3",
         ],
         cwd=ROOT,
         check=True,
@@ -73,10 +128,24 @@ def test_small_run_end_to_end(tmp_path):
     payload = json.loads((out / "indexing_crystfel.json").read_text())
     rows = payload["rows"]
     assert {(r["source"], r["indexer"]) for r in rows} == {
-        (s, i) for s in ("peakfind", "post", "peakfinder8", "truth") for i in ("taketwo", "asdf")
+        (s, i) for s in ("peakfind", "post", "server tuned", "peakfinder8", "truth") for i in ("taketwo", "asdf")
     }
+    grid = payload["server_threshold_tuning"]
+    assert [(r["indexer"], r["server_threshold"]) for r in grid] == [
+        ("taketwo", None),
+        ("taketwo", 0.3),
+        ("asdf", None),
+        ("asdf", 0.3),
+    ]
+    # the header reached the server: the pixels with P(peak) >= 0.3 hold those of the argmax and more
+    folder = tmp_path / "work" / "peaksim" / "epix10k2m"
+    assert _peak_pixels(folder / "post-t0.3" / "answer.cxi") > _peak_pixels(folder / "post" / "answer.cxi")
+    for indexer in ("taketwo", "asdf"):
+        tuned = next(r for r in rows if (r["source"], r["indexer"]) == ("server tuned", indexer))
+        assert tuned["server_threshold"] == best_of([r for r in grid if r["indexer"] == indexer])["server_threshold"]
     assert all(r["coordinate_warnings"] == 0 for r in rows)
     truth = [r for r in rows if r["source"] == "truth"]
     assert all(r["indexed"] == r["true_orientation"] == 1 for r in truth)
     assert (out / "indexing_crystfel.png").stat().st_size > 0
-    assert "Reproduce:" in (out / "indexing_crystfel.md").read_text()
+    text = (out / "indexing_crystfel.md").read_text()
+    assert "Reproduce:" in text and "| X-Peak-Threshold |" in text
