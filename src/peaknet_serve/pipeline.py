@@ -228,15 +228,24 @@ def batch_seconds(finder: PanelPeakFinder, shape: Shape) -> float:
 
 
 def repeated_seconds(run: Callable[[], float], repeats: int, enough_s: float) -> list[float]:
-    """Seconds of calls of ``run`` (which returns the seconds it took) after one untimed call (a
-    shape's first batch pays one-time costs: cuDNN's algorithm search, the allocator's growth):
-    ``repeats`` of them, or fewer once they add up to ``enough_s`` (a long run is not repeated: one
-    sample of it is noisy only relative to short spikes, which repeats would filter)."""
-    run()
+    """Seconds of calls of ``run`` (which returns the seconds it took): ``repeats`` of them, or fewer
+    once they add up to ``enough_s`` (a long run is not repeated: one sample of it is noisy only
+    relative to short spikes, which repeats would filter)."""
     samples = [run()]
     while len(samples) < repeats and sum(samples) < enough_s:
         samples.append(run())
     return samples
+
+
+def warmed_shapes(finder: PanelPeakFinder, settings: HandlerSettings) -> set[Shape]:
+    """The (panels, H, W) batches the start-up warm-up ran through ``finder`` (none when it is off)."""
+    if not settings.warmup:
+        return set()
+    return {
+        (size, height, width)
+        for panels, height, width in settings.warmup_shapes
+        for size in finder.warmup_sizes(panels)
+    }
 
 
 def calibrate_budget(
@@ -245,17 +254,18 @@ def calibrate_budget(
     """Fit ``budget``'s fixed and per-pixel costs on the warmed-up ``finder``: each batch of
     :func:`~peaknet_serve.serve.budget.calibration_shapes` (from ``settings.warmup_shapes`` and
     ``settings.max_batch_panels``) timed up to ``repeats`` times (:func:`repeated_seconds`), the
-    medians fitted with :meth:`WorkBudget.calibrate`.
+    medians fitted with :meth:`WorkBudget.calibrate`; a batch shape that warm-up did not run
+    (:func:`warmed_shapes`) runs once untimed first.
 
     Returns:
         ``[(shape, median seconds), ...]``, what was measured (ascending in pixels).
     """
-    timed = [
-        (
-            shape,
-            statistics.median(repeated_seconds(lambda shape=shape: batch_seconds(finder, shape), repeats, enough_s)),
-        )
-        for shape in calibration_shapes(settings.warmup_shapes, settings.max_batch_panels)
-    ]
+    warmed = warmed_shapes(finder, settings)
+    timed = []
+    for shape in calibration_shapes(settings.warmup_shapes, settings.max_batch_panels):
+        if shape not in warmed:  # a shape's first batch pays one-time costs (cuDNN's algorithm search ...)
+            batch_seconds(finder, shape)
+        seconds = repeated_seconds(lambda shape=shape: batch_seconds(finder, shape), repeats, enough_s)
+        timed.append((shape, statistics.median(seconds)))
     budget.calibrate([(math.prod(shape), seconds) for shape, seconds in timed])
     return timed

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from peaknet_serve.pipeline import repeated_seconds
-from peaknet_serve.serve.budget import WorkBudget
+from peaknet_serve.pipeline import calibrate_budget, repeated_seconds, warmed_shapes
+from peaknet_serve.serve.budget import WorkBudget, calibration_shapes
 from peaknet_serve.serve.handler import PeakNetHandler
 from tests.serve.test_handler import make_context, make_frames, raw_request, run_batch
 
@@ -29,12 +29,25 @@ def test_the_handler_calibrates_its_budget_at_start_up(handler):  # runs first: 
     assert handler.budget.response_timeout_s == 120.0 and handler.budget.budget_s == 60.0
 
 
-def test_calibration_times_each_batch_a_few_times_after_an_untimed_first_unless_it_is_long():
-    durations = iter([2.2, 0.2, 0.3, 0.1, 0.4])  # the first batch of a shape pays one-time costs
+def test_calibration_times_each_batch_a_few_times_unless_it_is_long():
+    durations = iter([0.2, 0.3, 0.1, 0.4])
     assert repeated_seconds(lambda: next(durations), 3, 1.0) == [0.2, 0.3, 0.1]
-    durations = iter([2.2, 0.7, 0.6, 0.5])
+    durations = iter([0.7, 0.6, 0.5])
     assert repeated_seconds(lambda: next(durations), 3, 1.0) == [0.7, 0.6]  # 1.3 s: enough
     assert repeated_seconds(lambda: 5.0, 3, 1.0) == [5.0]
+
+
+def test_calibration_runs_a_shape_that_warm_up_did_not_run_once_untimed(handler, monkeypatch):
+    settings = handler.settings
+    shapes = calibration_shapes(settings.warmup_shapes, settings.max_batch_panels)
+    warmed = warmed_shapes(handler.finder, settings)
+    assert (1, 64, 96) in warmed and any(shape not in warmed for shape in shapes)
+    seen = []
+    find = handler.finder.find
+    monkeypatch.setattr(handler.finder, "find", lambda panels: seen.append(tuple(panels.shape)) or find(panels))
+    timed = calibrate_budget(WorkBudget(), handler.finder, settings, repeats=1)
+    assert [shape for shape, _ in timed] == shapes
+    assert seen == [s for shape in shapes for s in ([shape] if shape in warmed else [shape, shape])]
 
 
 def test_batch_mates_past_the_budget_are_503_with_retry_after(handler, model_dir):

@@ -160,18 +160,19 @@ class AotPackages:
                 tune()
                 self.store.save_tuning({"depthwise_padding": padding_of(module)})
             padding = padding_of(module)
-            paths = [(example, self.package_path(example, padding)) for example in examples]
-            missing = [(example, path) for example, path in paths if not path.exists()]
+            present, missing = [], []
+            for example in examples:
+                path = self.package_path(example, padding)
+                (present if path.exists() else missing).append((example, path))
             if not missing and release is not None:
                 release()
             runners: dict[Signature, Callable] = {}
             timings = []
-            for example, path in paths:
-                if path.exists():
-                    runner, timing = load_package(path, example)
-                    timings.append({"shape": list(example.shape), "build_s": 0.0, **timing})
-                    if runner is not None:
-                        runners[signature(example)] = runner
+            for example, path in present:
+                runner, timing = load_package(path, example)
+                timings.append({"shape": list(example.shape), "build_s": 0.0, **timing})
+                if runner is not None:
+                    runners[signature(example)] = runner
             if not missing:
                 return runners, "aot_hit" if len(runners) == len(examples) else "aot_fallback", timings
             for example, path in missing:
