@@ -56,13 +56,15 @@ class Pipeline:
         startup_s: seconds from the start of loading to the end of warm-up.
         phases: ``load``, ``tune`` and ``warm-up`` seconds of ``startup_s`` (``tune`` includes waiting
             for the compile cache's lock while another worker builds it, and with AOT packages
-            building or loading them and their first calls).
+            building them, waiting for other workers' builds, loading them and their first calls).
         compile_cache: ``off`` (nothing compiled, or the cache is off), ``hit`` (artefacts loaded) or
             ``built`` (this process compiled and saved them); with ``compile_backend: aoti``, ``aot_hit``
             (every bucket's AOTInductor package loaded), ``aot_built`` (some built here) or
             ``aot_fallback`` (some bucket runs under torch.compile: its package failed).
-        packages: per AOTInductor package, its input ``shape`` and ``build_s``, ``load_s`` and
-            ``first_call_s`` seconds (:meth:`~peaknet_serve.device.aot_packages.AotPackages.prepare`).
+        packages: per AOTInductor package, its input ``shape``, ``source`` (found, built here, or
+            waited for while another worker built it), ``built_by`` (the builder's process id) and
+            ``build_s``, ``wait_s``, ``load_s`` and ``first_call_s`` seconds
+            (:meth:`~peaknet_serve.device.aot_packages.AotPackages.prepare`).
     """
 
     model: PeakNet

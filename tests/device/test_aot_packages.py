@@ -8,10 +8,15 @@ from __future__ import annotations
 
 import fcntl
 import json
+import logging
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -191,6 +196,220 @@ def test_workers_started_together_build_each_package_once(tmp_path):
         results.append(json.loads(out.strip().splitlines()[-1]))
     assert sorted(r["outcome"] for r in results) == ["aot_built", "aot_hit"]
     assert sorted(r["build_s"] == 0 for r in results) == [False, True]
+
+
+# The walk over the packages, with builds and loads that only write and read a file.
+BUCKETS = [(1, 1, 16, 16), (2, 1, 16, 16), (3, 1, 16, 16)]
+
+
+def fake_builds(monkeypatch, on_load: Callable[[int], None] = lambda calls: None) -> list[tuple[int, ...]]:
+    """Make ``AotPackages.build`` write a placeholder file (and its ``.json``) and ``load_package``
+    return the identity; returns the shapes built, in order. ``on_load(n)`` runs at the n-th load."""
+    built: list[tuple[int, ...]] = []
+    loads = [0]
+
+    def build(self, module, example, path):
+        built.append(tuple(example.shape))
+        path.write_bytes(b"package")
+        path.with_suffix(".json").write_text(json.dumps({"builder_pid": os.getpid()}))
+        return True
+
+    def load(path, example):
+        assert path.read_bytes() == b"package"
+        loads[0] += 1
+        on_load(loads[0])
+        return (lambda x: x), {"load_s": 0.0, "first_call_s": 0.0}
+
+    monkeypatch.setattr(AotPackages, "build", build)
+    monkeypatch.setattr(aot_packages, "load_package", load)
+    return built
+
+
+def bucket_paths(packages: AotPackages) -> list[Path]:
+    return [packages.package_path(torch.zeros(shape), {}) for shape in BUCKETS]
+
+
+def test_a_worker_builds_the_packages_nobody_builds_and_then_waits_for_the_others(tmp_path, monkeypatch):
+    packages = packages_of(tmp_path, conv_net())
+    paths = bucket_paths(packages)
+    other = packages.lock_of(paths[1])  # another worker is building the 2-panel package
+    assert other.acquire(wait=False)
+
+    def other_worker_finishes(loads: int) -> None:
+        if loads == 2:  # this worker has loaded what it built: now the other one saves and lets go
+            paths[1].write_bytes(b"package")
+            paths[1].with_suffix(".json").write_text(json.dumps({"builder_pid": 4242}))
+            other.release()
+
+    built = fake_builds(monkeypatch, other_worker_finishes)
+    net = conv_net()
+    runners, outcome, records = packages.prepare(net, [torch.zeros(s) for s in BUCKETS], nothing_to_tune)
+    assert built == [BUCKETS[0], BUCKETS[2]]  # the free ones, in order; never the one locked by another
+    assert outcome == "aot_built" and len(runners) == 3
+    assert [r["source"] for r in records] == ["built", "waited", "built"]
+    assert [r["built_by"] for r in records] == [os.getpid(), 4242, os.getpid()]
+    assert records[1]["build_s"] == 0.0 and records[1]["wait_s"] >= 0.0
+    assert [r["shape"] for r in records] == [list(s) for s in BUCKETS]
+
+    built.clear()  # a restart finds them all
+    runners, outcome, records = packages.prepare(net, [torch.zeros(s) for s in BUCKETS], nothing_to_tune)
+    assert built == [] and outcome == "aot_hit" and [r["source"] for r in records] == ["found"] * 3
+    assert [r["built_by"] for r in records] == [os.getpid(), 4242, os.getpid()]
+
+
+def test_a_worker_builds_a_package_whose_builder_gave_up_and_removes_what_it_left(tmp_path, monkeypatch):
+    packages = packages_of(tmp_path, conv_net())
+    paths = bucket_paths(packages)
+    left = paths[0].parent / f".{paths[0].stem}.x1y2.pt2"  # a temporary of a build that died
+    left.write_bytes(b"part")
+    other = packages.lock_of(paths[0])
+    assert other.acquire(wait=False)
+
+    def other_worker_stops(loads: int) -> None:
+        if loads == 2:  # it lets the lock go without a package (a failed build; a death lets it go too)
+            other.release()
+
+    built = fake_builds(monkeypatch, other_worker_stops)
+    runners, outcome, records = packages.prepare(conv_net(), [torch.zeros(s) for s in BUCKETS], nothing_to_tune)
+    assert built == [BUCKETS[1], BUCKETS[2], BUCKETS[0]]
+    assert outcome == "aot_built" and len(runners) == 3
+    assert [r["source"] for r in records] == ["built"] * 3
+    assert records[0]["wait_s"] >= 0.0 and not left.exists()
+
+
+def test_a_worker_alone_builds_every_package_in_order(tmp_path, monkeypatch):
+    built = fake_builds(monkeypatch)
+    packages = packages_of(tmp_path, conv_net())
+    runners, outcome, records = packages.prepare(conv_net(), [torch.zeros(s) for s in BUCKETS], nothing_to_tune)
+    assert built == BUCKETS and outcome == "aot_built" and len(runners) == 3
+    assert all(r["wait_s"] == 0.0 for r in records)
+    for path in bucket_paths(packages):  # every lock let go
+        lock = packages.lock_of(path)
+        assert lock.acquire(wait=False)
+        lock.release()
+
+
+def worker_env(tmp_path: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"),
+        "TORCHINDUCTOR_COMPILE_THREADS": "1",
+        "PYTHONPATH": os.pathsep.join(sys.path),
+    }
+
+
+# A worker that, once every worker has started (a file each in the barrier folder), prepares the
+# BUCKETS' packages of the conv net and saves its packages' answers to one input per bucket.
+BUILDER = """
+import json, logging, os, sys, time, torch
+from pathlib import Path
+from tests.device.test_aot_packages import BUCKETS, conv_net, nothing_to_tune, packages_of
+logging.basicConfig(level=logging.INFO, format="%(message)s")
+directory, barrier, workers, out = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), Path(sys.argv[4])
+(barrier / str(os.getpid())).touch()
+deadline = time.monotonic() + 300
+while len(list(barrier.iterdir())) < workers and time.monotonic() < deadline:
+    time.sleep(0.01)
+net = conv_net()
+examples = [torch.zeros(shape) for shape in BUCKETS]
+runners, outcome, records = packages_of(directory, net).prepare(net, examples, nothing_to_tune)
+torch.manual_seed(1)
+with torch.inference_mode():
+    outputs = [runners[(tuple(x.shape), tuple(x.stride()))](torch.randn(x.shape)) for x in examples]
+torch.save(outputs, out)
+print(json.dumps({"pid": os.getpid(), "outcome": outcome, "records": records}))
+"""
+
+
+@pytest.mark.slow
+def test_workers_started_together_build_different_packages_side_by_side(tmp_path):
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    cache = tmp_path / "cache"
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", BUILDER, str(cache), str(barrier), "2", str(tmp_path / f"out{n}.pt")],
+            env=worker_env(tmp_path),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(2)
+    ]
+    results, logged = [], set()
+    for worker in workers:
+        out, err = worker.communicate(timeout=600)
+        assert worker.returncode == 0, err[-3000:]
+        results.append(json.loads(out.strip().splitlines()[-1]))
+        for shape, pid in re.findall(r"AOT package built for (\(.*?\)) in [\d.]+ s by worker pid (\d+)", err):
+            logged.add((shape, int(pid)))
+
+    builders = {}  # bucket -> pids that built it
+    for result in results:
+        assert result["outcome"] == "aot_built"  # each built some
+        for bucket, record in zip(BUCKETS, result["records"], strict=True):
+            assert record["load_s"] is not None and record["first_call_s"] is not None
+            if record["source"] == "built":
+                builders.setdefault(bucket, []).append(result["pid"])
+    assert sorted(builders) == sorted(BUCKETS) and all(len(pids) == 1 for pids in builders.values())
+    assert {(str(bucket), pids[0]) for bucket, pids in builders.items()} == logged
+    for result in results:  # the other worker's packages: waited for, or found, and its builder named
+        for bucket, record in zip(BUCKETS, result["records"], strict=True):
+            if record["source"] != "built":
+                assert record["built_by"] == builders[bucket][0] != result["pid"]
+    assert len(list(cache.glob("*.pt2"))) == 3 and not list(cache.glob(".*"))
+
+    first, second = (torch.load(tmp_path / f"out{n}.pt") for n in range(2))
+    net = conv_net()
+    torch.manual_seed(1)
+    with torch.inference_mode():
+        expected = [net(torch.randn(shape)) for shape in BUCKETS]
+    for a, b, e in zip(first, second, expected, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)  # the same packages
+        torch.testing.assert_close(a, e)
+
+
+@pytest.mark.slow
+def test_a_builder_killed_mid_build_leaves_no_lock_that_blocks_the_next_worker(tmp_path, caplog):
+    cache = tmp_path / "cache"
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    packages = packages_of(cache, conv_net())
+    path = bucket_paths(packages)[0]
+    victim = subprocess.Popen(
+        [sys.executable, "-c", BUILDER, str(cache), str(barrier), "1", str(tmp_path / "out.pt")],
+        env=worker_env(tmp_path),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its compiler processes too, to end them after the test
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while not list(cache.glob(f".{path.stem}.*.pt2")):  # exported; AOTInductor compiling
+            assert victim.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        assert not packages.lock_of(path).acquire(wait=False)  # it holds the package's lock
+        os.kill(victim.pid, signal.SIGKILL)  # the worker alone, as a worker dies
+        victim.wait(timeout=60)
+        lock = packages.lock_of(path)
+        assert lock.acquire(wait=False)  # free at once, its compiler's processes or not
+        lock.release()
+        assert not path.exists() and packages.lock_of(path).path.exists()
+
+        net = conv_net()
+        with caplog.at_level(logging.INFO, logger="peaknet_serve.device.aot_packages"):
+            runners, outcome, records = packages.prepare(net, [torch.zeros(BUCKETS[0])], nothing_to_tune)
+        assert outcome == "aot_built" and records[0]["source"] == "built" and records[0]["wait_s"] == 0.0
+        assert f"by worker pid {os.getpid()}" in caplog.text
+        assert not list(cache.glob(".*"))  # the killed build's temporary removed
+        x = torch.randn(BUCKETS[0])
+        with torch.inference_mode():
+            torch.testing.assert_close(next(iter(runners.values()))(x), net(x))
+    finally:
+        try:
+            os.killpg(victim.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 class NormNet(torch.nn.Module):

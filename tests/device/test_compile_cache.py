@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from peaknet_serve.config.mode import ServingMode
 from peaknet_serve.config.settings import HandlerSettings
 from peaknet_serve.device.compile_cache import (
     CompileCache,
+    FileLock,
     apply_padding,
     cache_key,
     default_cache_dir,
@@ -134,3 +136,49 @@ def test_nothing_is_cached_where_nothing_is_compiled(tmp_path):
     assert serving_cache(off, compiled, model, torch.device("cpu")) is None
     cache = serving_cache(settings, compiled, model, torch.device("cpu"))  # a mode compiled on the CPU (benchmarks)
     assert cache is not None and cache.directory == tmp_path and cache.description["cpu"]
+
+
+def test_a_file_lock_is_exclusive_and_a_lock_file_left_on_disk_is_not_a_held_lock(tmp_path):
+    path = tmp_path / "locks" / "set.lock"
+    path.parent.mkdir()
+    path.write_bytes(b"")  # what a worker that held it and exited leaves
+    first, second = FileLock(path), FileLock(path)
+    assert first.acquire(wait=False) and first.held
+    assert not second.acquire(wait=False) and not second.held  # held by another open file
+    first.release()
+    first.release()  # nothing more to let go
+    assert second.acquire(wait=False)
+    second.release()
+    assert FileLock(tmp_path / "new" / "dir" / "x.lock").acquire(wait=True)  # created with its directory
+
+
+# Holds a FileLock, says so, and sleeps until it is killed.
+HOLDER = """
+import sys, time
+from pathlib import Path
+from peaknet_serve.device.compile_cache import FileLock
+lock = FileLock(Path(sys.argv[1]))
+assert lock.acquire(wait=False)
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_the_lock_of_a_process_killed_while_holding_it_is_free(tmp_path):
+    path = tmp_path / "held.lock"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(path)],
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert not FileLock(path).acquire(wait=False)
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait(timeout=30)
+    assert path.exists()
+    lock = FileLock(path)
+    assert lock.acquire(wait=False)
+    lock.release()

@@ -16,7 +16,7 @@ from ts.context import Context, RequestProcessor
 
 from peaknet_serve.checkpoint import load_peaknet
 from peaknet_serve.device.finder import PanelPeakFinder
-from peaknet_serve.serve.handler import PeakNetHandler
+from peaknet_serve.serve.handler import PeakNetHandler, _package_source
 from tests.frames import spot_frames
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "upstream"
@@ -241,3 +241,9 @@ def test_deployment_threshold_is_echoed(model_dir):
     assert deployment["threshold"] == 0.3 and request["threshold"] == 0.7
     assert sum(f["num_peaks"] for f in deployment["frames"]) == len(expected_peaks(frames, 0.3))
     assert sum(f["num_peaks"] for f in request["frames"]) == len(expected_peaks(frames, 0.7))
+
+
+def test_the_log_line_of_an_aot_package_names_the_worker_that_built_it():
+    assert _package_source({"source": "built", "built_by": 11}) == "built by this worker (pid 11)"
+    assert _package_source({"source": "waited", "built_by": 12}) == "built by worker pid 12 while this one waited"
+    assert _package_source({"source": "found", "built_by": None}) == "found in the cache (built by an unknown worker)"

@@ -16,9 +16,15 @@ Files in the compile cache's directory (:class:`~peaknet_serve.device.compile_ca
 keeps the set's tuning and lock, as for torch.compile's artefacts)::
 
     <label>-<set>.tuning.json   the depthwise padding the packages were exported with
-    <label>-<set>.lock          held while a worker reads the tuning, or builds and saves packages
+    <label>-<set>.lock          held while a worker reads the tuning, or tunes and saves it
     <label>-<key>.pt2           one package per network input (``key`` = set, shape, strides, padding)
-    <label>-<key>.json          what it was built for and how long the build took (for people)
+    <label>-<key>.json          what it was built for, by which process and how long the build took
+    <label>-<key>.pt2.lock      held while a worker builds that package
+
+Workers started together build different packages side by side, each package once, and wait for
+the ones other workers are building (:meth:`AotPackages.prepare`); the locks are ``flock`` locks
+(:class:`~peaknet_serve.device.compile_cache.FileLock`), which the kernel lets go when their holder
+dies, so a worker killed mid-build blocks nobody: the next to take that package's lock builds it.
 
 Every failure (export, compilation, a corrupt or foreign package) is logged as a warning and leaves
 that shape to ``torch.compile``; a package that fails to load is removed so that the next start
@@ -31,6 +37,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -45,6 +52,7 @@ from peaknet_serve.config.mode import ServingMode
 from peaknet_serve.config.settings import HandlerSettings
 from peaknet_serve.device.compile_cache import (
     CompileCache,
+    FileLock,
     apply_padding,
     cache_directory,
     cache_key,
@@ -134,58 +142,122 @@ class AotPackages:
         key = cache_key({"set": self.store.key, "shape": shape, "strides": strides, "padding": padding})
         return self.store.directory / f"{self.store.label}-{key}.pt2"
 
+    def lock_of(self, path: Path) -> FileLock:
+        """The lock a worker holds while it builds the package ``path`` (``<package>.pt2.lock``)."""
+        return FileLock(path.with_name(f"{path.name}.lock"))
+
     def prepare(
         self, module: nn.Module, examples: Sequence[torch.Tensor], tune: Callable[[], object]
     ) -> tuple[dict[Signature, Callable], str, list[dict[str, Any]]]:
         """Load, or build, save and load, a package of ``module`` (a :class:`ScoreModule` when serving)
         for each of ``examples`` (its inputs).
 
-        Under the set's lock: the depthwise padding is taken from the set's tuning file, or chosen by
-        ``tune()`` (which sets the convs' ``compute_sizes``) and saved, before anything is exported.
-        When every package exists the lock is let go before loading, so that workers started
-        together load side by side; otherwise it is held while this worker loads the present ones
-        and builds the missing ones, so that workers started together build each package once.
+        Under the set's lock the depthwise padding is taken from the set's tuning file, or chosen by
+        ``tune()`` (which sets the convs' ``compute_sizes``) and saved, before anything is exported;
+        the lock is let go after that. Each package has a lock of its own (:meth:`lock_of`), held
+        while a worker builds it, so that workers started together build different packages side by
+        side: a worker walks ``examples`` in order, takes (without waiting) the lock of the first
+        package that is neither on disk nor locked by another worker, builds and saves it, and walks
+        again. When every missing package is locked by others it loads the packages it has, then
+        waits for each of those locks in turn and loads that package, or builds it itself when the
+        other worker's build failed or the worker died (the kernel lets a dead process's lock go).
+        A worker alone builds every package, one after another.
 
         Returns:
-            The loaded packages by input signature; ``aot_hit`` (all loaded), ``aot_built`` (some
-            built here) or ``aot_fallback`` (some input has none: ``torch.compile`` runs it); and per
-            example its ``shape`` and the seconds its ``build_s`` (0 when loaded), ``load_s`` and
-            ``first_call_s`` took (None where that step did not happen or failed).
+            The loaded packages by input signature; ``aot_hit`` (all loaded, none built here),
+            ``aot_built`` (all loaded, some built here) or ``aot_fallback`` (some input has none:
+            ``torch.compile`` runs it); and per example, in order, its ``shape``, its ``source``
+            (``found`` on disk, ``built`` here, or ``waited`` for: built by another worker while this
+            one waited), ``built_by`` (the builder's process id, from the package's ``.json``; None
+            where unknown), and the seconds its ``build_s`` (0 unless built here), ``wait_s`` (for
+            another worker's build), ``load_s`` and ``first_call_s`` took (None where that step did
+            not happen or failed).
         """
-        with held_lock(self.store.lock_path) as release:
+        with held_lock(self.store.lock_path):
             tuning = self.store.load_tuning()
             if tuning is not None:
                 apply_padding(module, tuning["depthwise_padding"])
             else:
                 tune()
                 self.store.save_tuning({"depthwise_padding": padding_of(module)})
-            padding = padding_of(module)
-            present, missing = [], []
-            for example in examples:
-                path = self.package_path(example, padding)
-                (present if path.exists() else missing).append((example, path))
-            if not missing and release is not None:
-                release()
-            runners: dict[Signature, Callable] = {}
-            timings = []
-            for example, path in present:
-                runner, timing = load_package(path, example)
-                timings.append({"shape": list(example.shape), "build_s": 0.0, **timing})
-                if runner is not None:
-                    runners[signature(example)] = runner
-            if not missing:
-                return runners, "aot_hit" if len(runners) == len(examples) else "aot_fallback", timings
-            for example, path in missing:
-                started = time.perf_counter()
-                built = self.build(module, example, path)
-                timing = {"build_s": time.perf_counter() - started, "load_s": None, "first_call_s": None}
-                if built:
-                    runner, loading = load_package(path, example)
-                    timing.update(loading)
-                    if runner is not None:
-                        runners[signature(example)] = runner
-                timings.append({"shape": list(example.shape), **timing})
-        return runners, "aot_built" if len(runners) == len(examples) else "aot_fallback", timings
+        padding = padding_of(module)
+        paths = [self.package_path(example, padding) for example in examples]
+        records: list[dict[str, Any]] = [
+            {
+                "shape": list(example.shape),
+                "source": "found",
+                "built_by": None,
+                "build_s": 0.0,
+                "wait_s": 0.0,
+                "load_s": None,
+                "first_call_s": None,
+            }
+            for example in examples
+        ]
+        on_disk = [False] * len(examples)
+        runners: dict[Signature, Callable] = {}
+
+        def build_locked(index: int, lock: FileLock) -> None:
+            """Build package ``index`` unless it is on disk, its ``lock`` taken (held, or unusable)."""
+            path = paths[index]
+            if path.exists():
+                on_disk[index] = True
+                return
+            if lock.held:  # what a build of this package that died left behind
+                for stale in path.parent.glob(f".{path.stem}.*"):
+                    stale.unlink(missing_ok=True)
+            records[index].update(source="built", built_by=os.getpid())
+            started = time.perf_counter()
+            on_disk[index] = self.build(module, examples[index], path)
+            records[index]["build_s"] = time.perf_counter() - started
+
+        def load(index: int) -> None:
+            if records[index]["source"] != "built":
+                records[index]["built_by"] = builder_of(paths[index])
+            runner, timing = load_package(paths[index], examples[index])
+            records[index].update(timing)
+            if runner is not None:
+                runners[signature(examples[index])] = runner
+
+        settled: set[int] = set()  # on disk, or built (or failed to build) here
+        while True:
+            others: list[int] = []  # missing and locked by another worker
+            for index, path in enumerate(paths):
+                if index in settled:
+                    continue
+                if path.exists():
+                    on_disk[index] = True
+                    settled.add(index)
+                    continue
+                lock = self.lock_of(path)
+                if take(lock, wait=False):
+                    try:
+                        build_locked(index, lock)
+                    finally:
+                        lock.release()
+                    settled.add(index)
+                    break
+                others.append(index)
+            else:
+                break  # nothing left to take
+        for index in range(len(examples)):
+            if on_disk[index]:
+                load(index)
+        for index in others:
+            lock = self.lock_of(paths[index])
+            log.info("AOT package for %s: waiting for another worker's build", tuple(examples[index].shape))
+            started = time.perf_counter()
+            take(lock, wait=True)
+            try:
+                records[index].update(source="waited", wait_s=time.perf_counter() - started)
+                build_locked(index, lock)
+            finally:
+                lock.release()
+            if on_disk[index]:
+                load(index)
+        if len(runners) < len(examples):
+            return runners, "aot_fallback", records
+        return runners, "aot_built" if any(r["source"] == "built" for r in records) else "aot_hit", records
 
     def build(self, module: nn.Module, example: torch.Tensor, path: Path) -> bool:
         """Export ``module`` at ``example``, compile it into the package ``path`` (atomically) and write
@@ -218,6 +290,8 @@ class AotPackages:
             "input_dtype": str(example.dtype),
             "depthwise_padding": padding_of(module),
             "build_s": round(seconds, 2),
+            "builder_pid": os.getpid(),
+            "builder_host": socket.gethostname(),
             "bytes": path.stat().st_size,
             "written": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
@@ -225,7 +299,7 @@ class AotPackages:
             write_atomic(path.with_suffix(".json"), json.dumps(described, indent=1).encode())
         except OSError as exc:
             log.warning("AOT packages: cannot write %s (%s)", path.with_suffix(".json"), exc)
-        log.info("AOT package built for %s in %.1f s: %s", shape, seconds, path.name)
+        log.info("AOT package built for %s in %.1f s by worker pid %d: %s", shape, seconds, os.getpid(), path.name)
         return True
 
 
@@ -315,6 +389,26 @@ def load_package(
         path.unlink(missing_ok=True)
         return None, timing
     return runner, timing
+
+
+def take(lock: FileLock, *, wait: bool) -> bool:
+    """:meth:`FileLock.acquire`, with a lock file that cannot be created or locked counted as taken
+    (a warning: the worker goes on unlocked, as the compile cache does)."""
+    try:
+        return lock.acquire(wait=wait)
+    except OSError as exc:
+        log.warning("AOT packages: lock %s unusable (%s): going on without it", lock.path, exc)
+        return True
+
+
+def builder_of(path: Path) -> int | None:
+    """The process id that built the package ``path``, from the ``.json`` beside it; None where that
+    cannot be read."""
+    try:
+        pid = json.loads(path.with_suffix(".json").read_text()).get("builder_pid")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return pid if isinstance(pid, int) else None
 
 
 def serving_packages(

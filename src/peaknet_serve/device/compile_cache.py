@@ -35,7 +35,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 
@@ -46,7 +46,7 @@ from peaknet_serve.model.peaknet import PeakNet
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CompileCache", "apply_padding", "cache_key", "default_cache_dir", "padding_of", "serving_cache"]
+__all__ = ["CompileCache", "FileLock", "apply_padding", "cache_key", "default_cache_dir", "padding_of", "serving_cache"]
 
 
 def default_cache_dir(env: Mapping[str, str] = os.environ) -> Path:
@@ -202,28 +202,78 @@ class CompileCache:
         write_atomic(path, data)
 
 
+class FileLock:
+    """An exclusive ``flock`` on the file ``path`` (created, with its directory, when first taken).
+
+    The kernel holds an flock for as long as the open file it was taken on exists: :meth:`release`
+    closes it, and so does the end of the holding process however it ends (exit, crash, SIGKILL),
+    so a lock file left on disk is only a file, never a held lock, and nothing ever deletes one
+    (deleting a lock file that another process holds would let a third take a second lock). The
+    descriptor is close-on-exec (Python's default), so programs the holder runs (a compiler) do not
+    keep the lock after it dies; a child forked without exec would, until it exits.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.file: BinaryIO | None = None
+
+    @property
+    def held(self) -> bool:
+        return self.file is not None
+
+    def acquire(self, *, wait: bool = True) -> bool:
+        """Take the lock: True once this process holds it; with ``wait`` False, False at once when
+        another process holds it. A wait of more than a second is logged.
+
+        Raises:
+            OSError: the lock file cannot be created or locked (read-only or lock-less file system).
+        """
+        if self.file is not None:
+            return True
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        file = open(self.path, "a+b")  # noqa: SIM115 - held until release
+        started = time.perf_counter()
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.close()
+            if wait:
+                raise
+            return False
+        except BaseException:
+            file.close()
+            raise
+        waited = time.perf_counter() - started
+        if waited > 1.0:
+            log.info("compile cache: waited %.1f s for %s", waited, self.path.name)
+        self.file = file
+        return True
+
+    def release(self) -> None:
+        """Let the lock go (nothing when it is not held)."""
+        if self.file is not None:
+            file, self.file = self.file, None
+            file.close()
+
+
 @contextlib.contextmanager
 def held_lock(path: Path) -> Iterator[Callable[[], None] | None]:
-    """An exclusive ``flock`` on ``path`` (created with its directory) for the block.
+    """A :class:`FileLock` on ``path``, waited for and held for the block.
 
     Yields ``release``, which lets the lock go early (a worker that found what it needs lets the
-    others in), or None when the lock file cannot be created (the caller goes on unlocked). Waiting
-    for the lock is logged when it takes more than a second (another worker is building).
+    others in), or None when the lock file cannot be created or locked (the caller goes on unlocked).
     """
+    lock = FileLock(path)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        lock = open(path, "a+b")  # noqa: SIM115 - held across the yield
+        lock.acquire()
     except OSError as exc:
         log.warning("compile cache %s unusable (%s): going on without it", path.parent, exc)
         yield None
         return
-    with lock:
-        waited = time.perf_counter()
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        waited = time.perf_counter() - waited
-        if waited > 1.0:
-            log.info("compile cache: waited %.1f s for %s", waited, path.name)
-        yield lambda: fcntl.flock(lock, fcntl.LOCK_UN)
+    try:
+        yield lock.release
+    finally:
+        lock.release()
 
 
 def write_atomic(path: Path, data: bytes) -> None:

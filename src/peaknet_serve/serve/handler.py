@@ -73,6 +73,16 @@ def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.1f}"
 
 
+def _package_source(package: dict) -> str:
+    """Where an AOT package of :attr:`~peaknet_serve.pipeline.Pipeline.packages` came from, for a log line."""
+    builder = "an unknown worker" if package["built_by"] is None else f"worker pid {package['built_by']}"
+    return {
+        "built": f"built by this worker (pid {package['built_by']})",
+        "waited": f"built by {builder} while this one waited",
+        "found": f"found in the cache (built by {builder})",
+    }[package["source"]]
+
+
 def select_device(gpu_id: Any) -> torch.device:
     """The worker's device: ``cuda:<gpu_id>`` when TorchServe assigned a GPU and CUDA works, else CPU."""
     if gpu_id is not None and str(gpu_id) != "" and torch.cuda.is_available():
@@ -153,9 +163,11 @@ class PeakNetHandler(BaseHandler):
         )
         for package in pipeline.packages:
             log.info(
-                "AOT package for %s: built in %s s, loaded in %s s, first call %s s",
+                "AOT package for %s: %s, built in %s s, waited %s s, loaded in %s s, first call %s s",
                 tuple(package["shape"]),
+                _package_source(package),
                 _seconds(package["build_s"]),
+                _seconds(package["wait_s"]),
                 _seconds(package["load_s"]),
                 _seconds(package["first_call_s"]),
             )
