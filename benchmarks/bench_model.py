@@ -21,8 +21,12 @@ Modes (weights / autocast / output):
   fast_pure_unpadded  fast_pure without the depthwise-padding tuning that every lean mode runs
                 on CUDA before compiling (:mod:`peaknet_serve.model.depthwise`; the handler's
                 ``depthwise_padding``): the tuning's ablation
-Per mode: median latency over repeats (CUDA events), items/s, peak and weight memory, and the
-peak-mask agreement with the fp32 mask (argmax of fp32 logits).
+  fast_fp8      fast with the ConvNeXt V2 MLP linears as float8 e4m3 GEMMs, rowwise scales
+                (:mod:`peaknet_serve.model.float8`; the handler's ``float8_pointwise``; CUDA,
+                compute capability >= 8.9)
+Per mode: median latency over repeats (CUDA events), items/s, peak and weight memory (parameters
+and buffers: float8 weights are buffers), and the peak-mask agreement with the mask of the first
+mode run (fp32 in the default list: the argmax of fp32 logits).
 
 Peak memory is the steady state of inference: after the warm-up runs (which compile), the cache
 is emptied and the peak counters reset, then the timed runs set the peak. Compile-time buffers
@@ -54,6 +58,7 @@ from benchmarks.timing import (
 from peaknet_serve.checkpoint import load_peaknet
 from peaknet_serve.config.mode import ServingMode
 from peaknet_serve.model.depthwise import PaddableDepthwiseConv2d, tune_depthwise_padding
+from peaknet_serve.model.float8 import Float8Linear
 from peaknet_serve.model.peaknet import PeakNet
 from peaknet_serve.pipeline import load_network, network_forward
 
@@ -81,10 +86,12 @@ def _mode(
     lean: bool = False,
     compile: str | None = None,
     pad_depthwise: bool = False,
+    float8: bool = False,
 ) -> Mode:
-    return Mode(
-        name, ServingMode(weights, autocast, compile, channels_last=lean, depthwise_padding=pad_depthwise), lean
+    serving = ServingMode(
+        weights, autocast, compile, channels_last=lean, depthwise_padding=pad_depthwise, float8_pointwise=float8
     )
+    return Mode(name, serving, lean)
 
 
 MODES = {
@@ -94,6 +101,9 @@ MODES = {
     "fp16": _mode("fp16", torch.float16, torch.float16),
     "lean": _mode("lean", torch.bfloat16, torch.bfloat16, lean=True, pad_depthwise=True),
     "fast": _mode("fast", torch.bfloat16, torch.bfloat16, lean=True, compile="default", pad_depthwise=True),
+    "fast_fp8": _mode(
+        "fast_fp8", torch.bfloat16, torch.bfloat16, lean=True, compile="default", pad_depthwise=True, float8=True
+    ),
     "fast_graphs": _mode(
         "fast_graphs", torch.bfloat16, torch.bfloat16, lean=True, compile="reduce-overhead", pad_depthwise=True
     ),
@@ -194,7 +204,7 @@ def bench_case(
         mask = run().cpu()
         if reference_mask is None:
             reference_mask = mask
-        weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        weight_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
         rows.append(
             {
                 "model": config.stem,
@@ -210,6 +220,7 @@ def bench_case(
                 "weights_gib": weight_bytes / 2**30,
                 "mask_agreement_vs_fp32": float((mask == reference_mask).float().mean()),
                 "depthwise_padded": depthwise_padded_sizes(model),
+                "float8_layers": sum(isinstance(m, Float8Linear) for m in model.modules()),
             }
         )
         del model, x, run
