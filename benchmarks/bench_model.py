@@ -22,8 +22,9 @@ Modes (weights / autocast / output):
                 on CUDA before compiling (:mod:`peaknet_serve.model.depthwise`; the handler's
                 ``depthwise_padding``): the tuning's ablation
   fast_fp8      fast with the ConvNeXt V2 MLP linears as float8 e4m3 GEMMs, rowwise scales
-                (:mod:`peaknet_serve.model.float8`; the handler's ``float8_pointwise``; CUDA,
-                compute capability >= 8.9)
+                (:mod:`peaknet_serve.model.float8`; CUDA, compute capability >= 8.9): an experiment,
+                not a serving option (on the H200 slower than fast and below 99% mask agreement,
+                ``benchmarks/results/model_fp8_h200.md``)
 Per mode: median latency over repeats (CUDA events), items/s, peak and weight memory (parameters
 and buffers: float8 weights are buffers), and the peak-mask agreement with the mask of the first
 mode run (fp32 in the default list: the argmax of fp32 logits).
@@ -58,7 +59,7 @@ from benchmarks.timing import (
 from peaknet_serve.checkpoint import load_peaknet
 from peaknet_serve.config.mode import ServingMode
 from peaknet_serve.model.depthwise import PaddableDepthwiseConv2d, tune_depthwise_padding
-from peaknet_serve.model.float8 import Float8Linear
+from peaknet_serve.model.float8 import Float8Linear, convert_pointwise_to_float8
 from peaknet_serve.model.peaknet import PeakNet
 from peaknet_serve.pipeline import load_network, network_forward
 
@@ -68,11 +69,14 @@ ROOT = Path(__file__).resolve().parents[1]
 @dataclass(frozen=True)
 class Mode:
     """A benchmark mode: a :class:`ServingMode` and the head it runs (``lean``: the (B, 1, H, W) peak
-    score the server runs, else the full (B, 2, H, W) logits of the public pipeline)."""
+    score the server runs, else the full (B, 2, H, W) logits of the public pipeline); ``float8``:
+    the ConvNeXt V2 MLP linears converted to float8 after loading
+    (:func:`~peaknet_serve.model.float8.convert_pointwise_to_float8`)."""
 
     name: str
     serving: ServingMode
     lean: bool = False
+    float8: bool = False
 
     @property
     def compile(self) -> str | None:
@@ -88,10 +92,8 @@ def _mode(
     pad_depthwise: bool = False,
     float8: bool = False,
 ) -> Mode:
-    serving = ServingMode(
-        weights, autocast, compile, channels_last=lean, depthwise_padding=pad_depthwise, float8_pointwise=float8
-    )
-    return Mode(name, serving, lean)
+    serving = ServingMode(weights, autocast, compile, channels_last=lean, depthwise_padding=pad_depthwise)
+    return Mode(name, serving, lean, float8)
 
 
 MODES = {
@@ -146,11 +148,14 @@ def forward_fn(model: PeakNet, mode: Mode, x: torch.Tensor, device: torch.device
 def prepare_mode(config: Path, mode: Mode, base: torch.Tensor, device: torch.device):
     """``(model, x, run)`` for ``mode``: the config's random weights (seed 0, the same in every
     mode, so masks are comparable) loaded by the server's :func:`~peaknet_serve.pipeline.load_network`
-    in the mode's dtype and memory format, ``base`` cast alike, the depthwise padding tuned as the
-    server tunes it (CUDA), and :func:`forward_fn`'s callable."""
+    in the mode's dtype and memory format (its MLP linears then converted to float8 for a ``float8``
+    mode), ``base`` cast alike, the depthwise padding tuned as the server tunes it (CUDA), and
+    :func:`forward_fn`'s callable."""
     torch.manual_seed(0)
     serving = mode.serving
     model = load_network(config, None, serving, device, random_init=True)
+    if mode.float8:
+        convert_pointwise_to_float8(model)  # after the cast: a later .to(dtype) would cast float8 weights
     x = base.to(device=device, dtype=serving.dtype)
     if serving.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)

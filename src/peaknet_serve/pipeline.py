@@ -7,8 +7,7 @@ measured and scored is what is served::
     pipeline = build_finder(settings, torch.device("cuda", 0), model_dir)
     result = pipeline.finder.find(panels)        # (B, H, W) wire-dtype panels on the device
 
-Steps, in order: load and cast the weights (:func:`load_network`), lay them out (and, with
-``float8_pointwise``, convert the ConvNeXt MLP linears to float8), wrap the forward in
+Steps, in order: load and cast the weights (:func:`load_network`), lay them out, wrap the forward in
 ``torch.compile`` (:func:`network_forward`), build the :class:`~peaknet_serve.device.finder.PanelPeakFinder`,
 tune the depthwise-conv padding at every warm-up shape (before the first compiled run: a compiled graph
 keeps the padding it was traced with), then warm up every micro-batch bucket. With
@@ -39,7 +38,6 @@ from peaknet_serve.device.compile_cache import apply_padding, padding_of, servin
 from peaknet_serve.device.finder import PanelPeakFinder
 from peaknet_serve.device.peaks import LabelLimits
 from peaknet_serve.model.depthwise import PaddingChoice
-from peaknet_serve.model.float8 import convert_pointwise_to_float8
 from peaknet_serve.model.peaknet import PeakNet
 from peaknet_serve.serve.budget import Shape, WorkBudget, calibration_shapes
 
@@ -91,16 +89,10 @@ def load_network(
     *,
     random_init: bool = False,
 ) -> PeakNet:
-    """The checkpoint's network in eval mode, weights in ``mode.dtype`` and memory format on ``device``;
-    with ``mode.float8_pointwise`` its ConvNeXt V2 MLP linears then converted to float8
-    (:func:`~peaknet_serve.model.float8.convert_pointwise_to_float8`, the last step: it refuses a
-    device without float8 GEMMs)."""
+    """The checkpoint's network in eval mode, weights in ``mode.dtype`` and memory format on ``device``."""
     model = load_peaknet(config, weights, dtype=mode.dtype, device=device, random_init=random_init)
     if mode.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if mode.float8_pointwise:
-        swapped = convert_pointwise_to_float8(model)
-        log.info("float8 pointwise: %d ConvNeXt V2 MLP linears run as float8 e4m3 GEMMs", swapped)
     return model
 
 

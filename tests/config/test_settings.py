@@ -140,15 +140,3 @@ def test_compile_backend_inductor_by_default_aoti_by_yaml_or_env():
     assert HandlerSettings.from_mapping({"compile_backend": "aoti"}, env=env).compile_backend == "inductor"
     with pytest.raises(ValueError, match="compile_backend"):
         HandlerSettings.from_mapping({"compile_backend": "tensorrt"}, env={})
-
-
-def test_float8_pointwise_from_yaml_and_env():
-    assert HandlerSettings.from_mapping(None, env={}).float8_pointwise is False
-    assert HandlerSettings.from_mapping({"float8_pointwise": True}, env={}).float8_pointwise is True
-    assert (
-        HandlerSettings.from_mapping({"float8_pointwise": True}, env={"PEAKNET_FLOAT8": "0"}).float8_pointwise is False
-    )
-    assert HandlerSettings.from_mapping(None, env={"PEAKNET_FLOAT8": "yes"}).float8_pointwise is True
-    assert HandlerSettings.from_mapping({"float8_pointwise": True}, env={"PEAKNET_FLOAT8": ""}).float8_pointwise
-    with pytest.raises(ValueError, match="not a boolean"):
-        HandlerSettings.from_mapping(None, env={"PEAKNET_FLOAT8": "fp8"})

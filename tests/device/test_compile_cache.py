@@ -127,17 +127,6 @@ def test_cache_directory_from_the_environment(tmp_path):
     assert default_cache_dir({}) == Path.home() / ".cache" / "peaknet-serve"
 
 
-def test_float8_mode_has_its_own_cache_and_the_others_keep_their_keys(tmp_path):
-    model = load_peaknet(FIXTURE)
-    settings = HandlerSettings.from_mapping({"compile": True, "compile_cache_dir": str(tmp_path)}, env={})
-    cpu = torch.device("cpu")
-    plain = serving_cache(settings, ServingMode(dtype=torch.bfloat16, compile="default"), model, cpu)
-    fp8 = ServingMode(dtype=torch.bfloat16, compile="default", float8_pointwise=True)
-    float8 = serving_cache(settings, fp8, model, cpu)
-    assert float8.key != plain.key and float8.description["float8_pointwise"] is True
-    assert "float8_pointwise" not in plain.description  # keys of caches built before the option are unchanged
-
-
 def test_nothing_is_cached_where_nothing_is_compiled(tmp_path):
     model = load_peaknet(FIXTURE)
     settings = HandlerSettings.from_mapping({"compile": True, "compile_cache_dir": str(tmp_path)}, env={})

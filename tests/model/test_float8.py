@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from peaknet_serve.checkpoint import load_peaknet
-from peaknet_serve.config.mode import ServingMode
 from peaknet_serve.model import float8
 from peaknet_serve.model.convnextv2 import ConvNextV2Layer
 from peaknet_serve.model.float8 import (
@@ -22,7 +21,6 @@ from peaknet_serve.model.float8 import (
     qualifying_pointwise_layers,
     quantize_rowwise,
 )
-from peaknet_serve.pipeline import load_network
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = ROOT / "tests" / "fixtures" / "upstream" / "peaknet_tiny.yaml"  # hidden 16/32/64/128, depths 1/1/2/1
@@ -196,10 +194,27 @@ def test_conversion_swaps_exactly_the_qualifying_layers(monkeypatch):
     assert sum(isinstance(m, Float8Linear) for m in tiny.modules()) == 2 * 3
 
 
-def test_load_network_refuses_float8_on_the_cpu():
-    mode = ServingMode(dtype=torch.bfloat16, float8_pointwise=True)
-    with pytest.raises(RuntimeError, match="CUDA GPU"):
-        load_network(TINY, None, mode, torch.device("cpu"))
+def test_bench_mode_fast_fp8_is_fast_with_float8_linears():
+    from benchmarks.bench_model import MODES
+
+    assert MODES["fast_fp8"].serving == MODES["fast"].serving and MODES["fast_fp8"].lean
+    assert MODES["fast_fp8"].float8 and not any(mode.float8 for name, mode in MODES.items() if name != "fast_fp8")
+
+
+def test_bench_prepare_mode_converts_after_the_cast_and_refuses_the_cpu(monkeypatch):
+    from benchmarks.bench_model import MODES, prepare_mode
+
+    base = torch.zeros(1, 1, 64, 96)
+    with pytest.raises(RuntimeError, match="need a CUDA GPU; the model is on cpu"):
+        prepare_mode(TINY, MODES["fast_fp8"], base, torch.device("cpu"))
+    monkeypatch.setattr(float8, "require_float8", lambda device: None)  # the swap itself runs anywhere
+    model, x, _ = prepare_mode(TINY, MODES["fast_fp8"], base, torch.device("cpu"))
+    layers = [m for m in model.modules() if isinstance(m, Float8Linear)]
+    assert len(layers) == len(qualifying_pointwise_layers(load_peaknet(TINY))) == 2 * 5
+    assert all(layer.weight.dtype == torch.float8_e4m3fn and layer.output_dtype == torch.bfloat16 for layer in layers)
+    assert x.dtype == torch.bfloat16
+    plain, _, _ = prepare_mode(TINY, MODES["fast"], base, torch.device("cpu"))
+    assert not any(isinstance(m, Float8Linear) for m in plain.modules())
 
 
 # ------------------------------------------------------------------------------------------
@@ -304,9 +319,10 @@ def peak_mask(forward, adu: np.ndarray, dtype: torch.dtype, channels_last: bool)
 @needs_float8_gpu
 @pytest.mark.skipif(not BUNDLED.is_file(), reason="bundled model not present (model_store/peaknet)")
 def test_cuda_float8_peaknet_agrees_with_float32_on_simulated_frames():
-    """The trained bundled model served compiled in bf16 with float8 MLP linears against float32:
-    the peak masks pixel by pixel, and the peak lists (matched within 1 px over their union, as
-    ``peaknet-evaluate`` reports precision agreement); the IoU of the peak pixels is reported."""
+    """The trained bundled model, compiled in bf16 as served, with its MLP linears converted to
+    float8, against float32: the peak masks pixel by pixel, and the peak lists (matched within 1 px
+    over their union, as ``peaknet-evaluate`` reports precision agreement); the IoU of the peak
+    pixels is reported."""
     from peaknet_serve.config.settings import HandlerSettings
     from peaknet_serve.eval.runner import agreement_counts, agreement_summary, evaluation_finder, find_frame_peaks
     from peaknet_serve.pipeline import build_finder
@@ -318,7 +334,6 @@ def test_cuda_float8_peaknet_agrees_with_float32_on_simulated_frames():
             "precision": "bf16",
             "compile": True,
             "channels_last": True,
-            "float8_pointwise": True,
             "compile_cache": False,
             "depthwise_padding": False,
             "warmup": False,
@@ -327,10 +342,11 @@ def test_cuda_float8_peaknet_agrees_with_float32_on_simulated_frames():
         env={},
     )
     torch._dynamo.reset()
-    pipeline = build_finder(settings, cuda)
-    assert pipeline.mode.float8_pointwise and pipeline.mode.compile == "default"
+    pipeline = build_finder(settings, cuda)  # nothing runs the network: no warm-up, cache or tuning
+    assert pipeline.mode.compile == "default" and pipeline.mode.dtype == torch.bfloat16
     model = pipeline.model
-    assert sum(isinstance(m, Float8Linear) for m in model.modules()) == 2 * sum(model.config.backbone_depths)
+    # in place, before the first call: torch.compile traces the converted modules then
+    assert convert_pointwise_to_float8(model) == 2 * sum(model.config.backbone_depths)
     reference = evaluation_finder(BUNDLED, "float32", cuda, None, 16)
 
     counts = {"matched": 0, "only_reference": 0, "only_other": 0}

@@ -14,7 +14,6 @@ from typing import TYPE_CHECKING
 import torch
 
 from peaknet_serve.config.precision import dtype_name, resolve_precision
-from peaknet_serve.model.float8 import float8_unsupported_reason
 
 if TYPE_CHECKING:
     from peaknet_serve.config.settings import HandlerSettings
@@ -32,8 +31,6 @@ class ServingMode:
         channels_last: weights and inputs in channels_last memory format.
         depthwise_padding: before the first compiled run, time the 7x7 depthwise convs at each warm-up
             shape plain and zero-padded, and keep the faster (CUDA; :mod:`peaknet_serve.model.depthwise`).
-        float8_pointwise: the ConvNeXt V2 MLP linears run as float8 e4m3 GEMMs with rowwise scales
-            (:mod:`peaknet_serve.model.float8`; CUDA, compute capability >= 8.9, bf16/fp16 weights).
     """
 
     dtype: torch.dtype = torch.float32
@@ -41,41 +38,22 @@ class ServingMode:
     compile: str | None = None
     channels_last: bool = False
     depthwise_padding: bool = False
-    float8_pointwise: bool = False
 
     @classmethod
     def from_settings(
         cls, settings: HandlerSettings, device: torch.device, env: Mapping[str, str] = os.environ
     ) -> ServingMode:
         """The handler's mode: precision resolved against the device (``PEAKNET_PRECISION`` in ``env``
-        first); compile and depthwise padding only on CUDA; autocast only for a reduced dtype on CUDA.
-
-        Raises:
-            ValueError: ``float8_pointwise`` on a device without float8 GEMMs (the CPU, a GPU of compute
-                capability below 8.9) or with float32 precision. It changes the numerics and is asked for
-                to meet a latency target, so it is refused at start-up rather than dropped silently.
-        """
+        first); compile and depthwise padding only on CUDA; autocast only for a reduced dtype on CUDA."""
         dtype = resolve_precision(settings.precision, device, env)
         cuda = device.type == "cuda"
-        if settings.float8_pointwise:
-            reason = float8_unsupported_reason(device)
-            if reason is None and dtype == torch.float32:
-                reason = "float8 pointwise layers need bfloat16 or float16 precision, not float32"
-            if reason is not None:
-                raise ValueError(f"float8_pointwise: {reason}; set float8_pointwise: false (or PEAKNET_FLOAT8=false)")
         return cls(
             dtype=dtype,
             autocast=dtype if settings.autocast and cuda and dtype != torch.float32 else None,
             compile=settings.compile_mode if settings.compile and cuda else None,
             channels_last=settings.channels_last,
             depthwise_padding=settings.depthwise_padding and cuda,
-            float8_pointwise=settings.float8_pointwise,
         )
-
-    def optional_key_parts(self) -> dict[str, bool]:
-        """Cache-key entries of the options that are off by default, present only when on, so the
-        compile caches and AOT packages of modes without them keep their keys."""
-        return {"float8_pointwise": True} if self.float8_pointwise else {}
 
     def describe(self) -> str:
         """One line for logs: ``bfloat16, autocast bfloat16, compiled (default), channels_last``."""
@@ -88,6 +66,4 @@ class ServingMode:
             parts.append("channels_last")
         if self.depthwise_padding:
             parts.append("depthwise padding tuned")
-        if self.float8_pointwise:
-            parts.append("float8 pointwise")
         return ", ".join(parts)

@@ -24,7 +24,6 @@ Environment overrides (a ``docker run -e`` or a shell export wins over the archi
 ``PEAKNET_COMPILE_BACKEND``      inductor (torch.compile) or aoti (AOTInductor packages in the compile cache)
 ``PEAKNET_DEPTHWISE_PADDING``    true/false: time the depthwise convs padded at start-up, keep the faster (CUDA)
 ``PEAKNET_HIT_MIN_PEAKS``        peaks that make a frame a hit (the PeakNetHitFrames metric)
-``PEAKNET_FLOAT8``               true/false: ConvNeXt V2 MLP linears as float8 GEMMs (CUDA, compute capability >= 8.9)
 ===============================  ======================================================
 """
 
@@ -99,7 +98,6 @@ class HandlerSettings:
     depthwise_padding: bool = True  # CUDA: per warm-up shape, run depthwise convs padded where measured faster
     batch_time_fraction: float = 0.5  # per-batch work budget (serve.budget); 0 = admit everything
     hit_min_peaks: int = 10  # a frame with at least this many peaks counts as a hit (metrics)
-    float8_pointwise: bool = False  # ConvNeXt V2 MLP linears as float8 e4m3 GEMMs (CUDA, capability >= 8.9, bf16/fp16)
     limits: DecodeLimits = field(default_factory=DecodeLimits)
 
     @classmethod
@@ -136,7 +134,6 @@ class HandlerSettings:
             "compile_cache": env.get("PEAKNET_COMPILE_CACHE"),
             "compile_cache_dir": env.get("PEAKNET_CACHE_DIR"),
             "compile_backend": env.get("PEAKNET_COMPILE_BACKEND"),
-            "float8_pointwise": env.get("PEAKNET_FLOAT8"),
         }
         values.update({k: v for k, v in overrides.items() if v not in (None, "")})
         if "PEAKNET_THRESHOLD" in env and env["PEAKNET_THRESHOLD"] == "":
@@ -175,7 +172,6 @@ class HandlerSettings:
             "compile_cache": parse_bool,
             "compile_cache_dir": lambda v: None if v is None else str(v),
             "compile_backend": parse_compile_backend,
-            "float8_pointwise": parse_bool,
             "limits": lambda v: v,
         }
         return replace(self, **{k: converters[k](v) for k, v in values.items()})

@@ -430,6 +430,5 @@ def serving_packages(
         compile_mode=mode.compile,
         channels_last=mode.channels_last,
         depthwise_padding=mode.depthwise_padding,
-        **mode.optional_key_parts(),
         warmup_shapes=[list(shape) for shape in settings.warmup_shapes],
     )

@@ -350,5 +350,4 @@ def serving_cache(
         buckets=list(settings.buckets()),
         warmup_shapes=[list(shape) for shape in settings.warmup_shapes],
         depthwise_padding=mode.depthwise_padding,
-        **mode.optional_key_parts(),
     )
