@@ -21,8 +21,13 @@ Modes (weights / autocast / output):
   fast_pure_unpadded  fast_pure without the depthwise-padding tuning that every lean mode runs
                 on CUDA before compiling (:mod:`peaknet_serve.model.depthwise`; the handler's
                 ``depthwise_padding``): the tuning's ablation
-Per mode: median latency over repeats (CUDA events), items/s, peak and weight memory, and the
-peak-mask agreement with the fp32 mask (argmax of fp32 logits).
+  fast_fp8      fast with the ConvNeXt V2 MLP linears as float8 e4m3 GEMMs, rowwise scales
+                (:mod:`peaknet_serve.model.float8`; CUDA, compute capability >= 8.9): an experiment,
+                not a serving option (on the H200 slower than fast and below 99% mask agreement,
+                ``benchmarks/results/model_fp8_h200.md``)
+Per mode: median latency over repeats (CUDA events), items/s, peak and weight memory (parameters
+and buffers: float8 weights are buffers), and the peak-mask agreement with the mask of the first
+mode run (fp32 in the default list: the argmax of fp32 logits).
 
 Peak memory is the steady state of inference: after the warm-up runs (which compile), the cache
 is emptied and the peak counters reset, then the timed runs set the peak. Compile-time buffers
@@ -54,6 +59,7 @@ from benchmarks.timing import (
 from peaknet_serve.checkpoint import load_peaknet
 from peaknet_serve.config.mode import ServingMode
 from peaknet_serve.model.depthwise import PaddableDepthwiseConv2d, tune_depthwise_padding
+from peaknet_serve.model.float8 import Float8Linear, convert_pointwise_to_float8
 from peaknet_serve.model.peaknet import PeakNet
 from peaknet_serve.pipeline import load_network, network_forward
 
@@ -63,11 +69,14 @@ ROOT = Path(__file__).resolve().parents[1]
 @dataclass(frozen=True)
 class Mode:
     """A benchmark mode: a :class:`ServingMode` and the head it runs (``lean``: the (B, 1, H, W) peak
-    score the server runs, else the full (B, 2, H, W) logits of the public pipeline)."""
+    score the server runs, else the full (B, 2, H, W) logits of the public pipeline); ``float8``:
+    the ConvNeXt V2 MLP linears converted to float8 after loading
+    (:func:`~peaknet_serve.model.float8.convert_pointwise_to_float8`)."""
 
     name: str
     serving: ServingMode
     lean: bool = False
+    float8: bool = False
 
     @property
     def compile(self) -> str | None:
@@ -81,10 +90,10 @@ def _mode(
     lean: bool = False,
     compile: str | None = None,
     pad_depthwise: bool = False,
+    float8: bool = False,
 ) -> Mode:
-    return Mode(
-        name, ServingMode(weights, autocast, compile, channels_last=lean, depthwise_padding=pad_depthwise), lean
-    )
+    serving = ServingMode(weights, autocast, compile, channels_last=lean, depthwise_padding=pad_depthwise)
+    return Mode(name, serving, lean, float8)
 
 
 MODES = {
@@ -94,6 +103,9 @@ MODES = {
     "fp16": _mode("fp16", torch.float16, torch.float16),
     "lean": _mode("lean", torch.bfloat16, torch.bfloat16, lean=True, pad_depthwise=True),
     "fast": _mode("fast", torch.bfloat16, torch.bfloat16, lean=True, compile="default", pad_depthwise=True),
+    "fast_fp8": _mode(
+        "fast_fp8", torch.bfloat16, torch.bfloat16, lean=True, compile="default", pad_depthwise=True, float8=True
+    ),
     "fast_graphs": _mode(
         "fast_graphs", torch.bfloat16, torch.bfloat16, lean=True, compile="reduce-overhead", pad_depthwise=True
     ),
@@ -136,11 +148,14 @@ def forward_fn(model: PeakNet, mode: Mode, x: torch.Tensor, device: torch.device
 def prepare_mode(config: Path, mode: Mode, base: torch.Tensor, device: torch.device):
     """``(model, x, run)`` for ``mode``: the config's random weights (seed 0, the same in every
     mode, so masks are comparable) loaded by the server's :func:`~peaknet_serve.pipeline.load_network`
-    in the mode's dtype and memory format, ``base`` cast alike, the depthwise padding tuned as the
-    server tunes it (CUDA), and :func:`forward_fn`'s callable."""
+    in the mode's dtype and memory format (its MLP linears then converted to float8 for a ``float8``
+    mode), ``base`` cast alike, the depthwise padding tuned as the server tunes it (CUDA), and
+    :func:`forward_fn`'s callable."""
     torch.manual_seed(0)
     serving = mode.serving
     model = load_network(config, None, serving, device, random_init=True)
+    if mode.float8:
+        convert_pointwise_to_float8(model)  # after the cast: a later .to(dtype) would cast float8 weights
     x = base.to(device=device, dtype=serving.dtype)
     if serving.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
@@ -194,7 +209,7 @@ def bench_case(
         mask = run().cpu()
         if reference_mask is None:
             reference_mask = mask
-        weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        weight_bytes = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
         rows.append(
             {
                 "model": config.stem,
@@ -210,6 +225,7 @@ def bench_case(
                 "weights_gib": weight_bytes / 2**30,
                 "mask_agreement_vs_fp32": float((mask == reference_mask).float().mean()),
                 "depthwise_padded": depthwise_padded_sizes(model),
+                "float8_layers": sum(isinstance(m, Float8Linear) for m in model.modules()),
             }
         )
         del model, x, run

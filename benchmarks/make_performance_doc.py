@@ -57,6 +57,16 @@ SECTIONS = [
         "Model level (H200), 33M config: every precision mode in one run, ratios vs autocast, steady-state peak memory",
     ),
     ("model_673m_1920_h200.md", "Model level (H200): the 673M config at 4 × 1920², with peak reserved memory"),
+    (
+        "model_fp8_h200.md",
+        "Model level (H200), 33M config, 64 ePix10k2M panels: float8 e4m3 ConvNeXt MLP linears (`fast_fp8`, "
+        "an experiment, not a serving option) against the fast path and float32",
+    ),
+    (
+        "profile_h200.md",
+        "Where the time goes (H200), 33M config, 64 ePix10k2M panels: per stage and per GPU kernel kind, "
+        "autocast baseline vs fast path",
+    ),
     ("memory_peak_1920_h200.md", "What is alive at peak GPU memory (H200), 33M at 8 × 1920²: autocast vs fast path"),
     (
         "memory_peak_pure_1920_h200.md",
