@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 
+from peaknet_serve.config.backend import BackendChoice, resolve_compile_backend
 from peaknet_serve.config.mode import ServingMode
 from peaknet_serve.config.settings import HandlerSettings
 from peaknet_serve.device import aot_packages
@@ -455,6 +456,29 @@ def test_packages_only_for_a_compiled_network_with_the_aoti_backend(tmp_path):
     assert serving_packages(aoti, compiled, model, CPU).store.key != packages.store.key
 
 
+def test_packages_follow_the_resolved_backend(tmp_path, caplog):
+    """``auto`` is inductor on the CPU; a backend resolved to ``aoti`` (as ``auto`` is on CUDA with a
+    compiler and CUDA headers) gets packages, one resolved to ``inductor`` none."""
+    from peaknet_serve.checkpoint import load_peaknet  # noqa: PLC0415
+
+    model = load_peaknet(FIXTURE)
+    compiled = ServingMode(compile="default")
+    auto = HandlerSettings.from_mapping({"compile_cache_dir": str(tmp_path)}, env={})
+    assert auto.compile_backend == "auto" and serving_packages(auto, compiled, model, CPU) is None
+    resolved = BackendChoice("auto", "aoti", "g++ at /usr/bin/g++, CUDA headers in /usr/local/cuda")
+    assert serving_packages(auto, compiled, model, CPU, resolved).store.directory == tmp_path
+    assert serving_packages(auto, compiled, model, CPU, BackendChoice("aoti", "inductor", "off")) is None
+    off = HandlerSettings.from_mapping({"compile_cache_dir": str(tmp_path), "compile_cache": False}, env={})
+    assert serving_packages(off, compiled, model, CPU, resolved) is None
+
+    settings = {"config": str(FIXTURE), "warmup": False, "depthwise_padding": False, "compile_cache": False}
+    with caplog.at_level(logging.INFO, logger="peaknet_serve.pipeline"):
+        pipeline = build_finder(HandlerSettings.from_mapping(settings, env={}), CPU, mode=compiled)
+    assert pipeline.backend == BackendChoice("auto", "inductor", "device cpu: AOT packages only on CUDA")
+    assert "compile backend: auto -> inductor (device cpu: AOT packages only on CUDA)" in caplog.text
+    assert build_finder(HandlerSettings.from_mapping(settings, env={}), CPU).backend is None  # eager
+
+
 @pytest.mark.slow
 def test_served_tiny_peaknet_from_packages_finds_what_torch_compile_finds(tmp_path):
     """build_finder twice with ``compile_backend: aoti`` (builds, then loads) against torch.compile."""
@@ -483,3 +507,23 @@ def test_served_tiny_peaknet_from_packages_finds_what_torch_compile_finds(tmp_pa
         found, expected = again.finder.find(panels).table, compiled.finder.find(panels).table
     for name in ("image_index", "ss", "fs", "npix"):
         assert torch.equal(getattr(found, name), getattr(expected, name)), name
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_auto_says_aoti_on_this_gpu_host_only_where_a_package_builds(tmp_path):
+    """``auto`` on this GPU host: where it resolves to ``aoti`` (a C++ compiler and the CUDA headers
+    found) a package of the conv net builds, loads and answers as the net does on the GPU."""
+    cuda = torch.device("cuda", torch.cuda.current_device())
+    choice = resolve_compile_backend("auto", cuda)
+    if choice.backend != "aoti":
+        pytest.skip(f"this host: {choice.describe()}")
+    net = conv_net().to(cuda)
+    packages = AotPackages.for_model(
+        tmp_path, "net", cuda, weights_sha256=weights_sha256(net), architecture="conv-gelu-conv"
+    )
+    runners, outcome, records = packages.prepare(net, [torch.zeros(SHAPE, device=cuda)], nothing_to_tune)
+    assert outcome == "aot_built", f"{choice.describe()}, yet the build failed: {records}"
+    x = torch.randn(SHAPE, device=cuda)
+    with torch.inference_mode():
+        torch.testing.assert_close(next(iter(runners.values()))(x), net(x))

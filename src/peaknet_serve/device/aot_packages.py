@@ -1,8 +1,9 @@
 """AOTInductor packages: the network compiled ahead of time, one package per input shape, built once
 per host and loaded by every later worker start without tracing anything.
 
-With ``compile_backend: aoti`` the network's peak-score forward is exported (``torch.export``) at
-each micro-batch bucket's (B, 1, Hp, Wp) input and compiled by AOTInductor
+With ``compile_backend: aoti``, or ``auto`` resolved to it (:mod:`peaknet_serve.config.backend`),
+the network's peak-score forward is exported (``torch.export``) at each micro-batch bucket's
+(B, 1, Hp, Wp) input and compiled by AOTInductor
 (``torch._inductor.aoti_compile_and_package``) into a ``.pt2`` package, which a later start loads
 (:func:`open_package`) and calls directly: neither Dynamo nor Inductor run. The
 weights are baked into each package as constants, so a package is keyed by their SHA-256 (of the
@@ -48,6 +49,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from peaknet_serve.config.backend import BackendChoice, resolve_compile_backend
 from peaknet_serve.config.mode import ServingMode
 from peaknet_serve.config.settings import HandlerSettings
 from peaknet_serve.device.compile_cache import (
@@ -412,11 +414,21 @@ def builder_of(path: Path) -> int | None:
 
 
 def serving_packages(
-    settings: HandlerSettings, mode: ServingMode, model: PeakNet, device: torch.device
+    settings: HandlerSettings,
+    mode: ServingMode,
+    model: PeakNet,
+    device: torch.device,
+    backend: BackendChoice | None = None,
 ) -> AotPackages | None:
     """The AOTInductor packages of ``model`` served in ``mode`` on ``device``; None unless the network
-    is compiled (``mode.compile``) with ``compile_backend: aoti`` and the compile cache is on."""
-    if mode.compile is None or settings.compile_backend != "aoti" or not settings.compile_cache:
+    is compiled (``mode.compile``), its backend is ``aoti`` (``backend``, else ``compile_backend``
+    resolved for ``device``: :func:`~peaknet_serve.config.backend.resolve_compile_backend`) and the
+    compile cache is on."""
+    if mode.compile is None or not settings.compile_cache:
+        return None
+    if backend is None:
+        backend = resolve_compile_backend(settings.compile_backend, device, compile_cache=settings.compile_cache)
+    if backend.backend != "aoti":
         return None
     directory = cache_directory(settings)
     return AotPackages.for_model(
