@@ -36,7 +36,7 @@ from peaknet_serve.config.backend import BackendChoice, resolve_compile_backend
 from peaknet_serve.config.mode import ServingMode
 from peaknet_serve.config.settings import HandlerSettings
 from peaknet_serve.device.aot_packages import AotPackages, PackagedForward, ScoreModule, serving_packages
-from peaknet_serve.device.compile_cache import apply_padding, padding_of, serving_cache
+from peaknet_serve.device.compile_cache import apply_padding, cache_directory, padding_of, serving_cache
 from peaknet_serve.device.finder import PanelPeakFinder
 from peaknet_serve.device.peaks import LabelLimits
 from peaknet_serve.model.depthwise import PaddingChoice
@@ -62,7 +62,8 @@ class Pipeline:
         compile_cache: ``off`` (nothing compiled, or the cache is off), ``hit`` (artefacts loaded) or
             ``built`` (this process compiled and saved them); with the ``aoti`` backend, ``aot_hit``
             (every bucket's AOTInductor package loaded), ``aot_built`` (some built here) or
-            ``aot_fallback`` (some bucket runs under torch.compile: its package failed).
+            ``aot_fallback`` (some bucket runs under torch.compile, through the compile cache: its
+            package failed to build or to load).
         packages: per AOTInductor package, its input ``shape``, ``source`` (found, built here, or
             waited for while another worker built it), ``built_by`` (the builder's process id) and
             ``build_s``, ``wait_s``, ``load_s`` and ``first_call_s`` seconds
@@ -191,31 +192,45 @@ def build_finder(
 
     backend = None
     if mode.compile is not None:
-        backend = resolve_compile_backend(settings.compile_backend, device, compile_cache=settings.compile_cache)
+        backend = resolve_compile_backend(
+            settings.compile_backend,
+            device,
+            compile_cache=settings.compile_cache,
+            cache_dir=cache_directory(settings) if settings.compile_cache else None,
+        )
         log.info("compile backend: %s", backend.describe())
     packages = serving_packages(settings, mode, model, device, backend)
     package_timings: list[dict] = []
-    cache = serving_cache(settings, mode, model, device) if packages is None else None
+    outcome = None
     if packages is not None:
         outcome, package_timings = use_packages(packages, finder, mode, settings.warmup_shapes, tune)
+    if outcome in ("aot_hit", "aot_built"):
         tuned = time.perf_counter()
         if settings.warmup:
             for panels, height, width in settings.warmup_shapes:
                 finder.warmup(panels, height, width)
-    else:
+    else:  # torch.compile, for every bucket or for those without a package, through the compile cache
+        cache = serving_cache(settings, mode, model, device)
         with cache.compiling() if cache is not None else contextlib.nullcontext(False) as cache_hit:
             tuning = cache.load_tuning() if cache_hit else None
             if tuning is not None:  # the padding the cached graphs were traced with
                 apply_padding(model, tuning["depthwise_padding"])
             else:
-                tune()
+                if outcome is None:  # with packages, the padding is tuned (or read) already
+                    tune()
                 if cache is not None and mode.depthwise_padding:
                     cache.save_tuning({"depthwise_padding": padding_of(model)})
             tuned = time.perf_counter()
             if settings.warmup:
                 for panels, height, width in settings.warmup_shapes:
                     finder.warmup(panels, height, width)
-        outcome = "off" if cache is None else "hit" if cache_hit else "built"
+        if outcome is None:
+            outcome = "off" if cache is None else "hit" if cache_hit else "built"
+        else:
+            log.info(
+                "AOT packages missing for some buckets: torch.compile runs them, compile cache %s",
+                "off" if cache is None else "hit" if cache_hit else "built",
+            )
     warmed = time.perf_counter()
     return Pipeline(
         model,

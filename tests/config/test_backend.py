@@ -3,6 +3,7 @@ the CUDA cases take a CUDA device object, which needs no GPU, and fake compilers
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 from pathlib import Path
@@ -13,6 +14,7 @@ import torch
 from peaknet_serve.config.backend import (
     CUDA_HEADERS,
     BackendChoice,
+    build_host,
     cuda_headers,
     cxx_compiler,
     resolve_compile_backend,
@@ -114,3 +116,76 @@ def test_explicit_backends_are_kept_on_any_device(tmp_path):
     assert off.describe() == "aoti -> inductor (AOT packages need compile_cache: true)"
     with pytest.raises(ValueError, match="compile_backend"):
         resolve_compile_backend("tensorrt", CPU)
+
+
+# This host's record of a failed AOT build (BuildFailureMarker), as auto and aoti read it.
+H200 = "NVIDIA H200"
+
+
+def auto_on_cuda(tmp_path: Path, env: dict[str, str], **kwargs) -> BackendChoice:
+    """``auto`` on a CUDA device with ``env``'s tools, a CUDA root with every header and the compile
+    cache in ``tmp_path / "cache"``."""
+    kwargs = {"cuda_home": str(cuda_root(tmp_path)), "cache_dir": tmp_path / "cache", "gpu": H200, **kwargs}
+    return resolve_compile_backend("auto", CUDA, env=env, **kwargs)
+
+
+def test_auto_takes_inductor_on_a_host_whose_aot_build_failed_until_the_marker_goes(tmp_path, with_gxx):
+    first = auto_on_cuda(tmp_path, with_gxx)
+    assert first.backend == "aoti" and first.marker is not None and first.marker.read() is None
+    assert first.marker.path.parent == tmp_path / "cache" and not first.marker.path.exists()
+    assert first.marker.host == build_host(CUDA, str(tmp_path / "bin" / "g++"), cuda_root(tmp_path), gpu=H200)
+    assert first.marker.host["compiler_version"] == "g++ (fake) 12.2.0" and first.marker.host["gpu"] == H200
+
+    first.marker.write("CppCompileError: C++ compile error\n/usr/bin/ld: cannot find -lcuda")
+    recorded = json.loads(first.marker.path.read_text())
+    assert recorded["error"] == "CppCompileError: C++ compile error" and recorded["host"] == first.marker.host
+    again = auto_on_cuda(tmp_path, with_gxx)
+    assert again.backend == "inductor" and again.marker is None
+    assert again.describe() == (
+        "auto -> inductor (an AOT build failed on this host: CppCompileError: C++ compile error; "
+        f"remove {first.marker.path} to retry)"
+    )
+    explicit = resolve_compile_backend(
+        "aoti", CUDA, env=with_gxx, cuda_home=str(cuda_root(tmp_path)), cache_dir=tmp_path / "cache", gpu=H200
+    )
+    assert explicit.describe() == "aoti (set)" and explicit.marker.path == first.marker.path  # tries anyway
+
+    first.marker.clear()  # what a successful build does
+    assert auto_on_cuda(tmp_path, with_gxx).backend == "aoti"
+    first.marker.clear()  # none left: nothing to do
+
+
+def test_a_marker_is_this_hosts_only(tmp_path, with_gxx):
+    auto_on_cuda(tmp_path, with_gxx).marker.write("RuntimeError: link failed")
+    assert auto_on_cuda(tmp_path, with_gxx).backend == "inductor"
+    assert auto_on_cuda(tmp_path, with_gxx, gpu="NVIDIA A100-SXM4-80GB").backend == "aoti"  # another GPU
+    other_root = cuda_root(tmp_path / "other")
+    assert auto_on_cuda(tmp_path, with_gxx, cuda_home=str(other_root)).backend == "aoti"  # another CUDA root
+    newer = tmp_path / "newer"
+    newer.mkdir()
+    (newer / "g++").write_text("#!/bin/sh\necho 'g++ (fake) 13.1.0'\n")
+    (newer / "g++").chmod(0o755)
+    assert auto_on_cuda(tmp_path, {"PATH": str(newer)}).backend == "aoti"  # another compiler version
+    # the device and the tools decide first: a marker changes nothing where auto is inductor anyway
+    on_cpu = resolve_compile_backend("auto", CPU, env=with_gxx, cache_dir=tmp_path / "cache")
+    assert on_cpu.reason == "device cpu: AOT packages only on CUDA"
+    assert auto_on_cuda(tmp_path, with_gxx, cuda_home=None).reason.startswith("g++ found, but no CUDA root")
+    assert auto_on_cuda(tmp_path, with_gxx, cache_dir=None).backend == "aoti"  # no directory: no marker
+
+
+def test_an_unreadable_or_foreign_marker_is_ignored(tmp_path, with_gxx, caplog):
+    marker = auto_on_cuda(tmp_path, with_gxx).marker
+    marker.path.parent.mkdir(parents=True)
+    marker.path.write_text("{not json")
+    assert auto_on_cuda(tmp_path, with_gxx).backend == "aoti" and "marker" in caplog.text
+    marker.path.write_text(json.dumps({"host": {**marker.host, "gpu": "other"}, "error": "x"}))
+    assert marker.read() is None and auto_on_cuda(tmp_path, with_gxx).backend == "aoti"
+    marker.write("")  # an error without a message
+    assert marker.read()["error"] == "" and auto_on_cuda(tmp_path, with_gxx).backend == "inductor"
+
+
+def test_a_marker_that_cannot_be_written_is_a_warning(tmp_path, with_gxx, caplog):
+    (tmp_path / "cache").write_text("a file where the directory should be")
+    marker = auto_on_cuda(tmp_path, with_gxx).marker
+    marker.write("RuntimeError: link failed")
+    assert "not written" in caplog.text and marker.read() is None
