@@ -11,13 +11,21 @@
 # Two stages: `build` installs the pinned Python environment (CUDA PyTorch from the PyTorch wheel
 # index; the wheels bring their own CUDA runtime, the host only needs the NVIDIA driver and the
 # container toolkit) and builds model_store/peaknet.mar; `runtime` is a slim Python image with a
-# headless JRE 17 that receives the environment and the archive, nothing else.
+# headless JRE 17 and g++ that receives the environment and the archive, nothing else.
+#
+# AOT packages (compile_backend: auto, with compile: true) are built in the container: g++ (with
+# gcc, which Triton also compiles its kernel launchers with) compiles them against the CUDA headers
+# that docker/cuda_home.py gathers from the CUDA wheels into /opt/venv/cuda (CUDA_HOME); the
+# python:*-slim images carry Python's headers, the torch wheel its own. Keep the compile cache on a
+# volume (-v peaknet-cache:/home/peaknet/cache): a restarted container loads the packages from it.
 
 ARG PYTHON_IMAGE=python:3.11.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cu128
+# pip requirement of CUDA's nvcc component (its crt/ headers); empty: the one matching torch's CUDA
+ARG CUDA_NVCC_WHEEL=
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/venv/bin:$PATH
@@ -25,6 +33,8 @@ RUN python -m venv /opt/venv
 COPY docker/requirements.txt /tmp/requirements.txt
 RUN pip install --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}" \
     && pip install -r /tmp/requirements.txt
+COPY docker/cuda_home.py /tmp/cuda_home.py
+RUN python /tmp/cuda_home.py /opt/venv/cuda ${CUDA_NVCC_WHEEL:+--nvcc-wheel "$CUDA_NVCC_WHEEL"}
 WORKDIR /src
 COPY src/ src/
 COPY model_store/peaknet/ model_store/peaknet/
@@ -34,7 +44,7 @@ RUN PYTHONPATH=/src/src python -m peaknet_serve.launch.archive --export-path /op
 
 FROM ${PYTHON_IMAGE} AS runtime
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends openjdk-17-jre-headless=17.* tini=0.19.* \
+    && apt-get install -y --no-install-recommends openjdk-17-jre-headless=17.* tini=0.19.* g++=4:12.* \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --create-home --uid 10001 --shell /usr/sbin/nologin peaknet \
     && chgrp -R 0 /home/peaknet && chmod -R g=u /home/peaknet \
@@ -51,6 +61,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     PEAKNET_MODELS_DIR=/models \
     PEAKNET_MODEL_ARCHIVE=/opt/peaknet/model_store/peaknet.mar \
     PEAKNET_PYTHON=/opt/venv/bin/python \
+    CUDA_HOME=/opt/venv/cuda \
     NVIDIA_VISIBLE_DEVICES=all \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility \
     PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True

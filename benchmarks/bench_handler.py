@@ -75,7 +75,11 @@ VARIANT_MODES = {
 def make_finder(model_config: Path, variant: str, device: torch.device, buckets: tuple[int, ...]) -> PanelPeakFinder:
     """The variant's finder, built by the server's own :func:`~peaknet_serve.pipeline.build_finder`
     (``baseline``: the public pipeline's full-logits forward instead of the peak-score head)."""
-    settings = HandlerSettings(config=str(model_config), panel_buckets=buckets, warmup=False)
+    # the compiled variants measure torch.compile, not the AOT packages that compile_backend: auto
+    # builds on a GPU host with a C++ compiler
+    settings = HandlerSettings(
+        config=str(model_config), panel_buckets=buckets, warmup=False, compile_backend="inductor"
+    )
     if variant == "baseline":
         model = load_network(model_config, None, ServingMode(torch.float32), device)
         return PanelPeakFinder(model, dtype=torch.float32, device=device, forward=lambda x: _logit_difference(model, x))

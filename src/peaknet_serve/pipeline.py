@@ -10,8 +10,9 @@ measured and scored is what is served::
 Steps, in order: load and cast the weights (:func:`load_network`), lay them out, wrap the forward in
 ``torch.compile`` (:func:`network_forward`), build the :class:`~peaknet_serve.device.finder.PanelPeakFinder`,
 tune the depthwise-conv padding at every warm-up shape (before the first compiled run: a compiled graph
-keeps the padding it was traced with), then warm up every micro-batch bucket. With
-``compile_backend: aoti`` the tuned network is exported per bucket into AOTInductor packages
+keeps the padding it was traced with), then warm up every micro-batch bucket. The compiled network's
+backend is ``compile_backend`` resolved for the device (:mod:`peaknet_serve.config.backend`); with
+``aoti`` the tuned network is exported per bucket into AOTInductor packages
 (:mod:`peaknet_serve.device.aot_packages`), or the packages a former start built are loaded, and the
 finder calls them instead of the ``torch.compile`` forward. The handler's work budget is calibrated
 on the warmed-up finder here too (:func:`calibrate_budget`).
@@ -31,10 +32,11 @@ from pathlib import Path
 import torch
 
 from peaknet_serve.checkpoint import ConfigSource, load_peaknet
+from peaknet_serve.config.backend import BackendChoice, resolve_compile_backend
 from peaknet_serve.config.mode import ServingMode
 from peaknet_serve.config.settings import HandlerSettings
 from peaknet_serve.device.aot_packages import AotPackages, PackagedForward, ScoreModule, serving_packages
-from peaknet_serve.device.compile_cache import apply_padding, padding_of, serving_cache
+from peaknet_serve.device.compile_cache import apply_padding, cache_directory, padding_of, serving_cache
 from peaknet_serve.device.finder import PanelPeakFinder
 from peaknet_serve.device.peaks import LabelLimits
 from peaknet_serve.model.depthwise import PaddingChoice
@@ -58,13 +60,16 @@ class Pipeline:
             for the compile cache's lock while another worker builds it, and with AOT packages
             building them, waiting for other workers' builds, loading them and their first calls).
         compile_cache: ``off`` (nothing compiled, or the cache is off), ``hit`` (artefacts loaded) or
-            ``built`` (this process compiled and saved them); with ``compile_backend: aoti``, ``aot_hit``
+            ``built`` (this process compiled and saved them); with the ``aoti`` backend, ``aot_hit``
             (every bucket's AOTInductor package loaded), ``aot_built`` (some built here) or
-            ``aot_fallback`` (some bucket runs under torch.compile: its package failed).
+            ``aot_fallback`` (some bucket runs under torch.compile, through the compile cache: its
+            package failed to build or to load).
         packages: per AOTInductor package, its input ``shape``, ``source`` (found, built here, or
             waited for while another worker built it), ``built_by`` (the builder's process id) and
             ``build_s``, ``wait_s``, ``load_s`` and ``first_call_s`` seconds
             (:meth:`~peaknet_serve.device.aot_packages.AotPackages.prepare`).
+        backend: which backend compiled the network and why (``compile_backend`` resolved for the
+            device); None when the network runs eager.
     """
 
     model: PeakNet
@@ -75,6 +80,7 @@ class Pipeline:
     phases: dict[str, float] = field(default_factory=dict)
     compile_cache: str = "off"
     packages: list[dict] = field(default_factory=list)
+    backend: BackendChoice | None = None
 
     @property
     def weight_bytes(self) -> int:
@@ -184,29 +190,47 @@ def build_finder(
                     else f"computed at {choice.compute_size}: {choice.chosen_ms:.3f} ms",
                 )
 
-    packages = serving_packages(settings, mode, model, device)
+    backend = None
+    if mode.compile is not None:
+        backend = resolve_compile_backend(
+            settings.compile_backend,
+            device,
+            compile_cache=settings.compile_cache,
+            cache_dir=cache_directory(settings) if settings.compile_cache else None,
+        )
+        log.info("compile backend: %s", backend.describe())
+    packages = serving_packages(settings, mode, model, device, backend)
     package_timings: list[dict] = []
-    cache = serving_cache(settings, mode, model, device) if packages is None else None
+    outcome = None
     if packages is not None:
         outcome, package_timings = use_packages(packages, finder, mode, settings.warmup_shapes, tune)
+    if outcome in ("aot_hit", "aot_built"):
         tuned = time.perf_counter()
         if settings.warmup:
             for panels, height, width in settings.warmup_shapes:
                 finder.warmup(panels, height, width)
-    else:
+    else:  # torch.compile, for every bucket or for those without a package, through the compile cache
+        cache = serving_cache(settings, mode, model, device)
         with cache.compiling() if cache is not None else contextlib.nullcontext(False) as cache_hit:
             tuning = cache.load_tuning() if cache_hit else None
             if tuning is not None:  # the padding the cached graphs were traced with
                 apply_padding(model, tuning["depthwise_padding"])
             else:
-                tune()
+                if outcome is None:  # with packages, the padding is tuned (or read) already
+                    tune()
                 if cache is not None and mode.depthwise_padding:
                     cache.save_tuning({"depthwise_padding": padding_of(model)})
             tuned = time.perf_counter()
             if settings.warmup:
                 for panels, height, width in settings.warmup_shapes:
                     finder.warmup(panels, height, width)
-        outcome = "off" if cache is None else "hit" if cache_hit else "built"
+        if outcome is None:
+            outcome = "off" if cache is None else "hit" if cache_hit else "built"
+        else:
+            log.info(
+                "AOT packages missing for some buckets: torch.compile runs them, compile cache %s",
+                "off" if cache is None else "hit" if cache_hit else "built",
+            )
     warmed = time.perf_counter()
     return Pipeline(
         model,
@@ -217,6 +241,7 @@ def build_finder(
         phases={"load": loaded - started, "tune": tuned - loaded, "warm-up": warmed - tuned},
         compile_cache=outcome,
         packages=package_timings,
+        backend=backend,
     )
 
 

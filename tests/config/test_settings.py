@@ -133,10 +133,16 @@ def test_compile_cache_on_by_default_with_env_directory():
     assert settings.compile_cache is False and settings.compile_cache_dir == "/var/cache/peaknet"
 
 
-def test_compile_backend_inductor_by_default_aoti_by_yaml_or_env():
-    assert HandlerSettings().compile_backend == "inductor"
+def test_compile_backend_auto_by_default_inductor_or_aoti_by_yaml_or_env():
+    assert HandlerSettings().compile_backend == "auto"
+    assert HandlerSettings.from_mapping(None, env={}).compile_backend == "auto"
     assert HandlerSettings.from_mapping({"compile_backend": "AOTI"}, env={}).compile_backend == "aoti"
     env = {"PEAKNET_COMPILE_BACKEND": "inductor"}
     assert HandlerSettings.from_mapping({"compile_backend": "aoti"}, env=env).compile_backend == "inductor"
+    env = {"PEAKNET_COMPILE_BACKEND": " Auto "}
+    assert HandlerSettings.from_mapping({"compile_backend": "inductor"}, env=env).compile_backend == "auto"
+    assert HandlerSettings.from_mapping({"compile_backend": "auto"}, env={}).compile_backend == "auto"
+    env = {"PEAKNET_COMPILE_BACKEND": ""}  # empty: the YAML's value stays
+    assert HandlerSettings.from_mapping({"compile_backend": "aoti"}, env=env).compile_backend == "aoti"
     with pytest.raises(ValueError, match="compile_backend"):
         HandlerSettings.from_mapping({"compile_backend": "tensorrt"}, env={})

@@ -298,3 +298,25 @@ def test_missing_checkpoint_fails_fast_with_a_message(image):
     result = engine("run", "--rm", *run_flags(), "-e", "PEAKNET_WEIGHTS=absent.pt", image, check=False, timeout=120)
     assert result.returncode == 64
     assert "PEAKNET_WEIGHTS: no file /models/absent.pt" in result.stderr
+
+
+AOT_PROBE = """
+import torch
+net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.GELU(), torch.nn.Conv2d(4, 1, 1)).eval()
+x = torch.randn(2, 1, 16, 16)
+path = torch._inductor.aoti_compile_and_package(torch.export.export(net, (x,)), package_path="/tmp/net.pt2")
+with torch.inference_mode():
+    torch.testing.assert_close(torch._inductor.aoti_load_package(path)(x), net(x))
+print("AOT package built and answering")
+"""
+
+
+def test_the_image_builds_aot_packages_with_its_own_compiler(image):
+    """AOT packages (compile_backend auto/aoti) build inside the container, as its user: g++ is there
+    and CUDA_HOME names the CUDA headers gathered at build time (a CUDA image; the CPU image builds
+    a CPU package of a small conv net, through the same C++ compiler and torch headers)."""
+    flags = ["run", "--rm", *run_flags()]
+    assert engine(*flags, "--entrypoint", "printenv", image, "CUDA_HOME").stdout.strip() == "/opt/venv/cuda"
+    assert engine(*flags, "--entrypoint", "g++", image, "--version").stdout.startswith("g++")
+    result = engine(*flags, "--entrypoint", "/opt/venv/bin/python", image, "-c", AOT_PROBE, timeout=900)
+    assert "AOT package built and answering" in result.stdout

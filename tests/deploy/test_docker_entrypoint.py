@@ -268,6 +268,80 @@ def test_configure_mar_rejects_unknown_keys(tmp_path, archive):
             parse_settings([bad])
 
 
+# ---------------------------------------------------------------------------- cuda_home
+
+
+@pytest.fixture
+def cuda_home_script():
+    sys.path.insert(0, str(ROOT / "docker"))
+    try:
+        import cuda_home
+    finally:
+        sys.path.pop(0)
+    return cuda_home
+
+
+def fake_wheel_tree(root: Path, component: str, headers: tuple[str, ...]) -> Path:
+    """``root/nvidia/<component>/include`` holding ``headers`` (and a wheel's ``__init__.py``)."""
+    include = root / "nvidia" / component / "include"
+    for header in (*headers, "__init__.py"):
+        (include / header).parent.mkdir(parents=True, exist_ok=True)
+        (include / header).write_text(f"/* {component} {header} */\n")
+    return include
+
+
+def test_cuda_home_lists_what_auto_looks_for(cuda_home_script):
+    from peaknet_serve.config.backend import CUDA_HEADERS
+
+    assert cuda_home_script.HEADERS == CUDA_HEADERS
+    assert cuda_home_script.nvcc_wheel("12.8") == "nvidia-cuda-nvcc-cu12==12.8.*"
+    assert cuda_home_script.nvcc_wheel("13.0") == "nvidia-cuda-nvcc==13.0.*"
+
+
+def test_cuda_home_merges_the_runtime_and_nvcc_headers(tmp_path, monkeypatch, cuda_home_script):
+    """A CUDA torch whose runtime wheel lacks crt/: the nvcc wheel (pip stood in for) fills it in."""
+    import torch
+
+    site = tmp_path / "site"
+    runtime = fake_wheel_tree(site, "cuda_runtime", ("cuda.h", "cuda_runtime.h", "cuda_fp16.h"))
+    monkeypatch.setattr(cuda_home_script, "site_directories", lambda: [site])
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    installed = []
+
+    def fake_pip(command, check):
+        assert check and command[-1] == "nvidia-cuda-nvcc-cu12==12.8.*" and "--no-deps" in command
+        target = Path(command[command.index("--target") + 1])
+        fake_wheel_tree(target, "cuda_nvcc", ("crt/host_defines.h", "crt/host_config.h", "nvPTXCompiler.h"))
+        installed.append(target)
+
+    monkeypatch.setattr(cuda_home_script.subprocess, "run", fake_pip)
+    target = tmp_path / "cuda"
+    assert cuda_home_script.main([str(target)]) == 0
+    include = target / "include"
+    assert sorted(p.relative_to(include).as_posix() for p in include.rglob("*.h")) == [
+        "crt/host_config.h", "crt/host_defines.h", "cuda.h", "cuda_fp16.h", "cuda_runtime.h", "nvPTXCompiler.h"
+    ]  # fmt: skip
+    assert not (include / "__init__.py").exists() and not installed[0].exists()  # the wheel is not kept
+    assert (include / "cuda.h").read_text() == (runtime / "cuda.h").read_text()
+
+    from peaknet_serve.config.backend import cuda_headers
+
+    assert cuda_headers(target) is None  # what compile_backend: auto looks for
+
+
+def test_cuda_home_fails_without_runtime_headers_and_skips_a_cpu_torch(tmp_path, monkeypatch, cuda_home_script):
+    import torch
+
+    monkeypatch.setattr(cuda_home_script, "site_directories", lambda: [tmp_path / "site"])
+    monkeypatch.setattr(torch.version, "cuda", "12.8")
+    assert cuda_home_script.main([str(tmp_path / "cuda")]) == 1
+    fake_wheel_tree(tmp_path / "site", "cu13", ("cuda.h", "cuda_runtime.h", "crt/host_defines.h"))
+    monkeypatch.setattr(cuda_home_script.subprocess, "run", lambda *a, **k: pytest.fail("nothing to fetch"))
+    assert cuda_home_script.main([str(tmp_path / "cuda")]) == 0  # a runtime include that has crt/ already
+    monkeypatch.setattr(torch.version, "cuda", None)
+    assert cuda_home_script.main([str(tmp_path / "cpu")]) == 0 and not (tmp_path / "cpu").exists()
+
+
 # ---------------------------------------------------------------------------- health check
 
 
@@ -347,6 +421,12 @@ def test_dockerfile_facts():
     # tini as PID 1 forwards SIGTERM to the process group (a bare PID 1 ignores it: `docker stop` would SIGKILL)
     assert 'ENTRYPOINT ["/usr/bin/tini", "-g", "--", "/opt/peaknet/docker/entrypoint.sh"]' in text and "tini=" in text
     assert "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True" in text  # workers inherit the allocator setting
+    # AOT packages build in the container: a C++ compiler in the runtime stage, CUDA headers gathered
+    # in the build stage into the venv (copied whole into the runtime stage) and named by CUDA_HOME
+    build, runtime = text.split("AS runtime")
+    assert "g++=" in runtime and "--no-install-recommends" in runtime
+    assert "cuda_home.py /opt/venv/cuda" in build and "COPY --from=build /opt/venv /opt/venv" in runtime
+    assert "CUDA_HOME=/opt/venv/cuda" in runtime
     pins = [
         line
         for line in (ROOT / "docker" / "requirements.txt").read_text().splitlines()

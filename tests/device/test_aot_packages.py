@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,7 @@ import numpy as np
 import pytest
 import torch
 
+from peaknet_serve.config.backend import CUDA_HEADERS, BackendChoice, resolve_compile_backend
 from peaknet_serve.config.mode import ServingMode
 from peaknet_serve.config.settings import HandlerSettings
 from peaknet_serve.device import aot_packages
@@ -289,6 +291,142 @@ def test_a_worker_alone_builds_every_package_in_order(tmp_path, monkeypatch):
         lock.release()
 
 
+# A build that fails where the tools are found (a link error): the host's marker, written and read.
+CUDA = torch.device("cuda", 0)
+
+
+def auto_on_a_cuda_host(tmp_path: Path, requested: str = "auto") -> BackendChoice:
+    """``requested`` resolved as on a CUDA host with a (fake) g++ and the CUDA headers, the compile
+    cache in ``tmp_path / "cache"``."""
+    (tmp_path / "bin").mkdir(exist_ok=True)
+    gxx = tmp_path / "bin" / "g++"
+    gxx.write_text("#!/bin/sh\necho 'g++ (fake) 12.2.0'\n")
+    gxx.chmod(0o755)
+    for header in CUDA_HEADERS:
+        (tmp_path / "cuda" / "include" / header).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "cuda" / "include" / header).touch()
+    return resolve_compile_backend(
+        requested,
+        CUDA,
+        env={"PATH": str(tmp_path / "bin")},
+        cuda_home=str(tmp_path / "cuda"),
+        cache_dir=tmp_path / "cache",
+        gpu="NVIDIA H200",
+    )
+
+
+def failing_compiles(monkeypatch) -> list[str]:
+    """Make AOTInductor's compile step fail as a link error does (after a real export); returns the
+    package paths it was asked for."""
+    asked: list[str] = []
+
+    def compile_and_package(exported, package_path):
+        asked.append(package_path)
+        raise RuntimeError("/usr/bin/ld: cannot find -lcuda: No such file or directory\ncollect2: error")
+
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", compile_and_package)
+    return asked
+
+
+def test_a_failed_build_under_auto_stops_the_builds_and_makes_auto_inductor(tmp_path, monkeypatch, caplog):
+    asked = failing_compiles(monkeypatch)
+    choice = auto_on_a_cuda_host(tmp_path)
+    assert choice.backend == "aoti" and not choice.marker.path.exists()
+    net = conv_net()
+    packages = AotPackages.for_model(
+        tmp_path / "cache", "net", CPU, marker=choice.marker, stop_after_failure=True,
+        weights_sha256=weights_sha256(net), architecture="conv-gelu-conv",
+    )  # fmt: skip
+    runners, outcome, records = packages.prepare(net, [torch.zeros(s) for s in BUCKETS], nothing_to_tune)
+    assert outcome == "aot_fallback" and runners == {} and len(asked) == 1  # no second try at this start
+    assert [r["source"] for r in records] == ["built", "skipped", "skipped"]
+    assert "torch.compile runs it" in caplog.text and not list((tmp_path / "cache").glob(".*"))
+    recorded = json.loads(choice.marker.path.read_text())
+    assert recorded["error"] == "RuntimeError: /usr/bin/ld: cannot find -lcuda: No such file or directory"
+    assert recorded["host"] == choice.marker.host and recorded["pid"] == os.getpid()
+
+    after = auto_on_a_cuda_host(tmp_path)  # the next start
+    assert after.backend == "inductor" and after.describe() == (
+        f"auto -> inductor (an AOT build failed on this host: {recorded['error']}; "
+        f"remove {choice.marker.path} to retry)"
+    )
+    explicit = auto_on_a_cuda_host(tmp_path, "aoti")  # ignores the marker and tries every package
+    assert explicit.backend == "aoti"
+    again = AotPackages.for_model(
+        tmp_path / "cache", "net", CPU, marker=explicit.marker,
+        weights_sha256=weights_sha256(net), architecture="conv-gelu-conv",
+    )  # fmt: skip
+    asked.clear()
+    choice.marker.path.unlink()
+    _, outcome, records = again.prepare(net, [torch.zeros(s) for s in BUCKETS], nothing_to_tune)
+    assert outcome == "aot_fallback" and len(asked) == 3 and [r["source"] for r in records] == ["built"] * 3
+    assert choice.marker.read() is not None  # written again
+
+    def compiles(exported, package_path):
+        Path(package_path).write_bytes(b"package")
+
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", compiles)
+    monkeypatch.setattr(aot_packages, "load_package", lambda path, x: ((lambda y: y), {"load_s": 0.0}))
+    _, outcome, _ = again.prepare(net, [torch.zeros(BUCKETS[0])], nothing_to_tune)
+    assert outcome == "aot_built" and not choice.marker.path.exists()  # a build worked: the marker goes
+    assert auto_on_a_cuda_host(tmp_path).backend == "aoti"
+
+
+def test_a_worker_neither_builds_nor_waits_once_another_worker_recorded_a_failure(tmp_path, monkeypatch):
+    choice = auto_on_a_cuda_host(tmp_path)
+    packages = AotPackages.for_model(
+        tmp_path / "cache", "net", CPU, marker=choice.marker, stop_after_failure=True,
+        weights_sha256=weights_sha256(conv_net()), architecture="conv-gelu-conv",
+    )  # fmt: skip
+    paths = bucket_paths(packages)
+    paths[0].parent.mkdir(parents=True)
+    paths[0].write_bytes(b"package")  # built before the failure
+    other = packages.lock_of(paths[1])  # another worker is building the 2-panel package ...
+    assert other.acquire(wait=False)
+    choice.marker.write("RuntimeError: link failed")  # ... and a build of its failed
+    built = fake_builds(monkeypatch)
+    safety = threading.Timer(20.0, other.release)  # a wait for the lock would end here
+    safety.start()
+    try:
+        started = time.perf_counter()
+        runners, outcome, records = packages.prepare(conv_net(), [torch.zeros(s) for s in BUCKETS], nothing_to_tune)
+        waited = time.perf_counter() - started
+    finally:
+        safety.cancel()
+        other.release()
+    assert built == [] and waited < 10.0
+    assert outcome == "aot_fallback" and len(runners) == 1  # the package on disk is served
+    assert [r["source"] for r in records] == ["found", "skipped", "skipped"]
+
+
+@pytest.mark.slow
+def test_buckets_without_a_package_compile_through_the_compile_cache(tmp_path, monkeypatch, caplog):
+    """A start whose package build failed: its bucket runs under torch.compile, whose artefacts the
+    compile cache saves (for the next start, which ``auto`` sends to ``inductor``)."""
+    asked = failing_compiles(monkeypatch)
+    settings = HandlerSettings.from_mapping(
+        {
+            "config": str(FIXTURE),
+            "max_batch_panels": 1,
+            "warmup_shapes": [[1, 32, 32]],
+            "compile_backend": "aoti",
+            "compile_cache_dir": str(tmp_path),
+            "depthwise_padding": False,
+        },
+        env={},
+    )
+    with caplog.at_level(logging.INFO):
+        pipeline = build_finder(settings, CPU, mode=ServingMode(compile="default"))
+    assert pipeline.compile_cache == "aot_fallback" and len(asked) == 1
+    assert [r["source"] for r in pipeline.packages] == ["built"]
+    assert "torch.compile runs them, compile cache built" in caplog.text
+    (artefacts,) = tmp_path.glob("*.artefacts")
+    assert artefacts.stat().st_size > 0 and list(tmp_path.glob("aot-build-failed-*.json"))
+    x = pipeline.finder.network_example(1, 32, 32) + torch.randn(pipeline.finder.network_example(1, 32, 32).shape)
+    with torch.inference_mode():
+        torch.testing.assert_close(pipeline.finder.forward(x), pipeline.model.forward_peak_score(x))
+
+
 def worker_env(tmp_path: Path) -> dict[str, str]:
     return {
         **os.environ,
@@ -455,6 +593,29 @@ def test_packages_only_for_a_compiled_network_with_the_aoti_backend(tmp_path):
     assert serving_packages(aoti, compiled, model, CPU).store.key != packages.store.key
 
 
+def test_packages_follow_the_resolved_backend(tmp_path, caplog):
+    """``auto`` is inductor on the CPU; a backend resolved to ``aoti`` (as ``auto`` is on CUDA with a
+    compiler and CUDA headers) gets packages, one resolved to ``inductor`` none."""
+    from peaknet_serve.checkpoint import load_peaknet  # noqa: PLC0415
+
+    model = load_peaknet(FIXTURE)
+    compiled = ServingMode(compile="default")
+    auto = HandlerSettings.from_mapping({"compile_cache_dir": str(tmp_path)}, env={})
+    assert auto.compile_backend == "auto" and serving_packages(auto, compiled, model, CPU) is None
+    resolved = BackendChoice("auto", "aoti", "g++ at /usr/bin/g++, CUDA headers in /usr/local/cuda")
+    assert serving_packages(auto, compiled, model, CPU, resolved).store.directory == tmp_path
+    assert serving_packages(auto, compiled, model, CPU, BackendChoice("aoti", "inductor", "off")) is None
+    off = HandlerSettings.from_mapping({"compile_cache_dir": str(tmp_path), "compile_cache": False}, env={})
+    assert serving_packages(off, compiled, model, CPU, resolved) is None
+
+    settings = {"config": str(FIXTURE), "warmup": False, "depthwise_padding": False, "compile_cache": False}
+    with caplog.at_level(logging.INFO, logger="peaknet_serve.pipeline"):
+        pipeline = build_finder(HandlerSettings.from_mapping(settings, env={}), CPU, mode=compiled)
+    assert pipeline.backend == BackendChoice("auto", "inductor", "device cpu: AOT packages only on CUDA")
+    assert "compile backend: auto -> inductor (device cpu: AOT packages only on CUDA)" in caplog.text
+    assert build_finder(HandlerSettings.from_mapping(settings, env={}), CPU).backend is None  # eager
+
+
 @pytest.mark.slow
 def test_served_tiny_peaknet_from_packages_finds_what_torch_compile_finds(tmp_path):
     """build_finder twice with ``compile_backend: aoti`` (builds, then loads) against torch.compile."""
@@ -483,3 +644,23 @@ def test_served_tiny_peaknet_from_packages_finds_what_torch_compile_finds(tmp_pa
         found, expected = again.finder.find(panels).table, compiled.finder.find(panels).table
     for name in ("image_index", "ss", "fs", "npix"):
         assert torch.equal(getattr(found, name), getattr(expected, name)), name
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_auto_says_aoti_on_this_gpu_host_only_where_a_package_builds(tmp_path):
+    """``auto`` on this GPU host: where it resolves to ``aoti`` (a C++ compiler and the CUDA headers
+    found) a package of the conv net builds, loads and answers as the net does on the GPU."""
+    cuda = torch.device("cuda", torch.cuda.current_device())
+    choice = resolve_compile_backend("auto", cuda)
+    if choice.backend != "aoti":
+        pytest.skip(f"this host: {choice.describe()}")
+    net = conv_net().to(cuda)
+    packages = AotPackages.for_model(
+        tmp_path, "net", cuda, weights_sha256=weights_sha256(net), architecture="conv-gelu-conv"
+    )
+    runners, outcome, records = packages.prepare(net, [torch.zeros(SHAPE, device=cuda)], nothing_to_tune)
+    assert outcome == "aot_built", f"{choice.describe()}, yet the build failed: {records}"
+    x = torch.randn(SHAPE, device=cuda)
+    with torch.inference_mode():
+        torch.testing.assert_close(next(iter(runners.values()))(x), net(x))

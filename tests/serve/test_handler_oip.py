@@ -163,6 +163,8 @@ def test_describe_returns_the_model_metadata(handler, model_dir):
     assert metadata["name"] == "peaknet" and metadata["versions"] == ["1.0"]
     assert metadata["inputs"][0]["name"] == "frames"
     assert metadata["parameters"]["model"] == "tiny" and metadata["parameters"]["hit_min_peaks"] == 3
+    assert metadata["parameters"]["serving_mode"] == handler.mode.describe()
+    assert metadata["parameters"]["compile_backend"] == "none (eager)"  # the CPU runs eager
 
 
 def test_peak_buckets_are_cumulative():

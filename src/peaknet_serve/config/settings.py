@@ -21,7 +21,7 @@ Environment overrides (a ``docker run -e`` or a shell export wins over the archi
 ``PEAKNET_MAX_MASK_FRACTION``    panels whose peak mask exceeds this fraction are not labelled (capped); empty = no cap
 ``PEAKNET_COMPILE_CACHE``        true/false: save torch.compile's artefacts after warm-up, load them at start
 ``PEAKNET_CACHE_DIR``            where those artefacts live (default ``~/.cache/peaknet-serve``)
-``PEAKNET_COMPILE_BACKEND``      inductor (torch.compile) or aoti (AOTInductor packages in the compile cache)
+``PEAKNET_COMPILE_BACKEND``      auto, inductor (torch.compile) or aoti (AOTInductor packages in the compile cache)
 ``PEAKNET_DEPTHWISE_PADDING``    true/false: time the depthwise convs padded at start-up, keep the faster (CUDA)
 ``PEAKNET_HIT_MIN_PEAKS``        peaks that make a frame a hit (the PeakNetHitFrames metric)
 ===============================  ======================================================
@@ -94,7 +94,7 @@ class HandlerSettings:
     max_label_iterations: int | None = 64  # labelling iterations per micro-batch before unsettled panels are capped
     compile_cache: bool = True  # compiled artefacts saved after warm-up and loaded at start (CUDA)
     compile_cache_dir: str | None = None  # None: $XDG_CACHE_HOME/peaknet-serve (~/.cache/peaknet-serve)
-    compile_backend: str = "inductor"  # "inductor": torch.compile; "aoti": AOTInductor packages (compile_cache on)
+    compile_backend: str = "auto"  # "inductor" (torch.compile) | "aoti" (AOT packages) | "auto": config.backend
     depthwise_padding: bool = True  # CUDA: per warm-up shape, run depthwise convs padded where measured faster
     batch_time_fraction: float = 0.5  # per-batch work budget (serve.budget); 0 = admit everything
     hit_min_peaks: int = 10  # a frame with at least this many peaks counts as a hit (metrics)
@@ -189,11 +189,12 @@ class HandlerSettings:
         return tuple(sorted(sizes | {self.max_batch_panels}))
 
 
-COMPILE_BACKENDS = ("inductor", "aoti")
+COMPILE_BACKENDS = ("auto", "inductor", "aoti")
 
 
 def parse_compile_backend(value: Any) -> str:
-    """``inductor`` or ``aoti`` (case-insensitive)."""
+    """``auto``, ``inductor`` or ``aoti`` (case-insensitive); ``auto`` is resolved against the device
+    and the host's compiler by :func:`peaknet_serve.config.backend.resolve_compile_backend`."""
     backend = str(value).strip().lower()
     if backend not in COMPILE_BACKENDS:
         raise ValueError(f"compile_backend must be one of {COMPILE_BACKENDS}, got {value!r}")

@@ -1,8 +1,9 @@
 """AOTInductor packages: the network compiled ahead of time, one package per input shape, built once
 per host and loaded by every later worker start without tracing anything.
 
-With ``compile_backend: aoti`` the network's peak-score forward is exported (``torch.export``) at
-each micro-batch bucket's (B, 1, Hp, Wp) input and compiled by AOTInductor
+With ``compile_backend: aoti``, or ``auto`` resolved to it (:mod:`peaknet_serve.config.backend`),
+the network's peak-score forward is exported (``torch.export``) at each micro-batch bucket's
+(B, 1, Hp, Wp) input and compiled by AOTInductor
 (``torch._inductor.aoti_compile_and_package``) into a ``.pt2`` package, which a later start loads
 (:func:`open_package`) and calls directly: neither Dynamo nor Inductor run. The
 weights are baked into each package as constants, so a package is keyed by their SHA-256 (of the
@@ -20,6 +21,7 @@ keeps the set's tuning and lock, as for torch.compile's artefacts)::
     <label>-<key>.pt2           one package per network input (``key`` = set, shape, strides, padding)
     <label>-<key>.json          what it was built for, by which process and how long the build took
     <label>-<key>.pt2.lock      held while a worker builds that package
+    aot-build-failed-<key>.json a build failed on this host (key: its tools, versions and GPU)
 
 Workers started together build different packages side by side, each package once, and wait for
 the ones other workers are building (:meth:`AotPackages.prepare`); the locks are ``flock`` locks
@@ -27,8 +29,12 @@ the ones other workers are building (:meth:`AotPackages.prepare`); the locks are
 dies, so a worker killed mid-build blocks nobody: the next to take that package's lock builds it.
 
 Every failure (export, compilation, a corrupt or foreign package) is logged as a warning and leaves
-that shape to ``torch.compile``; a package that fails to load is removed so that the next start
-builds it again. A worker never dies of its packages.
+that shape to ``torch.compile`` (with the compile cache: :func:`~peaknet_serve.pipeline.build_finder`);
+a package that fails to load is removed so that the next start builds it again. A worker never dies
+of its packages. A failed build also writes this host's
+:class:`~peaknet_serve.config.backend.BuildFailureMarker` (after which ``compile_backend: auto``
+takes ``torch.compile``), and under ``auto`` ends the building for that start: no worker builds, or
+waits for, another package once a build failed here (:attr:`AotPackages.stop_after_failure`).
 """
 
 from __future__ import annotations
@@ -48,6 +54,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from peaknet_serve.config.backend import BackendChoice, BuildFailureMarker, resolve_compile_backend
 from peaknet_serve.config.mode import ServingMode
 from peaknet_serve.config.settings import HandlerSettings
 from peaknet_serve.device.compile_cache import (
@@ -124,17 +131,37 @@ class PackagedForward:
 
 @dataclass
 class AotPackages:
-    """One model's AOTInductor packages; ``store`` is the set's cache entry (directory, label, key of
-    everything but the input, tuning file, lock)."""
+    """One model's AOTInductor packages.
+
+    Attributes:
+        store: the set's cache entry (directory, label, key of everything but the input, tuning
+            file, lock).
+        marker: this host's build-failure marker, written when a build fails and removed when one
+            succeeds; None: none kept.
+        stop_after_failure: build (and wait for) no more packages once a build failed in this
+            process or ``marker`` exists (``compile_backend: auto``); False: try every package.
+    """
 
     store: CompileCache
+    marker: BuildFailureMarker | None = None
+    stop_after_failure: bool = False
 
     @classmethod
-    def for_model(cls, directory: Path, label: str, device: torch.device, **parts: Any) -> AotPackages:
+    def for_model(
+        cls,
+        directory: Path,
+        label: str,
+        device: torch.device,
+        *,
+        marker: BuildFailureMarker | None = None,
+        stop_after_failure: bool = False,
+        **parts: Any,
+    ) -> AotPackages:
         """The packages of a model served as ``parts`` say (weights' SHA-256, architecture, mode ...)
         on this host's CPU (:func:`cpu_vector_flags`, unless ``parts`` name ``cpu_vector_flags``)."""
         parts = {"cpu_vector_flags": cpu_vector_flags(), **parts}
-        return cls(CompileCache.for_model(directory, label, device, backend="aoti", **parts))
+        store = CompileCache.for_model(directory, label, device, backend="aoti", **parts)
+        return cls(store, marker, stop_after_failure)
 
     def package_path(self, example: torch.Tensor, padding: Mapping[str, Any]) -> Path:
         """Where the package for inputs like ``example`` with the depthwise ``padding`` lives."""
@@ -161,14 +188,16 @@ class AotPackages:
         again. When every missing package is locked by others it loads the packages it has, then
         waits for each of those locks in turn and loads that package, or builds it itself when the
         other worker's build failed or the worker died (the kernel lets a dead process's lock go).
-        A worker alone builds every package, one after another.
+        A worker alone builds every package, one after another. With :attr:`stop_after_failure`,
+        once a build failed here or another worker wrote the build-failure marker, the packages not
+        yet built are ``skipped`` (neither built nor waited for).
 
         Returns:
             The loaded packages by input signature; ``aot_hit`` (all loaded, none built here),
             ``aot_built`` (all loaded, some built here) or ``aot_fallback`` (some input has none:
             ``torch.compile`` runs it); and per example, in order, its ``shape``, its ``source``
-            (``found`` on disk, ``built`` here, or ``waited`` for: built by another worker while this
-            one waited), ``built_by`` (the builder's process id, from the package's ``.json``; None
+            (``found`` on disk, ``built`` here, ``waited`` for: built by another worker while this
+            one waited, or ``skipped``: an AOT build failed on this host), ``built_by`` (the builder's process id, from the package's ``.json``; None
             where unknown), and the seconds its ``build_s`` (0 unless built here), ``wait_s`` (for
             another worker's build), ``load_s`` and ``first_call_s`` took (None where that step did
             not happen or failed).
@@ -196,12 +225,22 @@ class AotPackages:
         ]
         on_disk = [False] * len(examples)
         runners: dict[Signature, Callable] = {}
+        failures = [0]  # builds that failed here
+
+        def gave_up() -> bool:
+            if not self.stop_after_failure:
+                return False
+            return failures[0] > 0 or (self.marker is not None and self.marker.path.exists())
 
         def build_locked(index: int, lock: FileLock) -> None:
-            """Build package ``index`` unless it is on disk, its ``lock`` taken (held, or unusable)."""
+            """Build package ``index`` unless it is on disk (or building was given up), its ``lock``
+            taken (held, or unusable)."""
             path = paths[index]
             if path.exists():
                 on_disk[index] = True
+                return
+            if gave_up():
+                records[index]["source"] = "skipped"
                 return
             if lock.held:  # what a build of this package that died left behind
                 for stale in path.parent.glob(f".{path.stem}.*"):
@@ -210,6 +249,7 @@ class AotPackages:
             started = time.perf_counter()
             on_disk[index] = self.build(module, examples[index], path)
             records[index]["build_s"] = time.perf_counter() - started
+            failures[0] += not on_disk[index]
 
         def load(index: int) -> None:
             if records[index]["source"] != "built":
@@ -244,6 +284,9 @@ class AotPackages:
             if on_disk[index]:
                 load(index)
         for index in others:
+            if gave_up() and not paths[index].exists():
+                records[index]["source"] = "skipped"
+                continue
             lock = self.lock_of(paths[index])
             log.info("AOT package for %s: waiting for another worker's build", tuple(examples[index].shape))
             started = time.perf_counter()
@@ -280,7 +323,11 @@ class AotPackages:
             )
             if temporary is not None:
                 Path(temporary).unlink(missing_ok=True)
+            if self.marker is not None:
+                self.marker.write(f"{type(exc).__name__}: {exc}")
             return False
+        if self.marker is not None:
+            self.marker.clear()
         seconds = time.perf_counter() - started
         shape, strides = signature(example)
         described = {
@@ -412,17 +459,32 @@ def builder_of(path: Path) -> int | None:
 
 
 def serving_packages(
-    settings: HandlerSettings, mode: ServingMode, model: PeakNet, device: torch.device
+    settings: HandlerSettings,
+    mode: ServingMode,
+    model: PeakNet,
+    device: torch.device,
+    backend: BackendChoice | None = None,
 ) -> AotPackages | None:
     """The AOTInductor packages of ``model`` served in ``mode`` on ``device``; None unless the network
-    is compiled (``mode.compile``) with ``compile_backend: aoti`` and the compile cache is on."""
-    if mode.compile is None or settings.compile_backend != "aoti" or not settings.compile_cache:
+    is compiled (``mode.compile``), its backend is ``aoti`` (``backend``, else ``compile_backend``
+    resolved for ``device``: :func:`~peaknet_serve.config.backend.resolve_compile_backend`) and the
+    compile cache is on. They keep the backend's build-failure marker, and under ``auto`` stop
+    building after a failure (:class:`AotPackages`)."""
+    if mode.compile is None or not settings.compile_cache:
         return None
     directory = cache_directory(settings)
+    if backend is None:
+        backend = resolve_compile_backend(
+            settings.compile_backend, device, compile_cache=settings.compile_cache, cache_dir=directory
+        )
+    if backend.backend != "aoti":
+        return None
     return AotPackages.for_model(
         directory,
         settings.model_label,
         device,
+        marker=backend.marker,
+        stop_after_failure=backend.requested == "auto",
         weights_sha256=weights_sha256(model),
         architecture=model.config.as_mapping(),
         dtype=str(mode.dtype),

@@ -135,6 +135,7 @@ class PeakNetHandler(BaseHandler):
             torch.cuda.set_per_process_memory_fraction(settings.gpu_memory_fraction, self.device)
         pipeline = build_finder(settings, self.device, model_dir)
         self.mode, self.model, self.finder = pipeline.mode, pipeline.model, pipeline.finder
+        self.backend = pipeline.backend
         self.dtype = pipeline.mode.dtype
         self.budget = WorkBudget(
             float(yaml_config.get("responseTimeout", DEFAULT_RESPONSE_TIMEOUT_S)), settings.batch_time_fraction
@@ -148,7 +149,7 @@ class PeakNetHandler(BaseHandler):
         params = sum(p.numel() for p in self.model.parameters())
         log.info(
             "PeakNet ready: %s, %.2fM parameters, %s on %s, weights %.1f MiB, max_batch_panels=%d, "
-            "start-up %.1f s (load %.1f, tune %.1f, warm-up %.1f, compile cache %s)",
+            "start-up %.1f s (load %.1f, tune %.1f, warm-up %.1f, compile cache %s), compile backend %s",
             settings.model_label,
             params / 1e6,
             pipeline.mode.describe(),
@@ -160,6 +161,7 @@ class PeakNetHandler(BaseHandler):
             pipeline.phases["tune"],
             pipeline.phases["warm-up"],
             pipeline.compile_cache,
+            self.compile_backend(),
         )
         for package in pipeline.packages:
             log.info(
@@ -231,8 +233,14 @@ class PeakNetHandler(BaseHandler):
                 "precision": dtype_name(self.dtype),
                 "device": str(self.device),
                 "hit_min_peaks": self.settings.hit_min_peaks,
+                "serving_mode": self.mode.describe(),
+                "compile_backend": self.compile_backend(),
             },
         )
+
+    def compile_backend(self) -> str:
+        """The compiled network's backend and why (``auto -> aoti (g++ at ...)``), or ``none (eager)``."""
+        return self.backend.describe() if self.backend is not None else "none (eager)"
 
     def _decode_all(
         self, data: list[Mapping[str, Any]], context: Any, answers: dict[int, Answer], protocols: dict[int, str]
