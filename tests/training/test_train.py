@@ -64,6 +64,7 @@ def simulated(monkeypatch):
 def test_tiny_training_run_writes_a_loadable_model(tmp_path):
     history = tiny_run(tmp_path, "--batch-size", "2")
     assert history["steps_done"] == 2 and len(history["loss"]) == 2
+    assert history["target_ring"] == 1
     assert (tmp_path / "train_loss.png").stat().st_size > 0
     model = load_peaknet(tmp_path / "peaknet.yaml", dtype="float32", device="cpu")
     out = model(torch.randn(1, 1, 64, 96))
@@ -72,7 +73,10 @@ def test_tiny_training_run_writes_a_loadable_model(tmp_path):
 
 def test_tiny_training_run_with_artefacts(tmp_path, simulated):
     """--artefact-probability reaches simulate_frame through SimulatedCrops and is recorded."""
-    history = tiny_run(tmp_path, "--batch-size", "4", "--crops-per-frame", "1", "--artefact-probability", "0.5")
+    history = tiny_run(
+        tmp_path, "--batch-size", "4", "--crops-per-frame", "1", "--artefact-probability", "0.5", "--target-ring", "0"
+    )
+    assert history["target_ring"] == 0
     frames = [(kwargs.get("artefact_probability"), artefacts) for kwargs, artefacts, _ in simulated]
     assert history["artefact_probability"] == 0.5 and history["steps_done"] == 2
     assert len(frames) >= 8 and all(p == 0.5 for p, _ in frames)
@@ -83,6 +87,17 @@ def test_tiny_training_run_with_artefacts(tmp_path, simulated):
 
 def test_training_records_the_default_artefact_probability():
     assert train.parse_args(["--out", "x"]).artefact_probability == 0.0
+
+
+@pytest.mark.parametrize("ring", ["-1", "4"])
+def test_target_ring_outside_0_3_is_refused(ring):
+    with pytest.raises(SystemExit):
+        train.parse_args(["--out", "x", "--target-ring", ring])
+
+
+def test_target_ring_default_and_values():
+    assert train.parse_args(["--out", "x"]).target_ring == 1
+    assert [train.parse_args(["--out", "x", "--target-ring", r]).target_ring for r in "0123"] == [0, 1, 2, 3]
 
 
 @pytest.mark.parametrize("steps,warmup", [(100, 10)])

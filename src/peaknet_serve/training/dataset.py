@@ -5,7 +5,9 @@ serving time: :func:`peaknet_serve.device.preprocess.sanitize` -> :func:`peaknet
 -> :func:`peaknet_serve.device.preprocess.pad_to_multiple`), then cuts ``crops_per_frame`` square crops, most of
 them around a strong peak, the rest anywhere. Crops get a random dihedral flip.
 
-Targets are uint8: 0 background, 1 peak pixel, :data:`IGNORE_INDEX` for weak-spot pixels.
+Targets are uint8: 0 background, 1 peak pixel, :data:`IGNORE_INDEX` for weak-spot pixels and, with
+``target_ring`` r > 0, for the background pixels within r pixels of a peak pixel
+(:func:`ring_ignore`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from scipy import ndimage
 from torch.utils.data import IterableDataset, get_worker_info
 
 from peaknet_serve.device.preprocess import normalize_images, pad_to_multiple, sanitize
@@ -24,6 +27,8 @@ from peaknet_serve.sim.peaksim.geometry import DetectorGeometry, get_geometry
 
 IGNORE_INDEX = TARGET_IGNORE
 DEFAULT_GEOMETRY_WEIGHTS = {"epix10k2m": 0.35, "jungfrau4m": 0.2, "cspad": 0.25, "rayonix": 0.2}
+DEFAULT_TARGET_RING = 1
+MAX_TARGET_RING = 3
 
 
 def normalized_panel(panel: np.ndarray) -> np.ndarray:
@@ -40,6 +45,38 @@ def frame_target(frame: SimulatedFrame) -> np.ndarray:
     target = frame.label.copy()
     target[frame.ignore] = IGNORE_INDEX
     return target
+
+
+def ring_ignore(target: np.ndarray, ring: int) -> np.ndarray:
+    """Target with the background pixels near a peak pixel ignored.
+
+    Every pixel of value 0 within Chebyshev distance ``ring`` of a pixel of value 1 (a
+    ``(2 ring + 1) x (2 ring + 1)`` square around it) becomes :data:`IGNORE_INDEX`; peak pixels and
+    pixels already ignored are kept. The square is taken in the last two axes only, so it never
+    reaches across panels, and it ends at a panel's edge (no wrap-around).
+
+    PeakNet scores at stride 4 and upsamples bilinearly, so its peak probability cannot be high on
+    one pixel and low on all eight neighbours: a one-pixel target with background around it pulls
+    the pixel's probability below 0.5. Ignoring the ring leaves the network free to spread the
+    score over the neighbours.
+
+    Args:
+        target: (..., H, W) uint8 target, e.g. (P, H, W) of a frame, values 0, 1 and IGNORE_INDEX.
+        ring: distance in pixels, >= 0; 0 returns ``target`` itself.
+
+    Returns:
+        (..., H, W) uint8, a new array unless ``ring`` is 0.
+    """
+    if ring < 0:
+        raise ValueError(f"ring must be >= 0, got {ring}")
+    if ring == 0:
+        return target
+    width = 2 * ring + 1
+    size = (1,) * (target.ndim - 2) + (width, width)
+    near = ndimage.maximum_filter((target == 1).view(np.uint8), size=size, mode="constant", cval=0)
+    out = target.copy()
+    out[(near > 0) & (target == 0)] = IGNORE_INDEX
+    return out
 
 
 def _crop_origin(rng: np.random.Generator, size: int, crop: int, around: float | None) -> int:
@@ -78,10 +115,16 @@ def frame_crops(
     n_crops: int,
     peak_fraction: float = 0.7,
     uint16_probability: float = 0.3,
+    target_ring: int = DEFAULT_TARGET_RING,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Yield ``(image (crop, crop) float32, target (crop, crop) uint8)`` crops of one frame."""
+    """Yield ``(image (crop, crop) float32, target (crop, crop) uint8)`` crops of one frame.
+
+    The frame's (P, H, W) target goes through :func:`ring_ignore` with ``target_ring`` (0: the
+    target as simulated) before it is cut; the ring draws no random numbers, so the images of the
+    crops do not depend on it.
+    """
     raw = frame.uint16.astype(np.float32) if rng.random() < uint16_probability else frame.adu
-    target = frame_target(frame)
+    target = ring_ignore(frame_target(frame), target_ring)
     strong = np.flatnonzero(frame.peaks.strong)
     cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for _ in range(n_crops):
@@ -116,6 +159,8 @@ class SimulatedCrops(IterableDataset):
     stream as before artefacts existed). ``coverage`` (None: off) and ``target_snr`` (None: the
     truth's label) are passed to it too: the wider conditions of
     :mod:`peaknet_serve.sim.peaksim.coverage`, and the integrated-SNR bar of the peaks to learn.
+    ``target_ring`` (pixels, 0..3) is passed to :func:`frame_crops`: the background within that
+    distance of a peak pixel is ignored (:func:`ring_ignore`); 0 gives the targets as simulated.
     """
 
     seed: int
@@ -125,6 +170,11 @@ class SimulatedCrops(IterableDataset):
     artefact_probability: float = 0.0
     coverage: Coverage | None = None
     target_snr: float | None = None
+    target_ring: int = DEFAULT_TARGET_RING
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.target_ring <= MAX_TARGET_RING:
+            raise ValueError(f"target_ring must be in [0, {MAX_TARGET_RING}], got {self.target_ring}")
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         info = get_worker_info()
@@ -144,5 +194,5 @@ class SimulatedCrops(IterableDataset):
                 coverage=self.coverage,
                 target_snr=self.target_snr,
             )
-            for image, target in frame_crops(rng, frame, self.crop, self.crops_per_frame):
+            for image, target in frame_crops(rng, frame, self.crop, self.crops_per_frame, target_ring=self.target_ring):
                 yield torch.from_numpy(image)[None], torch.from_numpy(target)

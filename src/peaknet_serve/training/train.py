@@ -23,11 +23,17 @@ switching, bright point spots on nearly empty frames); ``--target-snr s`` makes 
 SNR >= 1) a peak to learn, below the truth's bars of 6 and 2, so the model learns what a local-SNR peak
 finder tuned for recall reports (:func:`peaknet_serve.sim.peaksim.frame.simulate_frame`).
 
+``--target-ring r`` (0..3, default 1) ignores in the loss the background pixels within r pixels
+(a (2r+1) x (2r+1) square) of every peak pixel (:func:`peaknet_serve.training.dataset.ring_ignore`):
+the network's stride-4, bilinearly upsampled score cannot peak on one pixel alone, and one-pixel
+targets with background all around teach it to miss sharp spots. ``--target-ring 0`` gives the
+targets as simulated, as in the training of the bundled weights.
+
 Example (GPU), from the bundled weights with the wider conditions::
 
     peaknet-train --out $OUT/train --steps 100000 --time-limit 420 --batch-size 64 --crops-per-frame 32 \
         --workers 15 --lr 6e-4 --warmup 20 --seed 4 --init model_store/peaknet/peaknet.safetensors \
-        --artefact-probability 0.3 --coverage --target-snr 4.5
+        --artefact-probability 0.3 --coverage --target-snr 4.5 --target-ring 1
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ from tqdm import tqdm
 
 from peaknet_serve.model.peaknet import PeakNet, PeakNetConfig, count_parameters
 from peaknet_serve.sim.peaksim.coverage import Coverage
-from peaknet_serve.training.dataset import IGNORE_INDEX, SimulatedCrops
+from peaknet_serve.training.dataset import DEFAULT_TARGET_RING, IGNORE_INDEX, MAX_TARGET_RING, SimulatedCrops
 
 # Public PeakNet training config (train/hydra_config/train_config/base.yaml): loss.focal.
 FOCAL_ALPHA = 1.0
@@ -209,6 +215,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="integrated-SNR bar of the peaks to learn (default: the truth's strong rule, 6)",
     )
+    p.add_argument(
+        "--target-ring",
+        type=int,
+        default=DEFAULT_TARGET_RING,
+        help=f"ignore the background within this many pixels (0..{MAX_TARGET_RING}) of every peak pixel "
+        f"in the loss; 0: the targets as simulated (the bundled weights' training) (default {DEFAULT_TARGET_RING})",
+    )
     args = p.parse_args(argv)
     if not 0.0 <= args.artefact_probability <= 1.0:
         p.error(f"--artefact-probability must be in [0, 1], got {args.artefact_probability}")
@@ -216,6 +229,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--point-probability must be in [0, 1], got {args.point_probability}")
     if args.target_snr is not None and not args.target_snr > 0.0:
         p.error(f"--target-snr must be > 0, got {args.target_snr}")
+    if not 0 <= args.target_ring <= MAX_TARGET_RING:
+        p.error(f"--target-ring must be in [0, {MAX_TARGET_RING}], got {args.target_ring}")
     return args
 
 
@@ -248,6 +263,7 @@ def main(argv: list[str] | None = None) -> int:
         artefact_probability=args.artefact_probability,
         coverage=Coverage(point_probability=args.point_probability) if args.coverage else None,
         target_snr=args.target_snr,
+        target_ring=args.target_ring,
     )
     loader = DataLoader(
         crops,
@@ -314,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
             "coverage": args.coverage,
             "point_probability": args.point_probability if args.coverage else None,
             "target_snr": args.target_snr,
+            "target_ring": args.target_ring,
             "command": " ".join(["peaknet-train", *(argv or sys.argv[1:])]),
         }
     )
