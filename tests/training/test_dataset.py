@@ -105,3 +105,25 @@ def test_training_crops_get_the_ring_and_the_same_images():
     assert changed > 0
     with pytest.raises(ValueError):
         SimulatedCrops(seed=0, target_ring=4)
+
+
+def test_max_pixels_rings_only_the_small_peaks():
+    target = np.zeros((2, 12, 12), dtype=np.uint8)
+    target[0, 2, 2] = 1  # one pixel
+    target[0, 6:9, 6:9] = 1  # 9 pixels
+    target[1, 5, 5:7] = 1  # 2 pixels, other panel
+    out = ring_ignore(target, 1, max_pixels=4)
+    assert np.all(out[0, 1:4, 1:4][target[0, 1:4, 1:4] == 0] == IGNORE_INDEX)
+    assert not np.any(out[0, 5:10, 5:10] == IGNORE_INDEX)  # the broad peak keeps its background
+    assert np.count_nonzero(out[1] == IGNORE_INDEX) == 3 * 4 - 2
+    np.testing.assert_array_equal(ring_ignore(target, 1, max_pixels=0), ring_ignore(target, 1))
+    np.testing.assert_array_equal(ring_ignore(target, 1, max_pixels=9), ring_ignore(target, 1))
+    with pytest.raises(ValueError):
+        ring_ignore(target, 1, max_pixels=-1)
+
+
+def test_max_pixels_counts_diagonal_neighbours_as_one_peak():
+    target = np.zeros((8, 8), dtype=np.uint8)
+    target[2, 2] = target[3, 3] = 1  # one 2-pixel peak, 8-connected
+    assert np.count_nonzero(ring_ignore(target, 1, max_pixels=1) == IGNORE_INDEX) == 0
+    assert np.count_nonzero(ring_ignore(target, 1, max_pixels=2) == IGNORE_INDEX) == 9 + 9 - 4 - 2

@@ -47,12 +47,14 @@ def frame_target(frame: SimulatedFrame) -> np.ndarray:
     return target
 
 
-def ring_ignore(target: np.ndarray, ring: int) -> np.ndarray:
+def ring_ignore(target: np.ndarray, ring: int, max_pixels: int = 0) -> np.ndarray:
     """Target with the background pixels near a peak pixel ignored.
 
     Every pixel of value 0 within Chebyshev distance ``ring`` of a pixel of value 1 (a
     ``(2 ring + 1) x (2 ring + 1)`` square around it) becomes :data:`IGNORE_INDEX`; peak pixels and
-    pixels already ignored are kept. The square is taken in the last two axes only, so it never
+    pixels already ignored are kept. With ``max_pixels`` K > 0 only the peaks (8-connected
+    components of value 1 in one panel) of at most K pixels get the ring: broad spots keep their
+    targets as simulated, so the network keeps their outlines and the gaps between them. The square is taken in the last two axes only, so it never
     reaches across panels, and it ends at a panel's edge (no wrap-around).
 
     PeakNet scores at stride 4 and upsamples bilinearly, so its peak probability cannot be high on
@@ -63,6 +65,7 @@ def ring_ignore(target: np.ndarray, ring: int) -> np.ndarray:
     Args:
         target: (..., H, W) uint8 target, e.g. (P, H, W) of a frame, values 0, 1 and IGNORE_INDEX.
         ring: distance in pixels, >= 0; 0 returns ``target`` itself.
+        max_pixels: largest peak (pixels) that gets the ring; 0: every peak.
 
     Returns:
         (..., H, W) uint8, a new array unless ``ring`` is 0.
@@ -71,9 +74,20 @@ def ring_ignore(target: np.ndarray, ring: int) -> np.ndarray:
         raise ValueError(f"ring must be >= 0, got {ring}")
     if ring == 0:
         return target
+    if max_pixels < 0:
+        raise ValueError(f"max_pixels must be >= 0, got {max_pixels}")
+    peaks = target == 1
+    if max_pixels:
+        structure = np.zeros((3,) * target.ndim, dtype=bool)
+        structure[(1,) * (target.ndim - 2)] = True  # 8-connected in the last two axes only
+        labels, _ = ndimage.label(peaks, structure=structure)
+        sizes = np.bincount(labels.ravel())
+        small = sizes <= max_pixels
+        small[0] = False
+        peaks = small[labels]
     width = 2 * ring + 1
     size = (1,) * (target.ndim - 2) + (width, width)
-    near = ndimage.maximum_filter((target == 1).view(np.uint8), size=size, mode="constant", cval=0)
+    near = ndimage.maximum_filter(peaks.view(np.uint8), size=size, mode="constant", cval=0)
     out = target.copy()
     out[(near > 0) & (target == 0)] = IGNORE_INDEX
     return out
@@ -116,15 +130,16 @@ def frame_crops(
     peak_fraction: float = 0.7,
     uint16_probability: float = 0.3,
     target_ring: int = DEFAULT_TARGET_RING,
+    ring_max_pixels: int = 0,
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """Yield ``(image (crop, crop) float32, target (crop, crop) uint8)`` crops of one frame.
 
     The frame's (P, H, W) target goes through :func:`ring_ignore` with ``target_ring`` (0: the
-    target as simulated) before it is cut; the ring draws no random numbers, so the images of the
+    target as simulated) and ``ring_max_pixels`` (0: every peak) before it is cut; the ring draws no random numbers, so the images of the
     crops do not depend on it.
     """
     raw = frame.uint16.astype(np.float32) if rng.random() < uint16_probability else frame.adu
-    target = ring_ignore(frame_target(frame), target_ring)
+    target = ring_ignore(frame_target(frame), target_ring, ring_max_pixels)
     strong = np.flatnonzero(frame.peaks.strong)
     cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     for _ in range(n_crops):
@@ -161,6 +176,7 @@ class SimulatedCrops(IterableDataset):
     :mod:`peaknet_serve.sim.peaksim.coverage`, and the integrated-SNR bar of the peaks to learn.
     ``target_ring`` (pixels, 0..3) is passed to :func:`frame_crops`: the background within that
     distance of a peak pixel is ignored (:func:`ring_ignore`); 0 gives the targets as simulated.
+    ``ring_max_pixels`` K > 0 rings only the peaks of at most K pixels.
     """
 
     seed: int
@@ -171,10 +187,13 @@ class SimulatedCrops(IterableDataset):
     coverage: Coverage | None = None
     target_snr: float | None = None
     target_ring: int = DEFAULT_TARGET_RING
+    ring_max_pixels: int = 0
 
     def __post_init__(self) -> None:
         if not 0 <= self.target_ring <= MAX_TARGET_RING:
             raise ValueError(f"target_ring must be in [0, {MAX_TARGET_RING}], got {self.target_ring}")
+        if self.ring_max_pixels < 0:
+            raise ValueError(f"ring_max_pixels must be >= 0, got {self.ring_max_pixels}")
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         info = get_worker_info()
@@ -194,5 +213,12 @@ class SimulatedCrops(IterableDataset):
                 coverage=self.coverage,
                 target_snr=self.target_snr,
             )
-            for image, target in frame_crops(rng, frame, self.crop, self.crops_per_frame, target_ring=self.target_ring):
+            for image, target in frame_crops(
+                rng,
+                frame,
+                self.crop,
+                self.crops_per_frame,
+                target_ring=self.target_ring,
+                ring_max_pixels=self.ring_max_pixels,
+            ):
                 yield torch.from_numpy(image)[None], torch.from_numpy(target)

@@ -26,7 +26,8 @@ finder tuned for recall reports (:func:`peaknet_serve.sim.peaksim.frame.simulate
 ``--target-ring r`` (0..3, default 1) ignores in the loss the background pixels within r pixels
 (a (2r+1) x (2r+1) square) of every peak pixel (:func:`peaknet_serve.training.dataset.ring_ignore`):
 the network's stride-4, bilinearly upsampled score cannot peak on one pixel alone, and one-pixel
-targets with background all around teach it to miss sharp spots. ``--target-ring 0`` gives the
+targets with background all around teach it to miss sharp spots. ``--ring-max-pixels K`` rings only
+the peaks of at most K pixels, so broad spots keep their outlines. ``--target-ring 0`` gives the
 targets as simulated, as in the training of the bundled weights.
 
 Example (GPU), from the bundled weights with the wider conditions::
@@ -222,6 +223,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"ignore the background within this many pixels (0..{MAX_TARGET_RING}) of every peak pixel "
         f"in the loss; 0: the targets as simulated (the bundled weights' training) (default {DEFAULT_TARGET_RING})",
     )
+    p.add_argument(
+        "--ring-max-pixels",
+        type=int,
+        default=0,
+        help="ring only the peaks of at most this many pixels (sharp spots); 0: every peak (default 0)",
+    )
     args = p.parse_args(argv)
     if not 0.0 <= args.artefact_probability <= 1.0:
         p.error(f"--artefact-probability must be in [0, 1], got {args.artefact_probability}")
@@ -231,6 +238,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--target-snr must be > 0, got {args.target_snr}")
     if not 0 <= args.target_ring <= MAX_TARGET_RING:
         p.error(f"--target-ring must be in [0, {MAX_TARGET_RING}], got {args.target_ring}")
+    if args.ring_max_pixels < 0:
+        p.error(f"--ring-max-pixels must be >= 0, got {args.ring_max_pixels}")
     return args
 
 
@@ -264,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         coverage=Coverage(point_probability=args.point_probability) if args.coverage else None,
         target_snr=args.target_snr,
         target_ring=args.target_ring,
+        ring_max_pixels=args.ring_max_pixels,
     )
     loader = DataLoader(
         crops,
@@ -331,6 +341,7 @@ def main(argv: list[str] | None = None) -> int:
             "point_probability": args.point_probability if args.coverage else None,
             "target_snr": args.target_snr,
             "target_ring": args.target_ring,
+            "ring_max_pixels": args.ring_max_pixels,
             "command": " ".join(["peaknet-train", *(argv or sys.argv[1:])]),
         }
     )
