@@ -224,13 +224,11 @@ def build_finder(
             if settings.warmup:
                 for panels, height, width in settings.warmup_shapes:
                     finder.warmup(panels, height, width)
+        cache_outcome = "off" if cache is None else "hit" if cache_hit else "built"
         if outcome is None:
-            outcome = "off" if cache is None else "hit" if cache_hit else "built"
+            outcome = cache_outcome
         else:
-            log.info(
-                "AOT packages missing for some buckets: torch.compile runs them, compile cache %s",
-                "off" if cache is None else "hit" if cache_hit else "built",
-            )
+            log.info("AOT packages missing for some buckets: torch.compile runs them, compile cache %s", cache_outcome)
     warmed = time.perf_counter()
     return Pipeline(
         model,
