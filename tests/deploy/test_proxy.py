@@ -466,6 +466,7 @@ def check_worker_kills(backend: Server, proxy: Nginx, frames: np.ndarray, header
     seen = []
     for _ in range(4):
         pid = ready_worker_pid(backend)
+        logged = len(proxy.access_log())
         result: dict[str, requests.Response] = {}
 
         def send(result=result) -> None:
@@ -477,7 +478,11 @@ def check_worker_kills(backend: Server, proxy: Nginx, frames: np.ndarray, header
         os.kill(pid, signal.SIGKILL)
         thread.join()
         answer = result["answer"]
-        upstream = proxy.access_log()[-1].split(" us=")[1].split()[0]  # TorchServe's status of that request
+        deadline = time.monotonic() + 10
+        while len(proxy.access_log()) == logged:  # nginx logs a request after it has answered it
+            assert time.monotonic() < deadline, "the request was not logged"
+            time.sleep(0.1)
+        upstream = proxy.access_log()[logged].split(" us=")[1].split()[0]  # TorchServe's status of that request
         seen.append((upstream, answer.status_code))
         if upstream == "507":
             assert answer.status_code == 503 and answer.headers["Content-Type"] == "application/json"
