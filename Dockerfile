@@ -2,6 +2,8 @@
 #
 #   docker build -t peaknet-serve .
 #   docker run --gpus all -p 8080:8080 peaknet-serve
+#   (8080 is nginx, deploy/nginx, in front of TorchServe's inference API on the container's loopback;
+#    -e PEAKNET_PROXY=off publishes TorchServe itself there; see docs/security.md)
 #   (metrics carry no token and stay on the container's loopback unless
 #    -e PEAKNET_METRICS_BIND_ADDRESS=0.0.0.0 -p 8082:8082; see docs/security.md)
 #
@@ -11,7 +13,8 @@
 # Two stages: `build` installs the pinned Python environment (CUDA PyTorch from the PyTorch wheel
 # index; the wheels bring their own CUDA runtime, the host only needs the NVIDIA driver and the
 # container toolkit) and builds model_store/peaknet.mar; `runtime` is a slim Python image with a
-# headless JRE 17 and g++ that receives the environment and the archive, nothing else.
+# headless JRE 17, g++ and nginx that receives the environment, the archive and the proxy's
+# configuration generator, nothing else.
 #
 # AOT packages (compile_backend: auto, with compile: true) are built in the container: g++ (with
 # gcc, which Triton also compiles its kernel launchers with) compiles them against the CUDA headers
@@ -44,7 +47,7 @@ RUN PYTHONPATH=/src/src python -m peaknet_serve.launch.archive --export-path /op
 
 FROM ${PYTHON_IMAGE} AS runtime
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends openjdk-17-jre-headless=17.* tini=0.19.* g++=4:12.* \
+    && apt-get install -y --no-install-recommends openjdk-17-jre-headless=17.* tini=0.19.* g++=4:12.* nginx=1.22.* \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --create-home --uid 10001 --shell /usr/sbin/nologin peaknet \
     && chgrp -R 0 /home/peaknet && chmod -R g=u /home/peaknet \
@@ -52,6 +55,10 @@ RUN apt-get update \
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build /opt/peaknet/model_store/peaknet.mar /opt/peaknet/model_store/peaknet.mar
 COPY docker/entrypoint.sh docker/configure_mar.py docker/healthcheck.py /opt/peaknet/docker/
+# the nginx configuration generator (standard library only) and its template, for the entrypoint
+COPY src/peaknet_serve/__init__.py src/peaknet_serve/errors.py src/peaknet_serve/resources.py /opt/peaknet/src/peaknet_serve/
+COPY src/peaknet_serve/launch/proxy.py src/peaknet_serve/launch/properties.py /opt/peaknet/src/peaknet_serve/launch/
+COPY deploy/nginx/peaknet.conf.in /opt/peaknet/deploy/nginx/
 # expandable_segments: the CUDA caching allocator grows segments in place, so reserved memory stays
 # close to allocated (README, Configuration; benchmarks/results/model_padded_h200, e2e_alloc_*_h200).
 ENV PATH=/opt/venv/bin:$PATH \

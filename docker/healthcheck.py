@@ -5,7 +5,8 @@
   (``GET /models/<model>`` on the local management port). TorchServe's ``/ping`` cannot say this:
   it stays Healthy while a worker restarts and when the workers are scaled to zero.
 * **liveness** (``--live``): ``GET /ping`` answers 200, i.e. TorchServe runs and has not given up
-  restarting a failed worker (it turns Unhealthy, 500, after its retry window).
+  restarting a failed worker (it turns Unhealthy, 500, after its retry window). In the image it is
+  asked on the inference port, i.e. through the reverse proxy when that is on.
 
 With token authorisation on, the keys are read from ``key_file.json`` in ``PEAKNET_HOME``
 (TorchServe writes it there at start): the management key for readiness, the inference key for
@@ -57,8 +58,9 @@ def fetch(request: urllib.request.Request) -> tuple[int, bytes]:
 
 
 def refused_key(status: int, body: bytes) -> bool:
-    """TorchServe 0.12 refuses a missing, wrong or expired key with 400 InvalidKeyException."""
-    return status == 400 and b"InvalidKeyException" in body
+    """TorchServe 0.12 refuses a missing, wrong or expired key with 400 InvalidKeyException; the
+    reverse proxy in front of it (``PEAKNET_PROXY``, the image's default) with 401 unauthorized."""
+    return (status == 400 and b"InvalidKeyException" in body) or (status == 401 and b'"unauthorized"' in body)
 
 
 def renew_key(home: Path, management_port: int, kind: str) -> bool:

@@ -49,6 +49,7 @@ answers some requests itself, with the same body; :func:`proxy_errors` holds its
  413   too_large                    the body is over TorchServe's ``max_request_size``
  429   too_many_connections         the client address has as many requests in flight as allowed
  502   upstream_unavailable         TorchServe is not reachable or closed the connection
+ 503   worker_died                  TorchServe's "Worker died." as 507 (a worker died with the request)
  504   upstream_timeout             TorchServe did not answer within the proxy's read timeout
 =====  ===========================  ========================================================
 """
@@ -176,6 +177,12 @@ def proxy_errors(
             "upstream_unavailable",
             "the model server is not reachable or closed the connection; retry later.",
             502,
+        ),
+        ServerFault(
+            "worker_died",
+            "the worker serving this request died before it answered (the model server starts a new one); "
+            "retry the request, with fewer frames if it ran long.",
+            503,
         ),
         ServerFault(
             "upstream_timeout",

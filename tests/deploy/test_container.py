@@ -5,7 +5,9 @@ with debootstrap where no registry is reachable; CPU torch where the host has th
 ``docker build``; ``PEAKNET_CONTAINER_IMAGE=TAG`` uses an image built before instead. Then, through
 the published ports, as users run it: health check, token authorisation with the key read from
 the container, every request encoding, Prometheus metrics, a restart, a user's checkpoint mounted
-under /models and selected by environment, non-root users (the image's and an arbitrary one).
+under /models and selected by environment, non-root users (the image's and an arbitrary one). The
+published port is nginx's (the reverse proxy, on by default) unless ``PEAKNET_PROXY=off``; when nginx
+or TorchServe ends, the container ends.
 
 Skipped where no engine is installed, or with ``PEAKNET_CONTAINER_TESTS=0``. Not covered here: a
 CUDA image on a GPU host (``--gpus all``).
@@ -188,11 +190,16 @@ def test_runs_as_the_image_user_not_root(served):
     assert "Uid:\t10001" in status  # PID 1 (tini) too; so are its children, started by it
 
 
+def unauthorized(answer: requests.Response) -> bool:
+    """The proxy's refusal of a missing or wrong key: a JSON 401 ``unauthorized``."""
+    return answer.status_code == 401 and answer.json()["error"]["type"] == "unauthorized"
+
+
 def test_token_authorisation_with_the_key_from_the_container(served):
     frames = small_frames("uint16")
-    assert requests.get(f"{served.inference}/ping", timeout=10).status_code in (400, 401, 403)
-    assert predict(served, frames, "raw", {}).status_code in (400, 401, 403)
-    assert predict(served, frames, "raw", {"Authorization": "Bearer wrong"}).status_code in (400, 401, 403)
+    assert unauthorized(requests.get(f"{served.inference}/ping", timeout=10))
+    assert unauthorized(predict(served, frames, "raw", {}))
+    assert unauthorized(predict(served, frames, "raw", {"Authorization": "Bearer wrong"}))
     ping = requests.get(f"{served.inference}/ping", headers=served.auth(), timeout=10)
     assert ping.status_code == 200 and ping.json()["status"] == "Healthy"
 
@@ -259,13 +266,30 @@ def test_restart_comes_back_with_a_new_key(served):
     new_key = served.key()
     assert new_key != old_key
     frames = small_frames("uint16")
-    assert predict(served, frames, "raw", {"Authorization": f"Bearer {old_key}"}).status_code in (400, 401, 403)
+    assert unauthorized(predict(served, frames, "raw", {"Authorization": f"Bearer {old_key}"}))
     assert predict(served, frames, "raw", {"Authorization": f"Bearer {new_key}"}).status_code == 200
 
 
-def test_stop_is_prompt(start):
-    container = start(PEAKNET_DISABLE_TOKEN_AUTH="true")
+EMPTY_BOUNDARY = {"Content-Type": "multipart/form-data; boundary="}
+
+
+def test_the_proxy_answers_what_torchserve_decides_badly(served):
+    """An empty multipart boundary (TorchServe's own answer: a 500) and a dead worker, through the proxy."""
+    answer = requests.post(
+        f"{served.inference}/predictions/peaknet", data=b"x", headers={**served.auth(), **EMPTY_BOUNDARY}, timeout=60
+    )
+    assert answer.status_code == 400 and answer.json()["error"]["type"] == "bad_multipart"
+    assert requests.get(f"{served.inference}/token", headers=served.auth(), timeout=10).status_code == 404
+    logs = served.logs()
+    assert '"POST /predictions/peaknet HTTP/1.1" 400' in logs  # nginx's access log is the container's output
+
+
+def test_stop_is_prompt_and_the_proxy_can_be_off(start):
+    container = start(PEAKNET_DISABLE_TOKEN_AUTH="true", PEAKNET_PROXY="off")
     container.wait_healthy()
+    # TorchServe itself on the published port: its own 500 for the empty boundary
+    answer = requests.post(f"{container.inference}/predictions/peaknet", data=b"x", headers=EMPTY_BOUNDARY, timeout=60)
+    assert answer.status_code == 500 and answer.json()["type"] == "StringIndexOutOfBoundsException"
     started = time.monotonic()
     engine("stop", "-t", "30", container.name, timeout=120)
     assert time.monotonic() - started < 15
@@ -292,6 +316,33 @@ def test_user_checkpoint_under_models_as_an_arbitrary_user(start, tmp_path):
     response = predict(container, small_frames("float32"), "npy", container.auth())
     assert response.status_code == 200, response.text[:300]
     assert response.json()["model"] == "peaknet_tiny"
+    # TorchServe ends (its Java frontend killed): nginx is stopped and the container exits
+    java = engine(
+        "exec",
+        container.name,
+        "sh",
+        "-c",
+        "for p in /proc/[0-9]*; do grep -qa org.pytorch.serve.Model[S]erver $p/cmdline 2>/dev/null && basename $p; done; true",
+    ).stdout.split()
+    assert len(java) == 1, java
+    engine("exec", container.name, "sh", "-c", f"kill -KILL {java[0]}")
+    wait_exited(container, "TorchServe ended")
+
+
+def wait_exited(container: Container, message: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while container.state() == "running":
+        assert time.monotonic() < deadline, f"{container.name} still running:\n{container.logs()}"
+        time.sleep(1)
+    assert f"entrypoint: {message}" in container.logs()
+
+
+def test_when_nginx_ends_the_container_exits(served):
+    """Last of the tests on ``served``: nginx killed, TorchServe is stopped and the container ends."""
+    pid = engine("exec", served.name, "cat", "/home/peaknet/proxy/nginx.pid").stdout.strip()
+    engine("exec", served.name, "sh", "-c", f"kill -KILL {pid}")  # no kill binary in the image: the shell's
+    wait_exited(served, "nginx ended")
+    assert engine("inspect", "--format", "{{.State.ExitCode}}", served.name).stdout.strip() != "0"
 
 
 def test_missing_checkpoint_fails_fast_with_a_message(image):

@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[2]
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
 HEALTHCHECK = ROOT / "docker" / "healthcheck.py"
 TINY_MODEL = ROOT / "tests" / "fixtures" / "upstream" / "peaknet_tiny.yaml"
+NGINX = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
 HADOLINT = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
 
 
@@ -38,8 +39,10 @@ def archive(tmp_path_factory) -> Path:
 
 
 def run_entrypoint(home: Path, archive: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    if NGINX is None:
+        env = {"PEAKNET_PROXY": "off", **env}
     environment = {
-        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}:/usr/sbin",
         "PEAKNET_HOME": str(home),
         "PEAKNET_MODEL_ARCHIVE": str(archive),
         "PEAKNET_MODELS_DIR": str(home / "models"),
@@ -52,7 +55,7 @@ def run_entrypoint(home: Path, archive: Path, *args: str, **env: str) -> subproc
 
 def printed_command(result: subprocess.CompletedProcess) -> tuple[dict[str, str], list[str]]:
     """The dry run's ``env VAR=value ... torchserve ...`` line, split into env and command."""
-    words = shlex.split(result.stdout)
+    words = shlex.split(result.stdout.splitlines()[0])  # the second line, with the proxy: nginx's command
     assert words[0] == "env"
     split = words.index("torchserve")
     return dict(w.split("=", 1) for w in words[1:split]), words[split:]
@@ -73,7 +76,8 @@ def test_defaults_bind_all_interfaces_with_token_auth_on(tmp_path, archive):
     result = run_entrypoint(tmp_path, archive, "--print-config")
     assert result.returncode == 0, result.stderr
     config = properties(tmp_path / "config.properties")
-    assert config["inference_address"] == "http://0.0.0.0:8080"
+    proxied = NGINX is not None  # the proxy is on by default; without nginx, PEAKNET_PROXY=off is needed
+    assert config["inference_address"] == ("http://127.0.0.1:8083" if proxied else "http://0.0.0.0:8080")
     assert config["metrics_address"] == "http://127.0.0.1:8082"  # token-less metrics: opt-in
     assert config["management_address"] == "http://127.0.0.1:8081"
     assert config["grpc_inference_address"] == config["grpc_management_address"] == "127.0.0.1"
@@ -232,6 +236,52 @@ def test_tokens_off_warns_about_the_management_api(tmp_path, archive):
     assert result.returncode == 0 and "never run it with --network host" in result.stderr
 
 
+@pytest.mark.skipif(NGINX is None, reason="no nginx (Debian: apt-get install nginx)")
+def test_the_proxy_fronts_the_inference_api_by_default(tmp_path, archive):
+    result = run_entrypoint(
+        tmp_path, archive, "--print-config", PEAKNET_INFERENCE_PORT="9080", PEAKNET_UPSTREAM_PORT="9083"
+    )
+    assert result.returncode == 0, result.stderr
+    config = properties(tmp_path / "config.properties")
+    assert config["inference_address"] == "http://127.0.0.1:9083"  # TorchServe on loopback only
+    assert config["management_address"] == "http://127.0.0.1:8081"  # management as without the proxy
+    conf = (tmp_path / "proxy" / "peaknet.conf").read_text()
+    assert "listen 0.0.0.0:9080;" in conf and "server 127.0.0.1:9083;" in conf
+    assert "access_log /dev/stdout peaknet;" in conf and "error_log stderr warn;" in conf
+    nginx = shlex.split(result.stdout.splitlines()[1])
+    assert nginx[1:] == ["-p", str(tmp_path / "proxy"), "-c", str(tmp_path / "proxy" / "peaknet.conf"), "-e", "stderr",
+                         "-g", "daemon off;" + (" user root;" if os.geteuid() == 0 else "")]  # fmt: skip
+    assert "nginx on 0.0.0.0:9080 in front of TorchServe's inference API on 127.0.0.1:9083" in result.stderr
+
+
+@pytest.mark.parametrize("value", ["off", "false", "0"])
+def test_the_proxy_off_gives_torchserve_directly(tmp_path, archive, value):
+    result = run_entrypoint(tmp_path, archive, "--print-config", PEAKNET_PROXY=value)
+    assert result.returncode == 0, result.stderr
+    assert properties(tmp_path / "config.properties")["inference_address"] == "http://0.0.0.0:8080"
+    assert len(result.stdout.splitlines()) == 1 and not (tmp_path / "proxy").exists()
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"PEAKNET_PROXY": "maybe"}, "PEAKNET_PROXY=maybe"),
+        (
+            {"PEAKNET_PROXY": "on", "PEAKNET_UPSTREAM_PORT": "8081"},
+            "PEAKNET_UPSTREAM_PORT=8081 is PEAKNET_MANAGEMENT_PORT",
+        ),
+        (
+            {"PEAKNET_PROXY": "on", "PEAKNET_UPSTREAM_PORT": "8080"},
+            "PEAKNET_UPSTREAM_PORT=8080 is PEAKNET_INFERENCE_PORT",
+        ),
+    ],
+)
+def test_bad_proxy_settings_stop_before_writing(tmp_path, archive, env, message):
+    result = run_entrypoint(tmp_path, archive, "--print-config", **env)
+    assert result.returncode == 64 and message in result.stderr
+    assert not (tmp_path / "config.properties").exists()
+
+
 def test_run_directory_is_private(tmp_path, archive):
     home = tmp_path / "home"
     assert run_entrypoint(home, archive, "--print-config").returncode == 0
@@ -363,6 +413,20 @@ class Keyed(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+
+def test_healthcheck_renews_a_key_the_proxy_refuses():
+    sys.path.insert(0, str(ROOT / "docker"))
+    try:
+        from healthcheck import refused_key
+    finally:
+        sys.path.pop(0)
+    from peaknet_serve.errors import proxy_errors
+
+    unauthorized = next(e for e in proxy_errors(1, 1, 1) if e.type == "unauthorized")
+    assert refused_key(401, json.dumps(unauthorized.to_json()).encode())  # the proxy's answer
+    assert refused_key(400, b'{"code": 400, "type": "InvalidKeyException"}')  # TorchServe's own
+    assert not refused_key(401, b"{}") and not refused_key(400, b'{"error": {"type": "bad_shape"}}')
 
 
 def test_healthcheck_uses_the_key_file(tmp_path):

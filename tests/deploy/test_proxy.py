@@ -20,6 +20,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -109,7 +110,9 @@ def backend(start_server) -> Server:  # noqa: F811
     return start_server(token_auth=True)
 
 
-def start_proxy(server: Server, prefix: Path, metrics: str | None = None) -> Nginx:
+def start_proxy(
+    server: Server, prefix: Path, metrics: str | None = None, read_timeout_s: int = READ_TIMEOUT_S
+) -> Nginx:
     """nginx for ``server``, configured from its config.properties, with the short test timeouts."""
     settings = settings_from_properties(
         read_properties(server.workdir / "config.properties"),
@@ -117,7 +120,7 @@ def start_proxy(server: Server, prefix: Path, metrics: str | None = None) -> Ngi
         body_timeout_s=CLIENT_TIMEOUT_S,
         header_timeout_s=CLIENT_TIMEOUT_S,
         send_timeout_s=CLIENT_TIMEOUT_S,
-        read_timeout_s=READ_TIMEOUT_S,
+        read_timeout_s=read_timeout_s,
         connections_per_client=CONNECTIONS_PER_CLIENT,
         body_buffer="16k",
         worker_processes="1",
@@ -195,23 +198,38 @@ def test_the_shipped_configuration_is_the_generators_output_for_the_shipped_conf
     )
 
 
-def test_the_docker_entrypoints_config_gives_the_same_proxy_configuration(tmp_path):
-    from peaknet_serve.launch.archive import build
-
-    archive = build(TINY_MODEL, None, ROOT / "model-config.yaml", tmp_path / "store")
+def run_entrypoint_dry(home: Path, archive: Path, **env: str) -> subprocess.CompletedProcess:
     environment = {
-        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
-        "PEAKNET_HOME": str(tmp_path / "home"),
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}:/usr/sbin",
+        "PEAKNET_HOME": str(home),
         "PEAKNET_MODEL_ARCHIVE": str(archive),
         "PEAKNET_PYTHON": sys.executable,
         "PEAKNET_GPUS": "0",
+        **env,
     }
-    result = subprocess.run(
-        ["bash", str(ENTRYPOINT), "--print-config"], env=environment, capture_output=True, timeout=60
-    )
+    return subprocess.run(["bash", str(ENTRYPOINT), "--print-config"], env=environment, capture_output=True, timeout=60)
+
+
+def test_the_docker_entrypoints_config_gives_the_same_proxy_configuration(tmp_path):
+    """Without the proxy the entrypoint's TorchServe is the shipped config's; with it (the default) the
+    entrypoint writes the configuration for its own ports and logs to the container's output."""
+    from peaknet_serve.launch.archive import build
+
+    archive = build(TINY_MODEL, None, ROOT / "model-config.yaml", tmp_path / "store")
+    result = run_entrypoint_dry(tmp_path / "off", archive, PEAKNET_PROXY="off")
     assert result.returncode == 0, result.stderr
-    settings = settings_from_properties(read_properties(tmp_path / "home" / "config.properties"), "0.0.0.0:8000")
+    settings = settings_from_properties(read_properties(tmp_path / "off" / "config.properties"), "0.0.0.0:8000")
     assert render(settings, TEMPLATE.read_text()) == SHIPPED.read_text()
+    assert not (tmp_path / "off" / "proxy").exists()
+    if NGINX is None:
+        pytest.skip("no nginx: the entrypoint refuses PEAKNET_PROXY=on")
+    result = run_entrypoint_dry(tmp_path / "on", archive)
+    assert result.returncode == 0, result.stderr
+    props = read_properties(tmp_path / "on" / "config.properties")
+    assert props["inference_address"] == "http://127.0.0.1:8083"  # behind the proxy, loopback only
+    written = settings_from_properties(props, "0.0.0.0:8080", access_log="/dev/stdout", error_log="stderr")
+    assert (written.upstream, written.max_body_bytes, written.read_timeout_s) == ("127.0.0.1:8083", 268435456, 150)
+    assert (tmp_path / "on" / "proxy" / "peaknet.conf").read_text() == render(written, TEMPLATE.read_text())
 
 
 def test_every_error_body_is_in_the_configuration_and_nginx_syntax_is_refused_in_them():
@@ -401,6 +419,83 @@ def test_a_multipart_form_with_a_boundary_is_forwarded(backend, proxy):
     for url in (backend.inference_url, proxy.url):
         answer = predict(url, charset, body=b"--b\r\n\r\nx\r\n--b--\r\n")
         assert answer.status_code == 403 and answer.json()["type"] == "UnsupportedCharsetException", answer.text
+
+
+def ready_worker_pid(server: Server, timeout_s: float = 180) -> int:
+    """The pid of the model's worker once it is READY (after a kill, TorchServe starts a new one)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        url = f"{server.management_url}/models/peaknet"
+        workers = requests.get(url, headers=server.management_headers, timeout=10).json()[0]["workers"]
+        if workers and workers[0]["status"] == "READY":
+            return int(workers[0]["pid"])
+        time.sleep(0.2)
+    raise TimeoutError("no READY worker")
+
+
+@pytest.mark.e2e
+@needs_nginx
+def test_the_handlers_own_errors_pass_unchanged(backend, proxy):
+    """A 413 of the handler (more frames than the archive's max_frames) is not the proxy's too_large."""
+    frames = np.zeros((9, 2, 64, 96), np.uint16)  # the test archive admits 8
+    headers = {**backend.headers, **RAW, "X-Shape": "9,2,64,96"}
+    direct, proxied = (predict(url, headers, frames.tobytes()) for url in (backend.inference_url, proxy.url))
+    assert direct.status_code == proxied.status_code == 413
+    assert proxied.content == direct.content and error_of(proxied)["type"] == "too_large"
+    assert "8 frames" in error_of(proxied)["message"]  # the handler's message, not the proxy's
+
+
+@pytest.mark.e2e
+@needs_nginx
+def test_a_worker_killed_mid_request_is_a_json_503_or_torchserves_500(backend, tmp_path):
+    """SIGKILL of the worker while it serves a request through the proxy. TorchServe's frontend answers
+    "Worker died." with 507 or 500 (a race in its frontend); the proxy turns the 507 into its JSON 503
+    worker_died and passes the 500 on as it is (the handler's 500s look the same to nginx)."""
+    frames = np.random.default_rng(7).integers(0, 30, (8, 16, 64, 96), dtype=np.uint16)  # about 1 s of work
+    headers = {**backend.headers, **RAW, "X-Shape": "8,16,64,96"}
+    proxy = start_proxy(backend, tmp_path, read_timeout_s=120)  # on a busy host the request may take over 3 s
+    try:
+        check_worker_kills(backend, proxy, frames, headers)
+    finally:
+        proxy.stop()
+
+
+def check_worker_kills(backend: Server, proxy: Nginx, frames: np.ndarray, headers: dict[str, str]) -> None:
+    expected = predict(proxy.url, headers, frames.tobytes())
+    assert expected.status_code == 200, expected.text[:300]
+    seen = []
+    for _ in range(4):
+        pid = ready_worker_pid(backend)
+        logged = len(proxy.access_log())
+        result: dict[str, requests.Response] = {}
+
+        def send(result=result) -> None:
+            result["answer"] = predict(proxy.url, headers, frames.tobytes())
+
+        thread = threading.Thread(target=send)
+        thread.start()
+        time.sleep(0.3)
+        os.kill(pid, signal.SIGKILL)
+        thread.join()
+        answer = result["answer"]
+        deadline = time.monotonic() + 10
+        while len(proxy.access_log()) == logged:  # nginx logs a request after it has answered it
+            assert time.monotonic() < deadline, "the request was not logged"
+            time.sleep(0.1)
+        upstream = proxy.access_log()[logged].split(" us=")[1].split()[0]  # TorchServe's status of that request
+        seen.append((upstream, answer.status_code))
+        if upstream == "507":
+            assert answer.status_code == 503 and answer.headers["Content-Type"] == "application/json"
+            assert error_of(answer)["type"] == "worker_died"
+        else:
+            assert (upstream, answer.status_code) == ("500", 500), answer.text
+            assert answer.json() == {"code": 500, "type": "InternalServerException", "message": "Worker died."}
+        if {status for status, _ in seen} == {"500", "507"}:
+            break
+    print(f"\nworker killed mid-request, (TorchServe's status, the client's): {seen}")
+    ready_worker_pid(backend)
+    again = predict(proxy.url, headers, frames.tobytes())
+    assert again.status_code == 200 and again.json() == expected.json()
 
 
 @pytest.mark.e2e

@@ -5,7 +5,8 @@ or conflicting requests (docs/security.md quotes these tests).
 * **local**: the shipped ``config.properties`` as ``peaknet-serve start`` runs it
   (:func:`~peaknet_serve.launch.server.effective_config`), only ports and the model store replaced;
 * **docker**: ``docker/entrypoint.sh`` run outside a container (its generated config.properties and
-  configured archive), bound to loopback on free ports.
+  configured archive), bound to loopback on free ports; with nginx in front of the inference API as
+  in the image (``PEAKNET_PROXY`` on), where nginx is installed, else TorchServe alone.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -41,6 +43,7 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 ENTRYPOINT = ROOT / "docker" / "entrypoint.sh"
 TIMEOUT = 120
+NGINX = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
 FRAMES = np.random.default_rng(17).integers(0, 60, (1, 2, 64, 96), dtype=np.uint16)
 RAW = {"Content-Type": "application/octet-stream", "X-Dtype": "uint16", "X-Shape": "1,2,64,96"}
 
@@ -71,17 +74,20 @@ def local(start_server) -> Server:
 
 @pytest.fixture(scope="module")
 def docker(tmp_path_factory, model_store):
-    """The Docker entrypoint's TorchServe (outside a container), tokens on as shipped."""
+    """The Docker entrypoint's TorchServe (outside a container), tokens on as shipped, with the proxy in
+    front as in the image where nginx is installed. Every port is a free one and TorchServe's pid file
+    and worker sockets are in its own directory (TMPDIR, TEMP); stopping its process group stops both."""
     home = tmp_path_factory.mktemp("entrypoint")
     java_home = find_java_home()
-    ports = {
-        name: str(free_port()) for name in ("INFERENCE", "MANAGEMENT", "METRICS", "GRPC_INFERENCE", "GRPC_MANAGEMENT")
-    }
+    names = ("INFERENCE", "UPSTREAM", "MANAGEMENT", "METRICS", "GRPC_INFERENCE", "GRPC_MANAGEMENT")
+    ports = {name: str(free_port()) for name in names}
     env = {
-        "PATH": f"{Path(sys.executable).parent}:{Path(java_home) / 'bin'}:{os.environ['PATH']}",
+        "PATH": f"{Path(sys.executable).parent}:{Path(java_home) / 'bin'}:{os.environ['PATH']}:/usr/sbin",
         "JAVA_HOME": java_home,
         "HOME": str(home),
         "TMPDIR": str(home),
+        "TEMP": str(home),
+        "PEAKNET_PROXY": "on" if NGINX else "off",
         "PEAKNET_HOME": str(home),
         "PEAKNET_MODEL_ARCHIVE": str(model_store / "peaknet.mar"),
         "PEAKNET_PYTHON": sys.executable,
@@ -128,6 +134,20 @@ def config(request) -> Server:
 def refused_for_want_of_a_key(answer: requests.Response) -> bool:
     """TorchServe 0.12 refuses a missing or wrong key with 400 InvalidKeyException (its own JSON body)."""
     return answer.status_code == 400 and answer.json().get("type") == "InvalidKeyException"
+
+
+def proxied(server: Server) -> bool:
+    """The inference API is nginx's (the Docker entrypoint with PEAKNET_PROXY on)."""
+    return (Path(server.workdir) / "proxy" / "peaknet.conf").exists()
+
+
+def refused_by_the_proxy(answer: requests.Response) -> bool:
+    """The proxy refuses a missing or wrong inference key with its JSON 401 before forwarding."""
+    return (
+        answer.status_code == 401
+        and answer.headers.get("WWW-Authenticate") == "Bearer"
+        and answer.json() == {"error": {**answer.json()["error"], "type": "unauthorized", "status": 401}}
+    )
 
 
 def ready_workers(server: Server) -> list[dict]:
@@ -208,14 +228,22 @@ def test_scaling_is_refused_and_the_worker_stays(config):
 
 
 def test_keys_are_needed_everywhere_but_metrics(config):
-    for url in (
-        f"{config.inference_url}/ping",
-        config.predict_url,
-        f"{config.management_url}/models",
-        f"{config.management_url}/token?type=management",
+    """TorchServe refuses with its 400; through the proxy (docker) the inference routes are the proxy's 401."""
+    inference = refused_by_the_proxy if proxied(config) else refused_for_want_of_a_key
+    for url, refused in (
+        (f"{config.inference_url}/ping", inference),
+        (config.predict_url, inference),
+        (f"{config.management_url}/models", refused_for_want_of_a_key),
+        (f"{config.management_url}/token?type=management", refused_for_want_of_a_key),
     ):
-        answer = requests.request("GET" if "predictions" not in url else "POST", url, timeout=TIMEOUT)
-        assert refused_for_want_of_a_key(answer), (url, answer.text)
+        for headers in ({}, {"Authorization": "Bearer wrong"}):
+            answer = requests.request(
+                "GET" if "predictions" not in url else "POST", url, headers=headers, timeout=TIMEOUT
+            )
+            assert refused(answer), (url, headers, answer.status_code, answer.text)
+    if proxied(config):  # TorchServe's inference API itself is on loopback only, behind the proxy
+        upstream = read_properties(Path(config.workdir) / "config.properties")["inference_address"]
+        assert urlsplit(upstream).hostname == "127.0.0.1" and upstream != config.inference_url
     assert requests.get(f"{config.inference_url}/ping", headers=config.headers, timeout=10).status_code == 200
     assert urlsplit(config.metrics_url).hostname == "127.0.0.1"  # token-less, loopback only
     assert requests.get(f"{config.metrics_url}/metrics", timeout=10).status_code == 200

@@ -22,7 +22,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from peaknet_serve.errors import RequestError, ServerFault, proxy_errors
-from peaknet_serve.launch.server import read_properties
+from peaknet_serve.launch.properties import read_properties
 from peaknet_serve.resources import REPO_ROOT, SERVER_CONFIG
 
 TEMPLATE = REPO_ROOT / "deploy" / "nginx" / "peaknet.conf.in"
@@ -45,6 +45,9 @@ ERROR_PAGE_TYPES = {
     502: "upstream_unavailable",
     504: "upstream_timeout",
 }
+# errors answered by a named location that the template's proxying location refers to, not by a
+# server-wide error_page (503 from elsewhere is not a dead worker)
+NAMED_TYPES = ("worker_died",)
 PLACEHOLDER = re.compile(r"@([A-Z_]+)@")
 
 
@@ -63,6 +66,8 @@ class ProxySettings:
         worker_processes: nginx ``worker_processes``.
         metrics: ``HOST:PORT`` of TorchServe's metrics API to serve as ``/metrics`` (behind the
             key check), or ``None`` to serve no metrics.
+        access_log / error_log: where nginx logs, relative to its prefix, or ``/dev/stdout`` and
+            ``stderr`` (the Docker entrypoint's choice: the container's log).
     """
 
     listen: str
@@ -76,6 +81,8 @@ class ProxySettings:
     body_buffer: str = "1m"
     worker_processes: str = "auto"
     metrics: str | None = None
+    access_log: str = "logs/access.log"
+    error_log: str = "logs/error.log"
 
 
 def upstream_of(inference_address: str) -> str:
@@ -106,6 +113,13 @@ def nginx_string(text: str) -> str:
     return text
 
 
+def nginx_path(text: str) -> str:
+    """``text`` as a bare nginx word (a log path); refuses blanks, quotes, ``;``, ``{``, ``}`` and ``$``."""
+    if not text or re.search(r"[\s\"';{}$\\]", text):
+        raise ValueError(f"cannot use {text!r} as an nginx path")
+    return text
+
+
 def error_body(error: RequestError | ServerFault) -> str:
     """The JSON body of ``error`` exactly as the handler writes its own (``json.dumps`` of ``to_json``)."""
     return nginx_string(json.dumps(error.to_json()))
@@ -127,13 +141,15 @@ def error_locations(errors: list[RequestError | ServerFault]) -> tuple[str, str]
     """The ``error_page`` lines and the locations that answer them, one per error.
 
     The statuses in :data:`ERROR_PAGE_TYPES` are answered by named locations (``@peaknet_<type>``)
-    through ``error_page``; every other error by an internal location ``/_peaknet/<type>`` that the
-    configuration rewrites to.
+    through ``error_page``; the :data:`NAMED_TYPES` by named locations that the template names; every
+    other error by an internal location ``/_peaknet/<type>`` that the configuration rewrites to.
     """
     pages, locations = [], []
     for error in errors:
         if ERROR_PAGE_TYPES.get(error.status) == error.type:
             pages.append(f"        error_page {error.status} @peaknet_{error.type};")
+            locations.append(error_location(error, f"@peaknet_{error.type}"))
+        elif error.type in NAMED_TYPES:
             locations.append(error_location(error, f"@peaknet_{error.type}"))
         else:
             locations.append(error_location(error, f"= /_peaknet/{error.type}"))
@@ -172,6 +188,8 @@ def render(settings: ProxySettings, template: str) -> str:
         "CONNECTIONS_PER_CLIENT": str(settings.connections_per_client),
         "BODY_BUFFER": settings.body_buffer,
         "WORKER_PROCESSES": settings.worker_processes,
+        "ACCESS_LOG": nginx_path(settings.access_log),
+        "ERROR_LOG": nginx_path(settings.error_log),
         "ERROR_PAGES": pages,
         "ERROR_LOCATIONS": locations,
         "METRICS_LOCATION": metrics_location(settings.metrics),
@@ -197,6 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--body-buffer", help="body bytes held in memory per request (default 1m)")
     parser.add_argument("--worker-processes", help="nginx worker_processes (default auto)")
     parser.add_argument("--metrics", metavar="HOST:PORT", help="serve TorchServe's metrics API as /metrics")
+    parser.add_argument(
+        "--access-log", help="access log: a path under nginx's prefix or /dev/stdout (default logs/access.log)"
+    )
+    parser.add_argument("--error-log", help="error log: a path under nginx's prefix or stderr (default logs/error.log)")
     parser.add_argument("--output", type=Path, help="file to write (default: standard output)")
     args = vars(parser.parse_args(argv))
     config, listen, output = args.pop("config"), args.pop("listen"), args.pop("output")

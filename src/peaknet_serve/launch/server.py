@@ -33,18 +33,8 @@ import requests
 
 from peaknet_serve.launch.java import find_java_home
 from peaknet_serve.launch.mps import MpsDaemon, MpsUnavailable
+from peaknet_serve.launch.properties import read_properties
 from peaknet_serve.resources import REPO_ROOT as ROOT
-
-
-def read_properties(path: Path) -> dict[str, str]:
-    """``key=value`` lines of a Java properties file (comments and blanks skipped)."""
-    props = {}
-    for line in path.read_text().splitlines():
-        line = line.strip()
-        if line and not line.startswith(("#", "!")) and "=" in line:
-            key, value = line.split("=", 1)
-            props[key.strip()] = value.strip()
-    return props
 
 
 def allowed_urls_pattern(model_store: Path) -> str:
