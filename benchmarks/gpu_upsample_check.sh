@@ -4,10 +4,10 @@
 # (a) compiled F.interpolate vs upsample_bilinear_int on the 33M PeakNet's upsample shapes
 #     (benchmarks.bench_upsample);
 # (b) benchmarks.bench_model on the 33M, 64 x 1 x 352 x 384, modes fp32 and fast, once with the
-#     gather-free resize (PEAKNET_RESIZE=auto) and once without (PEAKNET_RESIZE=interpolate);
+#     gather-free resize (PEAKNET_RESIZE=blend) and once without (PEAKNET_RESIZE=interpolate, the default);
 #     fp32 is eager in both, so it is the control between the two runs;
 # (c) a summary table, printed last.
-# Files under $OUT (default /tmp/upsample_check): upsample.{json,md}, model_auto.{json,md},
+# Files under $OUT (default /tmp/upsample_check): upsample.{json,md}, model_blend.{json,md},
 # model_interpolate.{json,md}, summary.md, log.txt.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
@@ -31,7 +31,7 @@ echo "== (a) compiled upsample, F.interpolate vs blend"
 timeout "${MICRO_S:-150}" "$PYTHON" -m benchmarks.bench_upsample --device "$DEVICE" --warmup 5 --repeats 50 \
   --out "$RESULTS/upsample.json" $MICRO_ARGS || echo "bench_upsample exited with $?"
 
-for RESIZE in auto interpolate; do
+for RESIZE in blend interpolate; do
   echo "== (b) bench_model with PEAKNET_RESIZE=$RESIZE"
   PEAKNET_RESIZE=$RESIZE timeout "${MODEL_S:-180}" "$PYTHON" -m benchmarks.bench_model --device "$DEVICE" \
     --configs "$CONFIG" --cases "$CASE" --modes fp32,fast --repeats "$REPEATS" \
@@ -63,11 +63,11 @@ if micro:
             f"{r['speedup']:.2f} | {r['interpolate_kernels']}/{r['blend_kernels']} | {r['max_rel_diff']:.2g} |"
         )
     print()
-model = {resize: {r["mode"]: r for r in rows(f"model_{resize}.json")} for resize in ("auto", "interpolate")}
-print("| bench_model mode | ms/batch, blend (auto) | ms/batch, interpolate | × (interpolate / blend) | mask = fp32, blend | mask = fp32, interpolate |")
+model = {resize: {r["mode"]: r for r in rows(f"model_{resize}.json")} for resize in ("blend", "interpolate")}
+print("| bench_model mode | ms/batch, blend | ms/batch, interpolate | × (interpolate / blend) | mask = fp32, blend | mask = fp32, interpolate |")
 print("| --- | --- | --- | --- | --- | --- |")
 for mode in ("fp32", "fast"):
-    new, old = model["auto"].get(mode), model["interpolate"].get(mode)
+    new, old = model["blend"].get(mode), model["interpolate"].get(mode)
     ms = lambda r: f"{r['ms']:.2f}" if r else "—"
     agreement = lambda r: f"{r['mask_agreement_vs_fp32']:.4f}" if r else "—"
     ratio = f"{old['ms'] / new['ms']:.3f}" if new and old else "—"

@@ -117,8 +117,8 @@ def test_command_line_names_the_allocator_setting(monkeypatch):
     monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
     monkeypatch.delenv("PEAKNET_RESIZE", raising=False)
     assert timing.command_line() == "python -m benchmarks.bench_model --device cuda"
-    monkeypatch.setenv("PEAKNET_RESIZE", "interpolate")
-    assert timing.command_line() == "PEAKNET_RESIZE=interpolate python -m benchmarks.bench_model --device cuda"
+    monkeypatch.setenv("PEAKNET_RESIZE", "blend")
+    assert timing.command_line() == "PEAKNET_RESIZE=blend python -m benchmarks.bench_model --device cuda"
     monkeypatch.delenv("PEAKNET_RESIZE")
     monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     assert timing.command_line() == (

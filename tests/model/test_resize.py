@@ -1,5 +1,6 @@
 """peaknet_serve.model.resize: gather-free integer upsampling equals F.interpolate, and the model
-takes it only inside traced graphs (eager runs stay F.interpolate, bit for bit)."""
+takes it only with PEAKNET_RESIZE=blend inside traced graphs (eager runs stay F.interpolate, bit
+for bit; the default, interpolate, keeps F.interpolate everywhere)."""
 
 from __future__ import annotations
 
@@ -86,10 +87,17 @@ def test_eager_bilinear_is_interpolate_bit_for_bit(factor):
 
 
 def test_mode_from_the_environment():
-    assert resize_mode({}) == resize_mode({"PEAKNET_RESIZE": ""}) == "auto"
+    assert resize_mode({}) == resize_mode({"PEAKNET_RESIZE": ""}) == "interpolate"
     assert resize_mode({"PEAKNET_RESIZE": "Interpolate"}) == "interpolate"
-    with pytest.raises(ValueError, match="PEAKNET_RESIZE"):
-        resize_mode({"PEAKNET_RESIZE": "nearest"})
+    assert resize_mode({"PEAKNET_RESIZE": " Blend "}) == "blend"
+    for unknown in ("auto", "nearest"):
+        with pytest.raises(ValueError, match="PEAKNET_RESIZE"):
+            resize_mode({"PEAKNET_RESIZE": unknown})
+
+
+def test_process_mode_is_read_from_the_environment():
+    """The process-wide mode, read once at import: F.interpolate unless PEAKNET_RESIZE=blend."""
+    assert resize.RESIZE_MODE == resize_mode()
 
 
 def traced_ops(fn, *args) -> list:
@@ -107,9 +115,9 @@ def traced_ops(fn, *args) -> list:
     return [node.target for gm in graphs for node in gm.graph.nodes if node.op == "call_function"]
 
 
-@pytest.mark.parametrize(("mode", "upsamples_interpolated"), [("auto", False), ("interpolate", True)])
+@pytest.mark.parametrize(("mode", "upsamples_interpolated"), [("blend", False), ("interpolate", True)])
 def test_traced_model_upsamples_without_interpolate(monkeypatch, mode, upsamples_interpolated):
-    """In a traced graph only the BiFPN's 0.5 downsamplings stay F.interpolate (unless switched off)."""
+    """With blend, a traced graph keeps F.interpolate only for the BiFPN's 0.5 downsamplings."""
     monkeypatch.setattr(resize, "RESIZE_MODE", mode)
     model = load_peaknet(UPSTREAM / "peaknet_tiny.yaml")
     ops = traced_ops(model.forward_peak_score, torch.randn(1, 1, 64, 96))
@@ -120,8 +128,9 @@ def test_traced_model_upsamples_without_interpolate(monkeypatch, mode, upsamples
     assert ops.count(F.interpolate) == expected
 
 
-def test_inductor_compiled_head_branch_matches_eager():
-    """conv -> GroupNorm -> GELU -> 2x upsample, three times, then 4x: Inductor (CPU) vs eager."""
+def test_inductor_compiled_head_branch_matches_eager(monkeypatch):
+    """conv -> GroupNorm -> GELU -> 2x upsample, three times, then 4x: Inductor (CPU, blend) vs eager."""
+    monkeypatch.setattr(resize, "RESIZE_MODE", "blend")
     torch.manual_seed(0)
     layer = SegLateralLayer(8, 8, num_groups=4, num_upsamplings=3).eval()
 

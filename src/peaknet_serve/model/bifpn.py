@@ -55,7 +55,7 @@ def _refinement_conv(num_features: int) -> nn.Sequential:
 
 def _resize(x: torch.Tensor, scale_factor: float) -> torch.Tensor:
     """Bilinear resize by ``scale_factor`` (align_corners=False), in ``x``'s dtype
-    (:func:`peaknet_serve.model.resize.bilinear`: gather-free 2x upsampling in traced graphs)."""
+    (:func:`peaknet_serve.model.resize.bilinear`: F.interpolate unless ``PEAKNET_RESIZE=blend``)."""
     return resize.bilinear(x, scale_factor)
 
 

@@ -59,7 +59,7 @@ class SegLateralLayer(nn.Module):
 
 def upsample_bilinear(x: torch.Tensor, scale_factor: float) -> torch.Tensor:
     """Bilinear upsampling (align_corners=False) of a (B, C, H, W) tensor, in its own dtype
-    (:func:`peaknet_serve.model.resize.bilinear`: gather-free for integer factors in traced graphs)."""
+    (:func:`peaknet_serve.model.resize.bilinear`: F.interpolate unless ``PEAKNET_RESIZE=blend``)."""
     return resize.bilinear(x, scale_factor)
 
 
