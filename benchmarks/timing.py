@@ -34,7 +34,7 @@ def time_ms(fn: Callable[[], Any], device: torch.device, warmup: int = 3, repeat
 
 
 #: Environment variables that change what a benchmark measures; set ones are part of its command.
-RUN_ENVIRONMENT = ("PYTORCH_CUDA_ALLOC_CONF",)
+RUN_ENVIRONMENT = ("PYTORCH_CUDA_ALLOC_CONF", "PEAKNET_RESIZE")
 
 
 def command_line() -> str:

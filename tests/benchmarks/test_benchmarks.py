@@ -34,6 +34,16 @@ def test_benchmark_small_cpu_run(tmp_path, module, extra):
     assert out.with_suffix(".md").read_text().startswith("|")
 
 
+@pytest.mark.slow
+def test_upsample_benchmark_small_cpu_run(tmp_path):
+    """Both compiled variants timed per case, and their outputs agree."""
+    out = tmp_path / "upsample.json"
+    run_benchmark("benchmarks.bench_upsample", "--device", "cpu", "--small", "--repeats", "2", "--out", str(out))
+    rows = json.loads(out.read_text())["rows"]
+    assert {r["case"] for r in rows} == {"bifpn_x2", "seg_x2", "score_x4"}
+    assert all(r["interpolate_ms"] > 0 and r["blend_ms"] > 0 and r["max_rel_diff"] < 1e-5 for r in rows)
+
+
 @pytest.mark.e2e
 @pytest.mark.slow
 def test_end_to_end_benchmark_small_cpu_run(tmp_path):
@@ -105,7 +115,11 @@ def test_command_line_names_the_allocator_setting(monkeypatch):
 
     monkeypatch.setattr(sys, "argv", ["benchmarks/bench_model.py", "--device", "cuda"])
     monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    monkeypatch.delenv("PEAKNET_RESIZE", raising=False)
     assert timing.command_line() == "python -m benchmarks.bench_model --device cuda"
+    monkeypatch.setenv("PEAKNET_RESIZE", "blend")
+    assert timing.command_line() == "PEAKNET_RESIZE=blend python -m benchmarks.bench_model --device cuda"
+    monkeypatch.delenv("PEAKNET_RESIZE")
     monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
     assert timing.command_line() == (
         "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True python -m benchmarks.bench_model --device cuda"

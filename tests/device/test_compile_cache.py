@@ -138,6 +138,21 @@ def test_nothing_is_cached_where_nothing_is_compiled(tmp_path):
     assert cache is not None and cache.directory == tmp_path and cache.description["cpu"]
 
 
+def test_the_resize_mode_is_part_of_the_serving_key(tmp_path, monkeypatch):
+    from peaknet_serve.model import resize
+
+    model = load_peaknet(FIXTURE)
+    settings = HandlerSettings.from_mapping({"compile": True, "compile_cache_dir": str(tmp_path)}, env={})
+    compiled = ServingMode(dtype=torch.bfloat16, compile="default")
+    keys = {}
+    for mode in resize.RESIZE_MODES:
+        monkeypatch.setattr(resize, "RESIZE_MODE", mode)
+        cache = serving_cache(settings, compiled, model, torch.device("cpu"))
+        assert cache.description["resize"] == mode
+        keys[mode] = cache.key
+    assert keys["interpolate"] != keys["blend"]
+
+
 def test_a_file_lock_is_exclusive_and_a_lock_file_left_on_disk_is_not_a_held_lock(tmp_path):
     path = tmp_path / "locks" / "set.lock"
     path.parent.mkdir()

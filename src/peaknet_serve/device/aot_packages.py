@@ -67,6 +67,7 @@ from peaknet_serve.device.compile_cache import (
     padding_of,
     write_atomic,
 )
+from peaknet_serve.model import resize
 from peaknet_serve.model.peaknet import PeakNet
 
 log = logging.getLogger(__name__)
@@ -493,4 +494,5 @@ def serving_packages(
         channels_last=mode.channels_last,
         depthwise_padding=mode.depthwise_padding,
         warmup_shapes=[list(shape) for shape in settings.warmup_shapes],
+        resize=resize.RESIZE_MODE,
     )

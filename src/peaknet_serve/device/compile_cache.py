@@ -41,6 +41,7 @@ import torch
 
 from peaknet_serve.config.mode import ServingMode
 from peaknet_serve.config.settings import HandlerSettings
+from peaknet_serve.model import resize
 from peaknet_serve.model.depthwise import PaddableDepthwiseConv2d
 from peaknet_serve.model.peaknet import PeakNet
 
@@ -350,4 +351,5 @@ def serving_cache(
         buckets=list(settings.buckets()),
         warmup_shapes=[list(shape) for shape in settings.warmup_shapes],
         depthwise_padding=mode.depthwise_padding,
+        resize=resize.RESIZE_MODE,
     )

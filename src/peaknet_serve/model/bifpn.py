@@ -19,9 +19,9 @@ the public PeakNet's state dict.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from peaknet_serve.model import resize
 from peaknet_serve.model.convnextv2 import ChannelsFirstLayerNorm
 
 __all__ = ["BiFPN", "BiFPNBlock", "DepthwiseSeparableConv2d"]
@@ -54,8 +54,9 @@ def _refinement_conv(num_features: int) -> nn.Sequential:
 
 
 def _resize(x: torch.Tensor, scale_factor: float) -> torch.Tensor:
-    """Bilinear resize by ``scale_factor`` (align_corners=False), in ``x``'s dtype."""
-    return F.interpolate(x, scale_factor=scale_factor, mode="bilinear", align_corners=False)
+    """Bilinear resize by ``scale_factor`` (align_corners=False), in ``x``'s dtype
+    (:func:`peaknet_serve.model.resize.bilinear`: F.interpolate unless ``PEAKNET_RESIZE=blend``)."""
+    return resize.bilinear(x, scale_factor)
 
 
 class BiFPNBlock(nn.Module):

@@ -17,8 +17,9 @@ import math
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from peaknet_serve.model import resize
 
 __all__ = [
     "SegLateralLayer",
@@ -57,8 +58,9 @@ class SegLateralLayer(nn.Module):
 
 
 def upsample_bilinear(x: torch.Tensor, scale_factor: float) -> torch.Tensor:
-    """Bilinear upsampling (align_corners=False) of a (B, C, H, W) tensor, in its own dtype."""
-    return F.interpolate(x, scale_factor=scale_factor, mode="bilinear", align_corners=False)
+    """Bilinear upsampling (align_corners=False) of a (B, C, H, W) tensor, in its own dtype
+    (:func:`peaknet_serve.model.resize.bilinear`: F.interpolate unless ``PEAKNET_RESIZE=blend``)."""
+    return resize.bilinear(x, scale_factor)
 
 
 def build_lateral_layers(
