@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
+import tracemalloc
 
 import h5py
 import hdf5plugin
@@ -131,3 +132,18 @@ def test_a_blosc_buffer_with_a_damaged_header_is_400_not_a_reader_fault():
     with pytest.raises(BadRequest) as info:
         decode_hdf5(memoryview(body), None, DecodeLimits())
     assert info.value.type == "bad_hdf5" and "blosc" in info.value.message
+
+
+def test_a_bitshuffle_header_declaring_a_huge_block_allocates_only_the_chunk():
+    data = bytes(range(8))
+    stored = bytearray(encoded_chunk("bitshuffle+lz4", data, itemsize=1)[1])
+    stored[8:12] = (1 << 29).to_bytes(4, "big")  # 512 MiB blocks for an 8-byte chunk
+    body = with_chunks((1, 8), "u1", (1, 8), "bitshuffle+lz4", {(0, 0): bytes(stored)})
+    tracemalloc.start()
+    try:
+        decoded = decode_hdf5(memoryview(body), None, DecodeLimits())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20
+    assert decoded.reshape(-1).tobytes() == data

@@ -283,7 +283,10 @@ def decode_bitshuffle(
     out = _output(out, size)
     filled = 0
     per_group = max(1, PIECE_BYTES // (block * itemsize))
-    group = np.empty(min(len(blocks), per_group) * block * itemsize, np.uint8)  # each byte decoded before use
+    # sized by the blocks the chunk holds, not by the header's block size (which may exceed the chunk)
+    group = np.empty(
+        min(len(blocks), per_group) * max(blocks, default=0) * itemsize, np.uint8
+    )  # each byte decoded before use
     for first in range(0, len(blocks), per_group):
         members = blocks[first : first + per_group]
         used = 0
