@@ -313,7 +313,7 @@ def test_console_commands(served, tmp_path):
             "--idle-timeout",
             "60",
             "--report-every",
-            "1",
+            "0.2",
             "--stats-json",
             str(stats),
         ],
