@@ -51,6 +51,8 @@ VARIANTS = {
     "compiled": {"compile": True, "compile_mode": "default"},
     "compiled-pure": {"compile": True, "compile_mode": "default", "autocast": False},
     "compiled-16threads": {"compile": True, "compile_mode": "default", "torch_threads": 16},
+    # a 48-panel bucket: a batch of three ePix10k2M frames runs as 48 panels, not padded to 64
+    "compiled-b48": {"compile": True, "compile_mode": "default", "panel_buckets": [16, 32, 48, 64]},
 }
 
 

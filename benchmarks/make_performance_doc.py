@@ -40,6 +40,11 @@ SECTIONS = [
         "End to end (H200), 33M trained-like, 4 workers × batch 4: NVIDIA MPS on vs off in one run, then a warm restart",
     ),
     (
+        "e2e_33m_buckets_h200.md",
+        "End to end (H200), 33M trained-like, MPS, 4 workers × batch 4: panel buckets [16, 32, 64] vs "
+        "[16, 32, 48, 64] in one run",
+    ),
+    (
         "e2e_33m_aoti_aoti_h200.md",
         "End to end (H200), 33M trained-like, 4 workers × batch 4: AOTInductor packages, cold start then a warm restart",
     ),
