@@ -53,12 +53,6 @@ def _refinement_conv(num_features: int) -> nn.Sequential:
     )
 
 
-def _resize(x: torch.Tensor, scale_factor: float) -> torch.Tensor:
-    """Bilinear resize by ``scale_factor`` (align_corners=False), in ``x``'s dtype
-    (:func:`peaknet_serve.model.resize.bilinear`: F.interpolate unless ``PEAKNET_RESIZE=blend``)."""
-    return resize.bilinear(x, scale_factor)
-
-
 class BiFPNBlock(nn.Module):
     """One bidirectional fusion pass over ``num_levels`` maps of ``num_features`` channels.
 
@@ -105,7 +99,7 @@ class BiFPNBlock(nn.Module):
         m = {self.max_level: p[self.max_level]}
         for index, level in enumerate(range(self.max_level - 1, self.min_level - 1, -1)):
             w = self.w_m[index].relu()
-            coarser_up = _resize(m[level + 1], 2.0)
+            coarser_up = resize.bilinear(m[level + 1], 2.0)
             fused = (w[0] * p[level] + w[1] * coarser_up) / (w[0] + w[1] + self.fusion_eps)
             m[level] = self.conv[f"m{level}"](fused) + p[level]
 
@@ -113,7 +107,7 @@ class BiFPNBlock(nn.Module):
         q = {self.min_level: m[self.min_level]}
         for index, level in enumerate(range(self.min_level + 1, self.max_level + 1)):
             w = (self.w_q[index] * self.w_q_mask[index]).relu()
-            finer_down = _resize(q[level - 1], 0.5)
+            finer_down = resize.bilinear(q[level - 1], 0.5)
             fused = w[0] * p[level] + w[1] * m[level] + w[2] * finer_down
             fused = fused / (w[0] + w[1] + w[2] + self.fusion_eps)
             q[level] = self.conv[f"q{level}"](fused) + p[level]

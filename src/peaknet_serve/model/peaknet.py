@@ -20,13 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from peaknet_serve.model import resize
 from peaknet_serve.model.bifpn import BiFPN
 from peaknet_serve.model.convnextv2 import ConvNextV2Backbone
 from peaknet_serve.model.seg_head import (
     build_lateral_layers,
     build_learned_upsample,
     fuse_pyramid,
-    upsample_bilinear,
 )
 
 __all__ = ["PeakNet", "PeakNetConfig", "count_parameters"]
@@ -179,7 +179,7 @@ class PeakNet(nn.Module):
         logits = self.head_segmask(fused)
         if not upsample:
             return logits
-        logits = upsample_bilinear(logits, LEVEL_STRIDES[0])
+        logits = resize.bilinear(logits, LEVEL_STRIDES[0])
         if self.head_upsample_layer is not None:
             logits = logits + self.head_upsample_layer(fused)
         return logits
@@ -205,7 +205,7 @@ class PeakNet(nn.Module):
         fused = fuse_pyramid(self.seg_lateral_layers, features)
         weight, bias = self.head_segmask.weight, self.head_segmask.bias
         score = F.conv2d(fused, weight[1:2] - weight[0:1], bias[1:2] - bias[0:1])
-        score = upsample_bilinear(score, LEVEL_STRIDES[0])
+        score = resize.bilinear(score, LEVEL_STRIDES[0])
         if self.head_upsample_layer is not None:
             deconv = self.head_upsample_layer[0]
             score = score + F.conv_transpose2d(

@@ -26,7 +26,6 @@ __all__ = [
     "build_lateral_layers",
     "build_learned_upsample",
     "fuse_pyramid",
-    "upsample_bilinear",
 ]
 
 
@@ -53,14 +52,8 @@ class SegLateralLayer(nn.Module):
         for layer in self.layers:
             x = layer(x)
             if self.upsamples:
-                x = upsample_bilinear(x, 2.0)
+                x = resize.bilinear(x, 2.0)
         return x
-
-
-def upsample_bilinear(x: torch.Tensor, scale_factor: float) -> torch.Tensor:
-    """Bilinear upsampling (align_corners=False) of a (B, C, H, W) tensor, in its own dtype
-    (:func:`peaknet_serve.model.resize.bilinear`: F.interpolate unless ``PEAKNET_RESIZE=blend``)."""
-    return resize.bilinear(x, scale_factor)
 
 
 def build_lateral_layers(
