@@ -154,3 +154,18 @@ def test_messages_say_what_fits():
 def test_invalid_settings_are_refused(kwargs):
     with pytest.raises(ValueError):
         WorkBudget(**{"response_timeout_s": 10.0, **kwargs})
+
+
+def test_a_part_of_a_running_batch_must_end_before_the_deadline():
+    # 1 s per Mpixel, responseTimeout 10 s: a part must end by 8 s into the batch
+    budget = WorkBudget(10.0, fraction=0.5, seconds_per_pixel=1e-6)
+    assert budget.ends_in_time(0.0, 4 * MPIX) and budget.ends_in_time(4.0, 4 * MPIX)
+    assert not budget.ends_in_time(4.5, 4 * MPIX)
+    budget.load = 2.0  # the parts so far ran twice as slow as calibrated
+    assert not budget.ends_in_time(1.0, 4 * MPIX) and budget.ends_in_time(1.0, 3 * MPIX)
+    assert "would not end in time" in budget.late_message(4.5, 4 * MPIX)
+
+
+def test_with_admission_off_every_part_runs():
+    off = WorkBudget(10.0, fraction=0.0, seconds_per_pixel=1e-6)
+    assert off.ends_in_time(100.0, 10**12)

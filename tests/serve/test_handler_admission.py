@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
+from peaknet_serve.decode.request import DecodedFrames
 from peaknet_serve.pipeline import calibrate_budget, repeated_seconds, warmed_shapes
 from peaknet_serve.serve.budget import WorkBudget, calibration_shapes
-from peaknet_serve.serve.handler import PeakNetHandler
+from peaknet_serve.serve.handler import PeakNetHandler, batch_parts
+from peaknet_serve.serve.http import Decoded
 from tests.serve.test_handler import make_context, make_frames, raw_request, run_batch
 
 
@@ -93,3 +96,32 @@ def test_not_acceptable_and_conflicting_headers_fail_only_their_own_request(hand
     assert statuses == [406, 400, 200, 200]
     assert error(bodies[0]) == "not_acceptable" and error(bodies[1]) == "bad_option"
     assert types[2] == "application/json" and types[3] == "application/x-hdf5"
+
+
+def decoded(idx: int, n: int, p: int) -> Decoded:
+    return Decoded(idx, DecodedFrames(np.zeros((n, p, 4, 4), np.uint16), "raw"), cxi=False)
+
+
+def test_batch_parts_hold_at_least_one_micro_batch_each():
+    members = [decoded(0, 1, 16), decoded(1, 3, 16), decoded(2, 1, 16), decoded(3, 2, 16), decoded(4, 1, 16)]
+    parts = batch_parts(members, 64)
+    assert [[m.idx for m in part] for part in parts] == [[0, 1], [2, 3, 4]]
+    assert [[m.idx for m in part] for part in batch_parts(members[:2], 64)] == [[0, 1]]  # 64 panels: one part
+    assert [[m.idx for m in part] for part in batch_parts(members, 16)] == [[0], [1], [2], [3], [4]]
+    assert batch_parts([], 64) == []
+
+
+def test_a_batch_slower_than_admission_estimated_is_cut_short_not_run_past_the_timeout(model_dir):
+    frames = make_frames(n=4)
+    h = PeakNetHandler()
+    # one request per part; admission believes each costs 0.1 ms of a 0.5 ms budget (responseTimeout 1 ms),
+    # far below what the CPU takes: the first part runs, then the 0.8 ms deadline has passed
+    h.initialize(make_context(model_dir, {"max_batch_panels": frames.shape[0] * frames.shape[1]}))
+    h.budget = WorkBudget(1e-3, 0.5, seconds_per_pixel=1e-4 / frames.size)
+    context = make_context(model_dir)
+    statuses, bodies, _ = run_batch(h, context, [raw_request(frames)] * 3)
+    assert statuses == [200, 503, 503]
+    assert all(error(b) == "busy" and "slower than estimated" in json.loads(b)["error"]["message"] for b in bodies[1:])
+    assert context.get_response_headers(1)["Retry-After"] == "1"
+    assert json.loads(bodies[0])["shape"] == list(frames.shape)
+    assert h.budget.load > 1.0  # the part that ran was measured, and slower than estimated

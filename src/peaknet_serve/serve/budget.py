@@ -10,6 +10,12 @@ against a budget of ``fraction * responseTimeout`` seconds of estimated compute:
 * a request that does not fit after its batch-mates, or only not while the host is slower than at
   start-up: **503** ``busy`` with ``Retry-After``.
 
+While the batch runs, its admitted requests go through the network in parts of at least one
+micro-batch, and each part after the first starts only if, by the estimate updated with the parts
+measured so far, it ends before ``DEADLINE_FRACTION`` of ``responseTimeout``; the rest are answered
+**503** ``busy`` too. A batch that runs slower than admission estimated (a host that turned busy
+mid-batch) is cut short, not killed.
+
 The estimate of a batch is ``load * (overhead_s + pixels * seconds_per_pixel)``: the two costs are
 fitted on the worker's device at start-up, and ``load`` follows every batch measured since (up
 quickly, down slowly), so the estimate tracks the device actually in use, its precision and how busy
@@ -31,6 +37,8 @@ from enum import Enum
 DEFAULT_RESPONSE_TIMEOUT_S = 120.0
 # the large calibration batch holds at least this many times the small one's pixels
 CALIBRATION_RATIO = 8
+# a part of a running batch starts only if it is estimated to end before this share of responseTimeout
+DEADLINE_FRACTION = 0.8
 # below this share of the largest calibration run, a fitted per-pixel cost is lost in the noise of the fixed one
 MIN_PIXEL_SHARE = 0.25
 
@@ -170,6 +178,13 @@ class WorkBudget:
         ratio = seconds / (self.overhead_s + pixels * self.seconds_per_pixel)
         self.load += (self.rise if ratio > self.load else self.fall) * (ratio - self.load)
 
+    def ends_in_time(self, elapsed_s: float, pixels: int) -> bool:
+        """Whether a part of ``pixels`` pixels, started ``elapsed_s`` into its batch, is estimated to end
+        before ``DEADLINE_FRACTION`` of responseTimeout (always, with admission off)."""
+        if not self.enabled:
+            return True
+        return elapsed_s + self.estimate_s(pixels) <= DEADLINE_FRACTION * self.response_timeout_s
+
     def retry_after_s(self) -> float:
         """Seconds a refused batch-mate should wait: about one full batch."""
         return max(1.0, self.budget_s)
@@ -185,6 +200,13 @@ class WorkBudget:
             f"{self.budget_s:.1f} s one batch may take ({self.fraction:.0%} of responseTimeout "
             f"{self.response_timeout_s:.0f} s); send at most {self.frames_that_fit(pixels_per_frame)} frame(s) "
             "of this size per request."
+        )
+
+    def late_message(self, elapsed_s: float, pixels: int) -> str:
+        return (
+            f"this batch runs slower than estimated: {elapsed_s:.1f} s of responseTimeout "
+            f"{self.response_timeout_s:.0f} s are gone and this request (about {self.estimate_s(pixels):.1f} s now) "
+            "would not end in time: retry."
         )
 
     def busy_message(self, pixels: int) -> str:

@@ -83,6 +83,21 @@ def _package_source(package: dict) -> str:
     }[package["source"]]
 
 
+def batch_parts(members: list[Decoded], min_panels: int) -> list[list[Decoded]]:
+    """Consecutive runs of ``members``, each closed once it holds at least ``min_panels`` panels (the
+    micro-batch size, so that splitting adds no padded micro-batch); the last may hold fewer."""
+    parts: list[list[Decoded]] = [[]]
+    panels = 0
+    for member in members:
+        if panels >= min_panels:
+            parts.append([])
+            panels = 0
+        parts[-1].append(member)
+        n, p = member.frames.array.shape[:2]
+        panels += n * p
+    return [part for part in parts if part]
+
+
 def select_device(gpu_id: Any) -> torch.device:
     """The worker's device: ``cuda:<gpu_id>`` when TorchServe assigned a GPU and CUDA works, else CPU."""
     if gpu_id is not None and str(gpu_id) != "" and torch.cuda.is_available():
@@ -205,8 +220,16 @@ class PeakNetHandler(BaseHandler):
             groups: dict[tuple[int, int, str, float | None], list[Decoded]] = defaultdict(list)
             for item in decoded:
                 groups[item.group_key].append(item)
+            ran = False
             for members in groups.values():
-                answers.update(self._answer_group(members))
+                for part in batch_parts(members, self.settings.max_batch_panels):
+                    pixels = sum(m.frames.array.size for m in part)
+                    elapsed = time.perf_counter() - handle_started
+                    if ran and not self.budget.ends_in_time(elapsed, pixels):
+                        answers.update(self._late(part, elapsed))
+                        continue
+                    answers.update(self._answer_group(part))
+                    ran = True
         except Exception as exc:  # noqa: BLE001 - last resort: the worker must survive
             log.exception("batch failed")
             for idx in range(len(data)):
@@ -292,8 +315,22 @@ class PeakNetHandler(BaseHandler):
                 self.metrics.count("PeakNetBusy", 1)
         return admitted
 
+    def _late(self, members: list[Decoded], elapsed_s: float) -> dict[int, Answer]:
+        """503 busy for requests that the running batch has no time left for."""
+        self.metrics.count("PeakNetBusy", len(members))
+        return {
+            m.idx: server_error(
+                503,
+                "busy",
+                self.budget.late_message(elapsed_s, m.frames.array.size),
+                retry_after_s=self.budget.retry_after_s(),
+            )
+            for m in members
+        }
+
     def _answer_group(self, members: list[Decoded]) -> dict[int, Answer]:
-        """Run all requests of one (H, W, dtype, threshold) group through the network together."""
+        """Run requests of one (H, W, dtype, threshold) group (a part of it: :func:`batch_parts`) through the
+        network together."""
         group_started = time.perf_counter()
         finder = self.finder.with_threshold(members[0].threshold)
         try:
