@@ -309,24 +309,17 @@ class PeakNetHandler(BaseHandler):
                 answers[item.idx] = server_error(413, "too_large", message)
                 self.metrics.count("PeakNetBadRequests", 1, ErrorType="too_large")
             else:
-                answers[item.idx] = server_error(
-                    503, "busy", self.budget.busy_message(pixels), retry_after_s=self.budget.retry_after_s()
-                )
-                self.metrics.count("PeakNetBusy", 1)
+                answers[item.idx] = self._busy(self.budget.busy_message(pixels))
         return admitted
 
     def _late(self, members: list[Decoded], elapsed_s: float) -> dict[int, Answer]:
         """503 busy for requests that the running batch has no time left for."""
-        self.metrics.count("PeakNetBusy", len(members))
-        return {
-            m.idx: server_error(
-                503,
-                "busy",
-                self.budget.late_message(elapsed_s, m.frames.array.size),
-                retry_after_s=self.budget.retry_after_s(),
-            )
-            for m in members
-        }
+        return {m.idx: self._busy(self.budget.late_message(elapsed_s, m.frames.array.size)) for m in members}
+
+    def _busy(self, message: str) -> Answer:
+        """One request's 503 ``busy`` with the budget's Retry-After, counted in PeakNetBusy."""
+        self.metrics.count("PeakNetBusy", 1)
+        return server_error(503, "busy", message, retry_after_s=self.budget.retry_after_s())
 
     def _answer_group(self, members: list[Decoded]) -> dict[int, Answer]:
         """Run requests of one (H, W, dtype, threshold) group (a part of it: :func:`batch_parts`) through the
