@@ -53,6 +53,9 @@ VARIANTS = {
     "compiled-16threads": {"compile": True, "compile_mode": "default", "torch_threads": 16},
     # a 48-panel bucket: a batch of three ePix10k2M frames runs as 48 panels, not padded to 64
     "compiled-b48": {"compile": True, "compile_mode": "default", "panel_buckets": [16, 32, 48, 64]},
+    # workers sleep on a blocking CUDA event while their GPU work runs, instead of polling it
+    "compiled-block": {"compile": True, "compile_mode": "default", "gpu_wait": "block"},
+    "compiled-pure-block": {"compile": True, "compile_mode": "default", "autocast": False, "gpu_wait": "block"},
 }
 
 
