@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import re
 import shutil
@@ -53,6 +54,9 @@ VARIANTS = {
     "compiled-16threads": {"compile": True, "compile_mode": "default", "torch_threads": 16},
     # a 48-panel bucket: a batch of three ePix10k2M frames runs as 48 panels, not padded to 64
     "compiled-b48": {"compile": True, "compile_mode": "default", "panel_buckets": [16, 32, 48, 64]},
+    # workers sleep on a blocking CUDA event while their GPU work runs, instead of polling it
+    "compiled-block": {"compile": True, "compile_mode": "default", "gpu_wait": "block"},
+    "compiled-pure-block": {"compile": True, "compile_mode": "default", "autocast": False, "gpu_wait": "block"},
 }
 
 
@@ -342,11 +346,13 @@ def plot(rows: list[dict], path: Path) -> None:
 
 @dataclass(frozen=True)
 class Target:
-    """One model served: its archive's name, workers in all, requests per TorchServe batch."""
+    """One model served: its archive's name, workers in all, requests per TorchServe batch, and
+    TorchServe's maxBatchDelay (ms) for it."""
 
     name: str
     workers: int
     batch_size: int
+    delay_ms: int | None = None
 
 
 def build_targets(args, store: Path, gpus: int, warmup_shape) -> list[Target]:
@@ -354,28 +360,26 @@ def build_targets(args, store: Path, gpus: int, warmup_shape) -> list[Target]:
     per_gpu = max(1, gpus)
     targets = []
     if not args.skip_echo:
-        build_echo(store, per_gpu * max(args.workers), max(args.batch_size), args.delay_ms)
-        targets.append(Target("echo", per_gpu * max(args.workers), max(args.batch_size)))
+        build_echo(store, per_gpu * max(args.workers), max(args.batch_size), args.delay_ms[0])
+        targets.append(Target("echo", per_gpu * max(args.workers), max(args.batch_size), args.delay_ms[0]))
     for config in args.model_config:
         for name in args.variants.split(","):
-            for workers in args.workers:
-                for batch in args.batch_size:
-                    # model_store/peaknet/peaknet.yaml -> peaknet-eager (-w4, -b8 when several counts)
-                    target = (
-                        f"{config.parent.name}-{name}"
-                        + (f"-w{workers}" if len(args.workers) > 1 else "")
-                        + (f"-b{batch}" if len(args.batch_size) > 1 else "")
-                    )
-                    if any(t.name == target for t in targets):
-                        raise SystemExit(f"two models would be served as {target}: put their YAMLs in distinct folders")
-                    cfg = store.parent / f"{target}.yaml"
-                    cfg.write_text(
-                        yaml.safe_dump(
-                            model_config(VARIANTS[name], per_gpu * workers, batch, args.delay_ms, warmup_shape)
-                        )
-                    )
-                    build(config, None, cfg, store, model_name=target)
-                    targets.append(Target(target, per_gpu * workers, batch))
+            for workers, batch, delay in itertools.product(args.workers, args.batch_size, args.delay_ms):
+                # model_store/peaknet/peaknet.yaml -> peaknet-eager (-w4, -b8, -d20 when several values)
+                target = (
+                    f"{config.parent.name}-{name}"
+                    + (f"-w{workers}" if len(args.workers) > 1 else "")
+                    + (f"-b{batch}" if len(args.batch_size) > 1 else "")
+                    + (f"-d{delay}" if len(args.delay_ms) > 1 else "")
+                )
+                if any(t.name == target for t in targets):
+                    raise SystemExit(f"two models would be served as {target}: put their YAMLs in distinct folders")
+                cfg = store.parent / f"{target}.yaml"
+                cfg.write_text(
+                    yaml.safe_dump(model_config(VARIANTS[name], per_gpu * workers, batch, delay, warmup_shape))
+                )
+                build(config, None, cfg, store, model_name=target)
+                targets.append(Target(target, per_gpu * workers, batch, delay))
     return targets
 
 
@@ -495,6 +499,7 @@ def measure_targets(
                     "target": target.name,
                     "workers": target.workers,
                     "batch_size": target.batch_size,
+                    "delay_ms": target.delay_ms,
                     "loop": loop,
                     "concurrency": concurrency,
                     "rate_hz": rate,
@@ -554,6 +559,7 @@ COLUMNS = [
     ("target", "served"),
     ("workers", "workers"),
     ("batch_size", "batch"),
+    ("delay_ms", "delay ms"),
     ("loop", "loop"),
     ("concurrency", "clients"),
     ("rate_hz", "rate Hz"),
@@ -641,7 +647,13 @@ def main() -> int:
         default=[4],
         help="requests per TorchServe batch; several values serve one target each",
     )
-    parser.add_argument("--delay-ms", type=int, default=5)
+    parser.add_argument(
+        "--delay-ms",
+        type=int,
+        nargs="+",
+        default=[5],
+        help="TorchServe maxBatchDelay (ms); several values serve one target each",
+    )
     parser.add_argument(
         "--mps",
         choices=("off", "on"),

@@ -172,6 +172,7 @@ def build_finder(
         autocast=mode.autocast is not None,
         forward=network_forward(model, mode),
         label_limits=LabelLimits(settings.max_mask_fraction, settings.max_label_iterations),
+        blocking_wait=settings.gpu_wait == "block",
     )
     loaded = time.perf_counter()
     choices: list[PaddingChoice] = []

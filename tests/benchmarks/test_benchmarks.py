@@ -47,17 +47,19 @@ def test_upsample_benchmark_small_cpu_run(tmp_path):
 @pytest.mark.e2e
 @pytest.mark.slow
 def test_end_to_end_benchmark_small_cpu_run(tmp_path):
-    """A real TorchServe with the echo ceiling and the tiny model, load-tested for a few seconds."""
+    """A real TorchServe with the echo ceiling and the tiny model at two batch delays, load-tested
+    for a few seconds each."""
     out = tmp_path / "e2e.json"
-    run_benchmark("benchmarks.bench_e2e", "--small", "--gpus", "1", "--out", str(out))
+    run_benchmark("benchmarks.bench_e2e", "--small", "--gpus", "1", "--delay-ms", "2", "20", "--out", str(out))
     rows = json.loads(out.read_text())["rows"]
-    assert {r["target"] for r in rows} == {"echo", "upstream-eager"}
+    assert {r["target"] for r in rows} == {"echo", "upstream-eager-d2", "upstream-eager-d20"}
+    assert {r["target"]: r["delay_ms"] for r in rows}["upstream-eager-d20"] == 20
     assert all(r["error_rate"] == 0 and r["fps"] > 0 for r in rows)
     assert all(r["gpu_reserved_mb"] is None for r in rows)  # the gauge is published by CUDA workers only
     assert out.with_suffix(".png").stat().st_size > 0
     assert all(r["server_cpu_ms_per_frame"] > 0 for r in rows if r["target"] != "echo")
     startups = json.loads(out.read_text())["startups"]
-    assert [s["target"] for s in startups] == ["echo", "upstream-eager"]
+    assert [s["target"] for s in startups] == ["echo", "upstream-eager-d2", "upstream-eager-d20"]
     assert all(0 < s["first_ready_s"] <= s["all_ready_s"] for s in startups)
     assert startups[1]["handler"] and startups[1]["handler"][0]["cache"] == "off"  # eager on CPU
 

@@ -51,6 +51,7 @@ def test_paths_resolve_against_model_dir():
         {"compile": "maybe"},
         {"gpu_memory_fraction": 0},
         {"gpu_memory_fraction": 1.5},
+        {"gpu_wait": "yield"},
     ],
 )
 def test_bad_values_are_errors(section):
@@ -146,3 +147,12 @@ def test_compile_backend_auto_by_default_inductor_or_aoti_by_yaml_or_env():
     assert HandlerSettings.from_mapping({"compile_backend": "aoti"}, env=env).compile_backend == "aoti"
     with pytest.raises(ValueError, match="compile_backend"):
         HandlerSettings.from_mapping({"compile_backend": "tensorrt"}, env={})
+
+
+def test_gpu_wait_spins_by_default_and_blocks_by_yaml_or_env():
+    assert HandlerSettings().gpu_wait == "spin"
+    assert HandlerSettings.from_mapping({"gpu_wait": "Block"}, env={}).gpu_wait == "block"
+    assert HandlerSettings.from_mapping({"gpu_wait": "spin"}, env={"PEAKNET_GPU_WAIT": "block"}).gpu_wait == "block"
+    assert HandlerSettings.from_mapping({"gpu_wait": "block"}, env={"PEAKNET_GPU_WAIT": ""}).gpu_wait == "block"
+    with pytest.raises(ValueError, match="gpu_wait"):
+        HandlerSettings.from_mapping(None, env={"PEAKNET_GPU_WAIT": "poll"})

@@ -267,6 +267,26 @@ def test_pure_bf16_without_autocast_finds_the_same_peaks_in_less_memory(gpu_mode
     assert memory[False] < memory[True]
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_blocking_wait_on_cuda_gives_the_same_peaks(gpu_model, epix_panels):
+    cuda = torch.device("cuda", torch.cuda.current_device())
+    spin = PanelPeakFinder(gpu_model, dtype=torch.bfloat16, device=cuda, max_batch_panels=12)
+    block = PanelPeakFinder(gpu_model, dtype=torch.bfloat16, device=cuda, max_batch_panels=12, blocking_wait=True)
+    assert block.blocking_wait
+    assert as_rows(block.find(epix_panels).table) == as_rows(spin.find(epix_panels).table)
+    host = epix_panels.cpu().numpy()
+    pipelined = block.find_pipelined(PanelSource([host[:20][None], host[20:][None]]))
+    assert as_rows(pipelined.table) == as_rows(spin.find(epix_panels).table)
+
+
+def test_blocking_wait_is_a_no_op_on_the_cpu(model, panels):
+    block = PanelPeakFinder(model, dtype=torch.float32, device=torch.device("cpu"), blocking_wait=True)
+    assert not block.blocking_wait
+    plain = PanelPeakFinder(model, dtype=torch.float32, device=torch.device("cpu"))
+    assert as_rows(block.find(panels).table) == as_rows(plain.find(panels).table)
+
+
 def test_with_threshold_shares_the_model_and_leaves_the_original():
     model = load_peaknet(FIXTURE)
     finder = PanelPeakFinder(model, dtype=torch.float32, device=torch.device("cpu"), threshold=0.5)

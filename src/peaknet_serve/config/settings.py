@@ -88,6 +88,7 @@ class HandlerSettings:
     channels_last: bool = False
     autocast: bool = True  # bf16/fp16 on CUDA under torch.autocast; False: pure weights dtype
     h2d_overlap: bool = False  # upload micro-batch i+1 on a side stream while i computes
+    gpu_wait: str = "spin"  # how a worker waits for its GPU results: "spin" (a busy core) | "block" (sleeps)
     torch_threads: int | None = None  # CPU threads per worker; None: 1 on a GPU (workers share the host)
     gpu_memory_fraction: float | None = None  # cap per worker (several workers share a GPU); None = no cap
     max_mask_fraction: float | None = 0.25  # capped above this peak-mask fraction per panel; None = never
@@ -134,6 +135,7 @@ class HandlerSettings:
             "compile_cache": env.get("PEAKNET_COMPILE_CACHE"),
             "compile_cache_dir": env.get("PEAKNET_CACHE_DIR"),
             "compile_backend": env.get("PEAKNET_COMPILE_BACKEND"),
+            "gpu_wait": env.get("PEAKNET_GPU_WAIT"),
         }
         values.update({k: v for k, v in overrides.items() if v not in (None, "")})
         if "PEAKNET_THRESHOLD" in env and env["PEAKNET_THRESHOLD"] == "":
@@ -160,6 +162,7 @@ class HandlerSettings:
             "channels_last": parse_bool,
             "autocast": parse_bool,
             "h2d_overlap": parse_bool,
+            "gpu_wait": parse_gpu_wait,
             "torch_threads": lambda v: None
             if v is None or str(v).lower() in ("", "auto", "none")
             else _positive_int(v),
@@ -190,6 +193,17 @@ class HandlerSettings:
 
 
 COMPILE_BACKENDS = ("auto", "inductor", "aoti")
+GPU_WAITS = ("spin", "block")
+
+
+def parse_gpu_wait(value: Any) -> str:
+    """``spin`` or ``block`` (case-insensitive): whether a worker waiting for its GPU results keeps a
+    CPU core busy polling (CUDA's default while there are fewer GPU processes than cores) or sleeps
+    until the GPU signals (a blocking CUDA event), leaving the core to other workers' transport."""
+    wait = str(value).strip().lower()
+    if wait not in GPU_WAITS:
+        raise ValueError(f"gpu_wait must be one of {GPU_WAITS}, got {value!r}")
+    return wait
 
 
 def parse_compile_backend(value: Any) -> str:

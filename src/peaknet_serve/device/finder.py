@@ -96,6 +96,9 @@ class PanelPeakFinder:
             ``torch.autocast``. Off, every op runs in the weights' dtype: CUDA autocast computes
             layer_norm and group_norm in float32 and returns float32, so the BiFPN's residual stream
             and the head's pyramid stay float32 (twice the memory) although the weights are bf16.
+        blocking_wait: on CUDA, wait for each micro-batch's network on a blocking event (the
+            thread sleeps until the GPU signals) before the peak extraction reads its first result
+            on the host; False: that read polls the GPU with a busy core (CUDA's default).
     """
 
     def __init__(
@@ -113,6 +116,7 @@ class PanelPeakFinder:
         autocast: bool = True,
         forward=None,
         label_limits: LabelLimits = UNBOUNDED,
+        blocking_wait: bool = False,
     ) -> None:
         self.model = model
         self.dtype = dtype
@@ -127,6 +131,7 @@ class PanelPeakFinder:
         self.autocast = autocast
         self._forward = forward if forward is not None else model.forward_peak_score
         self._copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.blocking_wait = blocking_wait and device.type == "cuda"
 
     # -- public ---------------------------------------------------------------------------
     def with_threshold(self, threshold: float | None) -> PanelPeakFinder:
@@ -276,6 +281,8 @@ class PanelPeakFinder:
         score = self._score(image)  # (b, H, W) float, launched
         if after_launch is not None:
             after_launch()  # host work while the device computes
+        if self.blocking_wait:
+            self._sleep_until_done()
         mask = peak_mask_from_score(score, self.threshold)  # (b, H, W) bool
         components = bounded_components(mask, self.label_limits)
         table = find_peaks(
@@ -286,6 +293,12 @@ class PanelPeakFinder:
             components=components,
         )
         return table, nonfinite, components.capped
+
+    def _sleep_until_done(self) -> None:
+        """Block (not poll) until everything launched on the current stream has run."""
+        done = torch.cuda.Event(blocking=True)
+        done.record(torch.cuda.current_stream(self.device))
+        done.synchronize()
 
     def _score(self, image: torch.Tensor) -> torch.Tensor:
         """(b, H, W) float32 sanitised ADU -> (b, H, W) class-difference logits."""
