@@ -264,6 +264,7 @@ if [[ "$PROXY" == true ]]; then
     mkdir -p "$PROXY_DIR"
     PYTHONPATH="$PROXY_SOURCE" "$PYTHON" -m peaknet_serve.launch.proxy --config "$CONFIG" \
         --listen "$BIND:$INFERENCE_PORT" --access-log /dev/stdout --error-log stderr \
+        --reentry-socket "$PROXY_DIR/reentry.sock" \
         --output "$PROXY_DIR/peaknet.conf"
     # as root (docker run --user 0) nginx's workers would switch to a user that cannot write the
     # private run directory: they stay root, like TorchServe then

@@ -125,6 +125,7 @@ def start_proxy(
         body_buffer="16k",
         worker_processes="1",
         metrics=metrics,
+        reentry_socket=str(prefix / "reentry.sock"),
     )
     return Nginx(prefix, settings)
 
@@ -180,6 +181,26 @@ def raw_request(base_url: str, headers: dict[str, str], length: int, sent: bytes
     return sock
 
 
+def chunked_request(base_url: str, headers: dict[str, str], chunks) -> tuple[int, dict[str, str], bytes]:
+    """A POST whose body is ``chunks`` (bytes) in Transfer-Encoding: chunked; its answer as
+    :func:`read_answer` reads it (a server that answers before the last chunk may close the upload)."""
+    url = urlsplit(base_url)
+    sock = socket.create_connection((url.hostname, url.port), timeout=60)
+    lines = ["POST /predictions/peaknet HTTP/1.1", f"Host: {url.netloc}", "Transfer-Encoding: chunked"]
+    lines += [f"{name}: {value}" for name, value in headers.items()]
+    try:
+        sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode())
+        for chunk in chunks:
+            sock.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+        sock.sendall(b"0\r\n\r\n")
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # answered (and closed) before the whole body was sent
+    try:
+        return read_answer(sock)
+    finally:
+        sock.close()
+
+
 def read_answer(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
     """The HTTP answer on ``sock`` as (status, headers with lower-case names, body)."""
     answer = http.client.HTTPResponse(sock)
@@ -227,7 +248,13 @@ def test_the_docker_entrypoints_config_gives_the_same_proxy_configuration(tmp_pa
     assert result.returncode == 0, result.stderr
     props = read_properties(tmp_path / "on" / "config.properties")
     assert props["inference_address"] == "http://127.0.0.1:8083"  # behind the proxy, loopback only
-    written = settings_from_properties(props, "0.0.0.0:8080", access_log="/dev/stdout", error_log="stderr")
+    written = settings_from_properties(
+        props,
+        "0.0.0.0:8080",
+        access_log="/dev/stdout",
+        error_log="stderr",
+        reentry_socket=str(tmp_path / "on" / "proxy" / "reentry.sock"),
+    )
     assert (written.upstream, written.max_body_bytes, written.read_timeout_s) == ("127.0.0.1:8083", 268435456, 150)
     assert (tmp_path / "on" / "proxy" / "peaknet.conf").read_text() == render(written, TEMPLATE.read_text())
 
@@ -391,6 +418,40 @@ def test_a_body_over_max_request_size_is_a_json_413(backend, proxy):
     assert torchserve_posts(backend) == before
     under = predict(proxy.url, {**backend.headers, **RAW}, body=b"\0" * 1000)  # under the limit: forwarded
     assert under.status_code == 400 and error_of(under)["type"] == "size_mismatch"
+
+
+@pytest.mark.e2e
+@needs_nginx
+def test_chunked_uploads_are_read_whole_then_take_the_same_path(backend, proxy):
+    """Without a Content-Length the size is known only once the body is read: the proxy reads it,
+    then sends it again with one through its re-entry socket. Valid frames get the direct answer,
+    the handler's own 413 passes unchanged, a body over max_request_size is the proxy's JSON 413,
+    a missing key is a JSON 401 before any body is read, and nothing is left parked."""
+    body = FRAMES.tobytes()
+    pieces = [body[i : i + 10_000] for i in range(0, len(body), 10_000)]
+    direct = predict(backend.inference_url, {**backend.headers, **RAW})
+    status, headers, answer = chunked_request(proxy.url, {**backend.headers, **RAW}, pieces)
+    assert status == 200 and headers["content-type"] == "application/json"
+    assert json.loads(answer) == direct.json()
+
+    nine = np.zeros((9, 2, 64, 96), np.uint16).tobytes()  # the test archive admits 8 frames
+    status, _, answer = chunked_request(proxy.url, {**backend.headers, **RAW, "X-Shape": "9,2,64,96"}, [nine])
+    assert status == 413 and "8 frames" in error_of((status, {}, answer))["message"]  # the handler's
+
+    before = torchserve_posts(backend)
+    status, _, answer = chunked_request(proxy.url, {**RAW}, [body])
+    assert status == 401 and error_of((status, {}, answer))["type"] == "unauthorized"
+    limit = int(read_properties(backend.workdir / "config.properties")["max_request_size"])
+    mebibyte = b"\0" * (1 << 20)
+    status, headers, answer = chunked_request(
+        proxy.url, {**backend.headers, **RAW}, (mebibyte for _ in range(limit // len(mebibyte) + 2))
+    )
+    assert status == 413 and headers["content-type"] == "application/json"
+    error = error_of((status, headers, answer))
+    assert error["type"] == "too_large" and str(limit) in error["message"]
+    assert torchserve_posts(backend) == before  # neither reached TorchServe
+    assert proxy.parked_bodies() == []
+    assert predict(proxy.url, {**backend.headers, **RAW}).status_code == 200
 
 
 @pytest.mark.e2e

@@ -68,6 +68,9 @@ class ProxySettings:
             key check), or ``None`` to serve no metrics.
         access_log / error_log: where nginx logs, relative to its prefix, or ``/dev/stdout`` and
             ``stderr`` (the Docker entrypoint's choice: the container's log).
+        reentry_socket: the unix socket nginx also listens on, where a chunked upload, read whole,
+            is sent again with a Content-Length; a relative path resolves against nginx's working
+            directory, so give an absolute one (one per nginx).
     """
 
     listen: str
@@ -83,6 +86,7 @@ class ProxySettings:
     metrics: str | None = None
     access_log: str = "logs/access.log"
     error_log: str = "logs/error.log"
+    reentry_socket: str = "peaknet-reentry.sock"
 
 
 def upstream_of(inference_address: str) -> str:
@@ -118,6 +122,14 @@ def nginx_path(text: str) -> str:
     if not text or re.search(r"[\s\"';{}$\\]", text):
         raise ValueError(f"cannot use {text!r} as an nginx path")
     return text
+
+
+def socket_path(text: str) -> str:
+    """``text`` as the path of a unix socket in ``listen unix:PATH`` and ``http://unix:PATH:``: an
+    :func:`nginx_path` without ``:``."""
+    if ":" in text:
+        raise ValueError(f"cannot use {text!r} as a unix socket path (no ':')")
+    return nginx_path(text)
 
 
 def error_body(error: RequestError | ServerFault) -> str:
@@ -190,6 +202,7 @@ def render(settings: ProxySettings, template: str) -> str:
         "WORKER_PROCESSES": settings.worker_processes,
         "ACCESS_LOG": nginx_path(settings.access_log),
         "ERROR_LOG": nginx_path(settings.error_log),
+        "REENTRY_SOCKET": socket_path(settings.reentry_socket),
         "ERROR_PAGES": pages,
         "ERROR_LOCATIONS": locations,
         "METRICS_LOCATION": metrics_location(settings.metrics),
@@ -219,6 +232,11 @@ def main(argv: list[str] | None = None) -> int:
         "--access-log", help="access log: a path under nginx's prefix or /dev/stdout (default logs/access.log)"
     )
     parser.add_argument("--error-log", help="error log: a path under nginx's prefix or stderr (default logs/error.log)")
+    parser.add_argument(
+        "--reentry-socket",
+        help="unix socket for chunked uploads sent again with a Content-Length: an absolute path, one per nginx "
+        "(default peaknet-reentry.sock, in nginx's working directory)",
+    )
     parser.add_argument("--output", type=Path, help="file to write (default: standard output)")
     args = vars(parser.parse_args(argv))
     config, listen, output = args.pop("config"), args.pop("listen"), args.pop("output")
