@@ -45,6 +45,20 @@ SECTIONS = [
         "[16, 32, 48, 64] in one run",
     ),
     (
+        "e2e_33m_workers_h200.md",
+        "End to end (H200), 33M trained-like, MPS, batch 4: 4, 6 and 8 workers in one run",
+    ),
+    (
+        "e2e_33m_gpuwait_h200.md",
+        "End to end (H200), 33M trained-like, MPS, 8 workers × batch 4: polling vs blocking GPU waits, "
+        "and pure bf16, in one run",
+    ),
+    (
+        "e2e_33m_delay_h200.md",
+        "End to end (H200), 33M trained-like, MPS, 8 workers × batch 4, pure bf16, blocking waits: "
+        "maxBatchDelay 5, 20 and 40 ms in one run",
+    ),
+    (
         "e2e_33m_aoti_aoti_h200.md",
         "End to end (H200), 33M trained-like, 4 workers × batch 4: AOTInductor packages, cold start then a warm restart",
     ),
