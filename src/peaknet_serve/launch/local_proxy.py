@@ -65,7 +65,8 @@ class LocalProxy:
     def _command(self, *extra: str) -> list[str]:
         # as root nginx's workers would switch to "nobody", who cannot write the private prefix
         user = ["-g", "user root;"] if os.geteuid() == 0 else []
-        return [self.nginx, "-p", str(self.prefix), "-c", str(self.conf), *user, *extra]
+        # -e stderr: not the compiled-in error log (/var/log/nginx/...), which a user may not write
+        return [self.nginx, "-p", str(self.prefix), "-c", str(self.conf), "-e", "stderr", *user, *extra]
 
     @classmethod
     def start(
