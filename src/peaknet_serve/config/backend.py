@@ -43,7 +43,7 @@ from typing import Any
 import torch
 
 from peaknet_serve.config.settings import COMPILE_BACKENDS
-from peaknet_serve.device.compile_cache import cache_key, write_atomic
+from peaknet_serve.device.compile_cache import cache_key, torch_and_gpu, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -200,17 +200,13 @@ def build_host(
     the C++ ``compiler`` (path and :func:`compiler_version`), and on CUDA torch's CUDA version, the
     GPU's name (``gpu``, else :func:`gpu_name`) and the CUDA root ``cuda_home``."""
     host: dict[str, Any] = {
-        "torch": torch.__version__,
+        **torch_and_gpu(device, gpu_name(device) if gpu is _UNSET and device.type == "cuda" else gpu),
         "device": device.type,
         "compiler": compiler,
         "compiler_version": compiler_version(compiler) if compiler is not None else None,
     }
     if device.type == "cuda":
-        host.update(
-            cuda=torch.version.cuda,
-            gpu=gpu_name(device) if gpu is _UNSET else gpu,
-            cuda_home=None if cuda_home is None else str(cuda_home),
-        )
+        host["cuda_home"] = None if cuda_home is None else str(cuda_home)
     return host
 
 
