@@ -49,14 +49,21 @@ answers some requests itself, with the same body; :func:`proxy_errors` holds its
  413   too_large                    the body is over TorchServe's ``max_request_size``
  429   too_many_connections         the client address has as many requests in flight as allowed
  502   upstream_unavailable         TorchServe is not reachable or closed the connection
- 503   worker_died                  TorchServe's "Worker died." as 507 (a worker died with the request)
+ 503   worker_died                  TorchServe's "Worker died." (its 507, or a 500 that is not the handler's)
  504   upstream_timeout             TorchServe did not answer within the proxy's read timeout
 =====  ===========================  ========================================================
+
+The handler's own 500 answers carry their JSON body a second time, in the header
+:data:`ERROR_BODY_HEADER`: the proxy tells them from the frontend's 500 "Worker died." by it and
+gives them back unchanged.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+#: header of the handler's 500 answers holding their JSON body (``json.dumps``, ASCII)
+ERROR_BODY_HEADER = "X-PeakNet-Error"
 
 
 class RequestError(Exception):

@@ -12,6 +12,7 @@ logs and temp files under its own prefix; the tests skip where nginx is not inst
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import os
 import pwd
@@ -25,11 +26,12 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import h5py
 import numpy as np
 import pytest
 import requests
 
-from peaknet_serve.errors import proxy_errors
+from peaknet_serve.errors import ERROR_BODY_HEADER, proxy_errors
 from peaknet_serve.launch.proxy import (
     SHIPPED,
     TEMPLATE,
@@ -508,10 +510,10 @@ def test_the_handlers_own_errors_pass_unchanged(backend, proxy):
 
 @pytest.mark.e2e
 @needs_nginx
-def test_a_worker_killed_mid_request_is_a_json_503_or_torchserves_500(backend, tmp_path):
+def test_a_worker_killed_mid_request_is_a_json_503(backend, tmp_path):
     """SIGKILL of the worker while it serves a request through the proxy. TorchServe's frontend answers
-    "Worker died." with 507 or 500 (a race in its frontend); the proxy turns the 507 into its JSON 503
-    worker_died and passes the 500 on as it is (the handler's 500s look the same to nginx)."""
+    "Worker died." with 507 or 500 (a race in its frontend); the proxy turns both into its JSON 503
+    worker_died (a 500 without the handler's X-PeakNet-Error header is not the handler's)."""
     frames = np.random.default_rng(7).integers(0, 30, (8, 16, 64, 96), dtype=np.uint16)  # about 1 s of work
     headers = {**backend.headers, **RAW, "X-Shape": "8,16,64,96"}
     proxy = start_proxy(backend, tmp_path, read_timeout_s=120)  # on a busy host the request may take over 3 s
@@ -536,7 +538,11 @@ def check_worker_kills(backend: Server, proxy: Nginx, frames: np.ndarray, header
         thread = threading.Thread(target=send)
         thread.start()
         time.sleep(0.3)
-        os.kill(pid, signal.SIGKILL)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:  # the management API named a worker that had already been replaced
+            thread.join()
+            continue
         thread.join()
         answer = result["answer"]
         deadline = time.monotonic() + 10
@@ -545,18 +551,47 @@ def check_worker_kills(backend: Server, proxy: Nginx, frames: np.ndarray, header
             time.sleep(0.1)
         upstream = proxy.access_log()[logged].split(" us=")[1].split()[0]  # TorchServe's status of that request
         seen.append((upstream, answer.status_code))
-        if upstream == "507":
-            assert answer.status_code == 503 and answer.headers["Content-Type"] == "application/json"
-            assert error_of(answer)["type"] == "worker_died"
-        else:
-            assert (upstream, answer.status_code) == ("500", 500), answer.text
-            assert answer.json() == {"code": 500, "type": "InternalServerException", "message": "Worker died."}
+        assert upstream in ("500", "507"), upstream
+        assert answer.status_code == 503 and answer.headers["Content-Type"] == "application/json"
+        assert error_of(answer)["type"] == "worker_died"
         if {status for status, _ in seen} == {"500", "507"}:
             break
     print(f"\nworker killed mid-request, (TorchServe's status, the client's): {seen}")
     ready_worker_pid(backend)
     again = predict(proxy.url, headers, frames.tobytes())
     assert again.status_code == 200 and again.json() == expected.json()
+
+
+def hdf5_body(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as f:
+        f.create_dataset("/entry_1/data_1/data", data=array, compression="gzip")
+    return buffer.getvalue()
+
+
+@pytest.mark.e2e
+@needs_nginx
+def test_the_handlers_own_500_passes_as_the_handler_wrote_it(backend, proxy):
+    """The HDF5 reader SIGKILLed mid-request: the handler answers 500 hdf5_reader_failed (its worker
+    lives on), and through the proxy the client gets that answer, not worker_died."""
+    body = hdf5_body(np.random.default_rng(3).integers(0, 60, (2, 2, 64, 96), dtype=np.uint16))
+    headers = {**backend.headers, "Content-Type": "application/x-hdf5"}
+    assert predict(proxy.url, headers, body).status_code == 200
+    pid = ready_worker_pid(backend)
+    children = [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    (reader,) = [c for c in children if b"hdf5_sandbox" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    os.kill(reader, signal.SIGSTOP)  # the reader holds the next request ...
+    result: dict[str, requests.Response] = {}
+    thread = threading.Thread(target=lambda: result.update(answer=predict(proxy.url, headers, body)))
+    thread.start()
+    time.sleep(1.0)
+    os.kill(reader, signal.SIGKILL)  # ... and dies while holding it
+    thread.join()
+    answer = result["answer"]
+    assert answer.status_code == 500 and answer.headers["Content-Type"] == "application/json", answer.text
+    assert error_of(answer)["type"] == "hdf5_reader_failed"
+    assert ready_worker_pid(backend) == pid  # the worker lives on
+    assert predict(proxy.url, headers, body).status_code == 200
 
 
 @pytest.mark.e2e
@@ -583,3 +618,8 @@ def test_a_stopped_torchserve_is_a_json_502(backend, proxy):
     backend.stop()
     for answer in (predict(proxy.url, {**backend.headers, **RAW}), requests.get(f"{proxy.url}/ping", timeout=30)):
         assert answer.status_code == 502 and error_of(answer)["type"] == "upstream_unavailable", answer.text
+
+
+def test_the_proxy_reads_the_handlers_error_header():
+    text = render(settings_from_properties({}, "8000"), TEMPLATE.read_text())
+    assert f"$upstream_http_{ERROR_BODY_HEADER.lower().replace('-', '_')}" in text

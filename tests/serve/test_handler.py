@@ -247,3 +247,23 @@ def test_the_log_line_of_an_aot_package_names_the_worker_that_built_it():
     assert _package_source({"source": "built", "built_by": 11}) == "built by this worker (pid 11)"
     assert _package_source({"source": "waited", "built_by": 12}) == "built by worker pid 12 while this one waited"
     assert _package_source({"source": "found", "built_by": None}) == "found in the cache (built by an unknown worker)"
+
+
+def test_the_handlers_500s_carry_their_body_in_the_error_header_and_nothing_else_does():
+    """The proxy tells the handler's 500s from TorchServe's "Worker died." 500 by this header."""
+    from peaknet_serve.errors import ERROR_BODY_HEADER, ServerFault
+    from peaknet_serve.serve.http import Answer, error_answer
+
+    context = Context("peaknet", ".", {}, 3, None, "0.12.0")
+    context.request_processor = [RequestProcessor({}) for _ in range(3)]
+    fault = ServerFault("hdf5_reader_failed", "the HDF5 reader process died: näher")
+    bodies = [
+        PeakNetHandler._respond(context, 0, error_answer(fault)),
+        PeakNetHandler._respond(context, 1, Answer(400, {"error": {"type": "bad_shape"}})),
+        PeakNetHandler._respond(context, 2, Answer(200, b"\x89HDF")),
+    ]
+    header = context.get_response_headers(0)[ERROR_BODY_HEADER]
+    assert header == bodies[0] and json.loads(header) == fault.to_json() and header.isascii()
+    assert context.get_response_status(0)[0] == 500
+    assert ERROR_BODY_HEADER not in context.get_response_headers(1)
+    assert ERROR_BODY_HEADER not in context.get_response_headers(2)

@@ -47,7 +47,7 @@ from peaknet_serve.device.transfer import PanelSource, upload_panels
 from peaknet_serve.encode.cxi import cxi_response
 from peaknet_serve.encode.oip import model_metadata, oip_response, peak_outputs
 from peaknet_serve.encode.response import json_response
-from peaknet_serve.errors import RequestError, ServerFault
+from peaknet_serve.errors import ERROR_BODY_HEADER, RequestError, ServerFault
 from peaknet_serve.pipeline import build_finder, calibrate_budget
 from peaknet_serve.serve.budget import DEFAULT_RESPONSE_TIMEOUT_S, Verdict, WorkBudget
 from peaknet_serve.serve.http import (
@@ -429,4 +429,7 @@ class PeakNetHandler(BaseHandler):
             context.set_response_header(idx, name, value)
         if isinstance(answer.body, (bytes, bytearray)):
             return bytes(answer.body)
-        return json.dumps(answer.body)
+        body = json.dumps(answer.body)
+        if answer.status == 500:  # told apart from the frontend's 500 "Worker died." by the proxy
+            context.set_response_header(idx, ERROR_BODY_HEADER, body)
+        return body
