@@ -6,6 +6,7 @@ real sockets is tested in tests/bridge/test_sender.py and tests/clients/test_cli
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -17,10 +18,13 @@ from peaknet_serve.clients.retry import (
     GaveUp,
     RetryPolicy,
     failure_reason,
+    is_worker_death,
     post_with_retries,
 )
+from peaknet_serve.errors import proxy_errors
 
 BRIDGE = RetryPolicy()
+WORKER_DIED_503 = next(e for e in proxy_errors(1, 1, 1) if e.type == "worker_died").to_json()
 TOKEN_TEXT = "Token Authorization failed. Token either incorrect, expired, or not provided correctly"
 
 
@@ -130,6 +134,21 @@ def test_worker_deaths_are_retried_a_limited_number_of_times():
     assert decide(BRIDGE, *died, attempts=6, worker_deaths=3) == Decision(None, "final")
     assert decide(RetryPolicy(retry_for_s=0.0), *died, worker_deaths=1) == Decision(None, "exhausted")
     assert decide(CLIENT_POLICY, *died, worker_deaths=1) == Decision(None, "final")
+    # the same deaths through the reverse proxy (its JSON 503) and as TorchServe's 507
+    proxied = (503, json.dumps(WORKER_DIED_503))
+    assert decide(BRIDGE, *proxied, attempts=6, worker_deaths=3) == Decision(None, "final")
+    assert decide(CLIENT_POLICY, *proxied, worker_deaths=1) == Decision(None, "final")
+    assert decide(BRIDGE, 507, '{"code": 507, "message": "Worker died."}', attempts=6, worker_deaths=3) == Decision(
+        None, "final"
+    )
+
+
+def test_worker_deaths_are_told_from_other_answers_of_the_same_status():
+    assert is_worker_death(503, json.dumps(WORKER_DIED_503)) and is_worker_death(507, "Worker died.")
+    busy = {"error": {"type": "busy", "message": "retry", "status": 503}}
+    assert not is_worker_death(503, json.dumps(busy)) and not is_worker_death(503, "Worker died.")
+    assert not is_worker_death(503, "not json") and not is_worker_death(503, "[1]")
+    assert not is_worker_death(500, json.dumps({"error": {"type": "internal_error"}}))
 
 
 def test_a_final_answer_is_not_retried_whatever_the_budget():

@@ -2,8 +2,8 @@
 
 A failed attempt is either *no answer* (connection refused or reset, a timeout), an HTTP status in
 ``retry_statuses`` (the server is busy or restarting), a rejected token while the key comes from a
-key file that a restarted TorchServe rewrites, TorchServe's 500 "Worker died." (the batch's worker
-was killed), or a final answer. All but the last are retried with back-off doubling from
+key file that a restarted TorchServe rewrites, a "Worker died." (the batch's worker was killed:
+TorchServe's 500 or 507, the reverse proxy's 503 ``worker_died``), or a final answer. All but the last are retried with back-off doubling from
 ``first_backoff_s`` to ``max_backoff_s``, until the time budget ``retry_for_s`` (counted from the
 request's first failure) or the ``max_retries`` further attempts are spent; "Worker died." answers
 only ``worker_died_retries`` times, since a request that itself kills its worker would do so again.
@@ -23,6 +23,7 @@ runs the attempts, with the clock and the wait injected.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable
@@ -127,8 +128,16 @@ CLIENT_POLICY = RetryPolicy(
 
 
 def is_worker_death(status: int | None, text: str) -> bool:
-    """TorchServe's answer to the requests of a batch whose worker was killed."""
-    return status == 500 and WORKER_DIED in text
+    """The answer to the requests of a batch whose worker was killed: TorchServe's 500 or 507
+    "Worker died.", or the reverse proxy's JSON 503 ``worker_died`` that replaces both."""
+    if status in (500, 507):
+        return WORKER_DIED in text
+    if status != 503:
+        return False
+    try:
+        return json.loads(text)["error"]["type"] == "worker_died"
+    except (ValueError, KeyError, TypeError):
+        return False
 
 
 def failure_reason(status: int | None, text: str, error: BaseException | None) -> str:
