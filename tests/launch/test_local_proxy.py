@@ -6,26 +6,17 @@ from __future__ import annotations
 
 import os
 import socket
-from pathlib import Path
+import time
 
 import numpy as np
 import pytest
 import requests
 
 from peaknet_serve.launch.local_proxy import find_nginx, listen_of, proxy_wanted
-from peaknet_serve.launch.server import (
-    allowed_urls_pattern,
-    bearer,
-    free_port,
-    properties_text,
-    read_keys,
-    read_properties,
-    start,
-    stop,
-)
+from peaknet_serve.launch.server import bearer, read_keys, read_properties, start, stop
 from tests.e2e.conftest import model_store  # noqa: F401  (fixture)
+from tests.e2e.test_security_e2e import shipped_config
 
-ROOT = Path(__file__).resolve().parents[2]
 NGINX = find_nginx()
 FRAMES = np.random.default_rng(5).integers(0, 60, (1, 2, 64, 96), dtype=np.uint16)
 RAW = {"Content-Type": "application/octet-stream", "X-Dtype": "uint16", "X-Shape": "1,2,64,96"}
@@ -60,20 +51,8 @@ def test_start_puts_nginx_in_front_and_stop_ends_both(tmp_path, model_store, mon
     home.mkdir()
     monkeypatch.setenv("TMPDIR", str(tmp_path))  # TorchServe's pid file, this server's alone
     monkeypatch.setenv("TEMP", str(tmp_path))  # its worker sockets
-    inference = f"http://127.0.0.1:{free_port()}"
-    overrides = {
-        "inference_address": inference,
-        "management_address": f"http://127.0.0.1:{free_port()}",
-        "metrics_address": f"http://127.0.0.1:{free_port()}",
-        "grpc_inference_port": str(free_port()),
-        "grpc_management_port": str(free_port()),
-        "initial_worker_port": str(free_port()),
-        "initial_distribution_port": str(free_port()),
-        "model_store": str(model_store),
-        "allowed_urls": allowed_urls_pattern(model_store),
-    }
     config = tmp_path / "config.properties"
-    config.write_text((ROOT / "config.properties").read_text() + properties_text(overrides))
+    inference = shipped_config(config, model_store)["inference"]  # the shipped file on free ports
     try:
         assert start(config, 300, proxy="on", home=home) == 0
         upstream = read_properties(home / ".run" / "config.properties")["inference_address"]
@@ -94,4 +73,7 @@ def test_start_puts_nginx_in_front_and_stop_ends_both(tmp_path, model_store, mon
         assert stop(home) == 0
     with pytest.raises(OSError):
         os.kill(pid, 0)
-    assert not is_listening(inference) and not is_listening(upstream)
+    deadline = time.monotonic() + 30  # `torchserve --stop` may return while the JVM still closes its sockets
+    while is_listening(inference) or is_listening(upstream):
+        assert time.monotonic() < deadline, "a port is still open after stop"
+        time.sleep(0.1)
