@@ -62,7 +62,7 @@ def test_start_puts_nginx_in_front_and_stop_ends_both(tmp_path, model_store, mon
             f"{inference}/predictions/peaknet", data=FRAMES.tobytes(), headers={**bearer(keys["inference"]), **RAW}
         )
         assert predicted.status_code == 200 and len(predicted.json()["frames"]) == 1
-        # answers TorchServe's frontend would decide, now the proxy's JSON
+        # what TorchServe's frontend alone would answer, answered by the proxy in JSON
         refused = requests.post(f"{inference}/predictions/peaknet", data=FRAMES.tobytes(), headers=RAW)
         assert refused.status_code == 401 and refused.json()["error"]["type"] == "unauthorized"
         empty = {**bearer(keys["inference"]), "Content-Type": "multipart/form-data; boundary="}
