@@ -35,6 +35,8 @@
 #                               default: the working directory
 #   PEAKNET_CACHE_DIR           compiled-model cache, kept across restarts  default $PEAKNET_HOME/cache
 #                               (mount a volume there: -v peaknet-cache:/home/peaknet/cache)
+#   (the handler's own PEAKNET_* settings pass through to the workers: PEAKNET_COMPILE,
+#   PEAKNET_AUTOCAST, PEAKNET_GPU_WAIT, ...; docs/configuration.md)
 #   PEAKNET_MPS                 true: run the workers under NVIDIA MPS (control daemon started here,
 #                               stopped when TorchServe ends; state in $PEAKNET_HOME/mps)  default false
 #   PEAKNET_MODEL_ARCHIVE       archive built into the image  default /opt/peaknet/model_store/peaknet.mar
