@@ -199,8 +199,10 @@ def build_host(
     """What decides whether an AOT package can be built on this host for ``device``: torch's version,
     the C++ ``compiler`` (path and :func:`compiler_version`), and on CUDA torch's CUDA version, the
     GPU's name (``gpu``, else :func:`gpu_name`) and the CUDA root ``cuda_home``."""
+    if gpu is _UNSET:
+        gpu = gpu_name(device) if device.type == "cuda" else None
     host: dict[str, Any] = {
-        **torch_and_gpu(device, gpu_name(device) if gpu is _UNSET and device.type == "cuda" else gpu),
+        **torch_and_gpu(device, gpu),
         "device": device.type,
         "compiler": compiler,
         "compiler_version": compiler_version(compiler) if compiler is not None else None,

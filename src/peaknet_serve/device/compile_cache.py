@@ -64,25 +64,22 @@ def cache_key(parts: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-_READ_FROM_DEVICE = object()
-
-
-def torch_and_gpu(device: torch.device, gpu: Any = _READ_FROM_DEVICE) -> dict[str, Any]:
-    """torch's version and, on CUDA, torch's CUDA version and the GPU's name (``gpu``, else
-    ``torch.cuda.get_device_name``): what both a compiled artefact (:func:`build_description`) and
-    the decision to build AOT packages on a host (``config.backend.build_host``) depend on."""
+def torch_and_gpu(device: torch.device, gpu: str | None) -> dict[str, Any]:
+    """torch's version and, on CUDA, torch's CUDA version and the GPU's name ``gpu`` (ignored on
+    the CPU): what both a compiled artefact (:func:`build_description`) and the decision to build
+    AOT packages on a host (``config.backend.build_host``) depend on."""
     described: dict[str, Any] = {"torch": torch.__version__}
     if device.type == "cuda":
-        described.update(
-            cuda=torch.version.cuda, gpu=torch.cuda.get_device_name(device) if gpu is _READ_FROM_DEVICE else gpu
-        )
+        described.update(cuda=torch.version.cuda, gpu=gpu)
     return described
 
 
 def build_description(device: torch.device) -> dict[str, Any]:
     """The software and device a compiled artefact is built for (part of every key)."""
-    described = {**torch_and_gpu(device), "python": platform.python_version()}
-    if device.type == "cuda":
+    cuda = device.type == "cuda"
+    described = torch_and_gpu(device, torch.cuda.get_device_name(device) if cuda else None)
+    described["python"] = platform.python_version()
+    if cuda:
         described["capability"] = list(torch.cuda.get_device_capability(device))
     else:
         described["cpu"] = platform.machine()
