@@ -17,9 +17,8 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
-from peaknet_serve.launch.proxy import TEMPLATE, render, settings_from_properties
+from peaknet_serve.launch.proxy import TEMPLATE, host_port, render, settings_from_properties, upstream_of
 
 PROXY_MODES = ("auto", "on", "off")
 
@@ -41,10 +40,8 @@ def proxy_wanted(mode: str, nginx: str | None) -> bool:
 
 def listen_of(inference_address: str) -> str:
     """``http://127.0.0.1:8080`` -> ``127.0.0.1:8080``: where nginx listens instead of TorchServe."""
-    url = urlsplit(inference_address)
-    if url.scheme != "http" or url.hostname is None or url.port is None:
-        raise ValueError(f"inference_address {inference_address!r}: expected http://HOST:PORT")
-    return f"{url.hostname}:{url.port}"
+    host, port = host_port(inference_address)
+    return f"{host}:{port}"
 
 
 @dataclass(frozen=True)
@@ -86,8 +83,7 @@ class LocalProxy:
             done = subprocess.run(proxy._command(*extra), capture_output=True, text=True, timeout=timeout_s)
             if done.returncode != 0:
                 raise RuntimeError(f"nginx {' '.join(extra) or 'start'} failed:\n{done.stderr.strip()}")
-        host, port = listen.rsplit(":", 1)
-        host = "127.0.0.1" if host in ("0.0.0.0", "") else host
+        host, port = upstream_of(f"http://{listen}").rsplit(":", 1)  # where nginx is reached from here
         deadline = time.monotonic() + timeout_s
         while True:
             try:

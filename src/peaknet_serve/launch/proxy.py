@@ -89,13 +89,18 @@ class ProxySettings:
     reentry_socket: str = "peaknet-reentry.sock"
 
 
-def upstream_of(inference_address: str) -> str:
-    """``http://0.0.0.0:8080`` -> ``127.0.0.1:8080``: where a proxy on the same host reaches it."""
+def host_port(inference_address: str) -> tuple[str, int]:
+    """``http://0.0.0.0:8080`` -> ``("0.0.0.0", 8080)``: the address a server binds."""
     url = urlsplit(inference_address)
     if url.scheme != "http" or url.hostname is None or url.port is None:
         raise ValueError(f"inference_address {inference_address!r}: expected http://HOST:PORT")
-    host = "127.0.0.1" if url.hostname == "0.0.0.0" else url.hostname
-    return f"{host}:{url.port}"
+    return url.hostname, url.port
+
+
+def upstream_of(inference_address: str) -> str:
+    """``http://0.0.0.0:8080`` -> ``127.0.0.1:8080``: where a proxy on the same host reaches it."""
+    host, port = host_port(inference_address)
+    return f"{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
 
 
 def settings_from_properties(props: dict[str, str], listen: str, **overrides) -> ProxySettings:
