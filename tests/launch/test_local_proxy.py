@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from peaknet_serve.launch.local_proxy import find_nginx, listen_of, proxy_wanted
+from peaknet_serve.launch.proxy import host_port
 from peaknet_serve.launch.server import bearer, read_keys, read_properties, start, stop
 from tests.e2e.conftest import model_store  # noqa: F401  (fixture)
 from tests.e2e.test_security_e2e import shipped_config
@@ -36,9 +37,8 @@ def test_auto_means_where_nginx_is_installed_and_on_needs_it():
 
 
 def is_listening(url: str) -> bool:
-    host, port = listen_of(url).split(":")
     try:
-        socket.create_connection((host, int(port)), timeout=1).close()
+        socket.create_connection(host_port(url), timeout=1).close()
     except OSError:
         return False
     return True

@@ -16,7 +16,9 @@ from ts.context import Context, RequestProcessor
 
 from peaknet_serve.checkpoint import load_peaknet
 from peaknet_serve.device.finder import PanelPeakFinder
+from peaknet_serve.errors import ERROR_BODY_HEADER, ServerFault
 from peaknet_serve.serve.handler import PeakNetHandler, _package_source
+from peaknet_serve.serve.http import Answer, error_answer
 from tests.frames import spot_frames
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "upstream"
@@ -251,9 +253,6 @@ def test_the_log_line_of_an_aot_package_names_the_worker_that_built_it():
 
 def test_the_handlers_500s_carry_their_body_in_the_error_header_and_nothing_else_does():
     """The proxy tells the handler's 500s from TorchServe's "Worker died." 500 by this header."""
-    from peaknet_serve.errors import ERROR_BODY_HEADER, ServerFault
-    from peaknet_serve.serve.http import Answer, error_answer
-
     context = Context("peaknet", ".", {}, 3, None, "0.12.0")
     context.request_processor = [RequestProcessor({}) for _ in range(3)]
     fault = ServerFault("hdf5_reader_failed", "the HDF5 reader process died: näher")
