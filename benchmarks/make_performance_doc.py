@@ -22,6 +22,11 @@ DOC = ROOT / "docs" / "performance.md"
 #: (result table, heading): the current measurements, in reading order.
 SECTIONS = [
     (
+        "e2e_33m_recipe_h200.md",
+        "End to end (H200), 33M trained-like as deployed (docs/performance-serving.md): MPS, 8 workers × "
+        "batch 4, 40 ms delay, pure bf16, blocking waits, AOTInductor; a 60 s 120 Hz stream, cold and warm start",
+    ),
+    (
         "e2e_padded_h200.md",
         "End to end (H200): TorchServe under the load-test client, the bundled model compiled, "
         "with and without autocast",

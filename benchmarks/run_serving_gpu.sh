@@ -11,13 +11,18 @@
 #   bash benchmarks/run_serving_gpu.sh aoti       # 33M trained-like, 4 workers x batch 4: a cold start and
 #                                                 # warm restarts with torch.compile + its cache, then the
 #                                                 # same with AOTInductor packages (compile_backend: aoti)
+#   bash benchmarks/run_serving_gpu.sh recipe     # 33M trained-like as docs/performance-serving.md deploys it:
+#                                                 # MPS, 8 workers x batch 4, 40 ms delay, pure bf16, blocking
+#                                                 # waits, AOTInductor; a 60 s 120 Hz stream, cold + warm start
+#   bash benchmarks/run_serving_gpu.sh bundled    # the bundled model under MPS, 8 and 12 workers x batch 4,
+#                                                 # against the echo handler's ceiling in the same run
 #
 # The 33M checkpoints have random weights (configs/peaknet-33m.yaml); "trained-like" is the same
 # draw with its head calibrated to mark 0.5% of the pixels of simulated ePix10k2M frames
 # (benchmarks/make_random_checkpoint.py --mask-fraction), as a trained model's masks do.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
-PHASE=${1:?usage: run_serving_gpu.sh mps|models|mps-models|aoti}
+PHASE=${1:?usage: run_serving_gpu.sh mps|models|mps-models|aoti|recipe|bundled}
 RESULTS=${OUT:-benchmarks/results}
 MODELS=${MODELS_DIR:-/tmp/peaknet-models}
 CACHE=${PEAKNET_CACHE_DIR:-/tmp/peaknet-compile-cache}
@@ -62,6 +67,18 @@ case $PHASE in
       --compile-backend ${BACKENDS:-inductor aoti} --starts "${STARTS:-3}" --skip-echo --concurrency 16 \
       --rate 0 --ready-timeout "${READY_TIMEOUT_S:-560}" --out "$RESULTS/e2e_33m_aoti${BACKENDS:+_${BACKENDS// /_}}_h200.json"
     ls -l "$AOTI_CACHE"
+    ;;
+  recipe)
+    RECIPE_CACHE=$(mktemp -d /tmp/peaknet-recipe-cache.XXXXXX)
+    timeout "${RECIPE_BENCH_S:-560}" "${E2E[@]}" --cache-dir "$RECIPE_CACHE" --variants compiled-pure-block \
+      --compile-backend aoti --model-config "$MODELS/p33-trained-like/peaknet.yaml" --workers 8 --batch-size 4 \
+      --delay-ms 40 --mps on --starts 2 --duration "${DURATION_S:-60}" --warmup-s 3 --concurrency 48 64 \
+      --skip-echo --out "$RESULTS/e2e_33m_recipe_h200.json"
+    ;;
+  bundled)
+    timeout "${BUNDLED_BENCH_S:-560}" "${E2E[@]}" --variants compiled-block --model-config model_store/peaknet/peaknet.yaml \
+      --workers 8 12 --batch-size 4 --delay-ms 5 --mps on --duration "${DURATION_S:-20}" --concurrency 32 64 --rate 0 \
+      --out "$RESULTS/e2e_bundled_mps_h200.json"
     ;;
   *) echo "unknown phase $PHASE" >&2; exit 2 ;;
 esac
