@@ -67,6 +67,17 @@ SECTIONS = [
         "e2e_33m_aoti_aoti_h200.md",
         "End to end (H200), 33M trained-like, 4 workers × batch 4: AOTInductor packages, cold start then a warm restart",
     ),
+    (
+        "e2e_bundled_mps_h200.md",
+        "End to end (H200), the bundled model under MPS: 8 and 12 workers × batch 4 against the echo "
+        "handler's ceiling in one run",
+    ),
+    (
+        "e2e_compressed_h200.md",
+        "End to end (H200), the bundled model, MPS, 8 workers × batch 4: HDF5 bitshuffle-LZ4 and zstd "
+        "requests against raw uint16 in one run",
+    ),
+    ("decode_cpu.md", "Request decoding per encoding (CPU): one ePix10k2M frame, in process and through the sandbox"),
     ("peaks_cap25_h200.md", "Peak extraction per mask (H200): bounded labelling with the default 25% cap"),
     ("e2e_alloc_default_h200.md", "End to end (H200): worker GPU memory with the default CUDA allocator ..."),
     ("e2e_alloc_expandable_h200.md", "... and with expandable segments (the next command, a fresh server)"),

@@ -15,14 +15,18 @@
 #                                                 # MPS, 8 workers x batch 4, 40 ms delay, pure bf16, blocking
 #                                                 # waits, AOTInductor; a 60 s 120 Hz stream, cold + warm start
 #   bash benchmarks/run_serving_gpu.sh bundled    # the bundled model under MPS, 8 and 12 workers x batch 4,
-#                                                 # against the echo handler's ceiling in the same run
+#                                                 # against the echo handler's ceiling in the same run, and
+#                                                 # bitshuffle-LZ4 / zstd HDF5 requests against raw uint16
+#   bash benchmarks/run_serving_gpu.sh compressed # the bundled model, MPS, 8 workers x batch 4: bitshuffle-LZ4
+#                                                 # and zstd HDF5 requests against raw uint16 in one run
+#                                                 # (the server's Python needs lz4 and backports.zstd)
 #
 # The 33M checkpoints have random weights (configs/peaknet-33m.yaml); "trained-like" is the same
 # draw with its head calibrated to mark 0.5% of the pixels of simulated ePix10k2M frames
 # (benchmarks/make_random_checkpoint.py --mask-fraction), as a trained model's masks do.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
-PHASE=${1:?usage: run_serving_gpu.sh mps|models|mps-models|aoti|recipe|bundled}
+PHASE=${1:?usage: run_serving_gpu.sh mps|models|mps-models|aoti|recipe|bundled|compressed}
 RESULTS=${OUT:-benchmarks/results}
 MODELS=${MODELS_DIR:-/tmp/peaknet-models}
 CACHE=${PEAKNET_CACHE_DIR:-/tmp/peaknet-compile-cache}
@@ -78,7 +82,12 @@ case $PHASE in
   bundled)
     timeout "${BUNDLED_BENCH_S:-560}" "${E2E[@]}" --variants compiled-block --model-config model_store/peaknet/peaknet.yaml \
       --workers 8 12 --batch-size 4 --delay-ms 5 --mps on --duration "${DURATION_S:-20}" --concurrency 32 64 --rate 0 \
-      --out "$RESULTS/e2e_bundled_mps_h200.json"
+      --encodings raw hdf5-bslz4 hdf5-zstd --out "$RESULTS/e2e_bundled_mps_h200.json"
+    ;;
+  compressed)
+    timeout "${COMPRESSED_BENCH_S:-560}" "${E2E[@]}" --variants compiled-block --model-config model_store/peaknet/peaknet.yaml \
+      --workers 8 --batch-size 4 --delay-ms 5 --mps on --duration "${DURATION_S:-20}" --concurrency 64 --rate 0 \
+      --skip-echo --encodings raw hdf5-bslz4 hdf5-zstd --out "$RESULTS/e2e_compressed_h200.json"
     ;;
   *) echo "unknown phase $PHASE" >&2; exit 2 ;;
 esac

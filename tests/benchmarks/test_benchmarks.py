@@ -156,6 +156,28 @@ def test_cpu_benchmark_reports_cpu_seconds_per_frame(tmp_path):
     assert row["geometry"] == "cspad" and row["frame"] == [32, 185, 388] and row["cpu_s"] > 0
 
 
+def test_decode_benchmark_times_each_encoding_against_uncompressed_hdf5(tmp_path):
+    out = tmp_path / "decode.json"
+    run_benchmark(
+        "benchmarks.bench_decode",
+        "--geometry",
+        "rayonix",
+        "--encodings",
+        "raw",
+        "hdf5-bslz4",
+        "--repeats",
+        "1",
+        "--out",
+        str(out),
+    )
+    rows = {row["encoding"]: row for row in json.loads(out.read_text())["rows"]}
+    assert list(rows) == ["hdf5", "raw", "hdf5-bslz4"]
+    assert rows["hdf5"]["served_vs_hdf5"] == 1.0 and "served_vs_hdf5" not in rows["raw"]
+    assert rows["hdf5-bslz4"]["body_mb"] < rows["hdf5"]["body_mb"]
+    assert all(row["served_ms"] > 0 and row["in_process_ms"] > 0 for row in rows.values())
+    assert out.with_suffix(".md").exists() and out.with_suffix(".png").exists()
+
+
 @pytest.mark.slow
 def test_budget_benchmark_compares_the_calibrated_estimate_with_a_measured_batch(tmp_path):
     out = tmp_path / "budget.json"

@@ -338,11 +338,21 @@ def bit_unshuffle(shuffled: np.ndarray, count: int, itemsize: int) -> np.ndarray
     blocks = len(shuffled) // (count * itemsize)
     rows = shuffled.reshape(blocks, itemsize, 8, count // 8)
     words = rows.transpose(0, 1, 3, 2).copy().view("<u8")[..., 0]  # (block, b, j), byte k = row k; a copy
+    swap = np.empty_like(words)  # in-place steps: one scratch array, no temporaries per step
     for shift, mask in ((7, 0x00AA00AA00AA00AA), (14, 0x0000CCCC0000CCCC), (28, 0x00000000F0F0F0F0)):
-        swap = (words ^ (words >> np.uint64(shift))) & np.uint64(mask)
-        words ^= swap ^ (swap << np.uint64(shift))
-    columns = words[..., None].view(np.uint8).reshape(blocks, itemsize, count // 8, 8)  # (block, b, j, i)
-    return columns.transpose(0, 2, 3, 1).reshape(-1)
+        np.right_shift(words, np.uint64(shift), out=swap)
+        swap ^= words
+        swap &= np.uint64(mask)
+        words ^= swap
+        swap <<= np.uint64(shift)
+        words ^= swap
+    columns = words.view(np.uint8).reshape(blocks, itemsize, count)  # (block, b, element)
+    if itemsize == 1:
+        return columns.reshape(-1)
+    out = np.empty((blocks, count, itemsize), np.uint8)
+    for byte in range(itemsize):  # one strided pass per byte plane
+        out[:, :, byte] = columns[:, byte]
+    return out.reshape(-1)
 
 
 def decode_blosc(raw: memoryview, size: int, stage: Filter, itemsize: int, out: np.ndarray | None = None) -> np.ndarray:
