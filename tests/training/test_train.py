@@ -125,3 +125,41 @@ def test_tiny_training_run_with_coverage_and_a_lower_target(tmp_path, simulated)
         train.parse_args(["--out", str(tmp_path), "--target-snr", "0"])
     with pytest.raises(SystemExit):
         train.parse_args(["--out", str(tmp_path), "--point-probability", "1.5"])
+
+
+def test_learned_upsample_starts_from_weights_without_it_at_their_logits(tmp_path):
+    """--learned-upsample --init <weights without the residual>: the zeroed residual leaves the
+    logits of the starting weights unchanged; training moves it and the result loads in the server."""
+    base = tmp_path / "base"
+    tiny_run(base, "--batch-size", "2")
+    state = train.load_file(str(base / "peaknet.safetensors"))
+    assert not any(k.startswith("head_upsample_layer.") for k in state)
+    plain = load_peaknet(base / "peaknet.yaml", dtype="float32", device="cpu")
+    config = train.model_config("tiny", 64, learned_upsample=True)
+    model = train.PeakNet(train.PeakNetConfig.from_mapping(config)).eval()
+    zeroed = train.load_init(model, state)
+    assert sorted(zeroed) == ["head_upsample_layer.0.bias", "head_upsample_layer.0.weight"]
+    x = torch.randn(2, 1, 64, 96)
+    with torch.no_grad():
+        assert torch.equal(model(x), plain(x))
+
+    grown = tmp_path / "grown"
+    history = tiny_run(grown, "--batch-size", "2", "--learned-upsample", "--init", str(base / "peaknet.safetensors"))
+    assert history["learned_upsample"] is True
+    assert history["config"]["uses_learned_upsample"] is True
+    weight = train.load_file(str(grown / "peaknet.safetensors"))["head_upsample_layer.0.weight"]
+    assert weight.abs().sum() > 0  # two steps moved the residual off zero
+    served = load_peaknet(grown / "peaknet.yaml", dtype="float32", device="cpu")
+    assert served.head_upsample_layer is not None and served(x).shape == (2, 2, 64, 96)
+
+
+def test_init_with_other_missing_or_extra_parameters_is_refused(tmp_path):
+    base = tmp_path / "base"
+    tiny_run(base, "--batch-size", "2")
+    state = train.load_file(str(base / "peaknet.safetensors"))
+    model = train.PeakNet(train.PeakNetConfig.from_mapping(train.model_config("tiny", 64)))
+    lacking = {k: v for k, v in state.items() if not k.startswith("head_segmask.")}
+    with pytest.raises(ValueError, match="lacks"):
+        train.load_init(model, lacking)
+    with pytest.raises(ValueError, match="does not have"):
+        train.load_init(model, {**state, "extra.weight": torch.zeros(1)})

@@ -30,6 +30,11 @@ targets with background all around teach it to miss sharp spots. ``--ring-max-pi
 the peaks of at most K pixels, so broad spots keep their outlines. ``--target-ring 0`` gives the
 targets as simulated, as in the training of the bundled weights.
 
+``--learned-upsample`` gives the head the public PeakNet's learned ConvTranspose upsample
+(``uses_learned_upsample``): a full-resolution residual added to the bilinear logits, so that a
+one-pixel spot can score above its neighbours without an ignore ring. Started from weights without
+it (``--init``), the residual starts at zero and the first step's logits are those weights' logits.
+
 Example (GPU), from the bundled weights with the wider conditions::
 
     peaknet-train --out $OUT/train --steps 100000 --time-limit 420 --batch-size 64 --crops-per-frame 32 \
@@ -106,15 +111,39 @@ def focal_loss(
     return (loss * valid).sum() / valid.sum().clamp(min=1)
 
 
-def model_config(preset: str, crop: int) -> dict:
+def model_config(preset: str, crop: int, learned_upsample: bool = False) -> dict:
     return {
         "image_size": crop,
         "num_channels": 1,
         "num_classes": 2,
         "from_scratch": True,
-        "uses_learned_upsample": False,
+        "uses_learned_upsample": learned_upsample,
         **MODEL_PRESETS[preset],
     }
+
+
+def load_init(model: PeakNet, state: dict[str, torch.Tensor]) -> list[str]:
+    """Load ``state`` into ``model``; a learned upsample that ``state`` lacks starts at zero.
+
+    Every key of ``state`` must exist in ``model`` with the same shape, and every parameter of
+    ``model`` must be in ``state``, except the ``head_upsample_layer`` residual: without it in
+    ``state`` its weight and bias are zeroed, so that the model's logits start equal to those of the
+    weights it starts from (the residual adds nothing until training moves it).
+
+    Returns:
+        The names of the parameters that were zero-initialised.
+    """
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected:
+        raise ValueError(f"--init holds parameters the model does not have: {sorted(unexpected)[:5]}")
+    allowed = [k for k in missing if k.startswith("head_upsample_layer.")]
+    if len(allowed) != len(missing):
+        raise ValueError(f"--init lacks parameters of the model: {sorted(set(missing) - set(allowed))[:5]}")
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name in allowed:
+                parameter.zero_()
+    return allowed
 
 
 def lr_at(step: int, progress: float, peak: float, warmup: int) -> float:
@@ -188,6 +217,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="start from these weights (safetensors of the same preset) instead of from scratch",
     )
+    p.add_argument(
+        "--learned-upsample",
+        action="store_true",
+        help="add the public PeakNet's learned ConvTranspose upsample to the head (uses_learned_upsample): "
+        "a full-resolution residual on the bilinear logits, zero at the start when --init lacks it",
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--no-amp", action="store_true", help="train in float32 instead of bf16 autocast")
     p.add_argument(
@@ -249,11 +284,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
     device = torch.device(args.device)
-    config = model_config(args.preset, args.crop)
+    config = model_config(args.preset, args.crop, args.learned_upsample)
     model = PeakNet(PeakNetConfig.from_mapping(config))
     if args.init is not None:
-        model.load_state_dict(load_file(str(args.init)), strict=True)
-        print(f"starting from {args.init}", flush=True)
+        zeroed = load_init(model, load_file(str(args.init)))
+        print(f"starting from {args.init}" + (f" (zero: {', '.join(zeroed)})" if zeroed else ""), flush=True)
     model = model.to(device)
     model.train()
     print(f"PeakNet {args.preset}: {count_parameters(model):,} parameters on {device}", flush=True)
@@ -342,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
             "target_snr": args.target_snr,
             "target_ring": args.target_ring,
             "ring_max_pixels": args.ring_max_pixels,
+            "learned_upsample": args.learned_upsample,
             "command": " ".join(["peaknet-train", *(argv or sys.argv[1:])]),
         }
     )
