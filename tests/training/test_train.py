@@ -127,11 +127,18 @@ def test_tiny_training_run_with_coverage_and_a_lower_target(tmp_path, simulated)
         train.parse_args(["--out", str(tmp_path), "--point-probability", "1.5"])
 
 
-def test_learned_upsample_starts_from_weights_without_it_at_their_logits(tmp_path):
+@pytest.fixture(scope="module")
+def plain_weights(tmp_path_factory):
+    """A tiny run's output folder: weights without the learned upsample."""
+    base = tmp_path_factory.mktemp("plain")
+    tiny_run(base, "--batch-size", "2")
+    return base
+
+
+def test_learned_upsample_starts_from_weights_without_it_at_their_logits(tmp_path, plain_weights):
     """--learned-upsample --init <weights without the residual>: the zeroed residual leaves the
     logits of the starting weights unchanged; training moves it and the result loads in the server."""
-    base = tmp_path / "base"
-    tiny_run(base, "--batch-size", "2")
+    base = plain_weights
     state = train.load_file(str(base / "peaknet.safetensors"))
     assert not any(k.startswith("head_upsample_layer.") for k in state)
     plain = load_peaknet(base / "peaknet.yaml", dtype="float32", device="cpu")
@@ -153,10 +160,8 @@ def test_learned_upsample_starts_from_weights_without_it_at_their_logits(tmp_pat
     assert served.head_upsample_layer is not None and served(x).shape == (2, 2, 64, 96)
 
 
-def test_init_with_other_missing_or_extra_parameters_is_refused(tmp_path):
-    base = tmp_path / "base"
-    tiny_run(base, "--batch-size", "2")
-    state = train.load_file(str(base / "peaknet.safetensors"))
+def test_init_with_other_missing_or_extra_parameters_is_refused(plain_weights):
+    state = train.load_file(str(plain_weights / "peaknet.safetensors"))
     model = train.PeakNet(train.PeakNetConfig.from_mapping(train.model_config("tiny", 64)))
     lacking = {k: v for k, v in state.items() if not k.startswith("head_segmask.")}
     with pytest.raises(ValueError, match="lacks"):

@@ -140,9 +140,8 @@ def load_init(model: PeakNet, state: dict[str, torch.Tensor]) -> list[str]:
     if len(allowed) != len(missing):
         raise ValueError(f"--init lacks parameters of the model: {sorted(set(missing) - set(allowed))[:5]}")
     with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if name in allowed:
-                parameter.zero_()
+        for name in allowed:
+            model.get_parameter(name).zero_()
     return allowed
 
 
