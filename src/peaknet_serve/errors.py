@@ -28,6 +28,8 @@ wrong and what is accepted instead. The types raised by :mod:`peaknet_serve.deco
  400   hdf5_external_storage        the dataset's data lives in external files
  400   hdf5_virtual_dataset         the dataset is a VDS
  400   hdf5_unsupported_filter      a filter that is not a known, installed compressor
+ 400   mask_mismatch                the frames' (panels, H, W) differ from the server's bad-pixel
+                                    mask (raised by the handler)
  406   not_acceptable               the Accept header rules out both JSON and HDF5/CXI answers
  413   too_large                    body, pixels, frames, panels, side or chunk over a limit;
                                     or more compute than one batch may take on this device

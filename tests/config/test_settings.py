@@ -156,3 +156,16 @@ def test_gpu_wait_spins_by_default_and_blocks_by_yaml_or_env():
     assert HandlerSettings.from_mapping({"gpu_wait": "block"}, env={"PEAKNET_GPU_WAIT": ""}).gpu_wait == "block"
     with pytest.raises(ValueError, match="gpu_wait"):
         HandlerSettings.from_mapping(None, env={"PEAKNET_GPU_WAIT": "poll"})
+
+
+def test_bad_pixel_mask_from_yaml_and_env():
+    assert HandlerSettings.from_mapping({}, env={}).bad_pixel_mask is None
+    yaml_only = HandlerSettings.from_mapping({"bad_pixel_mask": "epix_mask.npy"}, env={})
+    assert yaml_only.bad_pixel_mask == "epix_mask.npy"
+    env = {"PEAKNET_BAD_PIXEL_MASK": "/masks/run12.h5::/mask"}
+    assert (
+        HandlerSettings.from_mapping({"bad_pixel_mask": "epix_mask.npy"}, env=env).bad_pixel_mask
+        == env["PEAKNET_BAD_PIXEL_MASK"]
+    )
+    cleared = HandlerSettings.from_mapping({"bad_pixel_mask": "epix_mask.npy"}, env={"PEAKNET_BAD_PIXEL_MASK": ""})
+    assert cleared.bad_pixel_mask is None

@@ -184,6 +184,69 @@ def test_capped_panels_are_reported_in_panel_order_across_micro_batches(model, p
     assert not plain.capped.any()
 
 
+# -- bad-pixel masks ----------------------------------------------------------------------------
+def good_pixels_of(frames: int, panels_per_frame: int, seed: int = 7) -> torch.Tensor:
+    """(P, 60, 90) bool with ~20% bad pixels in blocks and lines (as dead columns and hot pixels)."""
+    rng = np.random.default_rng(seed)
+    good = rng.random((panels_per_frame, 60, 90)) > 0.2
+    good[:, :, 40] = False
+    return torch.from_numpy(good)
+
+
+def test_bad_pixels_are_left_out_of_the_peaks_across_micro_batches(model, panels):
+    """With a (P, H, W) mask, panel i of a frame-major batch is scored as it is and its peaks are
+    extracted with ``good_pixels[i % P]`` as the good pixels (:func:`find_peaks`' ``valid``): the
+    same table as that computation done by hand, for any micro-batch size."""
+    good = good_pixels_of(1, 1)[0]
+    mask_of = torch.stack([good, ~good.roll(1, 0), good.flip(1), good, good.roll(3, 1)])  # P = 5
+    batch = torch.cat([panels, torch.from_numpy(panels.numpy()[:, :, ::-1].copy())])  # two frames of five
+    rows = mask_of.repeat(2, 1, 1)
+    image = batch.float()
+    x = pad_to_multiple(normalize_images(image)).unsqueeze(1)
+    with torch.inference_mode():
+        logits = model(x)[:, :, :60, :90]
+    reference = find_peaks(peak_mask(logits), image, valid=rows)
+    for size in (2, 3, 10):
+        finder = PanelPeakFinder(model, dtype=torch.float32, device=CPU, max_batch_panels=size)
+        assert as_rows(finder.find(batch, good_pixels=mask_of).table) == as_rows(reference)
+    assert len(reference) > 0
+    unmasked = PanelPeakFinder(model, dtype=torch.float32, device=CPU).find(batch)
+    assert as_rows(unmasked.table) != as_rows(reference)
+
+
+def test_bad_pixel_mask_survives_out_of_memory_splits_and_pipelined_uploads(model, panels):
+    mask_of = good_pixels_of(1, 5)
+
+    def forward_fitting_two(x):
+        if x.shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated device limit of 2 panels)")
+        return model.forward_peak_score(x)
+
+    plain = PanelPeakFinder(model, dtype=torch.float32, device=CPU).find(panels, good_pixels=mask_of)
+    limited = PanelPeakFinder(
+        model, dtype=torch.float32, device=CPU, max_batch_panels=8, forward=forward_fitting_two
+    ).find(panels, good_pixels=mask_of)
+    pipelined = PanelPeakFinder(model, dtype=torch.float32, device=CPU, max_batch_panels=2).find_pipelined(
+        PanelSource([panels.numpy()[None]]), good_pixels=mask_of
+    )
+    assert as_rows(limited.table) == as_rows(plain.table) == as_rows(pipelined.table)
+    assert len(plain.table) > 0
+
+
+@pytest.mark.parametrize(
+    ("good", "match"),
+    [
+        (torch.ones(5, 60, 90, dtype=torch.uint8), "bool"),
+        (torch.ones(60, 90, dtype=torch.bool), "bool"),
+        (torch.ones(2, 60, 90, dtype=torch.bool), "whole number of frames"),
+        (torch.ones(5, 60, 91, dtype=torch.bool), "same panel size"),
+    ],
+)
+def test_a_mask_that_does_not_fit_the_panels_is_refused(model, panels, good, match):
+    with pytest.raises(ValueError, match=match):
+        PanelPeakFinder(model, dtype=torch.float32, device=CPU).find(panels, good_pixels=good)
+
+
 def test_rejects_wrong_rank(model):
     with pytest.raises(ValueError, match=r"\(B, H, W\)"):
         PanelPeakFinder(model, dtype=torch.float32, device=CPU).find(torch.zeros(1, 1, 64, 96))

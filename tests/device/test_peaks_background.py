@@ -35,15 +35,17 @@ def numpy_background(mask, image, valid, image_index, ss, fs, inner, outer):
     return out, counts
 
 
-def mask_centres(mask, table):
+def mask_centres(mask, table, valid=None):
     """(image_index, ss, fs) (K,) each: the unweighted centre of each peak's component, the
     annulus centre, in the order of ``table`` (a HostPeaks; rows are matched to components by
-    their raw sum and pixel count)."""
+    their good-pixel count and the nearest centre)."""
     centres = {}
+    good = np.ones_like(mask) if valid is None else valid
     for b in range(mask.shape[0]):
         labels, count = ndimage.label(mask[b], structure=np.ones((3, 3)))
         ids = np.arange(1, count + 1)
-        for (ss, fs), n in zip(ndimage.center_of_mass(mask[b], labels, ids), ndimage.sum(mask[b], labels, ids)):
+        sizes = ndimage.sum(mask[b] & good[b], labels, ids)
+        for (ss, fs), n in zip(ndimage.center_of_mass(mask[b], labels, ids), sizes):
             centres.setdefault((b, int(n)), []).append((ss, fs))
     rows = []
     for b, n, ss, fs in zip(table.image_index, table.npix, table.ss, table.fs):
@@ -93,7 +95,7 @@ def test_local_background_equals_numpy(seed, with_valid):
         torch.from_numpy(mask), torch.from_numpy(image), valid=torch.from_numpy(valid) if with_valid else None
     ).to_host()
     assert len(table) > 5
-    image_index, ss, fs = mask_centres(mask, table)
+    image_index, ss, fs = mask_centres(mask, table, valid)
     expected, counts = numpy_background(
         mask, image, valid, image_index, ss, fs, BACKGROUND_INNER_RADIUS, BACKGROUND_OUTER_RADIUS
     )

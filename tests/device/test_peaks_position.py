@@ -172,3 +172,23 @@ def test_cuda_positions_equal_cpu(dtype):
     assert gpu.ss.device.type == "cuda"
     torch.testing.assert_close(gpu.ss.cpu(), cpu.ss, rtol=0, atol=1e-9)
     torch.testing.assert_close(gpu.fs.cpu(), cpu.fs, rtol=0, atol=1e-9)
+
+
+def test_bad_pixels_count_in_no_sum_and_a_peak_of_bad_pixels_only_is_dropped():
+    """A peak holding a bad pixel stays one peak (the pixel keeps it connected) whose npix and sums
+    leave the pixel out; a peak whose every pixel is bad (a known hot pixel) is not reported."""
+    mask = np.zeros((1, 30, 30), dtype=bool)
+    mask[0, 10, 8:13] = True  # a line of 5 pixels, the middle one bad
+    mask[0, 22, 22] = True  # a lone hot pixel, bad
+    image = np.full((1, 30, 30), 10.0)
+    image[0, 10, 8:13] = [50.0, 60.0, 90_000.0, 60.0, 50.0]
+    image[0, 22, 22] = 90_000.0
+    valid = np.ones_like(mask)
+    valid[0, 10, 10] = False
+    valid[0, 22, 22] = False
+    table = find_peaks(torch.from_numpy(mask), torch.from_numpy(image), valid=torch.from_numpy(valid)).to_host()
+    assert len(table) == 1 and table.npix.tolist() == [4]
+    assert table.intensity_raw.tolist() == [220.0] and table.intensity.tolist() == [220.0 - 4 * 10.0]
+    assert (table.ss[0], table.fs[0]) == pytest.approx((10.0, 10.0))
+    unmasked = find_peaks(torch.from_numpy(mask), torch.from_numpy(image)).to_host()
+    assert len(unmasked) == 2 and unmasked.npix.tolist() == [5, 1]

@@ -103,3 +103,35 @@ def test_artefact_probability_reaches_the_frames_and_the_report(tmp_path, monkey
     assert evaluate.parse_args(["--out", str(tmp_path)]).artefact_probability == 0.0
     with pytest.raises(SystemExit):
         evaluate.parse_args(["--out", str(tmp_path), "--artefact-probability", "-0.1"])
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_the_model_gets_each_frames_bad_pixel_mask_when_asked(tmp_path, monkeypatch, masked):
+    """``--bad-pixel-mask`` gives the model the frame's mask (the one peakfinder8 gets); by default none."""
+    from peaknet_serve.eval import runner
+
+    frames, masks = [], []
+    simulate, find = evaluate.simulate_frame, runner.find_frame_peaks
+
+    def recording_simulate(*args, **kwargs):
+        frames.append(simulate(*args, **kwargs))
+        return frames[-1]
+
+    def recording_find(finder, raw, good_pixels=None):
+        masks.append(good_pixels)
+        return find(finder, raw, good_pixels)
+
+    monkeypatch.setattr(evaluate, "simulate_frame", recording_simulate)
+    monkeypatch.setattr(runner, "find_frame_peaks", recording_find)
+    argv = ["--config", str(TINY), "--geometries", "cspad", "--frames", "1", "--dtypes", "float32"]
+    argv += ["--device", "cpu", "--out", str(tmp_path)] + (["--bad-pixel-mask"] if masked else [])
+    assert evaluate.main(argv) == 0
+    report = json.loads((tmp_path / "accuracy.json").read_text())
+    assert report["model_bad_pixel_mask"] is masked
+    assert len(masks) == 1
+    if not masked:
+        assert masks[0] is None
+        assert "the model gets no bad-pixel mask" in (tmp_path / "accuracy.md").read_text()
+    else:
+        assert np.array_equal(masks[0], frames[-1].mask) and (frames[-1].mask == 0).any()
+        assert "the model gets each frame's bad-pixel mask" in (tmp_path / "accuracy.md").read_text()

@@ -266,3 +266,36 @@ def test_the_handlers_500s_carry_their_body_in_the_error_header_and_nothing_else
     assert context.get_response_status(0)[0] == 500
     assert ERROR_BODY_HEADER not in context.get_response_headers(1)
     assert ERROR_BODY_HEADER not in context.get_response_headers(2)
+
+
+def test_the_deployments_bad_pixel_mask_is_applied_and_other_layouts_are_refused(model_dir, tmp_path):
+    """Frames of the mask's (P, H, W) get exactly the finder's masked peaks; a request of another
+    panel layout in the same batch gets 400 mask_mismatch and its batch-mate is still answered."""
+    frames = make_frames(n=2, seed=21)  # (2, P, 64, 96)
+    rng = np.random.default_rng(4)
+    good = rng.random(frames.shape[1:]) > 0.3
+    np.save(tmp_path / "mask.npy", good.astype(np.uint8))
+    h = PeakNetHandler()
+    h.initialize(make_context(model_dir, {"bad_pixel_mask": str(tmp_path / "mask.npy")}))
+    other = make_frames(n=1, seed=22)[:, :1]  # one panel: not the mask's layout
+    statuses, bodies, _ = run_batch(h, make_context(model_dir), [raw_request(frames), raw_request(other)])
+    assert statuses == [200, 400]
+    assert json.loads(bodies[1])["error"]["type"] == "mask_mismatch"
+    model = load_peaknet(FIXTURE / "peaknet_tiny.yaml")
+    finder = PanelPeakFinder(model, dtype=torch.float32, device=torch.device("cpu"))
+    panels = torch.from_numpy(frames.reshape(-1, *frames.shape[-2:]))
+    masked = finder.find(panels, good_pixels=torch.from_numpy(good)).table.to_host()
+    plain = finder.find(panels).table.to_host()
+    answer = json.loads(bodies[0])
+    assert sum(f["num_peaks"] for f in answer["frames"]) == len(masked)
+    served_npix = [n for f in answer["frames"] for n in f["npix"]]
+    served_ss = [v for f in answer["frames"] for v in f["ss"]]
+    assert served_npix == masked.npix.tolist() != plain.npix.tolist()
+    assert np.allclose(served_ss, masked.ss, atol=1e-3)
+    assert h.model_metadata()["parameters"]["bad_pixel_mask"] == "x".join(map(str, good.shape))
+
+
+def test_an_unreadable_bad_pixel_mask_fails_initialize(model_dir, tmp_path):
+    np.save(tmp_path / "inverted.npy", np.zeros((2, 64, 96), np.uint8))
+    with pytest.raises(ValueError, match="every pixel is marked bad"):
+        PeakNetHandler().initialize(make_context(model_dir, {"bad_pixel_mask": str(tmp_path / "inverted.npy")}))

@@ -24,6 +24,8 @@ Environment overrides (a ``docker run -e`` or a shell export wins over the archi
 ``PEAKNET_COMPILE_BACKEND``      auto, inductor (torch.compile) or aoti (AOTInductor packages in the compile cache)
 ``PEAKNET_DEPTHWISE_PADDING``    true/false: time the depthwise convs padded at start-up, keep the faster (CUDA)
 ``PEAKNET_HIT_MIN_PEAKS``        peaks that make a frame a hit (the PeakNetHitFrames metric)
+``PEAKNET_GPU_WAIT``             spin/block: how a worker waits for its GPU results
+``PEAKNET_BAD_PIXEL_MASK``       the detector's bad-pixel mask file (.npy or HDF5, 1 = good); empty = none
 ===============================  ======================================================
 """
 
@@ -99,6 +101,7 @@ class HandlerSettings:
     depthwise_padding: bool = True  # CUDA: per warm-up shape, run depthwise convs padded where measured faster
     batch_time_fraction: float = 0.5  # per-batch work budget (serve.budget); 0 = admit everything
     hit_min_peaks: int = 10  # a frame with at least this many peaks counts as a hit (metrics)
+    bad_pixel_mask: str | None = None  # .npy / HDF5 file, 1 = good (config.bad_pixels); None: every pixel good
     limits: DecodeLimits = field(default_factory=DecodeLimits)
 
     @classmethod
@@ -136,12 +139,15 @@ class HandlerSettings:
             "compile_cache_dir": env.get("PEAKNET_CACHE_DIR"),
             "compile_backend": env.get("PEAKNET_COMPILE_BACKEND"),
             "gpu_wait": env.get("PEAKNET_GPU_WAIT"),
+            "bad_pixel_mask": env.get("PEAKNET_BAD_PIXEL_MASK"),
         }
         values.update({k: v for k, v in overrides.items() if v not in (None, "")})
         if "PEAKNET_THRESHOLD" in env and env["PEAKNET_THRESHOLD"] == "":
             values["threshold"] = None
         if env.get("PEAKNET_MAX_MASK_FRACTION") == "":
             values["max_mask_fraction"] = None
+        if env.get("PEAKNET_BAD_PIXEL_MASK") == "":
+            values["bad_pixel_mask"] = None
         return cls()._coerce(values)
 
     def _coerce(self, values: Mapping[str, Any]) -> HandlerSettings:
@@ -175,6 +181,7 @@ class HandlerSettings:
             "compile_cache": parse_bool,
             "compile_cache_dir": lambda v: None if v is None else str(v),
             "compile_backend": parse_compile_backend,
+            "bad_pixel_mask": lambda v: None if v is None or str(v).strip() == "" else str(v),
             "limits": lambda v: v,
         }
         return replace(self, **{k: converters[k](v) for k, v in values.items()})

@@ -8,6 +8,13 @@ pixel data to the host; only the (small) peak table leaves the device, once per 
 :meth:`PanelPeakFinder.find_pipelined` takes host panels instead and uploads them one
 micro-batch at a time on a side stream, the next copy overlapping the current compute.
 
+A bad-pixel mask (``good_pixels``, (P, H, W) bool, True = good, as psana and CXI files mark
+pixels) keeps its bad pixels out of the peaks: the network reads the frame as it is (as it was
+trained, hot pixels and all), and a bad pixel counts in no peak's pixels, sums, local background
+or position; a peak made of bad pixels only (a hot pixel the mask knows) is dropped
+(:func:`~peaknet_serve.device.peaks.find_peaks`). Panel ``i`` of a batch uses
+``good_pixels[i % P]`` (batches are frame-major).
+
 Out-of-memory on the GPU splits the micro-batch in halves and retries; a single panel that
 still does not fit raises :class:`InsufficientMemory` (answered 503 ``insufficient_memory`` by the handler).
 """
@@ -74,6 +81,29 @@ def concat_tables(tables: list[PeakTable], offsets: list[int]) -> PeakTable:
             parts = [p + off for p, off in zip(parts, offsets)]
         columns[f.name] = torch.cat(parts)
     return PeakTable(**columns)
+
+
+def check_good_pixels(good_pixels: torch.Tensor | None, batch_shape: tuple[int, ...]) -> None:
+    """Raise ValueError unless ``good_pixels`` (bool (P, H, W), or None) fits (B, H, W) panels: the
+    same (H, W) and B a multiple of P."""
+    if good_pixels is None:
+        return
+    if good_pixels.dtype != torch.bool or good_pixels.dim() != 3:
+        raise ValueError(f"good_pixels must be bool (P, H, W), got {good_pixels.dtype} {tuple(good_pixels.shape)}")
+    count, *panel = batch_shape
+    if tuple(panel) != tuple(good_pixels.shape[1:]) or count % good_pixels.shape[0]:
+        raise ValueError(
+            f"a {tuple(good_pixels.shape)} bad-pixel mask does not fit {tuple(batch_shape)} panels"
+            " (same panel size, a whole number of frames)"
+        )
+
+
+def _good_rows(good_pixels: torch.Tensor | None, start: int, count: int) -> torch.Tensor | None:
+    """(count, H, W) bool: the good pixels of panels ``start .. start + count - 1`` of a batch."""
+    if good_pixels is None:
+        return None
+    rows = torch.arange(start, start + count, device=good_pixels.device) % good_pixels.shape[0]
+    return good_pixels.index_select(0, rows)
 
 
 class PanelPeakFinder:
@@ -143,21 +173,27 @@ class PanelPeakFinder:
         return other
 
     @torch.inference_mode()
-    def find(self, panels: torch.Tensor) -> BatchPeaks:
+    def find(self, panels: torch.Tensor, good_pixels: torch.Tensor | None = None) -> BatchPeaks:
         """Find peaks in ``panels``.
 
         Args:
             panels: (B, H, W) in the wire dtype (uint16, float32, ...) on ``self.device``.
+            good_pixels: bool (P, H, W) on ``self.device``, True = good pixel, B a multiple of P:
+                panel ``i`` uses ``good_pixels[i % P]`` (see the module docstring); None: every
+                pixel is good.
 
         Returns:
             :class:`BatchPeaks` with peaks of all B panels (device tensors).
         """
         if panels.dim() != 3:
             raise ValueError(f"panels must be (B, H, W), got {tuple(panels.shape)}")
-        return self._collect((start, chunk, None) for start, chunk in self._chunks(panels, self.max_batch_panels))
+        check_good_pixels(good_pixels, panels.shape)
+        return self._collect(
+            ((start, chunk, None) for start, chunk in self._chunks(panels, self.max_batch_panels)), good_pixels
+        )
 
     @torch.inference_mode()
-    def find_pipelined(self, source: PanelSource) -> BatchPeaks:
+    def find_pipelined(self, source: PanelSource, good_pixels: torch.Tensor | None = None) -> BatchPeaks:
         """:meth:`find` on host panels, uploaded micro-batch by micro-batch.
 
         Right after the network of micro-batch ``i`` is launched (asynchronously), micro-batch
@@ -167,12 +203,14 @@ class PanelPeakFinder:
 
         Args:
             source: (B, H, W) host panels in the wire dtype.
+            good_pixels: as for :meth:`find`.
         """
         total = len(source)
         if total == 0:
             raise ValueError("no panels to run")
+        check_good_pixels(good_pixels, (total, *source.panel_shape))
         bounds = [(s, min(s + self.max_batch_panels, total)) for s in range(0, total, self.max_batch_panels)]
-        return self._collect(self._uploaded_chunks(source, bounds))
+        return self._collect(self._uploaded_chunks(source, bounds), good_pixels)
 
     def _uploaded_chunks(
         self, source: PanelSource, bounds: list[tuple[int, int]]
@@ -190,11 +228,12 @@ class PanelPeakFinder:
 
             yield start, chunk, _once(prefetch)
 
-    def _collect(self, chunks) -> BatchPeaks:
+    def _collect(self, chunks, good_pixels: torch.Tensor | None) -> BatchPeaks:
         """Run ``(start, chunk, after_launch)`` micro-batches (split on out-of-memory) into one result."""
         tables, offsets, nonfinite, capped = [], [], [], []
         for start, chunk, after_launch in chunks:
-            for sub_start, table, nf, cap in self._run_with_oom_split(chunk, after_launch):
+            good = _good_rows(good_pixels, start, chunk.shape[0])
+            for sub_start, table, nf, cap in self._run_with_oom_split(chunk, good, after_launch):
                 tables.append(table)
                 offsets.append(start + sub_start)
                 nonfinite.append(nf)
@@ -258,10 +297,10 @@ class PanelPeakFinder:
         return panels
 
     def _run_with_oom_split(
-        self, chunk: torch.Tensor, after_launch: Callable[[], None] | None = None
+        self, chunk: torch.Tensor, good: torch.Tensor | None, after_launch: Callable[[], None] | None = None
     ) -> Iterator[tuple[int, PeakTable, torch.Tensor, torch.Tensor]]:
         try:
-            yield 0, *self._run(chunk, after_launch)
+            yield 0, *self._run(chunk, good, after_launch)
             return
         except torch.OutOfMemoryError:
             if self.device.type == "cuda":
@@ -271,12 +310,14 @@ class PanelPeakFinder:
         half = (chunk.shape[0] + 1) // 2
         log.warning("out of memory at %d panels; retrying as micro-batches of %d", chunk.shape[0], half)
         for start, sub in self._chunks(chunk, half):
-            for sub_start, *result in self._run_with_oom_split(sub, after_launch):
+            sub_good = None if good is None else good[start : start + sub.shape[0]]
+            for sub_start, *result in self._run_with_oom_split(sub, sub_good, after_launch):
                 yield start + sub_start, *result
 
     def _run(
-        self, chunk: torch.Tensor, after_launch: Callable[[], None] | None = None
+        self, chunk: torch.Tensor, good: torch.Tensor | None, after_launch: Callable[[], None] | None = None
     ) -> tuple[PeakTable, torch.Tensor, torch.Tensor]:
+        """One micro-batch: (b, H, W) wire-dtype panels and their (b, H, W) bool good pixels (or None)."""
         image, nonfinite = sanitize(chunk)  # (b, H, W) float32
         score = self._score(image)  # (b, H, W) float, launched
         if after_launch is not None:
@@ -290,6 +331,7 @@ class PanelPeakFinder:
             image,
             min_pixels=self.min_peak_pixels,
             max_peaks_per_image=self.max_peaks_per_image,
+            valid=good,
             components=components,
         )
         return table, nonfinite, components.capped

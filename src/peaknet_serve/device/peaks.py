@@ -473,8 +473,10 @@ def find_peaks(
         min_pixels: drop components with fewer pixels.
         max_peaks_per_image: keep at most this many peaks per image, the brightest (largest
             background-subtracted ``intensity``; ties to the earlier component in raster order).
-        valid: bool ``(B, H, W)`` good pixels for the background annulus and the position's
-            weights, or None (all good).
+        valid: bool ``(B, H, W)`` good pixels, or None (all good). A bad pixel stays in its
+            component (it keeps the peak connected) but counts in neither ``npix`` nor the sums,
+            the background annulus or the position; a component without a good pixel is dropped
+            (a lone hot pixel the mask knows).
         components: ``mask``'s components from :func:`bounded_components` (capped panels report
             no peaks); ``None`` labels ``mask`` without limits.
 
@@ -507,20 +509,24 @@ def find_peaks(
     within = pixel - image_of_pixel * num_pixels
     row = torch.div(within, width, rounding_mode="floor")
     col = within - row * width
-    npix = torch.bincount(component, minlength=count)
+    all_pixels = torch.bincount(component, minlength=count)
     values = _pixel_values(image, pixel)
+    good = None if valid is None else _pixel_values(valid, pixel) > 0
+    if good is not None:  # a bad pixel counts in no sum
+        values = torch.where(good, values, torch.zeros_like(values))
+    npix = all_pixels if good is None else torch.bincount(component, weights=good.double(), minlength=count).long()
     intensity_raw = torch.zeros(count, dtype=torch.float64, device=mask.device)
     intensity_raw.index_add_(0, component, values)
     image_index = torch.div(first_pixel, num_pixels, rounding_mode="floor")
-    mean_ss, mean_fs = _mean_positions(component, row, col, npix)
+    mean_ss, mean_fs = _mean_positions(component, row, col, all_pixels)
     background, _ = local_background(mask.bool(), image, image_index, mean_ss, mean_fs, valid)
     intensity = intensity_raw - npix * background
     signal = values - background[component]
-    if valid is not None:  # a masked pixel weighs nothing in the position either
-        signal = torch.where(_pixel_values(valid, pixel) > 0, signal, torch.full_like(signal, math.nan))
+    if good is not None:  # a bad pixel weighs nothing in the position either
+        signal = torch.where(good, signal, torch.full_like(signal, math.nan))
     ss, fs = weighted_centroids(component, row, col, signal, mean_ss, mean_fs)
 
-    keep = (npix >= min_pixels) & ~components.capped[image_index]
+    keep = (npix >= max(min_pixels, 1)) & ~components.capped[image_index]
     if max_peaks_per_image is not None:
         keep &= _rank_within_image(image_index, torch.where(keep, intensity, -math.inf)) < max_peaks_per_image
     columns = (image_index, ss, fs, npix, intensity, intensity_raw, background)

@@ -67,6 +67,12 @@ class PanelSource:
     def __len__(self) -> int:
         return int(self._starts[-1])
 
+    @property
+    def panel_shape(self) -> tuple[int, int]:
+        """(H, W) of every panel."""
+        h, w = self.arrays[0].shape[-2:]
+        return int(h), int(w)
+
     def pieces(self, start: int, stop: int) -> list[np.ndarray]:
         """The (k, H, W) views of the requests that make up panels ``[start, stop)``, in order."""
         out = []

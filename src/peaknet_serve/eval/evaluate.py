@@ -49,6 +49,7 @@ from peaknet_serve.eval.runner import (
     device_fields,
     evaluation_parser,
     f1_columns,
+    mask_note,
     per_frame_cell,
     position_error_columns,
     reference_dtype,
@@ -86,6 +87,7 @@ def evaluate(
         "config": str(config),
         **device_fields(options.device),
         "threshold": options.threshold,
+        "model_bad_pixel_mask": options.bad_pixel_mask,
         "match_radius_px": MATCH_RADIUS,
         "agreement_radius_px": AGREEMENT_RADIUS,
         "frames_per_geometry": frames,
@@ -130,6 +132,7 @@ def evaluate(
                 frame.score,
                 keep_f1=bool(strong.any()),
                 truth=strong_centres,
+                good_pixels=options.good_pixels(frame.mask),
             )
         entry = {
             "frame_shape": list(geometry.frame_shape),
@@ -253,7 +256,7 @@ def accuracy_table(report: dict) -> str:
     lines.append(
         f"\n{frames} held-out frames per detector (seed {report['seed']}), {report['input']}, "
         + (f"artefact probability {artefacts:g}, " if artefacts else "")
-        + f"on {report['device_name']}; matches within {report['match_radius_px']} px; position error: median "
+        + f"{mask_note(report)}, on {report['device_name']}; matches within {report['match_radius_px']} px; position error: median "
         "distance of the matched peaks from the simulated spot centres."
     )
     if "peakfinder8" in report:

@@ -48,6 +48,7 @@ from peaknet_serve.eval.runner import (
     detector_table,
     device_fields,
     evaluation_parser,
+    mask_note,
     per_frame_cell,
     reference_dtype,
     run_evaluation,
@@ -250,6 +251,7 @@ def evaluate(
         "weights_sha256_16": digest,
         **device_fields(options.device),
         "threshold": options.threshold,
+        "model_bad_pixel_mask": options.bad_pixel_mask,
         "match_radius_px": MATCH_RADIUS,
         "frames_per_geometry": frames,
         "first_frame": first_frame,
@@ -290,7 +292,13 @@ def evaluate(
             record = {"frame": f_index, **frame_summary(frame)}
             if baseline.active:
                 baseline.score(pf8_frame(frame, as_uint16), _scorer(frame), record)
-            found = model.score(finders, frame.uint16 if as_uint16 else frame.adu, _scorer(frame), record=record)
+            found = model.score(
+                finders,
+                frame.uint16 if as_uint16 else frame.adu,
+                _scorer(frame),
+                record=record,
+                good_pixels=options.good_pixels(frame.mask),
+            )
             if reference in found:
                 for key, (n, k) in recall_by_ios(frame, found[reference]).items():
                     ios[key][0] += n
@@ -383,8 +391,8 @@ def robustness_table(report: dict) -> str:
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines.append(
         f"\n{report['frames_per_geometry']} frames per detector of the independent simulator "
-        f"(`peaknet_serve/sim/independent.py`, seed {report['seed']}), {report['input']}, on "
-        f"{report['device_name']}; matches within {report['match_radius_px']} px; strong: "
+        f"(`peaknet_serve/sim/independent.py`, seed {report['seed']}), {report['input']}, "
+        f"{mask_note(report)}, on {report['device_name']}; matches within {report['match_radius_px']} px; strong: "
         f"{report['strong_rule']}. Weights SHA-256 {report['weights_sha256_16']}…; "
         f"wall time {report['wall_seconds']:.0f} s."
     )

@@ -42,6 +42,7 @@ from peaknet_serve.eval.runner import (
     device_fields,
     evaluation_parser,
     f1_columns,
+    mask_note,
     per_frame_cell,
     reference_dtype,
     run_evaluation,
@@ -127,6 +128,7 @@ def evaluate(
         "config": str(config),
         **device_fields(options.device),
         "threshold": options.threshold,
+        "model_bad_pixel_mask": options.bad_pixel_mask,
         "match_radius_px": MATCH_RADIUS,
         "frames_per_geometry": frames,
         "tune_frames": pf8_tune_frames,
@@ -173,7 +175,7 @@ def evaluate(
                 "gain": frame.settings.gain,
                 "read_noise_photons": frame.settings.read_noise,
             }
-            model.score(finders, frame.adu, _scorer(frame), record=record)
+            model.score(finders, frame.adu, _scorer(frame), record=record, good_pixels=options.good_pixels(frame.mask))
             if baseline.active:
                 baseline.score(pf8_frame(frame, geometry), _scorer(frame), record)
             records.append(record)
@@ -227,7 +229,7 @@ def patternsim_table(report: dict) -> str:
     lines.append(
         f"\n{report['frames_per_geometry']} scored frames per detector (after {report['tune_frames']} "
         f"tuning frames) of CrystFEL pattern_sim crystals of {lo:g}-{hi:g} nm ({cell}, "
-        f"{report['photon_energy_ev']:g} eV), seed {report['seed']}, model peaks by {threshold}, on "
+        f"{report['photon_energy_ev']:g} eV), seed {report['seed']}, model peaks by {threshold}, {mask_note(report)}, on "
         f"{report['device_name']}; matches "
         f"within {report['match_radius_px']} px; strong: {report['strong_rule']}."
     )

@@ -59,17 +59,19 @@ def evaluation_finder(
     return build_finder(settings, device, mode=ServingMode.from_settings(settings, device, env={})).finder
 
 
-def find_frame_peaks(finder: PanelPeakFinder, raw: np.ndarray) -> np.ndarray:
+def find_frame_peaks(finder: PanelPeakFinder, raw: np.ndarray, good_pixels: np.ndarray | None = None) -> np.ndarray:
     """Peaks of one frame as the server finds them.
 
     Args:
         raw: (P, H, W) frame in its stored dtype (float32 ADU or uint16).
+        good_pixels: (P, H, W) bad-pixel mask, non-zero = good (the frame's ``mask``), or None.
 
     Returns:
         (K, 3) float64 rows (panel, ss, fs).
     """
     panels = torch.from_numpy(np.ascontiguousarray(raw)).to(finder.device)
-    table = finder.find(panels).table.to_host()
+    good = None if good_pixels is None else torch.from_numpy(np.asarray(good_pixels) != 0).to(finder.device)
+    table = finder.find(panels, good_pixels=good).table.to_host()
     return np.stack([table.image_index, table.ss, table.fs], axis=1).astype(np.float64)
 
 
@@ -97,6 +99,9 @@ class ModelOptions:
         seed: the first word of every frame's seed sequence.
         threshold: P(peak) threshold (None: argmax).
         max_batch: panels per forward pass.
+        bad_pixel_mask: give the model each frame's bad-pixel mask (the one peakfinder8 gets), as
+            a server configured with the detector's mask applies it; False (default, the server's
+            default): none.
     """
 
     config: Path
@@ -107,6 +112,7 @@ class ModelOptions:
     seed: int
     threshold: float | None = None
     max_batch: int = 16
+    bad_pixel_mask: bool = False
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> ModelOptions:
@@ -119,7 +125,12 @@ class ModelOptions:
             args.seed,
             args.threshold,
             args.max_batch,
+            args.bad_pixel_mask,
         )
+
+    def good_pixels(self, mask: np.ndarray) -> np.ndarray | None:
+        """What the model gets of a frame's (P, H, W) bad-pixel ``mask``: the mask, or None."""
+        return mask if self.bad_pixel_mask else None
 
     def finders(self) -> dict[str, PanelPeakFinder]:
         """The server's finder in each precision (:func:`evaluation_finder`)."""
@@ -189,11 +200,13 @@ class ModelScores:
         keep_f1: bool = True,
         record: dict | None = None,
         truth: np.ndarray | None = None,
+        good_pixels: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
         """Run one frame through each precision's finder and score it.
 
         Args:
             raw: (P, H, W) frame as the model gets it (float32 ADU or uint16).
+            good_pixels: (P, H, W) bad-pixel mask the model gets (non-zero = good), or None.
             scorer: the frame's rule, (K, 3) float64 peaks -> counts.
             keep_f1: count the frame's F1 in ``mean_frame_f1``.
             record: where each precision's counts of this frame go, when given.
@@ -206,7 +219,7 @@ class ModelScores:
         found = {}
         for name in self.dtypes:
             t0 = time.perf_counter()
-            found[name] = find_frame_peaks(finders[name], raw)
+            found[name] = find_frame_peaks(finders[name], raw, good_pixels)
             self.seconds[name] += time.perf_counter() - t0
             result = scorer(found[name])
             self.counts[name] = self.counts[name] + result
@@ -371,6 +384,12 @@ def evaluation_parser(
     p.add_argument("--seed", type=int, default=seed)
     p.add_argument("--threshold", type=float, default=None, help="P(peak) threshold; default argmax")
     p.add_argument("--max-batch", type=int, default=16, help="panels per forward pass")
+    p.add_argument(
+        "--bad-pixel-mask",
+        action="store_true",
+        help="give the model each frame's bad-pixel mask, as peakfinder8 gets it and as a server "
+        "configured with the detector's mask (bad_pixel_mask) applies it; default: the network alone",
+    )
     return p
 
 
@@ -500,6 +519,13 @@ def tuned_parameters(report: dict) -> str:
     return "; ".join(
         f"{g} {describe(e['peakfinder8']['best'])}" for g, e in report["per_geometry"].items() if "peakfinder8" in e
     )
+
+
+def mask_note(report: dict) -> str:
+    """Whether the report's model got each frame's bad-pixel mask (reports without the key did not)."""
+    if report.get("model_bad_pixel_mask", False):
+        return "the model gets each frame's bad-pixel mask, as peakfinder8 does"
+    return "the model gets no bad-pixel mask (peakfinder8 gets each frame's)"
 
 
 def tuning_note(report: dict) -> str:

@@ -9,7 +9,9 @@ TorchServe calls :meth:`PeakNetHandler.handle` with a batch of requests (``batch
    device in that dtype (uint16 moves half the bytes of float32); with ``h2d_overlap``
    one micro-batch at a time on a side stream, the next copy overlapping the current compute;
 3. **infer**: normalise, pad and cast on the device, run PeakNet in micro-batches under autocast,
-   threshold the class-difference map and extract 8-connected peaks (:mod:`peaknet_serve.device.finder`);
+   threshold the class-difference map and extract 8-connected peaks (:mod:`peaknet_serve.device.finder`),
+   the deployment's bad-pixel mask (``bad_pixel_mask``, :mod:`peaknet_serve.config.bad_pixels`)
+   applied to every frame: a request of another panel layout is refused (400 ``mask_mismatch``);
 4. **answer**: one device-to-host copy of the peak table per group, split back to requests and
    frames, JSON by default or a CrystFEL CXI file with ``Accept: application/x-hdf5``.
 
@@ -37,6 +39,7 @@ import numpy as np
 import torch
 from ts.torch_handler.base_handler import BaseHandler
 
+from peaknet_serve.config.bad_pixels import load_bad_pixel_mask, mask_summary
 from peaknet_serve.config.precision import dtype_name
 from peaknet_serve.config.settings import HandlerSettings
 from peaknet_serve.decode import decode_oip_request, decode_request, default_sandbox, is_oip_request
@@ -47,7 +50,7 @@ from peaknet_serve.device.transfer import PanelSource, upload_panels
 from peaknet_serve.encode.cxi import cxi_response
 from peaknet_serve.encode.oip import model_metadata, oip_response, peak_outputs
 from peaknet_serve.encode.response import json_response
-from peaknet_serve.errors import ERROR_BODY_HEADER, RequestError, ServerFault
+from peaknet_serve.errors import ERROR_BODY_HEADER, BadRequest, RequestError, ServerFault
 from peaknet_serve.pipeline import build_finder, calibrate_budget
 from peaknet_serve.serve.budget import DEFAULT_RESPONSE_TIMEOUT_S, Verdict, WorkBudget
 from peaknet_serve.serve.http import (
@@ -148,6 +151,11 @@ class PeakNetHandler(BaseHandler):
             # Workers sharing a GPU each get a slice: an oversized batch then fails (and is split,
             # or answered 503) in its own worker instead of starving the others.
             torch.cuda.set_per_process_memory_fraction(settings.gpu_memory_fraction, self.device)
+        self.good_pixels = None  # (P, H, W) bool on the device: the deployment's bad-pixel mask
+        if settings.bad_pixel_mask is not None:
+            good = load_bad_pixel_mask(settings.bad_pixel_mask, model_dir)
+            log.info("bad-pixel mask %s: %s", settings.bad_pixel_mask, mask_summary(good))
+            self.good_pixels = torch.from_numpy(good).to(self.device)
         pipeline = build_finder(settings, self.device, model_dir)
         self.mode, self.model, self.finder = pipeline.mode, pipeline.model, pipeline.finder
         self.backend = pipeline.backend
@@ -258,6 +266,7 @@ class PeakNetHandler(BaseHandler):
                 "hit_min_peaks": self.settings.hit_min_peaks,
                 "serving_mode": self.mode.describe(),
                 "compile_backend": self.compile_backend(),
+                "bad_pixel_mask": "none" if self.good_pixels is None else "x".join(map(str, self.good_pixels.shape)),
             },
         )
 
@@ -277,10 +286,12 @@ class PeakNetHandler(BaseHandler):
                 if not on_predictions_route(headers) and is_oip_request(headers, memoryview(body)):
                     protocols[idx] = "oip"
                     request = decode_oip_request(body, headers, self.settings.limits)
+                    self._check_mask_fits(request.frames.array.shape)
                     decoded.append(Decoded(idx, request.frames, cxi=False, oip=request))
                     continue
                 threshold = request_threshold(options)
                 frames = decode_request(body, content_type, options, self.settings.limits)
+                self._check_mask_fits(frames.array.shape)
                 decoded.append(Decoded(idx, frames, cxi, threshold=threshold))
             except RequestError as error:
                 answers[idx] = error_answer(error)
@@ -294,6 +305,15 @@ class PeakNetHandler(BaseHandler):
                 answers[idx] = server_error(500, "decode_failed", f"{type(exc).__name__}: {exc}")
                 self.metrics.count("PeakNetServerErrors", 1, ErrorType="decode")
         return decoded
+
+    def _check_mask_fits(self, shape: tuple[int, ...]) -> None:
+        """400 ``mask_mismatch`` unless (N, P, H, W) frames have the bad-pixel mask's (P, H, W)."""
+        if self.good_pixels is not None and tuple(shape[1:]) != tuple(self.good_pixels.shape):
+            raise BadRequest(
+                "mask_mismatch",
+                f"this server applies a bad-pixel mask of (panels, H, W) = {tuple(self.good_pixels.shape)}; "
+                f"the request's frames are {tuple(shape[1:])}: send frames of that detector layout",
+            )
 
     def _admit(self, decoded: list[Decoded], answers: dict[int, Answer]) -> list[Decoded]:
         """The requests this batch can run inside responseTimeout; the others are answered 413 or 503."""
@@ -330,13 +350,13 @@ class PeakNetHandler(BaseHandler):
             arrays = [m.frames.array for m in members]
             if self.settings.h2d_overlap:  # copies overlap compute: timed with it
                 started = time.perf_counter()
-                result = finder.find_pipelined(PanelSource(arrays))
+                result = finder.find_pipelined(PanelSource(arrays), good_pixels=self.good_pixels)
             else:
                 started = time.perf_counter()
                 panels = upload_panels(arrays, self.device)
                 self.metrics.timing("PeakNetH2DMs", 1e3 * (time.perf_counter() - started), "h2d")
                 started = time.perf_counter()
-                result = finder.find(panels)
+                result = finder.find(panels, good_pixels=self.good_pixels)
             table = result.table.to_host()  # the one device-to-host copy
             nonfinite = int(result.nonfinite)
             capped = result.capped.cpu().numpy()
