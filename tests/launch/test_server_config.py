@@ -100,3 +100,16 @@ def test_effective_config_anchors_the_shipped_config(tmp_path):
     assert verdicts == ["allowed", "refused"]
     # the shipped file alone admits no URL at all
     assert java_verdicts(ROOT / "config.properties", [f"file://{store}/peaknet.mar"], tmp_path) == ["refused"]
+
+
+def test_every_port_of_a_loopback_config_is_distinct(tmp_path):
+    """The seven ports TorchServe binds (HTTP, gRPC, worker and distribution bases) are chosen
+    together, so no two of them coincide and no one of them can clash with another at start-up."""
+    for attempt in range(20):
+        config = tmp_path / f"config{attempt}.properties"
+        write_loopback_config(config, tmp_path, ["peaknet"])
+        props = read_properties(config)
+        ports = [props[f"{name}_address"].rsplit(":", 1)[1] for name in ("inference", "management", "metrics")]
+        ports += [props[key] for key in ("grpc_inference_port", "grpc_management_port")]
+        ports += [props[key] for key in ("initial_worker_port", "initial_distribution_port")]
+        assert len(set(ports)) == 7, props

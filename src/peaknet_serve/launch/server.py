@@ -23,6 +23,7 @@ readable by its owner only; every API but metrics needs one (docs/security.md).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -71,9 +72,19 @@ def bearer(key: str) -> dict[str, str]:
 
 def free_port() -> int:
     """A TCP port on loopback that is free right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports on loopback that are free right now: all are held open until
+    every one is chosen, so the kernel cannot hand out one of them twice."""
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for _ in range(count):
+            sock = stack.enter_context(socket.socket())
+            sock.bind(("127.0.0.1", 0))
+            ports.append(sock.getsockname()[1])
+        return ports
 
 
 def write_loopback_config(
@@ -88,17 +99,21 @@ def write_loopback_config(
     writes into its working directory. Without it, any local process can scale the workers.
     Returns the three HTTP base URLs as ``{"inference", "management", "metrics"}``.
     """
-    urls = {name: f"http://127.0.0.1:{free_port()}" for name in ("inference", "management", "metrics")}
+    inference, management, metrics, grpc_inference, grpc_management, worker, distribution = free_ports(7)
+    urls = {
+        name: f"http://127.0.0.1:{port}"
+        for name, port in zip(("inference", "management", "metrics"), (inference, management, metrics))
+    }
     props = {
         "inference_address": urls["inference"],
         "management_address": urls["management"],
         "metrics_address": urls["metrics"],
         "grpc_inference_address": "127.0.0.1",
         "grpc_management_address": "127.0.0.1",
-        "grpc_inference_port": str(free_port()),
-        "grpc_management_port": str(free_port()),
-        "initial_worker_port": str(free_port()),
-        "initial_distribution_port": str(free_port()),
+        "grpc_inference_port": str(grpc_inference),
+        "grpc_management_port": str(grpc_management),
+        "initial_worker_port": str(worker),
+        "initial_distribution_port": str(distribution),
         "disable_token_authorization": "false" if token_auth else "true",
         "token_expiration_min": "10080",
         "enable_model_api": "false",
