@@ -18,6 +18,10 @@ Modes (weights / autocast / output):
   lean_pure     lean without autocast, eager
   fast_autotune fast with mode="max-autotune-no-cudagraphs" (Inductor benchmarks Triton GEMM and
                 convolution templates against cuDNN/cuBLAS per shape; compiling costs minutes)
+  fast_pure_public_head  fast_pure with the segmentation head in the public PeakNet's order (every
+                lateral branch upsampled to stride 4, then summed) instead of the default (coarse
+                branches summed and projected at stride 8, :mod:`peaknet_serve.model.seg_head`):
+                the baseline of that reordering, equal up to rounding
   fast_pure_unpadded  fast_pure without the depthwise-padding tuning that every lean mode runs
                 on CUDA before compiling (:mod:`peaknet_serve.model.depthwise`; the handler's
                 ``depthwise_padding``): the tuning's ablation
@@ -71,12 +75,15 @@ class Mode:
     """A benchmark mode: a :class:`ServingMode` and the head it runs (``lean``: the (B, 1, H, W) peak
     score the server runs, else the full (B, 2, H, W) logits of the public pipeline); ``float8``:
     the ConvNeXt V2 MLP linears converted to float8 after loading
-    (:func:`~peaknet_serve.model.float8.convert_pointwise_to_float8`)."""
+    (:func:`~peaknet_serve.model.float8.convert_pointwise_to_float8`); ``public_head_order``: the
+    segmentation head upsamples every lateral branch before summing them, as the public PeakNet
+    does (``PeakNet.sum_before_upsample = False``), the baseline of the default order."""
 
     name: str
     serving: ServingMode
     lean: bool = False
     float8: bool = False
+    public_head_order: bool = False
 
     @property
     def compile(self) -> str | None:
@@ -91,9 +98,10 @@ def _mode(
     compile: str | None = None,
     pad_depthwise: bool = False,
     float8: bool = False,
+    public_head_order: bool = False,
 ) -> Mode:
     serving = ServingMode(weights, autocast, compile, channels_last=lean, depthwise_padding=pad_depthwise)
-    return Mode(name, serving, lean, float8)
+    return Mode(name, serving, lean, float8, public_head_order)
 
 
 MODES = {
@@ -110,6 +118,15 @@ MODES = {
         "fast_graphs", torch.bfloat16, torch.bfloat16, lean=True, compile="reduce-overhead", pad_depthwise=True
     ),
     "fast_pure": _mode("fast_pure", torch.bfloat16, None, lean=True, compile="default", pad_depthwise=True),
+    "fast_pure_public_head": _mode(
+        "fast_pure_public_head",
+        torch.bfloat16,
+        None,
+        lean=True,
+        compile="default",
+        pad_depthwise=True,
+        public_head_order=True,
+    ),
     "fast_pure_unpadded": _mode("fast_pure_unpadded", torch.bfloat16, None, lean=True, compile="default"),
     "lean_pure": _mode("lean_pure", torch.bfloat16, None, lean=True, pad_depthwise=True),
     "fast_autotune": _mode(
@@ -154,6 +171,7 @@ def prepare_mode(config: Path, mode: Mode, base: torch.Tensor, device: torch.dev
     torch.manual_seed(0)
     serving = mode.serving
     model = load_network(config, None, serving, device, random_init=True)
+    model.sum_before_upsample = not mode.public_head_order
     if mode.float8:
         convert_pointwise_to_float8(model)  # after the cast: a later .to(dtype) would cast float8 weights
     x = base.to(device=device, dtype=serving.dtype)

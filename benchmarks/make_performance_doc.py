@@ -22,6 +22,23 @@ DOC = ROOT / "docs" / "performance.md"
 #: (result table, heading): the current measurements, in reading order.
 SECTIONS = [
     (
+        "e2e_33m_head_h200.md",
+        "End to end (H200), 33M trained-like as deployed, the head summed at stride 8: MPS, 8 workers × "
+        "batch 4, 40 ms delay, pure bf16, blocking waits, AOTInductor; 20 s per load, cold and warm start",
+    ),
+    ("e2e_33m_head_repeat_h200.md", "The same, a second run"),
+    (
+        "e2e_bundled_mps_head_h200.md",
+        "End to end (H200), the bundled model, the head summed at stride 8: MPS, 12 workers × batch 4 "
+        "against the echo handler's ceiling in one run",
+    ),
+    (
+        "model_head_order_33m_h200.md",
+        "Model level (H200), 33M: the head summed at stride 8 (fast_pure) against the public order "
+        "(fast_pure_public_head), alternating in one run",
+    ),
+    ("model_head_order_bundled_h200.md", "Model level (H200), the bundled model: the same comparison"),
+    (
         "e2e_33m_recipe_h200.md",
         "End to end (H200), 33M trained-like as deployed (docs/performance-serving.md): MPS, 8 workers × "
         "batch 4, 40 ms delay, pure bf16, blocking waits, AOTInductor; a 60 s 120 Hz stream, cold and warm start",

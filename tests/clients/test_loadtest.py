@@ -33,6 +33,7 @@ from peaknet_serve.clients.loadtest import (
     TallyRecorder,
     Threshold,
     answer_error,
+    ctrl_c_calls,
     error_kind,
     first_measured_slot,
     flat_metrics,
@@ -603,3 +604,33 @@ def test_progress_line_counts_the_requests_of_all_processes(api, monkeypatch, ke
     assert len(lines) >= 2 and lines[-1].startswith("[measure")
     shown = int(lines[-1].split("] ")[1].split(" req")[0])
     assert 0 < shown <= len(kept.samples)
+
+
+def test_ctrl_c_within_a_plan_sets_state_instead_of_raising():
+    """The handler only marks the plan, so a Ctrl-C that Python delivers inside code that swallows
+    exceptions (a finaliser, a catch-all cleanup) still stops the run at the next claim."""
+    before = signal.getsignal(signal.SIGINT)
+    plan = RunPlan(0.0, 60.0, None)
+    with ctrl_c_calls(plan.interrupt):
+        assert plan.claim(1.0) == (0, False)
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.05)  # the handler runs in this (main) thread
+        except BaseException:  # noqa: BLE001 - what the handler must not raise
+            pytest.fail("Ctrl-C raised inside ctrl_c_calls")
+        assert plan.interrupted and not plan.stopped.is_set()
+        assert plan.claim(2.0) is None and plan.stopped.is_set()
+    assert signal.getsignal(signal.SIGINT) is before
+
+
+def test_ctrl_c_calls_outside_the_main_thread_installs_nothing():
+    before, seen = signal.getsignal(signal.SIGINT), []
+
+    def body():
+        with ctrl_c_calls(lambda: None):
+            seen.append(signal.getsignal(signal.SIGINT))
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    thread.join()
+    assert seen == [before]

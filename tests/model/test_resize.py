@@ -122,8 +122,9 @@ def test_traced_model_upsamples_without_interpolate(monkeypatch, mode, upsamples
     model = load_peaknet(UPSTREAM / "peaknet_tiny.yaml")
     ops = traced_ops(model.forward_peak_score, torch.randn(1, 1, 64, 96))
     downsamples = model.config.bifpn_num_blocks * 3
-    # per block 3 BiFPN upsamples; head: 0 + 1 + 2 + 3 lateral upsamples and the final x4
-    upsamples = model.config.bifpn_num_blocks * 3 + 6 + 1
+    # per block 3 BiFPN upsamples; head: 0 + 0 + 1 + 2 lateral upsamples before the coarse sum,
+    # its one 2x upsample and the final x4
+    upsamples = model.config.bifpn_num_blocks * 3 + 3 + 1 + 1
     expected = downsamples + (upsamples if upsamples_interpolated else 0)
     assert ops.count(F.interpolate) == expected
 

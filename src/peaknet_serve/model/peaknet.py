@@ -27,6 +27,7 @@ from peaknet_serve.model.seg_head import (
     build_lateral_layers,
     build_learned_upsample,
     fuse_pyramid,
+    project_pyramid,
 )
 
 __all__ = ["PeakNet", "PeakNetConfig", "count_parameters"]
@@ -142,6 +143,9 @@ class PeakNet(nn.Module):
             if config.uses_learned_upsample
             else None
         )
+        #: Sum the head's coarse branches at stride 8 and project them there (seg_head module
+        #: docstring); False runs the public PeakNet's order, equal up to rounding.
+        self.sum_before_upsample = True
 
     @property
     def dtype(self) -> torch.dtype:
@@ -168,6 +172,16 @@ class PeakNet(nn.Module):
         pyramid = [adapter(fmap) for adapter, fmap in zip(self.backbone_to_bifpn, stage_maps)]
         return self.bifpn(pyramid)
 
+    def _project_head(
+        self, features: Sequence[torch.Tensor], weight: torch.Tensor, bias: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The 1x1 projection ``(weight, bias)`` of the fused pyramid, (B, K, H/4, W/4), and the fused
+        map (B, seg_out_channels, H/4, W/4) when the learned upsample needs it (else None)."""
+        if self.head_upsample_layer is None and self.sum_before_upsample:
+            return project_pyramid(self.seg_lateral_layers, features, weight, bias), None
+        fused = fuse_pyramid(self.seg_lateral_layers, features, self.sum_before_upsample)
+        return F.conv2d(fused, weight, bias), fused
+
     def forward_head(self, features: Sequence[torch.Tensor], upsample: bool = True) -> torch.Tensor:
         """Logits from BiFPN outputs.
 
@@ -175,8 +189,7 @@ class PeakNet(nn.Module):
         (B, num_classes, H/4, W/4), taken before the bilinear upsample and without the learned
         upsample's residual (which exists at full resolution only).
         """
-        fused = fuse_pyramid(self.seg_lateral_layers, features)
-        logits = self.head_segmask(fused)
+        logits, fused = self._project_head(features, self.head_segmask.weight, self.head_segmask.bias)
         if not upsample:
             return logits
         logits = resize.bilinear(logits, LEVEL_STRIDES[0])
@@ -202,9 +215,8 @@ class PeakNet(nn.Module):
         """The head of :meth:`forward_peak_score`: BiFPN outputs -> (B, 1, H, W) peak score."""
         if self.config.num_classes != 2:
             raise ValueError(f"peak score needs a 2-class model, this one has {self.config.num_classes} classes")
-        fused = fuse_pyramid(self.seg_lateral_layers, features)
         weight, bias = self.head_segmask.weight, self.head_segmask.bias
-        score = F.conv2d(fused, weight[1:2] - weight[0:1], bias[1:2] - bias[0:1])
+        score, fused = self._project_head(features, weight[1:2] - weight[0:1], bias[1:2] - bias[0:1])
         score = resize.bilinear(score, LEVEL_STRIDES[0])
         if self.head_upsample_layer is not None:
             deconv = self.head_upsample_layer[0]

@@ -2,9 +2,17 @@
 
 For each pyramid level at stride ``s`` (4, 8, 16, 32) a lateral branch applies
 ``max(1, log2(s / 4))`` times [3x3 conv -> GroupNorm -> GELU], each followed by a 2x bilinear
-upsample when the level is coarser than stride 4. The branches are summed (coarsest first, as the
-public PeakNet does), a 1x1 conv gives stride-4 logits, and a 4x bilinear upsample (plus, optionally,
-a learned ConvTranspose "residual" upsample of the fused features) gives full-resolution logits.
+upsample when the level is coarser than stride 4. The branches are summed, a 1x1 conv gives stride-4
+logits, and a 4x bilinear upsample (plus, optionally, a learned ConvTranspose "residual" upsample of
+the fused features) gives full-resolution logits.
+
+Every coarse branch ends with the same 2x bilinear upsample from stride 8, and bilinear upsampling
+and the 1x1 conv are linear, so ``sum_l up2(a_l) = up2(sum_l a_l)`` and
+``conv1x1(f + up2(c)) = conv1x1(f) + up2(W c)``. :func:`split_pyramid` therefore sums the coarse
+branches at stride 8, :func:`fuse_pyramid` upsamples that sum once, and :func:`project_pyramid`
+applies the 1x1 conv before upsampling, so that only the K output channels (K = 1 or 2) are ever
+upsampled from stride 8. Both equal the public PeakNet's order (upsample each branch, then sum,
+coarsest first; ``sum_before_upsample=False``) up to floating-point rounding.
 
 The head's modules live directly on :class:`~peaknet_serve.model.peaknet.PeakNet` under the public
 implementation's names (``seg_lateral_layers``, ``head_segmask``, ``head_upsample_layer``); this
@@ -17,6 +25,7 @@ import math
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from peaknet_serve.model import resize
@@ -26,6 +35,8 @@ __all__ = [
     "build_lateral_layers",
     "build_learned_upsample",
     "fuse_pyramid",
+    "project_pyramid",
+    "split_pyramid",
 ]
 
 
@@ -49,10 +60,16 @@ class SegLateralLayer(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers:
-            x = layer(x)
-            if self.upsamples:
+        x = self.forward_before_last_upsample(x)
+        return resize.bilinear(x, 2.0) if self.upsamples else x
+
+    def forward_before_last_upsample(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` without its final 2x upsample: (B, out_channels, H * 2**(n-1), W * 2**(n-1)),
+        or :meth:`forward`'s output when nothing is upsampled (n = 0)."""
+        for index, layer in enumerate(self.layers):
+            if index > 0:
                 x = resize.bilinear(x, 2.0)
+            x = layer(x)
         return x
 
 
@@ -74,11 +91,67 @@ def build_learned_upsample(in_channels: int, num_classes: int, scale_factor: int
     )
 
 
-def fuse_pyramid(lateral_layers: nn.ModuleList, features: Sequence[torch.Tensor]) -> torch.Tensor:
-    """Sum of the lateral branches, (B, C_seg, H/4, W/4); accumulated coarsest level first."""
+def _check_levels(lateral_layers: nn.ModuleList, features: Sequence[torch.Tensor]) -> None:
     if len(lateral_layers) != len(features):
         raise ValueError(f"{len(features)} feature maps for {len(lateral_layers)} lateral layers")
+
+
+def split_pyramid(
+    lateral_layers: nn.ModuleList, features: Sequence[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The lateral branches in two sums: ``(fine, coarse)``.
+
+    ``fine`` (B, C_seg, H/4, W/4) sums the branches that upsample nothing (the finest level);
+    ``coarse`` (B, C_seg, H/8, W/8) sums the others before their common last 2x upsample, coarsest
+    level first, or is None when every branch is at stride 4. The fused pyramid is
+    ``fine + up2(coarse)``.
+    """
+    _check_levels(lateral_layers, features)
+    fine = coarse = None
+    for layer, x in zip(reversed(lateral_layers), reversed(features)):
+        if layer.upsamples:
+            branch = layer.forward_before_last_upsample(x)
+            coarse = branch if coarse is None else coarse + branch
+        else:
+            branch = layer(x)
+            fine = branch if fine is None else fine + branch
+    if fine is None:
+        raise ValueError("no lateral branch at the finest stride")
+    return fine, coarse
+
+
+def fuse_pyramid(
+    lateral_layers: nn.ModuleList, features: Sequence[torch.Tensor], sum_before_upsample: bool = True
+) -> torch.Tensor:
+    """Sum of the lateral branches, (B, C_seg, H/4, W/4).
+
+    ``sum_before_upsample``: the coarse branches summed at stride 8 and upsampled once
+    (:func:`split_pyramid`); otherwise the public PeakNet's order, every branch upsampled to stride 4
+    and accumulated coarsest level first.
+    """
+    if sum_before_upsample:
+        fine, coarse = split_pyramid(lateral_layers, features)
+        return fine if coarse is None else fine + resize.bilinear(coarse, 2.0)
+    _check_levels(lateral_layers, features)
     fused = lateral_layers[-1](features[-1])
     for layer, x in zip(reversed(lateral_layers[:-1]), reversed(features[:-1])):
         fused = fused + layer(x)
     return fused
+
+
+def project_pyramid(
+    lateral_layers: nn.ModuleList,
+    features: Sequence[torch.Tensor],
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+) -> torch.Tensor:
+    """``F.conv2d(fuse_pyramid(...), weight, bias)``, (B, K, H/4, W/4), for a 1x1 ``weight`` (K, C_seg, 1, 1).
+
+    The conv is applied to the coarse sum at stride 8 before its upsample, so only K channels are
+    upsampled.
+    """
+    fine, coarse = split_pyramid(lateral_layers, features)
+    projected = F.conv2d(fine, weight, bias)
+    if coarse is not None:
+        projected = projected + resize.bilinear(F.conv2d(coarse, weight), 2.0)
+    return projected

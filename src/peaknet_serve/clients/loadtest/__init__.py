@@ -37,7 +37,7 @@ from peaknet_serve.clients.loadtest.constants import (  # noqa: F401
     SIGNAL_CHECK_S,
 )
 from peaknet_serve.clients.loadtest.loops import Recorder, Target, run_closed_loop, run_open_loop  # noqa: F401
-from peaknet_serve.clients.loadtest.plan import RunPlan, late_threshold_s, send_schedule  # noqa: F401
+from peaknet_serve.clients.loadtest.plan import RunPlan, ctrl_c_calls, late_threshold_s, send_schedule  # noqa: F401
 from peaknet_serve.clients.loadtest.processes import (  # noqa: F401
     Share,
     TallyRecorder,

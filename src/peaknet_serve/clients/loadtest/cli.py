@@ -25,7 +25,7 @@ from peaknet_serve.clients.loadtest.constants import (
     MAX_POOL_BYTES,
 )
 from peaknet_serve.clients.loadtest.loops import Recorder, Target
-from peaknet_serve.clients.loadtest.plan import RunPlan
+from peaknet_serve.clients.loadtest.plan import RunPlan, ctrl_c_calls
 from peaknet_serve.clients.loadtest.processes import measure_in_processes, run_share, split_load
 from peaknet_serve.clients.loadtest.report import format_report, progress_line, save_plot, watch_progress
 from peaknet_serve.clients.loadtest.request import Sample
@@ -152,12 +152,14 @@ def measure(target: Target, args: argparse.Namespace, clock: Callable[[], float]
         return progress_line(list(recorder.samples), now, recorder, plan.warmup_s)
 
     progress = None if args.quiet else watch_progress(line, plan.stopped, clock, sys.stderr)
-    try:
-        run_share(target, plan, share, args.rate, recorder, clock)
-    except KeyboardInterrupt:
-        plan.stop()
-        print("\ninterrupted: reporting what was measured", file=sys.stderr)
+    with ctrl_c_calls(plan.interrupt):
+        try:
+            run_share(target, plan, share, args.rate, recorder, clock)
+        except KeyboardInterrupt:  # outside the main thread, where no handler could be installed
+            plan.interrupt()
     plan.stop()
+    if plan.interrupted:
+        print("\ninterrupted: reporting what was measured", file=sys.stderr)
     if progress is not None:
         progress.join()
     return recorder.samples

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import signal
 import threading
+from collections.abc import Callable, Iterator
 
 
 class RunPlan:
@@ -11,6 +14,7 @@ class RunPlan:
     Thread-safe. ``claim(t)`` returns ``None`` once the measured part is over (``duration_s``
     seconds after the warm-up ended, or ``n_requests`` measured requests), else
     ``(index, is_warmup)``. ``t`` is the time of the request (now, or its scheduled time).
+    ``interrupt()`` (Ctrl-C) makes the next ``claim`` stop the plan.
     """
 
     def __init__(self, warmup_s: float, duration_s: float | None, n_requests: int | None):
@@ -20,9 +24,12 @@ class RunPlan:
         self._issued, self._measured = 0, 0
         self._lock = threading.Lock()
         self.stopped = threading.Event()
+        self.interrupted = False
 
     def claim(self, t: float) -> tuple[int, bool] | None:
         with self._lock:
+            if self.interrupted:
+                self.stopped.set()
             if self.stopped.is_set():
                 return None
             warmup = t < self.warmup_s
@@ -38,6 +45,31 @@ class RunPlan:
 
     def stop(self) -> None:
         self.stopped.set()
+
+    def interrupt(self) -> None:
+        """Stop at the next ``claim``. Takes no lock, so a signal handler may call it at any point."""
+        self.interrupted = True
+
+
+@contextlib.contextmanager
+def ctrl_c_calls(action: Callable[[], None]) -> Iterator[None]:
+    """Within the block, SIGINT calls ``action`` instead of raising KeyboardInterrupt.
+
+    Python runs a signal handler in the main thread between two bytecodes, wherever that thread
+    is; a KeyboardInterrupt raised there can end up in code that swallows it (a finaliser, a
+    cleanup that catches everything), so the run would not stop. ``action`` must only set state
+    (no locks: the main thread may hold them). Outside the main thread nothing is installed and
+    Ctrl-C stays a KeyboardInterrupt.
+    """
+    try:
+        previous = signal.signal(signal.SIGINT, lambda *_: action())
+    except ValueError:  # not the main thread
+        previous = None
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
 
 
 def send_schedule(rate_hz: float, index: int) -> float:

@@ -18,7 +18,7 @@ from typing import Any
 
 from peaknet_serve.clients.loadtest.constants import SIGNAL_CHECK_S
 from peaknet_serve.clients.loadtest.loops import Recorder, Target, run_closed_loop, run_open_loop
-from peaknet_serve.clients.loadtest.plan import RunPlan, send_schedule
+from peaknet_serve.clients.loadtest.plan import RunPlan, ctrl_c_calls, send_schedule
 from peaknet_serve.clients.loadtest.report import tally_progress, watch_progress
 from peaknet_serve.clients.loadtest.request import Sample
 
@@ -194,36 +194,35 @@ def measure_in_processes(
     """
     context = multiprocessing.get_context("fork")
     stop, stop_writer = context.Pipe(duplex=False)
-    previous = signal.signal(signal.SIGINT, lambda *_: stop_writer.close())
     finished = threading.Event()
     progress = None
-    try:
-        tallies, receivers = [], {}
-        for k, share in enumerate(split_load(args)):
-            tally = context.RawArray("q", 3)
-            receiver, sender = context.Pipe(duplex=False)
-            plan = RunPlan(args.warmup, args.duration, share.n_requests)
-            process = context.Process(
-                target=client_process,
-                name=f"client process {k}",
-                args=(target, plan, share, args.rate, clock, tally, stop, stop_writer, sender),
-                daemon=True,
-            )
-            process.start()
-            sender.close()
-            tallies.append(tally)
-            receivers[receiver] = process
-        if not args.quiet:
-            progress = watch_progress(tally_progress(tallies, args.warmup), finished, clock, sys.stderr)
-        samples, failures = gather(receivers)
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        interrupted = stop_writer.closed
-        stop_writer.close()
-        stop.close()
-        finished.set()
-        if progress is not None:
-            progress.join()
+    with ctrl_c_calls(stop_writer.close):  # Ctrl-C: every client process stops
+        try:
+            tallies, receivers = [], {}
+            for k, share in enumerate(split_load(args)):
+                tally = context.RawArray("q", 3)
+                receiver, sender = context.Pipe(duplex=False)
+                plan = RunPlan(args.warmup, args.duration, share.n_requests)
+                process = context.Process(
+                    target=client_process,
+                    name=f"client process {k}",
+                    args=(target, plan, share, args.rate, clock, tally, stop, stop_writer, sender),
+                    daemon=True,
+                )
+                process.start()
+                sender.close()
+                tallies.append(tally)
+                receivers[receiver] = process
+            if not args.quiet:
+                progress = watch_progress(tally_progress(tallies, args.warmup), finished, clock, sys.stderr)
+            samples, failures = gather(receivers)
+        finally:
+            interrupted = stop_writer.closed
+            stop_writer.close()
+            stop.close()
+            finished.set()
+            if progress is not None:
+                progress.join()
     if interrupted:
         print("\ninterrupted: reporting what was measured", file=sys.stderr)
     return samples, failures
