@@ -26,8 +26,10 @@ from peaknet_serve.model.convnextv2 import ConvNextV2Backbone
 from peaknet_serve.model.seg_head import (
     build_lateral_layers,
     build_learned_upsample,
+    fuse_parts,
     fuse_pyramid,
-    project_pyramid,
+    project_parts,
+    split_pyramid,
 )
 
 __all__ = ["PeakNet", "PeakNetConfig", "count_parameters"]
@@ -177,10 +179,12 @@ class PeakNet(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The 1x1 projection ``(weight, bias)`` of the fused pyramid, (B, K, H/4, W/4), and the fused
         map (B, seg_out_channels, H/4, W/4) when the learned upsample needs it (else None)."""
-        if self.head_upsample_layer is None and self.sum_before_upsample:
-            return project_pyramid(self.seg_lateral_layers, features, weight, bias), None
-        fused = fuse_pyramid(self.seg_lateral_layers, features, self.sum_before_upsample)
-        return F.conv2d(fused, weight, bias), fused
+        if not self.sum_before_upsample:
+            fused = fuse_pyramid(self.seg_lateral_layers, features, sum_before_upsample=False)
+            return F.conv2d(fused, weight, bias), fused
+        fine, coarse = split_pyramid(self.seg_lateral_layers, features)
+        projected = project_parts(fine, coarse, weight, bias)  # the same with or without the learned upsample
+        return projected, None if self.head_upsample_layer is None else fuse_parts(fine, coarse)
 
     def forward_head(self, features: Sequence[torch.Tensor], upsample: bool = True) -> torch.Tensor:
         """Logits from BiFPN outputs.

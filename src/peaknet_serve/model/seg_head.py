@@ -34,7 +34,9 @@ __all__ = [
     "SegLateralLayer",
     "build_lateral_layers",
     "build_learned_upsample",
+    "fuse_parts",
     "fuse_pyramid",
+    "project_parts",
     "project_pyramid",
     "split_pyramid",
 ]
@@ -130,8 +132,7 @@ def fuse_pyramid(
     and accumulated coarsest level first.
     """
     if sum_before_upsample:
-        fine, coarse = split_pyramid(lateral_layers, features)
-        return fine if coarse is None else fine + resize.bilinear(coarse, 2.0)
+        return fuse_parts(*split_pyramid(lateral_layers, features))
     _check_levels(lateral_layers, features)
     fused = lateral_layers[-1](features[-1])
     for layer, x in zip(reversed(lateral_layers[:-1]), reversed(features[:-1])):
@@ -150,7 +151,18 @@ def project_pyramid(
     The conv is applied to the coarse sum at stride 8 before its upsample, so only K channels are
     upsampled.
     """
-    fine, coarse = split_pyramid(lateral_layers, features)
+    return project_parts(*split_pyramid(lateral_layers, features), weight, bias)
+
+
+def fuse_parts(fine: torch.Tensor, coarse: torch.Tensor | None) -> torch.Tensor:
+    """``fine + up2(coarse)``: the fused pyramid (B, C_seg, H/4, W/4) from :func:`split_pyramid`'s parts."""
+    return fine if coarse is None else fine + resize.bilinear(coarse, 2.0)
+
+
+def project_parts(
+    fine: torch.Tensor, coarse: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """``F.conv2d(fuse_parts(fine, coarse), weight, bias)`` with the conv of ``coarse`` at stride 8, (B, K, H/4, W/4)."""
     projected = F.conv2d(fine, weight, bias)
     if coarse is not None:
         projected = projected + resize.bilinear(F.conv2d(coarse, weight), 2.0)
