@@ -12,7 +12,7 @@ from peaknet_serve.model.seg_head import (
     SegLateralLayer,
     build_lateral_layers,
     fuse_pyramid,
-    project_pyramid,
+    project_parts,
     split_pyramid,
 )
 
@@ -70,7 +70,7 @@ def test_the_projection_at_stride_8_equals_the_conv_of_the_fused_map(lateral_lay
     bias = torch.randn(2, generator=generator, dtype=torch.float64)
     with torch.no_grad():
         expected = F.conv2d(fuse_pyramid(lateral_layers, features, sum_before_upsample=False), weight, bias)
-        actual = project_pyramid(lateral_layers, features, weight, bias)
+        actual = project_parts(*split_pyramid(lateral_layers, features), weight, bias)
     assert actual.shape == (2, 2, 16, 24)
     torch.testing.assert_close(actual, expected, rtol=0, atol=1e-12)
 

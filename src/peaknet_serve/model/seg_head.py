@@ -9,9 +9,9 @@ the fused features) gives full-resolution logits.
 Every coarse branch ends with the same 2x bilinear upsample from stride 8, and bilinear upsampling
 and the 1x1 conv are linear, so ``sum_l up2(a_l) = up2(sum_l a_l)`` and
 ``conv1x1(f + up2(c)) = conv1x1(f) + up2(W c)``. :func:`split_pyramid` therefore sums the coarse
-branches at stride 8, :func:`fuse_pyramid` upsamples that sum once, and :func:`project_pyramid`
-applies the 1x1 conv before upsampling, so that only the K output channels (K = 1 or 2) are ever
-upsampled from stride 8. Both equal the public PeakNet's order (upsample each branch, then sum,
+branches at stride 8, :func:`fuse_parts` (and :func:`fuse_pyramid`) upsamples that sum once, and
+:func:`project_parts` applies the 1x1 conv before upsampling, so that only the K output channels
+(K = 1 or 2) are ever upsampled from stride 8. Both equal the public PeakNet's order (upsample each branch, then sum,
 coarsest first; ``sum_before_upsample=False``) up to floating-point rounding.
 
 The head's modules live directly on :class:`~peaknet_serve.model.peaknet.PeakNet` under the public
@@ -37,7 +37,6 @@ __all__ = [
     "fuse_parts",
     "fuse_pyramid",
     "project_parts",
-    "project_pyramid",
     "split_pyramid",
 ]
 
@@ -138,20 +137,6 @@ def fuse_pyramid(
     for layer, x in zip(reversed(lateral_layers[:-1]), reversed(features[:-1])):
         fused = fused + layer(x)
     return fused
-
-
-def project_pyramid(
-    lateral_layers: nn.ModuleList,
-    features: Sequence[torch.Tensor],
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-) -> torch.Tensor:
-    """``F.conv2d(fuse_pyramid(...), weight, bias)``, (B, K, H/4, W/4), for a 1x1 ``weight`` (K, C_seg, 1, 1).
-
-    The conv is applied to the coarse sum at stride 8 before its upsample, so only K channels are
-    upsampled.
-    """
-    return project_parts(*split_pyramid(lateral_layers, features), weight, bias)
 
 
 def fuse_parts(fine: torch.Tensor, coarse: torch.Tensor | None) -> torch.Tensor:
