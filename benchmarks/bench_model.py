@@ -22,6 +22,8 @@ Modes (weights / autocast / output):
                 lateral branch upsampled to stride 4, then summed) instead of the default (coarse
                 branches summed and projected at stride 8, :mod:`peaknet_serve.model.seg_head`):
                 the baseline of that reordering, equal up to rounding
+  fast_pure_unmerged  fast_pure with the BiFPN's 1x1 depthwise convs run as convs instead of merged
+                into their pointwise convs (every lean mode merges them, as the server does on CUDA)
   fast_pure_unpadded  fast_pure without the depthwise-padding tuning that every lean mode runs
                 on CUDA before compiling (:mod:`peaknet_serve.model.depthwise`; the handler's
                 ``depthwise_padding``): the tuning's ablation
@@ -99,8 +101,16 @@ def _mode(
     pad_depthwise: bool = False,
     float8: bool = False,
     public_head_order: bool = False,
+    merge_separable: bool = True,
 ) -> Mode:
-    serving = ServingMode(weights, autocast, compile, channels_last=lean, depthwise_padding=pad_depthwise)
+    serving = ServingMode(
+        weights,
+        autocast,
+        compile,
+        channels_last=lean,
+        depthwise_padding=pad_depthwise,
+        merge_separable=lean and merge_separable,
+    )
     return Mode(name, serving, lean, float8, public_head_order)
 
 
@@ -126,6 +136,15 @@ MODES = {
         compile="default",
         pad_depthwise=True,
         public_head_order=True,
+    ),
+    "fast_pure_unmerged": _mode(
+        "fast_pure_unmerged",
+        torch.bfloat16,
+        None,
+        lean=True,
+        compile="default",
+        pad_depthwise=True,
+        merge_separable=False,
     ),
     "fast_pure_unpadded": _mode("fast_pure_unpadded", torch.bfloat16, None, lean=True, compile="default"),
     "lean_pure": _mode("lean_pure", torch.bfloat16, None, lean=True, pad_depthwise=True),

@@ -39,6 +39,12 @@ SECTIONS = [
     ),
     ("model_head_order_bundled_h200.md", "Model level (H200), the bundled model: the same comparison"),
     (
+        "model_merge_33m_h200.md",
+        "Model level (H200), 33M: BiFPN separable convs with the 1x1 depthwise conv folded into the pointwise "
+        "conv (fast_pure) against unmerged (fast_pure_unmerged), alternating in one run",
+    ),
+    ("model_merge_bundled_h200.md", "Model level (H200), the bundled model: the same comparison"),
+    (
         "e2e_33m_recipe_h200.md",
         "End to end (H200), 33M trained-like as deployed (docs/performance-serving.md): MPS, 8 workers × "
         "batch 4, 40 ms delay, pure bf16, blocking waits, AOTInductor; a 60 s 120 Hz stream, cold and warm start",

@@ -8,7 +8,7 @@ For each input shape, the network is cut into its three stages and each is timed
 (CUDA events, median over repeats), in two modes:
 
   autocast  float32 weights + autocast bf16, full 2-class logits (the public pipeline's way)
-  fast      bf16 weights, channels_last, class-difference head, each stage
+  fast      bf16 weights, channels_last, separable convs merged, class-difference head, each stage
             ``torch.compile(dynamic=False)`` (the served fast path, compiled stage by stage)
 
 Stages: ``backbone`` (ConvNeXt V2 stem + 4 stages), ``neck`` (1x1 adapters + BiFPN) and ``head``
@@ -40,6 +40,7 @@ from benchmarks.timing import (
     write_results,
 )
 from peaknet_serve.checkpoint import load_peaknet
+from peaknet_serve.model.bifpn import merge_separable_convs
 from peaknet_serve.model.peaknet import PeakNet
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,6 +101,7 @@ def prepare(config: Path, mode: str, device: torch.device) -> tuple[PeakNet, dic
     fast = mode == "fast"
     model = load_peaknet(config, random_init=True, dtype="bfloat16" if fast else "float32", device=device)
     if fast:
+        merge_separable_convs(model)
         model = model.to(memory_format=torch.channels_last)
     stages = stage_functions(model, fast)
     if fast and device.type == "cuda":

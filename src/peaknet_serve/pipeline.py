@@ -39,6 +39,7 @@ from peaknet_serve.device.aot_packages import AotPackages, PackagedForward, Scor
 from peaknet_serve.device.compile_cache import apply_padding, cache_directory, padding_of, serving_cache
 from peaknet_serve.device.finder import PanelPeakFinder
 from peaknet_serve.device.peaks import LabelLimits
+from peaknet_serve.model.bifpn import merge_separable_convs
 from peaknet_serve.model.depthwise import PaddingChoice
 from peaknet_serve.model.peaknet import PeakNet
 from peaknet_serve.serve.budget import Shape, WorkBudget, calibration_shapes
@@ -95,8 +96,11 @@ def load_network(
     *,
     random_init: bool = False,
 ) -> PeakNet:
-    """The checkpoint's network in eval mode, weights in ``mode.dtype`` and memory format on ``device``."""
+    """The checkpoint's network in eval mode, weights in ``mode.dtype`` and memory format on ``device``,
+    its separable convs merged when ``mode.merge_separable``."""
     model = load_peaknet(config, weights, dtype=mode.dtype, device=device, random_init=random_init)
+    if mode.merge_separable:
+        merge_separable_convs(model)
     if mode.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model

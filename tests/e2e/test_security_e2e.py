@@ -30,7 +30,7 @@ from peaknet_serve.launch.server import (
     allowed_urls_pattern,
     bearer,
     effective_config,
-    free_port,
+    free_ports,
     properties_text,
     read_keys,
     read_properties,
@@ -48,18 +48,23 @@ FRAMES = np.random.default_rng(17).integers(0, 60, (1, 2, 64, 96), dtype=np.uint
 RAW = {"Content-Type": "application/octet-stream", "X-Dtype": "uint16", "X-Shape": "1,2,64,96"}
 
 
+URL_NAMES = ("inference", "management", "metrics")
+
+
 def shipped_config(path: Path, store: Path) -> dict[str, str]:
     """The shipped config.properties as `peaknet-serve start` runs it, on free ports and the test store."""
     running = effective_config(ROOT / "config.properties", path.parent / "run")
-    urls = {name: f"http://127.0.0.1:{free_port()}" for name in ("inference", "management", "metrics")}
+    ports = free_ports(7)
+    urls = {name: f"http://127.0.0.1:{port}" for name, port in zip(URL_NAMES, ports[:3], strict=True)}
+    grpc_inference, grpc_management, worker, distribution = map(str, ports[3:])
     overrides = {
         "inference_address": urls["inference"],
         "management_address": urls["management"],
         "metrics_address": urls["metrics"],
-        "grpc_inference_port": str(free_port()),
-        "grpc_management_port": str(free_port()),
-        "initial_worker_port": str(free_port()),
-        "initial_distribution_port": str(free_port()),
+        "grpc_inference_port": grpc_inference,
+        "grpc_management_port": grpc_management,
+        "initial_worker_port": worker,
+        "initial_distribution_port": distribution,
         "model_store": str(store),
         "allowed_urls": allowed_urls_pattern(store),
     }
@@ -80,7 +85,7 @@ def docker(tmp_path_factory, model_store):
     home = tmp_path_factory.mktemp("entrypoint")
     java_home = find_java_home()
     names = ("INFERENCE", "UPSTREAM", "MANAGEMENT", "METRICS", "GRPC_INFERENCE", "GRPC_MANAGEMENT")
-    ports = {name: str(free_port()) for name in names}
+    ports = {name: str(port) for name, port in zip(names, free_ports(len(names)), strict=True)}
     env = {
         "PATH": f"{Path(sys.executable).parent}:{Path(java_home) / 'bin'}:{os.environ['PATH']}:/usr/sbin",
         "JAVA_HOME": java_home,

@@ -31,6 +31,8 @@ class ServingMode:
         channels_last: weights and inputs in channels_last memory format.
         depthwise_padding: before the first compiled run, time the 7x7 depthwise convs at each warm-up
             shape plain and zero-padded, and keep the faster (CUDA; :mod:`peaknet_serve.model.depthwise`).
+        merge_separable: fold the BiFPN's 1x1 depthwise convs into their pointwise convs after loading
+            (:func:`peaknet_serve.model.bifpn.merge_separable_convs`): one GEMM each, equal up to rounding.
     """
 
     dtype: torch.dtype = torch.float32
@@ -38,6 +40,7 @@ class ServingMode:
     compile: str | None = None
     channels_last: bool = False
     depthwise_padding: bool = False
+    merge_separable: bool = False
 
     @classmethod
     def from_settings(
@@ -53,6 +56,7 @@ class ServingMode:
             compile=settings.compile_mode if settings.compile and cuda else None,
             channels_last=settings.channels_last,
             depthwise_padding=settings.depthwise_padding and cuda,
+            merge_separable=settings.merge_separable and cuda,
         )
 
     def describe(self) -> str:
@@ -66,4 +70,6 @@ class ServingMode:
             parts.append("channels_last")
         if self.depthwise_padding:
             parts.append("depthwise padding tuned")
+        if self.merge_separable:
+            parts.append("separable convs merged")
         return ", ".join(parts)

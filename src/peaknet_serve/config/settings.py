@@ -99,6 +99,7 @@ class HandlerSettings:
     compile_cache_dir: str | None = None  # None: $XDG_CACHE_HOME/peaknet-serve (~/.cache/peaknet-serve)
     compile_backend: str = "auto"  # "inductor" (torch.compile) | "aoti" (AOT packages) | "auto": config.backend
     depthwise_padding: bool = True  # CUDA: per warm-up shape, run depthwise convs padded where measured faster
+    merge_separable: bool = True  # CUDA: fold the BiFPN's 1x1 depthwise convs into their pointwise convs
     batch_time_fraction: float = 0.5  # per-batch work budget (serve.budget); 0 = admit everything
     hit_min_peaks: int = 10  # a frame with at least this many peaks counts as a hit (metrics)
     bad_pixel_mask: str | None = None  # .npy / HDF5 file, 1 = good (config.bad_pixels); None: every pixel good
@@ -132,6 +133,7 @@ class HandlerSettings:
             "gpu_memory_fraction": env.get("PEAKNET_GPU_MEMORY_FRACTION"),
             "torch_threads": env.get("PEAKNET_TORCH_THREADS"),
             "depthwise_padding": env.get("PEAKNET_DEPTHWISE_PADDING"),
+            "merge_separable": env.get("PEAKNET_MERGE_SEPARABLE"),
             "batch_time_fraction": env.get("PEAKNET_BATCH_TIME_FRACTION"),
             "hit_min_peaks": env.get("PEAKNET_HIT_MIN_PEAKS"),
             "max_mask_fraction": env.get("PEAKNET_MAX_MASK_FRACTION"),
@@ -174,6 +176,7 @@ class HandlerSettings:
             else _positive_int(v),
             "gpu_memory_fraction": parse_fraction,
             "depthwise_padding": parse_bool,
+            "merge_separable": parse_bool,
             "batch_time_fraction": parse_unit_interval,
             "hit_min_peaks": _positive_int,
             "max_mask_fraction": lambda v: parse_fraction(v, "max_mask_fraction"),

@@ -493,6 +493,7 @@ def serving_packages(
         compile_mode=mode.compile,
         channels_last=mode.channels_last,
         depthwise_padding=mode.depthwise_padding,
+        merge_separable=mode.merge_separable,
         warmup_shapes=[list(shape) for shape in settings.warmup_shapes],
         resize=resize.RESIZE_MODE,
     )

@@ -359,5 +359,6 @@ def serving_cache(
         buckets=list(settings.buckets()),
         warmup_shapes=[list(shape) for shape in settings.warmup_shapes],
         depthwise_padding=mode.depthwise_padding,
+        merge_separable=mode.merge_separable,
         resize=resize.RESIZE_MODE,
     )

@@ -14,6 +14,12 @@ relative to the first map, and returns maps of the same shapes.
 Each ``conv_*`` is depthwise-separable 1x1 conv (no bias) -> channel LayerNorm -> GELU.
 Parameter names (``blocks.{b}.w_m``, ``w_q``, ``w_q_mask``, ``conv.m{l}`` / ``conv.q{l}``) match
 the public PeakNet's state dict.
+
+With ``kernel_size=1`` the depthwise conv of a separable conv is a per-channel scale, so
+:meth:`DepthwiseSeparableConv2d.merge_depthwise` (and :func:`merge_separable_convs` for a whole
+model) folds it into the pointwise conv's weight, ``W'[o, i] = W[o, i] * d[i]``: one GEMM instead of a
+depthwise conv and a GEMM, the same function up to rounding. Serving does this after loading
+(``merge_separable`` in :mod:`peaknet_serve.config.mode`); checkpoints keep the public layout.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from torch import nn
 from peaknet_serve.model import resize
 from peaknet_serve.model.convnextv2 import ChannelsFirstLayerNorm
 
-__all__ = ["BiFPN", "BiFPNBlock", "DepthwiseSeparableConv2d"]
+__all__ = ["BiFPN", "BiFPNBlock", "DepthwiseSeparableConv2d", "merge_separable_convs"]
 
 #: LayerNorm epsilon inside the BiFPN refinement convs.
 BIFPN_LAYER_NORM_EPS = 1e-6
@@ -42,6 +48,30 @@ class DepthwiseSeparableConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pointwise_conv(self.depthwise_conv(x))
+
+    @torch.no_grad()
+    def merge_depthwise(self) -> bool:
+        """Fold a 1x1, bias-free depthwise conv into the pointwise conv; True when merged.
+
+        The product is formed in float32 (float64 for float64 weights) and rounded to the weights'
+        dtype once; the depthwise conv becomes ``nn.Identity``. Other kernel sizes, biases, or an already merged conv: left as is, False.
+        """
+        depthwise = self.depthwise_conv
+        if not isinstance(depthwise, nn.Conv2d) or depthwise.kernel_size != (1, 1) or depthwise.bias is not None:
+            return False
+        pointwise = self.pointwise_conv.weight  # (C_out, C_in, 1, 1)
+        work = torch.promote_types(pointwise.dtype, torch.float32)
+        scale = depthwise.weight.reshape(1, -1, 1, 1).to(work)  # (C_in, 1, 1, 1) -> (1, C_in, 1, 1)
+        merged = (pointwise.to(work) * scale).to(pointwise.dtype)
+        pointwise.copy_(merged)
+        self.depthwise_conv = nn.Identity()
+        return True
+
+
+def merge_separable_convs(model: nn.Module) -> int:
+    """:meth:`DepthwiseSeparableConv2d.merge_depthwise` on every separable conv of ``model``; the number merged."""
+    separable = [m for m in model.modules() if isinstance(m, DepthwiseSeparableConv2d)]
+    return sum(m.merge_depthwise() for m in separable)
 
 
 def _refinement_conv(num_features: int) -> nn.Sequential:
