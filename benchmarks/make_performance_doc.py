@@ -28,6 +28,18 @@ SECTIONS = [
     ),
     ("e2e_33m_head_repeat_h200.md", "The same, a second run"),
     (
+        "sizing_h200.md",
+        "Sizing (H200): frames/s per GPU and GPUs per rate for each model and detector, from the model-level "
+        "runs that follow and the ePix10k2M end-to-end runs (python -m benchmarks.make_sizing_table)",
+    ),
+    ("sizing_bundled_h200.md", "Model level for sizing (H200), the bundled model: ePix10k2M, Jungfrau 4M, CSPAD"),
+    ("sizing_rayonix_bundled_h200.md", "... and Rayonix"),
+    ("sizing_33m_h200.md", "Model level for sizing (H200), 33M: ePix10k2M, Jungfrau 4M, CSPAD"),
+    ("sizing_rayonix_33m_h200.md", "... and Rayonix"),
+    ("sizing_673m_h200.md", "Model level for sizing (H200), 673M: ePix10k2M, Jungfrau 4M"),
+    ("sizing_cspad_673m_h200.md", "... CSPAD"),
+    ("sizing_rayonix_673m_h200.md", "... and Rayonix"),
+    (
         "e2e_bundled_mps_head_h200.md",
         "End to end (H200), the bundled model, the head summed at stride 8: MPS, 12 workers × batch 4 "
         "against the echo handler's ceiling in one run",
