@@ -12,6 +12,7 @@ import json
 import os
 import shlex
 import shutil
+import stat
 import subprocess
 import sys
 import threading
@@ -77,7 +78,7 @@ def test_defaults_bind_all_interfaces_with_token_auth_on(tmp_path, archive):
     assert result.returncode == 0, result.stderr
     config = properties(tmp_path / "config.properties")
     proxied = NGINX is not None  # the proxy is on by default; without nginx, PEAKNET_PROXY=off is needed
-    assert config["inference_address"] == ("http://127.0.0.1:8083" if proxied else "http://0.0.0.0:8080")
+    assert config["inference_address"] == (f"unix:{tmp_path}/run/inference.sock" if proxied else "http://0.0.0.0:8080")
     assert config["metrics_address"] == "http://127.0.0.1:8082"  # token-less metrics: opt-in
     assert config["management_address"] == "http://127.0.0.1:8081"
     assert config["grpc_inference_address"] == config["grpc_management_address"] == "127.0.0.1"
@@ -238,20 +239,22 @@ def test_tokens_off_warns_about_the_management_api(tmp_path, archive):
 
 @pytest.mark.skipif(NGINX is None, reason="no nginx (Debian: apt-get install nginx)")
 def test_the_proxy_fronts_the_inference_api_by_default(tmp_path, archive):
-    result = run_entrypoint(
-        tmp_path, archive, "--print-config", PEAKNET_INFERENCE_PORT="9080", PEAKNET_UPSTREAM_PORT="9083"
-    )
+    (tmp_path / "run").mkdir(mode=0o755)
+    (tmp_path / "run" / "inference.sock").write_text("")  # left by a TorchServe that did not stop
+    result = run_entrypoint(tmp_path, archive, "--print-config", PEAKNET_INFERENCE_PORT="9080")
     assert result.returncode == 0, result.stderr
     config = properties(tmp_path / "config.properties")
-    assert config["inference_address"] == "http://127.0.0.1:9083"  # TorchServe on loopback only
+    socket_path = tmp_path / "run" / "inference.sock"
+    assert config["inference_address"] == f"unix:{socket_path}"  # TorchServe on a socket, no port
+    assert stat.S_IMODE((tmp_path / "run").stat().st_mode) == 0o700 and not socket_path.exists()
     assert config["management_address"] == "http://127.0.0.1:8081"  # management as without the proxy
     conf = (tmp_path / "proxy" / "peaknet.conf").read_text()
-    assert "listen 0.0.0.0:9080;" in conf and "server 127.0.0.1:9083;" in conf
+    assert "listen 0.0.0.0:9080;" in conf and f"server unix:{socket_path};" in conf
     assert "access_log /dev/stdout peaknet;" in conf and "error_log stderr warn;" in conf
     nginx = shlex.split(result.stdout.splitlines()[1])
     assert nginx[1:] == ["-p", str(tmp_path / "proxy"), "-c", str(tmp_path / "proxy" / "peaknet.conf"), "-e", "stderr",
                          "-g", "daemon off;" + (" user root;" if os.geteuid() == 0 else "")]  # fmt: skip
-    assert "nginx on 0.0.0.0:9080 in front of TorchServe's inference API on 127.0.0.1:9083" in result.stderr
+    assert f"nginx on 0.0.0.0:9080 in front of TorchServe's inference API on unix:{socket_path}" in result.stderr
 
 
 @pytest.mark.parametrize("value", ["off", "false", "0"])
@@ -266,17 +269,13 @@ def test_the_proxy_off_gives_torchserve_directly(tmp_path, archive, value):
     "env, message",
     [
         ({"PEAKNET_PROXY": "maybe"}, "PEAKNET_PROXY=maybe"),
-        (
-            {"PEAKNET_PROXY": "on", "PEAKNET_UPSTREAM_PORT": "8081"},
-            "PEAKNET_UPSTREAM_PORT=8081 is PEAKNET_MANAGEMENT_PORT",
-        ),
-        (
-            {"PEAKNET_PROXY": "on", "PEAKNET_UPSTREAM_PORT": "8080"},
-            "PEAKNET_UPSTREAM_PORT=8080 is PEAKNET_INFERENCE_PORT",
-        ),
+        ({"PEAKNET_PROXY": "on", "PEAKNET_HOME": "/" + "h" * 100}, "too long for TorchServe's socket"),
+        ({"PEAKNET_PROXY": "on", "PEAKNET_HOME": "/tmp/a:b"}, "a ':' cannot be in the path"),
     ],
 )
 def test_bad_proxy_settings_stop_before_writing(tmp_path, archive, env, message):
+    if env.get("PEAKNET_PROXY") == "on" and NGINX is None:
+        pytest.skip("no nginx: the entrypoint refuses PEAKNET_PROXY=on first")
     result = run_entrypoint(tmp_path, archive, "--print-config", **env)
     assert result.returncode == 64 and message in result.stderr
     assert not (tmp_path / "config.properties").exists()

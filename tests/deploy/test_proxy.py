@@ -39,6 +39,7 @@ from peaknet_serve.launch.proxy import (
     nginx_string,
     render,
     settings_from_properties,
+    upstream_of,
 )
 from peaknet_serve.launch.server import free_port, read_properties
 from tests.e2e.conftest import TINY_MODEL, Server, model_store, start_server  # noqa: F401  (fixtures)
@@ -249,7 +250,8 @@ def test_the_docker_entrypoints_config_gives_the_same_proxy_configuration(tmp_pa
     result = run_entrypoint_dry(tmp_path / "on", archive)
     assert result.returncode == 0, result.stderr
     props = read_properties(tmp_path / "on" / "config.properties")
-    assert props["inference_address"] == "http://127.0.0.1:8083"  # behind the proxy, loopback only
+    socket_path = tmp_path / "on" / "run" / "inference.sock"
+    assert props["inference_address"] == f"unix:{socket_path}"  # behind the proxy, a socket and no port
     written = settings_from_properties(
         props,
         "0.0.0.0:8080",
@@ -257,8 +259,25 @@ def test_the_docker_entrypoints_config_gives_the_same_proxy_configuration(tmp_pa
         error_log="stderr",
         reentry_socket=str(tmp_path / "on" / "proxy" / "reentry.sock"),
     )
-    assert (written.upstream, written.max_body_bytes, written.read_timeout_s) == ("127.0.0.1:8083", 268435456, 150)
+    assert (written.upstream, written.max_body_bytes, written.read_timeout_s) == (
+        f"unix:{socket_path}",
+        268435456,
+        150,
+    )
     assert (tmp_path / "on" / "proxy" / "peaknet.conf").read_text() == render(written, TEMPLATE.read_text())
+
+
+def test_upstream_is_a_loopback_port_or_a_unix_socket():
+    assert upstream_of("http://0.0.0.0:8083") == "127.0.0.1:8083"
+    assert upstream_of("http://10.0.0.2:8080") == "10.0.0.2:8080"
+    assert upstream_of("unix:/srv/peaknet/run/inference.sock") == "unix:/srv/peaknet/run/inference.sock"
+    text = render(
+        settings_from_properties({"inference_address": "unix:/srv/run/ts.sock"}, "8000"), TEMPLATE.read_text()
+    )
+    assert "server unix:/srv/run/ts.sock;" in text
+    for address in ("unix:relative.sock", "unix:/a path/ts.sock", "unix:/a:b/ts.sock", "https://127.0.0.1"):
+        with pytest.raises(ValueError):
+            upstream_of(address)
 
 
 def test_every_error_body_is_in_the_configuration_and_nginx_syntax_is_refused_in_them():

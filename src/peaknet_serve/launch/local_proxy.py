@@ -1,7 +1,9 @@
 """nginx in front of the TorchServe that ``peaknet-serve start`` runs (``make serve``, ``make demo``).
 
-With the proxy, TorchServe's inference API moves to a free loopback port and nginx answers on the
-address the config.properties gives (``inference_address``), configured by
+With the proxy, TorchServe's inference API moves to a unix socket that only its owner may open
+(:func:`upstream_socket`: in the private run directory, mode 0700), so nothing on the host reaches
+it but through nginx, and nginx answers on the address the config.properties gives
+(``inference_address``), configured by
 :mod:`peaknet_serve.launch.proxy` from TorchServe's running configuration: the same checks and
 JSON answers as in the Docker image (docs/security.md). nginx runs as a daemon with everything
 under its prefix ``.run/proxy/`` (configuration, pid file, logs, body temp files, the re-entry
@@ -10,10 +12,12 @@ socket); ``peaknet-serve stop`` ends it before TorchServe.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +25,10 @@ from pathlib import Path
 from peaknet_serve.launch.proxy import TEMPLATE, host_port, render, settings_from_properties, upstream_of
 
 PROXY_MODES = ("auto", "on", "off")
+# the longest path a unix socket may have on Linux (sun_path is 108 bytes with its NUL)
+MAX_SOCKET_PATH = 107
+SOCKET_NAME = "inference.sock"
+FALLBACK_PREFIX = "peaknet-serve-"
 
 
 def find_nginx() -> str | None:
@@ -36,6 +44,31 @@ def proxy_wanted(mode: str, nginx: str | None) -> bool:
     if mode == "on" and nginx is None:
         raise RuntimeError("--proxy on: nginx not found (Debian: apt-get install nginx), or --proxy off")
     return mode == "on" or (mode == "auto" and nginx is not None)
+
+
+def upstream_socket(run_dir: Path) -> Path:
+    """Where TorchServe's inference API listens behind the proxy: ``run_dir/inference.sock``
+    (``run_dir`` made mode 0700), or, where that path is too long for a unix socket, the same name
+    in a new private directory under the system temp dir (``peaknet-serve-*``, mode 0700)."""
+    run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(run_dir, 0o700)
+    path = run_dir.resolve() / SOCKET_NAME
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        path = Path(tempfile.mkdtemp(prefix=FALLBACK_PREFIX)) / SOCKET_NAME
+    path.unlink(missing_ok=True)  # left by a TorchServe that did not stop
+    return path
+
+
+def remove_upstream_socket(inference_address: str) -> None:
+    """After TorchServe stopped: remove the socket file of a ``unix:`` ``inference_address``, and
+    its directory where :func:`upstream_socket` made one under the temp dir; nothing otherwise."""
+    if not inference_address.startswith("unix:"):
+        return
+    path = Path(inference_address.removeprefix("unix:"))
+    path.unlink(missing_ok=True)
+    if path.parent.name.startswith(FALLBACK_PREFIX) and path.parent.parent == Path(tempfile.gettempdir()):
+        with contextlib.suppress(OSError):
+            path.parent.rmdir()
 
 
 def listen_of(inference_address: str) -> str:

@@ -57,7 +57,7 @@ class ProxySettings:
 
     Attributes:
         listen: nginx ``listen`` value (``ADDRESS:PORT`` or ``PORT``).
-        upstream: TorchServe's inference API as ``HOST:PORT``.
+        upstream: TorchServe's inference API as ``HOST:PORT`` or ``unix:/PATH`` (a unix socket).
         max_body_bytes: TorchServe's ``max_request_size``; larger bodies get 413.
         read_timeout_s: seconds to wait for TorchServe's answer.
         body_timeout_s / header_timeout_s / send_timeout_s: nginx's client timeouts, in seconds.
@@ -98,7 +98,14 @@ def host_port(inference_address: str) -> tuple[str, int]:
 
 
 def upstream_of(inference_address: str) -> str:
-    """``http://0.0.0.0:8080`` -> ``127.0.0.1:8080``: where a proxy on the same host reaches it."""
+    """Where a proxy on the same host reaches TorchServe, as an nginx ``server``:
+    ``http://0.0.0.0:8080`` -> ``127.0.0.1:8080``; ``unix:/run/ts/inference.sock`` (a unix socket,
+    TorchServe's own syntax) -> ``unix:/run/ts/inference.sock``."""
+    if inference_address.startswith("unix:"):
+        path = inference_address.removeprefix("unix:")
+        if not path.startswith("/"):
+            raise ValueError(f"inference_address {inference_address!r}: a unix socket needs an absolute path")
+        return f"unix:{socket_path(path)}"
     host, port = host_port(inference_address)
     return f"{'127.0.0.1' if host == '0.0.0.0' else host}:{port}"
 
@@ -223,7 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=SERVER_CONFIG, help="TorchServe config.properties it fronts")
     parser.add_argument("--listen", default="0.0.0.0:8000", help="address:port nginx listens on (default %(default)s)")
-    parser.add_argument("--upstream", help="TorchServe inference API as HOST:PORT (default: from --config)")
+    parser.add_argument(
+        "--upstream", help="TorchServe inference API as HOST:PORT or unix:/PATH (default: from --config)"
+    )
     parser.add_argument("--max-body-bytes", type=int, help="default: max_request_size from --config")
     parser.add_argument("--read-timeout", type=int, dest="read_timeout_s", help="default: responseTimeout + 30 s")
     parser.add_argument("--body-timeout", type=int, dest="body_timeout_s", help="default 30 s")

@@ -10,8 +10,8 @@ logs in ``logs/``, and returns once the model answers ``/ping`` as Healthy and i
 ``PEAKNET_CACHE_DIR`` says otherwise. ``--mps`` first starts an NVIDIA MPS control daemon (state in
 ``logs/mps``) so that the workers share the GPU. ``--proxy`` (default ``auto``: where nginx is
 installed) puts nginx in front of the inference API on the configured address, TorchServe's moving
-to a free loopback port (:mod:`peaknet_serve.launch.local_proxy`). ``stop`` stops nginx, TorchServe,
-then the MPS daemon.
+to a unix socket only its owner may open (:mod:`peaknet_serve.launch.local_proxy`). ``stop`` stops
+nginx, TorchServe, then the MPS daemon.
 
 The configuration TorchServe runs with is the given file plus two lines written by ``start`` into
 ``.run/config.properties``: ``model_store`` as an absolute path and ``allowed_urls`` matching only
@@ -36,7 +36,15 @@ from pathlib import Path
 import requests
 
 from peaknet_serve.launch.java import find_java_home
-from peaknet_serve.launch.local_proxy import PROXY_MODES, LocalProxy, find_nginx, listen_of, proxy_wanted
+from peaknet_serve.launch.local_proxy import (
+    PROXY_MODES,
+    LocalProxy,
+    find_nginx,
+    listen_of,
+    proxy_wanted,
+    remove_upstream_socket,
+    upstream_socket,
+)
 from peaknet_serve.launch.mps import MpsDaemon, MpsUnavailable
 from peaknet_serve.launch.properties import read_properties
 from peaknet_serve.resources import REPO_ROOT as ROOT
@@ -302,7 +310,7 @@ def start(config: Path, timeout: float, mps: bool = False, proxy: str = "auto", 
         print(exc, file=sys.stderr)
         return 1
     inference = props.get("inference_address", "http://127.0.0.1:8080")
-    upstream = f"http://127.0.0.1:{free_port()}" if with_proxy else inference
+    upstream = f"unix:{upstream_socket(home / '.run')}" if with_proxy else inference
     if mps:
         try:
             env.update(MpsDaemon.start(log_dir / "mps").env)
@@ -326,9 +334,9 @@ def start(config: Path, timeout: float, mps: bool = False, proxy: str = "auto", 
         )
     management = props.get("management_address", "http://127.0.0.1:8081")
     try:
-        wait_ready(upstream, management, "peaknet", timeout, progress=True, key_file=key_file if token_auth else None)
-        if with_proxy:
+        if with_proxy:  # nginx first: TorchServe is then reached, and found ready, only through it
             LocalProxy.start(home / ".run" / "proxy", nginx, read_properties(running), listen_of(inference))
+        wait_ready(inference, management, "peaknet", timeout, progress=True, key_file=key_file if token_auth else None)
     except (TimeoutError, RuntimeError) as exc:
         print(f"\n{exc}\n{log_tail(log_dir)}", file=sys.stderr)
         stop(home)
@@ -352,6 +360,9 @@ def stop(home: Path = ROOT) -> int:
         LocalProxy(prefix, nginx).stop()
     exe = Path(sys.executable).with_name("torchserve")
     code = subprocess.run([str(exe) if exe.exists() else "torchserve", "--stop"], cwd=home).returncode
+    running = home / ".run" / "config.properties"
+    if running.exists():
+        remove_upstream_socket(read_properties(running).get("inference_address", ""))
     if (home / "logs" / "mps" / "pipe" / "control").exists():
         MpsDaemon(home / "logs" / "mps").stop()
     return code
