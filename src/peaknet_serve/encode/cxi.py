@@ -173,13 +173,19 @@ def write_result_group(h5: h5py.File, peaks: CxiPeaks, panels: int, width: int, 
     )
 
 
-def cxi_response(frames: Sequence[Mapping[str, Any]], shape: Sequence[int], max_peaks: int = CXI_MAX_PEAKS) -> bytes:
+def cxi_response(
+    frames: Sequence[Mapping[str, Any]],
+    shape: Sequence[int],
+    max_peaks: int = CXI_MAX_PEAKS,
+    attrs: Mapping[str, Any] | None = None,
+) -> bytes:
     """The ``application/x-hdf5`` answer: an in-memory CXI file with the peaks of ``N`` frames.
 
     Args:
         frames: ``N`` per-frame dicts of :func:`peaknet_serve.device.peaks.peaks_to_frames`.
         shape: the request's ``(N, P, H, W)``.
         max_peaks: row width; brighter peaks are kept.
+        attrs: further root attributes (the server's ``bad_pixel_mask``).
 
     The file holds the result group (module docstring; its attributes ``panels`` and
     ``panel_shape`` = ``[H, W]`` describe the slab the peaks refer to) and no frames: root
@@ -196,6 +202,8 @@ def cxi_response(frames: Sequence[Mapping[str, Any]], shape: Sequence[int], max_
         h5.attrs["cxi_version"] = 150
         h5.attrs["frames_included"] = 0
         h5.attrs["frames_note"] = FRAMES_NOTE
+        for key, value in (attrs or {}).items():
+            h5.attrs[key] = value
         write_result_group(h5, peaks, panels, width, compress=False)
     return buffer.getvalue()
 
