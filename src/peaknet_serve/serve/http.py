@@ -124,10 +124,11 @@ def request_mask_part(
 ) -> bytes | bytearray | None:
     """The bytes of the multipart file part ``mask`` of one TorchServe request row; None without one.
 
-    TorchServe hands form parts and query parameters over alike, as fields of the row; a file part
-    (one with a file name) carries its Content-Type (``application/octet-stream`` where the client
-    named none), a query parameter or a plain text field none, and the frontend has read a text
-    field as UTF-8 text, so binary bytes would not survive it.
+    TorchServe hands form parts (and query parameters, where its frontend passes them on: 0.12's
+    passes none of a POST with a body) over alike, as fields of the row; a file part (one with a
+    file name) carries its Content-Type (``application/octet-stream`` where the client named none),
+    a query parameter or a plain text field none, and the frontend has read a text field as UTF-8
+    text, so binary bytes would not survive it.
 
     Raises:
         BadRequest ``bad_option``: a field ``mask`` of a request that is not ``multipart/form-data``
