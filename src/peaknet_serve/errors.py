@@ -16,7 +16,8 @@ wrong and what is accepted instead. The types raised by :mod:`peaknet_serve.deco
  400   missing_option               raw bytes without ``X-Dtype`` or ``X-Shape``
  400   bad_option                   an option that is not short UTF-8 text, or given twice with
                                     different values (header and form field, two spellings of a
-                                    header, a form field or query parameter sent twice)
+                                    header, a form field or query parameter sent twice); a
+                                    ``mask`` sent other than as a multipart file part
  400   unsupported_dtype            not one of the eight pixel dtypes; object (pickle),
                                     structured or big-endian ``.npy``; non-numeric HDF5
  400   bad_shape                    not 2-, 3- or 4-D, an empty dimension, unparsable X-Shape
@@ -30,6 +31,10 @@ wrong and what is accepted instead. The types raised by :mod:`peaknet_serve.deco
  400   hdf5_unsupported_filter      a filter that is not a known, installed compressor
  400   mask_mismatch                the frames' (panels, H, W) differ from the server's bad-pixel
                                     mask (raised by the handler)
+ 400   bad_mask                     the multipart part ``mask`` is not a bad-pixel mask of the
+                                    frames: a ``.npy`` (bool or integer) or raw uint8 bytes,
+                                    non-zero = good, of (P, H, W), (N, P, H, W), or (H, W) when
+                                    P == 1; a malformed, oversized or all-bad mask
  406   not_acceptable               the Accept header rules out both JSON and HDF5/CXI answers
  413   too_large                    body, pixels, frames, panels, side or chunk over a limit;
                                     or more compute than one batch may take on this device

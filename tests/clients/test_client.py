@@ -1,6 +1,8 @@
 """peaknet_serve.clients.client against loopback HTTP servers: retries, auth, error messages; and that
 every client module imports without torch."""
 
+import email.parser
+import email.policy
 import json
 import os
 import subprocess
@@ -14,6 +16,7 @@ import pytest
 
 from peaknet_serve.clients.client import KeySource, PeakNetClient, ServerError, error_message
 from peaknet_serve.clients.payloads import Geometry, simulate_frames
+from peaknet_serve.decode import decode_request
 from peaknet_serve.wire import read_inference_key
 from tests.clients.reference_peaks import threshold_peaks
 
@@ -68,6 +71,51 @@ def test_client_retries_busy_server_and_sends_the_key(flaky, tmp_path):
     client = PeakNetClient(flaky, key_file=key_file, retries=2)
     answer = client.predict(frames)
     assert answer["frames"] == threshold_peaks(frames)["frames"]
+
+
+class MaskedApi(BaseHTTPRequestHandler):
+    """Splits a multipart form as the server does and answers with the decoded frames and mask."""
+
+    seen: list = []
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+            f"Content-Type: {self.headers['Content-Type']}\r\n\r\n".encode() + body
+        )
+        parts = {part.get_param("name", header="content-disposition"): part for part in message.iter_parts()}
+        options = {k: v.get_content().strip() for k, v in parts.items() if k not in ("data", "mask")}
+        decoded = decode_request(parts["data"].get_content(), None, options, mask=parts["mask"].get_content())
+        type(self).seen.append((parts["mask"].get_content_type(), decoded))
+        document = threshold_peaks(decoded.array)
+        payload = json.dumps({**document, "bad_pixel_mask": "request"}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+
+@pytest.mark.parametrize("encoding", ["raw", "npy", "hdf5-bslz4"])
+def test_client_sends_a_mask_as_the_multipart_part_mask(encoding):
+    handler = type("Masked", (MaskedApi,), {"seen": []})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        frames = simulate_frames(GEOMETRY, 2, seed=5).frames
+        good = np.random.default_rng(5).random(GEOMETRY.frame_shape) > 0.3
+        client = PeakNetClient(f"http://127.0.0.1:{server.server_address[1]}", encoding=encoding, retries=0)
+        answer = client.predict(frames, mask=good.astype(np.int32))
+        assert answer["bad_pixel_mask"] == "request"
+        part_type, decoded = handler.seen[0]
+        assert part_type == "application/x-npy" and np.array_equal(decoded.array, frames)
+        assert decoded.good_pixels.shape == (1, *GEOMETRY.frame_shape) and np.array_equal(decoded.good_pixels[0], good)
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_client_gives_up_with_the_server_message(flaky):

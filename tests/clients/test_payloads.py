@@ -163,9 +163,9 @@ def _server_decode(request):
         fields = {
             part.get_param("name", header="content-disposition"): part.get_content() for part in message.iter_parts()
         }
-        data = fields.pop("data")
+        data, mask = fields.pop("data"), fields.pop("mask", None)
         options = {k: v.strip() if isinstance(v, str) else v.decode() for k, v in fields.items()}
-        return decode_request(data, None, options)
+        return decode_request(data, None, options, mask=mask)
     return decode_request(request.body, content_type, options)
 
 
@@ -178,6 +178,25 @@ def test_every_encoding_decodes_to_the_same_frames_on_the_server(encoding, dtype
     assert decoded.array.shape == frames.shape and decoded.array.dtype == frames.dtype
     assert np.array_equal(decoded.array, frames)
     assert request.n_frames == 3 and request.frame_nbytes == frames.nbytes
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+def test_a_mask_travels_as_the_file_part_mask_beside_the_frames_in_any_encoding(encoding):
+    frames = simulate_frames(SMALL, 3, seed=8).frames
+    good = np.random.default_rng(8).random(frames.shape[1:]) > 0.2
+    request = encode_request(frames, encoding, mask=good.astype(np.uint16) * 3)
+    assert request.headers["Content-Type"].startswith("multipart/form-data")
+    decoded = _server_decode(request)
+    assert np.array_equal(decoded.array, frames)
+    assert decoded.good_pixels.shape == (1, *frames.shape[1:]) and np.array_equal(decoded.good_pixels[0], good)
+    per_frame = np.random.default_rng(9).random(frames.shape) > 0.5
+    assert np.array_equal(_server_decode(encode_request(frames, encoding, mask=per_frame)).good_pixels, per_frame)
+
+
+def test_a_mask_of_another_dtype_is_refused_by_the_client():
+    frames = simulate_frames(SMALL, 1, seed=9).frames
+    with pytest.raises(ValueError, match="bool or numeric"):
+        encode_request(frames, "raw", mask=np.full(frames.shape[1:], "x"))
 
 
 def test_single_panel_frames_travel_as_a_cxi_stack():

@@ -17,8 +17,10 @@ from peaknet_serve.clients.payloads import Geometry, simulate_frames
 from peaknet_serve.clients.peakfind import (
     PeakfindError,
     discover_inputs,
+    file_mask,
     is_complete,
     output_paths,
+    parse_args,
     process_file,
     run,
 )
@@ -178,3 +180,61 @@ def test_run_reports_an_unreadable_input_and_goes_on(tmp_path):
     summary = run([bad, good], tmp_path / "out", threshold_peaks, show_progress=False)
     assert [f.status for f in summary.files] == ["failed", "done"]
     assert "--dataset" in summary.files[0].error
+
+
+# ---------------------------------------------------------------------------- the input's mask
+
+
+class MaskedFinder:
+    """``predict`` that records the mask of every request and finds peaks with its bad pixels at 0."""
+
+    def __init__(self):
+        self.masks: list[np.ndarray | None] = []
+
+    def __call__(self, frames, mask=None):
+        self.masks.append(mask)
+        return threshold_peaks(frames if mask is None else np.where(mask, frames, 0).astype(frames.dtype))
+
+
+def test_the_inputs_static_mask_goes_with_every_request_and_drops_its_peaks(tmp_path):
+    source = tmp_path / "run.cxi"
+    write_run(source, 5, seed=3)
+    good = np.ones(GEOMETRY.frame_shape, np.uint8)
+    good[0] = 0  # panel 0 bad
+    with h5py.File(source, "a") as f:
+        f["/entry_1/data_1/mask"] = good.reshape(-1, GEOMETRY.width)  # (P*H, W), as CXI files hold it
+    finder = MaskedFinder()
+    process_file(source, tmp_path / "masked.cxi", finder, frames_per_request=2, concurrency=1)
+    assert len(finder.masks) == 3 and all(m.shape == GEOMETRY.frame_shape for m in finder.masks)
+    assert all(np.array_equal(m, good != 0) for m in finder.masks)
+    plain = MaskedFinder()
+    process_file(source, tmp_path / "plain.cxi", plain, frames_per_request=2, send_mask=False)
+    assert all(m is None for m in plain.masks)
+    with h5py.File(tmp_path / "masked.cxi", "r") as m, h5py.File(tmp_path / "plain.cxi", "r") as p:
+        masked_y = m["/entry_1/result_1/peakYPosRaw"][()][m["/entry_1/result_1/peakNPixels"][()] > 0]
+        plain_y = p["/entry_1/result_1/peakYPosRaw"][()][p["/entry_1/result_1/peakNPixels"][()] > 0]
+    assert (plain_y < GEOMETRY.height).sum() > 0 and (masked_y < GEOMETRY.height).sum() == 0  # none on panel 0
+
+
+def test_a_per_frame_mask_of_a_slab_file_is_split_like_its_frames(tmp_path):
+    source = tmp_path / "slab.cxi"
+    write_run(source, 3, seed=4, slab=True)
+    good = np.random.default_rng(2).random((3, *GEOMETRY.frame_shape)) > 0.2
+    with h5py.File(source, "a") as f:
+        f["/entry_1/data_1/mask"] = good.reshape(3, -1, GEOMETRY.width).astype(np.uint16)
+    found = file_mask(source, panels=2)
+    assert found.per_frame and found.dataset == "/entry_1/data_1/mask"
+    assert np.array_equal(found.rows(1, 3), good[1:3])
+    finder = MaskedFinder()
+    process_file(source, tmp_path / "s.cxi", finder, panels=2, frames_per_request=2)
+    assert sorted(m.shape for m in finder.masks) == [(1, *GEOMETRY.frame_shape), (2, *GEOMETRY.frame_shape)]
+
+
+def test_a_file_without_a_mask_sends_none_and_the_option_turns_masks_off(tmp_path):
+    source = tmp_path / "run.cxi"
+    write_run(source, 2)
+    assert file_mask(source) is None
+    finder = MaskedFinder()
+    process_file(source, tmp_path / "out.cxi", finder)
+    assert finder.masks == [None]
+    assert parse_args(["x.cxi", "--no-mask"]).no_mask and not parse_args(["x.cxi"]).no_mask

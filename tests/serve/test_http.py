@@ -14,7 +14,9 @@ from peaknet_serve.serve.http import (
     REPEATED_FIELDS,
     accept_ranges,
     mark_repeated_fields,
+    mask_label,
     request_headers,
+    request_mask_part,
     request_payload,
     server_error,
     wants_cxi,
@@ -146,6 +148,48 @@ def test_torchserve_service_marks_repeated_fields():
     assert ids == {0: "a", 1: "b"} and headers[1].get_request_property("X-Dtype") == "uint16"
     with pytest.raises(BadRequest):
         request_payload(rows[0], {"content-type": "multipart/form-data; boundary=x"}, {})
+
+
+MULTIPART = {"content-type": "multipart/form-data; boundary=x"}
+
+
+def test_the_mask_is_the_file_part_mask_of_a_multipart_request():
+    row = {"data": bytearray(b"frames"), "mask": bytearray(b"\x01\x00")}
+    assert request_mask_part(row, MULTIPART, {"data": "application/x-npy", "mask": "application/octet-stream"}) == (
+        b"\x01\x00"
+    )
+    assert request_mask_part({"data": b"frames"}, MULTIPART, {"data": "application/x-npy"}) is None
+    assert request_mask_part({"body": b"frames"}, {"content-type": "application/octet-stream"}, {}) is None
+
+
+@pytest.mark.parametrize(
+    ("headers", "field_types", "said"),
+    [
+        (MULTIPART, {"mask": ""}, "a form field without a file name"),
+        (MULTIPART, {}, "a form field without a file name"),
+        ({"content-type": "application/octet-stream"}, {"mask": ""}, "a query parameter"),
+        ({"content-type": "application/x-npy"}, {"mask": "application/octet-stream"}, "a query parameter"),
+    ],
+)
+def test_a_mask_field_that_is_not_a_multipart_file_part_is_bad_option(headers, field_types, said):
+    with pytest.raises(BadRequest) as info:
+        request_mask_part({"body": b"frames", "mask": "1"}, headers, field_types)
+    assert info.value.type == "bad_option" and said in info.value.message
+    assert "file part 'mask'" in info.value.message
+
+
+def test_a_field_without_a_content_type_reads_as_an_empty_one():
+    context = Headers({"mask": {"content-type": None}, "data": {"content-type": "Application/X-Npy"}}).context
+    assert request_headers(context, 0)[1] == {"mask": "", "data": "application/x-npy"}
+
+
+def test_the_mask_echo_names_the_masks_that_apply():
+    assert [mask_label(r, d) for r, d in [(False, False), (False, True), (True, False), (True, True)]] == [
+        "none",
+        "deployment",
+        "request",
+        "request+deployment",
+    ]
 
 
 def test_server_error_sets_retry_after():

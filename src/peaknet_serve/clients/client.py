@@ -3,6 +3,7 @@
     client = PeakNetClient("http://gpu-host:8080", key_file="key_file.json", encoding="hdf5-bslz4")
     client.ping()
     answer = client.predict(frames)          # (N, P, H, W) numpy array -> the JSON answer (checked)
+    answer = client.predict(frames, mask=good)   # with the frames' bad-pixel mask, non-zero = good
     cxi = client.predict_cxi(frames)         # -> the CXI peak file's bytes (CrystFEL --peaks=cxi)
 
 Connection errors and 503 (TorchServe's queue is full, or a worker is restarting) are retried with
@@ -117,9 +118,17 @@ class PeakNetClient:
                 f"{self.base_url}/ping answered {answer.status_code}: {answer.text[:200]}", answer.status_code
             )
 
-    def predict(self, frames: np.ndarray, headers: dict[str, str] | None = None) -> dict[str, Any]:
-        """Peaks of ``(N, P, H, W)`` (or ``(P, H, W)``, ``(H, W)``) frames: the JSON answer, schema-checked."""
-        request = encode_request(frames, self.encoding)
+    def predict(
+        self, frames: np.ndarray, headers: dict[str, str] | None = None, mask: np.ndarray | None = None
+    ) -> dict[str, Any]:
+        """Peaks of ``(N, P, H, W)`` frames: the JSON answer, schema-checked.
+
+        ``mask``: the frames' bad-pixel mask (non-zero = good; ``(P, H, W)`` for every frame,
+        ``(N, P, H, W)`` frame by frame, ``(H, W)`` for single-panel frames): its bad pixels count
+        in no peak. Sent as the multipart part ``mask``, the frames in part ``data`` in this
+        client's encoding; the answer's ``bad_pixel_mask`` says which masks the server applied.
+        """
+        request = encode_request(frames, self.encoding, mask)
         answer = self._post(request.body, {**request.headers, **(headers or {}), "Accept": JSON})
         document = answer.json()
         problems = check_prediction(document, request.n_frames)
@@ -127,9 +136,11 @@ class PeakNetClient:
             raise ServerError(f"malformed answer: {'; '.join(problems[:3])}", answer.status_code)
         return document
 
-    def predict_cxi(self, frames: np.ndarray, headers: dict[str, str] | None = None) -> bytes:
-        """The CXI peak file of ``frames`` (HDF5 bytes in CrystFEL's ``--peaks=cxi`` layout)."""
-        request = encode_request(frames, self.encoding)
+    def predict_cxi(
+        self, frames: np.ndarray, headers: dict[str, str] | None = None, mask: np.ndarray | None = None
+    ) -> bytes:
+        """The CXI peak file of ``frames`` (HDF5 bytes in CrystFEL's ``--peaks=cxi`` layout); ``mask`` as for :meth:`predict`."""
+        request = encode_request(frames, self.encoding, mask)
         answer = self._post(request.body, {**request.headers, **(headers or {}), "Accept": HDF5})
         if answer.headers.get("Content-Type", "").split(";")[0].strip() not in (HDF5, CXI):
             raise ServerError(

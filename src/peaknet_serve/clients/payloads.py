@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from peaknet_serve.wire import DEFAULT_DATASET
+from peaknet_serve.wire import DEFAULT_DATASET, HDF5, NPY, RAW
 
 # --------------------------------------------------------------------------------------------
 # geometries and frames
@@ -287,35 +287,52 @@ class EncodedRequest:
     frame_nbytes: int
 
 
-def encode_request(frames: np.ndarray, encoding: str = "raw") -> EncodedRequest:
+def encode_request(frames: np.ndarray, encoding: str = "raw", mask: np.ndarray | None = None) -> EncodedRequest:
     """Encode ``(N, P, H, W)`` frames as one request body.
 
     Encodings: ``raw`` (little-endian bytes + ``X-Dtype``/``X-Shape``), ``npy``, ``hdf5`` (CXI
     layout at ``/entry_1/data_1/data``; ``hdf5-gzip``, ``hdf5-lz4``, ``hdf5-bslz4``,
     ``hdf5-zstd`` compress it chunk by chunk, one frame per chunk) and ``multipart`` (raw bytes
     in field ``data``, dtype and shape as form fields).
+
+    ``mask``: the frames' bad-pixel mask, non-zero = good, ``(P, H, W)`` for every frame,
+    ``(N, P, H, W)`` frame by frame, or ``(H, W)`` for single-panel frames. It goes as the
+    ``.npy`` (bool) file part ``mask`` of a multipart form whose part ``data`` holds the frames in
+    ``encoding``.
     """
     if frames.ndim != 4:
         raise ValueError(f"frames must be (N, P, H, W), got shape {frames.shape}")
     frames = np.ascontiguousarray(frames, dtype=frames.dtype.newbyteorder("<"))
     n_frames = frames.shape[0]
-    if encoding == "raw":
+    if encoding in ("raw", "multipart"):
         body, headers = frames.tobytes(), _raw_headers(frames)
     elif encoding == "npy":
-        body, headers = _npy_bytes(frames), {"Content-Type": "application/x-npy"}
+        body, headers = _npy_bytes(frames), {"Content-Type": NPY}
     elif encoding == "hdf5" or encoding.startswith("hdf5-"):
         compression = encoding.partition("-")[2] or None
-        body, headers = _hdf5_bytes(frames, compression), {"Content-Type": "application/x-hdf5"}
-    elif encoding == "multipart":
-        body, headers = _multipart_bytes(frames)
+        body, headers = _hdf5_bytes(frames, compression), {"Content-Type": HDF5}
     else:
         raise ValueError(f"unknown encoding {encoding!r}: use one of {', '.join(ENCODINGS)}")
+    if encoding == "multipart" or mask is not None:
+        body, headers = _multipart_bytes(body, headers, None if mask is None else good_pixels(mask))
     return EncodedRequest(body=body, headers=headers, n_frames=n_frames, frame_nbytes=frames.nbytes)
+
+
+def good_pixels(mask: np.ndarray) -> np.ndarray:
+    """A bad-pixel mask as the bool array a request sends: True (non-zero) = good pixel.
+
+    Raises:
+        ValueError: a mask that is not bool or numeric.
+    """
+    mask = np.asarray(mask)
+    if mask.dtype.kind not in "biuf":
+        raise ValueError(f"a bad-pixel mask must be bool or numeric (non-zero = good), got {mask.dtype}")
+    return np.ascontiguousarray(mask != 0)
 
 
 def _raw_headers(frames: np.ndarray) -> dict[str, str]:
     return {
-        "Content-Type": "application/octet-stream",
+        "Content-Type": RAW,
         "X-Dtype": frames.dtype.name,
         "X-Shape": ",".join(str(d) for d in frames.shape),
     }
@@ -357,17 +374,22 @@ def _hdf5_filter(compression: str | None) -> Mapping[str, Any]:
     return filters[compression]()
 
 
-def _multipart_bytes(frames: np.ndarray) -> tuple[bytes, dict[str, str]]:
+_PART_NAMES = {RAW: "frames.bin", NPY: "frames.npy", HDF5: "frames.h5"}
+
+
+def _multipart_bytes(body: bytes, headers: Mapping[str, str], good: np.ndarray | None) -> tuple[bytes, dict[str, str]]:
+    """A form of the encoded frames (part ``data``, dtype and shape as fields for raw bytes) and
+    the bool mask ``good`` (file part ``mask``, ``.npy``)."""
     from urllib3 import encode_multipart_formdata
 
-    raw = _raw_headers(frames)
-    fields = {
-        "data": ("frames.bin", frames.tobytes(), "application/octet-stream"),
-        "dtype": raw["X-Dtype"],
-        "shape": raw["X-Shape"],
-    }
-    body, content_type = encode_multipart_formdata(fields)
-    return body, {"Content-Type": content_type}
+    content_type = headers["Content-Type"]
+    fields: dict[str, Any] = {"data": (_PART_NAMES[content_type], body, content_type)}
+    if content_type == RAW:
+        fields.update(dtype=headers["X-Dtype"], shape=headers["X-Shape"])
+    if good is not None:
+        fields["mask"] = ("mask.npy", _npy_bytes(good), NPY)
+    form, form_type = encode_multipart_formdata(fields)
+    return form, {"Content-Type": form_type}
 
 
 # --------------------------------------------------------------------------------------------

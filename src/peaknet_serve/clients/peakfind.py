@@ -15,6 +15,10 @@ time, and the peaks are written to ``<output-dir>/<name>_peaks.cxi``, a file Cry
     /entry_1/data_1/data                      (N, P*H, W) virtual slab over the input frames
     /entry_1/data_1/mask                      (P*H, W)    uint8, 1 = good (the input's, if it has one)
 
+Where the input has a bad-pixel mask (``mask`` next to the frames, or ``/entry_1/data_1/mask``;
+non-zero = good, one for every frame or one per frame), each request carries its part for the
+request's frames, so the server leaves the bad pixels out of the peaks (``--no-mask``: it does not).
+
 Frames, mask and peaks share one slab layout, that of the shipped geometry files
 (``peaknet-geometry``). The frames stay in the input file: the virtual dataset names it by its path
 relative to the output folder, so moving the run (inputs and peaks together) keeps the link.
@@ -49,13 +53,21 @@ from peaknet_serve.clients.payloads import (
     file_frames_shape,
     iter_frames,
 )
-from peaknet_serve.encode.cxi import CXI_MAX_PEAKS, RESULT_GROUP, FrameSource, cxi_peaks, write_peak_file
+from peaknet_serve.encode.cxi import (
+    CXI_MAX_PEAKS,
+    RESULT_GROUP,
+    FrameSource,
+    cxi_peaks,
+    input_mask,
+    write_peak_file,
+)
 from peaknet_serve.wire import DEFAULT_DATASET, DEFAULT_URL
 
 INPUT_SUFFIXES = (".cxi", ".h5", ".hdf5")
 OUTPUT_SUFFIX = "_peaks.cxi"
 
-Predict = Callable[[np.ndarray], dict[str, Any]]
+# (frames) or (frames, mask=good pixels) -> the JSON answer
+Predict = Callable[..., dict[str, Any]]
 
 
 class PeakfindError(RuntimeError):
@@ -113,9 +125,42 @@ def is_complete(path: Path, n_frames: int) -> bool:
         return False
 
 
-# --------------------------------------------------------------------------------------------
-# the server
-# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FileMask:
+    """The bad-pixel mask of an input file's frames (non-zero = good), as requests send it.
+
+    Attributes:
+        path: the input file.
+        dataset: the mask's dataset in it.
+        view: ``(N, P, H, W)``, how the frames are read.
+        per_frame: one mask per frame (``(N, ...)``), else one for every frame.
+    """
+
+    path: Path
+    dataset: str
+    view: tuple[int, ...]
+    per_frame: bool
+
+    def rows(self, first: int, last: int) -> np.ndarray:
+        """The mask of frames ``first .. last - 1``: bool ``(P, H, W)`` for a static mask,
+        ``(last - first, P, H, W)`` for a per-frame one."""
+        import h5py
+
+        _, panels, height, width = self.view
+        with h5py.File(self.path, "r") as f:
+            values = f[self.dataset][first:last] if self.per_frame else f[self.dataset][()]
+        shape = (last - first, panels, height, width) if self.per_frame else (panels, height, width)
+        return np.ascontiguousarray(values).reshape(shape) != 0
+
+
+def file_mask(path: Path, dataset: str = DEFAULT_DATASET, panels: int | None = None) -> FileMask | None:
+    """The mask next to ``dataset`` of ``path`` (:func:`~peaknet_serve.encode.cxi.input_mask`), or None."""
+    import h5py
+
+    view = file_frames_shape(path, dataset, panels)
+    with h5py.File(path, "r") as f:
+        found = input_mask(f, dataset, view)
+    return None if found is None else FileMask(Path(path), found[0], tuple(view), found[1])
 
 
 # --------------------------------------------------------------------------------------------
@@ -148,13 +193,17 @@ def process_file(
     concurrency: int = 4,
     min_peaks: int = 10,
     on_frames: Callable[[int], None] = lambda n: None,
+    send_mask: bool = True,
 ) -> FileResult:
     """Send every frame of ``source`` through ``predict`` and write ``output``.
 
-    At most ``2 * concurrency`` chunks are read ahead of the answers, so memory stays bounded
-    whatever the file size. Answers are put back in frame order before writing.
+    With ``send_mask`` and a mask in ``source`` (:func:`file_mask`) each chunk goes as
+    ``predict(frames, mask=...)``, else ``predict(frames)``. At most ``2 * concurrency`` chunks are
+    read ahead of the answers, so memory stays bounded whatever the file size. Answers are put
+    back in frame order before writing.
     """
     start = time.perf_counter()
+    mask = file_mask(source, dataset, panels) if send_mask else None
     answers: dict[int, list[dict[str, Any]]] = {}
     server: dict[str, Any] = {}
     pending: deque[tuple[int, Future[dict[str, Any]]]] = deque()
@@ -166,13 +215,18 @@ def process_file(
         server.setdefault("model", document.get("model"))
         server.setdefault("precision", document.get("precision"))
         server.setdefault("device", document.get("device"))
+        server.setdefault("bad_pixel_mask", document.get("bad_pixel_mask"))
         on_frames(len(document["frames"]))
 
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="peakfind") as pool:
         try:
             for first, frames in iter_frames(source, dataset, frames_per_request, panels):
                 view = (0, *frames.shape[1:])
-                pending.append((first, pool.submit(predict, frames)))
+                if mask is None:
+                    pending.append((first, pool.submit(predict, frames)))
+                else:
+                    good = mask.rows(first, first + frames.shape[0])
+                    pending.append((first, pool.submit(predict, frames, mask=good)))
                 while len(pending) >= 2 * concurrency:
                     collect(*pending.popleft())
             while pending:
@@ -254,8 +308,12 @@ def run(
     min_peaks: int = 10,
     overwrite: bool = False,
     show_progress: bool = True,
+    send_mask: bool = True,
 ) -> RunSummary:
-    """Process ``inputs`` one after another; a failed file is reported and the run goes on."""
+    """Process ``inputs`` one after another; a failed file is reported and the run goes on.
+
+    ``send_mask``: send each input's bad-pixel mask with its frames where it has one (:func:`process_file`).
+    """
     from tqdm import tqdm
 
     start = time.perf_counter()
@@ -278,7 +336,16 @@ def run(
             bar.set_postfix_str(source.name)
             try:
                 result = process_file(
-                    source, output, predict, dataset, panels, frames_per_request, concurrency, min_peaks, bar.update
+                    source,
+                    output,
+                    predict,
+                    dataset,
+                    panels,
+                    frames_per_request,
+                    concurrency,
+                    min_peaks,
+                    bar.update,
+                    send_mask=send_mask,
                 )
             except (PeakfindError, ServerError, OSError, KeyError, ValueError) as err:
                 result = FileResult(str(source), str(output), "failed", error=str(err))
@@ -317,6 +384,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--frames-per-request", type=int, default=4, help="frames per request (default 4)")
     p.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
     p.add_argument("--min-peaks", type=int, default=10, help="a hit has at least this many peaks (default 10)")
+    p.add_argument(
+        "--no-mask",
+        action="store_true",
+        help="do not send the inputs' bad-pixel masks (by default the mask next to the frames, or "
+        "/entry_1/data_1/mask, non-zero = good, goes with every request, and the server finds no peak "
+        "of its bad pixels)",
+    )
     p.add_argument("--recursive", action="store_true", help="search folders recursively")
     p.add_argument("--overwrite", action="store_true", help="redo inputs whose peak file is complete")
     p.add_argument("--timeout", type=float, default=120.0, help="per-request timeout in s (default 120)")
@@ -359,6 +433,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         min_peaks=args.min_peaks,
         overwrite=args.overwrite,
         show_progress=not args.quiet,
+        send_mask=not args.no_mask,
     )
     print(summary.format())
     if args.summary_json:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import struct
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -47,13 +48,25 @@ class NpyHeader:
     data_offset: int
 
 
-def read_npy_header(view: memoryview) -> NpyHeader:
+def read_npy_header(
+    view: memoryview, dtype_of: Callable[[object], np.dtype] | None = None, what: str = "the body"
+) -> NpyHeader:
     """Parse and validate the header of the ``.npy`` file in ``view``.
+
+    Args:
+        view: the file's bytes.
+        dtype_of: the header's ``descr`` -> the dtype to read, raising :class:`BadRequest` for
+            one it refuses; default: a wire (pixel) dtype in native byte order.
+        what: what ``view`` is, for the error messages (``"the mask part"``).
 
     Raises:
         BadRequest: ``bad_npy`` (malformed header), ``unsupported_dtype`` (object, structured,
-            big-endian or non-pixel dtype).
+            big-endian or non-pixel dtype), or what ``dtype_of`` raises.
     """
+
+    def _bad(reason: str) -> NoReturn:
+        _bad_npy(reason, what)
+
     if bytes(view[: len(NPY_MAGIC)]) != NPY_MAGIC:
         _bad("it does not start with the .npy signature b'\\x93NUMPY'")
     if len(view) < len(NPY_MAGIC) + 2:
@@ -89,7 +102,7 @@ def read_npy_header(view: memoryview) -> NpyHeader:
     if type(header["fortran_order"]) is not bool:
         _bad("its 'fortran_order' is not True or False")
     return NpyHeader(
-        dtype=_pixel_dtype(header["descr"]),
+        dtype=(dtype_of or _pixel_dtype)(header["descr"]),
         shape=shape,
         fortran_order=header["fortran_order"],
         data_offset=data_offset,
@@ -136,7 +149,7 @@ def _pixel_dtype(descr: object) -> np.dtype:
     try:
         dtype = np.dtype(descr)
     except (TypeError, ValueError, SyntaxError):
-        _bad(f"its dtype {_clip(descr)} is not a NumPy dtype")
+        _bad_npy(f"its dtype {_clip(descr)} is not a NumPy dtype")
     if dtype.hasobject:
         raise BadRequest(
             "unsupported_dtype",
@@ -157,8 +170,8 @@ def _pixel_dtype(descr: object) -> np.dtype:
     return dtype
 
 
-def _bad(reason: str) -> NoReturn:
-    raise BadRequest("bad_npy", f"the body is not a valid .npy file: {reason}.")
+def _bad_npy(reason: str, what: str = "the body") -> NoReturn:
+    raise BadRequest("bad_npy", f"{what} is not a valid .npy file: {reason}.")
 
 
 def _clip(value: object, limit: int = 40) -> str:

@@ -13,6 +13,10 @@ OPTION_NAMES = ("dtype", "shape", "dataset", "threshold")
 _ALIASES = {"peak-threshold": "threshold"}  # header X-Peak-Threshold, form field threshold
 _HEADERS = {"threshold": "X-Peak-Threshold"}
 MAX_OPTION_CHARS = 1024
+MASK_AS_PART_TEXT = (
+    "send the bad-pixel mask as the file part 'mask' of a multipart/form-data request, "
+    "beside the frames in part 'data' (curl -F data=@frames.npy -F mask=@mask.npy)"
+)
 
 _DIMS = r"\s*([0-9]+(?:\s*[,x]\s*[0-9]+)*)\s*,?\s*"
 _SHAPE_RE = re.compile(rf"^\s*(?:\({_DIMS}\)|\[{_DIMS}\]|{_DIMS})\s*$")
@@ -24,11 +28,12 @@ def normalise_options(options: Mapping[str, object] | None) -> dict[str, str]:
     Keys are case-insensitive and may carry the header prefix ``x-`` (``X-Dtype`` and the form
     field ``dtype`` are the same option; the header ``X-Peak-Threshold`` is the form field
     ``threshold``). Values may be ``str`` or UTF-8 bytes (TorchServe hands
-    form fields over as ``bytearray``). Other keys (all the other headers) are ignored.
+    form fields over as ``bytearray``). Other keys (all the other headers) are ignored, except
+    ``mask`` (``X-Mask``): a bad-pixel mask is a multipart part, never an option.
 
     Raises:
-        BadRequest ``bad_option``: a value that is not UTF-8 text, is too long, or two spellings
-            of one option with different values.
+        BadRequest ``bad_option``: a value that is not UTF-8 text, is too long, two spellings
+            of one option with different values, or an option ``mask``.
     """
     found: dict[str, str] = {}
     for key, value in (options or {}).items():
@@ -37,6 +42,8 @@ def normalise_options(options: Mapping[str, object] | None) -> dict[str, str]:
         name = key.strip().lower()
         name = name[2:] if name.startswith("x-") else name
         name = _ALIASES.get(name, name)
+        if name == "mask":
+            raise BadRequest("bad_option", f"the mask is not an option (header or field {key!r}): {MASK_AS_PART_TEXT}.")
         if name not in OPTION_NAMES:
             continue
         text = _option_text(name, value).strip()

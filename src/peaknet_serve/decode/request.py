@@ -12,6 +12,7 @@ from .buffer import BytesLike, byte_view
 from .dtypes import wire_dtype_name
 from .hdf5_sandbox import default_sandbox
 from .limits import DecodeLimits, check_body_size
+from .mask import decode_mask
 from .media import ACCEPTED_TYPES_TEXT, confirm_encoding, declared_encoding
 from .npy import decode_npy
 from .options import normalise_options
@@ -33,10 +34,13 @@ class DecodedFrames:
             zero-copy view of the body when alignment allows (then read-only if the body is
             ``bytes``). NaN/inf pixels are passed through untouched.
         encoding: ``"raw"``, ``"npy"``, ``"hdf5"``, or ``"oip"`` (an Open Inference Protocol tensor).
+        good_pixels: (M, P, H, W) bool, True = good pixel, M 1 (every frame) or N: the request's
+            own bad-pixel mask (:mod:`peaknet_serve.decode.mask`); None when it sent none.
     """
 
     array: np.ndarray
     encoding: str
+    good_pixels: np.ndarray | None = None
 
     @property
     def dtype_name(self) -> str:
@@ -53,6 +57,7 @@ def decode_request(
     limits: DecodeLimits = DEFAULT_LIMITS,
     *,
     hdf5_reader: Hdf5Reader | None = None,
+    mask: BytesLike | None = None,
 ) -> DecodedFrames:
     """Decode one request into frames.
 
@@ -67,13 +72,15 @@ def decode_request(
         hdf5_reader: decodes HDF5 bodies; default: the process-wide
             :class:`~peaknet_serve.decode.hdf5_sandbox.Hdf5Sandbox` (a child process, so a file that
             crashes HDF5 cannot take this process down). ``decode_hdf5`` reads in-process.
+        mask: the multipart part ``mask`` (a ``.npy`` or raw ``uint8`` bad-pixel mask of the
+            frames, :func:`~peaknet_serve.decode.mask.decode_mask`), or None.
 
     Returns:
-        The frames and the encoding they came in.
+        The frames, the encoding they came in and the request's good pixels.
 
     Raises:
-        RequestError: every problem with the request (400, 413 or 415); nothing else escapes
-            for any body, Content-Type or options.
+        RequestError: every problem with the request (400, 413 or 415; ``bad_mask`` for the
+            mask); nothing else escapes for any body, Content-Type, options or mask.
         ServerFault: ``hdf5_reader_failed`` (500) when the default HDF5 reader process died,
             hung or broke its protocol on this body (the server's fault: the next request gets
             a fresh reader).
@@ -91,7 +98,8 @@ def decode_request(
         array = hdf5_reader(view, opts.get("dataset"), limits) if hdf5_reader else _sandboxed_hdf5(view, opts, limits)
     else:
         array = decode_raw(view, opts, limits)
-    return DecodedFrames(array=array, encoding=encoding)
+    good = None if mask is None else decode_mask(mask, array.shape, limits)
+    return DecodedFrames(array=array, encoding=encoding, good_pixels=good)
 
 
 def _sandboxed_hdf5(view: memoryview, opts: Mapping[str, str], limits: DecodeLimits) -> np.ndarray:

@@ -59,6 +59,7 @@ __all__ = [
     "FrameSource",
     "attach_frames",
     "cxi_peaks",
+    "input_mask",
     "cxi_response",
     "write_peak_file",
     "write_result_group",
@@ -173,13 +174,19 @@ def write_result_group(h5: h5py.File, peaks: CxiPeaks, panels: int, width: int, 
     )
 
 
-def cxi_response(frames: Sequence[Mapping[str, Any]], shape: Sequence[int], max_peaks: int = CXI_MAX_PEAKS) -> bytes:
+def cxi_response(
+    frames: Sequence[Mapping[str, Any]],
+    shape: Sequence[int],
+    max_peaks: int = CXI_MAX_PEAKS,
+    attrs: Mapping[str, Any] | None = None,
+) -> bytes:
     """The ``application/x-hdf5`` answer: an in-memory CXI file with the peaks of ``N`` frames.
 
     Args:
         frames: ``N`` per-frame dicts of :func:`peaknet_serve.device.peaks.peaks_to_frames`.
         shape: the request's ``(N, P, H, W)``.
         max_peaks: row width; brighter peaks are kept.
+        attrs: further root attributes (the server's ``bad_pixel_mask``).
 
     The file holds the result group (module docstring; its attributes ``panels`` and
     ``panel_shape`` = ``[H, W]`` describe the slab the peaks refer to) and no frames: root
@@ -196,6 +203,8 @@ def cxi_response(frames: Sequence[Mapping[str, Any]], shape: Sequence[int], max_
         h5.attrs["cxi_version"] = 150
         h5.attrs["frames_included"] = 0
         h5.attrs["frames_note"] = FRAMES_NOTE
+        for key, value in (attrs or {}).items():
+            h5.attrs[key] = value
         write_result_group(h5, peaks, panels, width, compress=False)
     return buffer.getvalue()
 
@@ -264,34 +273,52 @@ def _mask_candidates(dataset: str) -> list[str]:
     return [f"{parent}/mask", MASK_PATH]
 
 
+def input_mask(src: h5py.File, dataset: str, view: Sequence[int]) -> tuple[str, bool] | None:
+    """The input's good-pixel mask (non-zero = good) for its frames ``dataset`` read as ``view``
+    (N, P, H, W): ``(name, per_frame)``, or None without one.
+
+    ``mask`` next to the frames, else ``/entry_1/data_1/mask``: a static one holds P*H*W values
+    (``(P, H, W)``, ``(P*H, W)`` or ``(H, W)``), a per-frame one ``(N, ...)`` N*P*H*W; a dataset of
+    another size is passed over.
+    """
+    n, panels, height, width = (int(v) for v in view)
+    for name in _mask_candidates(dataset):
+        mask = src.get(name)
+        if not isinstance(mask, h5py.Dataset) or mask.ndim == 0:
+            continue
+        if mask.size == panels * height * width:
+            return name, False
+        if mask.shape[0] == n and mask.size == n * panels * height * width:
+            return name, True
+    return None
+
+
 def _copy_mask(h5: h5py.File, src: h5py.File, source: FrameSource, relative: str) -> None:
     """The good-pixel mask (1 = good) next to the frames, in the slab layout.
 
     The input's static mask (``(P, H, W)``, ``(P*H, W)`` or ``(H, W)``) is copied as ``(P*H, W)``
-    uint8, a per-frame one (``(N, ...)``) becomes a virtual slab like the frames; without either
-    every pixel is good.
+    uint8, a per-frame one (``(N, ...)``) becomes a virtual slab like the frames (:func:`input_mask`);
+    without either every pixel is good.
     """
     n, panels, height, width = source.view
-    for name in _mask_candidates(source.dataset):
-        mask = src.get(name)
-        if not isinstance(mask, h5py.Dataset):
-            continue
-        if mask.size == panels * height * width:
-            h5.create_dataset(
-                MASK_PATH,
-                data=(mask[()].reshape(panels * height, width) != 0).astype(np.uint8),
-                compression="gzip",
-                shuffle=True,
-            )
-        elif mask.shape[0] == n and mask.size == n * panels * height * width:
-            h5.create_virtual_dataset(MASK_PATH, _slab_layout(source, mask, name, relative), fillvalue=0)
-        else:
-            continue
-        h5[MASK_PATH].attrs["from_input"] = 1
-        h5[MASK_PATH].attrs["source_dataset"] = name
+    found = input_mask(src, source.dataset, source.view)
+    if found is None:
+        h5.create_dataset(MASK_PATH, data=np.ones((panels * height, width), np.uint8), compression="gzip", shuffle=True)
+        h5[MASK_PATH].attrs["from_input"] = 0
         return
-    h5.create_dataset(MASK_PATH, data=np.ones((panels * height, width), np.uint8), compression="gzip", shuffle=True)
-    h5[MASK_PATH].attrs["from_input"] = 0
+    name, per_frame = found
+    mask = src[name]
+    if per_frame:
+        h5.create_virtual_dataset(MASK_PATH, _slab_layout(source, mask, name, relative), fillvalue=0)
+    else:
+        h5.create_dataset(
+            MASK_PATH,
+            data=(mask[()].reshape(panels * height, width) != 0).astype(np.uint8),
+            compression="gzip",
+            shuffle=True,
+        )
+    h5[MASK_PATH].attrs["from_input"] = 1
+    h5[MASK_PATH].attrs["source_dataset"] = name
 
 
 def write_peak_file(

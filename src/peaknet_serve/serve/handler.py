@@ -11,7 +11,9 @@ TorchServe calls :meth:`PeakNetHandler.handle` with a batch of requests (``batch
 3. **infer**: normalise, pad and cast on the device, run PeakNet in micro-batches under autocast,
    threshold the class-difference map and extract 8-connected peaks (:mod:`peaknet_serve.device.finder`),
    the deployment's bad-pixel mask (``bad_pixel_mask``, :mod:`peaknet_serve.config.bad_pixels`)
-   applied to every frame: a request of another panel layout is refused (400 ``mask_mismatch``);
+   applied to every frame (a request of another panel layout is refused: 400 ``mask_mismatch``)
+   and a request's own mask (multipart part ``mask``, :mod:`peaknet_serve.decode.mask`) to that
+   request's frames only, both where both are given;
 4. **answer**: one device-to-host copy of the peak table per group, split back to requests and
    frames, JSON by default or a CrystFEL CXI file with ``Accept: application/x-hdf5``.
 
@@ -60,8 +62,10 @@ from peaknet_serve.serve.http import (
     as_oip_error,
     error_answer,
     mark_repeated_fields,
+    mask_label,
     on_predictions_route,
     request_headers,
+    request_mask_part,
     request_payload,
     server_error,
     wants_cxi,
@@ -99,6 +103,35 @@ def batch_parts(members: list[Decoded], min_panels: int) -> list[list[Decoded]]:
         n, p = member.frames.array.shape[:2]
         panels += n * p
     return [part for part in parts if part]
+
+
+def batch_good_pixels(
+    members: list[Decoded], deployment: torch.Tensor | None, device: torch.device
+) -> torch.Tensor | None:
+    """The good pixels the finder gets for the panels of ``members``, run together frame-major.
+
+    Args:
+        members: the requests of one batch part, in the order their panels run.
+        deployment: (P, H, W) bool on ``device``, the deployment's mask (True = good), or None.
+
+    Returns:
+        ``deployment`` itself when no member sent its own mask; else (B, H, W) bool on ``device``,
+        B the panels of all members: a member's own (M, P, H, W) mask broadcast over its N frames
+        and AND-ed with ``deployment``, a member without one gets ``deployment`` (or every pixel
+        good), so no request's mask reaches another request's panels.
+    """
+    if all(m.frames.good_pixels is None for m in members):
+        return deployment
+    rows = []
+    for member in members:
+        n, p, h, w = member.frames.array.shape
+        own = member.frames.good_pixels
+        good = torch.ones((1, p, h, w), dtype=torch.bool, device=device) if own is None else torch.from_numpy(own)
+        good = good.to(device)
+        if deployment is not None:
+            good = good & deployment
+        rows.append(good.expand(n, p, h, w).reshape(n * p, h, w))
+    return torch.cat(rows)
 
 
 def select_device(gpu_id: Any) -> torch.device:
@@ -283,14 +316,21 @@ class PeakNetHandler(BaseHandler):
                 headers, field_types = request_headers(context, idx)
                 cxi = wants_cxi(headers)
                 body, content_type, options = request_payload(row, headers, field_types)
+                mask = request_mask_part(row, headers, field_types)
                 if not on_predictions_route(headers) and is_oip_request(headers, memoryview(body)):
                     protocols[idx] = "oip"
+                    if mask is not None:
+                        raise BadRequest(
+                            "bad_option",
+                            "an Open Inference Protocol request takes no mask part; send frames with their mask to "
+                            "/predictions/peaknet as multipart/form-data (parts 'data' and 'mask').",
+                        )
                     request = decode_oip_request(body, headers, self.settings.limits)
                     self._check_mask_fits(request.frames.array.shape)
                     decoded.append(Decoded(idx, request.frames, cxi=False, oip=request))
                     continue
                 threshold = request_threshold(options)
-                frames = decode_request(body, content_type, options, self.settings.limits)
+                frames = decode_request(body, content_type, options, self.settings.limits, mask=mask)
                 self._check_mask_fits(frames.array.shape)
                 decoded.append(Decoded(idx, frames, cxi, threshold=threshold))
             except RequestError as error:
@@ -348,15 +388,16 @@ class PeakNetHandler(BaseHandler):
         finder = self.finder.with_threshold(members[0].threshold)
         try:
             arrays = [m.frames.array for m in members]
+            good = batch_good_pixels(members, self.good_pixels, self.device)
             if self.settings.h2d_overlap:  # copies overlap compute: timed with it
                 started = time.perf_counter()
-                result = finder.find_pipelined(PanelSource(arrays), good_pixels=self.good_pixels)
+                result = finder.find_pipelined(PanelSource(arrays), good_pixels=good)
             else:
                 started = time.perf_counter()
                 panels = upload_panels(arrays, self.device)
                 self.metrics.timing("PeakNetH2DMs", 1e3 * (time.perf_counter() - started), "h2d")
                 started = time.perf_counter()
-                result = finder.find(panels, good_pixels=self.good_pixels)
+                result = finder.find(panels, good_pixels=good)
             table = result.table.to_host()  # the one device-to-host copy
             nonfinite = int(result.nonfinite)
             capped = result.capped.cpu().numpy()
@@ -407,6 +448,7 @@ class PeakNetHandler(BaseHandler):
 
     def _success(self, member: Decoded, frames: list[dict], threshold: float | None) -> Answer:
         shape = tuple(int(s) for s in member.frames.array.shape)
+        masks = mask_label(member.frames.good_pixels is not None, self.good_pixels is not None)
         if member.oip is not None:
             encoded = oip_response(
                 peak_outputs(frames),
@@ -419,6 +461,7 @@ class PeakNetHandler(BaseHandler):
                     "precision": dtype_name(self.dtype),
                     "device": str(self.device),
                     "shape": list(shape),
+                    "bad_pixel_mask": masks,
                 },
             )
             headers = (
@@ -426,7 +469,9 @@ class PeakNetHandler(BaseHandler):
             )
             return Answer(200, encoded.body, encoded.content_type, headers)
         if member.cxi:
-            body = cxi_response(frames, shape, max_peaks=self.settings.max_peaks_per_frame)
+            body = cxi_response(
+                frames, shape, max_peaks=self.settings.max_peaks_per_frame, attrs={"bad_pixel_mask": masks}
+            )
             return Answer(200, body, "application/x-hdf5")
         return Answer(
             200,
@@ -437,7 +482,7 @@ class PeakNetHandler(BaseHandler):
                 shape=shape,
                 dtype=member.frames.dtype_name,
                 frames=frames,
-                extra={"threshold": threshold},
+                extra={"threshold": threshold, "bad_pixel_mask": masks},
             ),
         )
 

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from peaknet_serve.decode import DecodedFrames, OipRequest
+from peaknet_serve.decode.mask import MASK_FIELD
+from peaknet_serve.decode.options import MASK_AS_PART_TEXT
 from peaknet_serve.encode.oip import oip_error
 from peaknet_serve.errors import BadRequest, NotAcceptable, RequestError, ServerFault
 
@@ -74,7 +76,7 @@ def request_headers(context: Any, idx: int) -> tuple[dict[str, str], dict[str, s
     headers, field_types = {}, {}
     for key, value in (context.get_all_request_header(idx) or {}).items():
         if isinstance(value, Mapping):
-            field_types[str(key)] = str(value.get("content-type", "")).lower()
+            field_types[str(key)] = str(value.get("content-type") or "").lower()
             continue
         name, text = str(key).lower(), str(value)
         if name in _READ_HEADERS and name in headers and headers[name].strip() != text.strip():
@@ -115,6 +117,30 @@ def request_payload(
         return _as_bytes(row.get("data")), part_type if part_type in _PART_TYPES else None, options
     body = row.get("body", row.get("data"))
     return _as_bytes(body), headers.get("content-type"), options
+
+
+def request_mask_part(
+    row: Mapping[str, Any], headers: Mapping[str, str], field_types: Mapping[str, str]
+) -> bytes | bytearray | None:
+    """The bytes of the multipart file part ``mask`` of one TorchServe request row; None without one.
+
+    TorchServe hands form parts (and query parameters, where its frontend passes them on: 0.12's
+    passes none of a POST with a body) over alike, as fields of the row; a file part (one with a
+    file name) carries its Content-Type (``application/octet-stream`` where the client named none),
+    a query parameter or a plain text field none, and the frontend has read a text field as UTF-8
+    text, so binary bytes would not survive it.
+
+    Raises:
+        BadRequest ``bad_option``: a field ``mask`` of a request that is not ``multipart/form-data``
+            (a query parameter), or one that is not a file part (a text field).
+    """
+    if row.get(MASK_FIELD) is None:
+        return None
+    multipart = media_type(headers.get("content-type")) == "multipart/form-data"
+    if not multipart or not field_types.get(MASK_FIELD):
+        kind = "a form field without a file name" if multipart else "a query parameter or field of a plain POST"
+        raise BadRequest("bad_option", f"'mask' arrived as {kind}: {MASK_AS_PART_TEXT}.")
+    return _as_bytes(row[MASK_FIELD])
 
 
 _Q_RE = re.compile(r"^\s*q\s*=\s*([01](?:\.[0-9]{0,3})?)\s*$", re.IGNORECASE)
@@ -230,6 +256,12 @@ def _as_bytes(value: Any) -> bytes | bytearray:
         return value.encode()
     # TorchServe parses application/json bodies; hand the decoder bytes so it can refuse them
     return json.dumps(value).encode()
+
+
+def mask_label(request: bool, deployment: bool) -> str:
+    """The answer's ``bad_pixel_mask``: which masks kept their bad pixels out of the peaks,
+    ``"none"``, ``"deployment"``, ``"request"`` or ``"request+deployment"``."""
+    return "+".join(kind for kind, applies in (("request", request), ("deployment", deployment)) if applies) or "none"
 
 
 @dataclass
