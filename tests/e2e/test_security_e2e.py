@@ -15,6 +15,7 @@ import http.client
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import time
@@ -84,7 +85,7 @@ def docker(tmp_path_factory, model_store):
     and worker sockets are in its own directory (TMPDIR, TEMP); stopping its process group stops both."""
     home = tmp_path_factory.mktemp("entrypoint")
     java_home = find_java_home()
-    names = ("INFERENCE", "UPSTREAM", "MANAGEMENT", "METRICS", "GRPC_INFERENCE", "GRPC_MANAGEMENT")
+    names = ("INFERENCE", "MANAGEMENT", "METRICS", "GRPC_INFERENCE", "GRPC_MANAGEMENT")
     ports = {name: str(port) for name, port in zip(names, free_ports(len(names)), strict=True)}
     env = {
         "PATH": f"{Path(sys.executable).parent}:{Path(java_home) / 'bin'}:{os.environ['PATH']}:/usr/sbin",
@@ -246,9 +247,11 @@ def test_keys_are_needed_everywhere_but_metrics(config):
                 "GET" if "predictions" not in url else "POST", url, headers=headers, timeout=TIMEOUT
             )
             assert refused(answer), (url, headers, answer.status_code, answer.text)
-    if proxied(config):  # TorchServe's inference API itself is on loopback only, behind the proxy
+    if proxied(config):  # behind the proxy TorchServe's inference API is a socket in a private directory
         upstream = read_properties(Path(config.workdir) / "config.properties")["inference_address"]
-        assert urlsplit(upstream).hostname == "127.0.0.1" and upstream != config.inference_url
+        sock = Path(upstream.removeprefix("unix:"))
+        assert upstream.startswith("unix:") and sock.is_socket()
+        assert stat.S_IMODE(sock.parent.stat().st_mode) == 0o700
     assert requests.get(f"{config.inference_url}/ping", headers=config.headers, timeout=10).status_code == 200
     assert urlsplit(config.metrics_url).hostname == "127.0.0.1"  # token-less, loopback only
     assert requests.get(f"{config.metrics_url}/metrics", timeout=10).status_code == 200
