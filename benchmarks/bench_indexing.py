@@ -24,6 +24,11 @@ with TakeTwo and with asdf and otherwise default options, the frames through
   indexer (the grid value that indexes most, :func:`best_of`);
 * ``truth``: ``--peaks=cxi`` on the simulator's strong spots (peaksim only).
 
+The server sees the frames alone by default; with ``--request-masks`` every request also carries the
+run's bad-pixel mask (peaksim's, as the multipart part ``mask``; pattern_sim runs have none), so the
+server, like peakfinder8, leaves the masked pixels out of its peaks. Its files then go to
+``request-masks/`` beside the frames in ``--work``.
+
 Reported per source: frames indexed, and how many of them have the true orientation (within 1 degree
 after any re-indexing), CrystFEL's warnings about peak coordinates, and wall time.
 
@@ -55,6 +60,7 @@ from benchmarks.timing import command_line, markdown_table, progress
 from peaknet_serve.clients import peakfind
 from peaknet_serve.clients.client import PeakNetClient
 from peaknet_serve.clients.payloads import encode_request
+from peaknet_serve.clients.peakfind import file_mask
 from peaknet_serve.encode.cxi import DATA_PATH, attach_frames
 from peaknet_serve.eval.crystfel import crystfel_bin, run_indexamajig
 from peaknet_serve.eval.indexing import (
@@ -229,12 +235,26 @@ def start_server(workdir: Path, max_frames: int) -> tuple[subprocess.Popen, str]
     return process, urls["inference"]
 
 
-def post_answer(url: str, run: Path, out: Path, timeout_s: float, threshold: float | None = None) -> Path:
+REQUEST_MASKS_NOTE = (
+    " Every request carried the run's bad-pixel mask (peaksim's; pattern_sim runs have none): the server "
+    "left the masked pixels out of its peaks, as peakfinder8 does."
+)
+
+
+def post_answer(
+    url: str,
+    run: Path,
+    out: Path,
+    timeout_s: float,
+    threshold: float | None = None,
+    mask: np.ndarray | None = None,
+) -> Path:
     """One ``POST`` of all frames of ``run`` for a CXI answer, joined to the frames (an earlier
-    joined answer at ``out`` is kept, so give each ``threshold`` its own ``out``).
+    joined answer at ``out`` is kept, so give each ``threshold`` and mask choice its own ``out``).
 
     ``threshold``: sent as ``X-Peak-Threshold`` (the P(peak) a pixel must reach); None: the server's
-    default."""
+    default. ``mask``: bool good pixels, (P, H, W) or (N, P, H, W), sent as the part ``mask`` of a
+    multipart request; None: the frames alone."""
     try:
         with h5py.File(out, "r") as h5:
             if h5.attrs.get("frames_included") == 1 and h5.attrs.get("complete"):
@@ -244,7 +264,7 @@ def post_answer(url: str, run: Path, out: Path, timeout_s: float, threshold: flo
     with h5py.File(run, "r") as h5:
         data = h5[DATA_PATH][()]
     frames = data if data.ndim == 4 else data[:, None]
-    request = encode_request(frames, "raw")
+    request = encode_request(frames, "raw", mask=mask)
     headers = {**request.headers, "Accept": "application/x-hdf5"}
     if threshold is not None:
         headers["X-Peak-Threshold"] = f"{threshold:g}"
@@ -284,25 +304,38 @@ def index_sources(
     jobs: int,
     timeout_s: float,
     thresholds: tuple[float, ...] = (),
+    request_masks: bool = False,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]]]:
     """Every peak source through both indexers: (result rows, peakfinder8 tuning rows, server
     threshold rows). ``thresholds``: ``X-Peak-Threshold`` values to post the frames at besides the
-    default; with none, no ``server tuned`` row and no threshold rows."""
+    default; with none, no ``server tuned`` row and no threshold rows. ``request_masks``: every
+    request carries the run's bad-pixel mask (where it has one); the server's files then go to
+    ``folder/request-masks``."""
     with h5py.File(run, "r") as h5:
         n_frames = h5[DATA_PATH].shape[0]
         truth = h5[TRUTH_PATH][()]
+    found_mask = file_mask(run) if request_masks else None
+    mask = None if found_mask is None else found_mask.rows(0, n_frames)
+    if request_masks:
+        folder = folder / "request-masks"
     geometry = shipped_geometry_path(detector.name)
     client = PeakNetClient(url, timeout_s=timeout_s)
     start = time.perf_counter()
     summary = peakfind.run(
-        [run], folder / "peakfind", client.predict, frames_per_request=2, concurrency=1, show_progress=False
+        [run],
+        folder / "peakfind",
+        client.predict,
+        frames_per_request=2,
+        concurrency=1,
+        show_progress=False,
+        send_mask=request_masks,
     )
     if summary.totals()["files_failed"]:  # done now, or skipped: complete from an earlier run in --work
         raise RuntimeError(summary.format())
     peakfind_s = time.perf_counter() - start
     sources = {"peakfind": folder / "peakfind" / "run_peaks.cxi"}
     start = time.perf_counter()
-    sources["post"] = post_answer(url, run, folder / "post" / "answer.cxi", timeout_s)
+    sources["post"] = post_answer(url, run, folder / "post" / "answer.cxi", timeout_s, mask=mask)
     post_s = time.perf_counter() - start
     if simulator == "peaksim":
         sources["truth"] = write_truth_peak_file(run, folder / "truth" / "run_peaks.cxi", *detector.frame_shape)
@@ -310,7 +343,7 @@ def index_sources(
     # the server's threshold grid, in the order of preference on ties: its default, then the lower threshold
     threshold_files = {None: sources["post"]}
     for t in sorted(thresholds):
-        threshold_files[t] = post_answer(url, run, folder / f"post-t{t:g}" / "answer.cxi", timeout_s, t)
+        threshold_files[t] = post_answer(url, run, folder / f"post-t{t:g}" / "answer.cxi", timeout_s, t, mask)
 
     def score(
         name: str, peak_file: Path, indexer: str, peaks: str = "cxi", options: tuple[str, ...] = ()
@@ -509,7 +542,7 @@ def report(payload: dict[str, Any], out: Path, name: str) -> None:
         f"{payload['true_orientation_deg']}° of the simulated one after any re-indexing. The headline is the "
         f'server at its default threshold (peakfind, post); the rows with a setting under "tuned on these '
         f'frames" were chosen on the very frames they are scored on (most frames indexed, then most true '
-        f"orientations).\n\n{table}\n\n"
+        f"orientations).{REQUEST_MASKS_NOTE if payload.get('request_masks') else ''}\n\n{table}\n\n"
         f"peakfinder8, tuned on the same frames for each indexer (the row above is the grid's best):"
         f"\n\n{tuning}"
     )
@@ -544,6 +577,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=Path,
         help="keep the frames, peak files and streams here (a second run with the "
         "same --work and --frames reuses the frames and the server's files)",
+    )
+    p.add_argument(
+        "--request-masks",
+        action="store_true",
+        help="send each run's bad-pixel mask with every request (peakfind and the POSTs), as peakfinder8 gets it",
     )
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--name", default="indexing_crystfel")
@@ -592,7 +630,16 @@ def main(argv: list[str] | None = None) -> int:
                 )
                 progress(f"{simulator} / {name}: server, then indexamajig ...")
                 found, tuned, thresholds = index_sources(
-                    run, detector, simulator, url, folder, cell, args.jobs, args.timeout, tuple(args.thresholds)
+                    run,
+                    detector,
+                    simulator,
+                    url,
+                    folder,
+                    cell,
+                    args.jobs,
+                    args.timeout,
+                    tuple(args.thresholds),
+                    args.request_masks,
                 )
                 rows += found
                 tuning += tuned
@@ -614,6 +661,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "peakfinder8_tuning": tuning,
         "server_thresholds": sorted(args.thresholds),
+        "request_masks": args.request_masks,
         "server_threshold_tuning": server_tuning,
         "host": platform.node(),
     }

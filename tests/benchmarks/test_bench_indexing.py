@@ -149,3 +149,29 @@ def test_small_run_end_to_end(tmp_path):
     assert (out / "indexing_crystfel.png").stat().st_size > 0
     text = (out / "indexing_crystfel.md").read_text()
     assert "Reproduce:" in text and "| X-Peak-Threshold |" in text
+
+
+@needs_crystfel
+@pytest.mark.e2e
+@pytest.mark.slow
+def test_request_masks_go_with_every_request(tmp_path):
+    """--request-masks: peakfind and the POST send the run's mask, the server says it used it, and
+    the files are kept apart from the unmasked ones."""
+    out, work = tmp_path / "results", tmp_path / "work"
+    subprocess.run(
+        [sys.executable, "-m", "benchmarks.bench_indexing", "--frames", "1", "--detectors", "epix10k2m",
+         "--simulators", "peaksim", "--work", str(work), "--out", str(out), "--request-masks"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        timeout=1200,
+    )  # fmt: skip
+    payload = json.loads((out / "indexing_crystfel.json").read_text())
+    assert payload["request_masks"] is True
+    assert "Every request carried the run's bad-pixel mask" in (out / "indexing_crystfel.md").read_text()
+    folder = work / "peaksim" / "epix10k2m" / "request-masks"
+    with h5py.File(folder / "post" / "answer.cxi", "r") as h5:
+        assert h5.attrs["bad_pixel_mask"] == "request"
+    with h5py.File(folder / "peakfind" / "run_peaks.cxi", "r") as h5:
+        assert h5.attrs["server_bad_pixel_mask"] == "request"
+    assert not (work / "peaksim" / "epix10k2m" / "post").exists()

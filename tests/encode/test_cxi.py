@@ -252,13 +252,14 @@ def test_attach_frames_turns_an_answer_into_the_file_peakfind_writes(tmp_path):
     write_frames(tmp_path / "sent.h5", data, np.ones((p, h, w), np.uint8))
     frames = detector_frames(n, p, h, w, seed=4)
     answer = tmp_path / "answer.cxi"
-    answer.write_bytes(cxi_response(frames, (n, p, h, w)))
+    answer.write_bytes(cxi_response(frames, (n, p, h, w), attrs={"bad_pixel_mask": "request"}))
     attach_frames(answer, tmp_path / "sent.h5")
     direct = write_peak_file(
         tmp_path / "direct.cxi", cxi_peaks(frames, h), FrameSource(tmp_path / "sent.h5", DATA_PATH, (n, p, h, w))
     )
     with h5py.File(answer) as a, h5py.File(direct) as d:
-        assert a.attrs["frames_included"] == 1
+        assert a.attrs["frames_included"] == 1 and a.attrs["n_frames"] == n and "frames_note" not in a.attrs
+        assert a.attrs["bad_pixel_mask"] == "request"  # what the server said is kept
         for name in ("nPeaks", *PEAK_ARRAYS):
             np.testing.assert_array_equal(a[f"{RESULT_GROUP}/{name}"][()], d[f"{RESULT_GROUP}/{name}"][()])
         np.testing.assert_array_equal(a[DATA_PATH][()], d[DATA_PATH][()])

@@ -353,6 +353,10 @@ def write_peak_file(
     return path
 
 
+#: root attributes of an HTTP CXI answer that a data-bearing file made from it does not keep
+ANSWER_ONLY_ATTRS = frozenset({"cxi_version", "frames_included", "frames_note", "n_frames", "complete"})
+
+
 def attach_frames(
     answer: str | Path, frames: str | Path, dataset: str = DATA_PATH, output: str | Path | None = None
 ) -> Path:
@@ -360,10 +364,13 @@ def attach_frames(
 
     Reads the peaks of ``answer`` and writes ``output`` (default: ``answer`` itself) as a
     data-bearing peak file over ``frames:dataset``, the frames the request sent, in its order:
-    ``(N, P, H, W)``, ``(N, P*H, W)``, ``(N, H, W)`` for one panel, or ``(H, W)``.
+    ``(N, P, H, W)``, ``(N, P*H, W)``, ``(N, H, W)`` for one panel, or ``(H, W)``. The answer's
+    own root attributes (the server's, such as ``bad_pixel_mask``) are kept, but for those that
+    describe a file without frames (:data:`ANSWER_ONLY_ATTRS`).
     """
     answer, frames = Path(answer), Path(frames)
     with h5py.File(answer, "r") as h5:
+        server_attrs = {k: v for k, v in h5.attrs.items() if k not in ANSWER_ONLY_ATTRS}
         group = h5[RESULT_GROUP]
         panels = int(group.attrs["panels"])
         height, width = (int(v) for v in group.attrs["panel_shape"])
@@ -386,4 +393,6 @@ def attach_frames(
     accepted = {view, (view[0], panels * height, width)} | ({(panels * height, width)} if view[0] == 1 else set())
     if shape not in accepted:
         raise ValueError(f"{frames}:{dataset} of shape {shape} is not the {view} frames of {answer}")
-    return write_peak_file(output or answer, peaks, FrameSource(frames, dataset, view), {"peaks_from": answer.name})
+    return write_peak_file(
+        output or answer, peaks, FrameSource(frames, dataset, view), {**server_attrs, "peaks_from": answer.name}
+    )
