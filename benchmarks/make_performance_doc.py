@@ -146,6 +146,10 @@ SECTIONS = [
     ("precision_agreement_h200.md", "Peak agreement of bf16 and fp16 with float32 (H200)"),
     ("cpu.md", "CPU only: CPU seconds per frame of the bundled model, one torch thread"),
     ("indexing_crystfel.md", "Indexing with CrystFEL 0.12.0 (CPU): the server's peaks vs peakfinder8 vs the truth"),
+    (
+        "indexing_crystfel_masks.md",
+        "The same with every request carrying the run's bad-pixel mask (--request-masks)",
+    ),
 ]
 
 
