@@ -39,9 +39,9 @@ from benchmarks.timing import (
     time_ms,
     write_results,
 )
-from peaknet_serve.checkpoint import load_peaknet
-from peaknet_serve.model.bifpn import merge_separable_convs
+from peaknet_serve.config.mode import ServingMode
 from peaknet_serve.model.peaknet import PeakNet
+from peaknet_serve.pipeline import load_network
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("backbone", "neck", "head")
@@ -99,10 +99,9 @@ def stage_functions(model: PeakNet, fast: bool) -> dict[str, Callable]:
 def prepare(config: Path, mode: str, device: torch.device) -> tuple[PeakNet, dict[str, Callable]]:
     torch.manual_seed(0)
     fast = mode == "fast"
-    model = load_peaknet(config, random_init=True, dtype="bfloat16" if fast else "float32", device=device)
-    if fast:
-        merge_separable_convs(model)
-        model = model.to(memory_format=torch.channels_last)
+    # the served fast path's network, as the handler loads it (pipeline.load_network)
+    serving = ServingMode(torch.bfloat16, channels_last=True, merge_separable=True) if fast else ServingMode()
+    model = load_network(config, None, serving, device, random_init=True)
     stages = stage_functions(model, fast)
     if fast and device.type == "cuda":
         stages = {name: torch.compile(fn, dynamic=False) for name, fn in stages.items()}

@@ -54,7 +54,8 @@ class DepthwiseSeparableConv2d(nn.Module):
         """Fold a 1x1, bias-free depthwise conv into the pointwise conv; True when merged.
 
         The product is formed in float32 (float64 for float64 weights) and rounded to the weights'
-        dtype once; the depthwise conv becomes ``nn.Identity``. Other kernel sizes, biases, or an already merged conv: left as is, False.
+        dtype once; the depthwise conv becomes ``nn.Identity``. Other kernel sizes, biases, or an
+        already merged conv: left as is, False.
         """
         depthwise = self.depthwise_conv
         if not isinstance(depthwise, nn.Conv2d) or depthwise.kernel_size != (1, 1) or depthwise.bias is not None:
