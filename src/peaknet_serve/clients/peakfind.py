@@ -133,34 +133,45 @@ class FileMask:
         path: the input file.
         dataset: the mask's dataset in it.
         view: ``(N, P, H, W)``, how the frames are read.
-        per_frame: one mask per frame (``(N, ...)``), else one for every frame.
+        static: bool ``(P, H, W)``, the one mask of every frame (read once), or None for a
+            per-frame mask, read chunk by chunk.
     """
 
     path: Path
     dataset: str
     view: tuple[int, ...]
-    per_frame: bool
+    static: np.ndarray | None
+
+    @property
+    def per_frame(self) -> bool:
+        """One mask per frame (``(N, ...)``), else one for every frame."""
+        return self.static is None
 
     def rows(self, first: int, last: int) -> np.ndarray:
         """The mask of frames ``first .. last - 1``: bool ``(P, H, W)`` for a static mask,
         ``(last - first, P, H, W)`` for a per-frame one."""
+        if self.static is not None:
+            return self.static
         import h5py
 
         _, panels, height, width = self.view
         with h5py.File(self.path, "r") as f:
-            values = f[self.dataset][first:last] if self.per_frame else f[self.dataset][()]
-        shape = (last - first, panels, height, width) if self.per_frame else (panels, height, width)
-        return np.ascontiguousarray(values).reshape(shape) != 0
+            values = f[self.dataset][first:last]
+        return np.ascontiguousarray(values).reshape(last - first, panels, height, width) != 0
 
 
 def file_mask(path: Path, dataset: str = DEFAULT_DATASET, panels: int | None = None) -> FileMask | None:
     """The mask next to ``dataset`` of ``path`` (:func:`~peaknet_serve.encode.cxi.input_mask`), or None."""
     import h5py
 
-    view = file_frames_shape(path, dataset, panels)
+    view = tuple(file_frames_shape(path, dataset, panels))
     with h5py.File(path, "r") as f:
         found = input_mask(f, dataset, view)
-    return None if found is None else FileMask(Path(path), found[0], tuple(view), found[1])
+        if found is None:
+            return None
+        name, per_frame = found
+        static = None if per_frame else np.ascontiguousarray(f[name][()]).reshape(view[1:]) != 0
+    return FileMask(Path(path), name, view, static)
 
 
 # --------------------------------------------------------------------------------------------

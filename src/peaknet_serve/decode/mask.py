@@ -33,7 +33,7 @@ from .buffer import BytesLike, array_from_bytes, byte_view
 from .layout import FramesShape
 from .limits import DecodeLimits
 from .media import HDF5_MAGIC, NPY_MAGIC
-from .npy import read_npy_header
+from .npy import clip_repr, read_npy_header
 
 MASK_FIELD = "mask"
 MASK_DTYPES_TEXT = "bool or an integer dtype"
@@ -129,9 +129,8 @@ def _mask_dtype(descr: object) -> np.dtype:
     except (TypeError, ValueError, SyntaxError):
         dtype = None
     if dtype is None or dtype.kind not in "biu" or dtype.metadata or not dtype.isnative:
-        shown = repr(descr) if len(repr(descr)) <= 40 else repr(descr)[:40] + "..."
         raise BadRequest(
-            "bad_mask", f"its dtype {shown} is not {MASK_DTYPES_TEXT} in little-endian (native) byte order"
+            "bad_mask", f"its dtype {clip_repr(descr)} is not {MASK_DTYPES_TEXT} in little-endian (native) byte order"
         )
     return dtype
 

@@ -98,7 +98,7 @@ def read_npy_header(
 
     shape = header["shape"]
     if not isinstance(shape, tuple) or not all(type(d) is int and d >= 0 for d in shape):
-        _bad(f"its shape {_clip(shape)} is not a tuple of non-negative integers")
+        _bad(f"its shape {clip_repr(shape)} is not a tuple of non-negative integers")
     if type(header["fortran_order"]) is not bool:
         _bad("its 'fortran_order' is not True or False")
     return NpyHeader(
@@ -149,7 +149,7 @@ def _pixel_dtype(descr: object) -> np.dtype:
     try:
         dtype = np.dtype(descr)
     except (TypeError, ValueError, SyntaxError):
-        _bad_npy(f"its dtype {_clip(descr)} is not a NumPy dtype")
+        _bad_npy(f"its dtype {clip_repr(descr)} is not a NumPy dtype")
     if dtype.hasobject:
         raise BadRequest(
             "unsupported_dtype",
@@ -159,12 +159,12 @@ def _pixel_dtype(descr: object) -> np.dtype:
     if name is None:
         raise BadRequest(
             "unsupported_dtype",
-            f".npy dtype {_clip(descr)} is not supported; accepted dtypes: {ACCEPTED_DTYPES_TEXT}.",
+            f".npy dtype {clip_repr(descr)} is not supported; accepted dtypes: {ACCEPTED_DTYPES_TEXT}.",
         )
     if not dtype.isnative:
         raise BadRequest(
             "unsupported_dtype",
-            f".npy dtype {_clip(descr)} is big-endian; save it little-endian, "
+            f".npy dtype {clip_repr(descr)} is big-endian; save it little-endian, "
             f"e.g. np.save(f, a.astype('<{dtype.kind}{dtype.itemsize}')).",
         )
     return dtype
@@ -174,6 +174,7 @@ def _bad_npy(reason: str, what: str = "the body") -> NoReturn:
     raise BadRequest("bad_npy", f"{what} is not a valid .npy file: {reason}.")
 
 
-def _clip(value: object, limit: int = 40) -> str:
+def clip_repr(value: object, limit: int = 40) -> str:
+    """``repr(value)``, cut to ``limit`` characters (then ending ``...``), for error messages."""
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + "..."
